@@ -1,0 +1,94 @@
+"""Bidirectional multi-head self-attention over a grid of tokens.
+
+Queries and keys are RMS-normalized per head (optional) and rotated by RoPE over the grid axes.
+``local`` attention restricts each token to the cells within ``window // 2`` of it along every
+axis (``window`` is the full, odd kernel size), so one model runs on any sequence length.
+
+Two interchangeable backends compute the same thing:
+
+- ``"sdpa"``: ``F.scaled_dot_product_attention`` (fused kernels; the default).
+- ``"math"``: plain softmax(q kᵀ / √d) v. Slower, but every op supports forward-mode AD, which the
+  fused CPU kernels do not (``torch.func.jvp`` through SDPA fails on CPU in torch 2.13).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deqloop.norm import RMSNorm
+from deqloop.rope import apply_rope, grid_coordinates
+
+ATTENTION_BACKENDS = ("sdpa", "math")
+
+
+def check_backend(backend: str) -> None:
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; allowed: {ATTENTION_BACKENDS}")
+
+
+@functools.lru_cache(maxsize=64)
+def local_mask(grid: tuple[int, ...], window: int, device: torch.device) -> torch.Tensor:
+    """``(N, N)`` bool, True where token j lies within ``window // 2`` of token i on every axis.
+
+    Tokens are the cells of ``grid`` in row-major order. The result is cached; do not modify it.
+    """
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd positive kernel size, got {window}")
+    with torch.inference_mode(False), torch.no_grad():
+        coords = grid_coordinates(grid, device)  # (N, ndim)
+        dist = (coords[:, None, :] - coords[None, :, :]).abs()  # (N, N, ndim)
+        return (dist <= window // 2).all(dim=-1)  # (N, N)
+
+
+def math_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """softmax(q kᵀ / √d + mask) v for ``(B, H, N, d)`` inputs and an optional bool ``(N, N)`` mask."""
+    att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, H, N, N)
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
+    att = torch.softmax(att, dim=-1).to(v.dtype)
+    return att @ v  # (B, H, N, d)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with QK-norm and RoPE; ``(B, N, D) → (B, N, D)``."""
+
+    def __init__(self, width: int, heads: int, qk_norm: bool = True, backend: str = "sdpa"):
+        super().__init__()
+        if width % heads != 0:
+            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+        check_backend(backend)
+        self.heads = heads
+        self.head_dim = width // heads
+        self.backend = backend
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.proj = nn.Linear(width, width, bias=False)
+        self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).split(D, dim=-1)  # (B, N, D) each
+        q = q.view(B, N, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
+        k = k.view(B, N, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
+        v = v.view(B, N, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
+        q = apply_rope(self.q_norm(q), cos, sin)
+        k = apply_rope(self.k_norm(k), cos, sin)
+        if self.backend == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, hd)
+        else:
+            y = math_attention(q, k, v, mask)  # (B, H, N, hd)
+        y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.proj(y)
