@@ -1,0 +1,129 @@
+"""Fixed-point solvers: one entry point, one result type, a registry.
+
+    sol = solve(f, z0, method="anderson", rtol=1e-4, atol=0.0, max_iter=50)
+
+Built-in methods: ``"picard"`` (damped naive iteration), ``"anderson"``, ``"broyden"``
+(limited memory), and ``"torchdeq:<name>"`` adapters for torchdeq's solvers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from deqloop.solvers.anderson import Anderson
+from deqloop.solvers.base import BatchedMap, Solver, SubsettableMap
+from deqloop.solvers.broyden import Broyden
+from deqloop.solvers.loop import run_solver
+from deqloop.solvers.picard import Picard
+from deqloop.solvers.solution import BackwardStats, Solution, SolverError, SolverStatus
+from deqloop.solvers.torchdeq_adapter import TORCHDEQ_METHODS, make_torchdeq_solver
+
+__all__ = [
+    "Anderson",
+    "BackwardStats",
+    "BatchedMap",
+    "Broyden",
+    "Picard",
+    "Solution",
+    "Solver",
+    "SolverError",
+    "SolverStatus",
+    "SubsettableMap",
+    "available_solvers",
+    "register_solver",
+    "solve",
+]
+
+SolveFn = Callable[..., Solution]
+_REGISTRY: dict[str, type[Solver] | SolveFn] = {}
+
+
+def register_solver(name: str, solver: type[Solver] | SolveFn, *, overwrite: bool = False) -> None:
+    """Register a solver under ``name``.
+
+    ``solver`` is either a :class:`Solver` subclass (the shared loop drives it, so it gets
+    per-sample convergence, freezing and result codes for free), or a function
+    ``fn(f, z0, *, rtol, atol, max_iter, **options) -> Solution``.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"solver name must be a non-empty string, got {name!r}")
+    if name in _REGISTRY and not overwrite:
+        raise ValueError(f"solver {name!r} is already registered (pass overwrite=True to replace it)")
+    if not (isinstance(solver, type) and issubclass(solver, Solver)) and not callable(solver):
+        raise TypeError(f"solver must be a Solver subclass or a callable, got {solver!r}")
+    _REGISTRY[name] = solver
+
+
+def available_solvers() -> list[str]:
+    """Names accepted by ``solve(method=...)``."""
+    return sorted(_REGISTRY)
+
+
+def get_solver(method: str, **options: Any) -> Solver | SolveFn:
+    if not isinstance(method, str) or method not in _REGISTRY:
+        raise ValueError(f"unknown solver method {method!r}; known: {', '.join(available_solvers())}")
+    entry = _REGISTRY[method]
+    if isinstance(entry, type):
+        return entry.from_options(method, options)
+    return entry
+
+
+def solve(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    method: str = "anderson",
+    *,
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+    max_iter: int = 50,
+    throw: bool = False,
+    check_every: int | None = None,
+    divergence: float = 1e4,
+    trace: bool = False,
+    **options: Any,
+) -> Solution:
+    """Find z with f(z) = z for every sample of the batch ``z0`` (shape ``(B, ...)``).
+
+    Args:
+        f: map from ``(B, ...)`` to the same shape. It may close over parameters; the solve runs
+            without autograd (use :func:`deqloop.fixed_point` for gradients). If ``f`` has a
+            ``select(index)`` method (see :class:`BatchedMap`), converged samples stop being
+            evaluated.
+        z0: initial state, batch-first. Any float dtype; norms and least squares run in float32
+            (float64 for float64 states).
+        method: a name from :func:`available_solvers`.
+        rtol, atol: sample ``i`` converges when ``‖f(z_i) − z_i‖ ≤ atol + rtol·‖f(z_i)‖``
+            (2-norm over all of the sample's entries). It is then frozen: its answer is what
+            solving it alone would give.
+        max_iter: most evaluations of ``f`` per sample.
+        throw: raise :class:`SolverError` (naming the failed samples and why) if any sample
+            did not converge, instead of returning it with its status.
+        check_every: convergence is decided on the device every iteration with masks; the host
+            looks at them (one synchronisation) every ``check_every`` iterations to stop early and
+            drop frozen samples. Default: 1 on CPU, 8 on accelerators.
+        divergence: a sample whose residual exceeds ``divergence`` times its smallest residual
+            is frozen at its best iterate with status ``DIVERGED``.
+        trace: record the ``(T, B)`` relative residual per iteration in ``Solution.trace``.
+        **options: method options (``damping`` for picard; ``m``, ``ridge``, ``beta`` for
+            anderson; ``m`` for broyden). Unknown options are an error.
+    """
+    solver = get_solver(method, **options)
+    if isinstance(solver, Solver):
+        sol = run_solver(f, z0, solver, method=method, rtol=rtol, atol=atol, max_iter=max_iter,
+                         check_every=check_every, divergence=divergence, trace=trace)
+    else:
+        sol = solver(f, z0, rtol=rtol, atol=atol, max_iter=max_iter, trace=trace, **options)
+        if not isinstance(sol, Solution):
+            raise TypeError(f"solver {method!r} returned {type(sol).__name__}, expected Solution")
+    if throw:
+        sol.raise_on_failure()
+    return sol
+
+
+register_solver("picard", Picard)
+register_solver("anderson", Anderson)
+register_solver("broyden", Broyden)
+for _name in TORCHDEQ_METHODS:
+    register_solver(f"torchdeq:{_name}", make_torchdeq_solver(_name))

@@ -1,0 +1,94 @@
+"""What a solver is: a small object with ``init`` and ``step``; the loop in ``loop.py`` drives it.
+
+A solver sees flattened states ``x`` of shape ``(N, D)`` — only the samples still being solved —
+and their images ``fx = f(x)``. It keeps its per-sample memory in a dict of tensors whose first
+dimension is ``N``, so the loop can drop converged samples from it by indexing every entry.
+Linear algebra happens in ``acc_dtype`` (float32, or float64 for float64 states).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Protocol
+
+import torch
+
+State = dict[str, torch.Tensor]
+
+
+class Solver:
+    """Base class of iterative fixed-point solvers.
+
+    Subclasses validate their options in ``__init__`` and implement:
+
+    * ``init(x, fx, acc_dtype) -> state``: memory after the first evaluation;
+    * ``step(state, x, fx, k) -> (x_next, state)``: the next point to evaluate, given the current
+      point ``x`` and ``fx = f(x)`` (``k`` counts evaluations so far, starting at 1).
+    """
+
+    name = "solver"
+
+    def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
+        return {}
+
+    def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_options(cls, method: str, options: dict[str, Any]) -> "Solver":
+        """Build from keyword options; an unknown option is an error that lists the allowed ones."""
+        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise TypeError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}; "
+                f"allowed: {', '.join(allowed) or '(none)'}"
+            )
+        return cls(**options)
+
+
+class SubsettableMap(Protocol):
+    """A map that can be restricted to some samples of its batch (for adaptive compute).
+
+    ``f.select(index)`` returns the same map for the samples ``index`` (a LongTensor), so the
+    loop can stop evaluating samples that have converged.
+    """
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor: ...
+
+    def select(self, index: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]: ...
+
+
+class BatchedMap:
+    """``z ↦ fn(z, *batched)`` whose extra arguments share the batch dimension of ``z``.
+
+    Lets :func:`deqloop.solve` evaluate only the samples still being solved: ``select(index)``
+    indexes every batched argument. Use it when ``f`` closes over per-sample inputs, e.g.
+    ``BatchedMap(model.step, e)`` instead of ``lambda z: model.step(z, e)``.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], *batched: torch.Tensor):
+        self.fn = fn
+        self.batched = batched
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        return self.fn(z, *self.batched)
+
+    def select(self, index: torch.Tensor) -> "BatchedMap":
+        return BatchedMap(self.fn, *(b.index_select(0, index) for b in self.batched))
+
+
+def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def check_nonnegative_float(name: str, value: Any) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None
+    if not v >= 0.0 or v == float("inf"):
+        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
+    return v

@@ -1,0 +1,213 @@
+"""The loop that drives a :class:`~deqloop.solvers.base.Solver` to a fixed point, per sample.
+
+Every sample is judged on its own: it is *frozen* (its iterate stops changing) as soon as
+``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖``, or when its map returns a non-finite value, or when its
+residual grows ``divergence`` times past its smallest one. Freezing happens on the device with
+masks, every iteration, so it needs no host synchronisation. Every ``check_every`` iterations the
+host looks at the masks once (one sync): it stops when no sample is left, and otherwise drops the
+frozen samples from the solver's memory. When ``f`` can be restricted to a subset of its batch
+(it has a ``select(index)`` method, e.g. :class:`~deqloop.solvers.base.BatchedMap`), frozen samples
+are also no longer evaluated, which is where adaptive compute saves time.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from deqloop.solvers.base import Solver, check_nonnegative_float, check_positive_int
+from deqloop.solvers.solution import Solution, SolverStatus
+
+Map = Callable[[torch.Tensor], torch.Tensor]
+
+EPS = 1e-12  # guards the relative residual against ‖f(z)‖ = 0
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Norms and least squares run in float32, or float64 when the state is float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def default_check_every(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else 8
+
+
+def validate_common(z0: torch.Tensor, rtol: float, atol: float, max_iter: int) -> tuple[float, float, int]:
+    if not isinstance(z0, torch.Tensor):
+        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
+    if z0.dim() < 1 or z0.shape[0] == 0:
+        raise ValueError(f"z0 must be batch-first with at least one sample, got shape {tuple(z0.shape)}")
+    if not z0.is_floating_point():
+        raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    rtol = check_nonnegative_float("rtol", rtol)
+    atol = check_nonnegative_float("atol", atol)
+    max_iter = check_positive_int("max_iter", max_iter)
+    return rtol, atol, max_iter
+
+
+class _Evaluator:
+    """Calls ``f`` on the active rows, counting calls, checking shape and casting dtype."""
+
+    def __init__(self, f: Map, z0: torch.Tensor):
+        self.f = f
+        self.shape = tuple(z0.shape)
+        self.dtype = z0.dtype
+        self.subsettable = callable(getattr(f, "select", None))
+        self.index: torch.Tensor | None = None  # None: all rows, in order
+        self.f_active: Map = f
+        self.frozen = z0.reshape(z0.shape[0], -1)  # full-batch points fed to f for frozen rows
+        self.nfe = 0
+        self.sample_evals = 0
+
+    def restrict(self, index: torch.Tensor, frozen_rows: torch.Tensor, frozen_x: torch.Tensor) -> None:
+        self.index = index
+        if self.subsettable:
+            self.f_active = self.f.select(index)
+        else:
+            self.frozen = self.frozen.index_copy(0, frozen_rows, frozen_x)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        if self.index is None or self.subsettable:
+            z = x.view(n, *self.shape[1:])
+            out = self.f_active(z)
+            expect = z.shape
+        else:
+            full = self.frozen.index_copy(0, self.index, x)
+            z = full.view(self.shape)
+            out = self.f(z)
+            expect = z.shape
+        if not isinstance(out, torch.Tensor) or out.shape != expect:
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ValueError(f"f must return a tensor of the shape of its input {tuple(expect)}, got {got}")
+        self.nfe += 1
+        self.sample_evals += n if (self.index is None or self.subsettable) else self.shape[0]
+        out = out.reshape(out.shape[0], -1)
+        if self.index is not None and not self.subsettable:
+            out = out.index_select(0, self.index)
+        return out.to(self.dtype)
+
+
+def run_solver(
+    f: Map,
+    z0: torch.Tensor,
+    solver: Solver,
+    *,
+    method: str,
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+    max_iter: int = 50,
+    check_every: int | None = None,
+    divergence: float = 1e4,
+    trace: bool = False,
+    differentiable: bool = False,
+) -> Solution:
+    """Run ``solver`` on ``f`` from ``z0`` with per-sample convergence (see the module docstring).
+
+    With ``differentiable=True`` the loop records autograd history (backpropagation through every
+    iteration, for :func:`deqloop.fixed_point` with ``backward="unrolled"``); ``Solution.z`` then
+    carries gradients. Otherwise it runs under ``torch.no_grad()``.
+    """
+    rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
+    check_every = check_positive_int("check_every", check_every or default_check_every(z0.device))
+    if not divergence > 1.0:
+        raise ValueError(f"divergence must be a factor > 1, got {divergence!r}")
+
+    B = z0.shape[0]
+    dtype, device = z0.dtype, z0.device
+    acc = accumulation_dtype(dtype)
+    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+        z_init = z0 if differentiable else z0.detach()
+        evaluate = _Evaluator(f, z_init)
+        x = z_init.reshape(B, -1)
+        # Full-batch results, written when rows leave the active set and at the end.
+        out_x = x.detach().clone() if not differentiable else x.clone()
+        out_rel = torch.full((B,), float("inf"), dtype=torch.float32, device=device)
+        out_abs = out_rel.clone()
+        out_iters = torch.zeros(B, dtype=torch.long, device=device)
+        out_status = torch.full((B,), int(SolverStatus.MAX_ITER), dtype=torch.long, device=device)
+        # Per-row bookkeeping of the active rows (local index).
+        rows = torch.arange(B, device=device)
+        best_x = x.clone()
+        best_rel = out_rel.clone()
+        best_abs = out_abs.clone()
+        min_abs = out_abs.clone()
+        iters = out_iters.clone()
+        status = out_status.clone()
+        active = torch.ones(B, dtype=torch.bool, device=device)
+        state = None
+        traces: list[torch.Tensor] = []
+        code_conv = torch.tensor(int(SolverStatus.CONVERGED), device=device)
+        code_nonfinite = torch.tensor(int(SolverStatus.NONFINITE), device=device)
+        code_div = torch.tensor(int(SolverStatus.DIVERGED), device=device)
+
+        def write_back(local: torch.Tensor) -> None:
+            g = rows.index_select(0, local)
+            out_x.index_copy_(0, g, best_x.index_select(0, local))
+            out_rel.index_copy_(0, g, best_rel.index_select(0, local))
+            out_abs.index_copy_(0, g, best_abs.index_select(0, local))
+            out_iters.index_copy_(0, g, iters.index_select(0, local))
+            out_status.index_copy_(0, g, status.index_select(0, local))
+
+        for k in range(1, max_iter + 1):
+            fx = evaluate(x)
+            fx_acc = fx.detach().to(acc)
+            abs_r = (fx_acc - x.detach().to(acc)).norm(dim=1).float()
+            f_norm = fx_acc.norm(dim=1).float()
+            rel = abs_r / (f_norm + EPS)
+            finite = torch.isfinite(abs_r) & torch.isfinite(f_norm)
+            live = active & finite
+            conv = live & (abs_r <= atol + rtol * f_norm)
+            improved = live & ((rel < best_rel) | conv)
+            best_rel = torch.where(improved, rel, best_rel)
+            best_abs = torch.where(improved, abs_r, best_abs)
+            best_x = torch.where(improved[:, None], x, best_x)
+            min_abs = torch.where(live, torch.minimum(min_abs, abs_r), min_abs)
+            diverged = live & ~conv & (abs_r > divergence * min_abs)
+            iters = iters + active.long()
+            status = torch.where(conv, code_conv, status)
+            status = torch.where(active & ~finite, code_nonfinite, status)
+            status = torch.where(diverged, code_div, status)
+            active = live & ~conv & ~diverged
+            if trace:
+                row = out_rel.clone()
+                row.index_copy_(0, rows, torch.where(active | conv, rel, best_rel))
+                traces.append(row)
+            if k == max_iter:
+                break
+            if state is None:
+                state = solver.init(x, fx, acc)
+            x_next, state = solver.step(state, x, fx, k)
+            x = torch.where(active[:, None], x_next.to(dtype), x)
+
+            if k % check_every == 0:
+                n_active = int(active.sum())  # the one host synchronisation
+                if n_active == 0:
+                    break
+                if n_active < rows.numel():
+                    keep = active.nonzero().squeeze(1)
+                    leave = (~active).nonzero().squeeze(1)
+                    write_back(leave)
+                    evaluate.restrict(rows.index_select(0, keep), rows.index_select(0, leave), best_x.index_select(0, leave))
+                    rows = rows.index_select(0, keep)
+                    x, best_x = x.index_select(0, keep), best_x.index_select(0, keep)
+                    best_rel, best_abs = best_rel.index_select(0, keep), best_abs.index_select(0, keep)
+                    min_abs, iters = min_abs.index_select(0, keep), iters.index_select(0, keep)
+                    status, active = status.index_select(0, keep), active.index_select(0, keep)
+                    state = {name: v.index_select(0, keep) for name, v in state.items()}
+
+        write_back(torch.arange(rows.numel(), device=device))
+
+    return Solution(
+        z=out_x.view(z0.shape),
+        converged=out_status == int(SolverStatus.CONVERGED),
+        residual=out_rel,
+        abs_residual=out_abs,
+        iterations=out_iters,
+        nfe=evaluate.nfe,
+        status=out_status,
+        sample_evals=evaluate.sample_evals,
+        trace=torch.stack(traces) if trace else None,
+        method=method,
+    )
