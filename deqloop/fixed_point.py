@@ -145,7 +145,7 @@ def _attach_implicit(f, z_star: torch.Tensor, sol: Solution, bopts: dict[str, An
     busy = [False]  # the adjoint's own VJPs flow back through fz: let them pass unchanged
 
     def vjp_solve(v: torch.Tensor) -> torch.Tensor | None:
-        if busy[0]:
+        if busy[0] or v is None:
             return None
         busy[0] = True
         try:

@@ -159,7 +159,7 @@ def run_solver(
             finite = torch.isfinite(abs_r) & torch.isfinite(f_norm)
             live = active & finite
             conv = live & (abs_r <= atol + rtol * f_norm)
-            improved = live & ((rel < best_rel) | conv)
+            improved = live & ((abs_r < best_abs) | conv)
             best_rel = torch.where(improved, rel, best_rel)
             best_abs = torch.where(improved, abs_r, best_abs)
             best_x = torch.where(improved[:, None], x, best_x)

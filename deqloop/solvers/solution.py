@@ -49,7 +49,7 @@ class Solution:
     """Result of :func:`deqloop.solve`.
 
     Attributes:
-        z: ``(B, ...)`` best iterate per sample (smallest relative residual seen).
+        z: ``(B, ...)`` best iterate per sample (smallest residual ‖f(z) − z‖ seen).
         converged: ``(B,)`` bool, ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖`` reached.
         residual: ``(B,)`` float32 relative residual ``‖f(z) − z‖ / (‖f(z)‖ + ε)`` at ``z``.
         abs_residual: ``(B,)`` float32 ``‖f(z) − z‖`` at ``z``.

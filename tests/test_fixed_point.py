@@ -1,0 +1,160 @@
+"""Equilibrium autograd: every backward mode against references, and failures reported."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from deqloop import fixed_point
+from deqloop.fixed_point import BackwardError, BackwardWarning
+
+
+class TanhLayer(nn.Module):
+    """z ↦ tanh(W z + U x + b), contractive (‖W‖₂ = 0.8), float64."""
+
+    def __init__(self, dim: int = 5, contraction: float = 0.8, seed: int = 0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+        self.W = nn.Parameter(W / torch.linalg.matrix_norm(W, 2) * contraction)
+        self.U = nn.Parameter(torch.randn(dim, dim, generator=g, dtype=torch.float64) / dim**0.5)
+        self.b = nn.Parameter(0.1 * torch.randn(dim, generator=g, dtype=torch.float64))
+
+    def forward(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(z @ self.W.T + x @ self.U.T + self.b)
+
+
+def grads(layer, x, backward, method="anderson", **kw):
+    layer.zero_grad()
+    x = x.clone().requires_grad_()
+    z, sol = fixed_point(lambda z: layer(z, x), torch.zeros_like(x), method, backward, **kw)
+    loss = (z.sin() * torch.arange(1, z.shape[1] + 1, dtype=z.dtype)).sum()
+    loss.backward()
+    return torch.cat([p.grad.flatten() for p in layer.parameters()] + [x.grad.flatten()]), sol
+
+
+def rel_err(a, b):
+    return float((a - b).norm() / b.norm())
+
+
+@pytest.fixture
+def problem():
+    return TanhLayer(), torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+
+
+def test_implicit_matches_gradcheck(problem):
+    layer, x = problem
+
+    def fn(W, U, b, x):
+        f = lambda z: torch.tanh(z @ W.T + x @ U.T + b)  # noqa: E731
+        z, _ = fixed_point(f, torch.zeros_like(x), "anderson", "implicit", rtol=1e-14, max_iter=300,
+                           backward_options=dict(rtol=1e-14, max_iter=300))
+        return z
+
+    inputs = tuple(t.detach().clone().requires_grad_() for t in (layer.W, layer.U, layer.b, x))
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backward_method", ["picard", "anderson", "broyden"])
+def test_implicit_matches_unrolled_through_a_converged_solve(problem, backward_method):
+    layer, x = problem
+    g_implicit, sol = grads(layer, x, "implicit", rtol=1e-13, max_iter=500,
+                            backward_options=dict(method=backward_method, rtol=1e-13, max_iter=1000))
+    g_unrolled, _ = grads(layer, x, "unrolled", method="picard", rtol=1e-13, max_iter=1000)
+    assert rel_err(g_implicit, g_unrolled) < 1e-5
+    assert sol.backward.calls == 1 and sol.backward.ok and sol.backward.nfe > 0
+    assert float(sol.backward.residual.max()) <= 1e-13
+
+
+def test_phantom_with_many_damped_steps_approaches_implicit(problem):
+    layer, x = problem
+    exact, _ = grads(layer, x, "implicit", rtol=1e-13, max_iter=500, backward_options=dict(rtol=1e-13, max_iter=500))
+    errors = [rel_err(grads(layer, x, "phantom", rtol=1e-13, max_iter=500, backward_options=dict(steps=k, tau=0.5))[0], exact)
+              for k in (1, 5, 20, 100)]
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 1e-8
+
+
+def test_jacobian_free_is_one_step_through_f(problem):
+    layer, x = problem
+    g_phantom, sol = grads(layer, x, "phantom", rtol=1e-12, max_iter=300)
+    layer.zero_grad()
+    xr = x.clone().requires_grad_()
+    z = layer(sol.z.detach(), xr)
+    (z.sin() * torch.arange(1, 6, dtype=z.dtype)).sum().backward()
+    manual = torch.cat([p.grad.flatten() for p in layer.parameters()] + [xr.grad.flatten()])
+    torch.testing.assert_close(g_phantom, manual)
+
+
+def test_truncated_backpropagates_through_the_last_k_steps(problem):
+    layer, x = problem
+    g, sol = grads(layer, x, "truncated", method="picard", rtol=0.0, max_iter=4, backward_options=dict(grad_steps=3))
+    assert sol.nfe == 4 and (sol.iterations == 4).all()
+    layer.zero_grad()
+    xr = x.clone().requires_grad_()
+    z = sol.z.detach()
+    for _ in range(3):
+        z = layer(z, xr)
+    (z.sin() * torch.arange(1, 6, dtype=z.dtype)).sum().backward()
+    manual = torch.cat([p.grad.flatten() for p in layer.parameters()] + [xr.grad.flatten()])
+    torch.testing.assert_close(g, manual)
+
+
+def test_gradients_reach_initial_state_only_when_unrolled(problem):
+    layer, x = problem
+    z0 = torch.zeros_like(x).requires_grad_()
+    z, _ = fixed_point(lambda z: layer(z, x), z0, "picard", "unrolled", rtol=0.0, max_iter=3)
+    z.sum().backward()
+    assert z0.grad is not None and z0.grad.abs().sum() > 0
+
+
+def test_no_grad_returns_detached_fixed_point(problem):
+    layer, x = problem
+    with torch.no_grad():
+        for backward in ("implicit", "phantom", "truncated", "unrolled", "none"):
+            z, sol = fixed_point(lambda z: layer(z, x), torch.zeros_like(x),
+                                 "picard" if backward == "unrolled" else "anderson", backward, rtol=1e-8)
+            assert not z.requires_grad
+            assert sol.converged.all()
+
+
+def test_failed_backward_solve_is_reported(problem):
+    layer, x = problem
+    with pytest.warns(BackwardWarning, match=r"did not converge for 3 of 3 samples"):
+        g, sol = grads(layer, x, "implicit", rtol=1e-10, max_iter=200, backward_options=dict(method="picard", rtol=1e-14, max_iter=2))
+    assert sol.backward.ok is False and not sol.backward.converged.any()
+    with pytest.raises(BackwardError, match="did not converge"):
+        grads(layer, x, "implicit", rtol=1e-10, max_iter=200,
+              backward_options=dict(method="picard", rtol=1e-14, max_iter=2, throw=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        grads(layer, x, "implicit", rtol=1e-10, max_iter=200)
+
+
+def test_gradients_reach_module_parameters_and_closure_inputs():
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4).double()
+    with torch.no_grad():
+        lin.weight.mul_(0.3)
+    e = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    z, _ = fixed_point(lambda z: torch.tanh(lin(z) + e), torch.zeros(2, 4, dtype=torch.float64))
+    z.sum().backward()
+    assert lin.weight.grad is not None and lin.bias.grad is not None and e.grad is not None
+
+
+def test_bad_backward_arguments():
+    f = lambda z: 0.5 * z  # noqa: E731
+    z0 = torch.ones(2, 3)
+    with pytest.raises(ValueError, match=r"unknown backward mode 'adjoint'; allowed: implicit, phantom, unrolled, truncated, none"):
+        fixed_point(f, z0, backward="adjoint")
+    with pytest.raises(TypeError, match=r"unknown backward option\(s\) 'k' for backward='phantom'; allowed: steps, tau"):
+        fixed_point(f, z0, backward="phantom", backward_options=dict(k=2))
+    with pytest.raises(ValueError, match="phantom tau must be in"):
+        fixed_point(f, z0, backward="phantom", backward_options=dict(tau=0.0))
+    with pytest.raises(ValueError, match="use method='picard'"):
+        fixed_point(f, z0, "anderson", backward="unrolled")
+    with pytest.raises(ValueError, match="grad_steps"):
+        fixed_point(f, z0, backward="truncated", backward_options=dict(grad_steps=0))
