@@ -144,6 +144,11 @@ class LoopedDEQConfig:
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
         _check_solver(self.solver)
+        if self.backward == "unrolled" and self.solver != "picard":
+            raise ValueError(
+                "backward='unrolled' backpropagates through naive iteration and needs "
+                f"solver='picard', got solver={self.solver!r}"
+            )
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> LoopedDEQConfig:
