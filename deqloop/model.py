@@ -22,8 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqloop.attention import ATTENTION_BACKENDS, Attention, check_backend, local_mask
+from deqloop.fixed_point import fixed_point
 from deqloop.norm import RMSNorm
 from deqloop.rope import check_head_dim, rope_table
+from deqloop.solvers import BatchedMap, Solution, available_solvers
 
 RECALLS = ("none", "external", "internal")
 NORMS = ("pre", "peri", "post", "sandwich")
@@ -44,6 +46,10 @@ SOLVE_SETTINGS = (
     "backward_options",
     "throw",
 )
+
+
+# Arguments of fixed_point that the model sets from its own fields, not from solver_options.
+_FIXED_POINT_ARGS = {"method", "backward", "rtol", "atol", "max_iter", "backward_options", "throw"}
 
 
 def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -143,6 +149,9 @@ class LoopedDEQConfig:
         for name in ("solver_options", "backward_options"):
             if not isinstance(getattr(self, name), dict):
                 raise TypeError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        clash = sorted(set(self.solver_options) & _FIXED_POINT_ARGS)
+        if clash:
+            raise ValueError(f"solver_options {clash} are settings of their own: pass them directly")
         _check_solver(self.solver)
         if self.backward == "unrolled" and self.solver != "picard":
             raise ValueError(
@@ -164,8 +173,6 @@ def _check_keys(given: dict[str, Any], allowed: tuple[str, ...], where: str) -> 
 
 
 def _check_solver(name: str) -> None:
-    from deqloop.solvers import available_solvers
-
     allowed = tuple(available_solvers())
     if name in allowed:
         return
@@ -275,12 +282,12 @@ class LoopOutput:
         logits: ``(B, *grid, C)`` readout of the equilibrium state.
         z: ``(B, *grid, D)`` equilibrium state (carries gradients per the backward mode).
         solution: the solver's :class:`deqloop.Solution` (per-example convergence, residual,
-            iterations, ...).
+            iterations, ...; ``solution.backward`` fills in when an implicit backward runs).
     """
 
     logits: torch.Tensor
     z: torch.Tensor
-    solution: Any
+    solution: Solution
 
     @property
     def iterations(self) -> torch.Tensor:
@@ -312,7 +319,7 @@ class LoopedDEQ(nn.Module):
         self.embedding = nn.Embedding(config.vocab_size, config.width)
         self.block = Block(config)
         self.head = Readout(config.width, config.num_classes)
-        self._compiled_block = torch.compile(self.block.forward) if config.compile else None
+        self._compiled_block = None  # built on first use when config.compile; never pickled
 
     # -- the pieces --------------------------------------------------------------------------
 
@@ -351,7 +358,11 @@ class LoopedDEQ(nn.Module):
             raise ValueError(f"state {tuple(z.shape)} and embedding {tuple(e.shape)} differ")
         B, *grid, D = z.shape
         cos, sin, mask = self._geometry(tuple(grid), z.device)
-        block = self.block if self._compiled_block is None else self._compiled_block
+        block = self.block
+        if self.config.compile:
+            if self._compiled_block is None:
+                self._compiled_block = torch.compile(self.block.forward)
+            block = self._compiled_block
         out = block(z.reshape(B, -1, D), e.reshape(B, -1, D), cos, sin, mask)  # (B, N, D)
         return out.reshape(z.shape).to(z.dtype)
 
@@ -365,7 +376,9 @@ class LoopedDEQ(nn.Module):
         """RoPE tables ``(N, hd/2)`` and the local-attention mask ``(N, N)`` (or None); cached."""
         dtype = torch.promote_types(self.embedding.weight.dtype, torch.float32)
         cos, sin = rope_table(grid, self.block.attn.head_dim, self.config.rope_base, device, dtype)
-        mask = local_mask(grid, self.config.window, device) if self.config.attention == "local" else None
+        mask = None
+        if self.config.attention == "local":
+            mask = local_mask(grid, self.config.window, device)
         return cos, sin, mask
 
     # -- solving -----------------------------------------------------------------------------
@@ -377,9 +390,6 @@ class LoopedDEQ(nn.Module):
         ``solver, backward, max_iter, rtol, atol, init, init_scale, solver_options,
         backward_options, throw``.
         """
-        from deqloop.fixed_point import fixed_point
-        from deqloop.solvers import BatchedMap
-
         s = self._settings(overrides)
         e = self.embed(x)  # (B, *grid, D)
         z0 = self.initial_state(e, s.init, scale=s.init_scale)  # (B, *grid, D)
@@ -405,6 +415,8 @@ class LoopedDEQ(nn.Module):
         No gradients are kept, so memory does not grow with ``iters`` (default: ``max_iter``).
         """
         iters = self.config.max_iter if iters is None else int(iters)
+        if iters < 0:
+            raise ValueError(f"iters must be >= 0, got {iters}")
         with torch.no_grad():
             e = self.embed(x)
             z = self.initial_state(e, init)
@@ -421,6 +433,11 @@ class LoopedDEQ(nn.Module):
         return dataclasses.replace(self.config, **overrides) if overrides else self.config
 
     # -- utilities ---------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled_block"] = None  # compiled code is rebuilt on demand, not copied or saved
+        return state
 
     @contextlib.contextmanager
     def use_attention_backend(self, backend: str) -> Iterator[None]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import io
 import itertools
 import warnings
 
@@ -189,6 +191,8 @@ def test_solver_and_backward_options_reach_the_solver():
     assert out.solution.trace is not None and out.solution.trace.shape[1] == 2
     with pytest.raises(TypeError, match="'bogus'"):
         model(x, solver_options={"bogus": 1})
+    with pytest.raises(ValueError, match=r"solver_options \['rtol'\] are settings of their own"):
+        model(x, solver_options={"rtol": 1e-3})
 
 
 def test_adaptive_compute_matches_solving_each_example_alone():
@@ -240,3 +244,5 @@ def test_compiled_step_matches_eager():
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, solver="picard").logits,
                                    eager(x, solver="picard").logits, rtol=1e-4, atol=1e-5)
+    copy.deepcopy(compiled)  # compiled code is dropped from copies and pickles, rebuilt on use
+    torch.save(compiled, io.BytesIO())
