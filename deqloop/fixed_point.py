@@ -17,10 +17,12 @@ Backward modes:
 * ``"phantom"`` — from the detached fixed point, ``steps`` damped steps z ← (1 − τ)z + τ f(z)
   with autograd (``steps=1, tau=1``: Jacobian-free backpropagation). Options: ``steps``, ``tau``.
 * ``"unrolled"`` — backpropagation through every forward iteration of naive iteration; each
-  sample stops at its own convergence. No options; the forward ``method`` must be ``"picard"``.
-* ``"truncated"`` — the forward solve without autograd (``max_iter`` iterations at most), then
-  ``grad_steps`` iterations with autograd: the progressive-loss style of training.
-  Options: ``grad_steps``.
+  sample stops at its own convergence. ``z_star`` is the last iterate z_n = f(z_{n-1}) (n ≤
+  ``max_iter`` evaluations). No options; the forward ``method`` must be ``"picard"``.
+* ``"truncated"`` — the forward solve without autograd (``max_iter`` iterations at most, ending
+  at the last state z_n), then ``grad_steps`` iterations with autograd: the progressive-loss
+  style of training (z_{n+k}). Options: ``grad_steps``. Needs a :class:`~deqloop.solvers.Solver`
+  method (picard, anderson, broyden), not a torchdeq adapter.
 * ``"none"`` — no gradient through the solve (``z_star`` is detached).
 """
 
@@ -107,14 +109,16 @@ def fixed_point(
         if method != "picard":
             raise ValueError(f"backward='unrolled' backpropagates through naive iteration: use method='picard', not {method!r}")
         solver = Picard.from_options("picard", options)
-        sol = run_solver(f, z0, solver, method="picard", differentiable=grad, **kw)
+        sol = run_solver(f, z0, solver, method="picard", differentiable=grad, keep="last", return_image=True, **kw)
         z = sol.z
         sol.z = z.detach()
         if throw:
             sol.raise_on_failure()
         return z, sol
 
-    sol = solve(f, z0, method, throw=throw, **kw, **options)
+    # truncated: "n iterations, then k": keep the n-th state itself, z_n = f(z_{n-1})
+    image = dict(keep="last", return_image=True) if backward == "truncated" else {}
+    sol = solve(f, z0, method, throw=throw, **kw, **image, **options)
     z_star = sol.z.detach()
     if not grad or backward == "none":
         return z_star, sol

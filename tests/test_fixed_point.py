@@ -92,7 +92,7 @@ def test_jacobian_free_is_one_step_through_f(problem):
 def test_truncated_backpropagates_through_the_last_k_steps(problem):
     layer, x = problem
     g, sol = grads(layer, x, "truncated", method="picard", rtol=0.0, max_iter=4, backward_options=dict(grad_steps=3))
-    assert sol.nfe == 4 and (sol.iterations == 4).all()
+    assert sol.nfe == 4 and (sol.iterations == 4).all()  # n = 4 iterations: sol.z is z_4
     layer.zero_grad()
     xr = x.clone().requires_grad_()
     z = sol.z.detach()
@@ -158,3 +158,17 @@ def test_bad_backward_arguments():
         fixed_point(f, z0, "anderson", backward="unrolled")
     with pytest.raises(ValueError, match="grad_steps"):
         fixed_point(f, z0, backward="truncated", backward_options=dict(grad_steps=0))
+
+
+def test_unrolled_is_backpropagation_through_n_plain_iterations(problem):
+    layer, x = problem
+    g, sol = grads(layer, x, "unrolled", method="picard", rtol=0.0, max_iter=5)
+    layer.zero_grad()
+    xr = x.clone().requires_grad_()
+    z = torch.zeros_like(xr)
+    for _ in range(5):
+        z = layer(z, xr)
+    torch.testing.assert_close(sol.z, z.detach())
+    (z.sin() * torch.arange(1, 6, dtype=z.dtype)).sum().backward()
+    manual = torch.cat([p.grad.flatten() for p in layer.parameters()] + [xr.grad.flatten()])
+    torch.testing.assert_close(g, manual)

@@ -82,6 +82,8 @@ def solve(
     check_every: int | None = None,
     divergence: float = 1e4,
     trace: bool = False,
+    keep: str = "best",
+    return_image: bool = False,
     **options: Any,
 ) -> Solution:
     """Find z with f(z) = z for every sample of the batch ``z0`` (shape ``(B, ...)``).
@@ -106,14 +108,22 @@ def solve(
         divergence: a sample whose residual exceeds ``divergence`` times its smallest residual
             is frozen at its best iterate with status ``DIVERGED``.
         trace: record the ``(T, B)`` relative residual per iteration in ``Solution.trace``.
+        keep: ``"best"`` returns each sample's iterate of smallest residual, ``"last"`` its last
+            finite iterate.
+        return_image: return f(z) of the kept iterate instead of z (one step further for free;
+            residuals stay those of z). ``keep`` and ``return_image`` need a :class:`Solver`
+            method (not a registered function such as the torchdeq adapters).
         **options: method options (``damping`` for picard; ``m``, ``ridge``, ``beta`` for
             anderson; ``m`` for broyden). Unknown options are an error.
     """
     solver = get_solver(method, **options)
     if isinstance(solver, Solver):
         sol = run_solver(f, z0, solver, method=method, rtol=rtol, atol=atol, max_iter=max_iter,
-                         check_every=check_every, divergence=divergence, trace=trace)
+                         check_every=check_every, divergence=divergence, trace=trace,
+                         keep=keep, return_image=return_image)
     else:
+        if keep != "best" or return_image:
+            raise ValueError(f"keep= and return_image= need a Solver-class method; {method!r} is a function")
         sol = solver(f, z0, rtol=rtol, atol=atol, max_iter=max_iter, trace=trace, **options)
         if not isinstance(sol, Solution):
             raise TypeError(f"solver {method!r} returned {type(sol).__name__}, expected Solution")

@@ -102,13 +102,22 @@ def run_solver(
     divergence: float = 1e4,
     trace: bool = False,
     differentiable: bool = False,
+    keep: str = "best",
+    return_image: bool = False,
 ) -> Solution:
     """Run ``solver`` on ``f`` from ``z0`` with per-sample convergence (see the module docstring).
 
     With ``differentiable=True`` the loop records autograd history (backpropagation through every
     iteration, for :func:`deqloop.fixed_point` with ``backward="unrolled"``); ``Solution.z`` then
     carries gradients. Otherwise it runs under ``torch.no_grad()``.
+
+    ``keep="best"`` returns each sample's iterate of smallest residual; ``keep="last"`` its last
+    finite one (what backpropagation through the iterations wants). ``return_image=True`` returns
+    f(z) of that iterate instead of z (after n evaluations of naive iteration: z_n rather than
+    z_{n-1}); the reported residuals stay those of z.
     """
+    if keep not in ("best", "last"):
+        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
     check_every = check_positive_int("check_every", check_every or default_check_every(z0.device))
     if not divergence > 1.0:
@@ -159,10 +168,10 @@ def run_solver(
             finite = torch.isfinite(abs_r) & torch.isfinite(f_norm)
             live = active & finite
             conv = live & (abs_r <= atol + rtol * f_norm)
-            improved = live & ((abs_r < best_abs) | conv)
+            improved = live if keep == "last" else live & ((abs_r < best_abs) | conv)
             best_rel = torch.where(improved, rel, best_rel)
             best_abs = torch.where(improved, abs_r, best_abs)
-            best_x = torch.where(improved[:, None], x, best_x)
+            best_x = torch.where(improved[:, None], fx if return_image else x, best_x)
             min_abs = torch.where(live, torch.minimum(min_abs, abs_r), min_abs)
             diverged = live & ~conv & (abs_r > divergence * min_abs)
             iters = iters + active.long()
@@ -186,16 +195,16 @@ def run_solver(
                 if n_active == 0:
                     break
                 if n_active < rows.numel():
-                    keep = active.nonzero().squeeze(1)
+                    stay = active.nonzero().squeeze(1)
                     leave = (~active).nonzero().squeeze(1)
                     write_back(leave)
-                    evaluate.restrict(rows.index_select(0, keep), rows.index_select(0, leave), best_x.index_select(0, leave))
-                    rows = rows.index_select(0, keep)
-                    x, best_x = x.index_select(0, keep), best_x.index_select(0, keep)
-                    best_rel, best_abs = best_rel.index_select(0, keep), best_abs.index_select(0, keep)
-                    min_abs, iters = min_abs.index_select(0, keep), iters.index_select(0, keep)
-                    status, active = status.index_select(0, keep), active.index_select(0, keep)
-                    state = {name: v.index_select(0, keep) for name, v in state.items()}
+                    evaluate.restrict(rows.index_select(0, stay), rows.index_select(0, leave), x.index_select(0, leave))
+                    rows = rows.index_select(0, stay)
+                    x, best_x = x.index_select(0, stay), best_x.index_select(0, stay)
+                    best_rel, best_abs = best_rel.index_select(0, stay), best_abs.index_select(0, stay)
+                    min_abs, iters = min_abs.index_select(0, stay), iters.index_select(0, stay)
+                    status, active = status.index_select(0, stay), active.index_select(0, stay)
+                    state = {name: v.index_select(0, stay) for name, v in state.items()}
 
         write_back(torch.arange(rows.numel(), device=device))
 
