@@ -1,0 +1,447 @@
+"""Batched Krylov methods for block-diagonal operators: one small n×n problem per example.
+
+An *operator* maps a batch of vectors ``(b, n)`` to ``(b, n)``, row i by its own matrix A_i (the
+loop's Jacobian mixes tokens within an example but never across examples). One call therefore
+gives every example's product at once, and the methods here run all examples in lockstep, each
+with its own convergence test:
+
+* :func:`krylov_schur` — leading eigenvalues (largest modulus) by the Krylov–Schur method
+  (Stewart 2002), the restarted Arnoldi iteration ARPACK's implicit restart is equivalent to.
+* :func:`block_power` — subspace (block power) iteration with Rayleigh–Ritz; slow but simple, the
+  fallback when ARPACK does not converge.
+* :func:`gmres` — restarted GMRES for A x = b.
+
+An operator may have a ``select(index)`` method returning the same operator for the rows
+``index`` of its batch; finished examples are then no longer evaluated. Otherwise they are
+masked out (evaluated on zeros). The small dense problems (Hessenberg matrices, their
+eigenvalues and Schur forms) are solved in float64 on the host; basis vectors keep the
+operator's dtype and device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import scipy.linalg
+import torch
+from torch import Tensor
+
+__all__ = [
+    "BatchedOperator",
+    "EigenEstimate",
+    "LinearSolve",
+    "block_power",
+    "gmres",
+    "krylov_schur",
+    "restrict",
+]
+
+
+class BatchedOperator(Protocol):
+    """``(b, n) → (b, n)``, row by row (block diagonal); optionally ``select(index)``."""
+
+    def __call__(self, v: Tensor) -> Tensor: ...
+
+
+class _Rows:
+    """The rows ``index`` of an operator without ``select``: evaluated inside a zero-padded batch."""
+
+    def __init__(self, op: Callable[[Tensor], Tensor], index: Tensor, batch: int):
+        self.op, self.index, self.batch = op, index, batch
+
+    def __call__(self, v: Tensor) -> Tensor:
+        full = v.new_zeros(self.batch, v.shape[1])
+        full[self.index] = v
+        return self.op(full)[self.index]
+
+    def select(self, index: Tensor) -> _Rows:
+        return _Rows(self.op, self.index[index], self.batch)
+
+
+def restrict(op: BatchedOperator, index: Tensor, batch: int) -> BatchedOperator:
+    """``op`` on the rows ``index`` (of a batch of ``batch`` rows)."""
+    select = getattr(op, "select", None)
+    if callable(select):
+        return select(index)
+    return _Rows(op, index, batch)
+
+
+@dataclass
+class EigenEstimate:
+    """Leading eigenvalues of each example's operator.
+
+    Attributes:
+        eigenvalues: ``(B, k)`` complex128, by decreasing modulus (NaN where fewer were found).
+        converged: ``(B,)`` bool, the leading pair met the tolerance.
+        residual: ``(B,)`` float64 ``‖A y − θ y‖ / |θ|`` of the leading Ritz pair (‖y‖ = 1).
+        matvecs: ``(B,)`` int64 operator applications spent on each example.
+        method: which method produced each example's answer (``"krylov"``, ``"arpack"``, ...).
+    """
+
+    eigenvalues: Tensor
+    converged: Tensor
+    residual: Tensor
+    matvecs: Tensor
+    method: list[str]
+
+    @property
+    def radius(self) -> Tensor:
+        """``(B,)`` float64 modulus of the leading eigenvalue (the spectral radius)."""
+        return self.eigenvalues[:, 0].abs()
+
+
+@dataclass
+class LinearSolve:
+    """Result of :func:`gmres`.
+
+    Attributes:
+        x: ``(B, n)`` solution (best found).
+        converged: ``(B,)`` bool, ``‖b − A x‖ ≤ atol + rtol·‖b‖``.
+        residual: ``(B,)`` float64 true relative residual ``‖b − A x‖ / ‖b‖`` (0 when b = 0).
+        matvecs: ``(B,)`` int64 operator applications per example.
+    """
+
+    x: Tensor
+    converged: Tensor
+    residual: Tensor
+    matvecs: Tensor
+
+
+def _unit(v: Tensor) -> Tensor:
+    return v / v.norm(dim=1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+
+
+def _orthogonalize(V: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Classical Gram–Schmidt twice: ``w`` minus its projection on the rows of ``V`` ``(b, k, n)``."""
+    h = torch.bmm(V, w.unsqueeze(2)).squeeze(2)  # (b, k)
+    w = w - torch.bmm(V.transpose(1, 2), h.unsqueeze(2)).squeeze(2)
+    h2 = torch.bmm(V, w.unsqueeze(2)).squeeze(2)
+    w = w - torch.bmm(V.transpose(1, 2), h2.unsqueeze(2)).squeeze(2)
+    return w, h + h2
+
+
+def _check(name: str, value: int, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return value
+
+
+def _check_tol(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+# ----------------------------------------------------------------------------------------------
+# Eigenvalues: Krylov–Schur
+
+
+def _ritz(Hb: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values of ``Hb`` by decreasing modulus and the residual norms ``|rbᵀ y|`` of their pairs."""
+    w, Y = scipy.linalg.eig(Hb)
+    order = np.argsort(-np.abs(w), kind="stable")
+    w, Y = w[order], Y[:, order]
+    Y = Y / np.linalg.norm(Y, axis=0, keepdims=True)
+    return w, np.abs(rb @ Y)
+
+
+def _keep_count(mods: np.ndarray, target: int) -> int:
+    """How many of the sorted moduli to keep near ``target`` without splitting (near-)equal ones."""
+    size = len(mods)
+    tie = 1e-10 * max(mods[0], np.finfo(float).tiny)
+    s = target
+    while s < size and mods[s - 1] - mods[s] <= tie:
+        s += 1
+    if s >= size:
+        s = target
+        while s > 1 and mods[s - 1] - mods[s] <= tie:
+            s -= 1
+    return s
+
+
+def krylov_schur(
+    op: BatchedOperator,
+    v0: Tensor,
+    *,
+    nev: int = 6,
+    ncv: int = 20,
+    tol: float = 1e-6,
+    maxiter: int = 100,
+    generator: torch.Generator | None = None,
+) -> EigenEstimate:
+    """The ``nev`` eigenvalues of largest modulus of every example's operator.
+
+    Each example keeps a Krylov–Schur decomposition ``A V = V S + v bᵀ`` of size up to ``ncv``;
+    a cycle extends it by Arnoldi steps (one batched ``op`` call per step for all examples), takes
+    the eigenvalues of ``S`` (Ritz values) and, unless converged, restarts by keeping the Schur
+    vectors of the largest-modulus Ritz values (complex pairs are never split). An example has
+    converged when its leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|``; it then leaves the batch.
+
+    Args:
+        op: batched operator ``(b, n) → (b, n)``.
+        v0: ``(B, n)`` start vectors (need not be normalized).
+        nev: eigenvalues to return (the leading one decides convergence).
+        ncv: Krylov dimension (``> nev``; capped at ``n``).
+        tol: relative residual of the leading Ritz pair.
+        maxiter: restart cycles at most.
+        generator: random vectors that replace the basis after an (exact) invariant subspace.
+    """
+    _check("nev", nev, 1)
+    _check("ncv", ncv, 2)
+    _check("maxiter", maxiter, 1)
+    tol = _check_tol("tol", tol)
+    if ncv <= nev:
+        raise ValueError(f"ncv ({ncv}) must exceed nev ({nev})")
+    B, n = v0.shape
+    dtype, device = v0.dtype, v0.device
+    m = min(ncv, n)
+    nev_out = nev
+    nev = min(nev, m)
+    target = min(m - 1, max(nev + 1, (m + nev) // 2))
+    eps = torch.finfo(dtype).eps
+
+    vals = np.full((B, nev_out), np.nan + 1j * np.nan, dtype=np.complex128)
+    conv = np.zeros(B, dtype=bool)
+    res = np.full(B, np.inf)
+    matvecs = np.zeros(B, dtype=np.int64)
+
+    rows = np.arange(B)  # original index of each active example
+    A = op
+    V = torch.zeros(B, m + 1, n, dtype=dtype, device=device)  # (b, m+1, n) basis, zero beyond use
+    V[:, 0] = _unit(v0)
+    H = np.zeros((B, m + 1, m))  # (b, m+1, m) Rayleigh quotient S on top, bᵀ in the row below
+    start = np.zeros(B, dtype=np.int64)  # kept vectors; the next column to expand
+
+    for cycle in range(maxiter):
+        steps = m - int(start.max())
+        b = len(rows)
+        ar = torch.arange(b, device=device)
+        for t in range(steps):
+            col = torch.as_tensor(start + t, device=device)
+            w = A(V[ar, col])  # (b, n)
+            matvecs[rows] += 1
+            w0 = w.norm(dim=1)
+            w, h = _orthogonalize(V, w)
+            beta = w.norm(dim=1)
+            broke = beta <= 10 * eps * w0
+            if bool(broke.any()):  # invariant subspace: continue from a fresh orthogonal direction
+                r = torch.randn(b, n, dtype=dtype, device=device, generator=generator)
+                r, _ = _orthogonalize(V, r)
+                rn = r.norm(dim=1, keepdim=True)
+                r = torch.where(rn > 1e-3, r / rn.clamp_min(eps), torch.zeros_like(r))
+                w = torch.where(broke[:, None], r, w / beta[:, None].clamp_min(torch.finfo(dtype).tiny))
+                beta = torch.where(broke, torch.zeros_like(beta), beta)
+            else:
+                w = w / beta[:, None]
+            V[ar, col + 1] = w
+            hc = h.double().cpu().numpy()
+            cols = start + t
+            H[np.arange(b), :, cols] = hc
+            H[np.arange(b), cols + 1, cols] = beta.double().cpu().numpy()
+
+        size = start + steps
+        last = cycle == maxiter - 1
+        finished = np.zeros(b, dtype=bool)
+        P = np.zeros((b, m + 1, m + 1))  # restart map: new basis = Pᵀ · old basis
+        H_next = np.zeros_like(H)
+        start_next = start.copy()
+        for i in range(b):
+            mb = int(size[i])
+            Hb, rb = H[i, :mb, :mb], H[i, mb, :mb]
+            w, rr = _ritz(Hb, rb)
+            k = min(nev, mb)
+            g = rows[i]
+            vals[g, :k] = w[:k]
+            lead = max(abs(w[0]), np.finfo(float).tiny)
+            res[g] = rr[0] / lead
+            conv[g] = rr[0] <= tol * lead
+            if conv[g] or last:
+                finished[i] = True
+                continue
+            s = _keep_count(np.abs(w), max(1, min(target, mb - 1)))
+            if s >= mb:
+                finished[i] = True  # nothing left to restart with
+                continue
+            thr = 0.5 * (abs(w[s - 1]) + abs(w[s]))
+            T, Z, sdim = scipy.linalg.schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) > thr)
+            if not 0 < sdim < mb:
+                finished[i] = True
+                continue
+            Q = Z[:, :sdim]
+            H_next[i, :sdim, :sdim] = T[:sdim, :sdim]
+            H_next[i, sdim, :sdim] = rb @ Q
+            P[i, :mb, :sdim] = Q
+            P[i, mb, sdim] = 1.0
+            start_next[i] = sdim
+        if finished.all():
+            break
+        Pt = torch.from_numpy(P).to(device=device, dtype=dtype).transpose(1, 2)
+        V = torch.bmm(Pt, V)  # (b, m+1, n)
+        H, start = H_next, start_next
+        if finished.any():
+            keep = np.flatnonzero(~finished)
+            index = torch.as_tensor(keep, device=device)
+            A = restrict(A, index, b)
+            V, H, start, rows = V[index], H[keep], start[keep], rows[keep]
+
+    return EigenEstimate(
+        eigenvalues=torch.from_numpy(vals),
+        converged=torch.from_numpy(conv),
+        residual=torch.from_numpy(res),
+        matvecs=torch.from_numpy(matvecs),
+        method=["krylov"] * B,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Eigenvalues: block power iteration
+
+
+def block_power(
+    op: BatchedOperator,
+    X0: Tensor,
+    *,
+    nev: int = 1,
+    tol: float = 1e-6,
+    maxiter: int = 1000,
+) -> EigenEstimate:
+    """Leading eigenvalues by subspace iteration on ``p`` vectors with Rayleigh–Ritz.
+
+    ``X0`` is ``(B, n, p)``; ``p ≥ 2`` captures a dominant complex-conjugate pair. Each iteration
+    applies ``op`` to the ``p`` columns, takes the eigenvalues of the ``p × p`` projection and
+    re-orthonormalizes. It converges at the rate ``|λ_{p+1}| / |λ_1|``; an example stops when its
+    leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|``.
+    """
+    _check("nev", nev, 1)
+    _check("maxiter", maxiter, 1)
+    tol = _check_tol("tol", tol)
+    B, n, p = X0.shape
+    if nev > p:
+        raise ValueError(f"nev ({nev}) must not exceed the block size ({p})")
+    device = X0.device
+    vals = np.full((B, nev), np.nan + 1j * np.nan, dtype=np.complex128)
+    conv = np.zeros(B, dtype=bool)
+    res = np.full(B, np.inf)
+    matvecs = np.zeros(B, dtype=np.int64)
+    rows = np.arange(B)
+    A = op
+    X = torch.linalg.qr(X0).Q  # (b, n, p)
+    for it in range(maxiter):
+        Y = torch.stack([A(X[:, :, j]) for j in range(p)], dim=2)  # (b, n, p)
+        matvecs[rows] += p
+        R = torch.bmm(X.transpose(1, 2), Y).double().cpu().numpy()  # (b, p, p)
+        Xd, Yd = X.double().cpu().numpy(), Y.double().cpu().numpy()
+        finished = np.zeros(len(rows), dtype=bool)
+        for i, g in enumerate(rows):
+            w, S = np.linalg.eig(R[i])
+            order = np.argsort(-np.abs(w), kind="stable")
+            w, S = w[order], S[:, order]
+            y = Xd[i] @ S[:, 0]
+            r = np.linalg.norm(Yd[i] @ S[:, 0] - w[0] * y) / max(np.linalg.norm(y), np.finfo(float).tiny)
+            lead = max(abs(w[0]), np.finfo(float).tiny)
+            vals[g] = w[:nev]
+            res[g] = r / lead
+            conv[g] = r <= tol * lead
+            finished[i] = conv[g]
+        if finished.all() or it == maxiter - 1:
+            break
+        X = torch.linalg.qr(Y).Q
+        if finished.any():
+            keep = np.flatnonzero(~finished)
+            index = torch.as_tensor(keep, device=device)
+            A = restrict(A, index, len(rows))
+            X, rows = X[index], rows[keep]
+    return EigenEstimate(
+        eigenvalues=torch.from_numpy(vals),
+        converged=torch.from_numpy(conv),
+        residual=torch.from_numpy(res),
+        matvecs=torch.from_numpy(matvecs),
+        method=["power"] * B,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear systems: restarted GMRES
+
+
+def gmres(
+    op: BatchedOperator,
+    b: Tensor,
+    *,
+    rtol: float = 1e-6,
+    atol: float = 0.0,
+    restart: int = 30,
+    maxiter: int = 10,
+) -> LinearSolve:
+    """Solve ``A_i x_i = b_i`` for every example by GMRES restarted every ``restart`` steps.
+
+    At most ``maxiter`` cycles. An example is done when its true residual (recomputed at the
+    start of each cycle) is ``≤ atol + rtol·‖b_i‖``; it then leaves the batch. The returned
+    residual is always the true one.
+    """
+    _check("restart", restart, 1)
+    _check("maxiter", maxiter, 1)
+    rtol = _check_tol("rtol", rtol)
+    if not atol >= 0:
+        raise ValueError(f"atol must be ≥ 0, got {atol!r}")
+    B, n = b.shape
+    dtype, device = b.dtype, b.device
+    m = min(restart, n)
+    tiny = torch.finfo(dtype).tiny
+    x_out = torch.zeros_like(b)
+    res_out = torch.zeros(B, dtype=torch.float64)
+    conv_out = torch.zeros(B, dtype=torch.bool)
+    matvecs = torch.zeros(B, dtype=torch.long)
+
+    rows = torch.arange(B, device=device)
+    A = op
+    x = torch.zeros_like(b)
+    rhs = b
+    bnorm = b.norm(dim=1).double()
+    goal = atol + rtol * bnorm  # (b,)
+    for cycle in range(maxiter + 1):
+        if cycle == 0:
+            r = rhs
+        else:
+            r = rhs - A(x)
+            matvecs[rows.cpu()] += 1
+        rnorm = r.norm(dim=1).double()
+        done = rnorm <= goal
+        rel = torch.where(bnorm > 0, rnorm / bnorm.clamp_min(tiny), torch.zeros_like(rnorm))
+        finish = done | (cycle == maxiter)
+        if bool(finish.any()):
+            idx = rows[finish].cpu()
+            x_out[idx] = x[finish]
+            res_out[idx] = rel[finish].cpu()
+            conv_out[idx] = done[finish].cpu()
+            keep = (~finish).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            A = restrict(A, keep, len(rows))
+            rows, x, rhs, r = rows[keep], x[keep], rhs[keep], r[keep]
+            rnorm, bnorm, goal = rnorm[keep], bnorm[keep], goal[keep]
+        nb = len(rows)
+        V = torch.zeros(nb, m + 1, n, dtype=dtype, device=device)
+        H = torch.zeros(nb, m + 1, m, dtype=torch.float64)
+        V[:, 0] = r / rnorm.to(dtype)[:, None]
+        e1 = torch.zeros(nb, m + 1, 1, dtype=torch.float64)
+        e1[:, 0, 0] = rnorm.cpu()
+        y = None
+        for j in range(m):
+            w = A(V[:, j])
+            matvecs[rows.cpu()] += 1
+            w, h = _orthogonalize(V[:, : j + 1], w)
+            beta = w.norm(dim=1)
+            H[:, : j + 1, j] = h.double().cpu()
+            H[:, j + 1, j] = beta.double().cpu()
+            V[:, j + 1] = torch.where(beta[:, None] > 0, w / beta[:, None].clamp_min(tiny), torch.zeros_like(w))
+            Hj = H[:, : j + 2, : j + 1]
+            y = torch.linalg.lstsq(Hj, e1[:, : j + 2]).solution  # (nb, j+1, 1)
+            est = (e1[:, : j + 2] - Hj @ y).norm(dim=(1, 2))
+            if bool((est <= 0.5 * goal.cpu()).all()):
+                break
+        k = y.shape[1]
+        x = x + torch.bmm(V[:, :k].transpose(1, 2), y.to(device=device, dtype=dtype)).squeeze(2)
+    return LinearSolve(x=x_out, converged=conv_out, residual=res_out, matvecs=matvecs)

@@ -1,0 +1,166 @@
+"""Batched Krylov methods against dense numpy answers, on explicit matrices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deqloop.analysis.krylov import block_power, gmres, krylov_schur
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These problems are tiny and latency-bound: more threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class MatrixOp:
+    """v ↦ A_b v_b for a stack of matrices ``A`` (B, n, n); ``select`` optional; counts calls."""
+
+    def __init__(self, A: torch.Tensor, selectable: bool = True, calls: list | None = None):
+        self.A = A
+        self.calls = [] if calls is None else calls
+        if selectable:
+            self.select = lambda index: MatrixOp(self.A[index], True, self.calls)
+
+    def __call__(self, v: torch.Tensor) -> torch.Tensor:
+        self.calls.append(v.shape[0])
+        return torch.bmm(self.A, v.unsqueeze(2)).squeeze(2)
+
+
+def with_spectrum(eigs: list[list[complex]], seed: int = 0) -> torch.Tensor:
+    """Real matrices S D S⁻¹ with the given eigenvalues (conjugate pairs as 2×2 rotation blocks)."""
+    rng = np.random.default_rng(seed)
+    mats = []
+    for vals in eigs:
+        n = sum(1 if v.imag == 0 else 2 for v in vals)
+        D = np.zeros((n, n))
+        i = 0
+        for v in vals:
+            if v.imag == 0:
+                D[i, i] = v.real
+                i += 1
+            else:
+                D[i : i + 2, i : i + 2] = [[v.real, v.imag], [-v.imag, v.real]]
+                i += 2
+        S = rng.standard_normal((n, n)) + 3 * np.eye(n)
+        mats.append(S @ D @ np.linalg.inv(S))
+    return torch.tensor(np.stack(mats))
+
+
+def sorted_by_modulus(w: np.ndarray) -> np.ndarray:
+    return w[np.argsort(-np.abs(w), kind="stable")]
+
+
+def test_krylov_schur_matches_numpy_on_random_nonsymmetric_matrices():
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(4, 80, 80, generator=g, dtype=torch.float64) / 80**0.5
+    A[1] *= 3.0
+    A[2] = A[2] + A[2].T  # symmetric: real spectrum
+    v0 = torch.randn(4, 80, generator=g, dtype=torch.float64)
+    est = krylov_schur(MatrixOp(A), v0, nev=4, ncv=24, tol=1e-12, maxiter=200)
+    assert est.converged.all()
+    for b in range(4):
+        ref = sorted_by_modulus(np.linalg.eigvals(A[b].numpy()))
+        assert est.radius[b].item() == pytest.approx(abs(ref[0]), rel=1e-10)
+        lead = est.eigenvalues[b, 0].item()
+        assert np.min(np.abs(ref - lead)) < 1e-9 * abs(ref[0])
+        assert est.residual[b] <= 1e-12
+
+
+def test_krylov_schur_dominant_complex_pair_and_its_conjugate():
+    rest = [0.5, -0.4, 0.3 + 0.2j, 0.1, -0.2, 0.25, 0.05 + 0.1j, 0.45, -0.35, 0.15, 0.2, -0.1] * 3
+    eigs = [[1.2 + 0.5j, *rest], [0.9, 0.0, *rest], [-0.95 + 0.0j, 0.9, *rest]]
+    A = with_spectrum(eigs)
+    v0 = torch.randn(3, A.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    est = krylov_schur(MatrixOp(A), v0, nev=3, ncv=12, tol=1e-12, maxiter=300)
+    assert est.converged.all()
+    assert est.radius.tolist() == pytest.approx([abs(1.2 + 0.5j), 0.9, 0.95], rel=1e-10)
+    pair = est.eigenvalues[0, :2].numpy()
+    assert sorted(pair.imag) == pytest.approx([-0.5, 0.5], abs=1e-9)  # the pair, not one half of it
+    assert est.eigenvalues[2, 1].real.item() == pytest.approx(0.9, abs=1e-9)
+
+
+def test_krylov_schur_small_dimension_zero_matrix_and_masking_path_agree():
+    g = torch.Generator().manual_seed(2)
+    A = torch.randn(3, 5, 5, generator=g, dtype=torch.float64)
+    A[1] = 0.0  # invariant subspace at once: ρ = 0
+    A[2] = torch.diag(torch.tensor([2.0, 1.0, 0.5, 0.25, 0.125], dtype=torch.float64))  # Krylov space may break down
+    v0 = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    for selectable in (True, False):
+        est = krylov_schur(MatrixOp(A, selectable), v0, nev=2, ncv=20, tol=1e-12, maxiter=20)
+        assert est.converged.all()
+        assert est.radius[0].item() == pytest.approx(np.abs(np.linalg.eigvals(A[0].numpy())).max(), rel=1e-10)
+        assert est.radius[1].item() == 0.0
+        assert est.radius[2].item() == pytest.approx(2.0, rel=1e-12)
+
+
+def test_krylov_schur_finished_examples_leave_the_batch():
+    A = with_spectrum([[0.9, *np.linspace(0.2, 0.01, 31)], [*np.linspace(1.0, 0.9, 30), 0.5, 0.4]])
+    v0 = torch.randn(2, A.shape[1], dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    op = MatrixOp(A)
+    est = krylov_schur(op, v0, nev=1, ncv=8, tol=1e-10, maxiter=500)
+    assert est.matvecs[0] < est.matvecs[1]  # the easy one stopped early
+    assert 1 in op.calls  # and was evaluated without it afterwards
+    assert est.matvecs.sum().item() == sum(op.calls)
+
+
+def test_krylov_schur_reports_non_convergence_honestly():
+    A = with_spectrum([[1.0, -0.999, 0.998, *np.linspace(0.5, 0.99, 40)]])
+    v0 = torch.ones(1, A.shape[1], dtype=torch.float64)
+    est = krylov_schur(MatrixOp(A), v0, nev=1, ncv=4, tol=1e-14, maxiter=2)
+    assert not est.converged[0]
+    assert est.residual[0] > 1e-14
+    assert np.isfinite(est.radius[0].item())
+
+
+def test_block_power_finds_a_dominant_complex_pair():
+    rest = [0.3, -0.2, 0.1, 0.05] * 5
+    A = with_spectrum([[0.8 + 0.6j, *rest], [-1.5, 0.0, *rest]])
+    X0 = torch.randn(2, A.shape[1], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    est = block_power(MatrixOp(A), X0, nev=2, tol=1e-10, maxiter=500)
+    assert est.converged.all()
+    assert est.radius.tolist() == pytest.approx([1.0, 1.5], rel=1e-9)
+
+
+@pytest.mark.parametrize("selectable", [True, False])
+def test_gmres_matches_numpy_solve(selectable):
+    g = torch.Generator().manual_seed(5)
+    n = 50
+    A = torch.eye(n, dtype=torch.float64) + 0.9 * torch.randn(4, n, n, generator=g, dtype=torch.float64) / n**0.5
+    b = torch.randn(4, n, generator=g, dtype=torch.float64)
+    b[2] = 0.0
+    sol = gmres(MatrixOp(A, selectable), b, rtol=1e-12, restart=15, maxiter=50)
+    ref = np.linalg.solve(A.numpy(), b.numpy()[:, :, None])[..., 0]
+    assert sol.converged.all()
+    assert np.abs(sol.x.numpy() - ref).max() < 1e-9 * np.abs(ref).max()
+    assert sol.residual[2] == 0.0 and sol.matvecs[2] == 0  # zero right-hand side: x = 0 at once
+    true = (b - torch.bmm(A, sol.x.unsqueeze(2)).squeeze(2)).norm(dim=1) / b.norm(dim=1).clamp_min(1e-300)
+    assert torch.allclose(sol.residual[[0, 1, 3]], true[[0, 1, 3]], rtol=1e-6, atol=1e-15)
+
+
+def test_gmres_reports_its_true_residual_when_it_runs_out():
+    g = torch.Generator().manual_seed(6)
+    n = 60
+    A = torch.eye(n, dtype=torch.float64) + 2.0 * torch.randn(1, n, n, generator=g, dtype=torch.float64) / n**0.5
+    b = torch.randn(1, n, generator=g, dtype=torch.float64)
+    sol = gmres(MatrixOp(A), b, rtol=1e-12, restart=3, maxiter=2)
+    true = ((b - A[0] @ sol.x[0]).norm() / b.norm()).item()
+    assert not sol.converged[0]
+    assert sol.residual[0].item() == pytest.approx(true, rel=1e-10)
+    assert sol.matvecs[0] == 2 * 3 + 2  # two cycles of 3 steps, plus two true-residual checks
+
+
+def test_argument_validation():
+    A = torch.eye(3, dtype=torch.float64).expand(1, 3, 3)
+    v = torch.ones(1, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="ncv"):
+        krylov_schur(MatrixOp(A), v, nev=4, ncv=4)
+    with pytest.raises(ValueError, match="tol"):
+        krylov_schur(MatrixOp(A), v, tol=2.0)
+    with pytest.raises(ValueError, match="restart"):
+        gmres(MatrixOp(A), v, restart=0)
