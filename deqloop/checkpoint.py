@@ -1,0 +1,101 @@
+"""Checkpoints written atomically: a crash mid-write never corrupts the previous one.
+
+    save_checkpoint("runs/x/last.pt", state)     # temp file in the same folder, fsync, os.replace
+    state = load_checkpoint("runs/x/last.pt")    # CheckpointError with a one-line reason if unusable
+    model = load_model("runs/x/last.pt")         # LoopedDEQ rebuilt from "model_config" + "model"
+
+A checkpoint is a dict. Every checkpoint written by :mod:`deqloop.train` holds at least
+``"model_config"`` (a dict for :meth:`LoopedDEQConfig.from_dict`) and ``"model"`` (the state
+dict), plus the full training config, optimizer, scheduler, step and RNG states.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
+
+REQUIRED_KEYS = ("model_config", "model")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, or lacks the keys a model needs."""
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``path`` atomically and return the path.
+
+    The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file
+    is renamed over ``path`` with :func:`os.replace`; the folder is fsynced too. A process killed
+    at any moment leaves either the old file or the new one, never a torn one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory file descriptors
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises :class:`CheckpointError` (one line, naming the file) when the file does not exist, is
+    not a checkpoint, or lacks ``"model_config"`` / ``"model"``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    try:
+        # Checkpoints hold plain configs, tensors and RNG states; numpy's RNG state needs the
+        # full unpickler, so only load checkpoints you trust (as with any torch.load).
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # torch raises many types for a torn or foreign file
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks {', '.join(map(repr, missing))}")
+    return state
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
+    """The :class:`~deqloop.model.LoopedDEQ` stored in a checkpoint, in eval mode."""
+    from deqloop.model import LoopedDEQ, LoopedDEQConfig
+
+    state = load_checkpoint(path, map_location)
+    config = dict(state["model_config"])
+    config["compile"] = False  # compiling is a property of a run, not of the weights
+    model = LoopedDEQ(LoopedDEQConfig.from_dict(config))
+    model.load_state_dict(state["model"])
+    return model.eval()

@@ -1,0 +1,405 @@
+"""Trainer: config validation, data as a function of (seed, step), both loss regimes, NaN skips,
+atomic checkpoints, exact resume after SIGKILL."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqloop.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
+from deqloop.train import (
+    TIMING_FIELDS,
+    Batches,
+    TrainConfig,
+    Trainer,
+    TrainingError,
+    build_task,
+    progressive_draw,
+    read_metrics,
+    train,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(out: Path, **overrides) -> TrainConfig:
+    """A prefix-sums run that takes well under a second per ten steps."""
+    values = dict(
+        task="prefix_sums", length=6, min_length=3, hard_length=12, width=16, heads=2, mlp_ratio=2.0,
+        attention="local", window=3, loss="progressive", depth_offset=1, steps=12, warmup_steps=2,
+        batch_size=8, lr=3e-3, log_every=1, checkpoint_every=4, eval_size=8, threads=1, progress=False,
+        out=str(out),
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def without_timing(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def test_config_rejects_unknown_keys_and_lists_allowed():
+    with pytest.raises(TypeError, match=r"unknown key\(s\) \['widht'\].*allowed: task"):
+        TrainConfig.from_dict({"widht": 3})
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"task": "go"}, r"unknown task 'go'; allowed: prefix_sums, sudoku, chess"),
+        ({"loss": "magic"}, r"unknown loss 'magic'; allowed: equilibrium, progressive"),
+        ({"backward": "truncated"}, r"unknown backward 'truncated'; allowed: implicit, phantom, unrolled"),
+        ({"loss": "progressive", "backward": "implicit"}, "backward and backward_options apply to loss='equilibrium'"),
+        ({"alpha": 0.5}, "alpha weighs the progressive loss"),
+        ({"loss": "progressive", "alpha": 1.5}, r"alpha must be in \[0, 1\]"),
+        ({"backward": "unrolled"}, "needs solver='picard'"),
+        ({"task": "sudoku", "length": 8}, "length applies to task 'prefix_sums' only"),
+        ({"length": 8, "min_length": 9}, r"min_length \(9\) exceeds length \(8\)"),
+        ({"data": ("x.csv",)}, "takes no data files"),
+        ({"epochs": 2}, "set train_size > 0"),
+        ({"train_size": 100, "epochs": 1, "steps": 5, "batch_size": 10}, "disagree"),
+        ({"warmup_steps": 10, "steps": 10}, r"warmup_steps \(10\) must be below steps \(10\)"),
+        ({"min_lr": 1.0, "lr": 0.1}, r"min_lr must be in \[0, lr=0.1\]"),
+        ({"width": 30, "heads": 4}, "divisible by heads"),
+        ({"recall": "outer"}, "unknown recall 'outer'"),
+        ({"resume": True, "overwrite": True}, "resume and overwrite exclude each other"),
+        ({"amp": "fp8"}, r"unknown amp 'fp8'"),
+        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
+        ({"augment": True}, "augment applies to task 'sudoku' only"),
+    ],
+)
+def test_config_rejects_impossible_combinations(values, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        TrainConfig(**values)
+
+
+def test_config_round_trips_and_derives_steps_from_epochs(tmp_path):
+    c = TrainConfig(task="sudoku", train_size=100, epochs=3, batch_size=32, out=str(tmp_path))
+    assert c.steps == math.ceil(3 * 100 / 32)
+    again = TrainConfig.from_dict(c.to_dict())
+    assert again == c
+    assert json.loads(json.dumps(c.to_dict())) == c.to_dict()
+    assert TrainConfig().out == os.path.join("runs", "prefix_sums")
+
+
+def test_model_config_follows_the_train_config():
+    c = TrainConfig(length=10, depth_offset=3, loss="progressive", width=16, heads=2, attention="local", window=3)
+    m = c.model_config()
+    assert (m.vocab_size, m.num_classes, m.grid, m.width, m.max_iter) == (2, 2, (10,), 16, 13)
+    assert c.depth(4) == 7
+    e = TrainConfig(task="chess", backward="phantom", backward_options={"steps": 2}, max_iter=9)
+    assert (e.model_config().grid, e.model_config().backward, e.model_config().max_iter) == ((8, 8), "phantom", 9)
+
+
+# -- data and randomness as functions of (seed, step) -------------------------------------------
+
+
+def test_batches_depend_only_on_seed_and_step(tmp_path):
+    c = tiny_config(tmp_path)
+    task = build_task(c)
+    a, b = Batches(c, task), Batches(c, task)
+    for step in (0, 7, 3):
+        xa, ya = a(step)
+        xb, yb = b(step)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert xa.shape == (8, a.length(step)) and 3 <= a.length(step) <= 6
+    lengths = {a.length(s) for s in range(40)}
+    assert lengths == {3, 4, 5, 6}  # the curriculum draws every length
+    other = Batches(dataclasses.replace(c, seed=1), task)
+    assert any(not torch.equal(a(s)[0][:, :3], other(s)[0][:, :3]) for s in range(5))
+
+
+def test_pool_batches_walk_shuffled_epochs(tmp_path):
+    c = tiny_config(tmp_path, min_length=None, train_size=24, batch_size=8)
+    batches = Batches(c, build_task(c))
+    epoch0 = torch.cat([batches(s)[0] for s in range(3)])
+    epoch1 = torch.cat([batches(s)[0] for s in range(3, 6)])
+    pool = batches.pool[0]
+    key = lambda t: sorted(map(tuple, t.tolist()))  # noqa: E731
+    assert key(epoch0) == key(pool) == key(epoch1)  # every example once per epoch
+    assert not torch.equal(epoch0, epoch1)  # in a new order
+
+
+def test_ranks_split_the_global_batch(tmp_path):
+    c = tiny_config(tmp_path)
+    task = build_task(c)
+    full = Batches(c, task)(5)[0]
+    halves = [Batches(c, task, rank=r, world=2)(5)[0] for r in (0, 1)]
+    assert torch.equal(torch.cat(halves), full)
+
+
+def test_progressive_draw_is_in_range_and_deterministic():
+    draws = [progressive_draw(0, s, 5) for s in range(200)]
+    assert all(0 <= n <= 4 and 1 <= k <= 5 - n for n, k in draws)
+    assert {n for n, _ in draws} == set(range(5))
+    assert draws == [progressive_draw(0, s, 5) for s in range(200)]
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(loss="progressive", alpha=0.0),
+        dict(loss="progressive", alpha=0.5),
+        dict(loss="progressive", alpha=1.0),
+        dict(loss="equilibrium", depth_offset=None, backward="implicit", max_iter=6, solver="anderson"),
+        dict(loss="equilibrium", depth_offset=None, backward="phantom", backward_options={"steps": 2}, max_iter=6),
+        dict(loss="equilibrium", depth_offset=None, backward="unrolled", solver="picard", max_iter=6),
+    ],
+    ids=["bptt", "progressive", "truncated-only", "implicit", "phantom", "unrolled"],
+)
+def test_each_regime_trains_and_logs_its_metrics(tmp_path, overrides):
+    c = tiny_config(tmp_path, steps=4, **overrides)
+    result = train(c)
+    records = list(read_metrics(tmp_path / "metrics.jsonl"))
+    steps = [r for r in records if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    for r in steps:
+        for key in ("loss", "accuracy", "iterations", "residual", "grad_norm", "lr", "examples_per_s"):
+            assert math.isfinite(r[key]), key
+    if overrides.get("backward") == "implicit":
+        assert all(0 <= r["backward_residual"] < 1 for r in steps)
+        assert all(r["backward_iterations"] >= 1 for r in steps)
+    if overrides.get("loss") == "equilibrium":
+        assert all(1 <= r["iterations"] <= 6 for r in steps)
+    assert records[-1]["kind"] == "eval" and len(records[-1]["val_accuracy"]) == 1
+    assert result.step == 4 and result.skipped == 0
+    # the warmup and cosine schedule: ramp up over 2 steps, then decay
+    assert [r["lr"] for r in steps][:2] == pytest.approx([1.5e-3, 3e-3])
+    assert steps[-1]["lr"] < steps[1]["lr"]
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert {"model_config", "model", "train_config", "optimizer", "scheduler", "step", "rng"} <= set(state)
+    assert state["train_config"] == c.to_dict()
+    model = load_model(tmp_path / "last.pt")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state["model"].values()))
+
+
+def test_training_lowers_the_loss(tmp_path):
+    c = tiny_config(tmp_path, steps=60, min_length=None, length=3, batch_size=32, lr=1e-2, warmup_steps=5,
+                    checkpoint_every=60)
+    train(c)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert sum(losses[:10]) / 10 > 0.55  # near chance (ln 2 = 0.69) at the start
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
+
+
+def test_no_weight_decay_on_norms_and_biases(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] > 0 and no_decay["weight_decay"] == 0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(trainer.model.parameters()))
+
+
+def test_an_existing_run_is_not_overwritten_without_asking(tmp_path):
+    train(tiny_config(tmp_path, steps=2, warmup_steps=0))
+    with pytest.raises(TrainingError, match="already holds a run"):
+        Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0))
+    Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, overwrite=True))
+    with pytest.raises(TrainingError, match="the config differs \\(lr: 0.003 → 0.001\\)"):
+        Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, lr=1e-3, resume=True))
+
+
+def test_resume_without_a_checkpoint_is_an_error(tmp_path):
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        Trainer(tiny_config(tmp_path, resume=True))
+
+
+# -- non-finite steps ----------------------------------------------------------------------------
+
+
+def test_a_nan_batch_is_skipped_logged_and_counted(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=6))
+    poison = {3}
+    seen = iter(range(100))
+
+    def hook(module, inputs, output):  # the 4th training forward sees NaN embeddings
+        return output * float("nan") if next(seen) in poison else output
+
+    handle = trainer.model.embedding.register_forward_hook(hook)
+    before = None
+    for step in range(6):
+        if step == 3:
+            before = params(trainer.model)
+            adam_before = {k: v["step"].clone() for k, v in trainer.optimizer.state.items()}
+        metrics = trainer.step(step)
+        if step == 3:
+            assert metrics == {"step": 4, "lr": metrics["lr"], "skipped": True, "reason": "non-finite loss",
+                               "skipped_total": 1}
+            after = params(trainer.model)
+            assert all(torch.equal(before[k], after[k]) for k in before)  # no update
+            assert all(torch.equal(adam_before[k], v["step"]) for k, v in trainer.optimizer.state.items())
+    handle.remove()
+    assert trainer.skipped == 1 and trainer.step_count == 6
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    state = load_checkpoint(trainer.save())
+    assert state["skipped"] == 1
+
+
+def test_a_non_finite_gradient_is_skipped(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=3))
+    weight = trainer.model.head.out.weight
+    handle = weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    before = params(trainer.model)
+    metrics = trainer.step(0)
+    handle.remove()
+    assert metrics["skipped"] and metrics["reason"] == "non-finite gradient"
+    assert all(torch.equal(before[k], v) for k, v in params(trainer.model).items())
+    assert "loss" in trainer.step(1) or True  # training goes on
+    assert trainer.skipped == 1
+
+
+def test_the_run_loop_writes_skips_to_the_metrics(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=4, log_every=2))
+    calls = iter(range(100))
+    trainer.model.embedding.register_forward_hook(lambda m, i, o: o * float("nan") if next(calls) == 0 else o)
+    result = trainer.run()
+    records = list(read_metrics(tmp_path / "metrics.jsonl"))
+    skipped = [r for r in records if r.get("skipped")]
+    assert [r["step"] for r in skipped] == [1] and result.skipped == 1
+    assert records[-2]["skipped_total"] == 1  # later lines carry the count
+
+
+def test_non_finite_parameters_are_never_checkpointed(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=3))
+    good = trainer.save()
+    with torch.no_grad():
+        trainer.model.head.out.bias[0] = float("nan")
+    with pytest.raises(TrainingError, match="refusing to checkpoint non-finite parameters \\(head.out.bias\\)"):
+        trainer.save()
+    assert torch.isfinite(load_checkpoint(good)["model"]["head.out.bias"]).all()
+
+
+# -- checkpoints ---------------------------------------------------------------------------------
+
+
+def test_checkpoint_errors_are_one_line(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        load_checkpoint(junk)
+    save_checkpoint(tmp_path / "partial.pt", {"model": {}})
+    with pytest.raises(CheckpointError, match="lacks 'model_config'"):
+        load_checkpoint(tmp_path / "partial.pt")
+
+
+def test_an_exception_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"model_config": {}, "model": {}, "step": 1})
+
+    def torn_save(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", torn_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"model_config": {}, "model": {}, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # no temp file left
+
+
+CRASH_WRITER = textwrap.dedent(
+    """
+    import os, sys, time, torch
+    from deqloop.checkpoint import save_checkpoint
+    path = sys.argv[1]
+    save_checkpoint(path, {"model_config": {}, "model": {"w": torch.ones(3)}, "step": 1})
+    real_save = torch.save
+    def slow_save(obj, f, *a, **k):
+        f.write(b"x" * 1000); f.flush()
+        print("writing", flush=True)
+        time.sleep(60)
+    torch.save = slow_save
+    save_checkpoint(path, {"model_config": {}, "model": {"w": torch.zeros(3)}, "step": 2})
+    """
+)
+
+
+def test_a_crash_in_the_middle_of_writing_leaves_the_previous_checkpoint(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(CRASH_WRITER)
+    path = tmp_path / "ckpt" / "last.pt"
+    proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    state = load_checkpoint(path)
+    assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
+
+
+# -- exact resume after SIGKILL ------------------------------------------------------------------
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from deqloop.train import TrainConfig, Trainer
+    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+    kill_at = int(sys.argv[2])
+
+    class Doomed(Trainer):
+        def step(self, step):
+            if step == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return super().step(step)
+
+    Doomed(config).run()
+    """
+)
+
+
+@pytest.mark.parametrize("loss", ["progressive", pytest.param("equilibrium", marks=pytest.mark.slow)])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, loss):
+    extra = dict(alpha=0.5) if loss == "progressive" else dict(depth_offset=None, backward="implicit", max_iter=5)
+    steps = dict(steps=14, checkpoint_every=5, eval_every=5, loss=loss, **extra)
+    whole = train(tiny_config(tmp_path / "whole", **steps))
+
+    interrupted = tiny_config(tmp_path / "cut", **steps)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_RUN)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(script), json.dumps(interrupted.to_dict()), "8"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 5
+    cut_lines = list(read_metrics(tmp_path / "cut" / "metrics.jsonl"))
+    assert max(r["step"] for r in cut_lines) == 8  # steps 6-8 were logged, then lost
+
+    resumed = Trainer(dataclasses.replace(interrupted, resume=True))
+    assert resumed.step_count == 5
+    result = resumed.run()
+    assert result.step == whole.step == 14
+    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(result.checkpoint)
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, v in a["optimizer"]["state"].items():
+        for name, t in v.items():
+            assert torch.equal(t, b["optimizer"]["state"][k][name]), (k, name)
+    whole_lines = without_timing(list(read_metrics(tmp_path / "whole" / "metrics.jsonl")))
+    resumed_lines = without_timing(list(read_metrics(tmp_path / "cut" / "metrics.jsonl")))
+    assert resumed_lines == whole_lines
