@@ -175,6 +175,7 @@ BAD_ROWS = [
     (ROW.replace("g7f6 g1g8", "g7f6 g1h2"), "illegal solution move"),
     (ROW.replace("g7f6 g1g8", "g7f6 0000"), "illegal solution move"),
     (ROW.replace(",399,", ",hard,"), "rating is not an integer"),
+    (ROW.replace(",399,", ",99999999999999999999,"), "rating is not an integer"),
 ]
 
 
@@ -298,3 +299,17 @@ def test_task_config_is_validated(tmp_path):
         Chess(hard_min_rating=2000, hard_max_rating=1000)
     with pytest.raises(ValueError, match="train_pieces"):
         Chess(train_pieces=(2, 40))
+
+
+@pytest.mark.slow
+def test_legal_metric_on_every_shared_row(shared_data):
+    for name in (EASY_FILE, HARD_FILE):
+        x, y, meta = tc.load_lichess(shared_data / "chess" / name, return_meta=True)
+        logits = torch.stack([-y.float(), y.float()], dim=-1)
+        assert tc.correct_legal(logits, y, fens=meta.fens).all()
+        # decoded boards lose castling and en-passant rights: only those solutions can be missed
+        lost = ~tc.correct_legal(logits, y, x)
+        for i in torch.nonzero(lost).flatten().tolist():
+            board = chess.Board(meta.fens[i])
+            move = chess.Move.from_uci(meta.moves[i])
+            assert board.is_castling(move) or board.is_en_passant(move), meta.lines[i]

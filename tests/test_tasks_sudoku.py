@@ -165,6 +165,7 @@ BAD_ROWS = [
     (f"s,{EASY},{EASY_ANSWER[:80]}0,0", "bad answer string"),
     (f"s,{EASY},{EASY_ANSWER},-3", "rating is not a non-negative integer"),
     (f"s,{EASY},{EASY_ANSWER},hard", "rating is not a non-negative integer"),
+    (f"s,{EASY},{EASY_ANSWER},{10**20}", "rating is not a non-negative integer"),
     (f"s,55{EASY[2:]},{EASY_ANSWER},0", "contradictory givens"),
     (f"s,{EASY},{EASY_ANSWER[1:]}{EASY_ANSWER[0]},0", "answer is not a valid sudoku solution"),
     (f"s,{EASY},{EASY_ANSWER.translate(str.maketrans('12', '21'))},0", "answer contradicts the givens"),
@@ -202,7 +203,7 @@ def test_line_file_errors_and_on_error_values(tmp_path):
 
 
 # A pool of row pieces, valid and broken, that hypothesis mixes into whole files.
-_PIECES = [EASY, EASY_ANSWER, EASY[:80], EASY + "1", EASY.replace(".", "0"), "5" * 81, "." * 81, "", "0", "-1", "x"]
+_PIECES = [EASY, EASY_ANSWER, EASY[:80], EASY + "1", EASY.replace(".", "0"), "5" * 81, "." * 81, "", "0", "-1", "x", "9" * 25]
 
 
 @st.composite
@@ -329,3 +330,13 @@ def test_task_config_is_validated(tmp_path):
 def test_numpy_input_is_accepted():
     puzzles = np.array([[0 if c == "." else int(c) for c in EASY]])
     assert sudoku.solve(puzzles).solutions.tolist() == [1]
+
+
+@pytest.mark.slow
+def test_solver_reproduces_a_sample_of_every_shared_rating(shared_data):
+    for name in ("sudoku17_1500.csv", "magictour_top1465.csv"):
+        x, y, meta = sudoku.load(shared_data / "sudoku" / name, return_meta=True)
+        bounded = torch.nonzero(meta.ratings <= 1000).flatten()  # the search time grows with the rating
+        pick = bounded[torch.randperm(len(bounded), generator=torch.Generator().manual_seed(0))[:60]]
+        result = sudoku.solve(x[pick])
+        assert torch.equal(result.guesses, meta.ratings[pick]) and torch.equal(result.solution, y[pick])

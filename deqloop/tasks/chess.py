@@ -268,6 +268,8 @@ def _rows(
         try:
             rating = int(rating_text)
         except ValueError:
+            rating = 2**62
+        if not -(2**62) < rating < 2**62:
             rows.bad(number, "rating is not an integer", rating_text)
             continue
         if (min_rating is not None and rating < min_rating) or (max_rating is not None and rating > max_rating):

@@ -464,7 +464,7 @@ def load(
                     rating = int(rating_text)
                 except ValueError:
                     rating = -2
-                if rating < 0:
+                if not 0 <= rating < 2**62:
                     rows.bad(number, "rating is not a non-negative integer", rating_text)
                     continue
         if len(question) != 81 or not set(question) <= _PUZZLE_CHARS:
