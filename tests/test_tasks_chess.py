@@ -104,6 +104,12 @@ def test_shared_metrics_and_filters(shared_data):
     assert len(x) == 300 and meta.ratings.min() >= 1700 and meta.ratings.max() <= 1800
     logits = torch.stack([-y.float(), y.float()], dim=-1)
     assert tc.correct(logits, y).all() and tc.correct_legal(logits, y, fens=meta.fens).all()
+    for i, (fen, uci) in enumerate(zip(meta.fens, meta.moves)):  # mirror invariance on real puzzles
+        board, move = chess.Board(fen), chess.Move.from_uci(uci)
+        mirrored = chess.Move(chess.square_mirror(move.from_square), chess.square_mirror(move.to_square), move.promotion)
+        for b, m in ((board, move), (board.mirror(), mirrored)):
+            xe, ye = tc.encode(b, m)
+            assert torch.equal(xe, x[i]) and torch.equal(ye, y[i])
     a = tc.load_lichess(path, limit=50, shuffle_seed=7, return_meta=True)
     b = tc.load_lichess(path, limit=50, shuffle_seed=7, return_meta=True)
     c = tc.load_lichess(path, limit=50, shuffle_seed=8, return_meta=True)

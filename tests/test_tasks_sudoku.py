@@ -156,6 +156,9 @@ def test_csv_variants_header_optional_and_columns_optional(tmp_path):
     question_only.write_text(f"question,source\n{EASY},web\n")
     x, y, meta = sudoku.load(question_only, return_meta=True)
     assert torch.equal(y, grid(EASY_ANSWER)) and meta.ratings.tolist() == [0] and meta.sources == ["web"]
+    kaggle = tmp_path / "c.csv"  # the layout of the 1M-sudoku Kaggle set
+    kaggle.write_text(f"quizzes,solutions\n{EASY.replace('.', '0')},{EASY_ANSWER}\n")
+    assert torch.equal(sudoku.load(kaggle)[1], grid(EASY_ANSWER))
 
 
 BAD_ROWS = [

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -217,8 +218,6 @@ def iter_lines(path: str | Path, rows: Rows) -> Iterator[tuple[int, str]]:
 
 def make_generator(seed: int, *stream: int) -> torch.Generator:
     """A CPU generator for ``seed`` and a stream id (bands draw from different streams)."""
-    import numpy as np
-
     entropy = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
     gen = torch.Generator()
     gen.manual_seed(int(entropy[0]) << 32 | int(entropy[1]))

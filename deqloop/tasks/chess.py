@@ -525,7 +525,8 @@ class Chess:
         check_count(n)
         if self.data is None:
             pieces = self.hard_pieces if band == "hard" else self.train_pieces
-            return _generate_cached(n, pieces, seed, _STREAMS[band])
+            x, y = _generate_cached(n, pieces, seed, _STREAMS[band])
+            return x.clone(), y.clone()  # the cached tensors stay untouched
         x, y = self._pool(easy=band != "hard")
         order = torch.arange(len(x))
         if band != "hard":

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
@@ -89,13 +89,9 @@ _STACK_LANES = 4096  # lanes per search batch; the stack holds (lanes, 81, 81) i
 
 def _units(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Digit masks of the 27 units ``(L, 27)`` and whether any unit repeats a digit ``(L,)``."""
-    lanes = len(grid)
-    bits = _BIT[grid]  # (L, 81)
-    filled = grid != 0
-    by_unit = bits[:, _UNITS]  # (L, 27, 9)
-    masks = np.bitwise_or.reduce(by_unit, axis=2)  # (L, 27)
-    repeats = (_POP[masks] != filled[:, _UNITS].sum(axis=2)).any(axis=1)
-    return masks.reshape(lanes, 27), repeats
+    masks = np.bitwise_or.reduce(_BIT[grid][:, _UNITS], axis=2)  # (L, 27)
+    repeats = (_POP[masks] != (grid != 0)[:, _UNITS].sum(axis=2)).any(axis=1)
+    return masks, repeats
 
 
 def _candidates(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -322,7 +318,6 @@ class SudokuMeta:
     lines: list[int]  # line in the source file; 0 for generated puzzles
     summary: LoadSummary | None = None  # loaders: rows read and skipped
     puzzles_per_second: float | None = None  # generator: the drawing rate (None when cached)
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 def generate(
@@ -393,6 +388,7 @@ def generate(
 _PUZZLE_CHARS = frozenset("0123456789.")
 _ANSWER_CHARS = frozenset("123456789")
 _CSV_COLUMNS = ("source", "question", "answer", "rating")
+_CSV_ALIASES = {"quizzes": "question", "puzzle": "question", "solutions": "answer", "solution": "answer"}
 
 
 def _digits(text: str) -> np.ndarray:
@@ -411,7 +407,8 @@ def load(
     Two layouts, told apart by the first line that is not blank or a ``#`` comment:
 
     * CSV ``source,question,answer,rating`` (Sudoku-Extreme as downloaded; the header is
-      optional, and with a header the ``answer``/``rating`` columns may be missing or empty).
+      optional, and with a header the ``answer``/``rating`` columns may be missing or empty;
+      ``quizzes``/``puzzle`` and ``solutions``/``solution`` are read as question and answer).
     * One puzzle per line: 81 characters, ``.`` or ``0`` for blanks, ``#`` starts a comment.
 
     Missing answers and ratings are computed by the rating search (:func:`solve`). Given answers
@@ -437,6 +434,7 @@ def load(
             if "," in stripped:
                 layout = "csv"
                 header = [c.strip().lower() for c in stripped.split(",")]
+                header = [_CSV_ALIASES.get(c, c) for c in header]
                 if "question" in header:
                     columns = {c: header.index(c) for c in _CSV_COLUMNS if c in header}
                     width = len(header)
