@@ -1,0 +1,357 @@
+"""``analyze(model, x)``: every stability measure of a batch of inputs, in one report.
+
+Stages, in order (each can be left out through ``measures``, except reachability):
+
+1. Reachability: solve from each initial state in ``inits``; convergence, iterations, residual,
+   contraction factor; agreement between initial states; distinct fixed points and their spread
+   (from the first init, the *reference*).
+2. ``"spectrum"`` — leading eigenvalues of J = ∂f/∂z at z*, ρ(J) and the regime label.
+3. ``"sigma_max"`` — σ_max(J).
+4. ``"resolvent"`` — ‖(I − J)⁻¹‖₂.
+5. ``"sensitivity"`` — ‖∂z*/∂e · v‖ by the implicit function theorem.
+6. ``"smoothness"`` — ‖Δz*‖ / ‖Δe‖ for a small perturbation.
+7. ``"backward"`` — the model's implicit backward solve for a random cotangent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues, resolvent_norm, sigma_max
+from deqloop.analysis.reachability import agreement, count_distinct, relative_spread, solve_from
+from deqloop.analysis.report import StabilityReport, regimes
+from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions
+from deqloop.model import INITS
+
+__all__ = ["MEASURES", "AnalysisOptions", "analyze"]
+
+MEASURES = ("spectrum", "sigma_max", "resolvent", "sensitivity", "smoothness", "backward")
+
+
+@dataclass
+class AnalysisOptions:
+    """Everything :func:`analyze` can be told; validated at construction.
+
+    Solving (``None``: the model's own setting, so reachability is judged on its budget):
+        inits: initial states to solve from, a non-empty tuple of ``"embed"``, ``"zeros"``,
+            ``"noise"``; the first is the reference whose fixed points the geometry uses.
+        solver, solver_options, max_iter, rtol, atol: the forward solve.
+        noise_scale: standard deviation of the ``"noise"`` initial state.
+
+    What to compute:
+        measures: a subset of ``MEASURES``.
+        delta: regime margin: contractive ρ < 1 − δ, expansive ρ > 1 + δ, else critical.
+        cluster_rtol: relative distance under which two fixed points count as the same (for
+            agreement between inits and for distinct fixed points).
+
+    Eigenvalues and norms (J's spectrum, σ_max, ‖(I − J)⁻¹‖):
+        eig_method: one of ``EIG_METHODS`` (``"krylov"`` batched Krylov–Schur, ``"arpack"``
+            per example with a power-iteration fallback, ``"power"``).
+        eig_k: leading eigenvalues kept per example; eig_ncv: Krylov dimension;
+        eig_tol: relative residual of the leading eigenpair; eig_maxiter: restarts (power
+            iterations for ``"power"``).
+        resolvent_ncv, resolvent_maxiter: the same for ‖(I − J)⁻¹‖ (each product there costs two
+            linear solves, so these are smaller).
+
+    Linear solves (GMRES, for the implicit function theorem and the resolvent):
+        linear_rtol, linear_restart, linear_maxiter (restart cycles).
+
+    Sensitivity and smoothness:
+        directions: random unit directions per example for ‖∂z*/∂e · v‖.
+        smoothness_eps: perturbation size relative to ‖e‖; refine_rtol, refine_max_iter: the
+            tight re-solves of the base and perturbed fixed points.
+
+    Backward:
+        backward_options: options of the implicit backward solve; ``None``: the model's
+            ``backward_options`` (when its backward is implicit) over the library defaults.
+
+    Other:
+        seed: random directions, start vectors and noise (the global RNG is not touched).
+        progress: show a tqdm progress bar (it appears only if the analysis takes over 2 s).
+    """
+
+    inits: tuple[str, ...] = ("embed", "zeros", "noise")
+    solver: str | None = None
+    solver_options: dict[str, Any] | None = None
+    max_iter: int | None = None
+    rtol: float | None = None
+    atol: float | None = None
+    noise_scale: float | None = None
+    measures: tuple[str, ...] = MEASURES
+    delta: float = 0.05
+    cluster_rtol: float = 1e-2
+    eig_method: str = "krylov"
+    eig_k: int = 6
+    eig_ncv: int = 20
+    eig_tol: float = 1e-4
+    eig_maxiter: int = 30
+    resolvent_ncv: int = 8
+    resolvent_maxiter: int = 10
+    linear_rtol: float = 1e-5
+    linear_restart: int = 30
+    linear_maxiter: int = 10
+    directions: int = 4
+    smoothness_eps: float = 1e-2
+    refine_rtol: float = 1e-5
+    refine_max_iter: int = 200
+    backward_options: dict[str, Any] | None = None
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.inits, str):
+            self.inits = (self.inits,)
+        self.inits = tuple(self.inits)
+        if not self.inits:
+            raise ValueError(f"inits must name at least one initial state; allowed: {', '.join(map(repr, INITS))}")
+        for init in self.inits:
+            if init not in INITS:
+                raise ValueError(f"unknown init {init!r}; allowed: {', '.join(map(repr, INITS))}")
+        if len(set(self.inits)) != len(self.inits):
+            raise ValueError(f"inits must not repeat, got {self.inits}")
+        if isinstance(self.measures, str):
+            self.measures = (self.measures,)
+        self.measures = tuple(self.measures)
+        for m in self.measures:
+            if m not in MEASURES:
+                raise ValueError(f"unknown measure {m!r}; allowed: {', '.join(map(repr, MEASURES))}")
+        if self.eig_method not in EIG_METHODS:
+            raise ValueError(f"unknown eig_method {self.eig_method!r}; allowed: {', '.join(map(repr, EIG_METHODS))}")
+        if self.solver is not None:
+            from deqloop.solvers import available_solvers
+
+            if self.solver not in available_solvers():
+                raise ValueError(f"unknown solver {self.solver!r}; allowed: {', '.join(map(repr, available_solvers()))}")
+        for name in ("solver_options", "backward_options"):
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, dict):
+                raise TypeError(f"{name} must be a dict or None, got {type(v).__name__}")
+        _int("eig_k", self.eig_k, 1)
+        _int("eig_ncv", self.eig_ncv, self.eig_k + 1)
+        _int("eig_maxiter", self.eig_maxiter, 1)
+        _int("resolvent_ncv", self.resolvent_ncv, 2)
+        _int("resolvent_maxiter", self.resolvent_maxiter, 1)
+        _int("linear_restart", self.linear_restart, 1)
+        _int("linear_maxiter", self.linear_maxiter, 1)
+        _int("directions", self.directions, 1)
+        _int("refine_max_iter", self.refine_max_iter, 1)
+        _int("seed", self.seed, 0)
+        if self.max_iter is not None:
+            _int("max_iter", self.max_iter, 1)
+        for name in ("eig_tol", "linear_rtol", "refine_rtol"):
+            _unit_interval(name, getattr(self, name))
+        for name in ("rtol", "atol", "noise_scale"):
+            v = getattr(self, name)
+            if v is not None and not (isinstance(v, (int, float)) and v >= 0 and v != float("inf")):
+                raise ValueError(f"{name} must be a finite number ≥ 0 or None, got {v!r}")
+        for name in ("delta", "cluster_rtol", "smoothness_eps"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
+                raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
+        if not isinstance(self.progress, bool):
+            raise TypeError(f"progress must be a bool, got {self.progress!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def _unit_interval(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
+
+
+def _options(options: AnalysisOptions | None, overrides: dict[str, Any]) -> AnalysisOptions:
+    allowed = [f.name for f in dataclasses.fields(AnalysisOptions)]
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise TypeError(f"analyze got unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
+    if options is None:
+        return AnalysisOptions(**overrides)
+    if not isinstance(options, AnalysisOptions):
+        raise TypeError(f"options must be an AnalysisOptions, got {type(options).__name__}")
+    return dataclasses.replace(options, **overrides) if overrides else options
+
+
+class _Stages:
+    """Progress bar over stages and the time each took."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc="analyze", delay=2.0, disable=not enabled, leave=False)
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, fn, *args, **kwargs):
+        self.bar.set_postfix_str(name)
+        t = time.perf_counter()
+        out = fn(*args, **kwargs)
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t
+        self.bar.update(1)
+        return out
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **overrides: Any) -> StabilityReport:
+    """Stability analysis of ``model`` (a :class:`~deqloop.model.LoopedDEQ`) on inputs ``x``.
+
+    Args:
+        model: the looped model; it is not modified (its attention backend is switched to
+            ``"math"`` only while Jacobian graphs are built).
+        x: token ids ``(B, *grid)``.
+        options: an :class:`AnalysisOptions`; keyword arguments override its fields (or build
+            one), e.g. ``analyze(model, x, inits=("zeros",), measures=("spectrum",))``.
+
+    Returns:
+        a :class:`StabilityReport`. All per-example geometry is evaluated at the fixed points
+        reached from ``options.inits[0]``.
+    """
+    opts = _options(options, overrides)
+    cfg = model.config
+    solver = opts.solver or cfg.solver
+    solver_options = cfg.solver_options if opts.solver_options is None and opts.solver is None else (opts.solver_options or {})
+    max_iter = opts.max_iter or cfg.max_iter
+    rtol = cfg.rtol if opts.rtol is None else opts.rtol
+    atol = cfg.atol if opts.atol is None else opts.atol
+    scale = cfg.init_scale if opts.noise_scale is None else opts.noise_scale
+    gen = torch.Generator().manual_seed(opts.seed)
+    device = next(model.parameters()).device
+    measures = set(opts.measures)
+    geometry = [m for m in MEASURES if m in measures]
+    stages = _Stages(len(opts.inits) + bool(geometry) + len(geometry), opts.progress)
+    try:
+        with torch.no_grad():
+            e = model.embed(x.to(device))  # (B, *grid, D)
+        B = e.shape[0]
+        n = e[0].numel()
+
+        # 1. reachability
+        reach, solutions = {}, {}
+        for init in opts.inits:
+            reach[init], solutions[init] = stages.run(
+                f"solve[{init}]", solve_from, model, e, init, solver=solver, rtol=rtol, atol=atol,
+                max_iter=max_iter, scale=scale, generator=gen, solver_options=solver_options,
+            )
+        ref = opts.inits[0]
+        z_star = solutions[ref].z.detach()
+        ok = reach[ref].converged
+        agree = {}
+        for i, a in enumerate(opts.inits):
+            for b in opts.inits[i + 1:]:
+                agree[f"{a}/{b}"], _ = agreement(solutions[a].z, solutions[b].z, reach[a].converged, reach[b].converged, opts.cluster_rtol)
+        zc = z_star.cpu()[ok]
+        report = StabilityReport(
+            batch=B,
+            state_dim=n,
+            model=_plain_config(cfg),
+            options=opts.to_dict(),
+            reference_init=ref,
+            reachability=reach,
+            agreement=agree,
+            converged_fraction=reach[ref].converged_fraction,
+            distinct_fixed_points=count_distinct(zc, opts.cluster_rtol),
+            fixed_point_spread=relative_spread(zc),
+        )
+
+        if geometry:
+            jac = stages.run("jacobian", LoopJacobian.from_model, model, z_star, e)
+        linear = dict(rtol=opts.linear_rtol, restart=opts.linear_restart, maxiter=opts.linear_maxiter)
+
+        # 2–4. geometry of J
+        if "spectrum" in measures:
+            est = stages.run("spectrum", leading_eigenvalues, jac, method=opts.eig_method, k=opts.eig_k,
+                             ncv=opts.eig_ncv, tol=opts.eig_tol, maxiter=opts.eig_maxiter, seed=opts.seed)
+            report.spectral_radius = est.radius
+            report.eigenvalues = est.eigenvalues
+            report.eig_converged = est.converged
+            report.regime = regimes(est.radius, opts.delta)
+        if "sigma_max" in measures:
+            s = stages.run("sigma_max", sigma_max, jac, ncv=opts.eig_ncv, tol=opts.eig_tol,
+                           maxiter=opts.eig_maxiter, seed=opts.seed)
+            report.sigma_max, report.sigma_converged = s.value, s.converged
+        if "resolvent" in measures:
+            r = stages.run("resolvent", resolvent_norm, jac, ncv=opts.resolvent_ncv, tol=opts.eig_tol,
+                           maxiter=opts.resolvent_maxiter, linear_rtol=opts.linear_rtol,
+                           linear_restart=opts.linear_restart, linear_maxiter=opts.linear_maxiter, seed=opts.seed)
+            report.resolvent_norm, report.resolvent_converged = r.value, r.converged
+
+        # 5–6. input dependence
+        if "sensitivity" in measures:
+            sens = stages.run("sensitivity", input_sensitivity, jac, opts.directions, seed=opts.seed, **linear)
+            report.input_sensitivity = sens.rms
+            report.sensitivity_converged = sens.converged.all(dim=1)
+        if "smoothness" in measures:
+            sm = stages.run("smoothness", local_smoothness, model, e, z_star, eps=opts.smoothness_eps,
+                            seed=opts.seed + 1, solver=solver, rtol=opts.refine_rtol, atol=0.0,
+                            max_iter=opts.refine_max_iter, solver_options=solver_options)
+            report.local_smoothness = sm.ratio
+
+        # 7. backpropagation
+        if "backward" in measures:
+            conv, iters, res = stages.run("backward", _backward_stats, model, e, z_star, solver=solver,
+                                          solver_options=solver_options, options=opts.backward_options, seed=opts.seed)
+            report.backward_converged, report.backward_iterations, report.backward_residual = conv, iters, res
+        report.timings = stages.timings
+        return report
+    finally:
+        stages.close()
+
+
+def _plain_config(cfg) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    d["grid"] = list(d["grid"])
+    return d
+
+
+def _backward_stats(
+    model,
+    e: Tensor,
+    z_star: Tensor,
+    *,
+    solver: str,
+    solver_options: dict[str, Any],
+    options: dict[str, Any] | None,
+    seed: int,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Run the implicit backward pass once, as training would, for a random unit cotangent.
+
+    The forward "solve" starts at ``z_star`` and takes one step (``max_iter=1``), so the
+    backward solve sees exactly the reference fixed point. Gradients flow to ``e`` and to the
+    trainable parameters; the statistics recorded by :func:`deqloop.fixed_point` are returned as
+    ``(converged, iterations, residual)`` ``(B,)`` tensors.
+    """
+    from deqloop.fixed_point import BackwardWarning, fixed_point
+    from deqloop.solvers import BatchedMap
+
+    cfg = model.config
+    bopts = dict(cfg.backward_options) if cfg.backward == "implicit" else {}
+    bopts.update(options or {})
+    B = e.shape[0]
+    gen = torch.Generator().manual_seed(seed + 2)
+    v = unit_directions(B, 1, e[0].numel(), gen)[:, 0].to(dtype=z_star.dtype, device=z_star.device).reshape(z_star.shape)
+    with torch.enable_grad():
+        e_in = e.detach().requires_grad_(True)
+        z, sol = fixed_point(BatchedMap(model.step, e_in), z_star.detach(), method=solver, backward="implicit",
+                             max_iter=1, backward_options=bopts, **solver_options)
+        inputs = [e_in] + [p for p in model.parameters() if p.requires_grad]
+        if z.requires_grad:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", BackwardWarning)
+                torch.autograd.grad(z, inputs, v, allow_unused=True)
+    st = sol.backward
+    if st.converged is None:  # nothing upstream needs a gradient: no backward solve to run
+        return (torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.float64))
+    return st.converged.cpu(), st.iterations.cpu(), st.residual.double().cpu()

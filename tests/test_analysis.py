@@ -1,0 +1,350 @@
+"""The stability framework against dense computations on tiny float64 models.
+
+Every matrix-free quantity (Jacobian products, ρ, σ_max, ‖(I − J)⁻¹‖, the implicit-function
+sensitivity) is compared with ``torch.autograd.functional.jacobian`` of ``model.step`` (with its
+default fused attention, so the math-attention path of the analysis is checked too) followed by
+numpy eigenvalues, singular values and solves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deqloop import solve
+from deqloop.analysis import (
+    MEASURES,
+    AnalysisOptions,
+    LoopJacobian,
+    analyze,
+    input_sensitivity,
+    leading_eigenvalues,
+    local_smoothness,
+    resolvent_norm,
+    sigma_max,
+)
+from deqloop.model import LoopedDEQ
+from deqloop.solvers import BatchedMap
+
+RECALLS = ("none", "external", "internal")
+GRIDS = ((3,), (2, 2))
+TIGHT = dict(rtol=1e-12, max_iter=200)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny problems are latency-bound: extra threads only add contention."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_model(recall: str, grid=(3,), seed: int = 0, **kwargs) -> LoopedDEQ:
+    """Width 8, 2 heads, float64, post-norm. The MLP output bias is drawn large (std 1) so the
+    normalized state depends on z only weakly: the loop map contracts (ρ ≈ 0.5–0.9)."""
+    torch.manual_seed(seed)
+    model = LoopedDEQ(vocab_size=5, num_classes=2, grid=grid, width=8, heads=2, recall=recall, **kwargs).double()
+    with torch.no_grad():
+        model.block.mlp.proj.bias.normal_(0, 1.0)
+    return model
+
+
+def distinct_inputs(batch: int, grid, seed: int = 0) -> torch.Tensor:
+    """``batch`` different token grids over a vocabulary of 5."""
+    g = torch.Generator().manual_seed(seed)
+    seen, rows = set(), []
+    while len(rows) < batch:
+        x = torch.randint(0, 5, grid, generator=g)
+        key = tuple(x.reshape(-1).tolist())
+        if key not in seen:
+            seen.add(key)
+            rows.append(x)
+    return torch.stack(rows)
+
+
+def fixed_points(model, x, init="zeros"):
+    with torch.no_grad():
+        e = model.embed(x)
+        z0 = model.initial_state(e, init)
+        sol = solve(BatchedMap(model.step, e), z0, "anderson", **TIGHT)
+    assert sol.converged.all()
+    return sol.z, e
+
+
+def dense(model, z, e):
+    """Per-example dense ∂f/∂z and ∂f/∂e, ``(B, n, n)`` float64 numpy."""
+    shape = (1, *z.shape[1:])
+    Jz, Je = [], []
+    for b in range(z.shape[0]):
+        fz = lambda v, b=b: model.step(v.reshape(shape), e[b : b + 1]).reshape(-1)
+        fe = lambda v, b=b: model.step(z[b : b + 1], v.reshape(shape)).reshape(-1)
+        Jz.append(torch.autograd.functional.jacobian(fz, z[b].reshape(-1)))
+        Je.append(torch.autograd.functional.jacobian(fe, e[b].reshape(-1)))
+    return torch.stack(Jz).numpy(), torch.stack(Je).numpy()
+
+
+def spectral_radius(J):
+    return np.abs(np.linalg.eigvals(J)).max(axis=-1)
+
+
+def resolvent(J):
+    eye = np.eye(J.shape[-1])
+    return np.array([np.linalg.norm(np.linalg.inv(eye - Jb), 2) for Jb in J])
+
+
+def close(a, b, rel=1e-6):
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    assert np.all(np.abs(a - b) <= rel * np.abs(b)), f"{a} vs {b}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Jacobian products
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("recall", RECALLS)
+def test_jacobian_products_match_dense(recall, grid):
+    model = tiny_model(recall, grid)
+    x = distinct_inputs(3, grid)
+    z, e = fixed_points(model, x)
+    jac = LoopJacobian.from_model(model, z, e)
+    Jz, Je = dense(model, z, e)
+    g = torch.Generator().manual_seed(1)
+    v = torch.randn(3, jac.dim, generator=g, dtype=torch.float64)
+    vn = v.numpy()[:, :, None]
+    tr = lambda A: A.transpose(0, 2, 1)
+    assert np.abs(jac.jvp(v).numpy() - (Jz @ vn)[..., 0]).max() < 1e-12
+    assert np.abs(jac.vjp(v).numpy() - (tr(Jz) @ vn)[..., 0]).max() < 1e-12
+    assert np.abs(jac.jvp_e(v).numpy() - (Je @ vn)[..., 0]).max() < 1e-12
+    assert np.abs(jac.vjp_e(v).numpy() - (tr(Je) @ vn)[..., 0]).max() < 1e-12
+    if recall == "none":
+        assert np.abs(Je).max() == 0 and jac.jvp_e(v).abs().max() == 0  # e enters only through z₀
+    sub = jac.select(torch.tensor([2, 0]))
+    assert torch.allclose(sub.jvp(v[[2, 0]]), jac.jvp(v)[[2, 0]], rtol=0, atol=1e-13)
+    assert model.block.attn.backend == "sdpa"  # the math backend was only borrowed
+
+
+def test_jacobian_rejects_compiled_models_and_bad_vectors():
+    model = tiny_model("internal", compile=True)
+    x = distinct_inputs(2, (3,))
+    with torch.no_grad():
+        e = model.embed(x)
+    with pytest.raises(ValueError, match="compile=False"):
+        LoopJacobian.from_model(model, e, e)
+    jac = LoopJacobian.from_model(tiny_model("internal"), e, e)
+    with pytest.raises(ValueError, match="expected vectors of shape"):
+        jac.jvp(torch.zeros(2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="unknown operator kind"):
+        jac.operator("J^2")
+
+
+# ----------------------------------------------------------------------------------------------
+# Geometry of J
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+@pytest.mark.parametrize("recall", RECALLS)
+def test_spectral_radius_and_sigma_max_match_dense(recall, grid):
+    model = tiny_model(recall, grid)
+    z, e = fixed_points(model, distinct_inputs(4, grid))
+    jac = LoopJacobian.from_model(model, z, e)
+    Jz, _ = dense(model, z, e)
+    est = leading_eigenvalues(jac, method="krylov", k=3, ncv=10, tol=1e-10, maxiter=200)
+    assert est.converged.all()
+    close(est.radius, spectral_radius(Jz))
+    for b in range(4):  # the leading eigenvalue itself, not only its modulus
+        ref = np.linalg.eigvals(Jz[b])
+        assert np.min(np.abs(ref - est.eigenvalues[b, 0].item())) < 1e-6 * np.abs(ref).max()
+    s = sigma_max(jac, ncv=10, tol=1e-12)
+    assert s.converged.all()
+    close(s.value, np.linalg.svd(Jz, compute_uv=False)[:, 0])
+
+
+@pytest.mark.parametrize("recall", RECALLS)
+def test_arpack_matches_dense(recall):
+    model = tiny_model(recall)
+    z, e = fixed_points(model, distinct_inputs(3, (3,)))
+    Jz, _ = dense(model, z, e)
+    est = leading_eigenvalues(LoopJacobian.from_model(model, z, e), method="arpack", k=3, ncv=12, tol=1e-12, maxiter=500)
+    assert est.converged.all() and est.method == ["arpack"] * 3
+    close(est.radius, spectral_radius(Jz))
+
+
+def test_power_iteration_and_the_arpack_fallback_match_dense():
+    model = tiny_model("external")
+    z, e = fixed_points(model, distinct_inputs(2, (3,)))
+    Jz, _ = dense(model, z, e)
+    jac = LoopJacobian.from_model(model, z, e)
+    power = leading_eigenvalues(jac, method="power", k=2, tol=1e-11, maxiter=3000)
+    assert power.converged.all()
+    close(power.radius, spectral_radius(Jz))
+    # ARPACK allowed a single restart gives up; block power iteration takes over.
+    fallback = leading_eigenvalues(jac, method="arpack", k=2, ncv=5, tol=1e-14, maxiter=1)
+    assert set(fallback.method) == {"arpack→power"}
+    close(fallback.radius[fallback.converged], spectral_radius(Jz)[fallback.converged.numpy()])
+
+
+def test_resolvent_norm_matches_dense():
+    # Every recall mode is checked through analyze below; here the inner solves too.
+    model = tiny_model("external")
+    z, e = fixed_points(model, distinct_inputs(3, (3,)))
+    Jz, _ = dense(model, z, e)
+    r = resolvent_norm(LoopJacobian.from_model(model, z, e), tol=1e-12, maxiter=50, linear_rtol=1e-13)
+    assert r.converged.all()
+    assert (r.inner_residual <= 1e-13).all()
+    close(r.value, resolvent(Jz))
+
+
+# ----------------------------------------------------------------------------------------------
+# Input dependence
+
+
+@pytest.mark.parametrize("recall", RECALLS)
+def test_ift_sensitivity_matches_dense_solve(recall):
+    model = tiny_model(recall)
+    z, e = fixed_points(model, distinct_inputs(3, (3,)))
+    Jz, Je = dense(model, z, e)
+    jac = LoopJacobian.from_model(model, z, e)
+    V = torch.randn(3, 2, jac.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    V = V / V.norm(dim=2, keepdim=True)
+    sens = input_sensitivity(jac, V, rtol=1e-13, restart=30, maxiter=20)
+    eye = np.eye(jac.dim)
+    ref = np.stack([[np.linalg.norm(np.linalg.solve(eye - Jz[b], Je[b] @ V[b, j].numpy())) for j in range(2)] for b in range(3)])
+    if recall == "none":
+        assert sens.norms.abs().max() == 0 and np.abs(ref).max() == 0
+    else:
+        assert sens.converged.all()
+        close(sens.norms, ref)
+        close(sens.rms, np.sqrt((ref**2).mean(axis=1)))
+
+
+@pytest.mark.parametrize("recall", ("external", "internal"))
+def test_local_smoothness_is_the_finite_difference_of_the_ift_derivative(recall):
+    model = tiny_model(recall)
+    z, e = fixed_points(model, distinct_inputs(3, (3,)))
+    Jz, Je = dense(model, z, e)
+    u = torch.randn(3, z[0].numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    u = u / u.norm(dim=1, keepdim=True)
+    sm = local_smoothness(model, e, z, eps=1e-6, direction=u, solver="anderson", rtol=1e-14, max_iter=300)
+    assert sm.converged.all()
+    eye = np.eye(Jz.shape[-1])
+    ref = [np.linalg.norm(np.linalg.solve(eye - Jz[b], Je[b] @ u[b].numpy())) for b in range(3)]
+    close(sm.ratio, ref, rel=1e-4)  # first order in eps
+
+
+# ----------------------------------------------------------------------------------------------
+# analyze
+
+
+EXACT = dict(
+    max_iter=200, rtol=1e-12, eig_tol=1e-10, eig_maxiter=200, eig_ncv=10, eig_k=3, resolvent_maxiter=50,
+    linear_rtol=1e-13, linear_maxiter=20, refine_rtol=1e-13, progress=False,
+)
+
+
+@pytest.mark.parametrize("recall", RECALLS)
+def test_analyze_matches_dense_computations(recall):
+    model = tiny_model(recall, (2, 2))
+    x = distinct_inputs(5, (2, 2))
+    # ‖(I − J)⁻¹‖ costs two linear solves per product and uses J only through products that
+    # are checked for every recall mode above: it is compared here for one mode (and above).
+    measures = MEASURES if recall == "internal" else tuple(m for m in MEASURES if m != "resolvent")
+    report = analyze(model, x, inits=("zeros", "embed"), directions=3, measures=measures, **EXACT)
+    z, e = fixed_points(model, x, "zeros")
+    Jz, Je = dense(model, z, e)
+    assert report.batch == 5 and report.state_dim == 32 and report.reference_init == "zeros"
+    assert report.converged_fraction == 1.0
+    close(report.spectral_radius, spectral_radius(Jz))
+    close(report.sigma_max, np.linalg.svd(Jz, compute_uv=False)[:, 0])
+    assert report.eig_converged.all() and report.sigma_converged.all()
+    if recall == "internal":
+        close(report.resolvent_norm, resolvent(Jz))
+        assert report.resolvent_converged.all()
+    else:
+        assert report.resolvent_norm is None
+    rho = spectral_radius(Jz)
+    assert report.regime == ["contractive" if r < 0.95 else "expansive" if r > 1.05 else "critical" for r in rho]
+    # The IFT sensitivity is an RMS over random unit directions: bounded by the operator norm of
+    # (I − J)⁻¹ J_e and zero without recall.
+    eye = np.eye(32)
+    op_norm = np.array([np.linalg.norm(np.linalg.solve(eye - Jz[b], Je[b]), 2) for b in range(5)])
+    if recall == "none":
+        assert report.input_sensitivity.abs().max() == 0
+        assert report.distinct_fixed_points == 1 and report.fixed_point_spread < 1e-12
+    else:
+        assert (report.input_sensitivity > 0).all()
+        assert (report.input_sensitivity.numpy() <= op_norm * (1 + 1e-9)).all()
+        assert report.distinct_fixed_points == 5 and report.fixed_point_spread > 1e-3
+    # Contractive maps: the backward solve converges, and both inits reach the same point.
+    assert report.backward_converged.all()
+    assert (report.backward_iterations > 0).all()
+    assert report.agreement == {"zeros/embed": 1.0}
+    assert set(report.timings) >= {"solve[zeros]", "solve[embed]", "spectrum", "backward"}
+
+
+def test_input_sensitivity_of_analyze_uses_the_seeded_directions():
+    model = tiny_model("internal")
+    x = distinct_inputs(3, (3,))
+    opts = AnalysisOptions(inits=("zeros",), measures=("sensitivity",), directions=2, seed=7, **{k: v for k, v in EXACT.items() if k != "progress"}, progress=False)
+    report = analyze(model, x, opts)
+    z, e = fixed_points(model, x)
+    Jz, Je = dense(model, z, e)
+    g = torch.Generator().manual_seed(7)
+    V = torch.randn(3, 2, 24, generator=g, dtype=torch.float64)
+    V = V / V.norm(dim=2, keepdim=True)
+    eye = np.eye(24)
+    ref = [np.sqrt(np.mean([np.linalg.norm(np.linalg.solve(eye - Jz[b], Je[b] @ V[b, j].numpy())) ** 2 for j in range(2)])) for b in range(3)]
+    close(report.input_sensitivity, ref)
+    assert report.spectral_radius is None and report.regime is None  # not asked for
+
+
+def test_recall_none_fixed_points_are_input_independent_internal_recall_are_not():
+    x = distinct_inputs(8, (3,))
+    fast = dict(inits=("zeros", "embed", "noise"), measures=(), progress=False, max_iter=100, rtol=1e-10)
+    none = analyze(tiny_model("none"), x, **fast)
+    internal = analyze(tiny_model("internal"), x, **fast)
+    assert none.distinct_fixed_points == 1
+    assert internal.distinct_fixed_points == 8
+    assert none.fixed_point_spread < 1e-9 < 1e-3 < internal.fixed_point_spread
+    for report in (none, internal):
+        assert set(report.reachability) == {"zeros", "embed", "noise"}
+        for r in report.reachability.values():
+            assert r.converged.all()
+            assert r.trace.shape == (int(r.iterations.max()), 8)
+            assert ((r.contraction > 0) & (r.contraction < 1)).all()
+        assert report.agreement == {"zeros/embed": 1.0, "zeros/noise": 1.0, "embed/noise": 1.0}
+
+
+def test_non_convergence_is_reported_not_hidden():
+    model = tiny_model("internal")
+    x = distinct_inputs(4, (3,))
+    report = analyze(model, x, inits=("embed",), max_iter=3, rtol=1e-12, measures=("spectrum",), progress=False)
+    r = report.reachability["embed"]
+    assert report.converged_fraction == 0.0 and not r.converged.any()
+    assert (r.iterations == 3).all() and (r.residual > 1e-12).all()
+    assert report.distinct_fixed_points == 0 and np.isnan(report.fixed_point_spread)
+    assert report.spectral_radius.shape == (4,)  # geometry still evaluated, at the best iterates
+
+
+def test_options_are_validated_with_the_allowed_values():
+    model = tiny_model("internal")
+    x = distinct_inputs(2, (3,))
+    with pytest.raises(TypeError, match="unknown option.*allowed: inits"):
+        analyze(model, x, bogus=1)
+    with pytest.raises(ValueError, match="unknown init 'ones'; allowed: 'embed', 'zeros', 'noise'"):
+        AnalysisOptions(inits=("ones",))
+    with pytest.raises(ValueError, match="unknown measure"):
+        AnalysisOptions(measures=("spectrum", "vibes"))
+    with pytest.raises(ValueError, match="unknown eig_method 'lanczos'; allowed"):
+        AnalysisOptions(eig_method="lanczos")
+    with pytest.raises(ValueError, match="eig_ncv must be an integer ≥ 7"):
+        AnalysisOptions(eig_k=6, eig_ncv=6)
+    with pytest.raises(ValueError, match="delta"):
+        AnalysisOptions(delta=0)
+    with pytest.raises(ValueError, match="unknown solver"):
+        AnalysisOptions(solver="newton")
+    with pytest.raises(ValueError, match="must not repeat"):
+        AnalysisOptions(inits=("zeros", "zeros"))
+    assert AnalysisOptions(inits="zeros").inits == ("zeros",)
