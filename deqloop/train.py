@@ -556,6 +556,12 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, task: Any = None):
         self.config = config
+        self.out = Path(config.out)
+        if config.resume and not self.last_path.is_file():
+            raise TrainingError(f"nothing to resume: no checkpoint at {self.last_path}")
+        if not config.resume and self.last_path.exists() and not config.overwrite:
+            raise TrainingError(f"{self.out} already holds a run (last.pt); pass resume to continue it "
+                                "or overwrite to start afresh")
         self.rank, self.world, self.local_rank = _distributed_env()
         self.device = self._pick_device()
         if config.batch_size % self.world:
@@ -567,7 +573,6 @@ class Trainer:
             torch.distributed.init_process_group(backend=backend, device_id=self.device if backend == "nccl" else None)
         _seed_everything(config.seed)
         self.task = task if task is not None else build_task(config)
-        self.out = Path(config.out)
         self.model = LoopedDEQ(config.model_config()).to(self.device)
         self.objective: nn.Module = Objective(self.model, config)
         if self.world > 1:
@@ -615,15 +620,10 @@ class Trainer:
     def _prepare_out(self) -> None:
         c = self.config
         if c.resume:
-            if not self.last_path.is_file():
-                raise TrainingError(f"nothing to resume: no checkpoint at {self.last_path}")
             self.load(self.last_path)
             if self.is_main:
                 _truncate_metrics(self.metrics_path, self.step_count)
         else:
-            if self.last_path.exists() and not c.overwrite:
-                raise TrainingError(f"{self.out} already holds a run (last.pt); pass resume to continue it "
-                                    "or overwrite to start afresh")
             if self.is_main:
                 self.out.mkdir(parents=True, exist_ok=True)
                 self.metrics_path.write_text("")

@@ -32,6 +32,13 @@ from deqloop.train import (
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()  # configs below set one thread for speed
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny_config(out: Path, **overrides) -> TrainConfig:
     """A prefix-sums run that takes well under a second per ten steps."""
     values = dict(

@@ -1,0 +1,180 @@
+"""The ``deqloop`` command line: help, one-line errors, train then eval end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqloop.cli import build_parser, main
+from deqloop.train import TrainConfig
+
+TINY = ["--task", "prefix_sums", "--length", "6", "--min-length", "3", "--hard-length", "12", "--width", "16",
+        "--heads", "2", "--attention", "local", "--window", "3", "--loss", "progressive", "--depth-offset", "1",
+        "--steps", "4", "--batch-size", "8", "--log-every", "1", "--eval-size", "8", "--threads", "1",
+        "--no-progress"]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def usage_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def test_help_lists_the_commands(capsys):
+    code, out, _ = run([], capsys)
+    assert code == 0
+    for command in ("train", "eval", "demo"):
+        assert command in out
+
+
+def test_train_help_explains_every_config_field(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in out, flag
+        assert f.metadata["help"].split()[0] in out
+    assert "[default: 128]" in out  # --width
+
+
+@pytest.mark.parametrize("command", ["eval", "demo"])
+def test_each_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    for action in sub._actions:
+        for flag in action.option_strings:
+            assert flag in out
+        assert action.help, action.dest
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).with_name("deqloop")
+    if not exe.exists():
+        pytest.skip("deqloop console script not installed in this environment")
+    proc = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "deqloop" in proc.stdout
+
+
+def test_unknown_flag_is_one_line(capsys):
+    err = usage_error(["train", "--widht", "3"], capsys)
+    assert "unrecognized arguments: --widht 3" in err
+
+
+def test_bad_choice_names_the_allowed_values(capsys):
+    err = usage_error(["train", "--loss", "magic"], capsys)
+    assert "invalid choice: 'magic'" in err and "equilibrium" in err and "progressive" in err
+
+
+def test_bad_number_is_one_line(capsys):
+    err = usage_error(["train", "--width", "wide"], capsys)
+    assert "--width" in err and "'wide'" in err
+
+
+def test_bad_json_option_is_one_line(capsys):
+    err = usage_error(["train", "--solver-options", "{m: 5}"], capsys)
+    assert "not JSON" in err
+
+
+def test_bad_iteration_list_is_one_line(capsys):
+    err = usage_error(["eval", "x.pt", "--iters", "1,two"], capsys)
+    assert "comma-separated positive integers" in err
+
+
+def test_impossible_combination_is_one_line_without_traceback(capsys):
+    code, _, err = run(["train", "--loss", "progressive", "--backward", "implicit"], capsys)
+    assert code == 2
+    assert err.strip() == ("deqloop train: error: backward and backward_options apply to loss='equilibrium'; "
+                           "the progressive loss backpropagates through plain iterations")
+
+
+def test_missing_files_are_one_line(tmp_path, capsys):
+    code, _, err = run(["eval", str(tmp_path / "nope.pt")], capsys)
+    assert code == 2 and err.strip() == f"deqloop eval: error: no checkpoint at '{tmp_path / 'nope.pt'}'"
+    code, _, err = run(["train", "--task", "sudoku", "--data", str(tmp_path / "nope.csv")], capsys)
+    assert code == 2 and err.strip() == f"deqloop train: error: no such data file: {tmp_path / 'nope.csv'}"
+    code, _, err = run(["train", "--resume", "--out", str(tmp_path / "run")], capsys)
+    assert code == 2 and "nothing to resume" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_then_eval(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, err = run(["train", *TINY, "--solver-options", '{"m": 3}', "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "trained 4 steps" in stdout and "val accuracy by iterations" in stdout
+    config = json.loads((out / "config.json").read_text())
+    assert config["width"] == 16 and config["solver_options"] == {"m": 3} and config["steps"] == 4
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["step"] for l in lines if "loss" in json.loads(l)] == [1, 2, 3, 4]
+
+    code, stdout, err = run(["eval", str(out / "last.pt"), "--iters", "1,3,8", "--n", "8", "--lengths", "24",
+                             "--threads", "1"], capsys)
+    assert code == 0, err
+    assert "iterations" in stdout and "24 bits" in stdout and "adaptive" in stdout
+    report = json.loads((out / "eval.json").read_text())
+    assert report["curves"]["iters"] == [1, 3, 8]
+    assert set(report["curves"]["accuracy"]) == {"val", "hard", "24 bits"}
+    assert report["n"] == {"val": 8, "hard": 8, "24 bits": 8}
+    assert report["curves"]["train_depth"] == 7
+    assert all(0 <= a <= 1 for acc in report["curves"]["accuracy"].values() for a in acc)
+    assert set(report["settling"]) == {"val", "hard", "24 bits"}
+    assert all(1 <= s["iterations_mean"] <= 8 for s in report["settling"].values())
+    assert report["solver"] == {}
+    assert (out / "iterations.png").stat().st_size > 1000
+
+    # a second train into the same folder is refused; --resume of a finished run is a no-op
+    code, _, err = run(["train", *TINY, "--out", str(out)], capsys)
+    assert code == 2 and "already holds a run" in err
+    code, stdout, err = run(["train", *TINY, "--solver-options", '{"m": 3}', "--out", str(out), "--resume"], capsys)
+    assert code == 0, err
+    assert "trained 4 steps" in stdout
+
+
+def test_eval_rejects_options_that_do_not_fit_the_task(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["train", *TINY, "--steps", "1", "--out", str(out)], capsys)[0] == 0
+    code, _, err = run(["eval", str(out / "last.pt"), "--extra", str(out / "config.json")], capsys)
+    assert code == 2 and "--extra takes sudoku or chess files" in err
+    code, _, err = run(["eval", str(out / "last.pt"), "--n", "0"], capsys)
+    assert code == 2 and "--n must be a positive integer" in err
+
+
+def test_eval_with_a_solver(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["train", *TINY, "--steps", "1", "--out", str(out)], capsys)[0] == 0
+    code, stdout, err = run(["eval", str(out / "last.pt"), "--iters", "2,4", "--n", "4", "--solver", "anderson",
+                             "--out", str(tmp_path / "ev")], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert report["solver_name"] == "anderson" and set(report["solver"]) == {"val", "hard"}
+    assert all(s["iterations_max"] <= 4 for s in report["solver"].values())
+    assert "anderson solver" in stdout
+    code, _, err = run(["eval", str(out / "last.pt"), "--solver", "newton"], capsys)
+    assert code == 2 and "unknown solver 'newton'" in err
