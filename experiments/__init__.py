@@ -1,0 +1,1 @@
+"""Experiments that turn the paper's claims into measured tables (see experiments/README.md)."""

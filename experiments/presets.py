@@ -1,0 +1,162 @@
+"""Sweep presets: which configurations to train, at what scale, and how to measure them.
+
+A run is one point of the grid recall × norm × regime × task × seed. ``regime`` is how the loop
+is trained: ``"progressive"`` (the paper's: backpropagation through plain iterations, with the
+truncated progressive term weighted by ``alpha``) or ``"implicit"`` (fixed-point training with
+implicit differentiation).
+
+* ``tiny``: seconds per run on CPU; for tests and for checking a machine.
+* ``cpu``: small widths and short training; the 2-core machine finishes prefix sums and sudoku
+  in a few hours in the background, chess after them.
+* ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+RECALLS = ("none", "external", "internal")
+NORMS = ("pre", "peri", "post", "sandwich")
+REGIMES = ("progressive", "implicit")
+TASKS = ("prefix_sums", "sudoku", "chess")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of a sweep."""
+
+    task: str
+    recall: str
+    norm: str
+    regime: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}/{self.recall}-{self.norm}-{self.regime}-s{self.seed}"
+
+    @property
+    def config_key(self) -> tuple[str, str, str, str]:
+        """The configuration without the seed (seeds are averaged)."""
+        return (self.task, self.recall, self.norm, self.regime)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A sweep: the grid, the per-task training settings, and the measurement sizes.
+
+    ``train`` maps a task to :class:`deqloop.train.TrainConfig` fields shared by all its runs;
+    ``regime_train`` maps a regime to the fields that define it (they override ``train``).
+    """
+
+    name: str
+    tasks: tuple[str, ...]
+    seeds: tuple[int, ...]
+    train: dict[str, dict[str, Any]]
+    recalls: tuple[str, ...] = RECALLS
+    norms: tuple[str, ...] = NORMS
+    regimes: tuple[str, ...] = REGIMES
+    regime_train: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "progressive": {"loss": "progressive", "alpha": 0.5},
+        "implicit": {"loss": "equilibrium", "backward": "implicit", "solver": "anderson"},
+    })
+    eval_iters: tuple[int, ...] = (1, 2, 5, 10, 30, 100, 300, 500)
+    eval_n: int = 512
+    analyze_n: int = 32
+    analysis: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, allowed, values in (("tasks", TASKS, self.tasks), ("recalls", RECALLS, self.recalls),
+                                      ("norms", NORMS, self.norms), ("regimes", REGIMES, self.regimes)):
+            bad = [v for v in values if v not in allowed]
+            if bad or not values:
+                raise ValueError(f"preset {self.name!r}: {name} {list(values)} — allowed: {', '.join(allowed)}")
+        missing = [t for t in self.tasks if t not in self.train]
+        if missing:
+            raise ValueError(f"preset {self.name!r} has no training settings for task(s) {missing}")
+
+    def runs(self, **only: tuple[str, ...] | None) -> list[RunSpec]:
+        """Every run of the grid, tasks first (so a partial sweep finishes whole tasks)."""
+        grid = {"task": self.tasks, "recall": self.recalls, "norm": self.norms, "regime": self.regimes}
+        for key, values in only.items():
+            if key not in grid:
+                raise ValueError(f"unknown filter {key!r}; allowed: {', '.join(grid)}")
+            if values:
+                bad = [v for v in values if v not in grid[key]]
+                if bad:
+                    raise ValueError(f"{key} {bad} not in this preset's {key}s: {', '.join(grid[key])}")
+                grid[key] = tuple(v for v in grid[key] if v in values)
+        return [RunSpec(t, r, n, g, s) for t, r, n, g, s in
+                itertools.product(grid["task"], grid["recall"], grid["norm"], grid["regime"], self.seeds)]
+
+    def train_fields(self, spec: RunSpec) -> dict[str, Any]:
+        """The TrainConfig fields of ``spec`` (without ``out``)."""
+        fields = {"task": spec.task, **self.train[spec.task], **self.regime_train[spec.regime],
+                  "recall": spec.recall, "norm": spec.norm, "seed": spec.seed}
+        if spec.regime != "progressive":
+            fields.pop("depth_offset", None)  # plain-iteration depths belong to the progressive loss
+        return fields
+
+    def with_(self, **changes: Any) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+
+_PREFIX_CPU = dict(length=12, min_length=4, hard_length=48, depth_offset=2, width=32, heads=4,
+                   attention="local", window=3, max_iter=14, steps=600, batch_size=128, lr=2e-3,
+                   warmup_steps=0, schedule="cosine", threads=1, progress=False)
+_SUDOKU_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, augment=True,
+                   threads=1, progress=False)
+_CHESS_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False)
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        tasks=("prefix_sums",),
+        seeds=(0,),
+        recalls=("none", "internal"),
+        norms=("post",),
+        train={"prefix_sums": dict(length=6, min_length=4, hard_length=12, depth_offset=2, width=16, heads=2,
+                                   attention="local", window=3, max_iter=8, steps=8, batch_size=16, lr=2e-3,
+                                   warmup_steps=0, threads=1, progress=False)},
+        eval_iters=(1, 4, 8, 16),
+        eval_n=32,
+        analyze_n=4,
+        analysis=dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3, linear_maxiter=3,
+                      refine_max_iter=50, directions=2, progress=False),
+    ),
+    "cpu": Preset(
+        name="cpu",
+        tasks=("prefix_sums", "sudoku", "chess"),
+        seeds=(0, 1),
+        train={"prefix_sums": _PREFIX_CPU, "sudoku": _SUDOKU_CPU, "chess": _CHESS_CPU},
+        eval_n=256,
+        analyze_n=16,
+        analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
+    ),
+    "gpu": Preset(
+        name="gpu",
+        tasks=("prefix_sums", "sudoku", "chess"),
+        seeds=(0, 1, 2),
+        train={
+            "prefix_sums": dict(length=32, min_length=8, hard_length=512, depth_offset=4, width=256, heads=8,
+                                attention="local", window=5, max_iter=36, steps=4000, batch_size=256,
+                                lr=1e-3, amp="auto", progress=False),
+            "sudoku": dict(width=256, heads=8, max_iter=32, steps=10000, batch_size=256, lr=5e-4, augment=True,
+                           amp="auto", progress=False),
+            "chess": dict(width=256, heads=8, max_iter=32, steps=10000, batch_size=256, lr=5e-4, amp="auto",
+                          progress=False),
+        },
+        eval_n=2048,
+        analyze_n=64,
+        analysis=dict(progress=False),
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name]

@@ -1,0 +1,445 @@
+"""Build RESULTS.md (tables, verdicts per claim, plots) from a sweep's ``result.json`` files.
+
+    python -m experiments.report runs/sweep [--out RESULTS.md] [--plots results]
+
+Nothing in RESULTS.md is typed by hand: every number comes from the runs, and each section names
+the command, commit and configuration that produced it. The verdict rules are stated next to
+each verdict; a claim the runs cannot decide (too few runs, or nothing learned) is
+"inconclusive at this scale".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from experiments.presets import NORMS, RECALLS, REGIMES, TASKS
+
+LEARNED_MARGIN = 0.02  # a configuration "learned" if its best val accuracy exceeds this
+
+
+# -- loading and aggregation -------------------------------------------------------------------
+
+
+def load_results(root: Path) -> list[dict[str, Any]]:
+    results = []
+    for path in sorted(root.rglob("result.json")):
+        try:
+            results.append(json.loads(path.read_text()))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: {path}: not valid JSON ({err})") from None
+    return results
+
+
+def _m(values: list[float | None]) -> float | None:
+    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return sum(v) / len(v) if v else None
+
+
+@dataclass
+class Config:
+    """One configuration (task, recall, norm, regime), averaged over its seeds."""
+
+    task: str
+    recall: str
+    norm: str
+    regime: str
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"{self.recall}/{self.norm}/{self.regime}"
+
+    @property
+    def iters(self) -> list[int]:
+        return self.runs[0]["eval"]["curves"]["iters"]
+
+    @property
+    def train_depth(self) -> int:
+        return int(self.runs[0]["train_depth"])
+
+    def curve(self, split: str) -> list[float]:
+        rows = [r["eval"]["curves"]["accuracy"][split] for r in self.runs]
+        return [statistics.fmean(col) for col in zip(*rows)]
+
+    def best(self, split: str) -> tuple[float, int]:
+        curve = self.curve(split)
+        i = max(range(len(curve)), key=lambda j: (curve[j], -j))
+        return curve[i], self.iters[i]
+
+    def at(self, split: str, iters: int) -> float | None:
+        if iters not in self.iters:
+            return None
+        return self.curve(split)[self.iters.index(iters)]
+
+    def settle(self, split: str, key: str) -> float | None:
+        return _m([r["eval"]["settling"][split][key] for r in self.runs])
+
+    def solver(self, split: str, key: str) -> float | None:
+        return _m([r["eval"]["solver"].get(split, {}).get(key) for r in self.runs])
+
+    def stab(self, key: str, band: str = "hard") -> float | None:
+        return _m([r["analysis"][band].get(key) for r in self.runs])
+
+    def zeros(self, key: str, band: str = "hard") -> float | None:
+        return _m([r["analysis"][band]["from_zeros"].get(key) for r in self.runs])
+
+    def train(self, key: str) -> float | None:
+        return _m([r["train"].get(key) for r in self.runs])
+
+    @property
+    def learned(self) -> bool:
+        return self.best("val")[0] > LEARNED_MARGIN
+
+
+def group(results: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], Config]:
+    configs: dict[tuple[str, str, str, str], Config] = {}
+    for r in results:
+        s = r["spec"]
+        key = (s["task"], s["recall"], s["norm"], s["regime"])
+        configs.setdefault(key, Config(*key)).runs.append(r)
+    order = {**{t: i for i, t in enumerate(TASKS)}}
+    return dict(sorted(configs.items(), key=lambda kv: (order.get(kv[0][0], 9), RECALLS.index(kv[0][1]),
+                                                         NORMS.index(kv[0][2]), REGIMES.index(kv[0][3]))))
+
+
+# -- formatting --------------------------------------------------------------------------------
+
+
+def pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def num(v: float | None, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "—"
+    return f"{v:.{digits}g}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+# -- the claims --------------------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    claim: str
+    verdict: str  # "supported" | "contradicted" | "inconclusive at this scale"
+    rule: str
+    evidence: str
+
+
+def spearman(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    from scipy.stats import spearmanr
+
+    res = spearmanr(xs, ys)
+    return float(res.statistic), float(res.pvalue)
+
+
+def claim1(configs: list[Config]) -> Verdict:
+    rule = ("supported if every recall-free configuration that converges from z₀ = 0 (≥ 90 % of examples) reaches "
+            "one fixed point for all inputs (1 cluster, spread < 1e-3) while every configuration with recall "
+            "reaches several; contradicted if a recall-free one reaches several")
+    none = [c for c in configs if c.recall == "none"]
+    rec = [c for c in configs if c.recall != "none"]
+    usable = [c for c in none if (c.zeros("converged_fraction") or 0) >= 0.9]
+    if not usable or not rec:
+        return Verdict("C1", "inconclusive at this scale", rule,
+                       f"{len(none)} recall-free configurations, {len(usable)} of them converged from z₀ = 0")
+    single = [c for c in usable if (c.zeros("distinct_fixed_points") or 0) <= 1 and (c.zeros("fixed_point_spread") or 0) < 1e-3]
+    many = [c for c in rec if (c.zeros("distinct_fixed_points") or 0) > 1]
+    evidence = (f"{len(single)}/{len(usable)} recall-free configurations reach a single fixed point from z₀ = 0 "
+                f"(spread {num(_m([c.zeros('fixed_point_spread') for c in usable]))}); "
+                f"{len(many)}/{len(rec)} configurations with recall reach several "
+                f"(spread {num(_m([c.zeros('fixed_point_spread') for c in rec]))}); "
+                f"IFT input sensitivity ‖∂z*/∂e·v‖: none {num(_m([c.stab('input_sensitivity_median') for c in none]))} vs "
+                f"recall {num(_m([c.stab('input_sensitivity_median') for c in rec]))}; hard accuracy (best): none "
+                f"{pct(_m([c.best('hard')[0] for c in none]))} % vs recall {pct(_m([c.best('hard')[0] for c in rec]))} %")
+    if len(single) == len(usable) and len(many) == len(rec):
+        return Verdict("C1", "supported", rule, evidence)
+    if len(single) < len(usable):
+        return Verdict("C1", "contradicted", rule, evidence)
+    return Verdict("C1", "inconclusive at this scale", rule, evidence)
+
+
+C2_AXES = (("converged_fraction", +1, "converged fraction"), ("contractive_fraction", +1, "contractive (ρ < 0.95) fraction"),
+           ("backward_converged_fraction", +1, "backward solve converged"), ("local_smoothness_median", -1, "local Lipschitz ‖Δz*‖/‖Δe‖"))
+
+
+def claim2(configs: list[Config]) -> Verdict:
+    rule = ("among configurations with recall, compare post norm with each other norm on four axes (converged "
+            "fraction, contractive fraction, backward-solve convergence, local Lipschitz constant; ties within "
+            "0.02 count for post): supported if post is at least as good on ≥ 3 axes against every other norm, "
+            "contradicted if on ≤ 1 axis against some norm")
+    rec = [c for c in configs if c.recall != "none"]
+    by_norm: dict[str, dict[str, float | None]] = {}
+    for norm in NORMS:
+        cs = [c for c in rec if c.norm == norm]
+        if cs:
+            by_norm[norm] = {key: _m([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
+            by_norm[norm]["grad_norm_max"] = _m([c.train("grad_norm_max") for c in cs])
+    if "post" not in by_norm or len(by_norm) < 2:
+        return Verdict("C2", "inconclusive at this scale", rule, f"norms measured: {sorted(by_norm)}")
+    wins = {}
+    for norm, vals in by_norm.items():
+        if norm == "post":
+            continue
+        n = 0
+        for key, sign, _ in C2_AXES:
+            p, o = by_norm["post"][key], vals[key]
+            if p is None or o is None:
+                continue
+            tol = 0.02 * max(1.0, abs(o)) if sign < 0 else 0.02
+            n += sign * (p - o) >= -tol
+        wins[norm] = n
+    evidence = "; ".join(
+        f"{norm}: " + ", ".join(f"{label} {num(v[key])}" for key, _, label in C2_AXES) + f", max grad norm {num(v['grad_norm_max'])}"
+        for norm, v in by_norm.items()) + f". Axes where post is at least as good: {wins}"
+    if all(n >= 3 for n in wins.values()):
+        return Verdict("C2", "supported", rule, evidence)
+    if any(n <= 1 for n in wins.values()):
+        return Verdict("C2", "contradicted", rule, evidence)
+    return Verdict("C2", "inconclusive at this scale", rule, evidence)
+
+
+def claim3(configs: list[Config]) -> Verdict:
+    rule = ("with post norm, per task: internal recall's best hard accuracy ≥ external's − 2 points (averaged over "
+            "regimes and seeds), and on sudoku ≥ external's + 5 points; tasks where neither learned are "
+            "inconclusive; contradicted if internal trails by more than 5 points on a task where one learned")
+    lines, ok, bad, decided = [], True, False, 0
+    tasks = sorted({c.task for c in configs}, key=TASKS.index)
+    for task in tasks:
+        i = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "internal"]
+        e = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "external"]
+        if not i or not e:
+            lines.append(f"{task}: missing internal or external runs")
+            continue
+        ai, ae = _m([c.best("hard")[0] for c in i]), _m([c.best("hard")[0] for c in e])
+        learned = any(c.learned for c in i + e)
+        lines.append(f"{task}: internal {pct(ai)} % vs external {pct(ae)} % hard accuracy" + ("" if learned else " (neither learned)"))
+        if not learned:
+            continue
+        decided += 1
+        ok &= ai >= ae - 0.02 and (task != "sudoku" or ai >= ae + 0.05)
+        bad |= ai < ae - 0.05
+    if decided == 0:
+        return Verdict("C3", "inconclusive at this scale", rule, "; ".join(lines))
+    if bad:
+        return Verdict("C3", "contradicted", rule, "; ".join(lines))
+    if ok and "sudoku" in tasks and any(c.task == "sudoku" and c.learned for c in configs):
+        return Verdict("C3", "supported", rule, "; ".join(lines))
+    return Verdict("C3", "inconclusive at this scale", rule, "; ".join(lines) + " (sudoku not decided)" if ok else "; ".join(lines))
+
+
+C4_AXES = (("converged_fraction", "converged fraction"), ("contractive_fraction", "contractive fraction"),
+           ("spectral_radius_median", "ρ(J)"), ("local_smoothness_median", "local Lipschitz"),
+           ("backward_converged_fraction", "backward converged"))
+
+
+def claim4(configs: list[Config]) -> Verdict:
+    rule = ("Spearman rank correlation, across configurations of a task, between each stability number and best "
+            "hard accuracy: supported if converged fraction and contractive fraction both correlate positively "
+            "(p < 0.05) on every task with ≥ 6 configurations whose accuracies differ; contradicted if either "
+            "correlates negatively (p < 0.05) on some task")
+    lines, decided, support, against = [], 0, True, False
+    for task in sorted({c.task for c in configs}, key=TASKS.index):
+        cs = [c for c in configs if c.task == task]
+        acc = [c.best("hard")[0] for c in cs]
+        if len(cs) < 6 or max(acc) - min(acc) < 0.01:
+            lines.append(f"{task}: {len(cs)} configurations, accuracy range {pct(max(acc) - min(acc))} points — not enough to rank")
+            continue
+        decided += 1
+        parts = []
+        for key, label in C4_AXES:
+            pairs = [(c.stab(key), a) for c, a in zip(cs, acc) if c.stab(key) is not None]
+            if len(pairs) < 6 or len({p for p, _ in pairs}) < 2:
+                parts.append(f"{label} n/a")
+                continue
+            rho, p = spearman([p for p, _ in pairs], [a for _, a in pairs])
+            parts.append(f"{label} ρ_s = {rho:+.2f} (p = {p:.2g})")
+            if key in ("converged_fraction", "contractive_fraction"):
+                support &= rho > 0 and p < 0.05
+                against |= rho < 0 and p < 0.05
+        lines.append(f"{task}: " + ", ".join(parts))
+    if decided == 0:
+        return Verdict("C4", "inconclusive at this scale", rule, "; ".join(lines))
+    if against:
+        return Verdict("C4", "contradicted", rule, "; ".join(lines))
+    return Verdict("C4", "supported" if support else "inconclusive at this scale", rule, "; ".join(lines))
+
+
+# -- plots -------------------------------------------------------------------------------------
+
+
+def plot_iterations(configs: list[Config], task: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    cs = [c for c in configs if c.task == task]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for ax, split in zip(axes, ("val", "hard")):
+        for c in cs:
+            style = "-" if c.regime == "progressive" else "--"
+            ax.plot(c.iters, [100 * a for a in c.curve(split)], style, marker="o", ms=3, label=c.label)
+        ax.axvline(cs[0].train_depth, color="grey", ls=":", lw=1)
+        ax.set_xscale("log")
+        ax.set_xlabel("test-time iterations")
+        ax.set_title(f"{task}: {split} (dotted: training depth)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("exact-match accuracy (%)")
+    axes[1].legend(fontsize=6, ncol=2, loc="best")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_rho_vs_accuracy(configs: list[Config], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    markers = {"none": "x", "external": "s", "internal": "o"}
+    for task in sorted({c.task for c in configs}, key=TASKS.index):
+        cs = [c for c in configs if c.task == task and c.stab("spectral_radius_median") is not None]
+        for recall in RECALLS:
+            sub = [c for c in cs if c.recall == recall]
+            if sub:
+                ax.scatter([c.stab("spectral_radius_median") for c in sub], [100 * c.best("hard")[0] for c in sub],
+                           marker=markers[recall], label=f"{task} / recall {recall}")
+    ax.axvline(1.0, color="grey", ls=":", lw=1)
+    ax.set_xlabel("median spectral radius ρ(J) at z* (hard examples)")
+    ax.set_ylabel("best hard accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# -- the document ------------------------------------------------------------------------------
+
+
+def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) -> str:
+    configs = list(group(results).values())
+    commits = sorted({r["commit"] for r in results})
+    presets = sorted({r["preset"] for r in results})
+    sweep_cmds = sorted({r.get("command", "") for r in results})
+    doc = [
+        "# Results",
+        "",
+        f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(results)} runs "
+        f"({len(configs)} configurations); do not edit by hand.",
+        "",
+        f"- runs produced by: {'; '.join(f'`{c}`' for c in sweep_cmds)}",
+        f"- preset(s): {', '.join(presets)} (see `experiments/presets.py`); commit(s): {', '.join(commits)}",
+        "- machine(s): " + "; ".join(sorted({", ".join(f"{k} {v}" for k, v in r["machine"].items() if v is not None)
+                                           for r in results})),
+        "- accuracy is exact match of the whole output, in %; *best* is the best over the test-time iteration "
+        "counts, with the count in parentheses; *adaptive* iterates each example until its state stops changing "
+        "(relative change ≤ 1e-3) and *solver* runs Anderson to rtol 1e-4 (iterations spent after the slash).",
+        "- stability numbers are medians over hard examples from `deqloop.analysis.analyze` (z₀ = e; solver "
+        "Anderson, ≤ 100 iterations, rtol 1e-4); *conv* converged fraction, *ρ* spectral radius of ∂f/∂z at z*, "
+        "*contr* fraction with ρ < 0.95, *sens* IFT input sensitivity, *Lip* ‖Δz*‖/‖Δe‖, *bwd* implicit backward "
+        "converged fraction, *grad* median gradient norm in training.",
+        "",
+        "## Verdicts",
+        "",
+    ]
+    verdicts = [claim1(configs), claim2(configs), claim3(configs), claim4(configs)]
+    names = {"C1": "without recall, fixed points are input-independent",
+             "C2": "recall + outer (post) norm gives reachable, smooth, backprop-stable fixed points",
+             "C3": "internal recall ≥ external once outer norm is used; much better on sudoku",
+             "C4": "extrapolation tracks the stability axes"}
+    for v in verdicts:
+        doc += [f"- **{v.claim} — {names[v.claim]}: {v.verdict}.** {v.evidence}.", f"  - rule: {v.rule}."]
+    for task in [t for t in TASKS if any(c.task == t for c in configs)]:
+        cs = [c for c in configs if c.task == task]
+        depth = cs[0].train_depth
+        last = cs[0].iters[-1]
+        rows = []
+        for c in cs:
+            vb, vi = c.best("val")
+            hb, hi = c.best("hard")
+            rows.append([c.recall, c.norm, c.regime, str(len(c.runs)), pct(c.at("val", depth)), f"{pct(vb)} ({vi})",
+                         f"{pct(hb)} ({hi})", pct(c.at("hard", last)),
+                         f"{pct(c.settle('hard', 'accuracy'))} / {num(c.settle('hard', 'iterations_mean'))}",
+                         f"{pct(c.solver('hard', 'accuracy'))} / {num(c.solver('hard', 'iterations_mean'))}",
+                         num(c.stab("converged_fraction"), 2), num(c.stab("spectral_radius_median")),
+                         num(c.stab("contractive_fraction"), 2), num(c.stab("input_sensitivity_median")),
+                         num(c.stab("local_smoothness_median")), num(c.stab("backward_converged_fraction"), 2),
+                         num(c.train("grad_norm_median"))])
+        plot = plot_iterations(cs, task, plots / f"{task}_iterations.png")
+        cfg = cs[0].runs[0]["train_config"]
+        shown = {k: cfg[k] for k in ("width", "heads", "attention", "window", "max_iter", "steps", "batch_size", "lr",
+                                     "length", "min_length", "hard_length", "depth_offset", "data") if cfg.get(k) not in (None, (), [])}
+        doc += ["", f"## {task}", "", f"Training: {shown}; training depth {depth}; hard accuracy at {last} iterations in "
+                "column *hard@max*.", "",
+                table(["recall", "norm", "regime", "seeds", f"val@{depth}", "val best", "hard best", f"hard@{last}",
+                       "adaptive", "solver", "conv", "ρ", "contr", "sens", "Lip", "bwd", "grad"], rows),
+                "", f"![accuracy vs iterations]({os.path.relpath(plot, out.parent)})"]
+        # beyond the paper: implicit vs progressive side by side
+        pairs = []
+        for recall in RECALLS:
+            for norm in NORMS:
+                p = next((c for c in cs if c.recall == recall and c.norm == norm and c.regime == "progressive"), None)
+                i = next((c for c in cs if c.recall == recall and c.norm == norm and c.regime == "implicit"), None)
+                if p and i:
+                    pairs.append([recall, norm, f"{pct(p.best('hard')[0])} ({p.best('hard')[1]})",
+                                  f"{pct(i.best('hard')[0])} ({i.best('hard')[1]})",
+                                  f"{pct(p.settle('hard', 'accuracy'))} / {num(p.settle('hard', 'iterations_mean'))}",
+                                  f"{pct(i.settle('hard', 'accuracy'))} / {num(i.settle('hard', 'iterations_mean'))}"])
+        if pairs:
+            doc += ["", "Beyond the paper — the same grid trained by the progressive loss and by implicit "
+                    "differentiation, fixed-count (best) next to adaptive compute (accuracy / mean iterations):", "",
+                    table(["recall", "norm", "progressive best", "implicit best", "progressive adaptive", "implicit adaptive"], pairs)]
+    if configs:
+        plot = plot_rho_vs_accuracy(configs, plots / "rho_vs_hard_accuracy.png")
+        doc += ["", "## ρ(J) against hard accuracy", "",
+                f"![rho vs accuracy]({os.path.relpath(plot, out.parent)})"]
+    return "\n".join(doc) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", help="root folder of a sweep (holds */*/result.json)")
+    p.add_argument("--out", default="RESULTS.md", help="the document to write (default RESULTS.md)")
+    p.add_argument("--plots", default="results", help="folder for the PNG plots (default results/)")
+    a = p.parse_args(argv)
+    root = Path(a.runs)
+    if not root.is_dir():
+        p.error(f"no such folder: {root}")
+    results = load_results(root)
+    if not results:
+        p.error(f"no result.json under {root}: run `python -m experiments.sweep --out {root}` first")
+    out = Path(a.out).resolve()
+    command = "python -m experiments.report " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = render(results, Path(a.plots).resolve(), out, command)
+    out.write_text(text)
+    print(f"wrote {out} ({len(results)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

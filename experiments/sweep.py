@@ -1,0 +1,257 @@
+"""Train, evaluate and analyse every configuration of a preset; one ``result.json`` per run.
+
+    python -m experiments.sweep --preset cpu --out runs/sweep                 # the whole grid
+    python -m experiments.sweep --preset cpu --tasks prefix_sums --seeds 0    # part of it
+    python -m experiments.report runs/sweep                                   # RESULTS.md
+
+A finished run (its ``result.json`` exists) is skipped, and an interrupted one resumes from its
+``last.pt``, so the same command continues a sweep. Each run measures:
+
+* accuracy on the easy validation split and the hard split after each test-time iteration count,
+  and adaptively (each example iterated until it stops changing, and solved by Anderson to a
+  tolerance), with the iterations spent;
+* the stability numbers of :func:`deqloop.analysis.analyze` on hard and validation examples,
+  from z₀ = e (as the model runs) and from z₀ = 0 (where the paper's claim about recall-free
+  fixed points applies);
+* gradient norms and skipped steps over training (from the run's metrics log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from experiments.presets import RECALLS, NORMS, REGIMES, TASKS, Preset, RunSpec, get_preset, PRESETS
+
+ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return statistics.median(values) if values else None
+
+
+def _mean(values: list[Any]) -> float | None:
+    values = [float(v) for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def stability_numbers(report) -> dict[str, Any]:
+    """The scalars of a StabilityReport that the tables compare."""
+    d = report.to_dict()
+    regimes = report.regime or []
+    out = {
+        "converged_fraction": report.converged_fraction,
+        "distinct_fixed_points": report.distinct_fixed_points,
+        "fixed_point_spread": report.fixed_point_spread,
+        "agreement": report.agreement,
+        "iterations_median": _median([float(i) for i in d["reachability"][report.reference_init]["iterations"]]),
+        "contraction_median": _median(d["reachability"][report.reference_init]["contraction"]),
+        "spectral_radius_median": _median(d.get("spectral_radius") or []),
+        "contractive_fraction": regimes.count("contractive") / len(regimes) if regimes else None,
+        "sigma_max_median": _median(d.get("sigma_max") or []),
+        "resolvent_norm_median": _median(d.get("resolvent_norm") or []),
+        "input_sensitivity_median": _median(d.get("input_sensitivity") or []),
+        "local_smoothness_median": _median(d.get("local_smoothness") or []),
+        "backward_converged_fraction": _mean(d.get("backward_converged") or []),
+        "backward_iterations_median": _median([float(v) for v in d.get("backward_iterations") or []]),
+        "seconds": sum(report.timings.values()),
+    }
+    return out
+
+
+def training_numbers(metrics_path: Path) -> dict[str, Any]:
+    """Gradient norms, skipped steps and the last loss/accuracy from a run's metrics log."""
+    grad, loss, acc, skipped = [], None, None, 0
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                m = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "grad_norm" in m and m["grad_norm"] is not None and math.isfinite(m["grad_norm"]):
+                grad.append(float(m["grad_norm"]))
+            if "loss" in m:
+                loss, acc = m["loss"], m.get("accuracy")
+            skipped = max(skipped, int(m.get("skipped_total", 0) or 0))
+    return {
+        "grad_norm_median": _median(grad),
+        "grad_norm_max": max(grad) if grad else None,
+        "grad_norm_last": grad[-1] if grad else None,
+        "final_loss": loss,
+        "final_train_accuracy": acc,
+        "skipped_steps": skipped,
+    }
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[str]], device: str = "auto",
+            command: str = "") -> dict[str, Any]:
+    """Train, evaluate and analyse one run; writes and returns its result."""
+    from deqloop.analysis import analyze
+    from deqloop.checkpoint import load_model
+    from deqloop.evaluate import evaluate_checkpoint
+    from deqloop.train import TrainConfig, Trainer, build_task
+
+    out = root / spec.name
+    result_path = out / "result.json"
+    if result_path.exists():
+        return json.loads(result_path.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    fields = preset.train_fields(spec)
+    if data.get(spec.task):
+        fields["data"] = tuple(data[spec.task])
+    resume = (out / "last.pt").exists()
+    config = TrainConfig(**fields, out=str(out), resume=resume, overwrite=not resume, device=device)
+    t0 = time.perf_counter()
+    trained = Trainer(config).run()
+    train_seconds = time.perf_counter() - t0
+
+    t1 = time.perf_counter()
+    report = evaluate_checkpoint(trained.checkpoint, iters=preset.eval_iters, n=preset.eval_n, solver="anderson",
+                                 solver_rtol=1e-4, device="cpu" if device == "auto" and not torch.cuda.is_available() else
+                                 ("cuda" if device == "auto" else device))
+    eval_seconds = time.perf_counter() - t1
+
+    model = load_model(trained.checkpoint).eval()
+    task = build_task(config)
+    analysis = {}
+    t2 = time.perf_counter()
+    for band in ("hard", "val"):
+        x, _ = task.make(band, preset.analyze_n, seed=999)
+        full = analyze(model, x, inits=("embed", "zeros", "noise"), **ANALYSIS_SOLVE, **preset.analysis)
+        analysis[band] = stability_numbers(full)
+        # from z₀ = 0 every input starts at the same state: the paper's setting for recall "none"
+        zeros = analyze(model, x, inits=("zeros",), measures=(), **ANALYSIS_SOLVE, **preset.analysis)
+        analysis[band]["from_zeros"] = {
+            "converged_fraction": zeros.converged_fraction,
+            "distinct_fixed_points": zeros.distinct_fixed_points,
+            "fixed_point_spread": zeros.fixed_point_spread,
+        }
+    analysis_seconds = time.perf_counter() - t2
+
+    result = {
+        "spec": {"task": spec.task, "recall": spec.recall, "norm": spec.norm, "regime": spec.regime, "seed": spec.seed},
+        "name": spec.name,
+        "preset": preset.name,
+        "train_config": config.to_dict(),
+        "train_depth": config.depth(),
+        "train": {**training_numbers(out / "metrics.jsonl"), "steps": trained.step, "seconds": train_seconds},
+        "eval": report.to_dict(),
+        "analysis": analysis,
+        "analysis_options": {**ANALYSIS_SOLVE, **preset.analysis, "n": preset.analyze_n},
+        "seconds": {"train": train_seconds, "eval": eval_seconds, "analysis": analysis_seconds},
+        "commit": git_commit(),
+        "command": command,
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": device,
+                    "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                    "threads": torch.get_num_threads()},
+    }
+    _write_json(result_path, result)
+    return result
+
+
+def default_data(shared: Path | None) -> dict[str, list[str]]:
+    """The shared Lichess files for chess (train ≤ 1600, hard 1601–2000) when present."""
+    if shared is None:
+        return {}
+    chess_dir = shared / "chess"
+    files = sorted(str(p) for p in chess_dir.glob("lichess_puzzles_rating_*.csv")) if chess_dir.is_dir() else []
+    return {"chess": files} if files else {}
+
+
+def _csv(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...] | None:
+    if not text:
+        return None
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    bad = [v for v in values if v not in allowed]
+    if bad:
+        raise SystemExit(f"error: unknown {what} {bad}; allowed: {', '.join(allowed)}")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="grid and scale (default cpu)")
+    p.add_argument("--out", default="runs/sweep", help="root folder of the runs (default runs/sweep)")
+    p.add_argument("--tasks", help=f"comma-separated subset of {', '.join(TASKS)}")
+    p.add_argument("--recalls", help=f"comma-separated subset of {', '.join(RECALLS)}")
+    p.add_argument("--norms", help=f"comma-separated subset of {', '.join(NORMS)}")
+    p.add_argument("--regimes", help=f"comma-separated subset of {', '.join(REGIMES)}")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    p.add_argument("--steps", type=int, help="override training steps of every run")
+    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+                   help="folder of the shared puzzle data (chess trains on its Lichess files when present)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    p.add_argument("--time-limit", type=float, default=0.0, help="stop starting new runs after this many seconds (0: none)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    a = p.parse_args(argv)
+
+    preset = get_preset(a.preset)
+    if a.seeds:
+        try:
+            preset = preset.with_(seeds=tuple(int(s) for s in a.seeds.split(",")))
+        except ValueError:
+            p.error(f"--seeds takes comma-separated integers, got {a.seeds!r}")
+    if a.steps:
+        preset = preset.with_(train={t: {**v, "steps": a.steps} for t, v in preset.train.items()})
+    try:
+        specs = preset.runs(task=_csv(a.tasks, TASKS, "task"), recall=_csv(a.recalls, RECALLS, "recall"),
+                            norm=_csv(a.norms, NORMS, "norm"), regime=_csv(a.regimes, REGIMES, "regime"))
+    except ValueError as err:
+        p.error(str(err))
+    root = Path(a.out)
+    if a.dry_run:
+        for s in specs:
+            print(s.name, "(done)" if (root / s.name / "result.json").exists() else "")
+        return 0
+    shared = Path(a.shared)
+    data = default_data(shared if shared.is_dir() else None)
+    command = "python -m experiments.sweep " + " ".join(argv if argv is not None else sys.argv[1:])
+    from tqdm.auto import tqdm
+
+    start = time.perf_counter()
+    done = 0
+    bar = tqdm(specs, desc=f"sweep {preset.name}", unit="run")
+    for spec in bar:
+        if a.time_limit and time.perf_counter() - start > a.time_limit:
+            bar.write(f"time limit reached after {done} runs; run the same command to continue")
+            break
+        bar.set_postfix_str(spec.name)
+        res = run_one(preset, spec, root, data=data, device=a.device, command=command)
+        done += 1
+        hard = res["eval"]["curves"]["accuracy"].get("hard")
+        bar.write(f"{spec.name}: hard accuracy by iterations {hard}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

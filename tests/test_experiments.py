@@ -1,0 +1,99 @@
+"""The sweep driver and the RESULTS.md generator, end to end on the tiny preset."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from experiments import report, sweep
+from experiments.presets import PRESETS, Preset, RunSpec, get_preset
+from deqloop.train import TrainConfig
+
+
+def test_every_preset_run_is_a_valid_training_config(tmp_path):
+    for preset in PRESETS.values():
+        runs = preset.runs()
+        assert len(runs) == len(set(r.name for r in runs))
+        for spec in runs:
+            TrainConfig(**preset.train_fields(spec), out=str(tmp_path))
+
+
+def test_preset_filters_and_errors():
+    cpu = get_preset("cpu")
+    runs = cpu.runs(task=("sudoku",), recall=("internal",), norm=None, regime=("implicit",))
+    assert {(r.task, r.recall, r.regime) for r in runs} == {("sudoku", "internal", "implicit")}
+    assert len(runs) == len(cpu.norms) * len(cpu.seeds)
+    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, gpu"):
+        get_preset("huge")
+    with pytest.raises(ValueError, match="unknown filter 'width'"):
+        cpu.runs(width=("8",))
+    with pytest.raises(ValueError, match="allowed: none, external, internal"):
+        Preset(name="x", tasks=("sudoku",), seeds=(0,), train={"sudoku": {}}, recalls=("outer",))
+    with pytest.raises(SystemExit):
+        sweep.main(["--preset", "tiny", "--norms", "layer", "--dry-run"])
+
+
+@pytest.mark.slow
+def test_tiny_sweep_and_report_end_to_end(tmp_path):
+    root = tmp_path / "runs"
+    assert sweep.main(["--preset", "tiny", "--out", str(root), "--recalls", "none,internal"]) == 0
+    results = report.load_results(root)
+    assert len(results) == 4
+    r = results[0]
+    assert set(r["analysis"]["hard"]) >= {"converged_fraction", "spectral_radius_median", "from_zeros"}
+    assert r["eval"]["curves"]["iters"] == list(PRESETS["tiny"].eval_iters)
+    assert r["train"]["steps"] == PRESETS["tiny"].train["prefix_sums"]["steps"]
+    # a finished run is not redone
+    mtime = (root / r["name"] / "result.json").stat().st_mtime
+    sweep.main(["--preset", "tiny", "--out", str(root), "--recalls", "none", "--norms", "post"])
+    assert (root / r["name"] / "result.json").stat().st_mtime == mtime
+    # recall "none": the loop map ignores the input, so from z0 = 0 all inputs share one fixed point
+    none = [x for x in results if x["spec"]["recall"] == "none"]
+    for x in none:
+        z = x["analysis"]["hard"]["from_zeros"]
+        if z["converged_fraction"] == 1.0:
+            assert z["distinct_fixed_points"] == 1
+        assert x["analysis"]["hard"]["input_sensitivity_median"] == 0.0
+    out = tmp_path / "RESULTS.md"
+    assert report.main([str(root), "--out", str(out), "--plots", str(tmp_path / "plots")]) == 0
+    text = out.read_text()
+    for claim in ("C1", "C2", "C3", "C4"):
+        assert re.search(rf"\*\*{claim} — .*: (supported|contradicted|inconclusive at this scale)\.\*\*", text), claim
+    assert "| none | post | progressive | 1 |" in text
+    assert (tmp_path / "plots" / "prefix_sums_iterations.png").stat().st_size > 1000
+    assert "python -m experiments.sweep" in text
+
+
+def _fake(task, recall, norm, regime, hard, conv, contr, zeros_fp=1, spread=0.0, sens=0.5):
+    curves = {"iters": [1, 10], "train_depth": 10, "accuracy": {"val": [0.5, 0.9], "hard": [hard / 2, hard]}}
+    stab = {"converged_fraction": conv, "contractive_fraction": contr, "spectral_radius_median": 1.2 - contr,
+            "local_smoothness_median": 1.0, "backward_converged_fraction": conv, "input_sensitivity_median": sens,
+            "from_zeros": {"converged_fraction": 1.0, "distinct_fixed_points": zeros_fp, "fixed_point_spread": spread}}
+    return {"spec": {"task": task, "recall": recall, "norm": norm, "regime": regime, "seed": 0},
+            "train_depth": 10, "eval": {"curves": curves, "settling": {}, "solver": {}},
+            "analysis": {"hard": stab}, "train": {"grad_norm_median": 1.0}}
+
+
+def test_claim_rules_on_constructed_results():
+    # C1: recall-free configurations with one fixed point from zeros, recall ones with many
+    rs = [_fake("prefix_sums", "none", "post", "implicit", 0.0, 1.0, 1.0, sens=0.0),
+          _fake("prefix_sums", "internal", "post", "implicit", 0.9, 1.0, 1.0, zeros_fp=5, spread=0.4)]
+    configs = list(report.group(rs).values())
+    assert report.claim1(configs).verdict == "supported"
+    rs[0]["analysis"]["hard"]["from_zeros"]["distinct_fixed_points"] = 3
+    assert report.claim1(list(report.group(rs).values())).verdict == "contradicted"
+    # C4: accuracy rising with converged and contractive fractions across 8 configurations
+    rs = [_fake("sudoku", recall, norm, "implicit", a, a, a)
+          for (recall, norm), a in zip([(r, n) for r in ("external", "internal") for n in ("pre", "peri", "post", "sandwich")],
+                                       [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])]
+    assert report.claim4(list(report.group(rs).values())).verdict == "supported"
+    rs = [_fake("sudoku", x["spec"]["recall"], x["spec"]["norm"], "implicit", 0.9 - a, a, a)
+          for x, a in zip(rs, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])]
+    assert report.claim4(list(report.group(rs).values())).verdict == "contradicted"
+    # C3: internal far above external on sudoku with post norm
+    rs = [_fake("sudoku", "internal", "post", "implicit", 0.6, 1, 1), _fake("sudoku", "external", "post", "implicit", 0.2, 1, 1)]
+    assert report.claim3(list(report.group(rs).values())).verdict == "supported"
+    rs[0]["eval"]["curves"]["accuracy"]["hard"] = [0.0, 0.05]
+    assert report.claim3(list(report.group(rs).values())).verdict == "contradicted"
