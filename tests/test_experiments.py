@@ -97,3 +97,33 @@ def test_claim_rules_on_constructed_results():
     assert report.claim3(list(report.group(rs).values())).verdict == "supported"
     rs[0]["eval"]["curves"]["accuracy"]["hard"] = [0.0, 0.05]
     assert report.claim3(list(report.group(rs).values())).verdict == "contradicted"
+
+
+@pytest.mark.slow
+def test_gpu_script_runs_on_cpu_with_the_tiny_preset(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PRESET": "tiny", "DEVICE": "cpu", "STEPS": "2", "BUDGET": "600", "OUT": str(tmp_path / "gpu"),
+           "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "token·iterations/s" in done.stdout
+    assert "## Verdicts" in (tmp_path / "gpu" / "RESULTS.md").read_text()
+    assert len(list((tmp_path / "gpu").rglob("result.json"))) == 4
+
+
+def test_mfu_flop_count():
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("mfu", Path(__file__).resolve().parents[1] / "benchmarks" / "mfu.py")
+    mfu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mfu)
+    # N=2 tokens, D=4, hidden 16: qkvo 2·2·4·16, scores 4·4·4, mlp 4·2·4·16, internal recall 4·2·2·4·4
+    assert mfu.step_flops(2, 4, 4.0, "internal") == 256 + 64 + 512 + 256
+    assert mfu.step_flops(2, 4, 4.0, "none") == 256 + 64 + 512
