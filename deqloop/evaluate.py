@@ -37,7 +37,9 @@ __all__ = [
     "adaptive_accuracy",
     "auto_batch_size",
     "evaluate_checkpoint",
+    "evaluate_model",
     "iteration_sweep",
+    "settle_table",
     "parse_iters",
 ]
 
@@ -380,6 +382,41 @@ class EvalReport:
         return "\n".join(parts)
 
 
+def evaluate_model(
+    model: torch.nn.Module,
+    splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    task: Any,
+    *,
+    iters: Sequence[int],
+    train_depth: int | None = None,
+    settle_rtol: float = 1e-3,
+    solver: str | None = None,
+    solver_rtol: float = 1e-4,
+    device: str | torch.device | None = None,
+) -> EvalReport:
+    """Iteration curves and settling statistics of ``model`` on named ``(x, y)`` splits.
+
+    ``task`` supplies ``correct`` and ``name``. With ``solver`` each split is also solved to
+    ``solver_rtol`` with at most ``max(iters)`` evaluations.
+    """
+    if not splits:
+        raise ValueError("nothing to evaluate: no splits")
+    curves = IterationCurves(list(iters), train_depth=train_depth)
+    report = EvalReport(checkpoint="", task=task.name, n={k: len(v[0]) for k, v in splits.items()},
+                        curves=curves, settle_rtol=settle_rtol)
+    for name, (x, y) in splits.items():
+        sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, device=device)
+        curves.add(name, sweep.accuracy)
+        report.settling[name] = sweep.settle_summary()
+    if solver is not None:
+        report.solver_name, report.solver_rtol = solver, solver_rtol
+        for name, (x, y) in splits.items():
+            res = adaptive_accuracy(model, x, y, task.correct, solver=solver, max_iter=curves.iters[-1],
+                                    rtol=solver_rtol, device=device)
+            report.solver[name] = res.summary()
+    return report
+
+
 def evaluate_checkpoint(
     path: str | Path,
     *,
@@ -418,17 +455,7 @@ def evaluate_checkpoint(
     if not sets:
         raise ValueError("nothing to evaluate: no bands and no splits")
     train_depth = config.depth() if config is not None else model.config.max_iter
-    curves = IterationCurves(list(iters), train_depth=train_depth)
-    report = EvalReport(checkpoint=str(path), task=task.name, n={k: len(v[0]) for k, v in sets.items()},
-                        curves=curves, settle_rtol=settle_rtol)
-    for name, (x, y) in sets.items():
-        sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, device=device)
-        curves.add(name, sweep.accuracy)
-        report.settling[name] = sweep.settle_summary()
-    if solver is not None:
-        report.solver_name, report.solver_rtol = solver, solver_rtol
-        for name, (x, y) in sets.items():
-            res = adaptive_accuracy(model, x, y, task.correct, solver=solver, max_iter=curves.iters[-1],
-                                    rtol=solver_rtol, device=device)
-            report.solver[name] = res.summary()
+    report = evaluate_model(model, sets, task, iters=iters, train_depth=train_depth, settle_rtol=settle_rtol,
+                            solver=solver, solver_rtol=solver_rtol, device=device)
+    report.checkpoint = str(path)
     return report

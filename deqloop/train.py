@@ -152,7 +152,8 @@ class TrainConfig:
     grad_clip: float = _help("clip the gradient norm to this (0: no clipping)", default=1.0)
     # -- evaluation and logging ----------------------------------------------------------------
     eval_every: int = _help("evaluate every N steps (0: only at the end)", default=0)
-    eval_size: int = _help("examples per split in the periodic evaluation", default=256)
+    eval_size: int = _help("examples per split (val and hard) in the evaluation during training and at "
+                           "its end (0: no evaluation)", default=256)
     eval_iters: tuple[int, ...] = _help("iteration counts of the periodic evaluation "
                                         "(default: the training depth)", default=())
     log_every: int = _help("write a metrics line every N steps", default=10)
@@ -174,10 +175,12 @@ class TrainConfig:
         self.eval_iters = tuple(int(t) for t in self.eval_iters)
         if self.task not in TASK_NAMES:
             raise ValueError(f"unknown task {self.task!r}; allowed: {', '.join(TASK_NAMES)}")
-        for name in ("width", "heads", "max_iter", "batch_size", "log_every", "checkpoint_every", "eval_size"):
+        for name in ("width", "heads", "max_iter", "batch_size", "log_every", "checkpoint_every"):
             _positive_int(name, getattr(self, name))
-        for name in ("train_size", "eval_every", "keep_every", "threads", "seed"):
+        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "seed"):
             _nonnegative_int(name, getattr(self, name))
+        if self.eval_every and not self.eval_size:
+            raise ValueError("eval_every needs eval_size > 0")
         if any(t < 1 for t in self.eval_iters):
             raise ValueError(f"eval_iters must be positive, got {self.eval_iters}")
         _choice("loss", self.loss, LOSSES)
@@ -779,11 +782,10 @@ class Trainer:
                     last = metrics
                     if "loss" in metrics:
                         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
-                if c.eval_every and done % c.eval_every == 0 and done != c.steps:
+                evaluate = c.eval_size > 0 and (done == c.steps or (c.eval_every and done % c.eval_every == 0))
+                if evaluate:
                     self._write(self.evaluate())
                 if done % c.checkpoint_every == 0 or done == c.steps:
-                    if done == c.steps:
-                        self._write(self.evaluate())
                     self.save()
                     if c.keep_every and done % c.keep_every == 0:
                         self.save(self.out / f"step_{done}.pt")

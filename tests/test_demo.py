@@ -1,0 +1,55 @@
+"""``deqloop demo``: the quick variant runs the demo's code path end to end in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from deqloop.cli import main
+from deqloop.demo import TEST_FACTORS, TRAIN_LENGTH, demo_config, run_demo
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_demo_quick_from_the_command_line(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress"]) == 0
+    stdout = capsys.readouterr().out
+    names = [f"{TRAIN_LENGTH} bits (train)"] + [f"{f * TRAIN_LENGTH} bits ({f}x)" for f in TEST_FACTORS]
+    for name in names:
+        assert name in stdout
+    assert "<- training depth" in stdout and "adaptive" in stdout and "target ≥ 95%" in stdout
+    result = json.loads((out / "demo.json").read_text())
+    assert list(result["curves"]["accuracy"]) == names
+    assert result["curves"]["train_depth"] == TRAIN_LENGTH + 2
+    assert result["headline"]["split"] == names[1]
+    assert set(result["adaptive"]) == set(names)
+    assert (out / "iterations.png").stat().st_size > 1000
+    assert (out / "last.pt").is_file() and (out / "metrics.jsonl").read_text().strip()
+    # running it again starts afresh in the same folder
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--steps", "3"]) == 0
+    assert json.loads((out / "demo.json").read_text())["steps"] == 3
+
+
+def test_demo_config_is_the_documented_recipe():
+    c = demo_config()
+    assert (c.task, c.length, c.min_length, c.depth_offset) == ("prefix_sums", 12, 4, 2)
+    assert (c.width, c.heads, c.attention, c.window, c.recall, c.norm) == (32, 4, "local", 3, "internal", "post")
+    assert (c.loss, c.alpha, c.lr, c.batch_size, c.schedule) == ("progressive", 0.0, 2e-3, c.batch_size, "cosine")
+    quick = demo_config(quick=True)
+    assert quick.steps < c.steps and quick.task == c.task and quick.width == c.width
+
+
+@pytest.mark.slow
+def test_demo_recipe_extrapolates(tmp_path):
+    """A shortened demo still solves 4x longer inputs than it trained on, by iterating longer."""
+    result = run_demo(out=tmp_path / "demo", steps=250, progress=False, echo=lambda *a: None)
+    assert result.headline["best_accuracy"] >= 0.9
+    assert result.headline["accuracy_at_training_depth"] < 0.5  # it needs the extra iterations

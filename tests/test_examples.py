@@ -1,0 +1,83 @@
+"""The per-task examples run end to end with tiny settings (same code as their defaults)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def check_outputs(out: Path, report: dict, splits: set[str], iters: list[int]) -> None:
+    assert set(report["curves"]["accuracy"]) == splits
+    assert report["curves"]["iters"] == iters
+    assert all(0.0 <= a <= 1.0 for acc in report["curves"]["accuracy"].values() for a in acc)
+    assert json.loads((out / "eval.json").read_text())["curves"] == report["curves"]
+    assert (out / "iterations.png").stat().st_size > 1000
+    assert (out / "last.pt").is_file()
+
+
+def test_prefix_sums_example(tmp_path, capsys):
+    out = tmp_path / "ps"
+    report = load_example("prefix_sums").main(
+        ["--steps", "3", "--batch-size", "8", "--length", "6", "--min-length", "3", "--test-lengths", "12,24",
+         "--width", "16", "--heads", "2", "--n", "8", "--iters", "1,4,8", "--out", str(out), "--no-progress"])
+    check_outputs(out, report, {"6 bits", "12 bits", "24 bits"}, [1, 4, 8])
+    assert "adaptive" in capsys.readouterr().out
+
+
+def test_prefix_sums_example_equilibrium_regime(tmp_path):
+    out = tmp_path / "ps"
+    report = load_example("prefix_sums").main(
+        ["--loss", "equilibrium", "--backward", "phantom", "--max-iter", "5", "--steps", "2", "--batch-size", "8",
+         "--length", "6", "--test-lengths", "12", "--width", "16", "--heads", "2", "--n", "4", "--iters", "2,5",
+         "--out", str(out), "--no-progress"])
+    check_outputs(out, report, {"6 bits", "12 bits"}, [2, 5])
+
+
+@pytest.mark.slow
+def test_sudoku_example(tmp_path, shared_data, monkeypatch):
+    monkeypatch.setenv("DEQLOOP_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "sudoku"
+    report = load_example("sudoku").main(
+        ["--train-size", "16", "--epochs", "1", "--batch-size", "8", "--width", "16", "--heads", "1",
+         "--max-iter", "3", "--n", "4", "--iters", "1,3", "--data-dir", str(shared_data), "--out", str(out),
+         "--no-progress"])
+    splits = {"easy (val)", "hard (generated)", "magictour_top1465", "sudoku17_1500"}
+    check_outputs(out, report, splits, [1, 3])
+
+
+def test_chess_example_synthetic(tmp_path):
+    out = tmp_path / "chess"
+    report = load_example("chess").main(
+        ["--synthetic", "--train-size", "8", "--epochs", "1", "--batch-size", "8", "--width", "16", "--heads", "1",
+         "--max-iter", "3", "--n", "4", "--iters", "1,3", "--out", str(out), "--no-progress"])
+    check_outputs(out, report, {"easy: 4-8 pieces", "hard: 10-16 pieces"}, [1, 3])
+
+
+@pytest.mark.slow
+def test_chess_example_on_the_shared_puzzles(tmp_path, shared_data):
+    out = tmp_path / "chess"
+    report = load_example("chess").main(
+        ["--data-dir", str(shared_data), "--train-size", "32", "--epochs", "1", "--batch-size", "16",
+         "--width", "16", "--heads", "1", "--max-iter", "3", "--n", "16", "--iters", "1,3", "--out", str(out),
+         "--no-progress"])
+    check_outputs(out, report, {"easy: rated ≤ 1600", "hard: rated 1601-2000"}, [1, 3])
