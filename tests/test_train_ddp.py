@@ -1,0 +1,82 @@
+"""DistributedDataParallel on CPU: two gloo processes under torchrun train like one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqloop.checkpoint import load_checkpoint
+from deqloop.train import TrainConfig, read_metrics, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORKER = textwrap.dedent(
+    """
+    import json, sys, torch
+    from deqloop.train import TrainConfig, Trainer
+    trainer = Trainer(TrainConfig.from_dict(json.loads(sys.argv[1])))
+    trainer.run()
+    torch.save(trainer.model.state_dict(), f"{sys.argv[2]}/rank{trainer.rank}.pt")
+    with open(f"{sys.argv[2]}/rank{trainer.rank}.txt", "w") as f:
+        f.write(f"rank {trainer.rank} of {trainer.world} on {trainer.device}")
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def config(out: Path, **overrides) -> TrainConfig:
+    values = dict(task="prefix_sums", length=6, min_length=3, hard_length=12, width=16, heads=2, mlp_ratio=2.0,
+                  attention="local", window=3, loss="progressive", alpha=0.5, depth_offset=1, steps=4,
+                  warmup_steps=1, batch_size=8, log_every=1, checkpoint_every=2, eval_size=8, threads=1,
+                  progress=False, out=str(out))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["progressive", "equilibrium"])
+def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
+    extra = {} if loss == "progressive" else dict(alpha=0.0, depth_offset=None, backward="implicit", max_iter=5)
+    ddp = config(tmp_path / "ddp", loss=loss, **extra)
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         json.dumps(ddp.to_dict()), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in (0, 1):
+        assert (tmp_path / f"rank{r}.txt").read_text() == f"rank {r} of 2 on cpu"
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for k in ranks[0]:
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+    saved = load_checkpoint(tmp_path / "ddp" / "last.pt")
+    assert saved["world_size"] == 2
+    assert all(torch.equal(saved["model"][k], ranks[0][k]) for k in ranks[0])
+    records = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]  # written once, by rank 0
+
+    # One process on the same global batches reaches the same parameters (up to summation order).
+    single = train(config(tmp_path / "single", loss=loss, **extra))
+    one = load_checkpoint(single.checkpoint)["model"]
+    for k in one:
+        torch.testing.assert_close(one[k], ranks[0][k], rtol=1e-4, atol=1e-5, msg=k)
+    single_records = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if "loss" in r]
+    for a, b in zip(records, single_records):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
