@@ -85,6 +85,20 @@ def test_krylov_schur_dominant_complex_pair_and_its_conjugate():
     assert est.eigenvalues[2, 1].real.item() == pytest.approx(0.9, abs=1e-9)
 
 
+def test_krylov_schur_smallest_eigenvalue_of_a_positive_definite_operator():
+    g = torch.Generator().manual_seed(7)
+    M = torch.randn(3, 60, 60, generator=g, dtype=torch.float64) / 60**0.5
+    A = torch.eye(60, dtype=torch.float64) - 0.95 * M / torch.linalg.matrix_norm(M, 2)[:, None, None]
+    AtA = A.transpose(1, 2) @ A  # σ_min(A)² at the bottom of a positive spectrum
+    v0 = torch.randn(3, 60, generator=g, dtype=torch.float64)
+    est = krylov_schur(MatrixOp(AtA), v0, nev=2, ncv=20, tol=1e-11, maxiter=300, which="SM")
+    assert est.converged.all()
+    ref = np.linalg.eigvalsh(AtA.numpy())[:, 0]
+    assert est.eigenvalues[:, 0].real.numpy() == pytest.approx(ref, rel=1e-9)
+    with pytest.raises(ValueError, match="which"):
+        krylov_schur(MatrixOp(AtA), v0, which="LR")
+
+
 def test_krylov_schur_small_dimension_zero_matrix_and_masking_path_agree():
     g = torch.Generator().manual_seed(2)
     A = torch.randn(3, 5, 5, generator=g, dtype=torch.float64)

@@ -24,7 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues, resolvent_norm, sigma_max
+from deqloop.analysis.jacobian import (
+    EIG_METHODS,
+    RESOLVENT_METHODS,
+    LoopJacobian,
+    leading_eigenvalues,
+    resolvent_norm,
+    sigma_max,
+)
 from deqloop.analysis.reachability import agreement, count_distinct, relative_spread, solve_from
 from deqloop.analysis.report import StabilityReport, regimes
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions
@@ -57,8 +64,10 @@ class AnalysisOptions:
         eig_k: leading eigenvalues kept per example; eig_ncv: Krylov dimension;
         eig_tol: relative residual of the leading eigenpair; eig_maxiter: restarts (power
             iterations for ``"power"``).
-        resolvent_ncv, resolvent_maxiter: the same for ‖(I − J)⁻¹‖ (each product there costs two
-            linear solves, so these are smaller).
+        resolvent_method: one of ``RESOLVENT_METHODS``: ``"normal"`` (smallest eigenvalue of
+            (I − J)ᵀ(I − J); cheap, limited to moderate condition numbers in float32) or
+            ``"inverse"`` (largest of (I − J)⁻¹(I − J)⁻ᵀ; two linear solves per product).
+        resolvent_ncv, resolvent_maxiter: Krylov dimension and restarts for ‖(I − J)⁻¹‖.
 
     Linear solves (GMRES, for the implicit function theorem and the resolvent):
         linear_rtol, linear_restart, linear_maxiter (restart cycles).
@@ -92,15 +101,16 @@ class AnalysisOptions:
     eig_ncv: int = 20
     eig_tol: float = 1e-4
     eig_maxiter: int = 30
-    resolvent_ncv: int = 8
+    resolvent_method: str = "normal"
+    resolvent_ncv: int = 20
     resolvent_maxiter: int = 10
     linear_rtol: float = 1e-5
     linear_restart: int = 30
-    linear_maxiter: int = 10
+    linear_maxiter: int = 3
     directions: int = 4
     smoothness_eps: float = 1e-2
     refine_rtol: float = 1e-5
-    refine_max_iter: int = 200
+    refine_max_iter: int = 100
     backward_options: dict[str, Any] | None = None
     seed: int = 0
     progress: bool = True
@@ -122,6 +132,10 @@ class AnalysisOptions:
         for m in self.measures:
             if m not in MEASURES:
                 raise ValueError(f"unknown measure {m!r}; allowed: {', '.join(map(repr, MEASURES))}")
+        if self.resolvent_method not in RESOLVENT_METHODS:
+            raise ValueError(
+                f"unknown resolvent_method {self.resolvent_method!r}; allowed: {', '.join(map(repr, RESOLVENT_METHODS))}"
+            )
         if self.eig_method not in EIG_METHODS:
             raise ValueError(f"unknown eig_method {self.eig_method!r}; allowed: {', '.join(map(repr, EIG_METHODS))}")
         if self.solver is not None:
@@ -283,7 +297,7 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
                            maxiter=opts.eig_maxiter, seed=opts.seed)
             report.sigma_max, report.sigma_converged = s.value, s.converged
         if "resolvent" in measures:
-            r = stages.run("resolvent", resolvent_norm, jac, ncv=opts.resolvent_ncv, tol=opts.eig_tol,
+            r = stages.run("resolvent", resolvent_norm, jac, method=opts.resolvent_method, ncv=opts.resolvent_ncv, tol=opts.eig_tol,
                            maxiter=opts.resolvent_maxiter, linear_rtol=opts.linear_rtol,
                            linear_restart=opts.linear_restart, linear_maxiter=opts.linear_maxiter, seed=opts.seed)
             report.resolvent_norm, report.resolvent_converged = r.value, r.converged

@@ -35,13 +35,15 @@ __all__ = [
     "LoopJacobian",
     "NormEstimate",
     "OPERATOR_KINDS",
+    "RESOLVENT_METHODS",
     "leading_eigenvalues",
     "resolvent_norm",
     "sigma_max",
 ]
 
 EIG_METHODS = ("krylov", "arpack", "power")
-OPERATOR_KINDS = ("J", "JT", "JTJ", "I-J", "I-JT")
+OPERATOR_KINDS = ("J", "JT", "JTJ", "I-J", "I-JT", "(I-J)T(I-J)")
+RESOLVENT_METHODS = ("normal", "inverse")
 
 Step = Callable[[Tensor, Tensor], Tensor]
 
@@ -155,7 +157,8 @@ class LoopJacobian:
 
 
 class JacobianOperator:
-    """``v ↦ J v``, ``Jᵀ v``, ``JᵀJ v``, ``(I − J) v`` or ``(I − Jᵀ) v``, batched, selectable."""
+    """``v ↦ J v``, ``Jᵀ v``, ``JᵀJ v``, ``(I − J) v``, ``(I − Jᵀ) v`` or ``(I − J)ᵀ(I − J) v``
+    (``kind`` in ``OPERATOR_KINDS``), batched, selectable."""
 
     def __init__(self, jac: LoopJacobian, kind: str):
         if kind not in OPERATOR_KINDS:
@@ -172,7 +175,10 @@ class JacobianOperator:
             return jac.vjp(jac.jvp(v))
         if kind == "I-J":
             return v - jac.jvp(v)
-        return v - jac.vjp(v)
+        if kind == "I-JT":
+            return v - jac.vjp(v)
+        u = v - jac.jvp(v)
+        return u - jac.vjp(u)
 
     def select(self, index: Tensor) -> JacobianOperator:
         return JacobianOperator(self.jac.select(index), self.kind)
@@ -348,7 +354,8 @@ class _InverseGram:
 def resolvent_norm(
     jac: LoopJacobian,
     *,
-    ncv: int = 10,
+    method: str = "normal",
+    ncv: int = 20,
     tol: float = 1e-6,
     maxiter: int = 20,
     linear_rtol: float = 1e-8,
@@ -356,15 +363,37 @@ def resolvent_norm(
     linear_maxiter: int = 10,
     seed: int = 0,
 ) -> NormEstimate:
-    """‖(I − J)⁻¹‖₂ per example: the square root of λ_max((I − J)⁻¹(I − J)⁻ᵀ).
+    """‖(I − J)⁻¹‖₂ = 1 / σ_min(I − J) per example.
 
-    Krylov–Schur (``ncv``, ``tol``, ``maxiter``) on that operator, each product being two GMRES
-    solves (``linear_*``), with ``I − Jᵀ`` and then ``I − J``. It measures how strongly the implicit
-    backward pass (and the implicit function theorem) amplify their right-hand sides; it is
-    infinite when 1 is an eigenvalue of J. The eigen tolerance cannot beat the inner one.
+    It measures how strongly the implicit backward pass (and the implicit function theorem)
+    amplify their right-hand sides; it is infinite when 1 is an eigenvalue of J. Methods
+    (``RESOLVENT_METHODS``), both Krylov–Schur with ``ncv``, ``tol``, ``maxiter``:
+
+    * ``"normal"`` — the smallest eigenvalue of ``(I − J)ᵀ(I − J)`` (one JVP and one VJP per
+      product, no inner solves). Cheap, but squaring the condition number limits it: an
+      eigenvalue below about ``eps·σ_max(I − J)²`` of the dtype is not resolved (then it stays
+      unconverged and the value is a lower bound, possibly ``inf``).
+    * ``"inverse"`` — the largest eigenvalue of ``(I − J)⁻¹(I − J)⁻ᵀ``, each product being two
+      GMRES solves (``linear_*``) with ``I − Jᵀ`` and then ``I − J``. Accurate for ill-conditioned
+      ``I − J`` (the eigen tolerance cannot beat the inner one) but far more expensive.
     """
+    if method not in RESOLVENT_METHODS:
+        raise ValueError(f"unknown resolvent method {method!r}; allowed: {', '.join(map(repr, RESOLVENT_METHODS))}")
     gen = torch.Generator().manual_seed(seed)
     B = jac.batch
+    if method == "normal":
+        v0 = _random((B, jac.dim), gen, jac.dtype, jac.device)
+        est = krylov_schur(jac.operator("(I-J)T(I-J)"), v0, nev=1, ncv=ncv, tol=tol, maxiter=maxiter,
+                           generator=gen, which="SM")
+        mu = est.eigenvalues[:, 0].real
+        value = torch.where(mu > 0, mu.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), torch.full_like(mu, float("inf")))
+        return NormEstimate(
+            value=value,
+            converged=est.converged & (mu > 0),
+            residual=est.residual,
+            matvecs=2 * est.matvecs,
+            inner_residual=torch.zeros(B, dtype=torch.float64),
+        )
     stats = {
         "matvecs": torch.zeros(B, dtype=torch.long),
         "inner": torch.zeros(B, dtype=torch.float64),

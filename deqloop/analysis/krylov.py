@@ -73,7 +73,8 @@ class EigenEstimate:
     """Leading eigenvalues of each example's operator.
 
     Attributes:
-        eigenvalues: ``(B, k)`` complex128, by decreasing modulus (NaN where fewer were found).
+        eigenvalues: ``(B, k)`` complex128, wanted ones first: by decreasing modulus (or increasing,
+            for ``which="SM"``); NaN where fewer were found.
         converged: ``(B,)`` bool, the leading pair met the tolerance.
         residual: ``(B,)`` float64 ``‖A y − θ y‖ / |θ|`` of the leading Ritz pair (‖y‖ = 1).
         matvecs: ``(B,)`` int64 operator applications spent on each example.
@@ -138,10 +139,11 @@ def _check_tol(name: str, value: float) -> float:
 # Eigenvalues: Krylov–Schur
 
 
-def _ritz(Hb: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ritz values of ``Hb`` by decreasing modulus and the residual norms ``|rbᵀ y|`` of their pairs."""
+def _ritz(Hb: np.ndarray, rb: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
+    """Ritz values of ``Hb``, wanted ones first (by decreasing modulus for ``"LM"``, increasing
+    for ``"SM"``), and the residual norms ``|rbᵀ y|`` of their pairs."""
     w, Y = scipy.linalg.eig(Hb)
-    order = np.argsort(-np.abs(w), kind="stable")
+    order = np.argsort(-np.abs(w) if which == "LM" else np.abs(w), kind="stable")
     w, Y = w[order], Y[:, order]
     Y = Y / np.linalg.norm(Y, axis=0, keepdims=True)
     return w, np.abs(rb @ Y)
@@ -150,13 +152,13 @@ def _ritz(Hb: np.ndarray, rb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _keep_count(mods: np.ndarray, target: int) -> int:
     """How many of the sorted moduli to keep near ``target`` without splitting (near-)equal ones."""
     size = len(mods)
-    tie = 1e-10 * max(mods[0], np.finfo(float).tiny)
+    tie = 1e-10 * max(mods.max(), np.finfo(float).tiny)
     s = target
-    while s < size and mods[s - 1] - mods[s] <= tie:
+    while s < size and abs(mods[s - 1] - mods[s]) <= tie:
         s += 1
     if s >= size:
         s = target
-        while s > 1 and mods[s - 1] - mods[s] <= tie:
+        while s > 1 and abs(mods[s - 1] - mods[s]) <= tie:
             s -= 1
     return s
 
@@ -170,13 +172,15 @@ def krylov_schur(
     tol: float = 1e-6,
     maxiter: int = 100,
     generator: torch.Generator | None = None,
+    which: str = "LM",
 ) -> EigenEstimate:
-    """The ``nev`` eigenvalues of largest modulus of every example's operator.
+    """The ``nev`` eigenvalues of largest (``which="LM"``) or smallest (``"SM"``) modulus of every
+    example's operator.
 
     Each example keeps a Krylov–Schur decomposition ``A V = V S + v bᵀ`` of size up to ``ncv``;
     a cycle extends it by Arnoldi steps (one batched ``op`` call per step for all examples), takes
     the eigenvalues of ``S`` (Ritz values) and, unless converged, restarts by keeping the Schur
-    vectors of the largest-modulus Ritz values (complex pairs are never split). An example has
+    vectors of the wanted Ritz values (complex pairs are never split). An example has
     converged when its leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|``; it then leaves the batch.
 
     Args:
@@ -187,6 +191,9 @@ def krylov_schur(
         tol: relative residual of the leading Ritz pair.
         maxiter: restart cycles at most.
         generator: random vectors that replace the basis after an (exact) invariant subspace.
+        which: ``"LM"`` largest modulus; ``"SM"`` smallest modulus, which Krylov methods find
+            reliably only at the edge of a real spectrum (e.g. the bottom of a symmetric positive
+            semi-definite operator's).
     """
     _check("nev", nev, 1)
     _check("ncv", ncv, 2)
@@ -194,6 +201,8 @@ def krylov_schur(
     tol = _check_tol("tol", tol)
     if ncv <= nev:
         raise ValueError(f"ncv ({ncv}) must exceed nev ({nev})")
+    if which not in ("LM", "SM"):
+        raise ValueError(f"which must be 'LM' or 'SM', got {which!r}")
     B, n = v0.shape
     dtype, device = v0.dtype, v0.device
     m = min(ncv, n)
@@ -250,7 +259,7 @@ def krylov_schur(
         for i in range(b):
             mb = int(size[i])
             Hb, rb = H[i, :mb, :mb], H[i, mb, :mb]
-            w, rr = _ritz(Hb, rb)
+            w, rr = _ritz(Hb, rb, which)
             k = min(nev, mb)
             g = rows[i]
             vals[g, :k] = w[:k]
@@ -265,7 +274,10 @@ def krylov_schur(
                 finished[i] = True  # nothing left to restart with
                 continue
             thr = 0.5 * (abs(w[s - 1]) + abs(w[s]))
-            T, Z, sdim = scipy.linalg.schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) > thr)
+            if which == "LM":
+                T, Z, sdim = scipy.linalg.schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) > thr)
+            else:
+                T, Z, sdim = scipy.linalg.schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) < thr)
             if not 0 < sdim < mb:
                 finished[i] = True
                 continue
