@@ -655,7 +655,7 @@ class Trainer:
 
     def load(self, path: str | Path) -> None:
         """Restore a checkpoint of this same run (config must match up to runtime fields)."""
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
         saved = state.get("train_config")
         if saved is None or "optimizer" not in state:
             raise TrainingError(f"{path} holds model weights only, not a resumable run")
@@ -696,12 +696,11 @@ class Trainer:
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
-        with autocast, warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+        with autocast:
             loss, logits, stats = self.objective(x, y, depth, draw)
-            finite = self._all_ranks(bool(torch.isfinite(loss)))
-            if finite:
-                loss.backward()
+        finite = self._all_ranks(bool(torch.isfinite(loss)))
+        if finite:
+            loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip if c.grad_clip > 0 else math.inf)
         reason = None
         if not finite:
@@ -724,8 +723,6 @@ class Trainer:
             return metrics
         if (step + 1) % c.log_every == 0 or step + 1 == c.steps:
             metrics.update(self._metrics(loss, logits, y, x, stats, grad_norm, length, depth, draw))
-            for w in caught:
-                metrics.setdefault("warnings", []).append(str(w.message).split("\n")[0])
         return metrics
 
     def _metrics(self, loss, logits, y, x, stats, grad_norm, length, depth, draw) -> dict[str, Any]:
