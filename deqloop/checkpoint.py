@@ -76,9 +76,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     try:
-        # Checkpoints hold plain configs, tensors and RNG states; numpy's RNG state needs the
-        # full unpickler, so only load checkpoints you trust (as with any torch.load).
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        # Checkpoints hold only tensors and plain values: the safe unpickler suffices.
+        state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises many types for a torn or foreign file
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict):

@@ -106,7 +106,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``deqloop`` parser with its ``train``, ``eval``, ``demo`` (and ``analyze``) commands."""
+    """The ``deqloop`` parser with its ``train``, ``eval``, ``demo`` and ``analyze`` commands."""
     parser = _Parser(
         prog="deqloop",
         description="Looped transformers as deep equilibrium models: train on easy problems, "
@@ -173,14 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_analyze(sub: Any) -> None:
-    """``deqloop analyze`` when :mod:`deqloop.analysis` offers a command hook."""
+    """``deqloop analyze``, from :mod:`deqloop.analysis.cli`."""
     try:
-        from deqloop.analysis import cli as analysis_cli  # type: ignore[attr-defined]
-    except ImportError:
+        from deqloop.analysis.cli import add_analyze_arguments, run_analyze
+    except ImportError:  # the analysis package is optional for training and evaluation
         return
-    add = getattr(analysis_cli, "add_parser", None)
-    if callable(add):
-        add(sub)
+    p = sub.add_parser(
+        "analyze",
+        help="stability analysis of a checkpoint's fixed points",
+        description="Stability of a checkpoint's fixed points on a batch of a task: reachability from "
+        "several initial states, spectrum of the loop Jacobian, input sensitivity. Prints a summary, "
+        "writes report.json and plots.",
+    )
+    add_analyze_arguments(p)
+    p.set_defaults(func=run_analyze)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,7 +196,7 @@ def _add_analyze(sub: Any) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from deqloop.train import TrainConfig, train
 
-    values = {k: v for k, v in vars(args).items() if k != "command"}
+    values = {k: v for k, v in vars(args).items() if k not in ("command", "func")}
     if "data" in values:
         for path in values["data"]:
             if not Path(path).is_file():
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    command = COMMANDS.get(args.command) or getattr(args, "func", None)
+    command = getattr(args, "func", None) or COMMANDS.get(args.command)
     if command is None:
         parser.error(f"unknown command {args.command!r}")
     try:

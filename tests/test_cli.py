@@ -45,7 +45,7 @@ def usage_error(argv, capsys) -> str:
 def test_help_lists_the_commands(capsys):
     code, out, _ = run([], capsys)
     assert code == 0
-    for command in ("train", "eval", "demo"):
+    for command in ("train", "eval", "demo", "analyze"):
         assert command in out
 
 
@@ -61,7 +61,7 @@ def test_train_help_explains_every_config_field(capsys):
     assert "[default: 128]" in out  # --width
 
 
-@pytest.mark.parametrize("command", ["eval", "demo"])
+@pytest.mark.parametrize("command", ["eval", "demo", "analyze"])
 def test_each_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main([command, "--help"])
@@ -178,3 +178,14 @@ def test_eval_with_a_solver(tmp_path, capsys):
     assert "anderson solver" in stdout
     code, _, err = run(["eval", str(out / "last.pt"), "--solver", "newton"], capsys)
     assert code == 2 and "unknown solver 'newton'" in err
+
+
+def test_analyze_a_trained_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run(["train", *TINY, "--steps", "1", "--eval-size", "0", "--out", str(out)], capsys)[0] == 0
+    code, stdout, err = run(["analyze", str(out / "last.pt"), "--task", "prefix_sums", "--n", "2", "--measures",
+                             "--no-plots", "--max-iter", "5", "--out", str(tmp_path / "an")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "an" / "report.json").is_file()
+    code, _, err = run(["analyze", str(tmp_path / "nope.pt"), "--task", "prefix_sums"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
