@@ -125,6 +125,30 @@ def test_jacobian_products_match_dense(recall, grid):
     assert model.block.attn.backend == "sdpa"  # the math backend was only borrowed
 
 
+@pytest.mark.parametrize(
+    "arch",
+    [
+        dict(norm="sandwich", attention="local", window=3, grid=(5,)),
+        dict(norm="pre", qk_norm=False, grid=(2, 2)),
+        dict(norm="peri", recall="external", grid=(3,)),
+    ],
+)
+def test_jacobian_products_match_dense_for_other_architectures(arch):
+    arch = dict(arch)
+    model = tiny_model(arch.pop("recall", "internal"), arch.pop("grid"), **arch)
+    x = distinct_inputs(2, model.config.grid)
+    with torch.no_grad():
+        e = model.embed(x)
+    z = torch.randn(e.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)  # any state
+    jac = LoopJacobian.from_model(model, z, e)
+    Jz, Je = dense(model, z, e)
+    v = torch.randn(2, jac.dim, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    vn = v.numpy()[:, :, None]
+    assert np.abs(jac.jvp(v).numpy() - (Jz @ vn)[..., 0]).max() < 1e-12
+    assert np.abs(jac.vjp(v).numpy() - (Jz.transpose(0, 2, 1) @ vn)[..., 0]).max() < 1e-12
+    assert np.abs(jac.jvp_e(v).numpy() - (Je @ vn)[..., 0]).max() < 1e-12
+
+
 def test_jacobian_rejects_compiled_models_and_bad_vectors():
     model = tiny_model("internal", compile=True)
     x = distinct_inputs(2, (3,))
@@ -348,3 +372,49 @@ def test_options_are_validated_with_the_allowed_values():
     with pytest.raises(ValueError, match="must not repeat"):
         AnalysisOptions(inits=("zeros", "zeros"))
     assert AnalysisOptions(inits="zeros").inits == ("zeros",)
+
+
+# ----------------------------------------------------------------------------------------------
+# Larger problems (slow)
+
+
+@pytest.mark.slow
+def test_krylov_arpack_and_dense_agree_on_a_medium_model():
+    # n = 16 tokens × width 16 = 256 per example.
+    torch.manual_seed(3)
+    model = LoopedDEQ(vocab_size=5, num_classes=2, grid=(4, 4), width=16, heads=2, recall="internal").double()
+    with torch.no_grad():
+        model.block.mlp.proj.bias.normal_(0, 1.0)
+    x = distinct_inputs(2, (4, 4))
+    z, e = fixed_points(model, x)
+    Jz, _ = dense(model, z, e)
+    jac = LoopJacobian.from_model(model, z, e)
+    krylov = leading_eigenvalues(jac, method="krylov", k=4, ncv=20, tol=1e-10, maxiter=300)
+    arpack = leading_eigenvalues(jac, method="arpack", k=4, ncv=20, tol=1e-12, maxiter=1000)
+    assert krylov.converged.all() and arpack.converged.all()
+    close(krylov.radius, spectral_radius(Jz))
+    close(arpack.radius, spectral_radius(Jz))
+    close(sigma_max(jac, ncv=20, tol=1e-12, maxiter=300).value, np.linalg.svd(Jz, compute_uv=False)[:, 0])
+    r = resolvent_norm(jac, ncv=30, tol=1e-12, maxiter=300)
+    assert r.converged.all()
+    close(r.value, resolvent(Jz))
+
+
+@pytest.mark.slow
+def test_float32_analysis_with_default_options_agrees_with_float64():
+    torch.manual_seed(4)
+    model = LoopedDEQ(vocab_size=5, num_classes=2, grid=(4, 4), width=16, heads=2, recall="internal")
+    with torch.no_grad():
+        model.block.mlp.proj.bias.normal_(0, 1.0)
+    x = distinct_inputs(6, (4, 4))
+    r32 = analyze(model, x, progress=False)
+    r64 = analyze(model.double(), x, progress=False, rtol=1e-10, max_iter=100, eig_tol=1e-8, linear_rtol=1e-10,
+                  resolvent_maxiter=50)
+    assert r32.converged_fraction == r64.converged_fraction == 1.0
+    assert r32.distinct_fixed_points == r64.distinct_fixed_points == 6
+    assert torch.allclose(r32.spectral_radius, r64.spectral_radius, rtol=1e-3)
+    assert torch.allclose(r32.sigma_max, r64.sigma_max, rtol=1e-3)
+    assert torch.allclose(r32.resolvent_norm, r64.resolvent_norm, rtol=1e-2)
+    assert torch.allclose(r32.input_sensitivity, r64.input_sensitivity, rtol=1e-3)
+    assert r32.regime == r64.regime
+    assert r32.backward_converged.all()

@@ -244,8 +244,8 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
     gen = torch.Generator().manual_seed(opts.seed)
     device = next(model.parameters()).device
     measures = set(opts.measures)
-    geometry = [m for m in MEASURES if m in measures]
-    stages = _Stages(len(opts.inits) + bool(geometry) + len(geometry), opts.progress)
+    needs_jacobian = bool(measures & {"spectrum", "sigma_max", "resolvent", "sensitivity"})
+    stages = _Stages(len(opts.inits) + needs_jacobian + len(measures), opts.progress)
     try:
         with torch.no_grad():
             e = model.embed(x.to(device))  # (B, *grid, D)
@@ -280,7 +280,7 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
             fixed_point_spread=relative_spread(zc),
         )
 
-        if geometry:
+        if needs_jacobian:
             jac = stages.run("jacobian", LoopJacobian.from_model, model, z_star, e)
         linear = dict(rtol=opts.linear_rtol, restart=opts.linear_restart, maxiter=opts.linear_maxiter)
 
