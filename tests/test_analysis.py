@@ -282,7 +282,7 @@ def test_analyze_matches_dense_computations(recall):
     report = analyze(model, x, inits=("zeros", "embed"), directions=3, **EXACT)
     z, e = fixed_points(model, x, "zeros")
     Jz, Je = dense(model, z, e)
-    assert report.batch == 5 and report.state_dim == 32 and report.reference_init == "zeros"
+    assert report.batch == 5 and report.grid == [2, 2] and report.state_dim == 32 and report.reference_init == "zeros"
     assert report.converged_fraction == 1.0
     close(report.spectral_radius, spectral_radius(Jz))
     close(report.sigma_max, np.linalg.svd(Jz, compute_uv=False)[:, 0])

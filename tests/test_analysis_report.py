@@ -12,6 +12,7 @@ import torch
 from test_analysis import distinct_inputs, tiny_model
 
 from deqloop.analysis import StabilityReport, analyze, plot_report
+from deqloop.checkpoint import CheckpointError
 from deqloop.analysis.cli import add_analyze_arguments, load_checkpoint, main, run_analyze
 from deqloop.analysis.reachability import agreement, contraction_factor, count_distinct, relative_spread
 from deqloop.analysis.report import regimes
@@ -132,7 +133,7 @@ def test_cli_analyzes_a_checkpoint_on_a_task(tmp_path, capsys):
                               "--measures", "spectrum", "--dtype", "float64", "--max-iter", "60", "--rtol", "1e-8"])
     assert run_analyze(args) == 0
     out = capsys.readouterr().out
-    assert "spectral radius ρ(J)" in out and "on 3 examples" in out
+    assert "spectral radius ρ(J)" in out and "on 3 examples of grid (32,)" in out
     folder = tmp_path / "run" / "last-analysis"
     data = json.loads((folder / "report.json").read_text())
     assert data["batch"] == 3 and data["reference_init"] == "zeros" and len(data["spectral_radius"]) == 3
@@ -152,7 +153,7 @@ def test_cli_main_and_its_errors(tmp_path, capsys):
     assert [p.name for p in out.iterdir()] == ["report.json"]
     bad = tmp_path / "bad.pt"
     torch.save({"model": {}}, bad)
-    with pytest.raises(ValueError, match=r"lacks \['model_config'\]"):
+    with pytest.raises(CheckpointError, match="lacks 'model_config'"):
         load_checkpoint(bad)
     with pytest.raises(SystemExit):
         main([str(path), "--task", "tic_tac_toe"])

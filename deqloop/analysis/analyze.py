@@ -269,6 +269,7 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
         zc = z_star.cpu()[ok]
         report = StabilityReport(
             batch=B,
+            grid=list(e.shape[1:-1]),
             state_dim=n,
             model=_plain_config(cfg),
             options=opts.to_dict(),

@@ -10,13 +10,13 @@ Hook into a command line with subparsers::
 or run it on its own: ``python -m deqloop.analysis.cli CKPT --task prefix_sums``.
 
 A checkpoint is a ``torch.save``\\ d dict with at least ``"model_config"`` (a dict for
-:meth:`LoopedDEQConfig.from_dict`) and ``"model"`` (the state dict).
+:meth:`LoopedDEQConfig.from_dict`) and ``"model"`` (the state dict), read by
+:func:`deqloop.checkpoint.load_model`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,27 +61,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """A :class:`~deqloop.model.LoopedDEQ` from a checkpoint dict (``model_config``, ``model``).
+    """The :class:`~deqloop.model.LoopedDEQ` of a checkpoint (see :func:`deqloop.checkpoint.load_model`:
+    ``compile`` off, eval mode), moved to ``device`` and optionally cast to ``dtype``.
 
-    ``compile`` is switched off (Jacobian products need double backward); the weights are
-    unchanged by that.
+    Raises :class:`deqloop.checkpoint.CheckpointError` for a missing or malformed checkpoint.
     """
-    from deqloop.model import LoopedDEQ, LoopedDEQConfig
+    from deqloop.checkpoint import load_model
 
-    ckpt = torch.load(Path(path), map_location=device, weights_only=True)
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"{path}: expected a checkpoint dict, got {type(ckpt).__name__}")
-    missing = [k for k in ("model_config", "model") if k not in ckpt]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {missing}; it has keys {sorted(ckpt)}")
-    config = LoopedDEQConfig.from_dict(dict(ckpt["model_config"]))
-    config = dataclasses.replace(config, compile=False)
-    model = LoopedDEQ(config)
-    model.load_state_dict(ckpt["model"])
-    model = model.to(device=device)
-    if dtype is not None:
-        model = model.to(dtype=dtype)
-    return model.eval()
+    model = load_model(path, map_location=device).to(device=device)
+    return model if dtype is None else model.to(dtype=dtype)
 
 
 def run_analyze(args: argparse.Namespace) -> int:

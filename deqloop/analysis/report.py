@@ -60,7 +60,8 @@ class StabilityReport:
     example that did not converge, at its best iterate (see ``reachability``).
 
     Attributes:
-        batch: number of examples B. state_dim: per-example dimension n = N·D.
+        batch: number of examples B. grid: the inputs' grid (it may differ from the model's
+            training grid). state_dim: per-example dimension n = N·D.
         model: the model's configuration (plain values). options: the analysis options.
         reference_init: the initial state whose fixed points the other measures use.
         reachability: per initial state, a :class:`Reachability` (convergence, iterations,
@@ -85,6 +86,7 @@ class StabilityReport:
     """
 
     batch: int
+    grid: list[int]
     state_dim: int
     model: dict[str, Any]
     options: dict[str, Any]
@@ -191,8 +193,8 @@ class StabilityReport:
         """A printable table of the headline numbers."""
         m = self.model
         lines = [
-            f"Stability of a LoopedDEQ (recall={m.get('recall')}, norm={m.get('norm')}, width={m.get('width')}, "
-            f"grid={tuple(m.get('grid', ()))}) on {self.batch} examples, state dim {self.state_dim}",
+            f"Stability of a LoopedDEQ (recall={m.get('recall')}, norm={m.get('norm')}, width={m.get('width')}) "
+            f"on {self.batch} examples of grid {tuple(self.grid)}, state dim {self.state_dim}",
             "",
         ]
         inits = list(self.reachability)
