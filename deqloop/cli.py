@@ -163,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", help="output folder [default: runs/demo]")
     p.add_argument("--seed", type=int, default=0, help="seed [default: 0]")
     p.add_argument("--steps", type=int, default=None, help="training steps [default: the recipe's]")
+    p.add_argument("--n", type=int, default=None, help="random test inputs per length [default: 256]")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch; the model is tiny, so one is usually fastest [default: 1]")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -282,7 +283,11 @@ def _load_extra(task: str, path: str, n: int):
 def _cmd_demo(args: argparse.Namespace) -> int:
     from deqloop.demo import run_demo
 
-    run_demo(quick=args.quick, out=args.out, seed=args.seed, steps=args.steps, threads=args.threads,
+    if args.n is not None and args.n < 1:
+        raise CLIError(f"--n must be a positive integer, got {args.n}")
+    if args.steps is not None and args.steps < 1:
+        raise CLIError(f"--steps must be a positive integer, got {args.steps}")
+    run_demo(quick=args.quick, out=args.out, seed=args.seed, steps=args.steps, n=args.n, threads=args.threads,
              progress=args.progress)
     return 0
 

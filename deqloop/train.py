@@ -16,7 +16,8 @@ Two training regimes, so they can be compared:
   them) and with weight ``alpha`` the loss after ``n ~ U{0..max_iter−1}`` iterations without
   gradient followed by ``k ~ U{1..max_iter−n}`` with gradient. ``alpha=0`` is plain
   backpropagation through the iterations. Iterations here are exactly those of
-  :meth:`LoopedDEQ.trajectory`, which the evaluation uses.
+  :meth:`LoopedDEQ.trajectory`, which the evaluation uses. For prefix sums, ``depth_offset``
+  makes the depth follow each batch's length (``length + depth_offset``).
 
 Everything a step does is a function of ``(seed, step)``: the batch, a prefix-sums curriculum
 length, the progressive ``n`` and ``k``. With the optimizer, scheduler and RNG states saved in
@@ -55,11 +56,14 @@ from deqloop.model import LoopedDEQ, LoopedDEQConfig
 __all__ = [
     "LOSSES",
     "SCHEDULES",
+    "Batches",
     "TrainConfig",
     "TrainResult",
     "Trainer",
     "TrainingError",
     "build_task",
+    "progressive_draw",
+    "read_metrics",
     "train",
 ]
 
