@@ -22,6 +22,11 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _deterministic_threads():
+def _seed_and_one_thread():
+    """Every test starts from the same seed, on one thread: the problems are tiny and
+    latency-bound, and extra threads only add contention on a small machine."""
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     yield
+    torch.set_num_threads(threads)

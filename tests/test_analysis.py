@@ -31,14 +31,6 @@ GRIDS = ((3,), (2, 2))
 TIGHT = dict(rtol=1e-12, max_iter=200)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny problems are latency-bound: extra threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def tiny_model(recall: str, grid=(3,), seed: int = 0, **kwargs) -> LoopedDEQ:
     """Width 8, 2 heads, float64, post-norm. The MLP output bias is drawn large (std 1) so the

@@ -9,14 +9,6 @@ import torch
 from deqloop.analysis.krylov import block_power, gmres, krylov_schur
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These problems are tiny and latency-bound: more threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 class MatrixOp:
     """v ↦ A_b v_b for a stack of matrices ``A`` (B, n, n); ``select`` optional; counts calls."""

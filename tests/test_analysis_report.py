@@ -18,13 +18,6 @@ from deqloop.analysis.reachability import agreement, contraction_factor, count_d
 from deqloop.analysis.report import regimes
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def report() -> StabilityReport:
