@@ -16,7 +16,6 @@ import math
 import os
 import statistics
 import sys
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 
 from experiments import report, sweep
-from experiments.presets import PRESETS, Preset, RunSpec, get_preset
+from experiments.presets import PRESETS, Preset, get_preset
 from deqloop.train import TrainConfig
 
 
