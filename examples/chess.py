@@ -32,8 +32,12 @@ import os
 import sys
 from pathlib import Path
 
-from deqloop.evaluate import evaluate_model, parse_iters
-from deqloop.train import TrainConfig, Trainer
+# This script shares its name with the python-chess package: keep its folder off the import
+# path, so that ``import chess`` (in deqloop.tasks.chess) finds the package, not this file.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from deqloop.evaluate import evaluate_model, parse_iters  # noqa: E402
+from deqloop.train import TrainConfig, Trainer  # noqa: E402
 
 SHARED_FILES = ("lichess_puzzles_rating_0000_1600.csv", "lichess_puzzles_rating_1601_2000.csv")
 

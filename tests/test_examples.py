@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,11 +67,17 @@ def test_sudoku_example(tmp_path, shared_data, monkeypatch):
     check_outputs(out, report, splits, [1, 3])
 
 
-def test_chess_example_synthetic(tmp_path):
+def test_chess_example_runs_as_a_script(tmp_path):
+    """As ``python examples/chess.py``: the script's folder must not shadow the python-chess package."""
     out = tmp_path / "chess"
-    report = load_example("chess").main(
-        ["--synthetic", "--train-size", "8", "--epochs", "1", "--batch-size", "8", "--width", "16", "--heads", "1",
-         "--max-iter", "3", "--n", "4", "--iters", "1,3", "--out", str(out), "--no-progress"])
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "chess.py"), "--synthetic", "--train-size", "8", "--epochs", "1",
+         "--batch-size", "8", "--width", "16", "--heads", "1", "--max-iter", "3", "--n", "4", "--iters", "1,3",
+         "--out", str(out), "--no-progress"],
+        capture_output=True, text=True, timeout=300, cwd=EXAMPLES,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "eval.json").read_text())
     check_outputs(out, report, {"easy: 4-8 pieces", "hard: 10-16 pieces"}, [1, 3])
 
 
