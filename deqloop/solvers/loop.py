@@ -4,10 +4,11 @@ Every sample is judged on its own: it is *frozen* (its iterate stops changing) a
 ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖``, or when its map returns a non-finite value, or when its
 residual grows ``divergence`` times past its smallest one. Freezing happens on the device with
 masks, every iteration, so it needs no host synchronisation. Every ``check_every`` iterations the
-host looks at the masks once (one sync): it stops when no sample is left, and otherwise drops the
-frozen samples from the solver's memory. When ``f`` can be restricted to a subset of its batch
-(it has a ``select(index)`` method, e.g. :class:`~deqloop.solvers.base.BatchedMap`), frozen samples
-are also no longer evaluated, which is where adaptive compute saves time.
+host looks at the masks once (one sync): it stops when no sample is left. When ``f`` can be
+restricted to a subset of its batch (it has a ``select(index)`` method, e.g.
+:class:`~deqloop.solvers.base.BatchedMap`), frozen samples are then dropped from the solver's
+memory and no longer evaluated, which is where adaptive compute saves time; a plain closure is
+always evaluated on the whole batch, frozen samples held in place by the masks.
 """
 
 from __future__ import annotations
@@ -54,39 +55,23 @@ class _Evaluator:
         self.shape = tuple(z0.shape)
         self.dtype = z0.dtype
         self.subsettable = callable(getattr(f, "select", None))
-        self.index: torch.Tensor | None = None  # None: all rows, in order
         self.f_active: Map = f
-        self.frozen = z0.reshape(z0.shape[0], -1)  # full-batch points fed to f for frozen rows
         self.nfe = 0
         self.sample_evals = 0
 
-    def restrict(self, index: torch.Tensor, frozen_rows: torch.Tensor, frozen_x: torch.Tensor) -> None:
-        self.index = index
-        if self.subsettable:
-            self.f_active = self.f.select(index)
-        else:
-            self.frozen = self.frozen.index_copy(0, frozen_rows, frozen_x)
+    def restrict(self, index: torch.Tensor) -> None:
+        """Evaluate only the samples ``index`` of the original batch from now on."""
+        self.f_active = self.f.select(index)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        if self.index is None or self.subsettable:
-            z = x.view(n, *self.shape[1:])
-            out = self.f_active(z)
-            expect = z.shape
-        else:
-            full = self.frozen.index_copy(0, self.index, x)
-            z = full.view(self.shape)
-            out = self.f(z)
-            expect = z.shape
-        if not isinstance(out, torch.Tensor) or out.shape != expect:
+        z = x.view(x.shape[0], *self.shape[1:])
+        out = self.f_active(z)
+        if not isinstance(out, torch.Tensor) or out.shape != z.shape:
             got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"f must return a tensor of the shape of its input {tuple(expect)}, got {got}")
+            raise ValueError(f"f must return a tensor of the shape of its input {tuple(z.shape)}, got {got}")
         self.nfe += 1
-        self.sample_evals += n if (self.index is None or self.subsettable) else self.shape[0]
-        out = out.reshape(out.shape[0], -1)
-        if self.index is not None and not self.subsettable:
-            out = out.index_select(0, self.index)
-        return out.to(self.dtype)
+        self.sample_evals += x.shape[0]
+        return out.reshape(x.shape[0], -1).to(self.dtype)
 
 
 def run_solver(
@@ -194,11 +179,13 @@ def run_solver(
                 n_active = int(active.sum())  # the one host synchronisation
                 if n_active == 0:
                     break
-                if n_active < rows.numel():
+                # Dropping frozen rows pays only when f can skip them; for a plain closure the
+                # masks already freeze them and gathering rows for every call would cost more.
+                if evaluate.subsettable and n_active < rows.numel():
                     stay = active.nonzero().squeeze(1)
                     leave = (~active).nonzero().squeeze(1)
                     write_back(leave)
-                    evaluate.restrict(rows.index_select(0, stay), rows.index_select(0, leave), x.index_select(0, leave))
+                    evaluate.restrict(rows.index_select(0, stay))
                     rows = rows.index_select(0, stay)
                     x, best_x = x.index_select(0, stay), best_x.index_select(0, stay)
                     best_rel, best_abs = best_rel.index_select(0, stay), best_abs.index_select(0, stay)
