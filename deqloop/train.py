@@ -282,9 +282,9 @@ class TrainConfig:
 
     def model_config(self, grid: tuple[int, ...] | None = None) -> LoopedDEQConfig:
         """The :class:`LoopedDEQConfig` this run trains."""
-        from deqloop.tasks import prefix_sums, sudoku, chess  # noqa: F401 (constants only)
+        import importlib
 
-        module = {"prefix_sums": prefix_sums, "sudoku": sudoku, "chess": chess}[self.task]
+        module = importlib.import_module(f"deqloop.tasks.{self.task}")  # only this task's module
         if grid is None:
             grid = (self.train_length,) if self.task == "prefix_sums" else module.GRID
         return LoopedDEQConfig(

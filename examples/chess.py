@@ -54,21 +54,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", nargs="+", default=None, metavar="FILE", help="Lichess puzzle CSV files")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="folder holding chess/<shared files>")
     p.add_argument("--synthetic", action="store_true", help="use generated mate-in-one positions")
-    p.add_argument("--width", type=int, default=64, help="model width (head dim must be divisible by 4)")
+    p.add_argument("--width", type=int, default=32, help="model width (head dim must be divisible by 4)")
     p.add_argument("--heads", type=int, default=4, help="attention heads")
-    p.add_argument("--max-iter", type=int, default=16, help="training depth (iterations)")
+    p.add_argument("--max-iter", type=int, default=12, help="training depth (iterations)")
     p.add_argument("--loss", choices=["progressive", "equilibrium"], default="progressive",
                    help="progressive (deep-thinking loss) or equilibrium (fixed-point gradients)")
     p.add_argument("--alpha", type=float, default=0.5, help="progressive loss: weight of the truncated term")
     p.add_argument("--backward", choices=["implicit", "phantom", "unrolled"], default=None,
                    help="equilibrium loss: gradient through the fixed point (default implicit)")
-    p.add_argument("--train-size", type=int, default=4000, help="training puzzles drawn from the easy pool")
+    p.add_argument("--train-size", type=int, default=2000, help="training puzzles drawn from the easy pool")
     p.add_argument("--epochs", type=float, default=2, help="passes over the training puzzles")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
-    p.add_argument("--iters", type=parse_iters, default=[1, 2, 5, 10, 16, 30, 50, 100],
+    p.add_argument("--iters", type=parse_iters, default=[1, 2, 5, 10, 12, 20, 30, 50],
                    help="test-time iteration counts to score")
-    p.add_argument("--n", type=int, default=500, help="test puzzles per split")
+    p.add_argument("--n", type=int, default=300, help="test puzzles per split")
     p.add_argument("--out", default="runs/examples/chess", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--threads", type=int, default=1, help="CPU threads (0: torch's default)")

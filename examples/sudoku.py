@@ -43,7 +43,7 @@ def default_data_dir() -> Path:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--width", type=int, default=64, help="model width (head dim must be divisible by 4)")
+    p.add_argument("--width", type=int, default=32, help="model width (head dim must be divisible by 4)")
     p.add_argument("--heads", type=int, default=4, help="attention heads")
     p.add_argument("--max-iter", type=int, default=16, help="training depth (iterations)")
     p.add_argument("--loss", choices=["progressive", "equilibrium"], default="progressive",
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backward", choices=["implicit", "phantom", "unrolled"], default=None,
                    help="equilibrium loss: gradient through the fixed point (default implicit)")
     p.add_argument("--train-size", type=int, default=2000, help="generated training puzzles")
-    p.add_argument("--epochs", type=float, default=3, help="passes over the training puzzles")
+    p.add_argument("--epochs", type=float, default=2, help="passes over the training puzzles")
     p.add_argument("--batch-size", type=int, default=32, help="batch size")
     p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
     p.add_argument("--iters", type=parse_iters, default=[1, 2, 5, 10, 16, 30, 50, 100],

@@ -55,6 +55,16 @@ def test_prefix_sums_example_equilibrium_regime(tmp_path):
     check_outputs(out, report, {"6 bits", "12 bits"}, [2, 5])
 
 
+def test_examples_folder_on_sys_path_does_not_shadow_python_chess():
+    """``python examples/X.py`` puts examples/ first on sys.path, where chess.py would shadow the
+    python-chess package: configs of the other tasks must not import it."""
+    code = (f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); from deqloop.train import TrainConfig; "
+            "TrainConfig(task='sudoku'); TrainConfig(task='prefix_sums'); "
+            "assert 'deqloop.tasks.chess' not in sys.modules and 'chess' not in sys.modules")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
 @pytest.mark.slow
 def test_sudoku_example(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("DEQLOOP_CACHE", str(tmp_path / "cache"))
