@@ -87,6 +87,7 @@ class Sweep:
             that never settled, the last iteration run.
         settled: ``(n,)`` bool, settled within ``max(iters)`` iterations.
         settled_correct: ``(n,)`` bool, right at ``settled_at``.
+        cell_accuracy: mean fraction of cells right after each count (with ``cells``).
     """
 
     iters: list[int]
@@ -95,6 +96,7 @@ class Sweep:
     settled_at: torch.Tensor | None = None
     settled: torch.Tensor | None = None
     settled_correct: torch.Tensor | None = None
+    cell_accuracy: list[float] | None = None
 
     def settle_summary(self) -> dict[str, float]:
         """Adaptive accuracy and iteration statistics (needs ``rtol``)."""
@@ -119,12 +121,14 @@ def iteration_sweep(
     iters: Sequence[int],
     *,
     rtol: float | None = None,
+    cells: Correct | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
 ) -> Sweep:
     """Score ``model`` after each count of plain iterations in ``iters`` (one pass per batch).
 
-    With ``rtol``, also record when each example settles (see the module docstring).
+    With ``rtol``, also record when each example settles (see the module docstring). With
+    ``cells`` (e.g. ``task.cell_accuracy``, ``(n,)`` fractions), also average it at each count.
     ``batch_size`` defaults to :func:`auto_batch_size`.
     """
     iters = check_iters(iters)
@@ -136,6 +140,7 @@ def iteration_sweep(
     batch_size = batch_size or auto_batch_size(x)
     wanted, last = set(iters), iters[-1]
     hits = {t: torch.zeros((), dtype=torch.long, device=device) for t in iters}
+    cell_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in iters}
     settled_at, settled, settled_ok = [], [], []
     was_training = model.training
     model.eval()
@@ -151,9 +156,12 @@ def iteration_sweep(
             for t in range(1, last + 1):
                 z_next = model.step(z, e)
                 if t in wanted or rtol is not None:
-                    right = correct(model.readout(z_next).float(), yb, xb)  # (B,)
+                    logits = model.readout(z_next).float()
+                    right = correct(logits, yb, xb)  # (B,)
                 if t in wanted:
                     hits[t] += right.sum()
+                    if cells is not None:
+                        cell_sums[t] += cells(logits, yb, xb).double().sum()
                 if rtol is not None:
                     change = (z_next - z).flatten(1).float().norm(dim=1)
                     newly = ~done & (change <= rtol * z_next.flatten(1).float().norm(dim=1))
@@ -169,9 +177,10 @@ def iteration_sweep(
     finally:
         model.train(was_training)
     accuracy = [int(hits[t]) / len(x) for t in iters]
+    cell = [float(cell_sums[t]) / len(x) for t in iters] if cells is not None else None
     if rtol is None:
-        return Sweep(iters, accuracy)
-    return Sweep(iters, accuracy, rtol, torch.cat(settled_at), torch.cat(settled), torch.cat(settled_ok))
+        return Sweep(iters, accuracy, cell_accuracy=cell)
+    return Sweep(iters, accuracy, rtol, torch.cat(settled_at), torch.cat(settled), torch.cat(settled_ok), cell)
 
 
 def accuracy_by_iterations(
@@ -350,7 +359,8 @@ class EvalReport:
     """What :func:`evaluate_checkpoint` returns.
 
     Attributes:
-        curves: accuracy by test-time iterations per split.
+        curves: exact-match accuracy by test-time iterations per split.
+        cells: the fraction of cells right, likewise (when the task scores cells).
         settling: per split, adaptive Picard results from the same pass (see :class:`Sweep`).
         solver: per split, results of the model's solver run to ``solver_rtol`` (optional).
     """
@@ -361,20 +371,24 @@ class EvalReport:
     curves: IterationCurves
     settle_rtol: float
     settling: dict[str, dict[str, float]] = field(default_factory=dict)
+    cells: IterationCurves | None = None
     solver_name: str | None = None
     solver_rtol: float | None = None
     solver: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "task": self.task, "n": self.n, "curves": self.curves.to_dict(),
+                "cells": self.cells.to_dict() if self.cells is not None else None,
                 "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
                 "solver_rtol": self.solver_rtol, "solver": self.solver}
 
     def text(self) -> str:
         """The tables, as printed by ``deqloop eval``."""
         parts = [f"{self.task}: exact-match accuracy by test-time iterations "
-                 f"({', '.join(f'{k}: {v}' for k, v in self.n.items())} examples)", self.curves.table(), "",
-                 settle_table(self.settling, self.settle_rtol)]
+                 f"({', '.join(f'{k}: {v}' for k, v in self.n.items())} examples)", self.curves.table(), ""]
+        if self.cells is not None:
+            parts += ["fraction of cells right by test-time iterations", self.cells.table(), ""]
+        parts.append(settle_table(self.settling, self.settle_rtol))
         if self.solver:
             rows = {k: {**v} for k, v in self.solver.items()}
             table = settle_table(rows, self.solver_rtol or 0.0, what="fixed-point residual")
@@ -392,11 +406,13 @@ def evaluate_model(
     settle_rtol: float = 1e-3,
     solver: str | None = None,
     solver_rtol: float = 1e-4,
+    cells: bool = True,
     device: str | torch.device | None = None,
 ) -> EvalReport:
     """Iteration curves and settling statistics of ``model`` on named ``(x, y)`` splits.
 
-    ``task`` supplies ``correct`` and ``name``. With ``solver`` each split is also solved to
+    ``task`` supplies ``correct``, ``name`` and, if ``cells``, ``cell_accuracy`` (the fraction of
+    cells right, reported beside exact match). With ``solver`` each split is also solved to
     ``solver_rtol`` with at most ``max(iters)`` evaluations.
     """
     if not splits:
@@ -404,9 +420,15 @@ def evaluate_model(
     curves = IterationCurves(list(iters), train_depth=train_depth)
     report = EvalReport(checkpoint="", task=task.name, n={k: len(v[0]) for k, v in splits.items()},
                         curves=curves, settle_rtol=settle_rtol)
+    cell_accuracy = getattr(task, "cell_accuracy", None) if cells else None
+    if cell_accuracy is not None:
+        report.cells = IterationCurves(list(iters), train_depth=train_depth)
     for name, (x, y) in splits.items():
-        sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, device=device)
+        sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, cells=cell_accuracy,
+                                device=device)
         curves.add(name, sweep.accuracy)
+        if report.cells is not None and sweep.cell_accuracy is not None:
+            report.cells.add(name, sweep.cell_accuracy)
         report.settling[name] = sweep.settle_summary()
     if solver is not None:
         report.solver_name, report.solver_rtol = solver, solver_rtol

@@ -141,6 +141,10 @@ def test_train_then_eval(tmp_path, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["curves"]["iters"] == [1, 3, 8]
     assert set(report["curves"]["accuracy"]) == {"val", "hard", "24 bits"}
+    assert set(report["cells"]["accuracy"]) == {"val", "hard", "24 bits"}
+    assert all(c >= a for name, acc in report["curves"]["accuracy"].items()
+               for a, c in zip(acc, report["cells"]["accuracy"][name]))  # a solved input has all cells right
+    assert "fraction of cells right" in stdout
     assert report["n"] == {"val": 8, "hard": 8, "24 bits": 8}
     assert report["curves"]["train_depth"] == 7
     assert all(0 <= a <= 1 for acc in report["curves"]["accuracy"].values() for a in acc)
