@@ -204,6 +204,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 raise CLIError(f"no such data file: {path}")
     config = TrainConfig.from_dict(values)
     result = train(config)
+    if result.rank != 0:  # under torchrun, rank 0 reports
+        return 0
     line = f"trained {result.step} steps in {result.seconds:.0f} s"
     if result.skipped:
         line += f" ({result.skipped} skipped: non-finite)"

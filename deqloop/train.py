@@ -506,6 +506,7 @@ class TrainResult:
     seconds: float
     last_metrics: dict[str, Any]
     eval_metrics: dict[str, Any] | None
+    rank: int = 0  # this process's rank; metrics and evaluation live on rank 0
 
 
 def _schedule(config: TrainConfig):
@@ -803,29 +804,31 @@ class Trainer:
         finally:
             bar.close()
         return TrainResult(out=self.out, step=self.step_count, skipped=self.skipped, checkpoint=self.last_path,
-                           seconds=time.perf_counter() - start_time, last_metrics=last, eval_metrics=self.last_eval)
+                           seconds=time.perf_counter() - start_time, last_metrics=last, eval_metrics=self.last_eval,
+                           rank=self.rank)
 
     def evaluate(self) -> dict[str, Any]:
         """Exact-match accuracy on ``eval_size`` val and hard examples at ``eval_iters``."""
         from deqloop.evaluate import accuracy_by_iterations
 
         c = self.config
+        if not self.is_main:  # rank 0 evaluates; the others wait at the next barrier
+            return {}
         if self._eval_sets is None:
             seed = _seed_of(c.seed, 99) % 2**31
             self._eval_sets = {band: self.task.make(band, c.eval_size, seed=seed) for band in ("val", "hard")}
         iters = list(c.eval_iters or (c.depth(),))
         record: dict[str, Any] = {"step": self.step_count, "kind": "eval", "iters": iters}
-        if self.is_main:
-            for band, (x, y) in self._eval_sets.items():
-                acc = accuracy_by_iterations(self.model, x, y, self.task.correct, iters, device=self.device)
-                record[f"{band}_accuracy"] = [round(a, 6) for a in acc]
+        for band, (x, y) in self._eval_sets.items():
+            acc = accuracy_by_iterations(self.model, x, y, self.task.correct, iters, device=self.device)
+            record[f"{band}_accuracy"] = [round(a, 6) for a in acc]
         self.last_eval = record
         return record
 
     # -- helpers ---------------------------------------------------------------------------------
 
     def _write(self, record: dict[str, Any]) -> None:
-        if self.is_main:
+        if self.is_main and record:
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
 

@@ -80,3 +80,19 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
     single_records = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if "loss" in r]
     for a, b in zip(records, single_records):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_the_train_command_runs_unchanged_under_torchrun(tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "deqloop.cli",
+         "train", "--length", "6", "--min-length", "3", "--depth-offset", "1", "--loss", "progressive", "--width", "16",
+         "--heads", "2", "--attention", "local", "--window", "3", "--steps", "3", "--batch-size", "8",
+         "--eval-size", "4", "--no-progress", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=240, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained 3 steps") == 1  # rank 0 reports
+    assert load_checkpoint(out / "last.pt")["world_size"] == 2
