@@ -168,6 +168,8 @@ def test_eval_rejects_options_that_do_not_fit_the_task(tmp_path, capsys):
     assert code == 2 and "--extra takes sudoku or chess files" in err
     code, _, err = run(["eval", str(out / "last.pt"), "--n", "0"], capsys)
     assert code == 2 and "--n must be a positive integer" in err
+    code, _, err = run(["eval", str(out / "last.pt"), "--device", "gpu"], capsys)
+    assert code == 2 and "unknown device 'gpu'; allowed: auto, cpu, cuda, cuda:N" in err
 
 
 def test_eval_with_a_solver(tmp_path, capsys):
