@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from deqloop.cli import build_parser, main
 from deqloop.train import TrainConfig
@@ -18,13 +17,6 @@ TINY = ["--task", "prefix_sums", "--length", "6", "--min-length", "3", "--hard-l
         "--heads", "2", "--attention", "local", "--window", "3", "--loss", "progressive", "--depth-offset", "1",
         "--steps", "4", "--batch-size", "8", "--log-every", "1", "--eval-size", "8", "--threads", "1",
         "--no-progress"]
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def run(argv, capsys):

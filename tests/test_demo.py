@@ -5,17 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from deqloop.cli import main
 from deqloop.demo import TEST_FACTORS, TRAIN_LENGTH, demo_config, run_demo
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_demo_quick_from_the_command_line(tmp_path, capsys):

@@ -40,13 +40,6 @@ def config(out: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
-@pytest.fixture(autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["progressive", "equilibrium"])
 def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
