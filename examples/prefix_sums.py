@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--backward", choices=["implicit", "phantom", "unrolled"], default=None,
                    help="equilibrium loss: gradient through the fixed point")
     p.add_argument("--max-iter", type=int, default=30, help="equilibrium loss: solver budget in training")
-    p.add_argument("--steps", type=int, default=600, help="optimizer steps")
+    p.add_argument("--steps", type=int, default=800, help="optimizer steps")
     p.add_argument("--batch-size", type=int, default=64, help="batch size")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay to 0)")
     p.add_argument("--iters", type=parse_iters, default=[1, 2, 5, 10, 14, 20, 30, 50, 75, 100, 150, 200],
