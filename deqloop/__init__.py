@@ -17,8 +17,8 @@ _EXPORTS = {
     "register_solver": "deqloop.solvers",
     "available_solvers": "deqloop.solvers",
     "SolverError": "deqloop.solvers",
-    "fixed_point": "deqloop.fixed_point",
-    "BackwardError": "deqloop.fixed_point",
+    "fixed_point": "deqloop.equilibrium",
+    "BackwardError": "deqloop.equilibrium",
     "LoopedDEQ": "deqloop.model",
     "LoopOutput": "deqloop.model",
 }
@@ -40,7 +40,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deqloop.fixed_point import BackwardError, fixed_point
+    from deqloop.equilibrium import BackwardError, fixed_point
     from deqloop.model import LoopedDEQ, LoopOutput
     from deqloop.solvers import (
         Solution,

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqloop.attention import ATTENTION_BACKENDS, Attention, check_backend, local_mask
-from deqloop.fixed_point import fixed_point
+from deqloop.equilibrium import fixed_point
 from deqloop.norm import RMSNorm
 from deqloop.rope import check_head_dim, rope_table
 from deqloop.solvers import BatchedMap, Solution, available_solvers

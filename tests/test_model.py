@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from deqloop import LoopedDEQ, LoopOutput
-from deqloop.fixed_point import BackwardWarning
+from deqloop.equilibrium import BackwardWarning
 from deqloop.model import BACKWARDS, NORMS, RECALLS, SOLVE_SETTINGS
 
 

@@ -348,7 +348,7 @@ def _backward_stats(
     trainable parameters; the statistics recorded by :func:`deqloop.fixed_point` are returned as
     ``(converged, iterations, residual)`` ``(B,)`` tensors.
     """
-    from deqloop.fixed_point import BackwardWarning, fixed_point
+    from deqloop.equilibrium import BackwardWarning, fixed_point
     from deqloop.solvers import BatchedMap
 
     cfg = model.config

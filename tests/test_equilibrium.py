@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from deqloop import fixed_point
-from deqloop.fixed_point import BackwardError, BackwardWarning
+from deqloop.equilibrium import BackwardError, BackwardWarning
 
 
 class TanhLayer(nn.Module):
