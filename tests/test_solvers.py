@@ -28,12 +28,15 @@ def scipy_fixed_point(f, z0: torch.Tensor) -> np.ndarray:
             return (f(z)[i] - z[i]).numpy()
 
         res = scipy.optimize.root(g, np.zeros(z0.shape[1]), method="hybr", tol=1e-13)
-        assert res.success, res.message
-        out.append(res.x)
+        if res.success:
+            out.append(res.x)
+        else:  # MINPACK can stall; plain iteration of a contraction cannot
+            out.append(scipy.optimize.fixed_point(lambda v: g(v) + v, np.zeros(z0.shape[1]), xtol=1e-14,
+                                                  maxiter=100_000, method="iteration"))
     return np.stack(out)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     batch=st.integers(1, 4),
     dim=st.integers(1, 12),
@@ -46,13 +49,14 @@ def test_all_methods_reach_scipy_fixed_point(batch, dim, contraction, seed, doub
     f, _ = contractive_tanh(batch, dim, contraction, dtype=dtype, seed=seed)
     f64, _ = contractive_tanh(batch, dim, contraction, dtype=torch.float64, seed=seed)
     reference = scipy_fixed_point(f64, torch.zeros(batch, dim, dtype=torch.float64))
-    rtol = 1e-10 if double else 1e-6
+    # float32 residuals stall near 1e-6 of ‖f(z)‖, and near 1e-7 absolute when z* ≈ 0
+    rtol, atol = (1e-10, 0.0) if double else (1e-5, 1e-6)
     for method in OURS:
-        sol = solve(f, torch.zeros(batch, dim, dtype=dtype), method, rtol=rtol, max_iter=2000)
+        sol = solve(f, torch.zeros(batch, dim, dtype=dtype), method, rtol=rtol, atol=atol, max_iter=2000)
         assert sol.converged.all(), (method, sol.residual)
         assert sol.residual.dtype == torch.float32
         # a residual r at contraction c bounds the error by r/(1 − c)
-        bound = 20 * rtol / (1 - contraction) + (1e-12 if double else 1e-5)
+        bound = 20 * (rtol + atol) / (1 - contraction) + (1e-12 if double else 1e-5)
         np.testing.assert_allclose(sol.z.double().numpy(), reference, atol=bound, rtol=0, err_msg=method)
 
 
@@ -243,3 +247,11 @@ def test_bad_input_gives_clear_errors():
         solve(f, z0, "picard", damping=1.5)
     with pytest.raises(TypeError, match="floating-point"):
         solve(f, torch.zeros(2, 4, dtype=torch.long))
+
+
+def test_residuals_at_the_rounding_floor_are_not_divergence():
+    f, _ = contractive_tanh(4, 3, 0.9, dtype=torch.float32, seed=2)
+    sol = solve(f, torch.zeros(4, 3), "picard", rtol=1e-9, max_iter=3000)  # below float32's reach
+    # each sample either lands exactly on a float32 fixed point or stalls at the floor; none "diverges"
+    assert set(sol.status.tolist()) <= {int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER)}, sol.status
+    assert float(sol.residual.max()) < 1e-5

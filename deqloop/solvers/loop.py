@@ -158,7 +158,10 @@ def run_solver(
             best_abs = torch.where(improved, abs_r, best_abs)
             best_x = torch.where(improved[:, None], fx if return_image else x, best_x)
             min_abs = torch.where(live, torch.minimum(min_abs, abs_r), min_abs)
-            diverged = live & ~conv & (abs_r > divergence * min_abs)
+            # growth is judged from a baseline no smaller than the tolerance or the rounding floor,
+            # so residuals jittering at machine precision never count as divergence
+            floor = atol + max(rtol, torch.finfo(dtype).eps) * f_norm
+            diverged = live & ~conv & (abs_r > divergence * torch.maximum(min_abs, floor))
             iters = iters + active.long()
             status = torch.where(conv, code_conv, status)
             status = torch.where(active & ~finite, code_nonfinite, status)
