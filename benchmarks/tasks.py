@@ -18,8 +18,9 @@ from pathlib import Path
 import zstandard
 
 from deqloop.tasks import chess, sudoku
+from deqloop.tasks.base import shared_data_dir
 
-SHARED_CHESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "chess"
+SHARED_CHESS = shared_data_dir() / "chess"
 
 
 def bench_sudoku(n: int, bands: list[str]) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -37,22 +36,18 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from deqloop.evaluate import evaluate_model, parse_iters  # noqa: E402
+from deqloop.tasks.base import shared_data_dir  # noqa: E402
 from deqloop.train import TrainConfig, Trainer  # noqa: E402
 
 SHARED_FILES = ("lichess_puzzles_rating_0000_1600.csv", "lichess_puzzles_rating_1601_2000.csv")
 
-
-def default_data_dir() -> Path:
-    """``$DEQLOOP_SHARED/data``, else ``../shared/data`` beside this checkout."""
-    shared = os.environ.get("DEQLOOP_SHARED")
-    return Path(shared) / "data" if shared else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", nargs="+", default=None, metavar="FILE", help="Lichess puzzle CSV files")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir(), help="folder holding chess/<shared files>")
+    p.add_argument("--data-dir", type=Path, default=shared_data_dir(), help="folder holding chess/<shared files>")
     p.add_argument("--synthetic", action="store_true", help="use generated mate-in-one positions")
     p.add_argument("--width", type=int, default=32, help="model width (head dim must be divisible by 4)")
     p.add_argument("--heads", type=int, default=4, help="attention heads")

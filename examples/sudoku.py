@@ -23,21 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from deqloop.evaluate import evaluate_model, parse_iters
+from deqloop.tasks.base import shared_data_dir
 from deqloop.tasks.sudoku import load
 from deqloop.train import TrainConfig, Trainer
 
 COLLECTIONS = ("magictour_top1465.csv", "sudoku17_1500.csv")
 
-
-def default_data_dir() -> Path:
-    """``$DEQLOOP_SHARED/data``, else ``../shared/data`` beside this checkout."""
-    shared = os.environ.get("DEQLOOP_SHARED")
-    return Path(shared) / "data" if shared else Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -58,7 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--iters", type=parse_iters, default=[1, 2, 5, 10, 16, 30, 50, 100],
                    help="test-time iteration counts to score")
     p.add_argument("--n", type=int, default=200, help="test puzzles per split")
-    p.add_argument("--data-dir", type=Path, default=default_data_dir(),
+    p.add_argument("--data-dir", type=Path, default=shared_data_dir(),
                    help="folder holding sudoku/magictour_top1465.csv and sudoku/sudoku17_1500.csv")
     p.add_argument("--out", default="runs/examples/sudoku", help="output folder")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from deqloop.tasks.base import shared_data_dir
 from experiments.presets import RECALLS, NORMS, REGIMES, TASKS, Preset, RunSpec, get_preset, PRESETS
 
 ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--regimes", help=f"comma-separated subset of {', '.join(REGIMES)}")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--steps", type=int, help="override training steps of every run")
-    p.add_argument("--shared", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"),
+    p.add_argument("--shared", default=str(shared_data_dir()),
                    help="folder of the shared puzzle data (chess trains on its Lichess files when present)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop starting new runs after this many seconds (0: none)")

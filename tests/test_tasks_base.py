@@ -95,3 +95,12 @@ def test_as_predictions_takes_logits_or_ids():
     assert torch.equal(as_predictions(y.int(), y), y)
     with pytest.raises(ValueError, match="logits"):
         as_predictions(torch.zeros(1, 4, 3), y)
+
+
+def test_shared_data_dir_honours_the_environment(monkeypatch, tmp_path):
+    from deqloop.tasks.base import shared_data_dir
+
+    monkeypatch.setenv("DEQLOOP_SHARED", str(tmp_path))
+    assert shared_data_dir() == tmp_path / "data"
+    monkeypatch.delenv("DEQLOOP_SHARED")
+    assert shared_data_dir().parts[-2:] == ("shared", "data")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "as_predictions",
     "check_band",
     "check_on_error",
+    "shared_data_dir",
 ]
 
 log = logging.getLogger("deqloop.tasks")
@@ -222,3 +224,10 @@ def make_generator(seed: int, *stream: int) -> torch.Generator:
     gen = torch.Generator()
     gen.manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
     return gen
+
+
+def shared_data_dir() -> Path:
+    """Where the project's shared puzzle data is looked for: ``$DEQLOOP_SHARED/data``, else
+    ``../shared/data`` beside the checkout. The folder may not exist; callers check."""
+    shared = os.environ.get("DEQLOOP_SHARED")
+    return Path(shared) / "data" if shared else Path(__file__).resolve().parents[3] / "shared" / "data"
