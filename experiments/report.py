@@ -75,6 +75,18 @@ class Config:
         i = max(range(len(curve)), key=lambda j: (curve[j], -j))
         return curve[i], self.iters[i]
 
+    def cell_curve(self, split: str) -> list[float] | None:
+        """Mean fraction of cells right after each count (None when a run did not score cells)."""
+        rows = [((r["eval"].get("cells") or {}).get("accuracy") or {}).get(split) for r in self.runs]
+        if not rows or any(row is None for row in rows):
+            return None
+        return [statistics.fmean(col) for col in zip(*rows)]
+
+    def best_cells(self, split: str) -> float | None:
+        """The best mean fraction of cells right over the test-time iteration counts."""
+        curve = self.cell_curve(split)
+        return max(curve) if curve else None
+
     def at(self, split: str, iters: int) -> float | None:
         if iters not in self.iters:
             return None
@@ -228,7 +240,10 @@ def claim3(configs: list[Config]) -> Verdict:
             continue
         ai, ae = _m([c.best("hard")[0] for c in i]), _m([c.best("hard")[0] for c in e])
         learned = any(c.learned for c in i + e)
-        lines.append(f"{task}: internal {pct(ai)} % vs external {pct(ae)} % hard accuracy" + ("" if learned else " (neither learned)"))
+        ci, ce = _m([c.best_cells("hard") for c in i]), _m([c.best_cells("hard") for c in e])
+        cells = "" if ci is None or ce is None else f", {pct(ci)} % vs {pct(ce)} % of cells right (not used by the rule)"
+        lines.append(f"{task}: internal {pct(ai)} % vs external {pct(ae)} % hard accuracy{cells}"
+                     + ("" if learned else " (neither learned)"))
         if not learned:
             continue
         decided += 1
@@ -356,7 +371,8 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                                            for r in results})),
         "- accuracy is exact match of the whole output, in %; *best* is the best over the test-time iteration "
         "counts, with the count in parentheses; *adaptive* iterates each example until its state stops changing "
-        "(relative change ≤ 1e-3) and *solver* runs Anderson to rtol 1e-4 (iterations spent after the slash).",
+        "(relative change ≤ 1e-3) and *solver* runs Anderson to rtol 1e-4 (iterations spent after the slash); *cells* is the best fraction of "
+        "hard-split cells right (prefix sums: bits; sudoku: blanks only; chess: squares), where the run scored cells.",
         "- stability numbers are medians over hard examples from `deqloop.analysis.analyze` (z₀ = e; solver "
         "Anderson, ≤ 100 iterations, rtol 1e-4); *conv* converged fraction, *ρ* spectral radius of ∂f/∂z at z*, "
         "*contr* fraction with ρ < 0.95, *sens* IFT input sensitivity, *Lip* ‖Δz*‖/‖Δe‖, *bwd* implicit backward "
@@ -382,7 +398,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
             vb, vi = c.best("val")
             hb, hi = c.best("hard")
             rows.append([c.recall, c.norm, c.regime, str(len(c.runs)), pct(c.at("val", near)), f"{pct(vb)} ({vi})",
-                         f"{pct(hb)} ({hi})", pct(c.at("hard", last)),
+                         f"{pct(hb)} ({hi})", pct(c.at("hard", last)), pct(c.best_cells("hard")),
                          f"{pct(c.settle('hard', 'accuracy'))} / {num(c.settle('hard', 'iterations_mean'))}",
                          f"{pct(c.solver('hard', 'accuracy'))} / {num(c.solver('hard', 'iterations_mean'))}",
                          num(c.stab("converged_fraction"), 2), num(c.stab("spectral_radius_median")),
@@ -395,7 +411,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                                      "length", "min_length", "hard_length", "depth_offset", "data") if cfg.get(k) not in (None, (), [])}
         doc += ["", f"## {task}", "", f"Training: {shown}; training depth {depth} (column *val@{near}*: the evaluated count nearest it); "
                 f"hard accuracy at {last} iterations in column *hard@{last}*.", "",
-                table(["recall", "norm", "regime", "seeds", f"val@{near}", "val best", "hard best", f"hard@{last}",
+                table(["recall", "norm", "regime", "seeds", f"val@{near}", "val best", "hard best", f"hard@{last}", "cells",
                        "adaptive", "solver", "conv", "ρ", "contr", "sens", "Lip", "bwd", "grad"], rows),
                 "", f"![accuracy vs iterations]({os.path.relpath(plot, out.parent)})"]
         # beyond the paper: implicit vs progressive side by side

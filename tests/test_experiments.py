@@ -126,3 +126,16 @@ def test_mfu_flop_count():
     # N=2 tokens, D=4, hidden 16: qkvo 2·2·4·16, scores 4·4·4, mlp 4·2·4·16, internal recall 4·2·2·4·4
     assert mfu.step_flops(2, 4, 4.0, "internal") == 256 + 64 + 512 + 256
     assert mfu.step_flops(2, 4, 4.0, "none") == 256 + 64 + 512
+
+
+def test_cell_accuracy_is_reported_beside_exact_match():
+    rs = [_fake("sudoku", "internal", "post", "progressive", 0.0, 1, 1), _fake("sudoku", "external", "post", "progressive", 0.0, 1, 1)]
+    rs[0]["eval"]["cells"] = {"iters": [1, 10], "accuracy": {"val": [0.1, 0.4], "hard": [0.1, 0.3]}}
+    rs[1]["eval"]["cells"] = {"iters": [1, 10], "accuracy": {"val": [0.1, 0.2], "hard": [0.15, 0.12]}}
+    configs = list(report.group(rs).values())
+    assert configs[0].best_cells("hard") == pytest.approx(0.15) and configs[1].best_cells("hard") == pytest.approx(0.3)
+    verdict = report.claim3(configs)
+    assert verdict.verdict == "inconclusive at this scale"  # exact match decides; cells are evidence only
+    assert "30.0 % vs 15.0 % of cells right" in verdict.evidence
+    del rs[1]["eval"]["cells"]
+    assert list(report.group(rs).values())[0].best_cells("hard") is None
