@@ -430,7 +430,14 @@ class LoopedDEQ(nn.Module):
 
     def _settings(self, overrides: dict[str, Any]) -> LoopedDEQConfig:
         _check_keys(overrides, SOLVE_SETTINGS, f"{type(self).__name__}.forward")
-        return dataclasses.replace(self.config, **overrides) if overrides else self.config
+        if not overrides:
+            return self.config
+        overrides = dict(overrides)
+        # options belong to the configured solver/backward: switching either drops them unless new ones are given
+        for key in ("solver", "backward"):
+            if key in overrides and overrides[key] != getattr(self.config, key):
+                overrides.setdefault(f"{key}_options", {})
+        return dataclasses.replace(self.config, **overrides)
 
     # -- utilities ---------------------------------------------------------------------------
 

@@ -171,6 +171,19 @@ def test_per_call_overrides():
     assert model.config.max_iter == 3  # defaults unchanged
 
 
+def test_overriding_the_solver_or_backward_drops_the_configured_options():
+    model = tiny(solver="anderson", solver_options={"m": 3}, backward="phantom",
+                 backward_options={"steps": 2, "tau": 0.5})
+    x = torch.randint(0, 5, (2, 6))
+    out = model(x, solver="picard", backward="implicit", max_iter=20)  # m, steps, tau belong to the others
+    out.logits.sum().backward()
+    assert out.solution.method == "picard"
+    assert model._settings({"backward": "implicit"}).backward_options == {}
+    assert model._settings({"backward": "phantom"}).backward_options == {"steps": 2, "tau": 0.5}
+    assert model._settings({"backward": "implicit", "backward_options": {"max_iter": 5}}).backward_options == {"max_iter": 5}
+    assert model._settings({"solver": "broyden"}).solver_options == {}
+
+
 def test_unknown_override_is_a_type_error_that_lists_the_allowed_ones():
     model = tiny()
     x = torch.randint(0, 5, (1, 6))
