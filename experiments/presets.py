@@ -2,8 +2,9 @@
 
 A run is one point of the grid recall × norm × regime × task × seed. ``regime`` is how the loop
 is trained: ``"progressive"`` (the paper's: backpropagation through plain iterations, with the
-truncated progressive term weighted by ``alpha``) or ``"implicit"`` (fixed-point training with
-implicit differentiation).
+truncated progressive term weighted by ``alpha``), ``"implicit"`` (fixed-point training with
+exact implicit differentiation) or ``"phantom"`` (fixed-point training with the phantom
+gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fixed point).
 
 * ``tiny``: seconds per run on CPU; for tests and for checking a machine.
 * ``cpu``: small widths and short training; the 2-core machine finishes prefix sums and sudoku
@@ -20,7 +21,7 @@ from typing import Any
 
 RECALLS = ("none", "external", "internal")
 NORMS = ("pre", "peri", "post", "sandwich")
-REGIMES = ("progressive", "implicit")
+REGIMES = ("progressive", "implicit", "phantom")
 TASKS = ("prefix_sums", "sudoku", "chess")
 
 
@@ -62,6 +63,8 @@ class Preset:
     regime_train: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "progressive": {"loss": "progressive", "alpha": 0.5},
         "implicit": {"loss": "equilibrium", "backward": "implicit", "solver": "anderson"},
+        "phantom": {"loss": "equilibrium", "backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8},
+                    "solver": "anderson"},
     })
     eval_iters: tuple[int, ...] = (1, 2, 5, 10, 30, 100, 300, 500)
     eval_n: int = 512

@@ -191,34 +191,44 @@ C2_AXES = (("converged_fraction", +1, "converged fraction"), ("contractive_fract
 
 
 def claim2(configs: list[Config]) -> Verdict:
-    rule = ("among configurations with recall, compare post norm with each other norm on four axes (converged "
+    rule = ("among configurations with recall, compare post norm with each other norm, averaged over the (task, "
+            "recall, regime) cells both were run in, on four axes (converged "
             "fraction, contractive fraction, backward-solve convergence, local Lipschitz constant; ties within "
             "0.02 count for post): supported if post is at least as good on ≥ 3 axes against every other norm, "
             "contradicted if on ≤ 1 axis against some norm")
     rec = [c for c in configs if c.recall != "none"]
-    by_norm: dict[str, dict[str, float | None]] = {}
+    cell = {(c.task, c.recall, c.norm, c.regime): c for c in rec}
+    post = {(t, r, g) for t, r, n, g in cell if n == "post"}
+
+    def means(cs: list[Config]) -> dict[str, float | None]:
+        vals = {key: _m([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
+        vals["grad_norm_max"] = _m([c.train("grad_norm_max") for c in cs])
+        return vals
+
+    # each norm is compared with post on the (task, recall, regime) cells both were run in
+    matched: dict[str, tuple[dict[str, float | None], dict[str, float | None], int]] = {}
     for norm in NORMS:
-        cs = [c for c in rec if c.norm == norm]
-        if cs:
-            by_norm[norm] = {key: _m([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
-            by_norm[norm]["grad_norm_max"] = _m([c.train("grad_norm_max") for c in cs])
-    if "post" not in by_norm or len(by_norm) < 2:
-        return Verdict("C2", "inconclusive at this scale", rule, f"norms measured: {sorted(by_norm)}")
+        shared = sorted(post & {(t, r, g) for t, r, n, g in cell if n == norm})
+        if norm != "post" and shared:
+            matched[norm] = (means([cell[(t, r, norm, g)] for t, r, g in shared]),
+                             means([cell[(t, r, "post", g)] for t, r, g in shared]), len(shared))
+    if not matched:
+        return Verdict("C2", "inconclusive at this scale", rule,
+                       f"no norm measured in the same cells as post (norms: {sorted({c.norm for c in rec})})")
     wins = {}
-    for norm, vals in by_norm.items():
-        if norm == "post":
-            continue
+    for norm, (vals, p_vals, _) in matched.items():
         n = 0
         for key, sign, _ in C2_AXES:
-            p, o = by_norm["post"][key], vals[key]
+            p, o = p_vals[key], vals[key]
             if p is None or o is None:
                 continue
             tol = 0.02 * max(1.0, abs(o)) if sign < 0 else 0.02
             n += sign * (p - o) >= -tol
         wins[norm] = n
     evidence = "; ".join(
-        f"{norm}: " + ", ".join(f"{label} {num(v[key])}" for key, _, label in C2_AXES) + f", max grad norm {num(v['grad_norm_max'])}"
-        for norm, v in by_norm.items()) + f". Axes where post is at least as good: {wins}"
+        f"{norm} vs post on {k} matched cells: " + ", ".join(f"{label} {num(v[key])} vs {num(pv[key])}" for key, _, label in C2_AXES)
+        + f", max grad norm {num(v['grad_norm_max'])} vs {num(pv['grad_norm_max'])}"
+        for norm, (v, pv, k) in matched.items()) + f". Axes where post is at least as good: {wins}"
     if all(n >= 3 for n in wins.values()):
         return Verdict("C2", "supported", rule, evidence)
     if any(n <= 1 for n in wins.values()):
@@ -228,13 +238,15 @@ def claim2(configs: list[Config]) -> Verdict:
 
 def claim3(configs: list[Config]) -> Verdict:
     rule = ("with post norm, per task: internal recall's best hard accuracy ≥ external's − 2 points (averaged over "
-            "regimes and seeds), and on sudoku ≥ external's + 5 points; tasks where neither learned are "
+            "the regimes both were trained in, and seeds), and on sudoku ≥ external's + 5 points; tasks where neither learned are "
             "inconclusive; contradicted if internal trails by more than 5 points on a task where one learned")
     lines, ok, bad, decided = [], True, False, 0
     tasks = sorted({c.task for c in configs}, key=TASKS.index)
     for task in tasks:
         i = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "internal"]
         e = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "external"]
+        both = {c.regime for c in i} & {c.regime for c in e}  # compare like with like
+        i, e = [c for c in i if c.regime in both], [c for c in e if c.regime in both]
         if not i or not e:
             lines.append(f"{task}: missing internal or external runs")
             continue
@@ -414,21 +426,23 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                 table(["recall", "norm", "regime", "seeds", f"val@{near}", "val best", "hard best", f"hard@{last}", "cells",
                        "adaptive", "solver", "conv", "ρ", "contr", "sens", "Lip", "bwd", "grad"], rows),
                 "", f"![accuracy vs iterations]({os.path.relpath(plot, out.parent)})"]
-        # beyond the paper: implicit vs progressive side by side
+        # beyond the paper: the training regimes side by side, fixed-count next to adaptive compute
+        regimes = [g for g in REGIMES if any(c.regime == g for c in cs)]
         pairs = []
         for recall in RECALLS:
             for norm in NORMS:
-                p = next((c for c in cs if c.recall == recall and c.norm == norm and c.regime == "progressive"), None)
-                i = next((c for c in cs if c.recall == recall and c.norm == norm and c.regime == "implicit"), None)
-                if p and i:
-                    pairs.append([recall, norm, f"{pct(p.best('hard')[0])} ({p.best('hard')[1]})",
-                                  f"{pct(i.best('hard')[0])} ({i.best('hard')[1]})",
-                                  f"{pct(p.settle('hard', 'accuracy'))} / {num(p.settle('hard', 'iterations_mean'))}",
-                                  f"{pct(i.settle('hard', 'accuracy'))} / {num(i.settle('hard', 'iterations_mean'))}"])
+                by = {c.regime: c for c in cs if c.recall == recall and c.norm == norm}
+                if len(by) < 2:
+                    continue
+                pairs.append([recall, norm]
+                             + [f"{pct(by[g].best('hard')[0])} ({by[g].best('hard')[1]})" if g in by else "—" for g in regimes]
+                             + [f"{pct(by[g].settle('hard', 'accuracy'))} / {num(by[g].settle('hard', 'iterations_mean'))}"
+                                if g in by else "—" for g in regimes])
         if pairs:
-            doc += ["", "Beyond the paper — the same grid trained by the progressive loss and by implicit "
-                    "differentiation, fixed-count (best) next to adaptive compute (accuracy / mean iterations):", "",
-                    table(["recall", "norm", "progressive best", "implicit best", "progressive adaptive", "implicit adaptive"], pairs)]
+            doc += ["", "Beyond the paper — the same grid trained by the progressive loss (the paper's), by exact "
+                    "implicit differentiation and by the phantom gradient; hard-split accuracy at the best fixed "
+                    "iteration count next to adaptive compute (accuracy / mean iterations):", "",
+                    table(["recall", "norm"] + [f"{g} best" for g in regimes] + [f"{g} adaptive" for g in regimes], pairs)]
     if configs:
         plot = plot_rho_vs_accuracy(configs, plots / "rho_vs_hard_accuracy.png")
         doc += ["", "## ρ(J) against hard accuracy", "",

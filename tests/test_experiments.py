@@ -139,3 +139,17 @@ def test_cell_accuracy_is_reported_beside_exact_match():
     assert "30.0 % vs 15.0 % of cells right" in verdict.evidence
     del rs[1]["eval"]["cells"]
     assert list(report.group(rs).values())[0].best_cells("hard") is None
+
+
+def test_claim2_compares_norms_on_matched_cells_only():
+    # post beats pre where both ran; an implicit post run with no pre counterpart must not weigh in
+    rs = [_fake("prefix_sums", "internal", "post", "progressive", 0.9, 1.0, 1.0),
+          _fake("prefix_sums", "internal", "pre", "progressive", 0.5, 0.6, 0.6),
+          _fake("prefix_sums", "internal", "post", "implicit", 0.0, 0.0, 0.0)]
+    verdict = report.claim2(list(report.group(rs).values()))
+    assert verdict.verdict == "supported", verdict.evidence
+    assert "pre vs post on 1 matched cells" in verdict.evidence
+    rs[0]["analysis"]["hard"].update(converged_fraction=0.3, contractive_fraction=0.3, backward_converged_fraction=0.3)
+    assert report.claim2(list(report.group(rs).values())).verdict == "contradicted"
+    only_post = [rs[0], rs[2]]
+    assert report.claim2(list(report.group(only_post).values())).verdict == "inconclusive at this scale"
