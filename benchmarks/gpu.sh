@@ -6,7 +6,8 @@
 #      and prefix sums, stopping new runs after a time budget;
 #   3. RESULTS.md-style tables for those runs.
 # Environment knobs (for a CPU check: PRESET=tiny DEVICE=cpu STEPS=4 BUDGET=60 bash benchmarks/gpu.sh):
-#   PRESET (gpu), DEVICE (cuda), STEPS (1500 per run), BUDGET (420 s for the sweep), OUT (runs/gpu), MFU_BATCH (512)
+#   PRESET (gpu), DEVICE (cuda), STEPS (1500 per run), BUDGET (420 s for the sweep), OUT (runs/gpu), MFU_BATCH (512),
+#   REGIMES (progressive,phantom,implicit)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -16,6 +17,7 @@ STEPS=${STEPS:-1500}
 BUDGET=${BUDGET:-420}
 OUT=${OUT:-runs/gpu}
 MFU_BATCH=${MFU_BATCH:-512}
+REGIMES=${REGIMES:-progressive,phantom,implicit}
 mkdir -p "$OUT"
 
 echo "== forward-iteration throughput (bf16 autocast) =="
@@ -37,7 +39,7 @@ for spec in $SPECS; do
   set -- ${spec%%:*} ${spec##*:}
   left=$((BUDGET - (SECONDS - start)))
   [ "$left" -gt 0 ] || break
-  $PY -m experiments.sweep --preset "$PRESET" --tasks "$TASKS" --seeds 0 --recalls "$1" --norms "$2" \
+  $PY -m experiments.sweep --preset "$PRESET" --tasks "$TASKS" --seeds 0 --recalls "$1" --norms "$2" --regimes "$REGIMES" \
     --steps "$STEPS" --device "$DEVICE" --out "$OUT" --time-limit "$left"
 done
 

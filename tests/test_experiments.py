@@ -39,7 +39,8 @@ def test_tiny_sweep_and_report_end_to_end(tmp_path):
     root = tmp_path / "runs"
     assert sweep.main(["--preset", "tiny", "--out", str(root), "--recalls", "none,internal"]) == 0
     results = report.load_results(root)
-    assert len(results) == 4
+    assert len(results) == 6  # recall none, internal × post × progressive, implicit, phantom
+    assert {x["train_config"]["backward"] for x in results} == {None, "implicit", "phantom"}
     r = results[0]
     assert set(r["analysis"]["hard"]) >= {"converged_fraction", "spectral_radius_median", "from_zeros"}
     assert r["eval"]["curves"]["iters"] == list(PRESETS["tiny"].eval_iters)
@@ -107,7 +108,7 @@ def test_gpu_script_runs_on_cpu_with_the_tiny_preset(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PRESET": "tiny", "DEVICE": "cpu", "STEPS": "2", "BUDGET": "600", "OUT": str(tmp_path / "gpu"),
-           "PYTHON": sys.executable}
+           "PYTHON": sys.executable, "REGIMES": "progressive,phantom"}
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], cwd=root, env=env, capture_output=True,
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
