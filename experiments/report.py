@@ -39,9 +39,20 @@ def load_results(root: Path) -> list[dict[str, Any]]:
     return results
 
 
+def _finite(values: list[float | None]) -> list[float]:
+    return [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+
+
 def _m(values: list[float | None]) -> float | None:
-    v = [x for x in values if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    v = _finite(values)
     return sum(v) / len(v) if v else None
+
+
+def _med(values: list[float | None]) -> float | None:
+    """Median across configurations: sensitivities and Lipschitz constants are heavy-tailed
+    (one diverging configuration would dominate a mean)."""
+    v = _finite(values)
+    return statistics.median(v) if v else None
 
 
 @dataclass
@@ -173,11 +184,11 @@ def claim1(configs: list[Config]) -> Verdict:
     single = [c for c in usable if (c.zeros("distinct_fixed_points") or 0) <= 1 and (c.zeros("fixed_point_spread") or 0) < 1e-3]
     many = [c for c in rec if (c.zeros("distinct_fixed_points") or 0) > 1]
     evidence = (f"{len(single)}/{len(usable)} recall-free configurations reach a single fixed point from z₀ = 0 "
-                f"(spread {num(_m([c.zeros('fixed_point_spread') for c in usable]))}); "
+                f"(spread {num(_med([c.zeros('fixed_point_spread') for c in usable]))}); "
                 f"{len(many)}/{len(rec)} configurations with recall reach several "
-                f"(spread {num(_m([c.zeros('fixed_point_spread') for c in rec]))}); "
-                f"IFT input sensitivity ‖∂z*/∂e·v‖: none {num(_m([c.stab('input_sensitivity_median') for c in none]))} vs "
-                f"recall {num(_m([c.stab('input_sensitivity_median') for c in rec]))}; hard accuracy (best): none "
+                f"(spread {num(_med([c.zeros('fixed_point_spread') for c in rec]))}); "
+                f"IFT input sensitivity ‖∂z*/∂e·v‖ (median over configurations): none {num(_med([c.stab('input_sensitivity_median') for c in none]))} vs "
+                f"recall {num(_med([c.stab('input_sensitivity_median') for c in rec]))}; hard accuracy (best): none "
                 f"{pct(_m([c.best('hard')[0] for c in none]))} % vs recall {pct(_m([c.best('hard')[0] for c in rec]))} %")
     if len(single) == len(usable) and len(many) == len(rec):
         return Verdict("C1", "supported", rule, evidence)
@@ -191,8 +202,8 @@ C2_AXES = (("converged_fraction", +1, "converged fraction"), ("contractive_fract
 
 
 def claim2(configs: list[Config]) -> Verdict:
-    rule = ("among configurations with recall, compare post norm with each other norm, averaged over the (task, "
-            "recall, regime) cells both were run in, on four axes (converged "
+    rule = ("among configurations with recall, compare post norm with each other norm by the median over the "
+            "(task, recall, regime) cells both were run in, on four axes (converged "
             "fraction, contractive fraction, backward-solve convergence, local Lipschitz constant; ties within "
             "0.02 count for post): supported if post is at least as good on ≥ 3 axes against every other norm, "
             "contradicted if on ≤ 1 axis against some norm")
@@ -201,8 +212,8 @@ def claim2(configs: list[Config]) -> Verdict:
     post = {(t, r, g) for t, r, n, g in cell if n == "post"}
 
     def means(cs: list[Config]) -> dict[str, float | None]:
-        vals = {key: _m([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
-        vals["grad_norm_max"] = _m([c.train("grad_norm_max") for c in cs])
+        vals = {key: _med([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
+        vals["grad_norm_max"] = _med([c.train("grad_norm_max") for c in cs])
         return vals
 
     # each norm is compared with post on the (task, recall, regime) cells both were run in
@@ -226,7 +237,7 @@ def claim2(configs: list[Config]) -> Verdict:
             n += sign * (p - o) >= -tol
         wins[norm] = n
     evidence = "; ".join(
-        f"{norm} vs post on {k} matched cells: " + ", ".join(f"{label} {num(v[key])} vs {num(pv[key])}" for key, _, label in C2_AXES)
+        f"{norm} vs post, medians over {k} matched cells: " + ", ".join(f"{label} {num(v[key])} vs {num(pv[key])}" for key, _, label in C2_AXES)
         + f", max grad norm {num(v['grad_norm_max'])} vs {num(pv['grad_norm_max'])}"
         for norm, (v, pv, k) in matched.items()) + f". Axes where post is at least as good: {wins}"
     if all(n >= 3 for n in wins.values()):

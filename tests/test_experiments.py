@@ -149,7 +149,7 @@ def test_claim2_compares_norms_on_matched_cells_only():
           _fake("prefix_sums", "internal", "post", "implicit", 0.0, 0.0, 0.0)]
     verdict = report.claim2(list(report.group(rs).values()))
     assert verdict.verdict == "supported", verdict.evidence
-    assert "pre vs post on 1 matched cells" in verdict.evidence
+    assert "pre vs post, medians over 1 matched cells" in verdict.evidence
     rs[0]["analysis"]["hard"].update(converged_fraction=0.3, contractive_fraction=0.3, backward_converged_fraction=0.3)
     assert report.claim2(list(report.group(rs).values())).verdict == "contradicted"
     only_post = [rs[0], rs[2]]
