@@ -211,7 +211,7 @@ def claim2(configs: list[Config]) -> Verdict:
     cell = {(c.task, c.recall, c.norm, c.regime): c for c in rec}
     post = {(t, r, g) for t, r, n, g in cell if n == "post"}
 
-    def means(cs: list[Config]) -> dict[str, float | None]:
+    def medians(cs: list[Config]) -> dict[str, float | None]:
         vals = {key: _med([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
         vals["grad_norm_max"] = _med([c.train("grad_norm_max") for c in cs])
         return vals
@@ -221,8 +221,8 @@ def claim2(configs: list[Config]) -> Verdict:
     for norm in NORMS:
         shared = sorted(post & {(t, r, g) for t, r, n, g in cell if n == norm})
         if norm != "post" and shared:
-            matched[norm] = (means([cell[(t, r, norm, g)] for t, r, g in shared]),
-                             means([cell[(t, r, "post", g)] for t, r, g in shared]), len(shared))
+            matched[norm] = (medians([cell[(t, r, norm, g)] for t, r, g in shared]),
+                             medians([cell[(t, r, "post", g)] for t, r, g in shared]), len(shared))
     if not matched:
         return Verdict("C2", "inconclusive at this scale", rule,
                        f"no norm measured in the same cells as post (norms: {sorted({c.norm for c in rec})})")
