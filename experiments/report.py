@@ -55,6 +55,11 @@ def _med(values: list[float | None]) -> float | None:
     return statistics.median(v) if v else None
 
 
+def _seed_mean(rows: list[list[float]]) -> list[float]:
+    """The mean over seeds of per-iteration-count curves."""
+    return [statistics.fmean(col) for col in zip(*rows)]
+
+
 @dataclass
 class Config:
     """One configuration (task, recall, norm, regime), averaged over its seeds."""
@@ -78,8 +83,7 @@ class Config:
         return int(self.runs[0]["train_depth"])
 
     def curve(self, split: str) -> list[float]:
-        rows = [r["eval"]["curves"]["accuracy"][split] for r in self.runs]
-        return [statistics.fmean(col) for col in zip(*rows)]
+        return _seed_mean([r["eval"]["curves"]["accuracy"][split] for r in self.runs])
 
     def best(self, split: str) -> tuple[float, int]:
         curve = self.curve(split)
@@ -89,9 +93,7 @@ class Config:
     def cell_curve(self, split: str) -> list[float] | None:
         """Mean fraction of cells right after each count (None when a run did not score cells)."""
         rows = [((r["eval"].get("cells") or {}).get("accuracy") or {}).get(split) for r in self.runs]
-        if not rows or any(row is None for row in rows):
-            return None
-        return [statistics.fmean(col) for col in zip(*rows)]
+        return None if any(row is None for row in rows) else _seed_mean(rows)
 
     def best_cells(self, split: str) -> float | None:
         """The best mean fraction of cells right over the test-time iteration counts."""
@@ -208,8 +210,8 @@ def claim2(configs: list[Config]) -> Verdict:
             "0.02 count for post): supported if post is at least as good on ≥ 3 axes against every other norm, "
             "contradicted if on ≤ 1 axis against some norm")
     rec = [c for c in configs if c.recall != "none"]
-    cell = {(c.task, c.recall, c.norm, c.regime): c for c in rec}
-    post = {(t, r, g) for t, r, n, g in cell if n == "post"}
+    by_key = {(c.task, c.recall, c.norm, c.regime): c for c in rec}
+    post = {(t, r, g) for t, r, n, g in by_key if n == "post"}
 
     def medians(cs: list[Config]) -> dict[str, float | None]:
         vals = {key: _med([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
@@ -219,10 +221,10 @@ def claim2(configs: list[Config]) -> Verdict:
     # each norm is compared with post on the (task, recall, regime) cells both were run in
     matched: dict[str, tuple[dict[str, float | None], dict[str, float | None], int]] = {}
     for norm in NORMS:
-        shared = sorted(post & {(t, r, g) for t, r, n, g in cell if n == norm})
+        shared = sorted(post & {(t, r, g) for t, r, n, g in by_key if n == norm})
         if norm != "post" and shared:
-            matched[norm] = (medians([cell[(t, r, norm, g)] for t, r, g in shared]),
-                             medians([cell[(t, r, "post", g)] for t, r, g in shared]), len(shared))
+            matched[norm] = (medians([by_key[(t, r, norm, g)] for t, r, g in shared]),
+                             medians([by_key[(t, r, "post", g)] for t, r, g in shared]), len(shared))
     if not matched:
         return Verdict("C2", "inconclusive at this scale", rule,
                        f"no norm measured in the same cells as post (norms: {sorted({c.norm for c in rec})})")
@@ -278,7 +280,7 @@ def claim3(configs: list[Config]) -> Verdict:
         return Verdict("C3", "contradicted", rule, "; ".join(lines))
     if ok and "sudoku" in tasks and any(c.task == "sudoku" and c.learned for c in configs):
         return Verdict("C3", "supported", rule, "; ".join(lines))
-    return Verdict("C3", "inconclusive at this scale", rule, "; ".join(lines) + " (sudoku not decided)" if ok else "; ".join(lines))
+    return Verdict("C3", "inconclusive at this scale", rule, "; ".join(lines) + "; sudoku not decided" if ok else "; ".join(lines))
 
 
 C4_AXES = (("converged_fraction", "converged fraction"), ("contractive_fraction", "contractive fraction"),
