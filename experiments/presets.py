@@ -7,8 +7,16 @@ exact implicit differentiation) or ``"phantom"`` (fixed-point training with the 
 gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fixed point).
 
 * ``tiny``: seconds per run on CPU; for tests and for checking a machine.
-* ``cpu``: small widths and short training; the 2-core machine finishes prefix sums and sudoku
-  in a few hours in the background, chess after them.
+* ``cpu``: small widths and short training, seed 0, on the 2-core machine with two runs at a
+  time (measured there, training plus evaluation and analysis):
+
+  - prefix sums, the whole grid (36 runs): 3–4 min a run for progressive or phantom training,
+    about 8 min for implicit; about 2 h in all;
+  - sudoku and chess, all recalls × post and sandwich norm × progressive (6 runs each):
+    15–30 min a run; about 1 h each.
+
+  Everything else (other norms and regimes, more seeds) is one flag away, at the same scale:
+  ``--norms``, ``--regimes`` and ``--seeds`` replace the default grid's axis for every task.
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA).
 """
 
@@ -23,6 +31,19 @@ RECALLS = ("none", "external", "internal")
 NORMS = ("pre", "peri", "post", "sandwich")
 REGIMES = ("progressive", "implicit", "phantom")
 TASKS = ("prefix_sums", "sudoku", "chess")
+_AXES: dict[str, tuple[str, ...] | None] = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES, "seed": None}
+
+
+def _outside(axis: str, values: tuple) -> list:
+    """The values not allowed on ``axis`` (seeds: anything but a non-negative integer)."""
+    allowed = _AXES[axis]
+    if allowed is None:
+        return [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 0]
+    return [v for v in values if v not in allowed]
+
+
+def _allowed(axis: str) -> str:
+    return ", ".join(_AXES[axis]) if _AXES[axis] is not None else "non-negative integers"
 
 
 @dataclass(frozen=True)
@@ -60,6 +81,7 @@ class Preset:
     recalls: tuple[str, ...] = RECALLS
     norms: tuple[str, ...] = NORMS
     regimes: tuple[str, ...] = REGIMES
+    task_grid: dict[str, dict[str, tuple]] = field(default_factory=dict)
     regime_train: dict[str, dict[str, Any]] = field(default_factory=lambda: {
         "progressive": {"loss": "progressive", "alpha": 0.5},
         "implicit": {"loss": "equilibrium", "backward": "implicit", "solver": "anderson"},
@@ -80,20 +102,48 @@ class Preset:
         missing = [t for t in self.tasks if t not in self.train]
         if missing:
             raise ValueError(f"preset {self.name!r} has no training settings for task(s) {missing}")
+        for task, axes in self.task_grid.items():
+            if task not in self.tasks:
+                raise ValueError(f"preset {self.name!r}: task_grid names task {task!r}, not one of its tasks "
+                                 f"{', '.join(self.tasks)}")
+            for key, values in axes.items():
+                if key not in _AXES:
+                    raise ValueError(f"preset {self.name!r}: task_grid[{task!r}] has unknown axis {key!r}; "
+                                     f"allowed: {', '.join(_AXES)}")
+                if _outside(key, values) or not values:
+                    raise ValueError(f"preset {self.name!r}: task_grid[{task!r}][{key!r}] = {list(values)} — "
+                                     f"allowed: {_allowed(key)}")
 
-    def runs(self, **only: tuple[str, ...] | None) -> list[RunSpec]:
-        """Every run of the grid, tasks first (so a partial sweep finishes whole tasks)."""
-        grid = {"task": self.tasks, "recall": self.recalls, "norm": self.norms, "regime": self.regimes}
+    def grid(self, task: str) -> dict[str, tuple]:
+        """The default grid of ``task``: the preset's axes, narrowed by ``task_grid`` where it names them."""
+        base = {"recall": self.recalls, "norm": self.norms, "regime": self.regimes, "seed": self.seeds}
+        return {**base, **self.task_grid.get(task, {})}
+
+    def runs(self, **only: tuple | None) -> list[RunSpec]:
+        """The runs of the grid, tasks first (so a partial sweep finishes whole tasks).
+
+        Each keyword (``task``, ``recall``, ``norm``, ``regime``, ``seed``) that is given replaces
+        that axis for every task: it may name any allowed value, also one outside the preset's
+        default grid (``runs(task=("sudoku",), norm=("pre",))`` trains sudoku with pre norm at this
+        preset's scale). Axes not given keep the default :meth:`grid` of each task.
+        """
+        unknown = [k for k in only if k not in ("task", *_AXES)]
+        if unknown:
+            raise ValueError(f"unknown filter {unknown[0]!r}; allowed: task, {', '.join(_AXES)}")
+        tasks = only.get("task") or self.tasks
+        bad = [t for t in tasks if t not in self.tasks]
+        if bad:
+            raise ValueError(f"task {bad} not in preset {self.name!r}: {', '.join(self.tasks)}")
         for key, values in only.items():
-            if key not in grid:
-                raise ValueError(f"unknown filter {key!r}; allowed: {', '.join(grid)}")
-            if values:
-                bad = [v for v in values if v not in grid[key]]
-                if bad:
-                    raise ValueError(f"{key} {bad} not in this preset's {key}s: {', '.join(grid[key])}")
-                grid[key] = tuple(v for v in grid[key] if v in values)
-        return [RunSpec(t, r, n, g, s) for t, r, n, g, s in
-                itertools.product(grid["task"], grid["recall"], grid["norm"], grid["regime"], self.seeds)]
+            bad = _outside(key, values or ()) if key != "task" else []
+            if bad:
+                raise ValueError(f"{key} {bad}; allowed: {_allowed(key)}")
+        specs = []
+        for task in tasks:
+            grid = {**self.grid(task), **{k: v for k, v in only.items() if v and k != "task"}}
+            specs += [RunSpec(task, r, n, g, s) for r, n, g, s in
+                      itertools.product(grid["recall"], grid["norm"], grid["regime"], grid["seed"])]
+        return specs
 
     def train_fields(self, spec: RunSpec) -> dict[str, Any]:
         """The TrainConfig fields of ``spec`` (without ``out``)."""
@@ -112,6 +162,9 @@ _PREFIX_CPU = dict(length=12, min_length=4, hard_length=48, depth_offset=2, widt
                    warmup_steps=0, schedule="cosine", threads=1, progress=False)
 _SUDOKU_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, augment=True,
                    threads=1, progress=False)
+# A sudoku or chess run takes 15–30 min on one core, so their default CPU grid is post and
+# sandwich norm under the progressive regime; other cells are one flag away (--norms, --regimes).
+_SMALL_GRID: dict[str, tuple] = {"norm": ("post", "sandwich"), "regime": ("progressive",)}
 _CHESS_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False)
 
 PRESETS: dict[str, Preset] = {
@@ -133,8 +186,9 @@ PRESETS: dict[str, Preset] = {
     "cpu": Preset(
         name="cpu",
         tasks=("prefix_sums", "sudoku", "chess"),
-        seeds=(0, 1),
+        seeds=(0,),
         train={"prefix_sums": _PREFIX_CPU, "sudoku": _SUDOKU_CPU, "chess": _CHESS_CPU},
+        task_grid={"sudoku": _SMALL_GRID, "chess": _SMALL_GRID},
         eval_n=256,
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),

@@ -1,7 +1,8 @@
 """Train, evaluate and analyse every configuration of a preset; one ``result.json`` per run.
 
-    python -m experiments.sweep --preset cpu --out runs/sweep                 # the whole grid
-    python -m experiments.sweep --preset cpu --tasks prefix_sums --seeds 0    # part of it
+    python -m experiments.sweep --preset cpu --out runs/sweep                 # the default grid
+    python -m experiments.sweep --preset cpu --tasks sudoku --norms pre,peri  # other cells of it
+    python -m experiments.sweep --preset cpu --tasks prefix_sums --seeds 1    # another seed
     python -m experiments.report runs/sweep                                   # RESULTS.md
 
 A finished run (its ``result.json`` exists) is skipped, and an interrupted one resumes from its
@@ -204,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="grid and scale (default cpu)")
     p.add_argument("--out", default="runs/sweep", help="root folder of the runs (default runs/sweep)")
     p.add_argument("--tasks", help=f"comma-separated subset of {', '.join(TASKS)}")
-    p.add_argument("--recalls", help=f"comma-separated subset of {', '.join(RECALLS)}")
-    p.add_argument("--norms", help=f"comma-separated subset of {', '.join(NORMS)}")
-    p.add_argument("--regimes", help=f"comma-separated subset of {', '.join(REGIMES)}")
+    p.add_argument("--recalls", help=f"comma-separated, of {', '.join(RECALLS)} (default: the preset's grid per task)")
+    p.add_argument("--norms", help=f"comma-separated, of {', '.join(NORMS)} (default: the preset's grid per task)")
+    p.add_argument("--regimes", help=f"comma-separated, of {', '.join(REGIMES)} (default: the preset's grid per task)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--steps", type=int, help="override training steps of every run")
     p.add_argument("--shared", default=str(shared_data_dir()),
@@ -217,16 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     preset = get_preset(a.preset)
+    seeds = None
     if a.seeds:
         try:
-            preset = preset.with_(seeds=tuple(int(s) for s in a.seeds.split(",")))
+            seeds = tuple(int(s) for s in a.seeds.split(","))
         except ValueError:
             p.error(f"--seeds takes comma-separated integers, got {a.seeds!r}")
     if a.steps:
         preset = preset.with_(train={t: {**v, "steps": a.steps} for t, v in preset.train.items()})
     try:
         specs = preset.runs(task=_csv(a.tasks, TASKS, "task"), recall=_csv(a.recalls, RECALLS, "recall"),
-                            norm=_csv(a.norms, NORMS, "norm"), regime=_csv(a.regimes, REGIMES, "regime"))
+                            norm=_csv(a.norms, NORMS, "norm"), regime=_csv(a.regimes, REGIMES, "regime"),
+                            seed=seeds)
     except ValueError as err:
         p.error(str(err))
     root = Path(a.out)

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from experiments import report, sweep
-from experiments.presets import PRESETS, Preset, get_preset
+from experiments.presets import NORMS, PRESETS, RECALLS, REGIMES, Preset, get_preset
 from deqloop.train import TrainConfig
 
 
@@ -23,7 +23,22 @@ def test_preset_filters_and_errors():
     cpu = get_preset("cpu")
     runs = cpu.runs(task=("sudoku",), recall=("internal",), norm=None, regime=("implicit",))
     assert {(r.task, r.recall, r.regime) for r in runs} == {("sudoku", "internal", "implicit")}
-    assert len(runs) == len(cpu.norms) * len(cpu.seeds)
+    assert sorted(r.norm for r in runs) == sorted(cpu.grid("sudoku")["norm"])
+    # the default grid is per task: the whole grid for prefix sums, a cheaper one for sudoku ...
+    assert len(cpu.runs(task=("prefix_sums",))) == len(RECALLS) * len(NORMS) * len(REGIMES)
+    assert {(r.norm, r.regime) for r in cpu.runs(task=("sudoku",))} == {("post", "progressive"),
+                                                                        ("sandwich", "progressive")}
+    # ... and a filter replaces an axis, also with values outside the default grid
+    runs = cpu.runs(task=("sudoku", "chess"), norm=("pre",), seed=(0, 3))
+    assert {(r.task, r.norm, r.seed) for r in runs} == {(t, "pre", s) for t in ("sudoku", "chess") for s in (0, 3)}
+    with pytest.raises(ValueError, match=r"seed \['x'\]; allowed: non-negative integers"):
+        cpu.runs(seed=("x",))
+    with pytest.raises(ValueError, match="task_grid\\['sudoku'\\]\\['norm'\\] = \\['outer'\\]"):
+        cpu.with_(task_grid={"sudoku": {"norm": ("outer",)}})
+    with pytest.raises(ValueError, match="unknown axis 'width'"):
+        cpu.with_(task_grid={"sudoku": {"width": (8,)}})
+    with pytest.raises(ValueError, match="names task 'maze'"):
+        cpu.with_(task_grid={"maze": {"norm": ("post",)}})
     with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, gpu"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown filter 'width'"):
