@@ -320,6 +320,51 @@ def claim4(configs: list[Config]) -> Verdict:
     return Verdict("C4", "supported" if support else "inconclusive at this scale", rule, "; ".join(lines))
 
 
+IDENTITY_TOL = 1e-3
+
+
+def identity_fixed_points(configs: list[Config]) -> str | None:
+    """A section on runs whose fixed point is one where the loop does nothing: J ≈ I there.
+
+    A run counts when its median ρ(J) and median σ_max(J) are both within ``IDENTITY_TOL`` of 1.
+    The table counts them per norm and regime, with the median ‖(I − J)⁻¹‖, backward-solve
+    convergence and final training loss of those runs; None when there is no such run.
+    """
+    def near_identity(r: dict[str, Any]) -> bool:
+        a = r["analysis"]["hard"]
+        rho, sigma = a.get("spectral_radius_median"), a.get("sigma_max_median")
+        return rho is not None and sigma is not None and abs(rho - 1) < IDENTITY_TOL and abs(sigma - 1) < IDENTITY_TOL
+
+    runs = [r for c in configs for r in c.runs]
+    if not any(near_identity(r) for r in runs):
+        return None
+    rows = []
+    for norm in NORMS:
+        for regime in REGIMES:
+            cell = [r for r in runs if r["spec"]["norm"] == norm and r["spec"]["regime"] == regime]
+            if not cell:
+                continue
+            hit = [r for r in cell if near_identity(r)]
+            recalls = sorted({r["spec"]["recall"] for r in hit}, key=RECALLS.index)
+            rows.append([norm, regime, f"{len(hit)} of {len(cell)}", ", ".join(recalls) or "—",
+                         num(_med([r["analysis"]["hard"].get("resolvent_norm_median") for r in hit]), 3),
+                         num(_med([r["analysis"]["hard"].get("backward_converged_fraction") for r in hit]), 2),
+                         num(_med([r["train"].get("final_loss") for r in hit]), 3)])
+    return "\n".join([
+        "## Fixed points where the loop does nothing",
+        "",
+        f"Runs whose median ρ(J) and σ_max(J) at z* are both within {IDENTITY_TOL:g} of 1, so that J ≈ I: the loop "
+        "map barely moves the state and (I − J), the matrix the implicit backward inverts, is nearly singular. "
+        "Without an outer norm, and with internal or no recall, the state's residual stream passes through "
+        "unnormalised, f(z) = z + r(z) and J = I + ∂r/∂z, so fixed-point training can meet z* = f(z*) by "
+        "shrinking r; an outer norm (post, sandwich) rescales the stream and removes the identity from J, and "
+        "external recall maps the state by W_z first. All tasks; columns for the runs counted: median "
+        "‖(I − J)⁻¹‖, backward-solve converged fraction and final training loss.",
+        "",
+        table(["norm", "regime", "runs with J ≈ I", "recalls", "‖(I − J)⁻¹‖", "bwd", "final loss"], rows),
+    ])
+
+
 # -- plots -------------------------------------------------------------------------------------
 
 
@@ -456,6 +501,9 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                     "implicit differentiation and by the phantom gradient; hard-split accuracy at the best fixed "
                     "iteration count next to adaptive compute (accuracy / mean iterations):", "",
                     table(["recall", "norm"] + [f"{g} best" for g in regimes] + [f"{g} adaptive" for g in regimes], pairs)]
+    identity = identity_fixed_points(configs)
+    if identity:
+        doc += ["", identity]
     if configs:
         plot = plot_rho_vs_accuracy(configs, plots / "rho_vs_hard_accuracy.png")
         doc += ["", "## ρ(J) against hard accuracy", "",
