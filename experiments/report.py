@@ -30,12 +30,20 @@ LEARNED_MARGIN = 0.02  # a configuration "learned" if its best val accuracy exce
 
 
 def load_results(root: Path) -> list[dict[str, Any]]:
+    """Every ``result.json`` under ``root``; the training numbers are re-read from the run's
+    ``metrics.jsonl`` where it lies beside it (so runs made before a number existed have it)."""
+    from experiments.sweep import training_numbers
+
     results = []
     for path in sorted(root.rglob("result.json")):
         try:
-            results.append(json.loads(path.read_text()))
+            r = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise SystemExit(f"error: {path}: not valid JSON ({err})") from None
+        metrics = path.parent / "metrics.jsonl"
+        if metrics.exists():
+            r["train"] = {**r.get("train", {}), **training_numbers(metrics)}
+        results.append(r)
     return results
 
 
@@ -320,6 +328,17 @@ def claim4(configs: list[Config]) -> Verdict:
     return Verdict("C4", "supported" if support else "inconclusive at this scale", rule, "; ".join(lines))
 
 
+def _regime_row(regime: str, cs: list[Config]) -> list[str]:
+    runs = [r for c in cs for r in c.runs]
+
+    def med(key: str) -> float | None:
+        return _med([r["train"].get(key) for r in runs])
+
+    return [regime, str(len(runs)), num(med("late_loss")), pct(med("late_train_accuracy")),
+            num(med("late_forward_converged"), 2), num(med("late_backward_converged"), 2),
+            pct(_med([c.best("hard")[0] for c in cs]))]
+
+
 IDENTITY_TOL = 1e-3
 
 
@@ -501,6 +520,12 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                     "implicit differentiation and by the phantom gradient; hard-split accuracy at the best fixed "
                     "iteration count next to adaptive compute (accuracy / mean iterations):", "",
                     table(["recall", "norm"] + [f"{g} best" for g in regimes] + [f"{g} adaptive" for g in regimes], pairs)]
+        if len(regimes) > 1:
+            doc += ["", "Training by regime (medians over the runs; *late*: mean over the last quarter of the logged "
+                    "training steps; the solver columns are the fraction of training examples whose forward solve, "
+                    "and implicit backward solve, converged — the progressive loss runs no solver):", "",
+                    table(["regime", "runs", "late loss", "late train acc", "forward conv", "backward conv",
+                           "hard best"], [_regime_row(g, [c for c in cs if c.regime == g]) for g in regimes])]
     identity = identity_fixed_points(configs)
     if identity:
         doc += ["", identity]

@@ -85,8 +85,10 @@ def stability_numbers(report) -> dict[str, Any]:
 
 
 def training_numbers(metrics_path: Path) -> dict[str, Any]:
-    """Gradient norms, skipped steps and the last loss/accuracy from a run's metrics log."""
-    grad, loss, acc, skipped = [], None, None, 0
+    """Gradient norms, skipped steps, the last loss/accuracy and, over the last quarter of the
+    logged training steps, the mean loss and the solver's converged fractions (forward, and the
+    implicit backward where it ran) from a run's metrics log."""
+    grad, steps, skipped = [], [], 0
     if metrics_path.exists():
         for line in metrics_path.read_text().splitlines():
             try:
@@ -96,14 +98,23 @@ def training_numbers(metrics_path: Path) -> dict[str, Any]:
             if "grad_norm" in m and m["grad_norm"] is not None and math.isfinite(m["grad_norm"]):
                 grad.append(float(m["grad_norm"]))
             if "loss" in m:
-                loss, acc = m["loss"], m.get("accuracy")
+                steps.append(m)
             skipped = max(skipped, int(m.get("skipped_total", 0) or 0))
+    tail = steps[len(steps) - max(1, len(steps) // 4):] if steps else []
+
+    def tail_mean(key: str) -> float | None:
+        return _mean([float(m[key]) for m in tail if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])])
+
     return {
         "grad_norm_median": _median(grad),
         "grad_norm_max": max(grad) if grad else None,
         "grad_norm_last": grad[-1] if grad else None,
-        "final_loss": loss,
-        "final_train_accuracy": acc,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "final_train_accuracy": steps[-1].get("accuracy") if steps else None,
+        "late_loss": tail_mean("loss"),
+        "late_train_accuracy": tail_mean("accuracy"),
+        "late_forward_converged": tail_mean("converged"),
+        "late_backward_converged": tail_mean("backward_converged"),
         "skipped_steps": skipped,
     }
 

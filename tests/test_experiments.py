@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -183,3 +184,22 @@ def test_fixed_points_where_the_loop_does_nothing_are_counted_per_norm_and_regim
     section = report.identity_fixed_points(list(report.group(rs).values()))
     assert "| pre | implicit | 1 of 2 | internal | 2e+06 | 0 | 0.64 |" in section
     assert "| post | implicit | 0 of 1 | — |" in section
+
+
+def test_training_numbers_average_the_last_quarter_and_the_report_rereads_them(tmp_path):
+    run = tmp_path / "prefix_sums" / "internal-post-implicit-s0"
+    run.mkdir(parents=True)
+    lines = [{"step": 10 * (i + 1), "loss": 1.0 - 0.1 * i, "accuracy": 0.1 * i, "grad_norm": 1.0,
+              "converged": 1.0 if i >= 6 else 0.0, "backward_converged": 0.5} for i in range(8)]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in lines) + "\n{not json\n")
+    numbers = sweep.training_numbers(run / "metrics.jsonl")
+    assert numbers["late_loss"] == pytest.approx((0.4 + 0.3) / 2)  # last 2 of 8 logged steps
+    assert numbers["late_forward_converged"] == 1.0 and numbers["late_backward_converged"] == 0.5
+    assert numbers["final_loss"] == pytest.approx(0.3)
+    result = _fake("prefix_sums", "internal", "post", "implicit", 0.0, 1.0, 1.0)
+    (run / "result.json").write_text(json.dumps(result))
+    loaded = report.load_results(tmp_path)
+    assert loaded[0]["train"]["late_loss"] == pytest.approx(0.35)
+    assert loaded[0]["train"]["grad_norm_median"] == 1.0
+    row = report._regime_row("implicit", list(report.group(loaded).values()))
+    assert row[:6] == ["implicit", "1", "0.35", "65.0", "1", "0.5"]
