@@ -69,6 +69,8 @@ __all__ = [
 
 log = logging.getLogger("deqloop.train")
 
+UNCONVERGED_WARNING = 0.5  # warn (once a run) when fewer forward solves converge in an implicit-gradient step
+
 LOSSES = ("equilibrium", "progressive")
 SCHEDULES = ("cosine", "linear", "constant")
 EQUILIBRIUM_BACKWARDS = ("implicit", "phantom", "unrolled")
@@ -600,6 +602,7 @@ class Trainer:
         self.batches = Batches(config, self.task, self.rank, self.world)
         self.step_count = 0
         self.skipped = 0
+        self._warned_unconverged = False
         self.amp = config.amp == "bf16" or (config.amp == "auto" and self.device.type == "cuda")
         if self.amp and self.device.type != "cuda":
             raise ValueError("amp='bf16' needs a CUDA device; use amp='auto' or 'none' on CPU")
@@ -761,12 +764,23 @@ class Trainer:
             m["residual"] = self._mean(sol.residual.mean())
             m["residual_max"] = float(sol.residual.max())
             m["converged"] = self._mean(sol.converged.float().mean())
+            self._warn_unconverged(self.step_count, m["converged"])
             b = sol.backward
             if b.residual is not None:
                 m["backward_residual"] = self._mean(b.residual.float().mean())
                 m["backward_iterations"] = self._mean(b.iterations.float().mean())
                 m["backward_converged"] = self._mean(b.converged.float().mean())
         return m
+
+    def _warn_unconverged(self, step: int, converged: float) -> None:
+        """Warn once when the implicit gradient is taken at states that are not fixed points."""
+        c = self.config
+        if self._warned_unconverged or c.backward != "implicit" or converged >= UNCONVERGED_WARNING:
+            return
+        self._warned_unconverged = True
+        log.warning("step %d: only %.0f%% of the forward solves converged within max_iter=%d (rtol %g); the "
+                    "implicit gradient assumes z* = f(z*) and is biased where that fails — a larger --max-iter, "
+                    "or backward='phantom', may train better", step, 100 * converged, c.max_iter, c.rtol)
 
     def run(self) -> TrainResult:
         """Train from the current step to ``config.steps``; returns a :class:`TrainResult`."""

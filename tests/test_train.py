@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import signal
@@ -405,3 +406,17 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, loss):
     whole_lines = without_timing(list(read_metrics(tmp_path / "whole" / "metrics.jsonl")))
     resumed_lines = without_timing(list(read_metrics(tmp_path / "cut" / "metrics.jsonl")))
     assert resumed_lines == whole_lines
+
+
+def test_implicit_training_warns_once_when_forward_solves_do_not_converge(tmp_path, caplog):
+    c = tiny_config(tmp_path, steps=3, loss="equilibrium", depth_offset=None, backward="implicit",
+                    solver="anderson", max_iter=1, rtol=1e-9, eval_size=0)
+    with caplog.at_level(logging.WARNING, logger="deqloop.train"):
+        train(c)
+    warned = [r.getMessage() for r in caplog.records if "forward solves converged" in r.getMessage()]
+    assert len(warned) == 1 and "step 1: only 0% " in warned[0] and "max_iter=1" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="deqloop.train"):  # phantom does not assume a fixed point
+        train(tiny_config(tmp_path / "p", steps=3, loss="equilibrium", depth_offset=None, backward="phantom",
+                          max_iter=1, rtol=1e-9, eval_size=0))
+    assert not [r for r in caplog.records if "forward solves converged" in r.getMessage()]
