@@ -10,10 +10,10 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
 * ``cpu``: small widths and short training, seed 0, on the 2-core machine with two runs at a
   time (measured there, training plus evaluation and analysis):
 
-  - prefix sums, the whole grid (36 runs): 3–4 min a run for progressive or phantom training,
-    about 8 min for implicit; about 2 h in all;
+  - prefix sums, the whole grid (36 runs): on average about 7 min a run for progressive,
+    4 min for phantom and 9 min for implicit training; about 2 h in all;
   - sudoku and chess, all recalls × post and sandwich norm × progressive (6 runs each):
-    15–30 min a run; about 1 h each.
+    15–30 min a run; 1–1.5 h each.
 
   Everything else (other norms and regimes, more seeds) is one flag away, at the same scale:
   ``--norms``, ``--regimes`` and ``--seeds`` replace the default grid's axis for every task.

@@ -347,7 +347,7 @@ def identity_fixed_points(configs: list[Config]) -> str | None:
 
     A run counts when its median ρ(J) and median σ_max(J) are both within ``IDENTITY_TOL`` of 1.
     The table counts them per norm and regime, with the median ‖(I − J)⁻¹‖, backward-solve
-    convergence and final training loss of those runs; None when there is no such run.
+    convergence and late training loss of those runs; None when there is no such run.
     """
     def near_identity(r: dict[str, Any]) -> bool:
         a = r["analysis"]["hard"]
@@ -368,7 +368,7 @@ def identity_fixed_points(configs: list[Config]) -> str | None:
             rows.append([norm, regime, f"{len(hit)} of {len(cell)}", ", ".join(recalls) or "—",
                          num(_med([r["analysis"]["hard"].get("resolvent_norm_median") for r in hit]), 3),
                          num(_med([r["analysis"]["hard"].get("backward_converged_fraction") for r in hit]), 2),
-                         num(_med([r["train"].get("final_loss") for r in hit]), 3)])
+                         num(_med([r["train"].get("late_loss") for r in hit]), 3)])
     return "\n".join([
         "## Fixed points where the loop does nothing",
         "",
@@ -378,9 +378,9 @@ def identity_fixed_points(configs: list[Config]) -> str | None:
         "unnormalised, f(z) = z + r(z) and J = I + ∂r/∂z, so fixed-point training can meet z* = f(z*) by "
         "shrinking r; an outer norm (post, sandwich) rescales the stream and removes the identity from J, and "
         "external recall maps the state by W_z first. All tasks; columns for the runs counted: median "
-        "‖(I − J)⁻¹‖, backward-solve converged fraction and final training loss.",
+        "‖(I − J)⁻¹‖, backward-solve converged fraction and training loss over the last quarter of training.",
         "",
-        table(["norm", "regime", "runs with J ≈ I", "recalls", "‖(I − J)⁻¹‖", "bwd", "final loss"], rows),
+        table(["norm", "regime", "runs with J ≈ I", "recalls", "‖(I − J)⁻¹‖", "bwd", "late loss"], rows),
     ])
 
 

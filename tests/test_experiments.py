@@ -179,7 +179,7 @@ def test_fixed_points_where_the_loop_does_nothing_are_counted_per_norm_and_regim
     assert report.identity_fixed_points(list(report.group(rs).values())) is None  # ρ = 1.2 - contr: none near 1
     rs[0]["analysis"]["hard"].update(spectral_radius_median=1.00001, sigma_max_median=1.00002,
                                      resolvent_norm_median=2e6, backward_converged_fraction=0.0)
-    rs[0]["train"]["final_loss"] = 0.64
+    rs[0]["train"]["late_loss"] = 0.64
     rs[1]["analysis"]["hard"].update(spectral_radius_median=1.00001, sigma_max_median=1.5)  # σ_max too far from 1
     section = report.identity_fixed_points(list(report.group(rs).values()))
     assert "| pre | implicit | 1 of 2 | internal | 2e+06 | 0 | 0.64 |" in section
