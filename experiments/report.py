@@ -320,7 +320,9 @@ def claim4(configs: list[Config]) -> Verdict:
             if key in ("converged_fraction", "contractive_fraction"):
                 support &= rho > 0 and p < 0.05
                 against |= rho < 0 and p < 0.05
-        lines.append(f"{task}: " + ", ".join(parts))
+        n = min(int(r["eval"].get("n", {}).get("hard", 0) or 0) for c in cs for r in c.runs)
+        spread = f"{len(cs)} configurations, hard accuracy {pct(min(acc))}–{pct(max(acc))} %" + (f" on {n} examples" if n else "")
+        lines.append(f"{task} ({spread}): " + ", ".join(parts))
     if decided == 0:
         return Verdict("C4", "inconclusive at this scale", rule, "; ".join(lines))
     if against:
