@@ -6,7 +6,9 @@
     python -m experiments.report runs/sweep                                   # RESULTS.md
 
 A finished run (its ``result.json`` exists) is skipped, and an interrupted one resumes from its
-``last.pt``, so the same command continues a sweep. Each run measures:
+``last.pt``, so the same command continues a sweep. A finished run whose training settings differ
+from what the preset gives now (a changed preset, or ``--steps``) stops the sweep before it starts,
+naming the run and the fields: its results would be reported under the wrong configuration. Each run measures:
 
 * accuracy on the easy validation split and the hard split after each test-time iteration count,
   and adaptively (each example iterated until it stops changing, and solved by Anderson to a
@@ -123,6 +125,23 @@ def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(value, indent=1, default=float))
     os.replace(tmp, path)
+
+
+_NOT_COMPARED = ("data", "threads", "progress", "device")  # where and how a run ran, not what it trained
+
+
+def stale_fields(result: dict[str, Any], preset: Preset, spec: RunSpec) -> list[str]:
+    """The training fields of a finished run that differ from what ``preset`` would train now,
+    as ``"name: was → now"``; empty when the run still belongs to the preset's grid."""
+    stored = result.get("train_config", {})
+    diffs = []
+    for key, now in preset.train_fields(spec).items():
+        if key in _NOT_COMPARED:
+            continue
+        was = stored.get(key)
+        if json.loads(json.dumps(was)) != json.loads(json.dumps(now)):
+            diffs.append(f"{key}: {was!r} → {now!r}")
+    return diffs
 
 
 def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[str]], device: str = "auto",
@@ -244,6 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     root = Path(a.out)
+    stale = []
+    for s in specs:
+        path = root / s.name / "result.json"
+        if path.exists():
+            try:
+                diffs = stale_fields(json.loads(path.read_text()), preset, s)
+            except json.JSONDecodeError as err:
+                p.error(f"{path}: not valid JSON ({err}); delete it to redo the run")
+            if diffs:
+                stale.append(f"  {path}: {'; '.join(diffs)}")
+    if stale:
+        p.error("these finished runs were trained with other settings than the preset now gives, so they would be "
+                "reported under the wrong configuration (nothing was changed; use another --out, or delete them "
+                "to redo them):\n" + "\n".join(stale))
     if a.dry_run:
         for s in specs:
             print(s.name, "(done)" if (root / s.name / "result.json").exists() else "")

@@ -203,3 +203,27 @@ def test_training_numbers_average_the_last_quarter_and_the_report_rereads_them(t
     assert loaded[0]["train"]["grad_norm_median"] == 1.0
     row = report._regime_row("implicit", list(report.group(loaded).values()))
     assert row[:6] == ["implicit", "1", "0.35", "65.0", "1", "0.5"]
+
+
+def test_sweep_refuses_finished_runs_trained_with_other_settings(tmp_path, capsys):
+    tiny = get_preset("tiny")
+    spec = tiny.runs(recall=("internal",), regime=("progressive",))[0]
+    run = tmp_path / spec.name
+    run.mkdir(parents=True)
+    fields = {**tiny.train_fields(spec), "data": ["elsewhere.csv"], "threads": 4}  # where it ran is not compared
+    (run / "result.json").write_text(json.dumps({"train_config": fields}))
+    assert sweep.stale_fields(json.loads((run / "result.json").read_text()), tiny, spec) == []
+    args = ["--preset", "tiny", "--out", str(tmp_path), "--recalls", "internal", "--regimes", "progressive", "--dry-run"]
+    assert sweep.main(args) == 0
+    assert "(done)" in capsys.readouterr().out
+    fields["lr"] = 0.5
+    (run / "result.json").write_text(json.dumps({"train_config": fields}))
+    before = (run / "result.json").read_text()
+    with pytest.raises(SystemExit):
+        sweep.main(args)
+    err = capsys.readouterr().err
+    assert f"{run / 'result.json'}: lr: 0.5 → {tiny.train['prefix_sums']['lr']!r}" in err
+    with pytest.raises(SystemExit):
+        sweep.main(args[:-1] + ["--steps", "3"])  # an override that changes what the run would train
+    assert "steps: 8 → 3" in capsys.readouterr().err
+    assert (run / "result.json").read_text() == before
