@@ -8,7 +8,9 @@
 A finished run (its ``result.json`` exists) is skipped, and an interrupted one resumes from its
 ``last.pt``, so the same command continues a sweep. A finished run whose training settings differ
 from what the preset gives now (a changed preset, or ``--steps``) stops the sweep before it starts,
-naming the run and the fields: its results would be reported under the wrong configuration. Each run measures:
+naming the run and the fields: its results would be reported under the wrong configuration.
+
+Each run measures:
 
 * accuracy on the easy validation split and the hard split after each test-time iteration count,
   and adaptively (each example iterated until it stops changing, and solved by Anderson to a
