@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.presets import NORMS, RECALLS, REGIMES, TASKS
+from experiments.runlog import training_numbers
 
 LEARNED_MARGIN = 0.02  # a configuration "learned" if its best val accuracy exceeds this
 
@@ -32,8 +33,6 @@ LEARNED_MARGIN = 0.02  # a configuration "learned" if its best val accuracy exce
 def load_results(root: Path) -> list[dict[str, Any]]:
     """Every ``result.json`` under ``root``; the training numbers are re-read from the run's
     ``metrics.jsonl`` where it lies beside it (so runs made before a number existed have it)."""
-    from experiments.sweep import training_numbers
-
     results = []
     for path in sorted(root.rglob("result.json")):
         try:

@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -39,6 +37,7 @@ import torch
 
 from deqloop.tasks.base import shared_data_dir
 from experiments.presets import RECALLS, NORMS, REGIMES, TASKS, Preset, RunSpec, get_preset, PRESETS
+from experiments.runlog import mean, median, training_numbers
 
 ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
 
@@ -54,16 +53,6 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _median(values: list[float]) -> float | None:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return statistics.median(values) if values else None
-
-
-def _mean(values: list[Any]) -> float | None:
-    values = [float(v) for v in values if v is not None]
-    return sum(values) / len(values) if values else None
-
-
 def stability_numbers(report) -> dict[str, Any]:
     """The scalars of a StabilityReport that the tables compare."""
     d = report.to_dict()
@@ -73,54 +62,19 @@ def stability_numbers(report) -> dict[str, Any]:
         "distinct_fixed_points": report.distinct_fixed_points,
         "fixed_point_spread": report.fixed_point_spread,
         "agreement": report.agreement,
-        "iterations_median": _median([float(i) for i in d["reachability"][report.reference_init]["iterations"]]),
-        "contraction_median": _median(d["reachability"][report.reference_init]["contraction"]),
-        "spectral_radius_median": _median(d.get("spectral_radius") or []),
+        "iterations_median": median([float(i) for i in d["reachability"][report.reference_init]["iterations"]]),
+        "contraction_median": median(d["reachability"][report.reference_init]["contraction"]),
+        "spectral_radius_median": median(d.get("spectral_radius") or []),
         "contractive_fraction": regimes.count("contractive") / len(regimes) if regimes else None,
-        "sigma_max_median": _median(d.get("sigma_max") or []),
-        "resolvent_norm_median": _median(d.get("resolvent_norm") or []),
-        "input_sensitivity_median": _median(d.get("input_sensitivity") or []),
-        "local_smoothness_median": _median(d.get("local_smoothness") or []),
-        "backward_converged_fraction": _mean(d.get("backward_converged") or []),
-        "backward_iterations_median": _median([float(v) for v in d.get("backward_iterations") or []]),
+        "sigma_max_median": median(d.get("sigma_max") or []),
+        "resolvent_norm_median": median(d.get("resolvent_norm") or []),
+        "input_sensitivity_median": median(d.get("input_sensitivity") or []),
+        "local_smoothness_median": median(d.get("local_smoothness") or []),
+        "backward_converged_fraction": mean(d.get("backward_converged") or []),
+        "backward_iterations_median": median([float(v) for v in d.get("backward_iterations") or []]),
         "seconds": sum(report.timings.values()),
     }
     return out
-
-
-def training_numbers(metrics_path: Path) -> dict[str, Any]:
-    """Gradient norms, skipped steps, the last loss/accuracy and, over the last quarter of the
-    logged training steps, the mean loss and the solver's converged fractions (forward, and the
-    implicit backward where it ran) from a run's metrics log."""
-    grad, steps, skipped = [], [], 0
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "grad_norm" in m and m["grad_norm"] is not None and math.isfinite(m["grad_norm"]):
-                grad.append(float(m["grad_norm"]))
-            if "loss" in m:
-                steps.append(m)
-            skipped = max(skipped, int(m.get("skipped_total", 0) or 0))
-    tail = steps[len(steps) - max(1, len(steps) // 4):] if steps else []
-
-    def tail_mean(key: str) -> float | None:
-        return _mean([float(m[key]) for m in tail if isinstance(m.get(key), (int, float)) and math.isfinite(m[key])])
-
-    return {
-        "grad_norm_median": _median(grad),
-        "grad_norm_max": max(grad) if grad else None,
-        "grad_norm_last": grad[-1] if grad else None,
-        "final_loss": steps[-1]["loss"] if steps else None,
-        "final_train_accuracy": steps[-1].get("accuracy") if steps else None,
-        "late_loss": tail_mean("loss"),
-        "late_train_accuracy": tail_mean("accuracy"),
-        "late_forward_converged": tail_mean("converged"),
-        "late_backward_converged": tail_mean("backward_converged"),
-        "skipped_steps": skipped,
-    }
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from experiments import report, sweep
+from experiments import report, runlog, sweep
 from experiments.presets import NORMS, PRESETS, RECALLS, REGIMES, Preset, get_preset
 from deqloop.train import TrainConfig
 
@@ -192,7 +192,7 @@ def test_training_numbers_average_the_last_quarter_and_the_report_rereads_them(t
     lines = [{"step": 10 * (i + 1), "loss": 1.0 - 0.1 * i, "accuracy": 0.1 * i, "grad_norm": 1.0,
               "converged": 1.0 if i >= 6 else 0.0, "backward_converged": 0.5} for i in range(8)]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(m) for m in lines) + "\n{not json\n")
-    numbers = sweep.training_numbers(run / "metrics.jsonl")
+    numbers = runlog.training_numbers(run / "metrics.jsonl")
     assert numbers["late_loss"] == pytest.approx((0.4 + 0.3) / 2)  # last 2 of 8 logged steps
     assert numbers["late_forward_converged"] == 1.0 and numbers["late_backward_converged"] == 0.5
     assert numbers["final_loss"] == pytest.approx(0.3)
