@@ -1,0 +1,294 @@
+"""The looped block against its formulas, written out by hand on tiny float64 tensors.
+
+Every reference below is computed from the parameters (read by attribute) with plain tensor
+arithmetic; none of them calls deqloop's modules, norms, RoPE tables or masks. All parameters,
+RMSNorm weights and biases included, are set to random values first, so a missing norm cannot
+hide behind a weight of 1 and a missing bias behind a bias of 0.
+
+Formulas (h the residual stream, g a sublayer, n an RMSNorm with its own weight):
+
+    pre: h + g(n(h))   peri: h + n2(g(n1(h)))   post: n(h + g(h))   sandwich: n_out(h + g(n_in(h)))
+    recall none: h = z; external: h = W_z z + W_e e; internal: g's input u (after the pre-norm,
+    if any) becomes W_z u + W_e e, one pair of maps per sublayer, added to the plain stream h.
+    block: h = attn_residual(h); h = mlp_residual(h).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from deqloop.attention import Attention, local_mask
+from deqloop.model import MLP, NORMS, RECALLS, LoopedDEQ, Readout
+from deqloop.norm import RMSNorm
+from deqloop.rope import rope_table
+
+TOL = dict(rtol=1e-12, atol=1e-12)
+EPS = 1e-6  # RMSNorm's default epsilon
+CPU = torch.device("cpu")
+
+
+# -- randomizing parameters and reading them back ------------------------------------------------
+
+
+def randomize(module: torch.nn.Module, seed: int = 1) -> None:
+    """Set every parameter to random values: norm weights in ±[0.5, 1.5], never near 1 on
+    average; linear weights ~ N(0, 1/fan_in); biases and embeddings ~ N(0, 0.5²)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            noise = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+            if "norm" in name:
+                sign = torch.where(torch.rand(p.shape, generator=gen) < 0.3, -1.0, 1.0)
+                p.copy_(sign * (0.5 + torch.rand(p.shape, generator=gen, dtype=p.dtype)))
+            elif p.dim() == 2 and "embedding" not in name:
+                p.copy_(noise / math.sqrt(p.shape[1]))
+            else:
+                p.copy_(0.5 * noise)
+
+
+class Reader:
+    """Hands out parameters as plain tensors and remembers which were read, so a test can check
+    that its reference used every parameter of the module under test."""
+
+    def __init__(self) -> None:
+        self.seen: set[int] = set()
+
+    def __call__(self, module: torch.nn.Module | None, what: str, name: str = "weight"):
+        assert module is not None, f"{what} is missing"
+        p = getattr(module, name)
+        assert isinstance(p, torch.nn.Parameter), f"{what}.{name} is not a parameter"
+        self.seen.add(id(p))
+        return p.detach()
+
+    def check_used_all(self, module: torch.nn.Module) -> None:
+        unused = [n for n, p in module.named_parameters() if id(p) not in self.seen]
+        assert not unused, f"parameters the formula does not account for: {unused}"
+
+
+# -- the formulas -------------------------------------------------------------------------------
+
+
+def ref_rmsnorm(x, weight, eps):
+    return x / torch.sqrt((x * x).mean(dim=-1, keepdim=True) + eps) * weight
+
+
+def ref_gelu(x):
+    return 0.5 * x * (1.0 + torch.erf(x / math.sqrt(2.0)))
+
+
+def ref_linear(x, weight, bias=None):
+    y = torch.einsum("...i,oi->...o", x, weight)
+    return y if bias is None else y + bias
+
+
+def coords_of(grid):
+    """Row-major cell coordinates, as a list of tuples."""
+    return list(itertools.product(*(range(n) for n in grid)))
+
+
+def ref_angles(grid, head_dim, base):
+    """(N, d/2) rotation angles: 1-D, plane i turns by n·base^(-i/(d/2)); 2-D, the first d/4
+    planes by row·base^(-j/(d/4)), the last d/4 by col·base^(-j/(d/4))."""
+    per_axis = head_dim // 2 // len(grid)
+    rows = []
+    for cell in coords_of(grid):
+        rows.append([pos * base ** (-j / per_axis) for pos in cell for j in range(per_axis)])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def ref_rotate(x, angles):
+    """Rotate plane i = (dim i, dim i + d/2) of x (..., N, d) by angles[:, i]."""
+    d = x.shape[-1]
+    out = x.clone()
+    for i in range(d // 2):
+        a, b = x[..., i], x[..., i + d // 2]
+        c, s = torch.cos(angles[:, i]), torch.sin(angles[:, i])
+        out[..., i] = a * c - b * s
+        out[..., i + d // 2] = a * s + b * c
+    return out
+
+
+def ref_allowed(grid, window):
+    """(N, N) bool: token j within window // 2 of token i along every axis (None: all)."""
+    if window is None:
+        return None
+    cells = coords_of(grid)
+    r = window // 2
+    return torch.tensor(
+        [[all(abs(a - b) <= r for a, b in zip(ci, cj)) for cj in cells] for ci in cells]
+    )
+
+
+def ref_attention(x, attn, read, grid, base, window, eps, what="attn"):
+    """proj(concat_h softmax(rope(n_q q_h) rope(n_k k_h)ᵀ / √d + mask) v_h), x (B, N, D)."""
+    B, N, D = x.shape
+    H = attn.heads
+    d = D // H
+    qkv = ref_linear(x, read(attn.qkv, f"{what}.qkv"))
+    q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
+    q, k, v = (t.reshape(B, N, H, d).permute(0, 2, 1, 3) for t in (q, k, v))  # (B, H, N, d)
+    q = ref_rmsnorm(q, read(attn.q_norm, f"{what}.q_norm"), eps)
+    k = ref_rmsnorm(k, read(attn.k_norm, f"{what}.k_norm"), eps)
+    angles = ref_angles(grid, d, base)
+    q, k = ref_rotate(q, angles), ref_rotate(k, angles)
+    scores = torch.einsum("bhic,bhjc->bhij", q, k) / math.sqrt(d)
+    allowed = ref_allowed(grid, window)
+    if allowed is not None:
+        scores = torch.where(allowed, scores, torch.tensor(-math.inf, dtype=scores.dtype))
+    weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    y = torch.einsum("bhij,bhjc->bihc", weights, v).reshape(B, N, D)  # heads side by side
+    return ref_linear(y, read(attn.proj, f"{what}.proj"))
+
+
+def ref_mlp(x, mlp, read, what="mlp"):
+    """proj(gelu(fc(x)))."""
+    fc_w, fc_b = read(mlp.fc, f"{what}.fc"), read(mlp.fc, f"{what}.fc", "bias")
+    proj_w, proj_b = read(mlp.proj, f"{what}.proj"), read(mlp.proj, f"{what}.proj", "bias")
+    return ref_linear(ref_gelu(ref_linear(x, fc_w, fc_b)), proj_w, proj_b)
+
+
+def ref_residual(h, e, res, g, read, norm, recall, eps, what):
+    """One sublayer g with its norms and (internal) recall, from the formula's name alone."""
+
+    def n(which, x):
+        return ref_rmsnorm(x, read(getattr(res, which), f"{what}.{which}"), eps)
+
+    def inject(u):
+        if recall != "internal":
+            return u
+        inj = res.inject
+        w_z = read(inj and inj.w_z, f"{what}.inject.w_z")
+        w_e = read(inj and inj.w_e, f"{what}.inject.w_e")
+        return ref_linear(u, w_z) + ref_linear(e, w_e)
+
+    if norm == "pre":
+        return h + g(inject(n("norm_in", h)))
+    if norm == "peri":
+        return h + n("norm_branch", g(inject(n("norm_in", h))))
+    if norm == "post":
+        return n("norm_out", h + g(inject(h)))
+    if norm == "sandwich":
+        return n("norm_out", h + g(inject(n("norm_in", h))))
+    raise AssertionError(f"no formula for norm {norm!r}")
+
+
+def ref_step(model, z, e, read):
+    """f(z; e) of LoopedDEQ.step, written out: recall, attention residual, MLP residual."""
+    c = model.config
+    block = model.block
+    B, *grid, D = z.shape
+    z, e = z.reshape(B, -1, D), e.reshape(B, -1, D)
+    eps = EPS
+    if c.recall == "external":
+        inj = block.inject
+        h = ref_linear(z, read(inj and inj.w_z, "block.inject.w_z")) + ref_linear(
+            e, read(inj and inj.w_e, "block.inject.w_e")
+        )
+    else:
+        h = z
+    window = c.window if c.attention == "local" else None
+
+    def attn(u):
+        return ref_attention(u, block.attn, read, tuple(grid), c.rope_base, window, eps)
+
+    def mlp(u):
+        return ref_mlp(u, block.mlp, read)
+
+    h = ref_residual(h, e, block.attn_res, attn, read, c.norm, c.recall, eps, "attn_res")
+    h = ref_residual(h, e, block.mlp_res, mlp, read, c.norm, c.recall, eps, "mlp_res")
+    return h.reshape(B, *grid, D)
+
+
+# -- the pieces ---------------------------------------------------------------------------------
+
+
+def test_rmsnorm_formula_with_non_unit_weight():
+    norm = RMSNorm(6).double()
+    randomize(norm)
+    assert not torch.allclose(norm.weight, torch.ones(6, dtype=torch.float64))
+    x = 3 * torch.randn(2, 5, 6, dtype=torch.float64)
+    read = Reader()
+    expected = ref_rmsnorm(x, read(norm, "norm"), EPS)
+    read.check_used_all(norm)
+    torch.testing.assert_close(norm(x), expected, **TOL)
+    # eps matters at small scale: here mean(x²) ≈ 1e-7, under eps = 1e-6.
+    tiny = 1e-4 * x
+    torch.testing.assert_close(norm(tiny), ref_rmsnorm(tiny, norm.weight.detach(), EPS), **TOL)
+
+
+def test_mlp_formula():
+    mlp = MLP(6, 10).double()
+    randomize(mlp)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    read = Reader()
+    expected = ref_mlp(x, mlp, read)
+    read.check_used_all(mlp)
+    torch.testing.assert_close(mlp(x), expected, **TOL)
+
+
+def test_readout_formula():
+    head = Readout(8, 3).double()
+    randomize(head)
+    z = 2 * torch.randn(2, 4, 8, dtype=torch.float64)
+    read = Reader()
+    u = ref_rmsnorm(z, read(head.norm, "head.norm"), EPS)
+    u = ref_gelu(ref_linear(u, read(head.fc, "head.fc"), read(head.fc, "head.fc", "bias")))
+    expected = ref_linear(u, read(head.out, "head.out"), read(head.out, "head.out", "bias"))
+    read.check_used_all(head)
+    torch.testing.assert_close(head(z), expected, **TOL)
+    model = LoopedDEQ(vocab_size=5, num_classes=3, grid=(4,), width=8, heads=2).double()
+    model.head.load_state_dict(head.state_dict())
+    torch.testing.assert_close(model.readout(z), expected, **TOL)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize(
+    "grid, window", [((5,), None), ((5,), 3), ((3, 4), None), ((3, 4), 3)], ids=str
+)
+def test_attention_formula_with_rope_and_mask(grid, window, backend):
+    D, H = 16, 2
+    attn = Attention(D, H, qk_norm=True, backend=backend).double()
+    randomize(attn)
+    N = math.prod(grid)
+    x = torch.randn(2, N, D, dtype=torch.float64)
+    cos, sin = rope_table(grid, D // H, 100.0, CPU, torch.float64)
+    mask = None if window is None else local_mask(grid, window, CPU)
+    read = Reader()
+    expected = ref_attention(x, attn, read, grid, 100.0, window, EPS)
+    read.check_used_all(attn)
+    torch.testing.assert_close(attn(x, cos, sin, mask), expected, **TOL)
+
+
+# -- the block, every norm placement × every recall ---------------------------------------------
+
+
+@pytest.mark.parametrize("attention", ["full", "local"])
+@pytest.mark.parametrize("recall", RECALLS)
+@pytest.mark.parametrize("norm", NORMS)
+def test_step_matches_the_block_formula(norm, recall, attention):
+    model = LoopedDEQ(
+        vocab_size=5,
+        num_classes=3,
+        grid=(4,),
+        width=8,
+        heads=2,
+        mlp_ratio=2,
+        norm=norm,
+        recall=recall,
+        attention=attention,
+        window=3,  # local: each of the 4 tokens sees itself and its neighbours only
+        rope_base=100.0,
+    ).double()
+    randomize(model)
+    gen = torch.Generator().manual_seed(2)
+    z = 1.5 * torch.randn(2, 4, 8, generator=gen, dtype=torch.float64)
+    e = torch.randn(2, 4, 8, generator=gen, dtype=torch.float64)
+    read = Reader()
+    expected = ref_step(model, z, e, read)
+    read.check_used_all(model.block)
+    torch.testing.assert_close(model.step(z, e), expected, **TOL)
