@@ -7,7 +7,8 @@
 #   3. RESULTS.md-style tables for those runs.
 # Environment knobs (for a CPU check: PRESET=tiny DEVICE=cpu STEPS=4 BUDGET=60 bash benchmarks/gpu.sh):
 #   PRESET (gpu), DEVICE (cuda), STEPS (1500 per run), BUDGET (420 s for the sweep), OUT (runs/gpu), MFU_BATCH (512),
-#   REGIMES (progressive,phantom,implicit)
+#   REGIMES (progressive,phantom,implicit), RESULTS ($OUT/summaries: the run summaries, kept apart from the cpu
+#   preset's committed results/runs, whose run names they share)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -16,6 +17,7 @@ DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-1500}
 BUDGET=${BUDGET:-420}
 OUT=${OUT:-runs/gpu}
+RESULTS=${RESULTS:-$OUT/summaries}
 MFU_BATCH=${MFU_BATCH:-512}
 REGIMES=${REGIMES:-progressive,phantom,implicit}
 mkdir -p "$OUT"
@@ -40,7 +42,7 @@ for spec in $SPECS; do
   left=$((BUDGET - (SECONDS - start)))
   [ "$left" -gt 0 ] || break
   $PY -m experiments.sweep --preset "$PRESET" --tasks "$TASKS" --seeds 0 --recalls "$1" --norms "$2" --regimes "$REGIMES" \
-    --steps "$STEPS" --device "$DEVICE" --out "$OUT" --time-limit "$left"
+    --steps "$STEPS" --device "$DEVICE" --out "$OUT" --results "$RESULTS" --time-limit "$left"
 done
 
 echo "== results =="

@@ -1,6 +1,12 @@
-"""Build RESULTS.md (tables, verdicts per claim, plots) from a sweep's ``result.json`` files.
+"""Build RESULTS.md (tables, verdicts per claim, plots) from the run summaries, or from a sweep.
 
-    python -m experiments.report runs/sweep [--out RESULTS.md] [--plots results]
+    python -m experiments.report [results/runs] [--out RESULTS.md] [--plots results]
+    python -m experiments.report runs/sweep                # a sweep's result.json files, summarized on the fly
+
+The run summaries (``results/runs/<task>/<run>.json``, committed; see ``experiments/summary.py``)
+hold all the report reads, so RESULTS.md can be regenerated on a fresh clone; a folder that holds
+``result.json`` files is read as a sweep, each run summarized with its ``metrics.jsonl``, and
+gives the same document.
 
 Nothing in RESULTS.md is typed by hand: every number comes from the runs, and each section names
 the command, commit and configuration that produced it. The verdict rules are stated next to
@@ -11,7 +17,6 @@ each verdict; a claim the runs cannot decide (too few runs, or nothing learned) 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments.presets import NORMS, RECALLS, REGIMES, TASKS
-from experiments.runlog import training_numbers
+from experiments.summary import SummaryError, load_summaries, summarize_sweep
 
 LEARNED_MARGIN = 0.02  # a configuration "learned" if its best val accuracy exceeds this
 
@@ -31,19 +36,13 @@ LEARNED_MARGIN = 0.02  # a configuration "learned" if its best val accuracy exce
 
 
 def load_results(root: Path) -> list[dict[str, Any]]:
-    """Every ``result.json`` under ``root``; the training numbers are re-read from the run's
-    ``metrics.jsonl`` where it lies beside it (so runs made before a number existed have it)."""
-    results = []
-    for path in sorted(root.rglob("result.json")):
-        try:
-            r = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"error: {path}: not valid JSON ({err})") from None
-        metrics = path.parent / "metrics.jsonl"
-        if metrics.exists():
-            r["train"] = {**r.get("train", {}), **training_numbers(metrics)}
-        results.append(r)
-    return results
+    """The runs under ``root``, sorted by name: a sweep's runs summarized from their
+    ``result.json`` and ``metrics.jsonl`` where ``root`` holds any ``result.json``, else the run
+    summaries under it. A file that cannot be read raises :class:`SummaryError` naming it."""
+    root = Path(root)
+    if next(root.rglob("result.json"), None) is not None:
+        return summarize_sweep(root)
+    return load_summaries(root)
 
 
 def _finite(values: list[float | None]) -> list[float]:
@@ -540,18 +539,23 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", help="root folder of a sweep (holds */*/result.json)")
+    p.add_argument("runs", nargs="?", default="results/runs",
+                   help="folder of the run summaries (default results/runs), or of a sweep (holds */*/result.json)")
     p.add_argument("--out", default="RESULTS.md", help="the document to write (default RESULTS.md)")
     p.add_argument("--plots", default="results", help="folder for the PNG plots (default results/)")
     a = p.parse_args(argv)
     root = Path(a.runs)
     if not root.is_dir():
         p.error(f"no such folder: {root}")
-    results = load_results(root)
+    try:
+        results = load_results(root)
+    except SummaryError as err:
+        p.error(str(err))
     if not results:
-        p.error(f"no result.json under {root}: run `python -m experiments.sweep --out {root}` first")
+        p.error(f"no run summaries or result.json under {root}: run `python -m experiments.sweep` first, or "
+                "`python -m experiments.summary import runs/sweep` for an older sweep")
     out = Path(a.out).resolve()
-    command = "python -m experiments.report " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python -m experiments.report", *(argv if argv is not None else sys.argv[1:])])
     text = render(results, Path(a.plots).resolve(), out, command)
     out.write_text(text)
     print(f"wrote {out} ({len(results)} runs)")

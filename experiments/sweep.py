@@ -38,6 +38,7 @@ import torch
 from deqloop.tasks.base import shared_data_dir
 from experiments.presets import RECALLS, NORMS, REGIMES, TASKS, Preset, RunSpec, get_preset, PRESETS
 from experiments.runlog import mean, median, training_numbers
+from experiments.summary import summarize, summary_path, write_summary
 
 ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
 
@@ -101,8 +102,9 @@ def stale_fields(result: dict[str, Any], preset: Preset, spec: RunSpec) -> list[
 
 
 def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[str]], device: str = "auto",
-            command: str = "") -> dict[str, Any]:
-    """Train, evaluate and analyse one run; writes and returns its result."""
+            command: str = "", results: Path | None = None) -> dict[str, Any]:
+    """Train, evaluate and analyse one run; writes and returns its result, and writes its summary
+    under ``results`` (also for a finished run whose summary is missing) unless that is None."""
     from deqloop.analysis import analyze
     from deqloop.checkpoint import load_model
     from deqloop.evaluate import evaluate_checkpoint
@@ -111,7 +113,10 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[s
     out = root / spec.name
     result_path = out / "result.json"
     if result_path.exists():
-        return json.loads(result_path.read_text())
+        result = json.loads(result_path.read_text())
+        if results is not None and not summary_path(results, spec.name).exists():
+            write_summary(summarize(result, out / "metrics.jsonl"), results)
+        return result
     out.mkdir(parents=True, exist_ok=True)
     fields = preset.train_fields(spec)
     if data.get(spec.task):
@@ -163,6 +168,8 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[s
                     "threads": torch.get_num_threads()},
     }
     _write_json(result_path, result)
+    if results is not None:
+        write_summary(summarize(result, out / "metrics.jsonl"), results)
     return result
 
 
@@ -190,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="grid and scale (default cpu)")
     p.add_argument("--out", default="runs/sweep", help="root folder of the runs (default runs/sweep)")
+    p.add_argument("--results", default="results/runs",
+                   help="folder of the committed run summaries (default results/runs; '' writes none)")
     p.add_argument("--tasks", help=f"comma-separated subset of {', '.join(TASKS)}")
     p.add_argument("--recalls", help=f"comma-separated, of {', '.join(RECALLS)} (default: the preset's grid per task)")
     p.add_argument("--norms", help=f"comma-separated, of {', '.join(NORMS)} (default: the preset's grid per task)")
@@ -250,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             bar.write(f"time limit reached after {done} runs; run the same command to continue")
             break
         bar.set_postfix_str(spec.name)
-        res = run_one(preset, spec, root, data=data, device=a.device, command=command)
+        res = run_one(preset, spec, root, data=data, device=a.device, command=command,
+                      results=Path(a.results) if a.results else None)
         done += 1
         hard = res["eval"]["curves"]["accuracy"].get("hard")
         bar.write(f"{spec.name}: hard accuracy by iterations {hard}")

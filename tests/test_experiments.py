@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from experiments import report, runlog, sweep
+from experiments import report, runlog, summary, sweep
 from experiments.presets import NORMS, PRESETS, RECALLS, REGIMES, Preset, get_preset
 from deqloop.train import TrainConfig
 
@@ -53,9 +53,13 @@ def test_preset_filters_and_errors():
 @pytest.mark.slow
 def test_tiny_sweep_and_report_end_to_end(tmp_path):
     root = tmp_path / "runs"
-    assert sweep.main(["--preset", "tiny", "--out", str(root), "--recalls", "none,internal"]) == 0
+    summaries = tmp_path / "results"
+    assert sweep.main(["--preset", "tiny", "--out", str(root), "--recalls", "none,internal",
+                       "--results", str(summaries)]) == 0
     results = report.load_results(root)
     assert len(results) == 6  # recall none, internal × post × progressive, implicit, phantom
+    # the sweep wrote each run's summary (compared as JSON text: a NaN is not equal to itself)
+    assert [json.dumps(x) for x in summary.load_summaries(summaries)] == [json.dumps(x) for x in results]
     assert {x["train_config"]["backward"] for x in results} == {None, "implicit", "phantom"}
     r = results[0]
     assert set(r["analysis"]["hard"]) >= {"converged_fraction", "spectral_radius_median", "from_zeros"}
@@ -63,7 +67,7 @@ def test_tiny_sweep_and_report_end_to_end(tmp_path):
     assert r["train"]["steps"] == PRESETS["tiny"].train["prefix_sums"]["steps"]
     # a finished run is not redone
     mtime = (root / r["name"] / "result.json").stat().st_mtime
-    sweep.main(["--preset", "tiny", "--out", str(root), "--recalls", "none", "--norms", "post"])
+    sweep.main(["--preset", "tiny", "--out", str(root), "--recalls", "none", "--norms", "post", "--results", str(summaries)])
     assert (root / r["name"] / "result.json").stat().st_mtime == mtime
     # recall "none": the loop map ignores the input, so from z0 = 0 all inputs share one fixed point
     none = [x for x in results if x["spec"]["recall"] == "none"]

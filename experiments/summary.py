@@ -1,0 +1,180 @@
+"""Run summaries: the kilobytes of a finished run that RESULTS.md is built from, kept in git.
+
+A sweep's runs (``runs/sweep/<task>/<run>/``: checkpoints, metrics logs, ``result.json``) are
+not committed, so on a fresh clone they are gone. What the report reads of a run is small:
+its ``result.json`` with the training numbers re-read from the run's ``metrics.jsonl``. This
+module writes that, one file per run, to ``results/runs/<task>/<run>.json`` (committed), and
+reads it back::
+
+    python -m experiments.summary import runs/sweep [--to results/runs]   # summaries of an older sweep
+    python -m experiments.report results/runs                              # RESULTS.md from them
+
+The sweep writes each finished run's summary itself (``--results``, default ``results/runs``).
+
+Standard library only, so that reading results does not need torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from experiments.runlog import training_numbers
+
+SUMMARY_FORMAT = 1
+
+# the fields of a run's result.json, in the order a summary stores them
+KEYS = ("spec", "name", "preset", "train_config", "train_depth", "train", "eval", "analysis", "analysis_options",
+        "seconds", "commit", "command", "machine")
+# the fields a summary must have: what the report reads of every run
+REQUIRED = ("spec", "name", "preset", "train_config", "train_depth", "train", "eval", "analysis", "commit", "machine")
+
+
+class SummaryError(ValueError):
+    """A summary or result file that cannot be read; the message names the file."""
+
+
+def summarize(result: dict[str, Any], metrics_path: Path | None) -> dict[str, Any]:
+    """The summary of one finished run: its ``result.json`` (the fields of ``KEYS`` first, in that
+    order, then any others) with the training numbers re-read from its metrics log where that
+    exists, and ``summary_format``. JSON values only: what ``json.loads`` of the written file gives."""
+    if not isinstance(result, dict):
+        raise TypeError(f"a run's result is a dict, not {type(result).__name__}")
+    out: dict[str, Any] = {"summary_format": SUMMARY_FORMAT}
+    out.update((k, result[k]) for k in KEYS if k in result)
+    out.update((k, v) for k, v in result.items() if k not in out)
+    if metrics_path is not None and Path(metrics_path).exists():
+        out["train"] = {**result.get("train", {}), **training_numbers(Path(metrics_path))}
+    # tuples become lists and numeric scalars floats, as in the file
+    return json.loads(json.dumps(out, default=float))
+
+
+def summary_path(root: Path, name: str) -> Path:
+    """Where the summary of run ``name`` (``"<task>/<recall>-<norm>-<regime>-s<seed>"``) lies under ``root``."""
+    parts = Path(name).parts
+    if not name or Path(name).is_absolute() or ".." in parts or "." in parts or name != Path(name).as_posix():
+        raise ValueError(f"not a run name: {name!r}")
+    return Path(root) / f"{name}.json"
+
+
+def _missing(summary: dict[str, Any]) -> list[str]:
+    return [k for k in ("summary_format", *REQUIRED) if k not in summary]
+
+
+def dumps(summary: dict[str, Any]) -> str:
+    """A summary as its file holds it: one-space indentation, the summary's key order, a final newline."""
+    return json.dumps(summary, indent=1, default=float) + "\n"
+
+
+def write_summary(summary: dict[str, Any], root: Path) -> Path:
+    """Write ``summary`` to ``summary_path(root, summary["name"])`` atomically and return the path;
+    a file that already holds the same bytes is left alone."""
+    return _write(summary, root)[0]
+
+
+def _write(summary: dict[str, Any], root: Path) -> tuple[Path, bool]:
+    """The path, and whether the file changed."""
+    missing = _missing(summary)
+    if missing:
+        raise ValueError(f"summary of {summary.get('name', '?')!r} lacks {', '.join(missing)}")
+    path = summary_path(root, summary["name"])
+    text = dumps(summary)
+    if path.exists() and path.read_text() == text:
+        return path, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path, True
+
+
+def _read_result(path: Path) -> dict[str, Any]:
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SummaryError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(result, dict):
+        raise SummaryError(f"{path}: not a JSON object")
+    return result
+
+
+def summarize_sweep(sweep_root: Path) -> list[dict[str, Any]]:
+    """The summaries of every ``result.json`` under ``sweep_root`` (each with the ``metrics.jsonl``
+    beside it), sorted by run name; a result without a name is named by its folder under the root."""
+    found = []
+    for path in Path(sweep_root).rglob("result.json"):
+        result = _read_result(path)
+        s = summarize(result, path.parent / "metrics.jsonl")
+        s.setdefault("name", path.parent.relative_to(sweep_root).as_posix())
+        found.append((s["name"], str(path), s))
+    return [s for _, _, s in sorted(found, key=lambda t: t[:2])]
+
+
+def import_runs(sweep_root: Path, root: Path, *, verbose: bool = False) -> list[Path]:
+    """Write the summary of every finished run under ``sweep_root`` to ``root`` and return their
+    paths; ``verbose`` prints each (``wrote`` or ``unchanged``)."""
+    summaries = summarize_sweep(sweep_root)
+    names = [s["name"] for s in summaries]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise SummaryError(f"{sweep_root}: several result.json files name the run(s) {', '.join(twice)}; "
+                           "import one sweep at a time")
+    paths = []
+    for s in summaries:
+        path, changed = _write(s, root)
+        if verbose:
+            print(f"{'wrote' if changed else 'unchanged'} {path}")
+        paths.append(path)
+    return paths
+
+
+def load_summaries(root: Path) -> list[dict[str, Any]]:
+    """Every summary under ``root``, sorted by run name. A file that is not a summary, or lies
+    elsewhere than its run name says, raises :class:`SummaryError` naming the file."""
+    root = Path(root)
+    summaries = []
+    for path in root.rglob("*.json"):
+        try:
+            s = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise SummaryError(f"{path}: not valid JSON ({err})") from None
+        if not isinstance(s, dict):
+            raise SummaryError(f"{path}: not a run summary (a JSON {type(s).__name__}, not an object)")
+        if s.get("summary_format") != SUMMARY_FORMAT:
+            raise SummaryError(f"{path}: summary_format is {s.get('summary_format')!r}, this code reads {SUMMARY_FORMAT}")
+        missing = _missing(s)
+        if missing:
+            raise SummaryError(f"{path}: the summary lacks {', '.join(missing)}")
+        where = path.relative_to(root).with_suffix("").as_posix()
+        if s["name"] != where:
+            raise SummaryError(f"{path}: holds the summary of run {s['name']!r}, which belongs in "
+                               f"{summary_path(root, str(s['name']))}")
+        summaries.append(s)
+    return sorted(summaries, key=lambda s: s["name"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.summary", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="write the summaries of a sweep's finished runs")
+    imp.add_argument("sweep", help="root folder of a sweep (holds <task>/<run>/result.json)")
+    imp.add_argument("--to", default="results/runs", help="folder of the summaries (default results/runs)")
+    a = p.parse_args(argv)
+    sweep_root, root = Path(a.sweep), Path(a.to)
+    if not sweep_root.is_dir():
+        p.error(f"no such folder: {sweep_root}")
+    try:
+        paths = import_runs(sweep_root, root, verbose=True)
+    except SummaryError as err:
+        p.error(str(err))
+    print(f"{len(paths)} run summaries from {sweep_root} in {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
