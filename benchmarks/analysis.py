@@ -49,7 +49,7 @@ def main() -> None:
         with torch.no_grad():
             model.block.mlp.proj.bias.normal_(0, args.bias_std)
     x = torch.randint(0, 10, (args.batch, *args.grid), generator=torch.Generator().manual_seed(args.seed))
-    n = model.config.width * int(torch.tensor(args.grid).prod())
+    n = model.config.arch.width * int(torch.tensor(args.grid).prod())
     print(f"LoopedDEQ width {args.width}, heads {args.heads}, grid {tuple(args.grid)}, recall {args.recall}, "
           f"norm {args.norm}, MLP bias std {args.bias_std or 'as initialized'}; batch {args.batch}, "
           f"state dim {n}; {args.threads} threads")
@@ -104,7 +104,7 @@ def analyze_solution_z(model, x, report):
     from deqloop.analysis.reachability import initial_state
     from deqloop.solvers import BatchedMap
 
-    opts, cfg = report.options, model.config
+    opts, cfg = report.options, model.config.solve
     with torch.no_grad():
         e = model.embed(x)
         z0 = initial_state(model, e, report.reference_init, scale=cfg.init_scale, generator=torch.Generator())

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     tokens = 1
     for g in grid:
         tokens *= g
-    flops = step_flops(tokens, a.width, model.config.mlp_ratio, a.recall) * a.batch * a.iters
+    flops = step_flops(tokens, a.width, model.config.arch.mlp_ratio, a.recall) * a.batch * a.iters
     tflops = flops / dt / 1e12
     print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}), autocast {a.dtype}, "
           f"batch {a.batch}, grid {grid}, width {a.width}, heads {a.heads}, recall {a.recall}, compile {a.compile}")

@@ -18,7 +18,7 @@ from pathlib import Path
 import zstandard
 
 from deqloop.tasks import chess, sudoku
-from deqloop.tasks.base import shared_data_dir
+from deqloop.tasks.io import shared_data_dir
 
 SHARED_CHESS = shared_data_dir() / "chess"
 

@@ -18,9 +18,16 @@ _EXPORTS = {
     "available_solvers": "deqloop.solvers",
     "SolverError": "deqloop.solvers",
     "fixed_point": "deqloop.equilibrium",
-    "BackwardError": "deqloop.equilibrium",
+    "BackwardError": "deqloop.adjoint",
+    "Backward": "deqloop.adjoint",
+    "Implicit": "deqloop.adjoint",
+    "Phantom": "deqloop.adjoint",
+    "Unrolled": "deqloop.adjoint",
+    "Truncated": "deqloop.adjoint",
+    "NoGrad": "deqloop.adjoint",
     "LoopedDEQ": "deqloop.model",
     "LoopOutput": "deqloop.model",
+    "Run": "deqloop.run",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -40,7 +47,9 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deqloop.equilibrium import BackwardError, fixed_point
+    from deqloop.adjoint import Backward, BackwardError, Implicit, NoGrad, Phantom, Truncated, Unrolled
+    from deqloop.equilibrium import fixed_point
+    from deqloop.run import Run
     from deqloop.model import LoopedDEQ, LoopOutput
     from deqloop.solvers import (
         Solution,

@@ -6,7 +6,9 @@
 
 A checkpoint is a dict. Every checkpoint written by :mod:`deqloop.train` holds at least
 ``"model_config"`` (a dict for :meth:`LoopedDEQConfig.from_dict`) and ``"model"`` (the state
-dict), plus the full training config, optimizer, scheduler, step and RNG states.
+dict), plus ``"format"`` (:data:`FORMAT`), the full training config, the task's class and
+settings, optimizer, scheduler, step and RNG states. :class:`deqloop.run.Run` reads one into a
+model, its training config and its task.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from typing import Any
 
 import torch
 
-__all__ = ["CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
+from deqloop.errors import DeqloopError
+
+__all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
 
 REQUIRED_KEYS = ("model_config", "model")
+FORMAT = 2  # 2: nested model config (arch/solve), task settings in train_config.task_options
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(DeqloopError, RuntimeError):
     """A checkpoint is missing, unreadable, or lacks the keys a model needs."""
 
 
@@ -85,16 +90,24 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(map(repr, missing))}")
+    version = state.get("format", 1)
+    if not isinstance(version, int) or version > FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {version!r} is newer than this deqloop reads ({FORMAT}); "
+                              "upgrade deqloop")
     return state
 
 
-def load_model(path: str | Path, map_location: str | torch.device = "cpu"):
-    """The :class:`~deqloop.model.LoopedDEQ` stored in a checkpoint, in eval mode."""
+def load_model(path: str | Path, map_location: str | torch.device = "cpu", *, state: dict[str, Any] | None = None):
+    """The :class:`~deqloop.model.LoopedDEQ` stored in a checkpoint (or in its already read
+    ``state``), in eval mode, with ``compile`` off (compiling is a property of a run, not of
+    the weights). A state dict that does not fit the stored config is a :class:`CheckpointError`."""
     from deqloop.model import LoopedDEQ, LoopedDEQConfig
 
-    state = load_checkpoint(path, map_location)
-    config = dict(state["model_config"])
-    config["compile"] = False  # compiling is a property of a run, not of the weights
-    model = LoopedDEQ(LoopedDEQConfig.from_dict(config))
-    model.load_state_dict(state["model"])
+    state = load_checkpoint(path, map_location) if state is None else state
+    try:
+        config = LoopedDEQConfig.from_dict(state["model_config"]).replace(compile=False)
+        model = LoopedDEQ(config)
+        model.load_state_dict(state["model"])
+    except (DeqloopError, RuntimeError, TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: the stored model does not load ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     return model.eval()

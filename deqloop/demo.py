@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from deqloop.evaluate import IterationCurves, iteration_sweep, settle_table
+from deqloop.eval import IterationCurves, iteration_sweep, settle_table
 from deqloop.train import TrainConfig, Trainer
 
 __all__ = ["DemoResult", "demo_config", "run_demo"]
@@ -41,9 +41,7 @@ def demo_config(*, quick: bool = False, out: str | Path = "runs/demo", seed: int
     default_steps = 30 if quick else 800
     return TrainConfig(
         task="prefix_sums",
-        length=TRAIN_LENGTH,
-        min_length=MIN_LENGTH,
-        hard_length=TEST_FACTORS[0] * TRAIN_LENGTH,
+        task_options=dict(length=TRAIN_LENGTH, min_length=MIN_LENGTH, hard_length=TEST_FACTORS[0] * TRAIN_LENGTH),
         depth_offset=2,
         width=32,
         heads=4,

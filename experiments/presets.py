@@ -27,10 +27,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-RECALLS = ("none", "external", "internal")
-NORMS = ("pre", "peri", "post", "sandwich")
+from deqloop.names import NORMS, RECALLS
+
 REGIMES = ("progressive", "implicit", "phantom")
-TASKS = ("prefix_sums", "sudoku", "chess")
 _AXES: dict[str, tuple[str, ...] | None] = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES, "seed": None}
 
 
@@ -70,8 +69,9 @@ class RunSpec:
 class Preset:
     """A sweep: the grid, the per-task training settings, and the measurement sizes.
 
-    ``train`` maps a task to :class:`deqloop.train.TrainConfig` fields shared by all its runs;
-    ``regime_train`` maps a regime to the fields that define it (they override ``train``).
+    ``train`` maps a task to :class:`deqloop.train.TrainConfig` fields shared by all its runs (the
+    task's own settings under ``"task_options"``); ``regime_train`` maps a regime to the fields that
+    define it (they override ``train``).
     """
 
     name: str
@@ -94,8 +94,10 @@ class Preset:
     analysis: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, allowed, values in (("tasks", TASKS, self.tasks), ("recalls", RECALLS, self.recalls),
-                                      ("norms", NORMS, self.norms), ("regimes", REGIMES, self.regimes)):
+        if not self.tasks:
+            raise ValueError(f"preset {self.name!r} names no tasks")
+        for name, allowed, values in (("recalls", RECALLS, self.recalls), ("norms", NORMS, self.norms),
+                                      ("regimes", REGIMES, self.regimes)):
             bad = [v for v in values if v not in allowed]
             if bad or not values:
                 raise ValueError(f"preset {self.name!r}: {name} {list(values)} — allowed: {', '.join(allowed)}")
@@ -147,8 +149,9 @@ class Preset:
 
     def train_fields(self, spec: RunSpec) -> dict[str, Any]:
         """The TrainConfig fields of ``spec`` (without ``out``)."""
-        fields = {"task": spec.task, **self.train[spec.task], **self.regime_train[spec.regime],
-                  "recall": spec.recall, "norm": spec.norm, "seed": spec.seed}
+        train = self.train[spec.task]
+        fields = {"task": spec.task, **train, "task_options": dict(train.get("task_options", {})),
+                  **self.regime_train[spec.regime], "recall": spec.recall, "norm": spec.norm, "seed": spec.seed}
         if spec.regime != "progressive":
             fields.pop("depth_offset", None)  # plain-iteration depths belong to the progressive loss
         return fields
@@ -157,10 +160,10 @@ class Preset:
         return dataclasses.replace(self, **changes)
 
 
-_PREFIX_CPU = dict(length=12, min_length=4, hard_length=48, depth_offset=2, width=32, heads=4,
+_PREFIX_CPU = dict(task_options=dict(length=12, min_length=4, hard_length=48), depth_offset=2, width=32, heads=4,
                    attention="local", window=3, max_iter=14, steps=600, batch_size=128, lr=2e-3,
                    warmup_steps=0, schedule="cosine", threads=1, progress=False)
-_SUDOKU_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, augment=True,
+_SUDOKU_CPU = dict(task_options=dict(augment=True), width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3,
                    threads=1, progress=False)
 # A sudoku or chess run takes 15–30 min on one core, so their default CPU grid is post and
 # sandwich norm under the progressive regime; other cells are one flag away (--norms, --regimes).
@@ -174,7 +177,8 @@ PRESETS: dict[str, Preset] = {
         seeds=(0,),
         recalls=("none", "internal"),
         norms=("post",),
-        train={"prefix_sums": dict(length=6, min_length=4, hard_length=12, depth_offset=2, width=16, heads=2,
+        train={"prefix_sums": dict(task_options=dict(length=6, min_length=4, hard_length=12), depth_offset=2,
+                                   width=16, heads=2,
                                    attention="local", window=3, max_iter=8, steps=8, batch_size=16, lr=2e-3,
                                    warmup_steps=0, threads=1, progress=False)},
         eval_iters=(1, 4, 8, 16),
@@ -198,10 +202,12 @@ PRESETS: dict[str, Preset] = {
         tasks=("prefix_sums", "sudoku", "chess"),
         seeds=(0, 1, 2),
         train={
-            "prefix_sums": dict(length=32, min_length=8, hard_length=512, depth_offset=4, width=256, heads=8,
+            "prefix_sums": dict(task_options=dict(length=32, min_length=8, hard_length=512), depth_offset=4,
+                                width=256, heads=8,
                                 attention="local", window=5, max_iter=36, steps=4000, batch_size=256,
                                 lr=1e-3, amp="auto", progress=False),
-            "sudoku": dict(width=256, heads=8, max_iter=32, steps=10000, batch_size=256, lr=5e-4, augment=True,
+            "sudoku": dict(task_options=dict(augment=True), width=256, heads=8, max_iter=32, steps=10000,
+                           batch_size=256, lr=5e-4,
                            amp="auto", progress=False),
             "chess": dict(width=256, heads=8, max_iter=32, steps=10000, batch_size=256, lr=5e-4, amp="auto",
                           progress=False),
@@ -217,3 +223,7 @@ def get_preset(name: str) -> Preset:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
     return PRESETS[name]
+
+
+TASK_ORDER: tuple[str, ...] = tuple(dict.fromkeys(t for p in PRESETS.values() for t in p.tasks))
+"""Every preset's tasks, in the order the report lists them."""

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments.presets import NORMS, RECALLS, REGIMES, TASKS
+from experiments.presets import NORMS, RECALLS, REGIMES, TASK_ORDER
 from experiments.summary import SummaryError, load_summaries, summarize_sweep
 
 LEARNED_MARGIN = 0.02  # a configuration "learned" if its best val accuracy exceeds this
@@ -137,12 +137,17 @@ def group(results: list[dict[str, Any]]) -> dict[tuple[str, str, str, str], Conf
         s = r["spec"]
         key = (s["task"], s["recall"], s["norm"], s["regime"])
         configs.setdefault(key, Config(*key)).runs.append(r)
-    order = {**{t: i for i, t in enumerate(TASKS)}}
+    order = {t: i for i, t in enumerate(TASK_ORDER)}
     return dict(sorted(configs.items(), key=lambda kv: (order.get(kv[0][0], 9), RECALLS.index(kv[0][1]),
                                                          NORMS.index(kv[0][2]), REGIMES.index(kv[0][3]))))
 
 
 # -- formatting --------------------------------------------------------------------------------
+
+
+def _task_key(task: str) -> tuple[int, str]:
+    """Tasks in the presets' order, any other after them by name."""
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
 
 
 def pct(v: float | None) -> str:
@@ -260,7 +265,7 @@ def claim3(configs: list[Config]) -> Verdict:
             "the regimes both were trained in, and seeds), and on sudoku ≥ external's + 5 points; tasks where neither learned are "
             "inconclusive; contradicted if internal trails by more than 5 points on a task where one learned")
     lines, ok, bad, decided = [], True, False, 0
-    tasks = sorted({c.task for c in configs}, key=TASKS.index)
+    tasks = sorted({c.task for c in configs}, key=_task_key)
     for task in tasks:
         i = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "internal"]
         e = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "external"]
@@ -300,7 +305,7 @@ def claim4(configs: list[Config]) -> Verdict:
             "(p < 0.05) on every task with ≥ 6 configurations whose accuracies differ; contradicted if either "
             "correlates negatively (p < 0.05) on some task")
     lines, decided, support, against = [], 0, True, False
-    for task in sorted({c.task for c in configs}, key=TASKS.index):
+    for task in sorted({c.task for c in configs}, key=_task_key):
         cs = [c for c in configs if c.task == task]
         acc = [c.best("hard")[0] for c in cs]
         if len(cs) < 6 or max(acc) - min(acc) < 0.01:
@@ -421,7 +426,7 @@ def plot_rho_vs_accuracy(configs: list[Config], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = {"none": "x", "external": "s", "internal": "o"}
-    for task in sorted({c.task for c in configs}, key=TASKS.index):
+    for task in sorted({c.task for c in configs}, key=_task_key):
         cs = [c for c in configs if c.task == task and c.stab("spectral_radius_median") is not None]
         for recall in RECALLS:
             sub = [c for c in cs if c.recall == recall]
@@ -477,7 +482,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
              "C4": "extrapolation tracks the stability axes"}
     for v in verdicts:
         doc += [f"- **{v.claim} — {names[v.claim]}: {v.verdict}.** {v.evidence}.", f"  - rule: {v.rule}."]
-    for task in [t for t in TASKS if any(c.task == t for c in configs)]:
+    for task in sorted({c.task for c in configs}, key=_task_key):
         cs = [c for c in configs if c.task == task]
         depth = cs[0].train_depth
         last = cs[0].iters[-1]

@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from deqloop.tasks.base import shared_data_dir
-from experiments.presets import RECALLS, NORMS, REGIMES, TASKS, Preset, RunSpec, get_preset, PRESETS
+from deqloop.tasks.io import shared_data_dir
+from experiments.presets import NORMS, PRESETS, RECALLS, REGIMES, Preset, RunSpec, get_preset
 from experiments.runlog import mean, median, training_numbers
 from experiments.summary import summarize, summary_path, write_summary
 
@@ -84,7 +84,7 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-_NOT_COMPARED = ("data", "threads", "progress", "device")  # where and how a run ran, not what it trained
+_NOT_COMPARED = ("data", "threads", "progress", "device", "logger")  # where and how a run ran, not what it trained
 
 
 def stale_fields(result: dict[str, Any], preset: Preset, spec: RunSpec) -> list[str]:
@@ -96,19 +96,24 @@ def stale_fields(result: dict[str, Any], preset: Preset, spec: RunSpec) -> list[
         if key in _NOT_COMPARED:
             continue
         was = stored.get(key)
+        if key == "task_options":  # the preset's settings (not data files: where a run's data lay)
+            was = {k: (was or {}).get(k) for k in now if k not in _NOT_COMPARED}
+            now = {k: v for k, v in now.items() if k not in _NOT_COMPARED}
         if json.loads(json.dumps(was)) != json.loads(json.dumps(now)):
             diffs.append(f"{key}: {was!r} → {now!r}")
     return diffs
 
 
-def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[str]], device: str = "auto",
+def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[str, Any]], device: str = "auto",
             command: str = "", results: Path | None = None) -> dict[str, Any]:
     """Train, evaluate and analyse one run; writes and returns its result, and writes its summary
-    under ``results`` (also for a finished run whose summary is missing) unless that is None."""
+    under ``results`` (also for a finished run whose summary is missing) unless that is None.
+    ``data`` maps a task to task settings that say where its data lies (e.g. chess's files)."""
     from deqloop.analysis import analyze
-    from deqloop.checkpoint import load_model
-    from deqloop.evaluate import evaluate_checkpoint
-    from deqloop.train import TrainConfig, Trainer, build_task
+    from deqloop.device import resolve_device
+    from deqloop.eval import evaluate_run
+    from deqloop.run import Run
+    from deqloop.train import TrainConfig, Trainer
 
     out = root / spec.name
     result_path = out / "result.json"
@@ -119,8 +124,7 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[s
         return result
     out.mkdir(parents=True, exist_ok=True)
     fields = preset.train_fields(spec)
-    if data.get(spec.task):
-        fields["data"] = tuple(data[spec.task])
+    fields["task_options"].update(data.get(spec.task, {}))
     resume = (out / "last.pt").exists()
     config = TrainConfig(**fields, out=str(out), resume=resume, overwrite=not resume, device=device)
     t0 = time.perf_counter()
@@ -128,13 +132,12 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[s
     train_seconds = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    report = evaluate_checkpoint(trained.checkpoint, iters=preset.eval_iters, n=preset.eval_n, solver="anderson",
-                                 solver_rtol=1e-4, device="cpu" if device == "auto" and not torch.cuda.is_available() else
-                                 ("cuda" if device == "auto" else device))
+    run = Run.load(trained.checkpoint, device=resolve_device(device))
+    report = evaluate_run(run, iters=preset.eval_iters, n=preset.eval_n, solver="anderson", solver_rtol=1e-4,
+                          device=resolve_device(device))
     eval_seconds = time.perf_counter() - t1
 
-    model = load_model(trained.checkpoint).eval()
-    task = build_task(config)
+    model, task = run.model.cpu().eval(), run.require_task()
     analysis = {}
     t2 = time.perf_counter()
     for band in ("hard", "val"):
@@ -173,13 +176,14 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, list[s
     return result
 
 
-def default_data(shared: Path | None) -> dict[str, list[str]]:
-    """The shared Lichess files for chess (train ≤ 1600, hard 1601–2000) when present."""
+def default_data(shared: Path | None) -> dict[str, dict[str, Any]]:
+    """Task settings that point at the shared data: the Lichess files for chess (train ≤ 1600,
+    hard 1601–2000) when present."""
     if shared is None:
         return {}
     chess_dir = shared / "chess"
     files = sorted(str(p) for p in chess_dir.glob("lichess_puzzles_rating_*.csv")) if chess_dir.is_dir() else []
-    return {"chess": files} if files else {}
+    return {"chess": {"data": files}} if files else {}
 
 
 def _csv(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...] | None:
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/sweep", help="root folder of the runs (default runs/sweep)")
     p.add_argument("--results", default="results/runs",
                    help="folder of the committed run summaries (default results/runs; '' writes none)")
-    p.add_argument("--tasks", help=f"comma-separated subset of {', '.join(TASKS)}")
+    p.add_argument("--tasks", help="comma-separated subset of the preset's tasks")
     p.add_argument("--recalls", help=f"comma-separated, of {', '.join(RECALLS)} (default: the preset's grid per task)")
     p.add_argument("--norms", help=f"comma-separated, of {', '.join(NORMS)} (default: the preset's grid per task)")
     p.add_argument("--regimes", help=f"comma-separated, of {', '.join(REGIMES)} (default: the preset's grid per task)")
@@ -222,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.steps:
         preset = preset.with_(train={t: {**v, "steps": a.steps} for t, v in preset.train.items()})
     try:
-        specs = preset.runs(task=_csv(a.tasks, TASKS, "task"), recall=_csv(a.recalls, RECALLS, "recall"),
+        specs = preset.runs(task=_csv(a.tasks, preset.tasks, "task"), recall=_csv(a.recalls, RECALLS, "recall"),
                             norm=_csv(a.norms, NORMS, "norm"), regime=_csv(a.regimes, REGIMES, "regime"),
                             seed=seeds)
     except ValueError as err:

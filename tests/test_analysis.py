@@ -128,7 +128,7 @@ def test_jacobian_products_match_dense(recall, grid):
 def test_jacobian_products_match_dense_for_other_architectures(arch):
     arch = dict(arch)
     model = tiny_model(arch.pop("recall", "internal"), arch.pop("grid"), **arch)
-    x = distinct_inputs(2, model.config.grid)
+    x = distinct_inputs(2, model.config.arch.grid)
     with torch.no_grad():
         e = model.embed(x)
     z = torch.randn(e.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)  # any state
@@ -347,7 +347,7 @@ def test_non_convergence_is_reported_not_hidden():
 def test_options_are_validated_with_the_allowed_values():
     model = tiny_model("internal")
     x = distinct_inputs(2, (3,))
-    with pytest.raises(TypeError, match="unknown option.*allowed: inits"):
+    with pytest.raises(TypeError, match=r"analyze got unknown key\(s\) \[.bogus.\]; allowed: inits"):
         analyze(model, x, bogus=1)
     with pytest.raises(ValueError, match="unknown init 'ones'; allowed: 'embed', 'zeros', 'noise'"):
         AnalysisOptions(inits=("ones",))

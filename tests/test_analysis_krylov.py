@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from deqloop.analysis.krylov import block_power, gmres, krylov_schur
+from deqloop.analysis.gmres import gmres
+from deqloop.analysis.krylov import block_power, krylov_schur
 
 
 

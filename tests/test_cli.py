@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from deqloop.cli import build_parser, main
+from deqloop.cli import CLIError, build_parser, main
+from deqloop.errors import DeqloopError
+from deqloop.tasks.prefix_sums import PrefixSums
+from deqloop.tasks.sudoku import Sudoku
 from deqloop.train import TrainConfig
 
 TINY = ["--task", "prefix_sums", "--length", "6", "--min-length", "3", "--hard-length", "12", "--width", "16",
@@ -47,10 +50,34 @@ def test_train_help_explains_every_config_field(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     for f in dataclasses.fields(TrainConfig):
+        if f.name == "task_options":  # the task's settings are flags of their own (below)
+            assert "--task-options" not in out
+            continue
         flag = "--" + f.name.replace("_", "-")
         assert flag in out, flag
         assert f.metadata["help"].split()[0] in out
     assert "[default: 128]" in out  # --width
+    for f in dataclasses.fields(PrefixSums):  # the default task's settings: --length, --min-length, ...
+        assert "--" + f.name.replace("_", "-") in out, f.name
+        assert f.metadata["help"].split()[0] in out
+    assert "settings of task 'prefix_sums'" in out and "--augment" not in out
+
+
+def test_train_flags_follow_the_task_named_in_argv(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--task", "sudoku", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "settings of task 'sudoku'" in out
+    for f in dataclasses.fields(Sudoku):
+        assert "--" + f.name.replace("_", "-") in out, f.name
+    assert "--min-length" not in out
+    sub = next(a for a in build_parser(["train", "--task", "sudoku"])._actions if a.dest == "command")
+    args = sub.choices["train"].parse_args(["--task", "sudoku", "--augment", "--data", "x.csv"])
+    assert args.augment is True and args.data == "x.csv" and args.task_fields == [f.name for f in dataclasses.fields(Sudoku)]
+    # a prefix-sums flag does not exist for sudoku
+    err = usage_error(["train", "--task", "sudoku", "--length", "8"], capsys)
+    assert "unrecognized arguments: --length 8" in err
 
 
 @pytest.mark.parametrize("command", ["eval", "demo", "analyze"])
@@ -111,7 +138,7 @@ def test_missing_files_are_one_line(tmp_path, capsys):
     code, _, err = run(["eval", str(tmp_path / "nope.pt")], capsys)
     assert code == 2 and err.strip() == f"deqloop eval: error: no checkpoint at '{tmp_path / 'nope.pt'}'"
     code, _, err = run(["train", "--task", "sudoku", "--data", str(tmp_path / "nope.csv")], capsys)
-    assert code == 2 and err.strip() == f"deqloop train: error: no such data file: {tmp_path / 'nope.csv'}"
+    assert code == 2 and err.strip() == f"deqloop train: error: Sudoku.data: no such file '{tmp_path / 'nope.csv'}'"
     code, _, err = run(["train", "--resume", "--out", str(tmp_path / "run")], capsys)
     assert code == 2 and "nothing to resume" in err and len(err.strip().splitlines()) == 1
 
@@ -126,7 +153,7 @@ def test_train_then_eval(tmp_path, capsys):
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["step"] for l in lines if "loss" in json.loads(l)] == [1, 2, 3, 4]
 
-    code, stdout, err = run(["eval", str(out / "last.pt"), "--iters", "1,3,8", "--n", "8", "--lengths", "24",
+    code, stdout, err = run(["eval", str(out / "last.pt"), "--iters", "1,3,8", "--n", "8", "--extra", "24",
                              "--threads", "1"], capsys)
     assert code == 0, err
     assert "iterations" in stdout and "24 bits" in stdout and "adaptive" in stdout
@@ -157,9 +184,12 @@ def test_eval_rejects_options_that_do_not_fit_the_task(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(["train", *TINY, "--steps", "1", "--out", str(out)], capsys)[0] == 0
     code, _, err = run(["eval", str(out / "last.pt"), "--extra", str(out / "config.json")], capsys)
-    assert code == 2 and "--extra takes sudoku or chess files" in err
+    assert code == 2 and "prefix_sums extra test sets are lengths in bits, got " in err
+    assert len(err.strip().splitlines()) == 1
     code, _, err = run(["eval", str(out / "last.pt"), "--n", "0"], capsys)
-    assert code == 2 and "--n must be a positive integer" in err
+    assert code == 2 and "--n must be an integer ≥ 1, got 0" in err
+    code, _, err = run(["eval", str(out / "last.pt"), "--task-option", "data", "x.csv"], capsys)
+    assert code == 2 and "task 'prefix_sums' got unknown key(s) ['data']" in err
     code, _, err = run(["eval", str(out / "last.pt"), "--device", "gpu"], capsys)
     assert code == 2 and "unknown device 'gpu'; allowed: auto, cpu, cuda, cuda:N" in err
 
@@ -181,9 +211,21 @@ def test_eval_with_a_solver(tmp_path, capsys):
 def test_analyze_a_trained_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(["train", *TINY, "--steps", "1", "--eval-size", "0", "--out", str(out)], capsys)[0] == 0
-    code, stdout, err = run(["analyze", str(out / "last.pt"), "--task", "prefix_sums", "--n", "2", "--measures",
+    # the checkpoint names its task; --task overrides it
+    code, stdout, err = run(["analyze", str(out / "last.pt"), "--n", "2", "--measures",
                              "--no-plots", "--max-iter", "5", "--out", str(tmp_path / "an")], capsys)
     assert code == 0, err
     assert (tmp_path / "an" / "report.json").is_file()
-    code, _, err = run(["analyze", str(tmp_path / "nope.pt"), "--task", "prefix_sums"], capsys)
+    code, stdout, err = run(["analyze", str(out / "last.pt"), "--task", "prefix_sums", "--n", "2", "--measures",
+                             "--no-plots", "--max-iter", "5", "--out", str(tmp_path / "an2")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "an2" / "report.json").is_file()
+    code, _, err = run(["analyze", str(tmp_path / "nope.pt")], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no checkpoint at" in err
+
+
+def test_import_of_a_missing_module_is_one_line(capsys):
+    assert issubclass(CLIError, DeqloopError)
+    code, _, err = run(["train", "--import", "no_such_module_xyz", "--steps", "1"], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--import no_such_module_xyz" in err

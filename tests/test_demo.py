@@ -32,11 +32,14 @@ def test_demo_quick_from_the_command_line(tmp_path, capsys):
 
 def test_demo_config_is_the_documented_recipe():
     c = demo_config()
-    assert (c.task, c.length, c.min_length, c.depth_offset) == ("prefix_sums", 12, 4, 2)
+    task = c.build_task()
+    assert (c.task, task.length, task.min_length, c.depth_offset) == ("prefix_sums", 12, 4, 2)
+    assert c.task_options["length"] == TRAIN_LENGTH and c.depth() == TRAIN_LENGTH + 2
     assert (c.width, c.heads, c.attention, c.window, c.recall, c.norm) == (32, 4, "local", 3, "internal", "post")
     assert (c.loss, c.alpha, c.lr, c.batch_size, c.steps, c.schedule) == ("progressive", 0.0, 2e-3, 64, 800, "cosine")
     quick = demo_config(quick=True)
     assert quick.steps < c.steps and quick.task == c.task and quick.width == c.width
+    assert quick.task_options == c.task_options
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ import torch
 from torch import nn
 
 from deqloop import fixed_point
+from deqloop.adjoint import BACKWARD_MODES, Implicit, NoGrad, Phantom, Truncated, Unrolled, as_backward
 from deqloop.equilibrium import BackwardError, BackwardWarning
+from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
 
 
 class TanhLayer(nn.Module):
@@ -126,6 +128,7 @@ def test_failed_backward_solve_is_reported(problem):
     with pytest.warns(BackwardWarning, match=r"did not converge for 3 of 3 samples"):
         g, sol = grads(layer, x, "implicit", rtol=1e-10, max_iter=200, backward_options=dict(method="picard", rtol=1e-14, max_iter=2))
     assert sol.backward.ok is False and not sol.backward.converged.any()
+    assert issubclass(BackwardError, DeqloopError)
     with pytest.raises(BackwardError, match="did not converge"):
         grads(layer, x, "implicit", rtol=1e-10, max_iter=200,
               backward_options=dict(method="picard", rtol=1e-14, max_iter=2, throw=True))
@@ -148,16 +151,58 @@ def test_gradients_reach_module_parameters_and_closure_inputs():
 def test_bad_backward_arguments():
     f = lambda z: 0.5 * z  # noqa: E731
     z0 = torch.ones(2, 3)
-    with pytest.raises(ValueError, match=r"unknown backward mode 'adjoint'; allowed: implicit, phantom, unrolled, truncated, none"):
+    with pytest.raises(ConfigError, match=r"unknown backward 'adjoint'; allowed: 'implicit', 'phantom', 'unrolled', 'truncated', 'none'"):
         fixed_point(f, z0, backward="adjoint")
-    with pytest.raises(TypeError, match=r"unknown backward option\(s\) 'k' for backward='phantom'; allowed: steps, tau"):
+    with pytest.raises(ConfigKeyError, match=r"backward='phantom' got unknown key\(s\) \['k'\]; allowed: steps, tau"):
         fixed_point(f, z0, backward="phantom", backward_options=dict(k=2))
-    with pytest.raises(ValueError, match="phantom tau must be in"):
+    assert issubclass(ConfigKeyError, TypeError)
+    with pytest.raises(ConfigError, match=r"phantom tau must be a finite number in \(0, 1\], got 0.0"):
         fixed_point(f, z0, backward="phantom", backward_options=dict(tau=0.0))
-    with pytest.raises(ValueError, match="use method='picard'"):
+    with pytest.raises(ConfigError, match=r"cannot run method='anderson' \(leave the method unset or use 'picard'\)"):
         fixed_point(f, z0, "anderson", backward="unrolled")
-    with pytest.raises(ValueError, match="grad_steps"):
+    with pytest.raises(ConfigError, match="grad_steps must be an integer ≥ 1, got 0"):
         fixed_point(f, z0, backward="truncated", backward_options=dict(grad_steps=0))
+    with pytest.raises(ConfigError, match="backward options .* given with a Phantom object"):
+        fixed_point(f, z0, backward=Phantom(steps=2), backward_options=dict(tau=0.5))
+    with pytest.raises(ConfigError, match="is a class; pass an instance"):
+        fixed_point(f, z0, backward=Phantom)
+
+
+def test_unrolled_iterates_plainly_when_the_method_is_unset():
+    f = lambda z: 0.5 * z + 1.0  # noqa: E731
+    z0 = torch.zeros(2, 3, requires_grad=True)
+    for method in (None, "picard"):
+        z, sol = fixed_point(f, z0, method, backward="unrolled", rtol=0.0, max_iter=3)
+        assert sol.method == "picard" and (sol.iterations == 3).all()
+        torch.testing.assert_close(z, torch.full((2, 3), 1.75))
+        assert z.requires_grad
+
+
+def test_backward_objects_match_their_shorthand_names(problem):
+    layer, x = problem
+    pairs = [
+        (("phantom", dict(steps=3, tau=0.5)), Phantom(steps=3, tau=0.5)),
+        (("truncated", dict(grad_steps=2)), Truncated(grad_steps=2)),
+        (("implicit", dict(method="picard", rtol=1e-12, max_iter=500)), Implicit(method="picard", rtol=1e-12, max_iter=500)),
+        (("none", {}), NoGrad()),
+    ]
+    for (name, options), obj in pairs:
+        assert as_backward(name, options) == obj
+        assert obj.to_spec() == (name, options)
+        if name == "none":
+            continue
+        by_name, _ = grads(layer, x, name, rtol=1e-12, max_iter=300, backward_options=options)
+        by_object, _ = grads(layer, x, obj, rtol=1e-12, max_iter=300)
+        torch.testing.assert_close(by_name, by_object)
+    assert as_backward("unrolled") == Unrolled()
+    assert set(BACKWARD_MODES) == {"implicit", "phantom", "unrolled", "truncated", "none"}
+
+
+def test_implicit_callback_sees_each_backward_solve(problem):
+    layer, x = problem
+    seen = []
+    g, sol = grads(layer, x, Implicit(rtol=1e-12, max_iter=300, callback=seen.append), rtol=1e-12, max_iter=300)
+    assert len(seen) == 1 and seen[0] is sol.backward and sol.backward.calls == 1 and sol.backward.ok
 
 
 def test_unrolled_is_backpropagation_through_n_plain_iterations(problem):

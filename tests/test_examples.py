@@ -23,7 +23,7 @@ def load_example(name: str):
 def check_outputs(out: Path, report: dict, splits: set[str], iters: list[int]) -> None:
     assert set(report["curves"]["accuracy"]) == splits
     assert report["curves"]["iters"] == iters
-    assert all(0.0 <= a <= 1.0 for acc in report["curves"]["accuracy"].values() for a in acc)
+    assert all(len(acc) == len(iters) for acc in report["curves"]["accuracy"].values())
     assert json.loads((out / "eval.json").read_text())["curves"] == report["curves"]
     assert (out / "iterations.png").stat().st_size > 1000
     assert (out / "last.pt").is_file()
@@ -32,9 +32,13 @@ def check_outputs(out: Path, report: dict, splits: set[str], iters: list[int]) -
 def test_prefix_sums_example(tmp_path, capsys):
     out = tmp_path / "ps"
     report = load_example("prefix_sums").main(
-        ["--steps", "3", "--batch-size", "8", "--length", "6", "--min-length", "3", "--test-lengths", "12,24",
-         "--width", "16", "--heads", "2", "--n", "8", "--iters", "1,4,8", "--out", str(out), "--no-progress"])
-    check_outputs(out, report, {"6 bits", "12 bits", "24 bits"}, [1, 4, 8])
+        ["--steps", "3", "--batch-size", "8", "--length", "6", "--min-length", "3", "--hard-length", "12",
+         "--extra", "24", "--width", "16", "--heads", "2", "--n", "8", "--iters", "1,4,8", "--out", str(out),
+         "--no-progress"])
+    check_outputs(out, report, {"val", "hard", "24 bits"}, [1, 4, 8])
+    config = json.loads((out / "config.json").read_text())
+    assert config["task_options"] == {"length": 6, "min_length": 3, "hard_length": 12}  # flags override defaults
+    assert config["steps"] == 3 and config["width"] == 16 and config["depth_offset"] == 2
     assert "adaptive" in capsys.readouterr().out
 
 
@@ -42,16 +46,16 @@ def test_prefix_sums_example_equilibrium_regime(tmp_path):
     out = tmp_path / "ps"
     report = load_example("prefix_sums").main(
         ["--loss", "equilibrium", "--backward", "phantom", "--max-iter", "5", "--steps", "2", "--batch-size", "8",
-         "--length", "6", "--test-lengths", "12", "--width", "16", "--heads", "2", "--n", "4", "--iters", "2,5",
-         "--out", str(out), "--no-progress"])
-    check_outputs(out, report, {"6 bits", "12 bits"}, [2, 5])
+         "--length", "6", "--hard-length", "12", "--extra", "24", "--width", "16", "--heads", "2", "--n", "4",
+         "--iters", "2,5", "--out", str(out), "--no-progress"])
+    check_outputs(out, report, {"val", "hard", "24 bits"}, [2, 5])
 
 
 def test_examples_folder_on_sys_path_does_not_shadow_python_chess():
     """``python examples/X.py`` puts examples/ first on sys.path, where chess.py would shadow the
     python-chess package: configs of the other tasks must not import it."""
     code = (f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); from deqloop.train import TrainConfig; "
-            "TrainConfig(task='sudoku'); TrainConfig(task='prefix_sums'); "
+            "TrainConfig(task='sudoku'); TrainConfig(task='prefix_sums', depth_offset=2, loss='progressive'); "
             "assert 'deqloop.tasks.chess' not in sys.modules and 'chess' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -63,9 +67,8 @@ def test_sudoku_example(tmp_path, shared_data, monkeypatch):
     out = tmp_path / "sudoku"
     report = load_example("sudoku").main(
         ["--train-size", "16", "--epochs", "1", "--batch-size", "8", "--width", "16", "--heads", "1",
-         "--max-iter", "3", "--n", "4", "--iters", "1,3", "--data-dir", str(shared_data), "--out", str(out),
-         "--no-progress"])
-    splits = {"easy (val)", "hard (generated)", "magictour_top1465", "sudoku17_1500"}
+         "--max-iter", "3", "--n", "4", "--iters", "1,3", "--out", str(out), "--no-progress"])
+    splits = {"val", "hard", "magictour_top1465", "sudoku17_1500"}
     check_outputs(out, report, splits, [1, 3])
 
 
@@ -80,14 +83,19 @@ def test_chess_example_runs_as_a_script(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text())
-    check_outputs(out, report, {"easy: 4-8 pieces", "hard: 10-16 pieces"}, [1, 3])
+    check_outputs(out, report, {"val", "hard"}, [1, 3])
+    assert report["cells"] is None  # chess squares right say nothing: not reported
+    assert json.loads((out / "config.json").read_text())["task_options"]["data"] is None  # generated positions
 
 
 @pytest.mark.slow
 def test_chess_example_on_the_shared_puzzles(tmp_path, shared_data):
     out = tmp_path / "chess"
     report = load_example("chess").main(
-        ["--data-dir", str(shared_data), "--train-size", "32", "--epochs", "1", "--batch-size", "16",
+        ["--train-size", "32", "--epochs", "1", "--batch-size", "16",
          "--width", "16", "--heads", "1", "--max-iter", "3", "--n", "16", "--iters", "1,3", "--out", str(out),
          "--no-progress"])
-    check_outputs(out, report, {"easy: rated ≤ 1600", "hard: rated 1601-2000"}, [1, 3])
+    check_outputs(out, report, {"val", "hard"}, [1, 3])
+    data = json.loads((out / "config.json").read_text())["task_options"]["data"]
+    assert [p.rsplit("/", 1)[-1] for p in data] == ["lichess_puzzles_rating_0000_1600.csv",
+                                                     "lichess_puzzles_rating_1601_2000.csv"]

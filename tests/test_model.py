@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import io
 import itertools
 import warnings
@@ -13,7 +12,8 @@ import torch
 
 from deqloop import LoopedDEQ, LoopOutput
 from deqloop.equilibrium import BackwardWarning
-from deqloop.model import BACKWARDS, NORMS, RECALLS, SOLVE_SETTINGS
+from deqloop.errors import ConfigError, ConfigKeyError
+from deqloop.model import BACKWARDS, NORMS, RECALLS, SOLVE_SETTINGS, LoopedDEQConfig
 
 
 def tiny(**overrides) -> LoopedDEQ:
@@ -151,7 +151,7 @@ def test_same_seed_same_outputs_and_state_dict_round_trip():
     out_b = b(x)
     assert torch.equal(out_a.logits, out_b.logits)
 
-    c = LoopedDEQ(**dataclasses.asdict(a.config))
+    c = LoopedDEQ(LoopedDEQConfig.from_dict(a.config.to_dict()))
     c.load_state_dict(a.state_dict())
     torch.manual_seed(1)
     assert torch.equal(c(x).logits, out_a.logits)
@@ -168,7 +168,7 @@ def test_per_call_overrides():
     assert int(long.solution.iterations.max()) > 3
     assert bool((long.solution.residual < short.solution.residual).all())
     assert picard.solution.method == "picard" and int(picard.solution.iterations.max()) <= 2
-    assert model.config.max_iter == 3  # defaults unchanged
+    assert model.config.solve.max_iter == 3  # defaults unchanged
 
 
 def test_overriding_the_solver_or_backward_drops_the_configured_options():
@@ -178,22 +178,26 @@ def test_overriding_the_solver_or_backward_drops_the_configured_options():
     out = model(x, solver="picard", backward="implicit", max_iter=20)  # m, steps, tau belong to the others
     out.logits.sum().backward()
     assert out.solution.method == "picard"
-    assert model._settings({"backward": "implicit"}).backward_options == {}
-    assert model._settings({"backward": "phantom"}).backward_options == {"steps": 2, "tau": 0.5}
-    assert model._settings({"backward": "implicit", "backward_options": {"max_iter": 5}}).backward_options == {"max_iter": 5}
-    assert model._settings({"solver": "broyden"}).solver_options == {}
+    assert model.solve_settings(backward="implicit").backward_options == {}
+    assert model.solve_settings(backward="phantom").backward_options == {"steps": 2, "tau": 0.5}
+    assert model.solve_settings(backward="implicit", backward_options={"max_iter": 5}).backward_options == {"max_iter": 5}
+    assert model.solve_settings(solver="broyden").solver_options == {}
 
 
 def test_unknown_override_is_a_type_error_that_lists_the_allowed_ones():
     model = tiny()
     x = torch.randint(0, 5, (1, 6))
-    with pytest.raises(TypeError, match=r"unknown keyword\(s\) \['tol'\]; allowed: solver, backward"):
+    with pytest.raises(ConfigKeyError, match=r"unknown key\(s\) \['tol'\]; allowed: init, init_scale, solver, backward"):
         model(x, tol=1e-3)
-    assert SOLVE_SETTINGS[0] == "solver"
-    with pytest.raises(ValueError, match="rtol must be >= 0"):
+    assert isinstance(ConfigKeyError("x"), TypeError)
+    assert SOLVE_SETTINGS[:4] == ("init", "init_scale", "solver", "backward")
+    with pytest.raises(ConfigError, match=r"rtol must be a finite number in \[0, inf\), got -1.0"):
         model(x, rtol=-1.0)
-    with pytest.raises(ValueError, match="needs solver='picard'"):
-        model(x, backward="unrolled")
+    # The unrolled backward iterates plainly whatever the configured solver (here anderson) says.
+    with torch.no_grad():
+        assert model(x, backward="unrolled").solution.method == "picard"
+    assert model.solve_settings(backward="unrolled").method == "picard"
+    assert model.solve_settings().method == "anderson"
 
 
 def test_solver_and_backward_options_reach_the_solver():

@@ -21,10 +21,11 @@ import math
 import pytest
 import torch
 
-from deqloop.attention import Attention, local_mask
-from deqloop.model import MLP, NORMS, RECALLS, LoopedDEQ, Readout
-from deqloop.norm import RMSNorm
-from deqloop.rope import rope_table
+from deqloop.model.attention import Attention, local_mask
+from deqloop.model import NORMS, RECALLS, LoopedDEQ
+from deqloop.model.layers import MLP, Readout
+from deqloop.model.norm import RMSNorm
+from deqloop.model.rope import rope_table
 
 TOL = dict(rtol=1e-12, atol=1e-12)
 EPS = 1e-6  # RMSNorm's default epsilon
@@ -179,7 +180,7 @@ def ref_residual(h, e, res, g, read, norm, recall, eps, what):
 
 def ref_step(model, z, e, read):
     """f(z; e) of LoopedDEQ.step, written out: recall, attention residual, MLP residual."""
-    c = model.config
+    c = model.config.arch
     block = model.block
     B, *grid, D = z.shape
     z, e = z.reshape(B, -1, D), e.reshape(B, -1, D)

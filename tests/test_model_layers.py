@@ -8,10 +8,11 @@ import itertools
 import pytest
 import torch
 
-from deqloop.attention import Attention, local_mask
+from deqloop.errors import ConfigError, ConfigKeyError
 from deqloop.model import NORMS, RECALLS, LoopedDEQ, LoopedDEQConfig
-from deqloop.norm import RMSNorm
-from deqloop.rope import apply_rope, rope_table
+from deqloop.model.attention import Attention, local_mask
+from deqloop.model.norm import RMSNorm
+from deqloop.model.rope import apply_rope, rope_table
 
 
 def tiny(**overrides) -> LoopedDEQ:
@@ -53,8 +54,8 @@ def test_unknown_solver_lists_registered_ones():
         (dict(attention="local", window=4), "window must be an odd positive kernel size, got 4"),
         (dict(grid=(2, 2, 2)), "grid must be \\(L,\\) or \\(H, W\\)"),
         (dict(grid=(0,)), "grid must be"),
-        (dict(max_iter=0), "max_iter must be a positive integer"),
-        (dict(rtol=-1.0), "rtol must be >= 0"),
+        (dict(max_iter=0), "max_iter must be an integer ≥ 1, got 0"),
+        (dict(rtol=-1.0), r"rtol must be a finite number in \[0, inf\), got -1.0"),
     ],
 )
 def test_impossible_configs_are_rejected(overrides, message):
@@ -63,18 +64,23 @@ def test_impossible_configs_are_rejected(overrides, message):
 
 
 def test_unknown_constructor_keyword_names_it_and_the_allowed_ones():
-    with pytest.raises(TypeError, match=r"unknown keyword\(s\) \['depth'\]; allowed: vocab_size, "):
+    with pytest.raises(ConfigKeyError, match=r"LoopedDEQ got unknown key\(s\) \['depth'\]; allowed: vocab_size, "):
         tiny(depth=4)
 
 
-def test_config_round_trips_through_asdict():
+def test_config_round_trips_through_to_dict():
     model = tiny(grid=(4, 4), recall="external", norm="sandwich", solver_options={"m": 3})
-    stored = dataclasses.asdict(model.config)
-    stored["grid"] = list(stored["grid"])  # as it comes back from JSON
-    rebuilt = LoopedDEQ(**stored)
+    stored = model.config.to_dict()
+    assert set(stored) == {"arch", "solve"}
+    assert stored == {"arch": dataclasses.asdict(model.config.arch), "solve": dataclasses.asdict(model.config.solve)}
+    stored["arch"]["grid"] = list(stored["arch"]["grid"])  # as it comes back from JSON
+    rebuilt = LoopedDEQ(LoopedDEQConfig.from_dict(stored))
     assert rebuilt.config == model.config
-    assert rebuilt.config.grid == (4, 4)
-    assert LoopedDEQ(LoopedDEQConfig.from_dict(stored)).config == model.config
+    assert rebuilt.config.arch.grid == (4, 4)
+    flat = {**stored["arch"], **stored["solve"]}
+    assert LoopedDEQ(**flat).config == model.config
+    assert LoopedDEQ(LoopedDEQConfig.from_dict(flat)).config == model.config
+    assert LoopedDEQConfig.from_flat(flat) == model.config
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
 
@@ -82,7 +88,9 @@ def test_config_round_trips_through_asdict():
 def test_config_plus_keywords_replaces_fields():
     config = tiny().config
     model = LoopedDEQ(config, norm="peri")
-    assert model.config.norm == "peri" and model.config.width == config.width
+    assert model.config.arch.norm == "peri" and model.config.arch.width == config.arch.width
+    assert model.arch is model.config.arch and config.arch.norm == "post"  # the original is unchanged
+    assert config.replace(max_iter=3).solve.max_iter == 3 and config.solve.max_iter == 8
 
 
 # -- RMSNorm, RoPE, attention -----------------------------------------------------------------
@@ -225,7 +233,7 @@ def test_embed_rejects_wrong_rank_and_float_tokens():
     model = tiny(grid=(3, 4))
     with pytest.raises(ValueError, match="2 grid axis"):
         model.embed(torch.zeros(2, 12, dtype=torch.long))
-    with pytest.raises(TypeError, match="integer"):
+    with pytest.raises(ConfigError, match="integer"):  # a ValueError, as every config error
         model.embed(torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="differ"):
         e = model.embed(torch.zeros(2, 3, 4, dtype=torch.long))
@@ -250,6 +258,22 @@ def test_trajectory_matches_manual_iteration_and_keeps_no_graph():
         for t, logits in seen:
             z = model.step(z, e)
             torch.testing.assert_close(logits, model.readout(z))
+
+
+def test_iterates_and_iterate_are_plain_steps_under_the_callers_grad_mode():
+    model = tiny(recall="internal", norm="post")
+    x = torch.randint(0, 5, (2, 6))
+    e = model.embed(x)
+    states = list(model.iterates(e, e, 3))
+    assert len(states) == 3 and all(z.requires_grad for z in states)  # grad mode is the caller's
+    z = e
+    for state in states:
+        z = model.step(z, e)
+        torch.testing.assert_close(state, z)
+    torch.testing.assert_close(model.iterate(e, e, 3), states[-1])
+    assert model.iterate(e, e, 0) is e
+    with torch.no_grad():
+        assert not model.iterate(e, e, 2).requires_grad
 
 
 def test_trajectory_defaults_to_max_iter_and_accepts_init():
@@ -281,6 +305,6 @@ def test_jvp_of_step_with_math_attention_matches_the_jacobian(grid, attention):
 
 
 def test_unknown_attention_backend_is_rejected():
-    with pytest.raises(ValueError, match="allowed: \\('sdpa', 'math'\\)"):
+    with pytest.raises(ConfigError, match="unknown attention backend 'flash'; allowed: 'sdpa', 'math'"):
         with tiny().use_attention_backend("flash"):
             pass

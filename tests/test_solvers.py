@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import scipy.optimize
 import torch
+from helpers import contractive_tanh, linear_map
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deqloop import Solution, SolverError, SolverStatus, available_solvers, register_solver, solve
-from deqloop.solvers import BatchedMap, Picard
-
-from helpers import contractive_tanh, linear_map
+from deqloop.errors import DeqloopError
+from deqloop.solvers import BatchedMap, Picard, relative_residual, residual_norms
 
 OURS = ("picard", "anderson", "broyden")
 TORCHDEQ = ("torchdeq:anderson", "torchdeq:broyden", "torchdeq:fixed_point_iter")
@@ -182,6 +182,18 @@ def test_diverging_sample_is_frozen_at_its_best_iterate():
     assert sol.iterations[1] < 200
     with pytest.raises(SolverError, match="diverged"):
         sol.raise_on_failure()
+    assert issubclass(SolverError, DeqloopError) and issubclass(SolverError, RuntimeError)
+
+
+def test_residual_norms_are_the_one_residual_formula():
+    z = torch.tensor([[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]])
+    fz = torch.tensor([[1.0, 2.0, 4.0], [3.0, 0.0, 4.0]])
+    abs_r, f_norm = residual_norms(fz.view(2, 3, 1), z.view(2, 3, 1))  # any trailing shape, per sample
+    assert abs_r.dtype == f_norm.dtype == torch.float32
+    torch.testing.assert_close(abs_r, torch.tensor([2.0, 5.0]))
+    torch.testing.assert_close(f_norm, torch.tensor([21.0**0.5, 5.0]))
+    torch.testing.assert_close(relative_residual(fz, z), abs_r / f_norm)
+    assert residual_norms(fz.double(), z.double())[0].dtype == torch.float32
 
 
 def test_max_iter_status_and_trace():
@@ -231,7 +243,7 @@ def test_bad_input_gives_clear_errors():
     z0 = torch.zeros(2, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"unknown solver method 'newton'; known: .*anderson.*broyden.*picard"):
         solve(f, z0, "newton")
-    with pytest.raises(ValueError, match="rtol must be a finite non-negative number, got -0.1"):
+    with pytest.raises(ValueError, match=r"rtol must be a finite number in \[0, inf\), got -0.1"):
         solve(f, z0, rtol=-0.1)
     with pytest.raises(ValueError, match="atol"):
         solve(f, z0, atol=float("nan"))
@@ -243,7 +255,7 @@ def test_bad_input_gives_clear_errors():
         solve(f, z0, "anderson", window=3)
     with pytest.raises(TypeError, match="unknown option"):
         solve(f, z0, "torchdeq:anderson", window=3)
-    with pytest.raises(ValueError, match="damping must be in"):
+    with pytest.raises(ValueError, match=r"damping must be a finite number in \(0, 1\], got 1.5"):
         solve(f, z0, "picard", damping=1.5)
     with pytest.raises(TypeError, match="floating-point"):
         solve(f, torch.zeros(2, 4, dtype=torch.long))

@@ -6,8 +6,10 @@ import pytest
 import torch
 import zstandard
 
+from deqloop.errors import ConfigError, ConfigKeyError
 from deqloop.tasks import BANDS, DataError, Task, get_task
-from deqloop.tasks.base import Rows, as_predictions, check_on_error, iter_lines
+from deqloop.tasks.base import as_predictions
+from deqloop.tasks.io import Rows, check_on_error, iter_lines
 
 
 def test_get_task_knows_the_three_tasks_and_lists_them_on_error():
@@ -15,9 +17,9 @@ def test_get_task_knows_the_three_tasks_and_lists_them_on_error():
         task = get_task(name)
         assert task.name == name
         assert isinstance(task, Task)
-    with pytest.raises(ValueError, match="prefix_sums, sudoku, chess"):
+    with pytest.raises(ConfigError, match="'prefix_sums', 'sudoku', 'chess'"):
         get_task("go")
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigKeyError, match=r"unknown key\(s\) \['no_such_option'\]"):
         get_task("prefix_sums", no_such_option=1)
 
 
@@ -98,7 +100,7 @@ def test_as_predictions_takes_logits_or_ids():
 
 
 def test_shared_data_dir_honours_the_environment(monkeypatch, tmp_path):
-    from deqloop.tasks.base import shared_data_dir
+    from deqloop.tasks.io import shared_data_dir
 
     monkeypatch.setenv("DEQLOOP_SHARED", str(tmp_path))
     assert shared_data_dir() == tmp_path / "data"

@@ -13,7 +13,9 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deqloop.tasks import DataError, chess as tc, get_task
+from deqloop.errors import ConfigError
+from deqloop.tasks import DataError, get_task
+from deqloop.tasks import chess as tc
 from deqloop.tasks.chess import Chess
 
 HEADER = ",".join(tc.LICHESS_COLUMNS)
@@ -299,7 +301,7 @@ def test_task_from_shared_files_uses_the_papers_rating_split(shared_data):
 
 def test_task_config_is_validated(tmp_path):
     assert Chess().data is None and Chess(data=str(write(tmp_path, ROW))).data == (str(tmp_path / "p.csv"),)
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(ConfigError, match="no such file"):
         Chess(data=tmp_path / "missing.csv")
     with pytest.raises(ValueError, match="hard_max_rating"):
         Chess(hard_min_rating=2000, hard_max_rating=1000)

@@ -48,9 +48,9 @@ def test_task_bands_and_length_override():
     assert task.make("hard", 5)[0].shape == (5, 512)
     assert task.make("train", 5, length=8)[0].shape == (5, 8)
     assert not torch.equal(task.make("train", 50, seed=0)[0], task.make("val", 50, seed=0)[0])
-    custom = get_task("prefix_sums", train_length=16, hard_length=100)
+    custom = get_task("prefix_sums", length=16, hard_length=100)
     assert custom.grid == (16,) and custom.make("hard", 2)[0].shape == (2, 100)
-    with pytest.raises(ValueError, match="train, val, hard"):
+    with pytest.raises(ValueError, match="'train', 'val', 'hard'"):
         task.make("test", 5)
     with pytest.raises(ValueError, match="hard_length"):
         PrefixSums(hard_length=0)

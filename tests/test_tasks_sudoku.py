@@ -12,7 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deqloop.tasks import DataError, get_task, sudoku
+from deqloop.errors import ConfigError
+from deqloop.tasks import DataError, get_task, sudoku, sudoku_data
 from deqloop.tasks.sudoku import Sudoku
 
 # A rating-0 puzzle and its solution; a 17-clue puzzle of rating 31.
@@ -84,7 +85,7 @@ def test_easy_generation_is_rating_zero_unique_cached_and_prefix_stable(tmp_path
     def no_drawing(*args, **kwargs):
         raise AssertionError("the cached set should have been reused")
 
-    monkeypatch.setattr(sudoku, "_draw_chunk", no_drawing)
+    monkeypatch.setattr(sudoku_data, "_draw_chunk", no_drawing)
     x2, y2, meta2 = sudoku.generate(10, "easy", seed=3, cache_dir=tmp_path, return_meta=True)
     assert torch.equal(x2, x[:10]) and torch.equal(y2, y[:10]) and meta2.puzzles_per_second is None
 
@@ -296,6 +297,16 @@ def test_augmentation_varies_and_rejects_bad_shapes():
         sudoku.augment(x.view(16, 81), y.view(16, 81))
 
 
+def test_task_augments_training_batches_only_when_asked():
+    x, y = grid(EASY).repeat(4, 1, 1), grid(EASY_ANSWER).repeat(4, 1, 1)
+    plain = Sudoku().augment_batch(x, y, torch.Generator().manual_seed(0))
+    assert plain[0] is x and plain[1] is y
+    ax, ay = Sudoku(augment=True).augment_batch(x, y, torch.Generator().manual_seed(0))
+    bx, by = sudoku.augment(x, y, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ax, bx) and torch.equal(ay, by) and not torch.equal(ax, x)
+    assert sudoku.correct(ay, ay, ax).all()
+
+
 # --------------------------------------------------------------------------------------------- task
 
 
@@ -326,7 +337,7 @@ def test_task_config_is_validated(tmp_path):
         Sudoku(val_fraction=1.5)
     with pytest.raises(ValueError, match="band"):
         Sudoku(hard_band="impossible")
-    with pytest.raises(FileNotFoundError, match="no such file"):
+    with pytest.raises(ConfigError, match="no such file"):
         Sudoku(data=tmp_path / "missing.csv")
 
 

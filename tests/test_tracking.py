@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deqloop.tracking import LOGGERS, Tracker, flatten, make_tracker, run_id
+from deqloop.train.tracking import LOGGERS, Tracker, flatten, make_tracker, run_id
 
 CONFIG = {"task": "prefix_sums", "width": 32, "lr": 0.001, "eval_iters": [14, 50]}
 TRAIN = [
@@ -215,3 +215,22 @@ def test_wandb_offline_run_holds_the_logged_history(tmp_path, monkeypatch):
     (resumed,) = set((out / "wandb").glob(f"offline-run-*-{run_id(out)}*")) - {run_dir}
     assert _wandb_history(_wandb_finished(resumed)) == {23: flatten(SKIPPED)}
     assert run_id(out) == run_id(str(out / ".." / "run")) != run_id(tmp_path / "other")
+
+
+def test_training_with_the_tensorboard_logger_writes_what_metrics_jsonl_holds(tmp_path):
+    pytest.importorskip("tensorboard")
+    from deqloop.train import TrainConfig, read_metrics, train
+
+    config = TrainConfig(task="prefix_sums", task_options={"length": 5}, width=16, heads=2, attention="local",
+                         window=3, loss="progressive", max_iter=2, steps=4, batch_size=8, warmup_steps=0, log_every=2,
+                         eval_size=4, logger="tensorboard", threads=1, progress=False, out=str(tmp_path))
+    train(config)
+    records = list(read_metrics(tmp_path / "metrics.jsonl"))
+    acc = _tensorboard(tmp_path)
+    losses = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    assert [s for s, _ in losses] == [2, 4]
+    got = _scalars(acc, "train/loss")
+    assert [s for s, _ in got] == [2, 4]
+    assert [v for _, v in got] == pytest.approx([v for _, v in losses], rel=1e-6)
+    final = [r for r in records if r.get("kind") == "eval"][-1]
+    assert _scalars(acc, "eval/hard_accuracy@2") == [(4, pytest.approx(final["hard_accuracy"][0]))]

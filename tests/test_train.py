@@ -17,26 +17,25 @@ from pathlib import Path
 import pytest
 import torch
 
-from deqloop.checkpoint import CheckpointError, load_checkpoint, load_model, save_checkpoint
-from deqloop.train import (
-    TIMING_FIELDS,
-    Batches,
-    TrainConfig,
-    Trainer,
-    TrainingError,
-    build_task,
-    progressive_draw,
-    read_metrics,
-    train,
-)
+from deqloop.checkpoint import FORMAT, CheckpointError, load_checkpoint, load_model, save_checkpoint
+from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
+from deqloop.tasks.prefix_sums import PrefixSums
+from deqloop.train import Batches, TrainConfig, Trainer, TrainingError, progressive_draw, read_metrics, train
+from deqloop.train.metrics import TIMING_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+TASK_OPTIONS = ("length", "min_length", "hard_length")
+
+
 def tiny_config(out: Path, **overrides) -> TrainConfig:
-    """A prefix-sums run that takes well under a second per ten steps."""
+    """A prefix-sums run that takes well under a second per ten steps. The prefix-sums settings
+    (length, min_length, hard_length) may be given as keywords: they go to ``task_options``."""
+    options = dict(length=6, min_length=3, hard_length=12)
+    options.update({k: overrides.pop(k) for k in TASK_OPTIONS if k in overrides})
     values = dict(
-        task="prefix_sums", length=6, min_length=3, hard_length=12, width=16, heads=2, mlp_ratio=2.0,
+        task="prefix_sums", task_options=options, width=16, heads=2, mlp_ratio=2.0,
         attention="local", window=3, loss="progressive", depth_offset=1, steps=12, warmup_steps=2,
         batch_size=8, lr=3e-3, log_every=1, checkpoint_every=4, eval_size=8, threads=1, progress=False,
         out=str(out),
@@ -57,38 +56,54 @@ def without_timing(records: list[dict]) -> list[dict]:
 
 
 def test_config_rejects_unknown_keys_and_lists_allowed():
-    with pytest.raises(TypeError, match=r"unknown key\(s\) \['widht'\].*allowed: task"):
+    with pytest.raises(ConfigKeyError, match=r"TrainConfig got unknown key\(s\) \['widht'\].*allowed: task"):
         TrainConfig.from_dict({"widht": 3})
+    assert issubclass(ConfigKeyError, TypeError)
+    # the old top-level task fields are gone: they are task options now
+    with pytest.raises(ConfigKeyError, match=r"unknown key\(s\) \['length'\]"):
+        TrainConfig.from_dict({"length": 8})
 
 
 @pytest.mark.parametrize(
     "values, message",
     [
-        ({"task": "go"}, r"unknown task 'go'; allowed: prefix_sums, sudoku, chess"),
-        ({"loss": "magic"}, r"unknown loss 'magic'; allowed: equilibrium, progressive"),
-        ({"backward": "truncated"}, r"unknown backward 'truncated'; allowed: implicit, phantom, unrolled"),
+        ({"task": "go"}, r"unknown task 'go'; allowed: 'prefix_sums', 'sudoku', 'chess'"),
+        ({"loss": "magic"}, r"unknown loss 'magic'; allowed: 'equilibrium', 'progressive'"),
+        ({"backward": "truncated"}, r"unknown backward 'truncated'; allowed: 'implicit', 'phantom', 'unrolled'"),
         ({"loss": "progressive", "backward": "implicit"}, "backward and backward_options apply to loss='equilibrium'"),
         ({"alpha": 0.5}, "alpha weighs the progressive loss"),
-        ({"loss": "progressive", "alpha": 1.5}, r"alpha must be in \[0, 1\]"),
-        ({"backward": "unrolled"}, "needs solver='picard'"),
-        ({"task": "sudoku", "length": 8}, "length applies to task 'prefix_sums' only"),
-        ({"length": 8, "min_length": 9}, r"min_length \(9\) exceeds length \(8\)"),
-        ({"data": ("x.csv",)}, "takes no data files"),
+        ({"loss": "progressive", "alpha": 1.5}, r"alpha must be a finite number in \[0, 1\], got 1.5"),
+        ({"task": "sudoku", "task_options": {"length": 8}},
+         r"task 'sudoku' got unknown key\(s\) \['length'\]; allowed: train_band, "),
+        ({"task_options": {"length": 8, "min_length": 9}}, r"min_length \(9\) exceeds length \(8\)"),
+        ({"task_options": {"data": ("x.csv",)}},
+         r"task 'prefix_sums' got unknown key\(s\) \['data'\]; allowed: length, min_length, hard_length"),
+        ({"task_options": ["length"]}, "task_options must be a dict, got list"),
+        ({"task": "sudoku", "depth_offset": 1}, "depth_offset needs a task that reports its propagation depth"),
         ({"epochs": 2}, "set train_size > 0"),
         ({"train_size": 100, "epochs": 1, "steps": 5, "batch_size": 10}, "disagree"),
         ({"warmup_steps": 10, "steps": 10}, r"warmup_steps \(10\) must be below steps \(10\)"),
-        ({"min_lr": 1.0, "lr": 0.1}, r"min_lr must be in \[0, lr=0.1\]"),
+        ({"min_lr": 1.0, "lr": 0.1}, r"min_lr must be a finite number in \[0, 0.1\], got 1.0"),
         ({"width": 30, "heads": 4}, "divisible by heads"),
         ({"recall": "outer"}, "unknown recall 'outer'"),
         ({"resume": True, "overwrite": True}, "resume and overwrite exclude each other"),
         ({"amp": "fp8"}, r"unknown amp 'fp8'"),
-        ({"batch_size": 0}, "batch_size must be a positive integer, got 0"),
-        ({"augment": True}, "augment applies to task 'sudoku' only"),
+        ({"logger": "mlflow"}, r"unknown logger 'mlflow'; allowed: 'jsonl', 'tensorboard', 'wandb'"),
+        ({"batch_size": 0}, "batch_size must be an integer ≥ 1, got 0"),
+        ({"task_options": {"augment": True}},
+         r"task 'prefix_sums' got unknown key\(s\) \['augment'\]"),
     ],
 )
 def test_config_rejects_impossible_combinations(values, message):
-    with pytest.raises((ValueError, TypeError), match=message):
+    with pytest.raises(ConfigError, match=message):  # a ValueError (unknown keys also a TypeError)
         TrainConfig(**values)
+
+
+def test_unrolled_training_iterates_plainly_whatever_the_solver():
+    # backward="unrolled" used to require solver="picard"; the solve settings now run picard under it.
+    c = TrainConfig(backward="unrolled")
+    assert c.solver == "anderson" and c.model_config().solve.method == "picard"
+    assert not c.implicit and TrainConfig().implicit
 
 
 def test_config_round_trips_and_derives_steps_from_epochs(tmp_path):
@@ -101,12 +116,17 @@ def test_config_round_trips_and_derives_steps_from_epochs(tmp_path):
 
 
 def test_model_config_follows_the_train_config():
-    c = TrainConfig(length=10, depth_offset=3, loss="progressive", width=16, heads=2, attention="local", window=3)
+    c = TrainConfig(task_options={"length": 10}, depth_offset=3, loss="progressive", width=16, heads=2,
+                    attention="local", window=3)
     m = c.model_config()
-    assert (m.vocab_size, m.num_classes, m.grid, m.width, m.max_iter) == (2, 2, (10,), 16, 13)
-    assert c.depth(4) == 7
+    assert (m.arch.vocab_size, m.arch.num_classes, m.arch.grid, m.arch.width, m.solve.max_iter) == (2, 2, (10,), 16, 13)
+    assert c.depth() == 13
+    assert c.depth(torch.zeros(8, 4, dtype=torch.long)) == 7  # a batch of 4 bits
+    assert c.build_task() == PrefixSums(length=10) and c.build_task() is c.build_task()
     e = TrainConfig(task="chess", backward="phantom", backward_options={"steps": 2}, max_iter=9)
-    assert (e.model_config().grid, e.model_config().backward, e.model_config().max_iter) == ((8, 8), "phantom", 9)
+    me = e.model_config()
+    assert (me.arch.grid, me.solve.backward, me.solve.max_iter) == ((8, 8), "phantom", 9)
+    assert e.adjoint().steps == 2 and e.depth() == 9
 
 
 # -- data and randomness as functions of (seed, step) -------------------------------------------
@@ -114,22 +134,24 @@ def test_model_config_follows_the_train_config():
 
 def test_batches_depend_only_on_seed_and_step(tmp_path):
     c = tiny_config(tmp_path)
-    task = build_task(c)
-    a, b = Batches(c, task), Batches(c, task)
+    task = c.build_task()
+    a, b = Batches(task, c.batch_size, c.seed), Batches(task, c.batch_size, c.seed)
     for step in (0, 7, 3):
         xa, ya = a(step)
         xb, yb = b(step)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-        assert xa.shape == (8, a.length(step)) and 3 <= a.length(step) <= 6
-    lengths = {a.length(s) for s in range(40)}
+        length = task.train_length(c.seed, step)
+        assert xa.shape == (8, length) and 3 <= length <= 6
+        assert c.depth(xa) == length + 1
+    lengths = {task.train_length(c.seed, s) for s in range(40)}
     assert lengths == {3, 4, 5, 6}  # the curriculum draws every length
-    other = Batches(dataclasses.replace(c, seed=1), task)
+    other = Batches(task, c.batch_size, seed=1)
     assert any(not torch.equal(a(s)[0][:, :3], other(s)[0][:, :3]) for s in range(5))
 
 
 def test_pool_batches_walk_shuffled_epochs(tmp_path):
     c = tiny_config(tmp_path, min_length=None, train_size=24, batch_size=8)
-    batches = Batches(c, build_task(c))
+    batches = Batches(c.build_task(), c.batch_size, c.seed, train_size=c.train_size)
     epoch0 = torch.cat([batches(s)[0] for s in range(3)])
     epoch1 = torch.cat([batches(s)[0] for s in range(3, 6)])
     pool = batches.pool[0]
@@ -140,9 +162,9 @@ def test_pool_batches_walk_shuffled_epochs(tmp_path):
 
 def test_ranks_split_the_global_batch(tmp_path):
     c = tiny_config(tmp_path)
-    task = build_task(c)
-    full = Batches(c, task)(5)[0]
-    halves = [Batches(c, task, rank=r, world=2)(5)[0] for r in (0, 1)]
+    task = c.build_task()
+    full = Batches(task, c.batch_size, c.seed)(5)[0]
+    halves = [Batches(task, c.batch_size, c.seed, rank=r, world=2)(5)[0] for r in (0, 1)]
     assert torch.equal(torch.cat(halves), full)
 
 
@@ -177,6 +199,7 @@ def test_each_regime_trains_and_logs_its_metrics(tmp_path, overrides):
     for r in steps:
         for key in ("loss", "accuracy", "iterations", "residual", "grad_norm", "lr", "examples_per_s"):
             assert math.isfinite(r[key]), key
+        assert 3 <= r["propagation_depth"] <= 6 and "length" not in r  # the batch's length, from the task
     if overrides.get("backward") == "implicit":
         assert all(0 <= r["backward_residual"] < 1 for r in steps)
         assert all(r["backward_iterations"] >= 1 for r in steps)
@@ -189,7 +212,9 @@ def test_each_regime_trains_and_logs_its_metrics(tmp_path, overrides):
     assert steps[-1]["lr"] < steps[1]["lr"]
     state = load_checkpoint(tmp_path / "last.pt")
     assert {"model_config", "model", "train_config", "optimizer", "scheduler", "step", "rng"} <= set(state)
+    assert state["format"] == FORMAT and set(state["model_config"]) == {"arch", "solve"}
     assert state["train_config"] == c.to_dict()
+    assert state["train_config"]["task_options"] == {"length": 6, "min_length": 3, "hard_length": 12}
     model = load_model(tmp_path / "last.pt")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state["model"].values()))
 
@@ -305,6 +330,33 @@ def test_checkpoint_errors_are_one_line(tmp_path):
     save_checkpoint(tmp_path / "partial.pt", {"model": {}})
     with pytest.raises(CheckpointError, match="lacks 'model_config'"):
         load_checkpoint(tmp_path / "partial.pt")
+
+
+def test_a_newer_checkpoint_format_is_rejected(tmp_path):
+    save_checkpoint(tmp_path / "future.pt", {"model_config": {}, "model": {}, "format": FORMAT + 1})
+    with pytest.raises(CheckpointError, match=f"checkpoint format {FORMAT + 1} is newer than this deqloop reads"):
+        load_checkpoint(tmp_path / "future.pt")
+    assert issubclass(CheckpointError, DeqloopError)
+
+
+def test_keep_every_keeps_snapshots_independently_of_checkpoint_every(tmp_path):
+    result = train(tiny_config(tmp_path, steps=6, checkpoint_every=4, keep_every=3, eval_size=0))
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_3.pt", "step_6.pt"]
+    assert load_checkpoint(tmp_path / "step_3.pt")["step"] == 3
+    assert load_checkpoint(result.checkpoint)["step"] == 6
+
+
+def test_run_load_rebuilds_model_config_and_task(tmp_path):
+    from deqloop.run import Run
+
+    c = tiny_config(tmp_path, steps=2, warmup_steps=0, eval_size=0)
+    train(c)
+    run = Run.load(tmp_path / "last.pt")
+    assert run.config == c and run.task == PrefixSums(length=6, min_length=3, hard_length=12)
+    assert run.require_task() is run.task and run.train_depth == 7  # length 6 + depth_offset 1
+    assert not run.model.training and run.model.config == c.model_config()
+    other = PrefixSums(length=4)
+    assert Run.load(tmp_path / "last.pt", task=other).task is other
 
 
 def test_an_exception_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -32,8 +32,8 @@ WORKER = textwrap.dedent(
 
 
 def config(out: Path, **overrides) -> TrainConfig:
-    values = dict(task="prefix_sums", length=6, min_length=3, hard_length=12, width=16, heads=2, mlp_ratio=2.0,
-                  attention="local", window=3, loss="progressive", alpha=0.5, depth_offset=1, steps=4,
+    values = dict(task="prefix_sums", task_options={"length": 6, "min_length": 3, "hard_length": 12}, width=16,
+                  heads=2, mlp_ratio=2.0, attention="local", window=3, loss="progressive", alpha=0.5, depth_offset=1, steps=4,
                   warmup_steps=1, batch_size=8, log_every=1, checkpoint_every=2, eval_size=8, threads=1,
                   progress=False, out=str(out))
     values.update(overrides)

@@ -35,7 +35,9 @@ from deqloop.analysis.jacobian import (
 from deqloop.analysis.reachability import agreement, count_distinct, relative_spread, solve_from
 from deqloop.analysis.report import StabilityReport, regimes
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions
+from deqloop.errors import ConfigError
 from deqloop.model import INITS
+from deqloop.validate import choice, integer, known_keys, number, quoted
 
 __all__ = ["MEASURES", "AnalysisOptions", "analyze"]
 
@@ -116,85 +118,50 @@ class AnalysisOptions:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if isinstance(self.inits, str):
-            self.inits = (self.inits,)
-        self.inits = tuple(self.inits)
-        if not self.inits:
-            raise ValueError(f"inits must name at least one initial state; allowed: {', '.join(map(repr, INITS))}")
-        for init in self.inits:
-            if init not in INITS:
-                raise ValueError(f"unknown init {init!r}; allowed: {', '.join(map(repr, INITS))}")
-        if len(set(self.inits)) != len(self.inits):
-            raise ValueError(f"inits must not repeat, got {self.inits}")
-        if isinstance(self.measures, str):
-            self.measures = (self.measures,)
-        self.measures = tuple(self.measures)
-        for m in self.measures:
-            if m not in MEASURES:
-                raise ValueError(f"unknown measure {m!r}; allowed: {', '.join(map(repr, MEASURES))}")
-        if self.resolvent_method not in RESOLVENT_METHODS:
-            raise ValueError(
-                f"unknown resolvent_method {self.resolvent_method!r}; allowed: {', '.join(map(repr, RESOLVENT_METHODS))}"
-            )
-        if self.eig_method not in EIG_METHODS:
-            raise ValueError(f"unknown eig_method {self.eig_method!r}; allowed: {', '.join(map(repr, EIG_METHODS))}")
-        if self.solver is not None:
-            from deqloop.solvers import available_solvers
+        from deqloop.solvers import available_solvers
 
-            if self.solver not in available_solvers():
-                raise ValueError(f"unknown solver {self.solver!r}; allowed: {', '.join(map(repr, available_solvers()))}")
+        self.inits = (self.inits,) if isinstance(self.inits, str) else tuple(self.inits)
+        if not self.inits:
+            raise ConfigError(f"inits must name at least one initial state; allowed: {quoted(INITS)}")
+        for init in self.inits:
+            choice("init", init, INITS)
+        if len(set(self.inits)) != len(self.inits):
+            raise ConfigError(f"inits must not repeat, got {self.inits}")
+        self.measures = (self.measures,) if isinstance(self.measures, str) else tuple(self.measures)
+        for m in self.measures:
+            choice("measure", m, MEASURES)
+        choice("resolvent_method", self.resolvent_method, RESOLVENT_METHODS)
+        choice("eig_method", self.eig_method, EIG_METHODS)
+        if self.solver is not None:
+            choice("solver", self.solver, available_solvers())
         for name in ("solver_options", "backward_options"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, dict):
-                raise TypeError(f"{name} must be a dict or None, got {type(v).__name__}")
-        _int("eig_k", self.eig_k, 1)
-        _int("eig_ncv", self.eig_ncv, self.eig_k + 1)
-        _int("eig_maxiter", self.eig_maxiter, 1)
-        _int("resolvent_ncv", self.resolvent_ncv, 2)
-        _int("resolvent_maxiter", self.resolvent_maxiter, 1)
-        _int("linear_restart", self.linear_restart, 1)
-        _int("linear_maxiter", self.linear_maxiter, 1)
-        _int("directions", self.directions, 1)
-        _int("refine_max_iter", self.refine_max_iter, 1)
-        _int("seed", self.seed, 0)
+                raise ConfigError(f"{name} must be a dict or None, got {type(v).__name__}")
+        for name, minimum in (("eig_k", 1), ("eig_ncv", self.eig_k + 1), ("eig_maxiter", 1), ("resolvent_ncv", 2),
+                              ("resolvent_maxiter", 1), ("linear_restart", 1), ("linear_maxiter", 1),
+                              ("directions", 1), ("refine_max_iter", 1), ("seed", 0)):
+            integer(name, getattr(self, name), minimum)
         if self.max_iter is not None:
-            _int("max_iter", self.max_iter, 1)
-        for name in ("eig_tol", "linear_rtol", "refine_rtol"):
-            _unit_interval(name, getattr(self, name))
+            integer("max_iter", self.max_iter)
+        for name in ("eig_tol", "linear_rtol", "refine_rtol", "delta", "cluster_rtol", "smoothness_eps"):
+            number(name, getattr(self, name), low=0, high=1, low_open=True, high_open=True)
         for name in ("rtol", "atol", "noise_scale"):
-            v = getattr(self, name)
-            if v is not None and not (isinstance(v, (int, float)) and v >= 0 and v != float("inf")):
-                raise ValueError(f"{name} must be a finite number ≥ 0 or None, got {v!r}")
-        for name in ("delta", "cluster_rtol", "smoothness_eps"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < 1:
-                raise ValueError(f"{name} must be a number in (0, 1), got {v!r}")
+            if getattr(self, name) is not None:
+                number(name, getattr(self, name), low=0)
         if not isinstance(self.progress, bool):
-            raise TypeError(f"progress must be a bool, got {self.progress!r}")
+            raise ConfigError(f"progress must be a bool, got {self.progress!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-
-
-def _unit_interval(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}")
-
-
 def _options(options: AnalysisOptions | None, overrides: dict[str, Any]) -> AnalysisOptions:
-    allowed = [f.name for f in dataclasses.fields(AnalysisOptions)]
-    unknown = sorted(set(overrides) - set(allowed))
-    if unknown:
-        raise TypeError(f"analyze got unknown option(s) {unknown}; allowed: {', '.join(allowed)}")
+    known_keys(overrides, [f.name for f in dataclasses.fields(AnalysisOptions)], "analyze")
     if options is None:
         return AnalysisOptions(**overrides)
     if not isinstance(options, AnalysisOptions):
-        raise TypeError(f"options must be an AnalysisOptions, got {type(options).__name__}")
+        raise ConfigError(f"options must be an AnalysisOptions, got {type(options).__name__}")
     return dataclasses.replace(options, **overrides) if overrides else options
 
 
@@ -234,7 +201,7 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
         reached from ``options.inits[0]``.
     """
     opts = _options(options, overrides)
-    cfg = model.config
+    cfg = model.config.solve
     solver = opts.solver or cfg.solver
     solver_options = cfg.solver_options if opts.solver_options is None and opts.solver is None else (opts.solver_options or {})
     max_iter = opts.max_iter or cfg.max_iter
@@ -271,7 +238,7 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
             batch=B,
             grid=list(e.shape[1:-1]),
             state_dim=n,
-            model=_plain_config(cfg),
+            model=_plain_config(model.config),
             options=opts.to_dict(),
             reference_init=ref,
             reachability=reach,
@@ -325,10 +292,12 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
         stages.close()
 
 
-def _plain_config(cfg) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-    d["grid"] = list(d["grid"])
-    return d
+def _plain_config(config) -> dict[str, Any]:
+    """The model's architecture and solve settings in one flat dict of plain values."""
+    d = config.to_dict()
+    flat = {**d["arch"], **d["solve"]}
+    flat["grid"] = list(flat["grid"])
+    return flat
 
 
 def _backward_stats(
@@ -351,8 +320,10 @@ def _backward_stats(
     from deqloop.equilibrium import BackwardWarning, fixed_point
     from deqloop.solvers import BatchedMap
 
-    cfg = model.config
-    bopts = dict(cfg.backward_options) if cfg.backward == "implicit" else {}
+    from deqloop.adjoint import Implicit
+
+    adjoint = model.config.solve.adjoint()
+    bopts = adjoint.options() if isinstance(adjoint, Implicit) else {}
     bopts.update(options or {})
     B = e.shape[0]
     gen = torch.Generator().manual_seed(seed + 2)

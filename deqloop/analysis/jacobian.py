@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from deqloop.analysis.krylov import EigenEstimate, block_power, gmres, krylov_schur
+from deqloop.analysis.gmres import gmres
+from deqloop.analysis.krylov import EigenEstimate, block_power, krylov_schur
 
 __all__ = [
     "EIG_METHODS",
@@ -96,7 +97,7 @@ class LoopJacobian:
     @classmethod
     def from_model(cls, model, z: Tensor, e: Tensor) -> LoopJacobian:
         """The Jacobians of ``model.step`` (a :class:`~deqloop.model.LoopedDEQ`) at ``(z, e)``."""
-        if getattr(model.config, "compile", False):
+        if model.config.arch.compile:
             raise ValueError(
                 "Jacobian products need double backward, which torch.compile does not provide; "
                 "rebuild the model with compile=False (the state dict is the same)"

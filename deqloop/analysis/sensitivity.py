@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from deqloop.analysis.jacobian import LoopJacobian
-from deqloop.analysis.krylov import gmres
+from deqloop.analysis.gmres import gmres
 from deqloop.solvers import BatchedMap, solve
 
 __all__ = ["Sensitivity", "Smoothness", "input_sensitivity", "local_smoothness", "unit_directions"]

@@ -17,7 +17,14 @@ from deqloop.solvers.base import BatchedMap, Solver, SubsettableMap
 from deqloop.solvers.broyden import Broyden
 from deqloop.solvers.loop import run_solver
 from deqloop.solvers.picard import Picard
-from deqloop.solvers.solution import BackwardStats, Solution, SolverError, SolverStatus
+from deqloop.solvers.solution import (
+    BackwardStats,
+    Solution,
+    SolverError,
+    SolverStatus,
+    relative_residual,
+    residual_norms,
+)
 from deqloop.solvers.torchdeq_adapter import TORCHDEQ_METHODS, make_torchdeq_solver
 
 __all__ = [
@@ -33,6 +40,8 @@ __all__ = [
     "SubsettableMap",
     "available_solvers",
     "register_solver",
+    "relative_residual",
+    "residual_norms",
     "solve",
 ]
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from deqloop.solvers.base import Solver, State, check_positive_int
+from deqloop.solvers.base import Solver, State
+from deqloop.validate import integer, number
 
 
 class Anderson(Solver):
@@ -21,13 +22,9 @@ class Anderson(Solver):
     name = "anderson"
 
     def __init__(self, m: int = 6, ridge: float = 1e-6, beta: float = 1.0):
-        self.m = check_positive_int("m", m)
-        if not float(ridge) >= 0.0:
-            raise ValueError(f"ridge must be ≥ 0, got {ridge!r}")
-        if not 0.0 < float(beta) <= 1.0:
-            raise ValueError(f"beta must be in (0, 1], got {beta!r}")
-        self.ridge = float(ridge)
-        self.beta = float(beta)
+        self.m = integer("m", m)
+        self.ridge = number("ridge", ridge, low=0)
+        self.beta = number("beta", beta, low=0, high=1, low_open=True)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
         n, d = x.shape

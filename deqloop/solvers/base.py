@@ -76,19 +76,3 @@ class BatchedMap:
 
     def select(self, index: torch.Tensor) -> "BatchedMap":
         return BatchedMap(self.fn, *(b.index_select(0, index) for b in self.batched))
-
-
-def check_positive_int(name: str, value: Any, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
-
-
-def check_nonnegative_float(name: str, value: Any) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a non-negative number, got {value!r}") from None
-    if not v >= 0.0 or v == float("inf"):
-        raise ValueError(f"{name} must be a finite non-negative number, got {value!r}")
-    return v

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from deqloop.solvers.base import Solver, State, check_positive_int
+from deqloop.solvers.base import Solver, State
+from deqloop.validate import integer
 
 
 def _apply(U: torch.Tensor, V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -29,7 +30,7 @@ class Broyden(Solver):
     name = "broyden"
 
     def __init__(self, m: int = 12):
-        self.m = check_positive_int("m", m)
+        self.m = integer("m", m)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
         n, d = x.shape

@@ -17,13 +17,11 @@ from typing import Callable
 
 import torch
 
-from deqloop.solvers.base import Solver, check_nonnegative_float, check_positive_int
-from deqloop.solvers.solution import Solution, SolverStatus
+from deqloop.solvers.base import Solver
+from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual_norms
+from deqloop.validate import integer, number
 
 Map = Callable[[torch.Tensor], torch.Tensor]
-
-EPS = 1e-12  # guards the relative residual against ‖f(z)‖ = 0
-
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Norms and least squares run in float32, or float64 when the state is float64."""
@@ -41,9 +39,9 @@ def validate_common(z0: torch.Tensor, rtol: float, atol: float, max_iter: int) -
         raise ValueError(f"z0 must be batch-first with at least one sample, got shape {tuple(z0.shape)}")
     if not z0.is_floating_point():
         raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
-    rtol = check_nonnegative_float("rtol", rtol)
-    atol = check_nonnegative_float("atol", atol)
-    max_iter = check_positive_int("max_iter", max_iter)
+    rtol = number("rtol", rtol, low=0)
+    atol = number("atol", atol, low=0)
+    max_iter = integer("max_iter", max_iter)
     return rtol, atol, max_iter
 
 
@@ -104,7 +102,7 @@ def run_solver(
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
-    check_every = check_positive_int("check_every", check_every or default_check_every(z0.device))
+    check_every = integer("check_every", check_every or default_check_every(z0.device))
     if not divergence > 1.0:
         raise ValueError(f"divergence must be a factor > 1, got {divergence!r}")
 
@@ -146,9 +144,7 @@ def run_solver(
 
         for k in range(1, max_iter + 1):
             fx = evaluate(x)
-            fx_acc = fx.detach().to(acc)
-            abs_r = (fx_acc - x.detach().to(acc)).norm(dim=1).float()
-            f_norm = fx_acc.norm(dim=1).float()
+            abs_r, f_norm = residual_norms(fx, x, acc)
             rel = abs_r / (f_norm + EPS)
             finite = torch.isfinite(abs_r) & torch.isfinite(f_norm)
             live = active & finite

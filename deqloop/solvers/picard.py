@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from deqloop.solvers.base import Solver, State
+from deqloop.validate import number
 
 
 class Picard(Solver):
@@ -13,9 +14,7 @@ class Picard(Solver):
     name = "picard"
 
     def __init__(self, damping: float = 1.0):
-        if not 0.0 < float(damping) <= 1.0:
-            raise ValueError(f"damping must be in (0, 1], got {damping!r}")
-        self.damping = float(damping)
+        self.damping = number("damping", damping, low=0, high=1, low_open=True)
 
     def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
         if self.damping == 1.0:

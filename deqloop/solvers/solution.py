@@ -8,6 +8,27 @@ from typing import Any
 
 import torch
 
+from deqloop.errors import DeqloopError
+
+
+EPS = 1e-12  # guards the relative residual against ‖f(z)‖ = 0
+
+
+def residual_norms(fz: torch.Tensor, z: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(‖f(z) − z‖, ‖f(z)‖)`` per sample, ``(B,)`` float32, computed in ``dtype`` (default:
+    float32, float64 for float64 states). The one residual formula of the library: a sample has
+    converged when ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖``; its relative residual is
+    ``‖f(z) − z‖ / (‖f(z)‖ + EPS)``."""
+    acc = dtype or (torch.float64 if fz.dtype == torch.float64 else torch.float32)
+    fz, z = fz.detach().reshape(fz.shape[0], -1).to(acc), z.detach().reshape(z.shape[0], -1).to(acc)
+    return (fz - z).norm(dim=1).float(), fz.norm(dim=1).float()
+
+
+def relative_residual(fz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float32 ``‖f(z) − z‖ / (‖f(z)‖ + EPS)`` (see :func:`residual_norms`)."""
+    abs_r, f_norm = residual_norms(fz, z)
+    return abs_r / (f_norm + EPS)
+
 
 class SolverStatus(enum.IntEnum):
     """Per-sample outcome of a solve (stored as int codes in ``Solution.status``)."""
@@ -18,7 +39,7 @@ class SolverStatus(enum.IntEnum):
     NONFINITE = 3
 
 
-class SolverError(RuntimeError):
+class SolverError(DeqloopError, RuntimeError):
     """Raised by ``solve(..., throw=True)`` when some samples did not converge."""
 
     def __init__(self, message: str, solution: "Solution"):
@@ -43,6 +64,12 @@ class BackwardStats:
     def ok(self) -> bool | None:
         return None if self.converged is None else bool(self.converged.all())
 
+    def record(self, solution: "Solution") -> None:
+        """Take in one backward solve's result (the latest solve's per-sample numbers; totals add up)."""
+        self.converged, self.residual, self.iterations = solution.converged, solution.residual, solution.iterations
+        self.nfe += solution.nfe
+        self.calls += 1
+
 
 @dataclass
 class Solution:
@@ -61,7 +88,8 @@ class Solution:
         trace: optional ``(T, B)`` float32 relative residual per iteration (frozen samples repeat
             their last value).
         method: name of the method that produced it.
-        backward: statistics of the implicit backward solve, filled in by the backward pass.
+        backward: statistics of the implicit backward solve: an empty record, replaced by the
+            :class:`~deqloop.adjoint.Implicit` mode's own when it attaches its gradient.
     """
 
     z: torch.Tensor

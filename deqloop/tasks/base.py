@@ -1,95 +1,57 @@
-"""What every task shares: the ``Task`` protocol, bands, data errors and line reading.
+"""What a task is: its settings, its batches and its metrics; and the registry of tasks.
 
-A task turns a difficulty band into tensors and scores predictions:
+A task is a (frozen) dataclass of its own settings that subclasses :class:`Task`. The trainer,
+the evaluator, the analyzer, the command line and the sweep only ever talk to this interface:
 
-    task = get_task("sudoku")
-    x, y = task.make("train", 1000, seed=0)    # x: (n, *task.grid) tokens in [0, vocab_size)
-                                               # y: (n, *task.grid) classes in [0, num_classes)
+    task = get_task("sudoku", augment=True)    # settings are the dataclass's fields
+    x, y = task.make("train", 1000, seed=0)    # splits: "train", "val" (easy), "hard"
     ok = task.correct(logits, y, x)            # (n,) bool, the paper's metric
 
 ``correct`` and ``cell_accuracy`` accept logits ``(n, *grid, C)`` (scored by argmax over the
 last axis) or predicted class ids ``(n, *grid)``.
 
-Loaders report malformed input as :class:`DataError` naming the file, the line and the
-problem. With ``on_error="skip"`` bad rows are counted in a :class:`LoadSummary` instead.
+A user's task is a subclass, registered under a name::
+
+    @dataclass(frozen=True)
+    class CopyShifted(Task):
+        length: int = 8
+        vocab_size: ClassVar[int] = 5
+        num_classes: ClassVar[int] = 5
+        @property
+        def grid(self): return (self.length,)
+        def make(self, split, n, seed=0): ...
+
+    register_task("copy_shifted", CopyShifted)     # or: deqloop train --task mymodule:CopyShifted
 """
 
 from __future__ import annotations
 
-import io
-import logging
-import os
-from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import ClassVar, Literal, Protocol, runtime_checkable
+import dataclasses
+import importlib
+from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = [
-    "BANDS",
-    "ON_ERROR",
-    "Band",
-    "DataError",
-    "LoadSummary",
-    "Task",
-    "as_predictions",
-    "check_band",
-    "check_on_error",
-    "shared_data_dir",
-]
+from deqloop import seeds
+from deqloop.errors import ConfigError
+from deqloop.validate import choice, integer, known_keys
 
-log = logging.getLogger("deqloop.tasks")
+__all__ = ["BANDS", "Band", "Task", "as_predictions", "check_band", "check_count", "get_task", "register_task",
+           "task_class", "task_names", "task_spec"]
 
 Band = Literal["train", "val", "hard"]
 BANDS: tuple[str, ...] = ("train", "val", "hard")
 """``train`` and ``val`` are disjoint draws from the easy distribution; ``hard`` is the
 extrapolation test set."""
 
-ON_ERROR: tuple[str, ...] = ("raise", "skip")
-
-
-@runtime_checkable
-class Task(Protocol):
-    """The interface the training code relies on."""
-
-    name: ClassVar[str]
-    vocab_size: ClassVar[int]
-    num_classes: ClassVar[int]
-    grid: tuple[int, ...]
-
-    def make(self, band: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """``(x, y)`` LongTensors of shape ``(n, *grid)`` for a band in :data:`BANDS`."""
-        ...
-
-    def correct(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
-        """``(n,)`` bool: the paper's per-example metric."""
-        ...
-
-    def cell_accuracy(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
-        """``(n,)`` float: the fraction of scored cells predicted right."""
-        ...
-
 
 def check_band(band: str) -> str:
-    if band not in BANDS:
-        raise ValueError(f"unknown band {band!r}; expected one of {', '.join(BANDS)}")
-    return band
-
-
-def check_on_error(on_error: str) -> str:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {', '.join(map(repr, ON_ERROR))}, got {on_error!r}")
-    return on_error
+    return choice("split", band, BANDS)
 
 
 def check_count(n: int, what: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"{what} must be a non-negative int, got {n!r}")
-    return n
+    return integer(what, n, minimum=0)
 
 
 def as_predictions(out: Tensor, y: Tensor) -> Tensor:
@@ -100,134 +62,149 @@ def as_predictions(out: Tensor, y: Tensor) -> Tensor:
         return out.argmax(dim=-1)
     if out.shape == y.shape:
         if out.is_floating_point():
-            raise ValueError(
+            raise ConfigError(
                 f"got floating-point predictions of the target's shape {tuple(y.shape)}; pass logits "
                 f"of shape {(*y.shape, 'C')} or integer class ids"
             )
         return out.long()
-    raise ValueError(
+    raise ConfigError(
         f"predictions have shape {tuple(out.shape)}; expected logits {(*y.shape, 'C')} "
         f"or class ids {tuple(y.shape)} to match the targets"
     )
 
 
-def _short(value: object, width: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
+class Task:
+    """Base of every task: subclass it as a frozen dataclass of the task's settings.
 
-
-class DataError(ValueError):
-    """A malformed row: ``path:line: problem (value ...; expected ...)``."""
-
-    def __init__(
-        self,
-        path: str | Path,
-        line: int,
-        problem: str,
-        value: object = None,
-        expected: str | None = None,
-    ) -> None:
-        self.path = str(path)
-        self.line = line
-        self.problem = problem
-        self.value = value
-        self.expected = expected
-        detail = []
-        if value is not None:
-            detail.append(f"value {_short(value)}")
-        if expected:
-            detail.append(f"expected {expected}")
-        suffix = f" ({'; '.join(detail)})" if detail else ""
-        super().__init__(f"{self.path}:{line}: {problem}{suffix}")
-
-
-@dataclass
-class LoadSummary:
-    """What a loader read: rows seen, rows kept, and bad rows skipped by problem."""
-
-    path: str
-    rows: int = 0
-    loaded: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    first_errors: list[DataError] = field(default_factory=list)
-
-    MAX_KEPT_ERRORS: ClassVar[int] = 10
-
-    @property
-    def n_skipped(self) -> int:
-        return sum(self.skipped.values())
-
-    def __str__(self) -> str:
-        text = f"{self.path}: {self.loaded} loaded of {self.rows} rows"
-        if self.skipped:
-            kinds = ", ".join(f"{count} {problem}" for problem, count in self.skipped.most_common())
-            text += f"; {self.n_skipped} skipped ({kinds})"
-        return text
-
-
-class Rows:
-    """Reports bad rows: raises :class:`DataError`, or counts it when skipping."""
-
-    def __init__(self, path: str | Path, on_error: str) -> None:
-        self.on_error = check_on_error(on_error)
-        self.summary = LoadSummary(str(path))
-
-    def bad(self, line: int, problem: str, value: object = None, expected: str | None = None) -> None:
-        error = DataError(self.summary.path, line, problem, value, expected)
-        if self.on_error == "raise":
-            raise error
-        self.summary.skipped[problem] += 1
-        if len(self.summary.first_errors) < LoadSummary.MAX_KEPT_ERRORS:
-            self.summary.first_errors.append(error)
-
-    def fatal(self, line: int, problem: str, value: object = None, expected: str | None = None) -> DataError:
-        """An error that ends loading whatever ``on_error`` says (a file-level problem)."""
-        return DataError(self.summary.path, line, problem, value, expected)
-
-    def finish(self) -> LoadSummary:
-        if self.summary.skipped:
-            log.warning("%s", self.summary)
-        return self.summary
-
-
-def iter_lines(path: str | Path, rows: Rows) -> Iterator[tuple[int, str]]:
-    """``(line number, text without line ending)`` of a plain or ``.zst`` text file, streamed.
-
-    Lines that are not UTF-8 go to ``rows.bad``; a corrupt zstd stream raises
-    :class:`DataError` at the line where it broke.
+    Required: ``name``, ``vocab_size``, ``num_classes`` (class attributes), ``grid`` (attribute
+    or property: the training grid, ``(L,)`` or ``(H, W)``), :meth:`make` and :meth:`correct`.
+    The other methods have defaults a task overrides when it has something to say.
     """
-    path = Path(path)
-    with path.open("rb") as raw:
-        stream: io.BufferedIOBase = raw
-        corrupt: tuple[type[Exception], ...] = ()
-        if path.suffix == ".zst":
-            import zstandard
 
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore[arg-type]
-            corrupt = (zstandard.ZstdError,)
-        number = 0
-        try:
-            for number, data in enumerate(stream, start=1):
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    rows.bad(number, "line is not UTF-8", data[max(0, e.start - 10) : e.end + 10])
-                    continue
-                yield number, text.rstrip("\r\n")
-        except corrupt as e:
-            raise DataError(path, number + 1, f"corrupt zstd stream: {e}") from e
+    name: ClassVar[str] = ""
+    vocab_size: ClassVar[int]
+    num_classes: ClassVar[int]
+    grid: tuple[int, ...]
+
+    def make(self, split: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` LongTensors of shape ``(n, *grid)`` for a split in :data:`BANDS`."""
+        raise NotImplementedError
+
+    def correct(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
+        """``(n,)`` bool: the per-example metric (default: every cell right)."""
+        return (as_predictions(out, y) == y).flatten(1).all(dim=1)
+
+    def cell_accuracy(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
+        """``(n,)`` float: the fraction of cells predicted right."""
+        return (as_predictions(out, y) == y).flatten(1).float().mean(dim=1)
+
+    def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
+        """The training batch of ``step`` of a run seeded ``seed`` (a pure function of both).
+
+        Default: ``make("train", n)`` from a seed derived from ``(seed, step)``. A task with a
+        curriculum (lengths, blanks, ... that depend on the step) overrides this.
+        """
+        return self.make("train", n, seed=seeds.derive_seed(seed, seeds.BATCH, step) % 2**31)
+
+    def augment_batch(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """A training batch with the task's random symmetries applied (default: unchanged)."""
+        return x, y
+
+    def propagation_depth(self, x: Tensor | None = None) -> int | None:
+        """Iterations information needs to cross the examples ``x`` (``None``: the largest
+        training examples), if the task knows; training with ``depth_offset`` then runs
+        ``propagation_depth(x) + depth_offset`` iterations on each batch."""
+        return None
+
+    def extra_split(self, spec: str, n: int, seed: int) -> tuple[str, tuple[Tensor, Tensor]]:
+        """``(name, (x, y))``: a further test set described by ``spec`` (``deqloop eval --extra``:
+        e.g. a data file, or a length), ``n`` examples at most."""
+        raise ConfigError(f"task {self.name!r} takes no extra test sets (got {spec!r})")
+
+    def settings(self) -> dict[str, Any]:
+        """The task's settings as plain values (what a checkpoint stores to rebuild it)."""
+        if not dataclasses.is_dataclass(self):
+            return {}
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
 
-def make_generator(seed: int, *stream: int) -> torch.Generator:
-    """A CPU generator for ``seed`` and a stream id (bands draw from different streams)."""
-    entropy = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
-    gen = torch.Generator()
-    gen.manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
-    return gen
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "__fspath__"):
+        return str(value)
+    return value
 
 
-def shared_data_dir() -> Path:
-    """Where the project's shared puzzle data is looked for: ``$DEQLOOP_SHARED/data``, else
-    ``../shared/data`` beside the checkout. The folder may not exist; callers check."""
-    shared = os.environ.get("DEQLOOP_SHARED")
-    return Path(shared) / "data" if shared else Path(__file__).resolve().parents[3] / "shared" / "data"
+# ----------------------------------------------------------------------------------------------
+# The registry
+
+_BUILTIN: dict[str, str] = {
+    "prefix_sums": "deqloop.tasks.prefix_sums:PrefixSums",
+    "sudoku": "deqloop.tasks.sudoku:Sudoku",
+    "chess": "deqloop.tasks.chess:Chess",
+}
+_REGISTRY: dict[str, type[Task] | str] = dict(_BUILTIN)  # built-ins stay import paths until used
+
+
+def register_task(name: str, cls: type[Task], *, overwrite: bool = False) -> type[Task]:
+    """Make ``cls`` (a :class:`Task` subclass) available as ``name`` to ``get_task``, the trainer,
+    the command line and the sweep. Returns ``cls`` (usable as a decorator's body)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise ConfigError(f"a task name must be a non-empty string without ':', got {name!r}")
+    if not (isinstance(cls, type) and issubclass(cls, Task)):
+        raise ConfigError(f"register_task needs a Task subclass, got {cls!r}")
+    if name in _REGISTRY and not overwrite and _REGISTRY[name] is not cls:
+        raise ConfigError(f"task {name!r} is already registered (pass overwrite=True to replace it)")
+    _REGISTRY[name] = cls
+    return cls
+
+
+def task_names() -> tuple[str, ...]:
+    """The registered task names."""
+    return tuple(_REGISTRY)
+
+
+def _import(path: str) -> type[Task]:
+    module, _, qualname = path.partition(":")
+    if not module or not qualname:
+        raise ConfigError(f"a task path must look like 'package.module:ClassName', got {path!r}")
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"cannot import task module {module!r} ({e}); is it on PYTHONPATH?") from e
+    for part in qualname.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"module {module!r} has no {qualname!r}")
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, Task)):
+        raise ConfigError(f"{path!r} is not a Task subclass")
+    return obj
+
+
+def task_class(name: str) -> type[Task]:
+    """The class of a registered task, or of ``"package.module:ClassName"``."""
+    if not isinstance(name, str):
+        raise ConfigError(f"a task is named by a string, got {name!r}")
+    if name in _REGISTRY:
+        entry = _REGISTRY[name]
+        if isinstance(entry, str):
+            entry = _REGISTRY[name] = _import(entry)
+        return entry
+    if ":" in name:
+        return _import(name)
+    raise ConfigError(f"unknown task {name!r}; allowed: {', '.join(map(repr, _REGISTRY))} or 'package.module:ClassName'")
+
+
+def task_spec(cls: type[Task]) -> str:
+    """``"package.module:ClassName"``: where ``cls`` can be imported from again."""
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def get_task(name: str, **settings: Any) -> Task:
+    """The task ``name`` (registered, or ``"package.module:ClassName"``) with ``settings`` (the
+    fields of its dataclass; unknown ones are an error that lists the allowed ones)."""
+    cls = task_class(name)
+    if dataclasses.is_dataclass(cls):
+        known_keys(settings, [f.name for f in dataclasses.fields(cls)], f"task {name!r}")
+    return cls(**settings)

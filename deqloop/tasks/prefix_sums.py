@@ -6,7 +6,8 @@ extrapolation the looped model is meant to make. A prediction is correct only if
 output sequence matches.
 
     x, y = generate(1000, 32, seed=0)      # LongTensor (1000, 32) each
-    ok = correct(logits, y)                 # (1000,) bool
+    task = PrefixSums(length=12, min_length=4, hard_length=48)   # a 4-12 bit curriculum
+    ok = task.correct(logits, y)            # (n,) bool
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from deqloop.tasks.base import as_predictions, check_band, check_count, make_generator
+from deqloop import seeds
+from deqloop.errors import ConfigError
+from deqloop.tasks.base import Task, as_predictions, check_band, check_count
+from deqloop.validate import integer, setting
 
 __all__ = ["PrefixSums", "cell_accuracy", "correct", "generate"]
 
@@ -26,6 +30,7 @@ NUM_CLASSES = 2
 TRAIN_LENGTH = 32
 HARD_LENGTH = 512
 _STREAMS = {"train": 0, "val": 1, "hard": 2}
+EXTRA_STREAM = 3  # extra test lengths (deqloop eval --extra 96)
 
 
 def generate(n: int, length: int, seed: int = 0, *, stream: int = 0) -> tuple[Tensor, Tensor]:
@@ -35,9 +40,8 @@ def generate(n: int, length: int, seed: int = 0, *, stream: int = 0) -> tuple[Te
     Returns LongTensors ``x, y`` of shape ``(n, length)``.
     """
     check_count(n)
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
-    x = torch.randint(0, 2, (n, length), generator=make_generator(seed, 0, stream), dtype=torch.long)
+    integer("length", length)
+    x = torch.randint(0, 2, (n, length), generator=seeds.data_generator(seed, 0, stream), dtype=torch.long)
     y = torch.cumsum(x, dim=1) % 2
     return x, y
 
@@ -55,33 +59,65 @@ def cell_accuracy(out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
 
 
 @dataclass(frozen=True)
-class PrefixSums:
-    """The prefix-sums task: ``train``/``val`` at ``train_length`` bits, ``hard`` at ``hard_length``."""
+class PrefixSums(Task):
+    """The prefix-sums task: ``train``/``val`` at ``length`` bits, ``hard`` at ``hard_length``.
 
-    train_length: int = TRAIN_LENGTH
-    hard_length: int = HARD_LENGTH
+    With ``min_length``, each training batch draws its length uniformly from
+    ``[min_length, length]`` (a curriculum that is a pure function of the run's seed and step).
+    A batch of L bits needs about L iterations of a local-attention loop: its
+    :meth:`propagation_depth` is L.
+    """
+
+    length: int = setting("training length in bits", default=TRAIN_LENGTH)
+    min_length: int | None = setting("draw each training batch's length uniformly from [min_length, length] "
+                                   "(a length curriculum; default: always length)", default=None)
+    hard_length: int = setting("length of the hard split in bits", default=HARD_LENGTH)
 
     name: ClassVar[str] = "prefix_sums"
     vocab_size: ClassVar[int] = VOCAB_SIZE
     num_classes: ClassVar[int] = NUM_CLASSES
 
     def __post_init__(self) -> None:
-        for name in ("train_length", "hard_length"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"PrefixSums.{name} must be a positive int, got {value!r}")
+        integer("prefix_sums length", self.length)
+        integer("prefix_sums hard_length", self.hard_length)
+        if self.min_length is not None:
+            integer("prefix_sums min_length", self.min_length)
+            if self.min_length > self.length:
+                raise ConfigError(f"prefix_sums min_length ({self.min_length}) exceeds length ({self.length})")
 
     @property
     def grid(self) -> tuple[int, ...]:
-        return (self.train_length,)
+        return (self.length,)
 
-    def length(self, band: str) -> int:
-        return self.hard_length if check_band(band) == "hard" else self.train_length
+    def split_length(self, split: str) -> int:
+        return self.hard_length if check_band(split) == "hard" else self.length
 
-    def make(self, band: str, n: int, seed: int = 0, *, length: int | None = None) -> tuple[Tensor, Tensor]:
-        """``(x, y)`` of shape ``(n, length)``; ``length`` overrides the band's (for curricula)."""
-        length = self.length(band) if length is None else length
-        return generate(n, length, seed, stream=_STREAMS[check_band(band)])
+    def make(self, split: str, n: int, seed: int = 0, *, length: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(x, y)`` of shape ``(n, length)``; ``length`` overrides the split's."""
+        length = self.split_length(split) if length is None else length
+        return generate(n, length, seed, stream=_STREAMS[check_band(split)])
+
+    def train_length(self, seed: int, step: int) -> int:
+        """The length of the training batch of ``step`` (the curriculum's draw)."""
+        if self.min_length is None:
+            return self.length
+        g = seeds.generator(seed, seeds.LENGTH, step)
+        return int(torch.randint(self.min_length, self.length + 1, (1,), generator=g))
+
+    def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
+        return self.make("train", n, seed=seeds.derive_seed(seed, seeds.BATCH, step) % 2**31,
+                         length=self.train_length(seed, step))
+
+    def propagation_depth(self, x: Tensor | None = None) -> int:
+        return self.length if x is None else int(x.shape[-1])
+
+    def extra_split(self, spec: str, n: int, seed: int) -> tuple[str, tuple[Tensor, Tensor]]:
+        """``spec`` is a length in bits: ``n`` random strings of that length."""
+        try:
+            length = int(spec)
+        except ValueError:
+            raise ConfigError(f"prefix_sums extra test sets are lengths in bits, got {spec!r}") from None
+        return f"{length} bits", generate(n, integer("extra length", length), seed=seed, stream=EXTRA_STREAM)
 
     def correct(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
         return correct(out, y, x)

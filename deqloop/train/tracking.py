@@ -23,12 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from deqloop.errors import ConfigError, DeqloopError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-__all__ = ["LOGGERS", "TensorBoardTracker", "Tracker", "WandbTracker", "flatten", "make_tracker", "run_id"]
+__all__ = ["LOGGERS", "TensorBoardTracker", "TrackerUnavailable", "Tracker", "WandbTracker", "flatten", "make_tracker", "run_id"]
 
 LOGGERS = ("jsonl", "tensorboard", "wandb")
+
+
+class TrackerUnavailable(DeqloopError, ImportError):
+    """The package a ``--logger`` needs is not installed."""
 _MISSING = "--logger {kind} needs the {kind} package: pip install 'deqloop[{kind}]'"
 _NOT_SCALARS = ("step", "kind", "iters")
 
@@ -95,7 +101,7 @@ class TensorBoardTracker(Tracker):
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:
-            raise ImportError(_MISSING.format(kind="tensorboard")) from e
+            raise TrackerUnavailable(_MISSING.format(kind="tensorboard")) from e
         self._writer_class, self.log_dir = SummaryWriter, Path(out) / "tensorboard"
         self._config, self._resume = config, resume
         self._writer: Any = None
@@ -142,7 +148,7 @@ class WandbTracker(Tracker):
             try:
                 import wandb
             except ImportError as e:
-                raise ImportError(_MISSING.format(kind="wandb")) from e
+                raise TrackerUnavailable(_MISSING.format(kind="wandb")) from e
             Path(out).mkdir(parents=True, exist_ok=True)  # older wandb falls back to a temp dir otherwise
             fields = getattr(wandb.Settings, "model_fields", {})  # pydantic settings (wandb >= 0.19)
             extra = {k: True for k in ("x_disable_stats", "x_disable_meta", "x_disable_machine_info") if k in fields}
@@ -164,8 +170,8 @@ def make_tracker(kind: str, out: str | Path, *, config: dict[str, Any], run_name
                  resume: bool = False) -> Tracker:
     """The tracker for ``--logger kind`` writing under ``out``; ``"jsonl"`` gives a no-op :class:`Tracker`.
 
-    Raises ``ValueError`` for an unknown kind and ``ImportError`` naming the extra to install when
-    the tracker's package is missing.
+    Raises :class:`ConfigError` for an unknown kind and :class:`TrackerUnavailable` (an
+    ``ImportError``) naming the extra to install when the tracker's package is missing.
     """
     if kind == "jsonl":
         return Tracker()
@@ -173,4 +179,4 @@ def make_tracker(kind: str, out: str | Path, *, config: dict[str, Any], run_name
         return TensorBoardTracker(out, config, resume=resume)
     if kind == "wandb":
         return WandbTracker(out, config, run_name=run_name, resume=resume)
-    raise ValueError(f"unknown logger {kind!r}; allowed: {', '.join(LOGGERS)}")
+    raise ConfigError(f"unknown logger {kind!r}; allowed: {', '.join(LOGGERS)}")

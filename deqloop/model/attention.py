@@ -20,15 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deqloop.norm import RMSNorm
-from deqloop.rope import apply_rope, grid_coordinates
+from deqloop.errors import ConfigError
+from deqloop.model.norm import RMSNorm
+from deqloop.validate import choice
+from deqloop.model.rope import apply_rope, grid_coordinates
 
 ATTENTION_BACKENDS = ("sdpa", "math")
 
 
 def check_backend(backend: str) -> None:
-    if backend not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; allowed: {ATTENTION_BACKENDS}")
+    choice("attention backend", backend, ATTENTION_BACKENDS)
 
 
 @functools.lru_cache(maxsize=64)
@@ -38,7 +39,7 @@ def local_mask(grid: tuple[int, ...], window: int, device: torch.device) -> torc
     Tokens are the cells of ``grid`` in row-major order. The result is cached; do not modify it.
     """
     if window < 1 or window % 2 == 0:
-        raise ValueError(f"window must be an odd positive kernel size, got {window}")
+        raise ConfigError(f"window must be an odd positive kernel size, got {window}")
     with torch.inference_mode(False), torch.no_grad():
         coords = grid_coordinates(grid, device)  # (N, ndim)
         dist = (coords[:, None, :] - coords[None, :, :]).abs()  # (N, N, ndim)
@@ -62,7 +63,7 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int, qk_norm: bool = True, backend: str = "sdpa"):
         super().__init__()
         if width % heads != 0:
-            raise ValueError(f"width ({width}) must be divisible by heads ({heads})")
+            raise ConfigError(f"width ({width}) must be divisible by heads ({heads})")
         check_backend(backend)
         self.heads = heads
         self.head_dim = width // heads

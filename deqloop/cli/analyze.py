@@ -1,17 +1,7 @@
-"""``deqloop analyze CKPT --task NAME``: load a checkpoint, analyze a batch of a task, report.
+"""``deqloop analyze CKPT``: load a run, analyze a batch of its task, report.
 
-Hook into a command line with subparsers::
-
-    p = subparsers.add_parser("analyze", help="stability analysis of a checkpoint")
-    add_analyze_arguments(p)
-    ...
-    return run_analyze(args)
-
-or run it on its own: ``python -m deqloop.analysis.cli CKPT --task prefix_sums``.
-
-A checkpoint is a ``torch.save``\\ d dict with at least ``"model_config"`` (a dict for
-:meth:`LoopedDEQConfig.from_dict`) and ``"model"`` (the state dict), read by
-:func:`deqloop.checkpoint.load_model`.
+The task is the one the checkpoint trained on, with the settings (data files, lengths) it trained
+with (:class:`deqloop.run.Run`); ``--task`` names another task for a weights-only checkpoint.
 """
 
 from __future__ import annotations
@@ -27,24 +17,28 @@ from deqloop.analysis.analyze import MEASURES, analyze
 from deqloop.analysis.jacobian import EIG_METHODS
 from deqloop.model import INITS
 
-__all__ = ["add_analyze_arguments", "load_checkpoint", "main", "run_analyze"]
+__all__ = ["add", "add_analyze_arguments", "run_analyze"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``analyze`` arguments to ``parser`` (a subcommand parser); returns it."""
-    from deqloop.tasks import BANDS, TASKS
+    from deqloop.tasks import BANDS
 
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file (torch.save'd dict with model_config and model)")
-    parser.add_argument("--task", required=True, choices=sorted(TASKS), help="task whose inputs to analyze")
+    parser.add_argument("checkpoint", type=Path, help="a checkpoint written by deqloop train (or a weights-only one)")
+    parser.add_argument("--task", default=None, metavar="NAME",
+                        help="analyze inputs of this task (default settings) instead of the checkpoint's own task "
+                        "with its training settings; needed for a weights-only checkpoint")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it may register the task)")
     parser.add_argument("--band", default="val", choices=BANDS, help="difficulty band (default: val)")
     parser.add_argument("--n", type=int, default=64, help="number of examples (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the examples and of the analysis (default: 0)")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for report.json and the plots (default: CKPT's stem + '-analysis' beside it)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None,
                         help="cast the model to this dtype first (float64 for precise geometry)")
     parser.add_argument("--inits", nargs="+", choices=INITS, default=None,
@@ -60,27 +54,18 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     return parser
 
 
-def load_checkpoint(path: str | Path, *, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """The :class:`~deqloop.model.LoopedDEQ` of a checkpoint (see :func:`deqloop.checkpoint.load_model`:
-    ``compile`` off, eval mode), moved to ``device`` and optionally cast to ``dtype``.
-
-    Raises :class:`deqloop.checkpoint.CheckpointError` for a missing or malformed checkpoint.
-    """
-    from deqloop.checkpoint import load_model
-
-    model = load_model(path, map_location=device).to(device=device)
-    return model if dtype is None else model.to(dtype=dtype)
-
-
 def run_analyze(args: argparse.Namespace) -> int:
     """Run ``deqloop analyze`` for parsed ``args``: print the summary, write report and plots."""
+    from deqloop.device import resolve_device
+    from deqloop.run import Run
     from deqloop.tasks import get_task
+    from deqloop.validate import integer
 
-    if args.n < 1:
-        raise SystemExit(f"--n must be ≥ 1, got {args.n}")
-    model = load_checkpoint(args.checkpoint, device=args.device, dtype=DTYPES.get(args.dtype) if args.dtype else None)
-    task = get_task(args.task)
-    x, _ = task.make(args.band, args.n, seed=args.seed)
+    integer("--n", args.n)
+    device = resolve_device(args.device)
+    run = Run.load(args.checkpoint, device=device, task=get_task(args.task) if args.task else None)
+    model = run.model if args.dtype is None else run.model.to(dtype=DTYPES[args.dtype])
+    x, _ = run.require_task().make(args.band, args.n, seed=args.seed)
     overrides: dict[str, Any] = {"seed": args.seed}
     for name in ("inits", "measures", "solver", "max_iter", "rtol", "eig_method", "directions", "delta"):
         value = getattr(args, name)
@@ -100,11 +85,12 @@ def run_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="deqloop analyze", description="Stability analysis of a LoopedDEQ checkpoint.")
-    add_analyze_arguments(parser)
-    return run_analyze(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def add(sub: Any) -> None:
+    """``deqloop analyze`` on the command line's subparsers."""
+    p = sub.add_parser(
+        "analyze", help="stability analysis of a checkpoint's fixed points",
+        description="Stability of a checkpoint's fixed points on a batch of its task: reachability from several "
+        "initial states, spectrum of the loop Jacobian, input sensitivity. Prints a summary, writes report.json "
+        "and plots.")
+    add_analyze_arguments(p)
+    p.set_defaults(func=run_analyze)

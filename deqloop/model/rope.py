@@ -21,12 +21,14 @@ import math
 
 import torch
 
+from deqloop.errors import ConfigError
+
 
 def check_head_dim(head_dim: int, grid_ndim: int) -> None:
     """Raise ``ValueError`` unless ``head_dim`` can carry RoPE on a grid with ``grid_ndim`` axes."""
     multiple = 2 * grid_ndim
     if head_dim % multiple != 0:
-        raise ValueError(
+        raise ConfigError(
             f"rotary embedding on a {grid_ndim}-D grid needs a head dim divisible by {multiple}, "
             f"got {head_dim} (head dim = width / heads)"
         )

@@ -1,0 +1,112 @@
+"""The ``deqloop`` command line.
+
+    deqloop train --task sudoku --recall internal --norm post --backward implicit --width 128
+    deqloop train --import mypackage.tasks --task copy_shifted ...   # a task of your own
+    deqloop eval runs/sudoku/last.pt --iters 1,10,30,100,500
+    deqloop analyze runs/sudoku/last.pt
+    deqloop demo
+
+Every ``train`` flag is a field of :class:`deqloop.train.TrainConfig` (``--max-iter`` is
+``max_iter``) or of the chosen task's settings (``--length`` for prefix sums). The library's own
+errors (bad settings, data, checkpoints) are reported in one line on stderr with exit status 2;
+anything else is a bug and keeps its traceback (``DEQLOOP_DEBUG=1`` shows it for all).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import NoReturn
+
+from deqloop.errors import DeqloopError
+
+__all__ = ["CLIError", "build_parser", "main"]
+
+EXIT_USAGE = 2
+
+
+class CLIError(DeqloopError):
+    """A user error of the command line, printed as one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``deqloop train: error: ... (see --help)``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _prescan(argv: list[str]) -> tuple[str | None, list[str]]:
+    """``--task`` and every ``--import`` value, read before the parser is built (the task's own
+    flags depend on them)."""
+    task, imports = None, []
+    for i, arg in enumerate(argv):
+        for flag in ("--task", "--import"):
+            value = None
+            if arg == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif arg.startswith(flag + "="):
+                value = arg[len(flag) + 1 :]
+            if value is not None:
+                if flag == "--task":
+                    task = value
+                else:
+                    imports.append(value)
+    return task, imports
+
+
+def import_modules(modules: list[str]) -> None:
+    """Import the user's modules (they register their tasks)."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as e:
+            raise CLIError(f"--import {module}: {e}") from e
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The ``deqloop`` parser; ``argv`` tells ``train`` which task's flags to offer."""
+    from deqloop.cli import analyze, demo, evaluate, train
+
+    task, _ = _prescan(list(argv or []))
+    parser = Parser(prog="deqloop", description="Looped transformers as deep equilibrium models: train on easy "
+                    "problems, solve harder ones by iterating longer.",
+                    epilog="Run 'deqloop COMMAND --help' for a command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    train.add(sub, task)
+    evaluate.add(sub)
+    demo.add(sub)
+    analyze.add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``deqloop``; returns the exit status (0 on success, 2 on a user error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        import_modules(_prescan(argv)[1])
+        parser = build_parser(argv)
+    except DeqloopError as e:
+        print(f"deqloop: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("deqloop: interrupted", file=sys.stderr)
+        return 130
+    except DeqloopError as e:  # the library's own errors are one line; anything else is a bug
+        if os.environ.get("DEQLOOP_DEBUG"):
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"deqloop {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""``deqloop eval``: accuracy vs test-time iterations of a checkpoint, on its task's splits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from deqloop.cli.flags import iters_type
+
+__all__ = ["add", "run"]
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser(
+        "eval", help="accuracy vs test-time iterations of a checkpoint",
+        description="Evaluate a checkpoint on its task's easy (val) and hard splits at several test-time iteration "
+        "counts, and adaptively (each input iterates until it settles). Prints tables, writes eval.json and "
+        "iterations.png beside the checkpoint (or in --out).")
+    p.add_argument("checkpoint", help="a checkpoint written by deqloop train (e.g. runs/sudoku/last.pt)")
+    p.add_argument("--iters", type=iters_type, default=[1, 2, 5, 10, 30, 100, 300, 500], metavar="N,N,...",
+                   help="iteration counts to score [default: 1,2,5,10,30,100,300,500]")
+    p.add_argument("--n", type=int, default=512, help="examples per split [default: 512]")
+    p.add_argument("--task-option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                   help="change one of the task's settings for this evaluation (e.g. --task-option data FILE); "
+                   "VALUE is read as JSON when it parses, else as text")
+    p.add_argument("--extra", nargs="+", metavar="SPEC", default=[],
+                   help="more test sets, in the task's own terms (a data file, a length, ...)")
+    p.add_argument("--cells", action=argparse.BooleanOptionalAction, default=True,
+                   help="also report the fraction of cells right [default: on]")
+    p.add_argument("--rtol", type=float, default=1e-3,
+                   help="an input has settled when its state changes by less than this, relative; reported as "
+                   "adaptive accuracy and iterations [default: 1e-3]")
+    p.add_argument("--solver", default=None, metavar="S",
+                   help="also solve each split with this fixed-point solver (e.g. anderson) to --solver-rtol")
+    p.add_argument("--solver-rtol", type=float, default=1e-4, help="tolerance of --solver [default: 1e-4]")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation sets [default: 12345]")
+    p.add_argument("--out", default=None, help="folder for eval.json and iterations.png [default: the checkpoint's]")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N [default: auto]")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register the checkpoint's task)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from deqloop.errors import ConfigError
+    from deqloop.cli.flags import json_or_text
+    from deqloop.device import resolve_device
+    from deqloop.eval.report import evaluate_run
+    from deqloop.run import Run
+    from deqloop.solvers import available_solvers
+    from deqloop.validate import choice, integer, number
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    integer("--n", args.n)
+    number("--rtol", args.rtol, low=0, low_open=True)
+    number("--solver-rtol", args.solver_rtol, low=0, low_open=True)
+    if args.solver is not None:
+        choice("solver", args.solver, available_solvers())
+    run_ = Run.load(args.checkpoint, device=device)
+    task = run_.require_task()
+    if args.task_option:
+        if not dataclasses.is_dataclass(task):
+            raise ConfigError(f"task {task.name!r} has no settings to change")
+        from deqloop.tasks import get_task
+
+        changes = {name: json_or_text(value) for name, value in args.task_option}
+        run_.task = get_task(run_.config.task, **{**task.settings(), **changes})
+    splits = dict(run_.task.extra_split(spec, args.n, args.seed) for spec in args.extra)
+    report = evaluate_run(run_, iters=args.iters, n=args.n, splits=splits, settle_rtol=args.rtol, solver=args.solver,
+                          solver_rtol=args.solver_rtol, cells=args.cells, seed=args.seed, device=device)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent
+    out.mkdir(parents=True, exist_ok=True)
+    print(report.text())
+    (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    plot = report.curves.plot(out / "iterations.png", title=f"{report.task}: accuracy vs test-time iterations")
+    print(f"wrote {out / 'eval.json'} and {plot}")
+    return 0

@@ -1,0 +1,97 @@
+"""Command-line flags from dataclass fields: one flag per field, typed by its annotation, with
+its ``setting(help=...)`` text and its default in the help."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+__all__ = ["add_dataclass_flags", "flag_name", "iters_type", "json_object", "json_or_text"]
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"m\": 5}}', got {text!r}")
+    return value
+
+
+def json_or_text(text: str) -> Any:
+    """A JSON value when ``text`` parses as one (e.g. ``[0, 5]``), else the text itself."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def iters_type(text: str) -> list[int]:
+    from deqloop.eval.curves import parse_iters
+    from deqloop.errors import ConfigError
+
+    try:
+        return parse_iters(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _optional_of(hint: Any) -> Any:
+    """``X`` for ``X | None`` (and ``X`` itself otherwise); ``None`` for unions of several types."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0] if len(args) == 1 else None
+    return hint
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, choices: dict[str, tuple] | None = None,
+                        skip: tuple[str, ...] = (), special: dict[str, dict[str, Any]] | None = None) -> list[str]:
+    """Add ``--field-name`` for each field of ``cls`` (except ``skip``); returns the field names.
+
+    Defaults are suppressed (absent flags stay absent), so the dataclass's defaults apply.
+    ``choices`` restrict string fields; ``special`` gives argparse keywords for some fields.
+    """
+    hints = typing.get_type_hints(cls)
+    names = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip or not f.init:
+            continue
+        names.append(f.name)
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        help_text = f.metadata.get("help", "")
+        if default not in (None, (), {}, ""):
+            help_text += f" [default: {' '.join(map(str, default)) if isinstance(default, tuple) else default}]"
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        hint = _optional_of(hints[f.name])
+        origin = typing.get_origin(hint)
+        if f.name in (special or {}):
+            kw.update(special[f.name])
+        elif hint is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif origin is dict:
+            kw.update(type=json_object, metavar="JSON")
+        elif origin is tuple:
+            args = typing.get_args(hint)
+            item = args[0] if args else str
+            n = "+" if (len(args) == 2 and args[1] is Ellipsis) else len(args)
+            kw.update(nargs=n, type=item, metavar={int: "N", float: "X"}.get(item, "S"))
+        elif hint in (int, float, str):
+            kw["type"] = hint
+            if choices and f.name in choices:
+                kw["choices"] = choices[f.name]
+            else:
+                kw["metavar"] = {int: "N", float: "X", str: "S"}[hint]
+        else:  # a union of several kinds (e.g. a name or a [low, high] pair): JSON, else text
+            kw.update(type=json_or_text, metavar="V")
+        parser.add_argument(flag_name(f.name), help=help_text, **kw)
+    return names

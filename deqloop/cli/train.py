@@ -1,0 +1,68 @@
+"""``deqloop train``: a flag per TrainConfig field and per setting of the chosen task."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any
+
+from deqloop.cli.flags import add_dataclass_flags, iters_type
+
+__all__ = ["add", "run"]
+
+
+def _choices() -> dict[str, tuple[str, ...]]:
+    from deqloop.model import ATTENTIONS, INITS, NORMS, RECALLS
+    from deqloop.train.config import AMP_MODES, EQUILIBRIUM_BACKWARDS, LOGGERS, LOSSES, SCHEDULES
+
+    return {"recall": RECALLS, "norm": NORMS, "attention": ATTENTIONS, "init": INITS, "loss": LOSSES,
+            "backward": EQUILIBRIUM_BACKWARDS, "schedule": SCHEDULES, "amp": AMP_MODES, "logger": LOGGERS}
+
+
+def add(sub: Any, task: str | None) -> None:
+    from deqloop.errors import ConfigError
+    from deqloop.tasks import task_class
+    from deqloop.train import TrainConfig
+
+    p = sub.add_parser(
+        "train", help="train a looped model on a task",
+        description="Train a looped transformer. Writes OUT/config.json, OUT/metrics.jsonl (JSON lines) and "
+        "OUT/last.pt (atomic checkpoint). Under torchrun the same command trains with DistributedDataParallel. "
+        "The task's own settings are flags too (see them with --task NAME --help).")
+    p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                   help="import MODULE first (it may register tasks with deqloop.tasks.register_task)")
+    add_dataclass_flags(p, TrainConfig, choices=_choices(), skip=("task_options",),
+                        special={"eval_iters": dict(type=iters_type, metavar="N,N,...")})
+    cls = task_class(task or TrainConfig.task)
+    if dataclasses.is_dataclass(cls):
+        group = p.add_argument_group(f"settings of task {task or TrainConfig.task!r}")
+        clash = sorted({f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(TrainConfig)})
+        if clash:
+            raise ConfigError(f"task {task!r} has settings named like training flags ({', '.join(clash)}); "
+                              "rename them to use the task from the command line")
+        p.set_defaults(task_fields=add_dataclass_flags(group, cls))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from deqloop.train import TrainConfig, train
+
+    values = dict(vars(args))
+    task_fields = values.pop("task_fields", [])
+    for key in ("command", "func", "imports"):
+        values.pop(key, None)
+    options = {k: values.pop(k) for k in task_fields if k in values}
+    config = TrainConfig.from_dict({**values, "task_options": options})
+    result = train(config)
+    if result.rank != 0:  # under torchrun, rank 0 reports
+        return 0
+    line = f"trained {result.step} steps in {result.seconds:.0f} s"
+    if result.skipped:
+        line += f" ({result.skipped} skipped: non-finite)"
+    print(f"{line}; checkpoint {result.checkpoint}")
+    if result.eval_metrics:
+        e = result.eval_metrics
+        for band in ("val", "hard"):
+            accs = ", ".join(f"{t}: {100 * a:.1f}%" for t, a in zip(e["iters"], e[f"{band}_accuracy"]))
+            print(f"{band} accuracy by iterations: {accs}")
+    return 0

@@ -1,0 +1,220 @@
+"""Evaluation reports: accuracy-vs-iterations tables and plots, adaptive-compute tables, and
+:func:`evaluate_model` / :func:`evaluate_run`, which measure a model on named splits.
+
+    curves = IterationCurves(iters=[1, 10, 30, 100], train_depth=30)
+    curves.add("val", sweep.accuracy)
+    print(curves.table()); curves.plot("runs/x/iterations.png")
+    report = evaluate_run(Run.load("runs/x/last.pt"), iters=[1, 10, 100], n=256)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deqloop.errors import ConfigError
+from deqloop.eval.curves import adaptive_accuracy, check_iters, iteration_sweep
+
+__all__ = ["EvalReport", "IterationCurves", "evaluate_model", "evaluate_run", "settle_table"]
+
+
+@dataclass
+class IterationCurves:
+    """Accuracy against test-time iterations for several splits: a table and a plot.
+
+    ``train_depth`` (the iterations used in training) is marked in both.
+    """
+
+    iters: list[int]
+    train_depth: int | None = None
+    curves: dict[str, list[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.iters = check_iters(self.iters)
+
+    def add(self, name: str, accuracy: Sequence[float]) -> None:
+        if len(accuracy) != len(self.iters):
+            raise ConfigError(f"{name}: {len(accuracy)} accuracies for {len(self.iters)} iteration counts")
+        self.curves[name] = [float(a) for a in accuracy]
+
+    def table(self) -> str:
+        """A fixed-width text table: one row per iteration count, one column per split (%)."""
+        names = list(self.curves)
+        width = max([10, *(len(n) + 2 for n in names)])
+        head = f"{'iterations':>10}" + "".join(f"{n:>{width}}" for n in names)
+        lines = [head, "-" * len(head)]
+        for j, t in enumerate(self.iters):
+            mark = "  <- training depth" if t == self.train_depth else ""
+            cells = "".join(f"{100 * self.curves[n][j]:>{width - 1}.1f}%" for n in names)
+            lines.append(f"{t:>10}{cells}{mark}")
+        if self.train_depth is not None and self.train_depth not in self.iters:
+            lines.append(f"(training depth: {self.train_depth} iterations)")
+        return "\n".join(lines)
+
+    def best(self, name: str) -> tuple[int, float]:
+        """``(iterations, accuracy)`` of a split's best accuracy (fewest iterations on ties)."""
+        acc = self.curves[name]
+        j = max(range(len(acc)), key=lambda i: (acc[i], -i))
+        return self.iters[j], acc[j]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"iters": self.iters, "train_depth": self.train_depth, "accuracy": self.curves}
+
+    def plot(self, path: str | Path, title: str = "Accuracy vs test-time iterations") -> Path:
+        """Write a PNG: accuracy (%) against iterations (log scale), training depth dashed."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+        for name, acc in self.curves.items():
+            ax.plot(self.iters, [100 * a for a in acc], marker="o", markersize=3, label=name)
+        if self.train_depth is not None:
+            ax.axvline(self.train_depth, color="gray", linestyle="--", linewidth=1,
+                       label=f"training depth ({self.train_depth})")
+        if len(self.iters) > 1 and self.iters[-1] / self.iters[0] >= 10:
+            ax.set_xscale("log")
+        ax.set_xlabel("test-time iterations")
+        ax.set_ylabel("exact-match accuracy (%)")
+        ax.set_ylim(-2, 102)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+
+def settle_table(settling: Mapping[str, Mapping[str, float]], rtol: float, what: str = "state") -> str:
+    """Rows of adaptive results: accuracy, mean/median/max iterations, fraction converged."""
+    head = f"{'split':<18}{'accuracy':>10}{'iters mean':>12}{'median':>8}{'max':>6}{'settled':>9}"
+    lines = [f"adaptive: each input iterates until its {what} changes by less than rtol={rtol:g}", head,
+             "-" * len(head)]
+    for name, s in settling.items():
+        lines.append(f"{name:<18}{100 * s['accuracy']:>9.1f}%{s['iterations_mean']:>12.1f}"
+                     f"{s['iterations_median']:>8.0f}{s['iterations_max']:>6d}{100 * s['converged']:>8.1f}%")
+    return "\n".join(lines)
+
+
+@dataclass
+class EvalReport:
+    """What :func:`evaluate_checkpoint` returns.
+
+    Attributes:
+        curves: exact-match accuracy by test-time iterations per split.
+        cells: the fraction of cells right, likewise (when the task scores cells).
+        settling: per split, adaptive Picard results from the same pass (see :class:`Sweep`).
+        solver: per split, results of the model's solver run to ``solver_rtol`` (optional).
+    """
+
+    checkpoint: str
+    task: str
+    n: dict[str, int]
+    curves: IterationCurves
+    settle_rtol: float
+    settling: dict[str, dict[str, float]] = field(default_factory=dict)
+    cells: IterationCurves | None = None
+    solver_name: str | None = None
+    solver_rtol: float | None = None
+    solver: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint, "task": self.task, "n": self.n, "curves": self.curves.to_dict(),
+                "cells": self.cells.to_dict() if self.cells is not None else None,
+                "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
+                "solver_rtol": self.solver_rtol, "solver": self.solver}
+
+    def text(self) -> str:
+        """The tables, as printed by ``deqloop eval``."""
+        parts = [f"{self.task}: exact-match accuracy by test-time iterations "
+                 f"({', '.join(f'{k}: {v}' for k, v in self.n.items())} examples)", self.curves.table(), ""]
+        if self.cells is not None:
+            parts += ["fraction of cells right by test-time iterations", self.cells.table(), ""]
+        parts.append(settle_table(self.settling, self.settle_rtol))
+        if self.solver:
+            rows = {k: {**v} for k, v in self.solver.items()}
+            table = settle_table(rows, self.solver_rtol or 0.0, what="fixed-point residual")
+            parts += ["", table.replace("adaptive:", f"adaptive ({self.solver_name} solver):", 1)]
+        return "\n".join(parts)
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    task: Any,
+    *,
+    iters: Sequence[int],
+    train_depth: int | None = None,
+    settle_rtol: float = 1e-3,
+    solver: str | None = None,
+    solver_rtol: float = 1e-4,
+    cells: bool = True,
+    device: str | torch.device | None = None,
+) -> EvalReport:
+    """Iteration curves and settling statistics of ``model`` on named ``(x, y)`` splits.
+
+    ``task`` supplies ``correct``, ``name`` and, if ``cells``, ``cell_accuracy`` (the fraction of
+    cells right, reported beside exact match). With ``solver`` each split is also solved to
+    ``solver_rtol`` with at most ``max(iters)`` evaluations.
+    """
+    if not splits:
+        raise ConfigError("nothing to evaluate: no splits")
+    curves = IterationCurves(list(iters), train_depth=train_depth)
+    report = EvalReport(checkpoint="", task=task.name, n={k: len(v[0]) for k, v in splits.items()},
+                        curves=curves, settle_rtol=settle_rtol)
+    cell_accuracy = task.cell_accuracy if cells else None
+    if cell_accuracy is not None:
+        report.cells = IterationCurves(list(iters), train_depth=train_depth)
+    for name, (x, y) in splits.items():
+        sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, cells=cell_accuracy,
+                                device=device)
+        curves.add(name, sweep.accuracy)
+        if report.cells is not None and sweep.cell_accuracy is not None:
+            report.cells.add(name, sweep.cell_accuracy)
+        report.settling[name] = sweep.settle_summary()
+    if solver is not None:
+        report.solver_name, report.solver_rtol = solver, solver_rtol
+        for name, (x, y) in splits.items():
+            res = adaptive_accuracy(model, x, y, task.correct, solver=solver, max_iter=curves.iters[-1],
+                                    rtol=solver_rtol, device=device)
+            report.solver[name] = res.summary()
+    return report
+
+
+def evaluate_run(
+    run: Any,
+    *,
+    iters: Sequence[int],
+    n: int = 512,
+    splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    bands: Sequence[str] = ("val", "hard"),
+    settle_rtol: float = 1e-3,
+    solver: str | None = None,
+    solver_rtol: float = 1e-4,
+    cells: bool = True,
+    seed: int = 12345,
+    device: str | torch.device = "cpu",
+) -> EvalReport:
+    """Evaluate a :class:`deqloop.run.Run` on its task's ``bands`` and on extra ``splits``.
+
+    Each split gets an iteration curve and settling statistics from one pass; with ``solver``
+    (e.g. ``"anderson"``) each split is also solved to ``solver_rtol`` with at most
+    ``max(iters)`` evaluations.
+    """
+    task = run.require_task()
+    sets = {band: task.make(band, n, seed=seed) for band in bands}
+    sets.update(splits or {})
+    if not sets:
+        raise ConfigError("nothing to evaluate: no bands and no splits")
+    report = evaluate_model(run.model.to(device), sets, task, iters=iters, train_depth=run.train_depth,
+                            settle_rtol=settle_rtol, solver=solver, solver_rtol=solver_rtol, cells=cells, device=device)
+    report.checkpoint = str(run.path)
+    return report

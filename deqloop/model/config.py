@@ -1,0 +1,185 @@
+"""What defines a :class:`~deqloop.model.LoopedDEQ`: its architecture and its default solve.
+
+Two plain, validated objects:
+
+    arch = Architecture(vocab_size=10, num_classes=10, grid=(9, 9), width=128, recall="internal")
+    solve = SolveSettings(solver="anderson", backward="implicit", max_iter=30, rtol=1e-4)
+    config = LoopedDEQConfig(arch, solve)          # what a checkpoint stores
+
+The architecture fixes the parameters; the solve settings are only defaults that every call of
+the model may override (``model(x, max_iter=500)``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from deqloop.adjoint import BACKWARD_MODES, Backward, Unrolled, as_backward
+from deqloop.errors import ConfigError, ConfigKeyError
+from deqloop.model.attention import ATTENTION_BACKENDS
+from deqloop.model.rope import check_head_dim
+from deqloop.names import ATTENTIONS, INITS, NORMS, RECALLS
+from deqloop.solvers import available_solvers
+from deqloop.validate import choice, integer, known_keys, number
+
+__all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "INITS", "LoopedDEQConfig", "NORMS", "RECALLS",
+           "SOLVE_SETTINGS", "SolveSettings"]
+
+BACKWARDS = BACKWARD_MODES
+
+# Arguments of fixed_point that the solve settings set from their own fields, not from solver_options.
+_FIXED_POINT_ARGS = {"method", "backward", "rtol", "atol", "max_iter", "backward_options", "throw"}
+
+
+@dataclass
+class Architecture:
+    """The parameters' shapes and the block's wiring.
+
+    vocab_size: number of input token ids. num_classes: outputs per token of the readout head.
+    grid: training grid, ``(L,)`` for sequences or ``(H, W)`` for boards. Inputs must have as
+        many grid axes; their sizes may differ (RoPE and local attention are relative).
+    width: model width ``D``; heads: attention heads (``width % heads == 0``; the head dim must
+        be even on 1-D grids and divisible by 4 on 2-D grids, for RoPE).
+    mlp_ratio: the MLP's hidden width is ``round(mlp_ratio · width)``.
+    recall: input injection, one of ``RECALLS``: ``"none"`` e enters only through z₀;
+        ``"external"`` h = W_z z + W_e e enters the block; ``"internal"`` every sublayer sees
+        W_z·norm(h) + W_e·e (one pair of maps per sublayer) while the residual stream carries h.
+    norm: RMSNorm placement around each sublayer g, one of ``NORMS``: ``"pre"`` h + g(n(h));
+        ``"peri"`` h + n(g(n(h))); ``"post"`` n(h + g(h)); ``"sandwich"`` n(h + g(n(h))).
+    attention: ``"full"`` or ``"local"`` (each token sees the cells within ``window // 2`` on
+        every axis; ``window`` is the full, odd kernel size).
+    qk_norm: RMSNorm on queries and keys per head. rope_base: RoPE frequency base.
+    attention_backend: ``"sdpa"`` (fused) or ``"math"`` (supports forward-mode AD).
+    compile: compile the block with ``torch.compile``.
+    """
+
+    vocab_size: int
+    num_classes: int
+    grid: tuple[int, ...]
+    width: int = 256
+    heads: int = 8
+    mlp_ratio: float = 4
+    recall: str = "internal"
+    norm: str = "post"
+    attention: str = "full"
+    window: int = 5
+    qk_norm: bool = True
+    rope_base: float = 10000.0
+    attention_backend: str = "sdpa"
+    compile: bool = False
+
+    def __post_init__(self) -> None:
+        grid = (self.grid,) if isinstance(self.grid, int) else self.grid
+        self.grid = tuple(int(n) for n in grid)
+        if len(self.grid) not in (1, 2) or any(n < 1 for n in self.grid):
+            raise ConfigError(f"grid must be (L,) or (H, W) of positive sizes, got {grid!r}")
+        for name in ("vocab_size", "num_classes", "width", "heads"):
+            integer(name, getattr(self, name))
+        if self.width % self.heads != 0:
+            raise ConfigError(f"width ({self.width}) must be divisible by heads ({self.heads})")
+        check_head_dim(self.width // self.heads, len(self.grid))
+        number("mlp_ratio", self.mlp_ratio, low=0, low_open=True)
+        integer("hidden width round(mlp_ratio · width)", round(self.mlp_ratio * self.width))
+        choice("recall", self.recall, RECALLS)
+        choice("norm", self.norm, NORMS)
+        choice("attention", self.attention, ATTENTIONS)
+        choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1 or self.window % 2 == 0:
+            raise ConfigError(f"window must be an odd positive kernel size, got {self.window!r}")
+        number("rope_base", self.rope_base, low=1, low_open=True)
+
+
+@dataclass
+class SolveSettings:
+    """How a call of the model solves for its equilibrium, unless the call says otherwise.
+
+    init: z₀, one of ``INITS``: ``"embed"`` z₀ = e, ``"zeros"``, ``"noise"`` (Gaussian with
+        standard deviation ``init_scale``).
+    solver: method name for :func:`deqloop.solve` (``"anderson"``, ``"picard"``, ``"broyden"``,
+        ``"torchdeq:<name>"``, ...); solver_options: extra keywords for it.
+    backward: gradient through the equilibrium: a name of ``BACKWARDS`` (with ``backward_options``)
+        or a :class:`deqloop.adjoint.Backward` object. ``"unrolled"`` backpropagates through
+        naive iteration, so it solves by Picard iteration whatever ``solver`` says.
+    max_iter, rtol, atol: the stopping rule ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖`` per example.
+    throw: raise when some example does not converge.
+    """
+
+    init: str = "embed"
+    init_scale: float = 0.1
+    solver: str = "anderson"
+    backward: str | Backward = "implicit"
+    max_iter: int = 30
+    rtol: float = 1e-4
+    atol: float = 0.0
+    solver_options: dict[str, Any] = field(default_factory=dict)
+    backward_options: dict[str, Any] = field(default_factory=dict)
+    throw: bool = False
+
+    def __post_init__(self) -> None:
+        choice("init", self.init, INITS)
+        integer("max_iter", self.max_iter)
+        for name in ("init_scale", "rtol", "atol"):
+            number(name, getattr(self, name), low=0)
+        for name in ("solver_options", "backward_options"):
+            if not isinstance(getattr(self, name), dict):
+                    raise ConfigKeyError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        clash = sorted(set(self.solver_options) & _FIXED_POINT_ARGS)
+        if clash:
+            raise ConfigError(f"solver_options {clash} are settings of their own: pass them directly")
+        choice("solver", self.solver, available_solvers())
+        self.adjoint()  # validates backward and its options
+
+    def adjoint(self) -> Backward:
+        """The :class:`~deqloop.adjoint.Backward` these settings describe."""
+        return as_backward(self.backward, self.backward_options)
+
+    @property
+    def method(self) -> str:
+        """The forward solver actually run (``"picard"`` under the unrolled backward)."""
+        return "picard" if isinstance(self.adjoint(), Unrolled) else self.solver
+
+
+ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(Architecture))
+SOLVE_SETTINGS = tuple(f.name for f in dataclasses.fields(SolveSettings))
+
+
+@dataclass
+class LoopedDEQConfig:
+    """A model's :class:`Architecture` and default :class:`SolveSettings`, as a checkpoint stores them."""
+
+    arch: Architecture
+    solve: SolveSettings = field(default_factory=SolveSettings)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any], where: str = "LoopedDEQ") -> LoopedDEQConfig:
+        """Build from one flat dict of architecture and solve fields (unknown keys are an error)."""
+        known_keys(values, ARCH_FIELDS + SOLVE_SETTINGS, where)
+        arch = {k: v for k, v in values.items() if k in ARCH_FIELDS}
+        solve = {k: v for k, v in values.items() if k in SOLVE_SETTINGS}
+        return cls(Architecture(**arch), SolveSettings(**solve))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> LoopedDEQConfig:
+        """Build from :meth:`to_dict`'s ``{"arch": ..., "solve": ...}`` (or a flat dict of both)."""
+        if set(values) <= {"arch", "solve"} and "arch" in values:
+            known_keys(values["arch"], ARCH_FIELDS, "Architecture")
+            known_keys(values.get("solve", {}), SOLVE_SETTINGS, "SolveSettings")
+            return cls(Architecture(**values["arch"]), SolveSettings(**values.get("solve", {})))
+        return cls.from_flat(values, "LoopedDEQConfig")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values: ``{"arch": {...}, "solve": {...}}`` (a backward object is stored by name)."""
+        solve = dataclasses.asdict(self.solve)
+        if isinstance(self.solve.backward, Backward):
+            solve["backward"], solve["backward_options"] = self.solve.backward.to_spec()
+        return {"arch": dataclasses.asdict(self.arch), "solve": solve}
+
+    def replace(self, **changes: Any) -> LoopedDEQConfig:
+        """A copy with architecture and/or solve fields changed (flat keywords)."""
+        known_keys(changes, ARCH_FIELDS + SOLVE_SETTINGS, "LoopedDEQConfig.replace")
+        arch = {k: v for k, v in changes.items() if k in ARCH_FIELDS}
+        solve = {k: v for k, v in changes.items() if k in SOLVE_SETTINGS}
+        return LoopedDEQConfig(dataclasses.replace(self.arch, **arch) if arch else self.arch,
+                               dataclasses.replace(self.solve, **solve) if solve else self.solve)

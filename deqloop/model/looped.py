@@ -1,0 +1,258 @@
+"""LoopedDEQ: one weight-tied transformer block f(z; e), applied until z stops changing.
+
+Reading order: :mod:`deqloop.model.config` (what defines a model), :mod:`deqloop.model.layers`
+(the block), then this file: the model, whose ``forward`` hands ``z ↦ step(z, e)`` to
+:func:`deqloop.fixed_point`.
+
+Shapes: ``B`` batch, ``grid`` the token grid (``(L,)`` or ``(H, W)``), ``N = prod(grid)``,
+``D`` the width, ``C`` the number of classes. The state ``z`` and the embedding ``e`` are
+``(B, *grid, D)``; inside the block tokens are flattened to ``(B, N, D)``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from deqloop.errors import ConfigError
+from deqloop.model.attention import check_backend, local_mask
+from deqloop.model.config import (
+    INITS,
+    SOLVE_SETTINGS,
+    Architecture,
+    LoopedDEQConfig,
+    SolveSettings,
+)
+from deqloop.model.layers import Block, Readout
+from deqloop.model.rope import rope_table
+from deqloop.solvers import BatchedMap, Solution
+from deqloop.validate import choice, known_keys
+
+__all__ = ["LoopOutput", "LoopedDEQ"]
+
+
+@dataclass
+class LoopOutput:
+    """What :meth:`LoopedDEQ.forward` returns.
+
+    Attributes:
+        logits: ``(B, *grid, C)`` readout of the equilibrium state.
+        z: ``(B, *grid, D)`` equilibrium state (carries gradients per the backward mode).
+        solution: the solver's :class:`deqloop.Solution` (per-example convergence, residual,
+            iterations, ...; ``solution.backward`` fills in when an implicit backward runs).
+    """
+
+    logits: torch.Tensor
+    z: torch.Tensor
+    solution: Solution
+
+    @property
+    def iterations(self) -> torch.Tensor:
+        """``(B,)`` iterations each example used (adaptive compute)."""
+        return self.solution.iterations
+
+
+class LoopedDEQ(nn.Module):
+    """A looped, weight-tied transformer block solved to its fixed point z* = f(z*; e).
+
+    Build from keyword arguments (the fields of :class:`Architecture` and :class:`SolveSettings`),
+    or from a :class:`LoopedDEQConfig` (optionally with keywords that replace some fields)::
+
+        model = LoopedDEQ(vocab_size=13, num_classes=2, grid=(8, 8), width=256, heads=8)
+        out = model(x)                       # LoopOutput: .logits (B, *grid, C), .z, .solution
+        out = model(x, max_iter=500, rtol=1e-5)
+
+    Inputs may have other grid sizes than ``grid`` (the number of grid axes must match): RoPE and
+    local attention are relative, so a 1-D model runs on longer sequences and a 2-D model on other
+    board sizes — that is how a looped model extrapolates.
+
+    ``model.config`` is the validated :class:`LoopedDEQConfig` (``.arch``, ``.solve``);
+    ``LoopedDEQ(LoopedDEQConfig.from_dict(config.to_dict()))`` rebuilds the same model.
+    """
+
+    def __init__(self, config: LoopedDEQConfig | Architecture | None = None, /, **kwargs: Any):
+        super().__init__()
+        if config is None:
+            config = LoopedDEQConfig.from_flat(kwargs, "LoopedDEQ")
+        elif isinstance(config, Architecture):
+            config = LoopedDEQConfig(config, SolveSettings(**kwargs))
+        elif kwargs:
+            config = config.replace(**kwargs)
+        self.config = config
+        arch = config.arch
+        self.embedding = nn.Embedding(arch.vocab_size, arch.width)
+        self.block = Block(arch)
+        self.head = Readout(arch.width, arch.num_classes)
+        self._compiled_block = None  # built on first use when arch.compile; never pickled
+
+    @property
+    def arch(self) -> Architecture:
+        return self.config.arch
+
+    # -- the pieces --------------------------------------------------------------------------
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Token ids ``(B, *grid)`` → embedding ``e`` ``(B, *grid, D)``."""
+        ndim = len(self.arch.grid)
+        if x.dim() != ndim + 1:
+            raise ConfigError(
+                f"expected token ids of shape (B, *grid) with {ndim} grid axis(es), like the "
+                f"configured grid {self.arch.grid}; got shape {tuple(x.shape)}"
+            )
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise ConfigError(f"token ids must be an integer tensor, got {x.dtype}")
+        return self.embedding(x)  # (B, *grid, D)
+
+    def initial_state(
+        self, e: torch.Tensor, init: str | None = None, *, scale: float | None = None
+    ) -> torch.Tensor:
+        """z₀ for embedding ``e``: ``"embed"`` (e itself), ``"zeros"`` or ``"noise"``."""
+        init = self.config.solve.init if init is None else choice("init", init, INITS)
+        if init == "embed":
+            return e
+        if init == "zeros":
+            return torch.zeros_like(e)
+        scale = self.config.solve.init_scale if scale is None else scale
+        return scale * torch.randn_like(e)
+
+    def step(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """One application of the loop map, ``z ↦ f(z; e)``; both ``(B, *grid, D)``.
+
+        The result has the dtype of ``z`` (under autocast the block computes in lower precision
+        while the state stays float32).
+        """
+        if z.shape != e.shape:
+            raise ConfigError(f"state {tuple(z.shape)} and embedding {tuple(e.shape)} differ")
+        B, *grid, D = z.shape
+        cos, sin, mask = self._geometry(tuple(grid), z.device)
+        block = self.block
+        if self.arch.compile:
+            if self._compiled_block is None:
+                self._compiled_block = torch.compile(self.block.forward)
+            block = self._compiled_block
+        out = block(z.reshape(B, -1, D), e.reshape(B, -1, D), cos, sin, mask)  # (B, N, D)
+        return out.reshape(z.shape).to(z.dtype)
+
+    def iterates(self, z: torch.Tensor, e: torch.Tensor, steps: int) -> Iterator[torch.Tensor]:
+        """``z_1, ..., z_steps`` with ``z_t = f(z_{t−1}; e)``, under the caller's grad mode.
+
+        The one "iterate the block" loop of the library: training (progressive loss), evaluation
+        and :meth:`trajectory` all walk it.
+        """
+        for _ in range(steps):
+            z = self.step(z, e)
+            yield z
+
+    def iterate(self, z: torch.Tensor, e: torch.Tensor, steps: int) -> torch.Tensor:
+        """``z_steps``: the state after ``steps`` plain iterations from ``z`` (``z`` itself for 0)."""
+        for z in self.iterates(z, e, steps):
+            pass
+        return z
+
+    def readout(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-token logits ``(B, *grid, C)`` of any state ``z`` ``(B, *grid, D)``."""
+        return self.head(z)
+
+    def _geometry(
+        self, grid: tuple[int, ...], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """RoPE tables ``(N, hd/2)`` and the local-attention mask ``(N, N)`` (or None); cached."""
+        dtype = torch.promote_types(self.embedding.weight.dtype, torch.float32)
+        cos, sin = rope_table(grid, self.block.attn.head_dim, self.arch.rope_base, device, dtype)
+        mask = None
+        if self.arch.attention == "local":
+            mask = local_mask(grid, self.arch.window, device)
+        return cos, sin, mask
+
+    # -- solving -----------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor, **overrides: Any) -> LoopOutput:
+        """Solve for the equilibrium of ``x`` ``(B, *grid)`` and read it out.
+
+        Keyword arguments override the configured :class:`SolveSettings` for this call only;
+        allowed: ``solver, backward, max_iter, rtol, atol, init, init_scale, solver_options,
+        backward_options, throw``.
+        """
+        s = self.solve_settings(**overrides)
+        e = self.embed(x)  # (B, *grid, D)
+        z0 = self.initial_state(e, s.init, scale=s.init_scale)  # (B, *grid, D)
+        z, solution = s.adjoint().solve(
+            BatchedMap(self.step, e),  # lets the solver stop evaluating converged examples
+            z0,
+            method=s.method,
+            options=s.solver_options,
+            rtol=s.rtol,
+            atol=s.atol,
+            max_iter=s.max_iter,
+            throw=s.throw,
+        )
+        return LoopOutput(logits=self.readout(z), z=z, solution=solution)
+
+    def trajectory(
+        self, x: torch.Tensor, iters: int | None = None, *, init: str | None = None
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(t, logits)`` after each of ``iters`` plain iterations ``z ← f(z; e)``.
+
+        No gradients are kept, so memory does not grow with ``iters`` (default: ``max_iter``).
+        """
+        iters = self.config.solve.max_iter if iters is None else int(iters)
+        if iters < 0:
+            raise ConfigError(f"iters must be >= 0, got {iters}")
+        with torch.no_grad():
+            e = self.embed(x)
+            states = self.iterates(self.initial_state(e, init), e, iters)
+        for t in range(1, iters + 1):
+            # Grad mode is entered per iteration, not around the loop: a generator suspended
+            # inside ``no_grad`` would leak the mode into the caller's code between yields.
+            with torch.no_grad():
+                logits = self.readout(next(states))
+            yield t, logits
+
+    def solve_settings(self, **overrides: Any) -> SolveSettings:
+        """The configured :class:`SolveSettings` with ``overrides`` for one call.
+
+        Switching ``solver`` or ``backward`` drops the configured options of that method unless
+        new ones are given (they belong to the configured method).
+        """
+        known_keys(overrides, SOLVE_SETTINGS, f"{type(self).__name__}.forward")
+        if not overrides:
+            return self.config.solve
+        overrides = dict(overrides)
+        for key in ("solver", "backward"):
+            if key in overrides and overrides[key] != getattr(self.config.solve, key):
+                overrides.setdefault(f"{key}_options", {})
+        return dataclasses.replace(self.config.solve, **overrides)
+
+    # -- utilities ---------------------------------------------------------------------------
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_compiled_block"] = None  # compiled code is rebuilt on demand, not copied or saved
+        return state
+
+    @contextlib.contextmanager
+    def use_attention_backend(self, backend: str) -> Iterator[None]:
+        """Temporarily compute attention with ``"sdpa"`` or ``"math"`` (forward-mode AD)."""
+        check_backend(backend)
+        previous = self.block.attn.backend
+        self.block.attn.backend = backend
+        try:
+            yield
+        finally:
+            self.block.attn.backend = previous
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def extra_repr(self) -> str:
+        a, s = self.arch, self.config.solve
+        return (
+            f"grid={a.grid}, recall={a.recall!r}, norm={a.norm!r}, attention={a.attention!r}, "
+            f"solver={s.solver!r}, backward={s.backward!r}, max_iter={s.max_iter}"
+        )

@@ -1,0 +1,86 @@
+"""A finished or running training run, read once: its model, its training config and its task.
+
+    run = Run.load("runs/ps/last.pt")
+    run.model            # LoopedDEQ in eval mode (on ``device``)
+    run.config           # TrainConfig (None for a weights-only checkpoint)
+    run.task             # the task it trained on, with the settings it trained with
+    run.train_depth      # iterations per forward in training
+
+Every command that reads a checkpoint (``deqloop eval``, ``deqloop analyze``, the sweep, the demo)
+uses this, so they agree on the task and its data.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deqloop.checkpoint import CheckpointError, load_checkpoint, load_model
+from deqloop.errors import DeqloopError
+from deqloop.model import LoopedDEQ
+from deqloop.tasks import Task, task_names
+from deqloop.train.config import TrainConfig
+
+__all__ = ["Run"]
+
+@dataclass
+class Run:
+    """A checkpoint read once (see the module docstring)."""
+
+    path: Path
+    model: LoopedDEQ
+    config: TrainConfig | None
+    task: Task | None
+    state: dict[str, Any]
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", task: Task | None = None) -> Run:
+        """Read ``path``; ``task`` replaces the stored task (e.g. the same task on other data).
+
+        A task registered in another module is imported again from the ``"module:Class"`` the
+        checkpoint stores. Raises :class:`~deqloop.checkpoint.CheckpointError` naming the file
+        when the checkpoint is missing, foreign or its task cannot be rebuilt.
+        """
+        path = Path(path)
+        state = load_checkpoint(path)
+        model = load_model(path, state=state).to(device)
+        config = None
+        if "train_config" in state:
+            if state.get("format", 1) < 2:
+                raise CheckpointError(f"{path}: a format-1 checkpoint (before tasks owned their settings): its "
+                                      "training config cannot be read again; its weights can, with "
+                                      "deqloop.checkpoint.load_model")
+            values = {**state["train_config"], "resume": False, "overwrite": False}
+            _import_task(values.get("task"), state.get("task_class"))
+            try:
+                config = TrainConfig.from_dict(values)
+            except DeqloopError as e:
+                raise CheckpointError(f"{path}: its training config no longer builds: {e}") from e
+        if task is None and config is not None:
+            task = config.build_task()
+        return cls(path=path, model=model, config=config, task=task, state=state)
+
+    @property
+    def train_depth(self) -> int:
+        """Iterations per forward in training (the longest, with a per-batch depth)."""
+        return self.config.depth() if self.config is not None else self.model.config.solve.max_iter
+
+    def require_task(self) -> Task:
+        if self.task is None:
+            raise CheckpointError(f"{self.path} has no training config, so no task: name one explicitly")
+        return self.task
+
+
+def _import_task(name: str | None, spec: str | None) -> None:
+    """Make a task registered by a user's module available again (its module registers it)."""
+    if name is None or name in task_names() or ":" in name or not spec:
+        return
+    module = spec.partition(":")[0]
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return  # get_task will name the missing task

@@ -1,0 +1,37 @@
+"""Randomness as a pure function of keys: the seed of every stream the library draws from.
+
+    g = generator(seed, BATCH, step)        # a CPU torch.Generator for this (seed, stream, step)
+    s = derive_seed(seed, POOL) % 2**31     # an integer seed for a function that takes one
+
+Keys are hashed by NumPy's ``SeedSequence``, so different key tuples give independent streams.
+The stream ids below name what the trainer draws; tasks use their own ids for their bands.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["AUGMENT", "BATCH", "EPOCH", "EVAL", "LENGTH", "POOL", "PROGRESSIVE", "derive_seed", "generator"]
+
+# Streams of a training run (keys after the run's seed).
+BATCH, LENGTH, PROGRESSIVE, AUGMENT, EPOCH, POOL = range(6)
+EVAL = 99
+
+
+def derive_seed(*keys: int) -> int:
+    """A 63-bit integer seed derived from ``keys`` (independent streams per key tuple)."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
+    return (int(state[0]) << 31) ^ int(state[1])
+
+
+def generator(*keys: int) -> torch.Generator:
+    """A CPU ``torch.Generator`` seeded by :func:`derive_seed` of ``keys``."""
+    return torch.Generator().manual_seed(derive_seed(*keys))
+
+
+def data_generator(seed: int, *stream: int) -> torch.Generator:
+    """The generator the tasks' data draws use: like :func:`generator`, seeded by the 64 bits of
+    the two state words concatenated."""
+    entropy = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))

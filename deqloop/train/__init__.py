@@ -1,0 +1,24 @@
+"""Training a :class:`~deqloop.model.LoopedDEQ` on a task, top to bottom:
+
+    deqloop/train/config.py      TrainConfig: task + its settings, model, objective, optimisation, run
+    deqloop/train/data.py        Batches: the batch of each step, a pure function of (seed, step)
+    deqloop/train/objectives.py  Equilibrium (fixed-point gradients) and Progressive (deep-thinking loss)
+    deqloop/train/trainer.py     Trainer: the loop (step, log, evaluate, checkpoint, resume)
+    deqloop/train/runtime.py     processes, RNG states, AMP, optimizer groups and schedule
+    deqloop/train/metrics.py     metrics.jsonl; tracking.py: TensorBoard / W&B sinks
+
+    config = TrainConfig(task="prefix_sums", task_options={"length": 12, "min_length": 4},
+                         depth_offset=2, width=32, heads=4, attention="local", window=3,
+                         loss="progressive", steps=2000, out="runs/ps")
+    result = train(config)                 # writes runs/ps/{config.json,metrics.jsonl,last.pt}
+"""
+
+from deqloop.errors import TrainingError
+from deqloop.train.config import AMP_MODES, LOGGERS, LOSSES, SCHEDULES, TrainConfig
+from deqloop.train.data import Batches
+from deqloop.train.metrics import read_metrics
+from deqloop.train.objectives import Equilibrium, Objective, Progressive, progressive_draw
+from deqloop.train.trainer import TrainResult, Trainer, train
+
+__all__ = ["AMP_MODES", "Batches", "Equilibrium", "LOGGERS", "LOSSES", "Objective", "Progressive", "SCHEDULES",
+           "TrainConfig", "TrainResult", "Trainer", "TrainingError", "progressive_draw", "read_metrics", "train"]

@@ -1,0 +1,229 @@
+"""Everything that defines a training run: one validated dataclass.
+
+    config = TrainConfig(task="prefix_sums", task_options={"length": 12, "min_length": 4},
+                         depth_offset=2, width=32, heads=4, attention="local", window=3,
+                         loss="progressive", steps=2000, out="runs/ps")
+
+The task's own settings (lengths, data files, augmentation, ...) live in ``task_options``: they
+are the fields of the task's dataclass, validated by building the task. Every other field is a
+``deqloop train`` flag (``max_iter`` is ``--max-iter``); the task's fields are flags too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deqloop.adjoint import Backward, Implicit, as_backward
+from deqloop.device import check_device
+from deqloop.errors import ConfigError
+from deqloop.model import Architecture, LoopedDEQConfig, SolveSettings
+from deqloop.tasks import Task, get_task
+from deqloop.train.tracking import LOGGERS
+from deqloop.validate import choice, integer, known_keys, number, setting
+
+__all__ = ["AMP_MODES", "LOSSES", "LOGGERS", "RUNTIME_FIELDS", "SCHEDULES", "TrainConfig"]
+
+LOSSES = ("equilibrium", "progressive")
+SCHEDULES = ("cosine", "linear", "constant")
+EQUILIBRIUM_BACKWARDS = ("implicit", "phantom", "unrolled")
+AMP_MODES = ("auto", "bf16", "none")
+
+# Fields that describe how a run is executed rather than what it computes: they may differ
+# between a run and its resumption.
+RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger"})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; validated at construction.
+
+    Unknown keys in :meth:`from_dict` and impossible combinations raise :class:`ConfigError`
+    (a ``ValueError``; unknown keys also a ``TypeError``).
+    """
+
+    # -- task ----------------------------------------------------------------------------------
+    task: str = setting("a registered task (prefix_sums, sudoku, chess, or one added with register_task) "
+                        "or 'package.module:ClassName'", default="prefix_sums")
+    task_options: dict[str, Any] = setting("the task's own settings (the fields of its dataclass); after "
+                                           "construction it holds all of them, defaults included",
+                                           default_factory=dict)
+    train_size: int = setting("0: a fresh batch every step from the task; N: a fixed pool of N training examples "
+                              "drawn once and visited in shuffled epochs", default=0)
+    # -- model ---------------------------------------------------------------------------------
+    width: int = setting("model width", default=128)
+    heads: int = setting("attention heads", default=4)
+    mlp_ratio: float = setting("MLP hidden width / model width", default=4.0)
+    recall: str = setting("input injection: none, external or internal", default="internal")
+    norm: str = setting("norm placement: pre, peri, post or sandwich", default="post")
+    attention: str = setting("attention: full or local", default="full")
+    window: int = setting("local attention kernel size (odd)", default=5)
+    qk_norm: bool = setting("RMSNorm queries and keys", default=True)
+    init: str = setting("initial state z0: embed, zeros or noise", default="embed")
+    # -- solve and loss ------------------------------------------------------------------------
+    loss: str = setting("training regime: equilibrium (fixed-point gradients) or progressive (deep-thinking "
+                        "loss through plain iterations)", default="equilibrium")
+    backward: str | None = setting("equilibrium loss: implicit, phantom or unrolled (default implicit); not used "
+                                   "by the progressive loss", default=None)
+    backward_options: dict[str, Any] = setting("options of the backward mode as JSON, e.g. '{\"steps\": 3}' for "
+                                               "phantom", default_factory=dict)
+    alpha: float = setting("progressive loss: weight of the truncated (n free + k graded) term; 0 is plain "
+                           "backpropagation through max_iter iterations", default=0.0)
+    solver: str = setting("forward solver (equilibrium loss, adaptive evaluation): anderson, picard, broyden, "
+                          "torchdeq:<name>", default="anderson")
+    solver_options: dict[str, Any] = setting("solver options as JSON, e.g. '{\"m\": 5}'", default_factory=dict)
+    max_iter: int = setting("training depth: iterations per forward (solver budget for the equilibrium loss, "
+                            "exact count for the progressive loss)", default=30)
+    depth_offset: int | None = setting("a batch whose task-reported propagation depth is L trains with "
+                                       "L + depth_offset iterations (progressive loss) or solver budget "
+                                       "(equilibrium loss); default: max_iter always", default=None)
+    rtol: float = setting("solver relative tolerance", default=1e-4)
+    atol: float = setting("solver absolute tolerance", default=0.0)
+    # -- optimization --------------------------------------------------------------------------
+    steps: int | None = setting("optimizer steps (default 1000, or from --epochs)", default=None)
+    epochs: float | None = setting("passes over a fixed pool (needs --train-size)", default=None)
+    batch_size: int = setting("global batch size (split across processes)", default=64)
+    lr: float = setting("peak learning rate", default=1e-3)
+    min_lr: float = setting("learning rate at the end of the decay", default=0.0)
+    warmup_steps: int | None = setting("linear warmup steps (default: a tenth of the steps, at most 100)",
+                                       default=None)
+    schedule: str = setting("decay after warmup: cosine, linear or constant", default="cosine")
+    weight_decay: float = setting("AdamW weight decay (not applied to norms and biases)", default=0.01)
+    grad_clip: float = setting("clip the gradient norm to this (0: no clipping)", default=1.0)
+    # -- evaluation and logging ----------------------------------------------------------------
+    eval_every: int = setting("evaluate every N steps (0: only at the end)", default=0)
+    eval_size: int = setting("examples per split (val and hard) in the evaluation during training and at its end "
+                             "(0: no evaluation)", default=256)
+    eval_iters: tuple[int, ...] = setting("iteration counts of the periodic evaluation (default: the training "
+                                          "depth)", default=())
+    log_every: int = setting("write a metrics line every N steps", default=10)
+    logger: str = setting("where metrics go besides OUT/metrics.jsonl (always written): jsonl (nowhere else), "
+                          "tensorboard (OUT/tensorboard) or wandb (offline, OUT/wandb)", default="jsonl")
+    # -- run -----------------------------------------------------------------------------------
+    seed: int = setting("seed of the model, the data order and every random draw", default=0)
+    out: str = setting("run folder (default runs/<task>)", default="")
+    checkpoint_every: int = setting("write last.pt every N steps (and at the end)", default=500)
+    keep_every: int = setting("also keep step_N.pt every N steps (0: never)", default=0)
+    resume: bool = setting("continue the run in --out from its last.pt", default=False)
+    overwrite: bool = setting("start afresh even if --out holds a run", default=False)
+    device: str = setting("auto, cpu, cuda or cuda:N (under torchrun: the local GPU)", default="auto")
+    amp: str = setting("autocast: auto (bf16 on CUDA), bf16 or none", default="auto")
+    compile: bool = setting("compile the block with torch.compile", default=False)
+    threads: int = setting("CPU threads for torch (0: torch's default)", default=0)
+    progress: bool = setting("show a progress bar", default=True)
+
+    def __post_init__(self) -> None:
+        self.eval_iters = tuple(int(t) for t in self.eval_iters)
+        if not isinstance(self.task_options, dict):
+            raise ConfigError(f"task_options must be a dict, got {type(self.task_options).__name__}")
+        self._task = get_task(self.task, **self.task_options)  # validates the task's settings
+        self.task_options = self._task.settings() or dict(self.task_options)  # every setting, as plain values
+        for name in ("width", "heads", "max_iter", "batch_size", "log_every", "checkpoint_every"):
+            integer(name, getattr(self, name))
+        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "seed"):
+            integer(name, getattr(self, name), minimum=0)
+        if self.eval_every and not self.eval_size:
+            raise ConfigError("eval_every needs eval_size > 0")
+        for t in self.eval_iters:
+            integer("eval_iters entry", t)
+        choice("loss", self.loss, LOSSES)
+        choice("schedule", self.schedule, SCHEDULES)
+        choice("amp", self.amp, AMP_MODES)
+        choice("logger", self.logger, LOGGERS)
+        check_device(self.device)
+        self._check_loss()
+        self._check_steps()
+        number("lr", self.lr, low=0, low_open=True)
+        number("min_lr", self.min_lr, low=0, high=self.lr)
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.steps // 10)
+        integer("warmup_steps", self.warmup_steps, minimum=0)
+        if self.warmup_steps >= self.steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
+        number("weight_decay", self.weight_decay, low=0)
+        number("grad_clip", self.grad_clip, low=0)
+        if self.resume and self.overwrite:
+            raise ConfigError("resume and overwrite exclude each other")
+        if not self.out:
+            self.out = str(Path("runs") / self.task.replace(":", "_"))
+        self.model_config()  # architecture and solve settings are validated by the model's config
+
+    def _check_loss(self) -> None:
+        number("alpha", self.alpha, low=0, high=1)
+        if self.depth_offset is not None:
+            integer("depth_offset", self.depth_offset, minimum=0)
+            if self._task.propagation_depth() is None:
+                raise ConfigError(f"depth_offset needs a task that reports its propagation depth; task "
+                                  f"{self.task!r} does not")
+        if self.loss == "equilibrium":
+            if self.backward is not None:
+                choice("backward", self.backward, EQUILIBRIUM_BACKWARDS)
+            if self.alpha != 0.0:
+                raise ConfigError("alpha weighs the progressive loss; it needs loss='progressive'")
+        elif self.backward is not None or self.backward_options:
+            raise ConfigError("backward and backward_options apply to loss='equilibrium'; the progressive loss "
+                              "backpropagates through plain iterations")
+
+    def _check_steps(self) -> None:
+        if self.epochs is not None:
+            number("epochs", self.epochs, low=0, low_open=True)
+            if self.train_size == 0:
+                raise ConfigError("epochs counts passes over a fixed pool: set train_size > 0")
+            derived = max(1, math.ceil(self.epochs * self.train_size / self.batch_size))
+            if self.steps is not None and self.steps != derived:
+                raise ConfigError(f"steps ({self.steps}) and epochs ({self.epochs} = {derived} steps) disagree; "
+                                  "give one")
+            self.steps = derived
+        if self.steps is None:
+            self.steps = 1000
+        integer("steps", self.steps)
+        if self.train_size and self.train_size < self.batch_size:
+            raise ConfigError(f"train_size ({self.train_size}) is smaller than batch_size ({self.batch_size})")
+
+    # -- derived -------------------------------------------------------------------------------
+
+    def build_task(self) -> Task:
+        """The task this run trains on (built once, from ``task`` and ``task_options``)."""
+        return self._task
+
+    def adjoint(self) -> Backward:
+        """The backward mode of the equilibrium loss (implicit when ``backward`` is unset)."""
+        return as_backward(self.backward or "implicit", self.backward_options)
+
+    def depth(self, x: Any = None) -> int:
+        """Training iterations for a batch ``x`` (``None``: the largest training batch): the task's
+        propagation depth plus ``depth_offset`` when that is set, else ``max_iter``."""
+        if self.depth_offset is not None:
+            return self._task.propagation_depth(x) + self.depth_offset
+        return self.max_iter
+
+    def model_config(self) -> LoopedDEQConfig:
+        """The :class:`LoopedDEQConfig` this run trains."""
+        t = self._task
+        arch = Architecture(vocab_size=t.vocab_size, num_classes=t.num_classes, grid=t.grid, width=self.width,
+                            heads=self.heads, mlp_ratio=self.mlp_ratio, recall=self.recall, norm=self.norm,
+                            attention=self.attention, window=self.window, qk_norm=self.qk_norm,
+                            compile=self.compile)
+        solve = SolveSettings(init=self.init, solver=self.solver, backward=self.backward or "implicit",
+                              max_iter=self.depth(), rtol=self.rtol, atol=self.atol,
+                              solver_options=dict(self.solver_options), backward_options=dict(self.backward_options))
+        return LoopedDEQConfig(arch, solve)
+
+    @property
+    def implicit(self) -> bool:
+        """Whether steps take the exact implicit gradient (the IFT assumes converged solves)."""
+        return self.loss == "equilibrium" and isinstance(self.adjoint(), Implicit)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain, JSON-serializable values (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """Build from a plain dict; unknown keys are an error that lists the allowed ones."""
+        known_keys(values, [f.name for f in dataclasses.fields(cls)], "TrainConfig")
+        return cls(**values)

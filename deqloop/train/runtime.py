@@ -1,0 +1,108 @@
+"""Where and how a run executes: processes (torchrun), RNG states, mixed precision, the optimizer's
+parameter groups and learning-rate schedule."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["all_ranks", "autocast", "distributed_env", "lr_schedule", "mean_over_ranks", "param_groups",
+           "rng_state", "seed_everything", "set_rng_state"]
+
+
+def distributed_env() -> tuple[int, int, int]:
+    """``(rank, world size, local rank)`` from torchrun's environment (``(0, 1, 0)`` alone)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_distributed(device: torch.device, world: int) -> None:
+    """Join torchrun's process group (gloo on CPU, nccl on CUDA) when there are several processes."""
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        torch.distributed.init_process_group(backend=backend, device_id=device if backend == "nccl" else None)
+
+
+def mean_over_ranks(value: torch.Tensor, world: int) -> float:
+    """The mean of a scalar over all processes (the value itself in one process)."""
+    if world > 1:
+        value = value.detach().clone().float()
+        torch.distributed.all_reduce(value)
+        value /= world
+    return float(value)
+
+
+def all_ranks(flag: bool, world: int, device: torch.device) -> bool:
+    """Whether ``flag`` holds on every process."""
+    if world == 1:
+        return flag
+    t = torch.tensor([0.0 if flag else 1.0], device=device)
+    torch.distributed.all_reduce(t)
+    return float(t) == 0.0
+
+
+def autocast(enabled: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when ``enabled``; a no-op otherwise."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values (loadable with ``weights_only=True``)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices, none on norms and biases (the 1-D parameters)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_schedule(schedule: str, warmup: int, total: int, floor: float) -> Callable[[int], float]:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear warmup over
+    ``warmup`` steps, then ``schedule`` (cosine, linear or constant) down to ``floor``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "linear":
+            return floor + (1.0 - floor) * (1.0 - progress)
+        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return factor

@@ -1,0 +1,301 @@
+"""The training loop: build everything a :class:`TrainConfig` names, then step, log, evaluate, save.
+
+Everything a step does is a function of ``(seed, step)`` (the batch, a task's curriculum, the
+progressive ``n`` and ``k``); with the optimizer, scheduler and RNG states saved in each
+checkpoint, ``resume=True`` continues a run exactly where it stopped. A step whose loss or
+gradient is not finite is skipped (no update), logged and counted; checkpoints are written
+atomically and never from non-finite parameters. Under ``torchrun`` the same code trains with
+DistributedDataParallel (the global batch is split across ranks; rank 0 logs and evaluates).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deqloop import seeds
+from deqloop.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from deqloop.device import resolve_device
+from deqloop.errors import ConfigError, TrainingError
+from deqloop.eval.curves import accuracy_by_iterations
+from deqloop.model import LoopedDEQ
+from deqloop.tasks import Task, task_spec
+from deqloop.train import runtime
+from deqloop.train.config import RUNTIME_FIELDS, TrainConfig
+from deqloop.train.data import Batches
+from deqloop.train.metrics import MetricsLog
+from deqloop.train.objectives import build_objective
+
+__all__ = ["TrainResult", "Trainer", "train"]
+
+log = logging.getLogger("deqloop.train")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    out: Path
+    step: int
+    skipped: int
+    checkpoint: Path
+    seconds: float
+    last_metrics: dict[str, Any]
+    eval_metrics: dict[str, Any] | None
+    rank: int = 0  # this process's rank; metrics and evaluation live on rank 0
+
+
+class Trainer:
+    """Builds the task, model, objective, optimizer and data of a :class:`TrainConfig`; runs the loop.
+
+    ``Trainer(config).run()`` trains to ``config.steps``; ``step(i)`` runs one step (useful in
+    tests). ``task`` replaces the config's task (same settings object kind). Attributes: ``model``
+    (the unwrapped :class:`LoopedDEQ`), ``optimizer``, ``scheduler``, ``task``, ``step_count``
+    (completed steps), ``skipped`` (non-finite steps).
+    """
+
+    def __init__(self, config: TrainConfig, *, task: Task | None = None):
+        c = self.config = config
+        self.out = Path(c.out)
+        if c.resume and not self.last_path.is_file():
+            raise TrainingError(f"nothing to resume: no checkpoint at {self.last_path}")
+        if not c.resume and self.last_path.exists() and not c.overwrite:
+            raise TrainingError(f"{self.out} already holds a run (last.pt); pass resume to continue it "
+                                "or overwrite to start afresh")
+        self.rank, self.world, local_rank = runtime.distributed_env()
+        self.device = resolve_device(c.device, local_rank=local_rank if self.world > 1 else None)
+        if c.batch_size % self.world:
+            raise ConfigError(f"batch_size ({c.batch_size}) must be divisible by the {self.world} processes")
+        if c.threads:
+            torch.set_num_threads(c.threads)
+        runtime.init_distributed(self.device, self.world)
+        runtime.seed_everything(c.seed)
+        self.task = task if task is not None else c.build_task()
+        self.model = LoopedDEQ(c.model_config()).to(self.device)
+        self.objective: nn.Module = build_objective(self.model, c)
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(runtime.param_groups(self.model, c.weight_decay), lr=c.lr,
+                                           fused=self.device.type == "cuda")
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, runtime.lr_schedule(c.schedule, c.warmup_steps, c.steps, c.min_lr / c.lr))
+        self.batches = Batches(self.task, c.batch_size, c.seed, train_size=c.train_size, rank=self.rank,
+                               world=self.world)
+        self.step_count = 0
+        self.skipped = 0
+        self.amp = c.amp == "bf16" or (c.amp == "auto" and self.device.type == "cuda")
+        if self.amp and self.device.type != "cuda":
+            raise ConfigError("amp='bf16' needs a CUDA device; use amp='auto' or 'none' on CPU")
+        self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.last_eval: dict[str, Any] | None = None
+        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self._prepare_out()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def last_path(self) -> Path:
+        return self.out / "last.pt"
+
+    def _prepare_out(self) -> None:
+        c = self.config
+        if c.resume:
+            self.load(self.last_path)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.metrics.start(resume_step=self.step_count if c.resume else None)
+            if not c.resume:
+                for old in self.out.glob("step_*.pt"):
+                    old.unlink()
+            (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+            if c.logger != "jsonl":
+                from deqloop.train.tracking import make_tracker
+
+                self.metrics.tracker = make_tracker(c.logger, self.out, config=c.to_dict(), run_name=self.out.name,
+                                                    resume=c.resume)
+        self._barrier()
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "model_config": self.model.config.to_dict(),
+            "model": self.model.state_dict(),
+            "train_config": self.config.to_dict(),
+            "task_class": task_spec(type(self.task)),
+            "task_settings": self.task.settings(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "step": self.step_count,
+            "skipped": self.skipped,
+            "rng": runtime.rng_state(),
+            "world_size": self.world,
+            "eval": self.last_eval,
+        }
+
+    def load(self, path: str | Path) -> None:
+        """Restore a checkpoint of this same run (config must match up to runtime fields)."""
+        state = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
+        saved = state.get("train_config")
+        if saved is None or "optimizer" not in state:
+            raise TrainingError(f"{path} holds model weights only, not a resumable run")
+        ours = self.config.to_dict()
+        differ = sorted(k for k in set(saved) | set(ours) if k not in RUNTIME_FIELDS and saved.get(k) != ours.get(k))
+        if differ:
+            detail = ", ".join(f"{k}: {saved.get(k)!r} → {ours.get(k)!r}" for k in differ)
+            raise TrainingError(f"cannot resume {path}: the config differs ({detail})")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step_count = int(state["step"])
+        self.skipped = int(state["skipped"])
+        self.last_eval = state.get("eval")
+        runtime.set_rng_state(state["rng"])
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write a checkpoint atomically (main process only); refuses non-finite parameters."""
+        path = self.last_path if path is None else Path(path)
+        bad = [n for n, p in self.model.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            raise TrainingError(f"refusing to checkpoint non-finite parameters ({', '.join(bad[:5])})")
+        if self.is_main:
+            save_checkpoint(path, self.state_dict())
+        return path
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def step(self, step: int) -> dict[str, Any]:
+        """Run training step ``step`` (0-based) and return its metrics."""
+        c = self.config
+        self.model.train()
+        x, y = self.batches(step)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        depth = c.depth(x)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.zero_grad(set_to_none=True)
+        with runtime.autocast(self.amp):
+            loss, logits, stats = self.objective(x, y, depth, step)
+        finite = runtime.all_ranks(bool(torch.isfinite(loss)), self.world, self.device)
+        if finite:
+            loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or math.inf)
+        reason = None if finite else "non-finite loss"
+        if reason is None and not bool(torch.isfinite(grad_norm)):
+            reason = "non-finite gradient"
+        if reason is None:
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+        with warnings.catch_warnings():  # a skipped first step still advances the schedule
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
+            self.scheduler.step()
+        self.step_count = step + 1
+        metrics: dict[str, Any] = {"step": step + 1, "lr": lr}
+        if reason is not None:
+            metrics.update(skipped=True, reason=reason, skipped_total=self.skipped)
+            log.warning("step %d skipped: %s (%d skipped so far)", step + 1, reason, self.skipped)
+        elif (step + 1) % c.log_every == 0 or step + 1 == c.steps:
+            acc = self.task.correct(logits.detach().float(), y, x).float().mean()
+            metrics.update(loss=self._mean(loss.detach().float()), accuracy=self._mean(acc),
+                           grad_norm=float(grad_norm), skipped_total=self.skipped)
+            if self.task.propagation_depth() is not None:
+                metrics["propagation_depth"] = self.task.propagation_depth(x)
+            objective = self.objective.module if self.world > 1 else self.objective
+            metrics.update(objective.metrics(stats, self._mean))
+        return metrics
+
+    def run(self) -> TrainResult:
+        """Train from the current step to ``config.steps``; returns a :class:`TrainResult`."""
+        from tqdm.auto import tqdm
+
+        c = self.config
+        start = window_start = time.perf_counter()
+        bar = tqdm(total=c.steps, initial=self.step_count, disable=not (c.progress and self.is_main),
+                   desc=f"train {c.task}", dynamic_ncols=True, leave=False)
+        last: dict[str, Any] = {}
+        window_examples = 0
+        try:
+            for step in range(self.step_count, c.steps):
+                metrics = self.step(step)
+                window_examples += c.batch_size
+                done = step + 1
+                if "loss" in metrics or metrics.get("skipped"):
+                    now = time.perf_counter()
+                    metrics["examples_per_s"] = round(window_examples / max(now - window_start, 1e-9), 1)
+                    metrics["time"] = round(now - start, 3)
+                    window_start, window_examples = now, 0
+                    self._write(metrics)
+                    last = metrics
+                    if "loss" in metrics:
+                        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
+                if c.eval_size > 0 and (done == c.steps or (c.eval_every and done % c.eval_every == 0)):
+                    self._write(self.evaluate())
+                saving = done % c.checkpoint_every == 0 or done == c.steps
+                keeping = bool(c.keep_every) and done % c.keep_every == 0
+                if saving:
+                    self.save()
+                if keeping:
+                    self.save(self.out / f"step_{done}.pt")
+                if saving or keeping:
+                    self._barrier()
+                bar.update(1)
+        finally:
+            bar.close()
+            if self.is_main:
+                self.metrics.close()
+        return TrainResult(out=self.out, step=self.step_count, skipped=self.skipped, checkpoint=self.last_path,
+                           seconds=time.perf_counter() - start, last_metrics=last, eval_metrics=self.last_eval,
+                           rank=self.rank)
+
+    def evaluate(self) -> dict[str, Any]:
+        """Exact-match accuracy on ``eval_size`` val and hard examples at ``eval_iters``."""
+        c = self.config
+        if not self.is_main:  # rank 0 evaluates; the others wait at the next barrier
+            return {}
+        if self._eval_sets is None:
+            seed = seeds.derive_seed(c.seed, seeds.EVAL) % 2**31
+            self._eval_sets = {band: self.task.make(band, c.eval_size, seed=seed) for band in ("val", "hard")}
+        iters = list(c.eval_iters or (c.depth(),))
+        record: dict[str, Any] = {"step": self.step_count, "kind": "eval", "iters": iters}
+        for band, (x, y) in self._eval_sets.items():
+            acc = accuracy_by_iterations(self.model, x, y, self.task.correct, iters, device=self.device)
+            record[f"{band}_accuracy"] = [round(a, 6) for a in acc]
+        self.last_eval = record
+        return record
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.is_main:
+            self.metrics.write(record)
+
+    def _mean(self, value: torch.Tensor) -> float:
+        return runtime.mean_over_ranks(value, self.world)
+
+    def _barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+
+def train(config: TrainConfig, *, task: Task | None = None) -> TrainResult:
+    """Train per ``config`` and return a :class:`TrainResult`."""
+    trainer = Trainer(config, task=task)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1 and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

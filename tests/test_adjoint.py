@@ -1,0 +1,144 @@
+"""Backward modes as objects: the shorthands build them, each attaches the gradient it promises,
+and a user's own mode is a subclass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+
+from deqloop import LoopedDEQ, fixed_point
+from deqloop.adjoint import Backward, Implicit, NoGrad, Phantom, Truncated, Unrolled, as_backward
+from deqloop.errors import ConfigError, ConfigKeyError
+from deqloop.solvers import BackwardStats
+
+from helpers import linear_map
+
+
+def affine(contraction: float = 0.5, dim: int = 4, seed: int = 0):
+    """f(z) = A z + b with b a leaf needing gradients: z* = (I − A)⁻¹ b, dz*/db = (I − A)⁻¹."""
+    g = torch.Generator().manual_seed(seed)
+    A = torch.randn(dim, dim, generator=g, dtype=torch.float64)
+    A = contraction * A / torch.linalg.matrix_norm(A, 2)
+    b = torch.randn(1, dim, generator=g, dtype=torch.float64, requires_grad=True)
+    return A, b, (lambda z: z @ A.T + b)
+
+
+@pytest.mark.parametrize("name, options, expected", [
+    ("implicit", {"rtol": 1e-8, "m": 3}, Implicit(rtol=1e-8, solver_options={"m": 3})),
+    ("phantom", {"steps": 5, "tau": 0.8}, Phantom(steps=5, tau=0.8)),
+    ("unrolled", {}, Unrolled()),
+    ("truncated", {"grad_steps": 2}, Truncated(grad_steps=2)),
+    ("none", {}, NoGrad()),
+])
+def test_shorthands_build_the_objects_and_round_trip(name, options, expected):
+    mode = as_backward(name, options)
+    assert mode == expected
+    assert mode.to_spec() == (name, options)
+    assert as_backward(*mode.to_spec()) == mode
+    assert as_backward(expected) is expected
+
+
+def test_bad_shorthands_and_options_name_what_is_allowed():
+    with pytest.raises(ConfigError, match="unknown backward 'adjoint'; allowed: 'implicit', 'phantom', 'unrolled', "
+                                          "'truncated', 'none'"):
+        as_backward("adjoint")
+    with pytest.raises(ConfigKeyError, match=r"backward='phantom' got unknown key\(s\) \['k'\]; allowed: steps, tau"):
+        as_backward("phantom", {"k": 2})
+    with pytest.raises(ConfigError, match="phantom tau must be a finite number in \\(0, 1\\], got 1.5"):
+        Phantom(tau=1.5)
+    with pytest.raises(ConfigError, match="set them on the object instead"):
+        as_backward(Phantom(), {"steps": 2})
+    with pytest.raises(ConfigError, match="pass an instance"):
+        as_backward(Phantom)
+
+
+def test_implicit_gradient_is_the_inverse_formula():
+    """d(sum z*)/db = 1ᵀ(I − A)⁻¹, and the backward statistics arrive through the callback."""
+    A, b, f = affine()
+    seen: list[BackwardStats] = []
+    z, sol = fixed_point(f, torch.zeros(1, 4, dtype=torch.float64), backward=Implicit(rtol=1e-12, max_iter=200,
+                         callback=seen.append), rtol=1e-12, max_iter=200)
+    z.sum().backward()
+    expected = torch.linalg.solve((torch.eye(4, dtype=torch.float64) - A).T, torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(b.grad[0], expected, rtol=1e-9, atol=1e-9)
+    assert len(seen) == 1 and seen[0] is sol.backward and seen[0].calls == 1 and bool(seen[0].converged.all())
+
+
+def test_phantom_gradient_is_that_of_its_damped_steps():
+    """From z*, one step z ← (1 − τ) z + τ f(z): dz/db = τ I (z* itself is detached)."""
+    _, b, f = affine()
+    z, _ = fixed_point(f, torch.zeros(1, 4, dtype=torch.float64), backward=Phantom(steps=1, tau=0.25), rtol=1e-12,
+                       max_iter=200)
+    z.sum().backward()
+    torch.testing.assert_close(b.grad[0], torch.full((4,), 0.25, dtype=torch.float64))
+
+
+def test_phantom_with_several_steps_sums_the_geometric_series():
+    """k undamped steps from z*: dz/db = I + A + ... + A^(k−1)."""
+    A, b, f = affine()
+    z, _ = fixed_point(f, torch.zeros(1, 4, dtype=torch.float64), backward=Phantom(steps=3), rtol=1e-12, max_iter=200)
+    z.sum().backward()
+    eye = torch.eye(4, dtype=torch.float64)
+    series = eye + A + A @ A
+    torch.testing.assert_close(b.grad[0], series.T @ torch.ones(4, dtype=torch.float64))
+
+
+def test_truncated_continues_from_the_last_state_with_grad_steps():
+    A, b, f = affine()
+    z, sol = fixed_point(f, torch.zeros(1, 4, dtype=torch.float64), "picard", Truncated(grad_steps=2), rtol=0.0,
+                         max_iter=3)
+    # 3 plain iterations kept as z_3 = f(z_2), then 2 more with gradient: z_5 = A²z_3 + (A + I) b
+    z_plain = torch.zeros(1, 4, dtype=torch.float64)
+    with torch.no_grad():
+        for _ in range(5):
+            z_plain = f(z_plain)
+    torch.testing.assert_close(z.detach(), z_plain)
+    z.sum().backward()
+    torch.testing.assert_close(b.grad[0], (torch.eye(4, dtype=torch.float64) + A).T @ torch.ones(4, dtype=torch.float64))
+
+
+def test_unrolled_always_iterates_plainly_and_refuses_another_method():
+    f, exact = linear_map(2, 4, 0.5)
+    z, sol = fixed_point(f, torch.zeros(2, 4, dtype=torch.float64), backward="unrolled", rtol=1e-10, max_iter=200)
+    assert sol.method == "picard"
+    torch.testing.assert_close(z, exact, rtol=1e-8, atol=1e-8)
+    with pytest.raises(ConfigError, match="cannot run method='anderson'"):
+        fixed_point(f, torch.zeros(2, 4, dtype=torch.float64), "anderson", "unrolled")
+    model = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, backward="unrolled", max_iter=3)
+    assert model.config.solve.solver == "anderson" and model.config.solve.method == "picard"
+    assert model(torch.zeros(1, 4, dtype=torch.long)).solution.method == "picard"
+
+
+def test_no_grad_detaches():
+    _, b, f = affine()
+    z, _ = fixed_point(f, torch.zeros(1, 4, dtype=torch.float64), backward=NoGrad())
+    assert not z.requires_grad
+
+
+@dataclass(frozen=True)
+class Scaled(Backward):
+    """A user's mode: the phantom gradient of one step, scaled by ``factor``."""
+
+    factor: float = 2.0
+    name: ClassVar[str] = "scaled"
+
+    def attach(self, f, z_star, sol):
+        z = f(z_star)
+        return z.detach() + self.factor * (z - z.detach())  # value z, gradient factor · dz
+
+
+def test_a_users_own_backward_mode_is_a_subclass():
+    _, b, f = affine()
+    z, _ = fixed_point(f, torch.zeros(1, 4, dtype=torch.float64), backward=Scaled(factor=3.0), rtol=1e-12,
+                       max_iter=200)
+    z.sum().backward()
+    torch.testing.assert_close(b.grad[0], torch.full((4,), 3.0, dtype=torch.float64))
+    model = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, backward=Scaled(), max_iter=3)
+    out = model(torch.zeros(2, 4, dtype=torch.long))
+    out.logits.sum().backward()
+    assert model.block.mlp.fc.weight.grad is not None
+    with pytest.raises(ConfigError, match="not a registered backward mode"):
+        model.config.to_dict()

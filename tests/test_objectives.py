@@ -1,0 +1,193 @@
+"""The training objectives and evaluation formulas on values: the progressive loss's (n, k), the
+equilibrium loss, adaptive accuracy's settling index and its solver options."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from deqloop.eval import adaptive_accuracy, iteration_sweep
+from deqloop.model import LoopedDEQ
+from deqloop.train import TrainConfig, Trainer
+from deqloop.train.objectives import Equilibrium, Progressive, cross_entropy, progressive_draw
+
+
+def tiny_model(**kw) -> LoopedDEQ:
+    torch.manual_seed(0)
+    return LoopedDEQ(vocab_size=3, num_classes=2, grid=(5,), width=8, heads=2, mlp_ratio=2.0, **kw).double()
+
+
+def grads(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_progressive_draw_covers_every_valid_pair_and_only_those():
+    depth = 3
+    pairs = {progressive_draw(7, step, depth) for step in range(400)}
+    assert pairs == {(n, k) for n in range(depth) for k in range(1, depth - n + 1)}
+    assert progressive_draw(7, 5, depth) == progressive_draw(7, 5, depth)
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3])
+def test_truncated_progressive_loss_grades_n_free_then_k_graded_iterations(step):
+    """alpha = 1: the loss after n + k iterations, gradients only through the last k."""
+    model, depth, seed = tiny_model(), 6, 3
+    n, k = progressive_draw(seed, step, depth)
+    x, y = torch.randint(0, 3, (4, 5)), torch.randint(0, 2, (4, 5))
+    loss, logits, stats = Progressive(model, alpha=1.0, seed=seed)(x, y, depth, step)
+    assert (stats["n"], stats["k"]) == (n, k)
+    loss.backward()
+    got = grads(model)
+    model.zero_grad()
+    e = model.embed(x)
+    z = e.detach()
+    for _ in range(n):
+        z = model.step(z, e).detach()
+    for _ in range(k):
+        z = model.step(z, e)
+    expected = cross_entropy(model.readout(z), y)
+    torch.testing.assert_close(loss, expected.float(), rtol=1e-6, atol=1e-7)
+    expected.backward()
+    for name, g in grads(model).items():
+        torch.testing.assert_close(got[name], g, rtol=1e-6, atol=1e-9, msg=name)
+
+
+def test_mixed_progressive_loss_weighs_the_full_and_the_truncated_terms():
+    model, depth, seed, step = tiny_model(), 5, 1, 4
+    n, k = progressive_draw(seed, step, depth)
+    x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
+    loss, _, _ = Progressive(model, alpha=0.25, seed=seed)(x, y, depth, step)
+    with torch.no_grad():
+        e = model.embed(x)
+        full = cross_entropy(model.readout(model.iterate(e, e, depth)), y)
+        part = cross_entropy(model.readout(model.iterate(e, e, n + k)), y)
+    torch.testing.assert_close(loss, (0.75 * full + 0.25 * part).float(), rtol=1e-6, atol=1e-7)
+
+
+def test_plain_progressive_loss_backpropagates_through_every_iteration():
+    model = tiny_model()
+    x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
+    loss, _, stats = Progressive(model, alpha=0.0, seed=0)(x, y, 4, 0)
+    e = model.embed(x)
+    z3 = model.iterate(e, e, 3)
+    z4 = model.step(z3, e)
+    torch.testing.assert_close(loss, cross_entropy(model.readout(z4), y).float(), rtol=1e-6, atol=1e-7)
+    change = ((z4 - z3).flatten(1).norm(dim=1) / z4.flatten(1).norm(dim=1)).float()
+    torch.testing.assert_close(stats["residual"], change.detach(), rtol=1e-5, atol=1e-9)
+
+
+def test_equilibrium_loss_is_the_cross_entropy_at_the_solved_state():
+    model = tiny_model(solver="anderson", max_iter=40, rtol=1e-8)
+    x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
+    loss, logits, stats = Equilibrium(model)(x, y, 40, 0)
+    with torch.no_grad():
+        ref = model(x, max_iter=40, backward="none")
+    torch.testing.assert_close(logits.detach(), ref.logits)
+    torch.testing.assert_close(loss.detach(), cross_entropy(ref.logits, y))
+    assert stats["solution"].iterations.tolist() == ref.solution.iterations.tolist()
+
+
+# -- adaptive accuracy -------------------------------------------------------------------------
+
+
+class Scripted(nn.Module):
+    """A fake loop whose example i changes its answer coordinate for k_i iterations, then drifts
+    by 1e-3 per iteration on a coordinate of size 1000 (a relative change of 1e-6: settled). The
+    readout is right while the drift is below 1.5e-3, so an example is right when it settles and
+    wrong a few iterations later."""
+
+    training = False
+
+    def __init__(self, k: list[int]):
+        super().__init__()
+        self.k = torch.tensor(k, dtype=torch.float64)
+        self.w = nn.Parameter(torch.zeros(1))
+
+    def embed(self, x):
+        return torch.zeros(len(x), 2, dtype=torch.float64)
+
+    def initial_state(self, e):
+        return torch.stack([torch.zeros(len(e)), torch.full((len(e),), 1000.0)], dim=1).double()
+
+    iterates = LoopedDEQ.iterates
+
+    def step(self, z, e):
+        t = z[:, 0].clone()
+        moving = t < self.k
+        t = torch.where(moving, t + 1, t)
+        drift = torch.where(moving, z[:, 1], z[:, 1] + 1e-3)
+        return torch.stack([t, drift], dim=1)
+
+    def readout(self, z):
+        return (1.5e-3 - (z[:, 1] - 1000.0))[:, None]  # > 0: right
+
+
+def scripted_correct(logits, y, x):
+    return logits[:, 0] > 0
+
+
+def test_adaptive_accuracy_is_scored_where_each_example_settles():
+    model = Scripted([0, 1, 2, 10])
+    x = y = torch.zeros(4, 1, dtype=torch.long)
+    sweep = iteration_sweep(model, x, y, scripted_correct, [1, 6], rtol=1e-4, device="cpu")
+    assert sweep.settled_at.tolist() == [1, 2, 3, 6]
+    assert sweep.settled.tolist() == [True, True, True, False]
+    assert sweep.settled_correct.tolist() == [True, True, True, True]
+    assert sweep.accuracy == [1.0, 0.25]  # at 6 iterations the settled examples have drifted wrong
+    summary = sweep.settle_summary()
+    assert summary["accuracy"] == 1.0 and summary["converged"] == 0.75
+    assert summary["iterations_mean"] == pytest.approx(3.0) and summary["iterations_max"] == 6
+
+
+def test_adaptive_accuracy_solves_with_the_models_own_solver_options(monkeypatch):
+    model = tiny_model(solver="anderson", solver_options={"m": 2}, max_iter=10)
+    seen = []
+    forward = model.forward
+    monkeypatch.setattr(model, "forward", lambda x, **kw: (seen.append(kw), forward(x, **kw))[1])
+    x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
+    res = adaptive_accuracy(model, x, y, lambda o, t, s: (o.argmax(-1) == t).all(-1), max_iter=7, rtol=1e-5,
+                            device="cpu")
+    assert seen[-1]["solver"] == "anderson" and seen[-1]["solver_options"] == {"m": 2}
+    assert seen[-1]["max_iter"] == 7 and seen[-1]["rtol"] == 1e-5 and seen[-1]["backward"] == "none"
+    with torch.no_grad():
+        ref = forward(x, max_iter=7, rtol=1e-5, backward="none")
+    assert res.iterations.tolist() == ref.solution.iterations.tolist()
+    adaptive_accuracy(model, x, y, lambda o, t, s: (o.argmax(-1) == t).all(-1), solver="picard", device="cpu")
+    assert seen[-1]["solver"] == "picard" and seen[-1]["solver_options"] == {}  # another solver: its defaults
+
+
+# -- training fixes ----------------------------------------------------------------------------
+
+
+def tiny_run(tmp_path, **kw) -> TrainConfig:
+    values = dict(task="prefix_sums", task_options={"length": 5}, width=16, heads=2, attention="local", window=3,
+                  steps=6, batch_size=8, warmup_steps=0, log_every=1, eval_size=0, threads=1, progress=False,
+                  out=str(tmp_path))
+    values.update(kw)
+    return TrainConfig(**values)
+
+
+def test_keep_every_does_not_depend_on_checkpoint_every(tmp_path):
+    Trainer(tiny_run(tmp_path, loss="progressive", max_iter=2, keep_every=3, checkpoint_every=4)).run()
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["last.pt", "step_3.pt", "step_6.pt"]
+
+
+@pytest.mark.filterwarnings("ignore::deqloop.adjoint.BackwardWarning")
+def test_the_default_backward_warns_when_forward_solves_do_not_converge(tmp_path, caplog):
+    config = tiny_run(tmp_path, loss="equilibrium", max_iter=1, rtol=1e-12, steps=2)
+    assert config.backward is None and config.implicit
+    with caplog.at_level(logging.WARNING, logger="deqloop.train"):
+        Trainer(config).run()
+    warnings = [r for r in caplog.records if "forward solves converged" in r.getMessage()]
+    assert len(warnings) == 1 and "step 1:" in warnings[0].getMessage()
+
+
+def test_the_phantom_backward_does_not_warn(tmp_path, caplog):
+    config = tiny_run(tmp_path, loss="equilibrium", backward="phantom", max_iter=1, rtol=1e-12, steps=2)
+    assert not config.implicit
+    with caplog.at_level(logging.WARNING, logger="deqloop.train"):
+        Trainer(config).run()
+    assert not [r for r in caplog.records if "forward solves converged" in r.getMessage()]
