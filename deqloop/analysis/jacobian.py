@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from deqloop.validate import choice
+
 from deqloop.analysis.gmres import gmres
 from deqloop.analysis.krylov import EigenEstimate, block_power, krylov_schur
 
@@ -162,8 +164,7 @@ class JacobianOperator:
     (``kind`` in ``OPERATOR_KINDS``), batched, selectable."""
 
     def __init__(self, jac: LoopJacobian, kind: str):
-        if kind not in OPERATOR_KINDS:
-            raise ValueError(f"unknown operator kind {kind!r}; allowed: {', '.join(map(repr, OPERATOR_KINDS))}")
+        choice("operator kind", kind, OPERATOR_KINDS)
         self.jac, self.kind = jac, kind
 
     def __call__(self, v: Tensor) -> Tensor:
@@ -214,8 +215,7 @@ def leading_eigenvalues(
       ``"power"``.
     * ``"power"`` — batched block power iteration on ``max(k, 2)`` vectors, ``maxiter`` steps.
     """
-    if method not in EIG_METHODS:
-        raise ValueError(f"unknown eigenvalue method {method!r}; allowed: {', '.join(map(repr, EIG_METHODS))}")
+    choice("eigenvalue method", method, EIG_METHODS)
     gen = torch.Generator().manual_seed(seed)
     B, n = jac.batch, jac.dim
     if method == "krylov":
@@ -378,8 +378,7 @@ def resolvent_norm(
       GMRES solves (``linear_*``) with ``I − Jᵀ`` and then ``I − J``. Accurate for ill-conditioned
       ``I − J`` (the eigen tolerance cannot beat the inner one) but far more expensive.
     """
-    if method not in RESOLVENT_METHODS:
-        raise ValueError(f"unknown resolvent method {method!r}; allowed: {', '.join(map(repr, RESOLVENT_METHODS))}")
+    choice("resolvent method", method, RESOLVENT_METHODS)
     gen = torch.Generator().manual_seed(seed)
     B = jac.batch
     if method == "normal":

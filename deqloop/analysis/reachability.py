@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from deqloop.validate import choice
+
 from deqloop.model import INITS
 from deqloop.solvers import BatchedMap, Solution, solve
 
@@ -102,8 +104,7 @@ def contraction_factor(trace: Tensor, iterations: Tensor) -> Tensor:
 
 def initial_state(model, e: Tensor, init: str, *, scale: float, generator: torch.Generator) -> Tensor:
     """z₀ for ``init``; ``"noise"`` draws from ``generator`` (reproducible, global RNG untouched)."""
-    if init not in INITS:
-        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(map(repr, INITS))}")
+    choice("init", init, INITS)
     if init == "noise":
         noise = torch.randn(e.shape, generator=generator, dtype=torch.float64)
         return (scale * noise).to(dtype=e.dtype, device=e.device)

@@ -13,6 +13,8 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from deqloop.validate import known_keys
+
 State = dict[str, torch.Tensor]
 
 
@@ -38,12 +40,7 @@ class Solver:
     def from_options(cls, method: str, options: dict[str, Any]) -> "Solver":
         """Build from keyword options; an unknown option is an error that lists the allowed ones."""
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        unknown = sorted(set(options) - set(allowed))
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for method {method!r}; "
-                f"allowed: {', '.join(allowed) or '(none)'}"
-            )
+        known_keys(options, allowed, f"method {method!r}")
         return cls(**options)
 
 

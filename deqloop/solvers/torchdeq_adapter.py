@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from deqloop.validate import known_keys
+
 from deqloop.solvers.loop import validate_common
 from deqloop.solvers.solution import Solution, SolverStatus
 
@@ -33,12 +35,7 @@ def make_torchdeq_solver(name: str) -> Callable[..., Solution]:
         from torchdeq.solver import get_solver
 
         rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
-        unknown = sorted(set(options) - _OPTIONS[name])
-        if unknown:
-            raise TypeError(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for method 'torchdeq:{name}'; "
-                f"allowed: {', '.join(sorted(_OPTIONS[name]))}"
-            )
+        known_keys(options, sorted(_OPTIONS[name]), f"method 'torchdeq:{name}'")
         if atol > 0 and rtol > 0:
             raise ValueError("torchdeq solvers take one tolerance: give rtol or atol, not both")
         stop_mode, tol = ("abs", atol) if atol > 0 else ("rel", rtol)
