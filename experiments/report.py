@@ -501,8 +501,11 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                          num(c.train("grad_norm_median"))])
         plot = plot_iterations(cs, task, plots / f"{task}_iterations.png")
         cfg = cs[0].runs[0]["train_config"]
-        shown = {k: cfg[k] for k in ("width", "heads", "attention", "window", "max_iter", "steps", "batch_size", "lr",
-                                     "length", "min_length", "hard_length", "depth_offset", "data") if cfg.get(k) not in (None, (), [])}
+        # the task's settings sit in task_options (in older runs' configs, among the trainer's fields)
+        merged = {**cfg, **cfg.get("task_options", {})}
+        shown = {k: merged[k] for k in ("width", "heads", "attention", "window", "max_iter", "steps", "batch_size", "lr",
+                                        "length", "min_length", "hard_length", "depth_offset", "data", "augment")
+                 if merged.get(k) not in (None, (), [], False)}
         doc += ["", f"## {task}", "", f"Training: {shown}; training depth {depth} (column *val@{near}*: the evaluated count nearest it); "
                 f"hard accuracy at {last} iterations in column *hard@{last}*.", "",
                 table(["recall", "norm", "regime", "seeds", f"val@{near}", "val best", "hard best", f"hard@{last}", "cells",
