@@ -20,18 +20,12 @@ EVAL = 99
 
 
 def derive_seed(*keys: int) -> int:
-    """A 63-bit integer seed derived from ``keys`` (independent streams per key tuple)."""
+    """A 64-bit integer seed derived from ``keys`` (independent streams per key tuple): the two
+    32-bit words of their ``SeedSequence`` state, concatenated."""
     state = np.random.SeedSequence([int(k) for k in keys]).generate_state(2, dtype=np.uint32)
-    return (int(state[0]) << 31) ^ int(state[1])
+    return int(state[0]) << 32 | int(state[1])
 
 
 def generator(*keys: int) -> torch.Generator:
     """A CPU ``torch.Generator`` seeded by :func:`derive_seed` of ``keys``."""
     return torch.Generator().manual_seed(derive_seed(*keys))
-
-
-def data_generator(seed: int, *stream: int) -> torch.Generator:
-    """The generator the tasks' data draws use: like :func:`generator`, seeded by the 64 bits of
-    the two state words concatenated."""
-    entropy = np.random.SeedSequence([seed, *stream]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(entropy[0]) << 32 | int(entropy[1]))

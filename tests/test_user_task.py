@@ -37,7 +37,7 @@ class CopyShifted(Task):
 
     def make(self, split: str, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         length = self.hard_length if split == "hard" else self.length
-        g = seeds.data_generator(seed, {"train": 0, "val": 1, "hard": 2}[split])
+        g = seeds.generator(seed, {"train": 0, "val": 1, "hard": 2}[split])
         x = torch.randint(0, 4, (n, length), generator=g)
         y = torch.cat([torch.zeros(n, 1, dtype=torch.long), x[:, :-1]], dim=1)
         return x, y

@@ -226,12 +226,12 @@ class Chess(Task):
         x, y = self._pool(easy=band != "hard")
         order = torch.arange(len(x))
         if band != "hard":
-            order = order[torch.randperm(len(x), generator=seeds.data_generator(0, 3))]
+            order = order[torch.randperm(len(x), generator=seeds.generator(0, 3))]
             n_val = max(1, round(self.val_fraction * len(order)))
             order = order[:n_val] if band == "val" else order[n_val:]
         if n > len(order):
             raise ConfigError(f"the chess {band!r} split of {', '.join(self.data)} has {len(order)} puzzles, {n} requested")
-        pick = order[torch.randperm(len(order), generator=seeds.data_generator(seed, 4, _STREAMS[band]))[:n]]
+        pick = order[torch.randperm(len(order), generator=seeds.generator(seed, 4, _STREAMS[band]))[:n]]
         return x[pick], y[pick]
 
     def extra_split(self, spec: str, n: int, seed: int) -> tuple[str, tuple[Tensor, Tensor]]:

@@ -41,7 +41,7 @@ def generate(n: int, length: int, seed: int = 0, *, stream: int = 0) -> tuple[Te
     """
     check_count(n)
     integer("length", length)
-    x = torch.randint(0, 2, (n, length), generator=seeds.data_generator(seed, 0, stream), dtype=torch.long)
+    x = torch.randint(0, 2, (n, length), generator=seeds.generator(seed, 0, stream), dtype=torch.long)
     y = torch.cumsum(x, dim=1) % 2
     return x, y
 

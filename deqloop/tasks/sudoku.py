@@ -196,12 +196,12 @@ class Sudoku(Task):
         path = Path(self.data)
         x, y, ratings = _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
         easy, hard = split_by_rating(ratings, self.easy_quantile, self.hard_quantile)
-        easy = easy[torch.randperm(len(easy), generator=seeds.data_generator(0, 1))]
+        easy = easy[torch.randperm(len(easy), generator=seeds.generator(0, 1))]
         n_val = max(1, round(self.val_fraction * len(easy)))
         pool = {"train": easy[n_val:], "val": easy[:n_val], "hard": hard}[split]
         if n > len(pool):
             raise ConfigError(f"{path}: the {split!r} split has {len(pool)} puzzles, {n} requested")
-        pick = pool[torch.randperm(len(pool), generator=seeds.data_generator(seed, 2, _STREAMS[split]))[:n]]
+        pick = pool[torch.randperm(len(pool), generator=seeds.generator(seed, 2, _STREAMS[split]))[:n]]
         return x[pick], y[pick]
 
     def augment_batch(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
