@@ -8,4 +8,4 @@ __all__ = ["ATTENTIONS", "INITS", "NORMS", "RECALLS"]
 RECALLS = ("none", "external", "internal")
 NORMS = ("pre", "peri", "post", "sandwich")
 ATTENTIONS = ("full", "local")
-INITS = ("embed", "zeros", "noise")
+INITS = ("embed", "zeros", "noise", "mixed")

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["AUGMENT", "BATCH", "EPOCH", "EVAL", "LENGTH", "POOL", "PROGRESSIVE", "derive_seed", "generator"]
+__all__ = ["AUGMENT", "BATCH", "EPOCH", "EVAL", "JACOBIAN", "LENGTH", "POOL", "PROGRESSIVE", "derive_seed",
+           "generator"]
 
 # Streams of a training run (keys after the run's seed).
-BATCH, LENGTH, PROGRESSIVE, AUGMENT, EPOCH, POOL = range(6)
+BATCH, LENGTH, PROGRESSIVE, AUGMENT, EPOCH, POOL, JACOBIAN = range(7)
 EVAL = 99
 
 

@@ -27,13 +27,16 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # finds _recipe whe
 from _recipe import run  # noqa: E402
 
 TRAIN = ["--task", "prefix_sums", "--length", "12", "--min-length", "4", "--hard-length", "48",
-         "--depth-offset", "2", "--width", "32", "--heads", "4", "--attention", "local", "--window", "3",
+         "--width", "32", "--heads", "4", "--attention", "local", "--window", "3",
          "--recall", "internal", "--norm", "post", "--loss", "progressive", "--steps", "800", "--batch-size", "64",
          "--lr", "2e-3", "--warmup-steps", "0", "--log-every", "50", "--eval-size", "0", "--threads", "1"]
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return run(TRAIN, list(argv or []), iters="1,2,5,10,14,20,30,50,75,100,150,200", n=256,
+    argv = list(argv or [])
+    # the progressive loss iterates length + 2 times; fixed-point training solves within --max-iter
+    plain = "--loss" not in argv or argv[argv.index("--loss") + 1] == "progressive"
+    return run(TRAIN + (["--depth-offset", "2"] if plain else []), argv, iters="1,2,5,10,14,20,30,50,75,100,150,200", n=256,
                out="runs/examples/prefix_sums", extra=["96"], description=__doc__.split("\n\n")[0])
 
 

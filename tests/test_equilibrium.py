@@ -195,7 +195,7 @@ def test_backward_objects_match_their_shorthand_names(problem):
         by_object, _ = grads(layer, x, obj, rtol=1e-12, max_iter=300)
         torch.testing.assert_close(by_name, by_object)
     assert as_backward("unrolled") == Unrolled()
-    assert set(BACKWARD_MODES) == {"implicit", "phantom", "unrolled", "truncated", "none"}
+    assert set(BACKWARD_MODES) == {"implicit", "phantom", "unrolled", "truncated", "none", "neumann"}
 
 
 def test_implicit_callback_sees_each_backward_solve(problem):

@@ -79,7 +79,7 @@ def test_config_rejects_unknown_keys_and_lists_allowed():
         ({"task_options": {"data": ("x.csv",)}},
          r"task 'prefix_sums' got unknown key\(s\) \['data'\]; allowed: length, min_length, hard_length"),
         ({"task_options": ["length"]}, "task_options must be a dict, got list"),
-        ({"task": "sudoku", "depth_offset": 1}, "depth_offset needs a task that reports its propagation depth"),
+        ({"task": "sudoku", "depth_offset": 1, "loss": "progressive"}, "depth_offset needs a task that reports its propagation depth"),
         ({"epochs": 2}, "set train_size > 0"),
         ({"train_size": 100, "epochs": 1, "steps": 5, "batch_size": 10}, "disagree"),
         ({"warmup_steps": 10, "steps": 10}, r"warmup_steps \(10\) must be below steps \(10\)"),

@@ -103,11 +103,16 @@ def contraction_factor(trace: Tensor, iterations: Tensor) -> Tensor:
 
 
 def initial_state(model, e: Tensor, init: str, *, scale: float, generator: torch.Generator) -> Tensor:
-    """z₀ for ``init``; ``"noise"`` draws from ``generator`` (reproducible, global RNG untouched)."""
+    """z₀ for ``init``; ``"noise"`` and ``"mixed"`` draw from ``generator`` (reproducible, global RNG
+    untouched)."""
     choice("init", init, INITS)
     if init == "noise":
         noise = torch.randn(e.shape, generator=generator, dtype=torch.float64)
         return (scale * noise).to(dtype=e.dtype, device=e.device)
+    if init == "mixed":
+        noise = torch.randn(e.shape, generator=generator, dtype=torch.float64)
+        keep = torch.rand(e.shape, generator=generator, dtype=torch.float64) < 0.5
+        return (noise * keep).to(dtype=e.dtype, device=e.device)
     return model.initial_state(e, init)
 
 

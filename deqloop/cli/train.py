@@ -15,7 +15,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from deqloop.model import ATTENTIONS, INITS, NORMS, RECALLS
     from deqloop.train.config import AMP_MODES, EQUILIBRIUM_BACKWARDS, LOGGERS, LOSSES, SCHEDULES
 
-    return {"recall": RECALLS, "norm": NORMS, "attention": ATTENTIONS, "init": INITS, "loss": LOSSES,
+    return {"recall": RECALLS, "norm": NORMS, "attention": ATTENTIONS, "init": INITS, "train_init": INITS, "loss": LOSSES,
             "backward": EQUILIBRIUM_BACKWARDS, "schedule": SCHEDULES, "amp": AMP_MODES, "logger": LOGGERS}
 
 

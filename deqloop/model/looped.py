@@ -112,12 +112,16 @@ class LoopedDEQ(nn.Module):
     def initial_state(
         self, e: torch.Tensor, init: str | None = None, *, scale: float | None = None
     ) -> torch.Tensor:
-        """z₀ for embedding ``e``: ``"embed"`` (e itself), ``"zeros"`` or ``"noise"``."""
+        """z₀ for embedding ``e``: ``"embed"`` (e itself), ``"zeros"``, ``"noise"`` (Gaussian with
+        standard deviation ``scale``) or ``"mixed"`` (standard Gaussian entries, each kept with
+        probability 1/2, else 0: torchdeq's mixed initialisation)."""
         init = self.config.solve.init if init is None else choice("init", init, INITS)
         if init == "embed":
             return e
         if init == "zeros":
             return torch.zeros_like(e)
+        if init == "mixed":
+            return torch.randn_like(e) * torch.bernoulli(torch.full_like(e, 0.5))
         scale = self.config.solve.init_scale if scale is None else scale
         return scale * torch.randn_like(e)
 
@@ -172,16 +176,20 @@ class LoopedDEQ(nn.Module):
 
     # -- solving -----------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, **overrides: Any) -> LoopOutput:
+    def forward(self, x: torch.Tensor, *, z0: torch.Tensor | None = None, **overrides: Any) -> LoopOutput:
         """Solve for the equilibrium of ``x`` ``(B, *grid)`` and read it out.
 
+        ``z0`` ``(B, *grid, D)`` starts the solve from a given state instead of ``init``'s.
         Keyword arguments override the configured :class:`SolveSettings` for this call only;
         allowed: ``solver, backward, max_iter, rtol, atol, init, init_scale, solver_options,
         backward_options, throw``.
         """
         s = self.solve_settings(**overrides)
         e = self.embed(x)  # (B, *grid, D)
-        z0 = self.initial_state(e, s.init, scale=s.init_scale)  # (B, *grid, D)
+        if z0 is None:
+            z0 = self.initial_state(e, s.init, scale=s.init_scale)  # (B, *grid, D)
+        elif z0.shape != e.shape:
+            raise ConfigError(f"z0 has shape {tuple(z0.shape)}; the state of these inputs is {tuple(e.shape)}")
         z, solution = s.adjoint().solve(
             BatchedMap(self.step, e),  # lets the solver stop evaluating converged examples
             z0,

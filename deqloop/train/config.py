@@ -21,7 +21,7 @@ from typing import Any
 from deqloop.adjoint import Backward, Implicit, as_backward
 from deqloop.device import check_device
 from deqloop.errors import ConfigError
-from deqloop.model import Architecture, LoopedDEQConfig, SolveSettings
+from deqloop.model import INITS, Architecture, LoopedDEQConfig, SolveSettings
 from deqloop.tasks import Task, get_task
 from deqloop.train.tracking import LOGGERS
 from deqloop.validate import choice, integer, known_keys, number, setting
@@ -30,7 +30,7 @@ __all__ = ["AMP_MODES", "LOSSES", "LOGGERS", "RUNTIME_FIELDS", "SCHEDULES", "Tra
 
 LOSSES = ("equilibrium", "progressive")
 SCHEDULES = ("cosine", "linear", "constant")
-EQUILIBRIUM_BACKWARDS = ("implicit", "phantom", "unrolled")
+EQUILIBRIUM_BACKWARDS = ("implicit", "phantom", "unrolled", "neumann")
 AMP_MODES = ("auto", "bf16", "none")
 
 # Fields that describe how a run is executed rather than what it computes: they may differ
@@ -67,8 +67,8 @@ class TrainConfig:
     # -- solve and loss ------------------------------------------------------------------------
     loss: str = setting("training regime: equilibrium (fixed-point gradients) or progressive (deep-thinking "
                         "loss through plain iterations)", default="equilibrium")
-    backward: str | None = setting("equilibrium loss: implicit, phantom or unrolled (default implicit); not used "
-                                   "by the progressive loss", default=None)
+    backward: str | None = setting("equilibrium loss: implicit, phantom, unrolled or neumann (default implicit); "
+                                   "not used by the progressive loss", default=None)
     backward_options: dict[str, Any] = setting("options of the backward mode as JSON, e.g. '{\"steps\": 3}' for "
                                                "phantom", default_factory=dict)
     alpha: float = setting("progressive loss: weight of the truncated (n free + k graded) term; 0 is plain "
@@ -78,10 +78,23 @@ class TrainConfig:
     solver_options: dict[str, Any] = setting("solver options as JSON, e.g. '{\"m\": 5}'", default_factory=dict)
     max_iter: int = setting("training depth: iterations per forward (solver budget for the equilibrium loss, "
                             "exact count for the progressive loss)", default=30)
-    depth_offset: int | None = setting("a batch whose task-reported propagation depth is L trains with "
-                                       "L + depth_offset iterations (progressive loss) or solver budget "
-                                       "(equilibrium loss); default: max_iter always", default=None)
+    depth_offset: int | None = setting("plain iterations of the progressive loss (and of the equilibrium loss's "
+                                       "warm start): L + depth_offset for a batch whose task-reported propagation "
+                                       "depth is L (default: max_iter always)", default=None)
     rtol: float = setting("solver relative tolerance", default=1e-4)
+    # -- fixed-point training recipes (equilibrium loss; see deqloop/train/objectives.py) ----------
+    pretrain_steps: int = setting("warm start: train the first N steps with the progressive loss (plain iterations, "
+                                  "alpha and depth_offset as set), then switch to the equilibrium loss", default=0)
+    jac_reg: float = setting("weight of the Jacobian penalty: a Hutchinson estimate of ‖∂f/∂z‖²_F / dim at the "
+                             "fixed point (one random vector, one extra VJP)", default=0.0)
+    jac_reg_every: int = setting("apply the Jacobian penalty every N steps", default=1)
+    fp_states: int = setting("fixed-point correction: split the solver budget into this many segments and "
+                             "supervise each segment's end state with the backward mode's gradient", default=1)
+    fp_gamma: float = setting("fixed-point correction: weight gamma^(fp_states − 1 − i) of segment i "
+                              "(normalised to sum to 1)", default=0.8)
+    train_init: str | None = setting("initial state of the training solves (e.g. mixed: Gaussian entries kept "
+                                     "with probability 1/2, for path independence); default: the model's init",
+                                     default=None)
     atol: float = setting("solver absolute tolerance", default=0.0)
     # -- optimization --------------------------------------------------------------------------
     steps: int | None = setting("optimizer steps (default 1000, or from --epochs)", default=None)
@@ -135,8 +148,8 @@ class TrainConfig:
         choice("amp", self.amp, AMP_MODES)
         choice("logger", self.logger, LOGGERS)
         check_device(self.device)
-        self._check_loss()
         self._check_steps()
+        self._check_loss()
         number("lr", self.lr, low=0, low_open=True)
         number("min_lr", self.min_lr, low=0, high=self.lr)
         if self.warmup_steps is None:
@@ -156,17 +169,37 @@ class TrainConfig:
         number("alpha", self.alpha, low=0, high=1)
         if self.depth_offset is not None:
             integer("depth_offset", self.depth_offset, minimum=0)
+            if self.loss == "equilibrium" and not self.pretrain_steps:
+                raise ConfigError("depth_offset sets plain iterations: it needs loss='progressive' or a warm start "
+                                  "(pretrain_steps > 0); the equilibrium loss's solver budget is max_iter")
             if self._task.propagation_depth() is None:
                 raise ConfigError(f"depth_offset needs a task that reports its propagation depth; task "
                                   f"{self.task!r} does not")
+        integer("pretrain_steps", self.pretrain_steps, minimum=0)
+        number("jac_reg", self.jac_reg, low=0)
+        integer("jac_reg_every", self.jac_reg_every)
+        integer("fp_states", self.fp_states)
+        number("fp_gamma", self.fp_gamma, low=0, high=1, low_open=True)
+        if self.train_init is not None:
+            choice("train_init", self.train_init, INITS)
+        recipes = {"pretrain_steps": self.pretrain_steps, "jac_reg": self.jac_reg, "fp_states": self.fp_states != 1,
+                   "train_init": self.train_init}
         if self.loss == "equilibrium":
             if self.backward is not None:
                 choice("backward", self.backward, EQUILIBRIUM_BACKWARDS)
-            if self.alpha != 0.0:
-                raise ConfigError("alpha weighs the progressive loss; it needs loss='progressive'")
-        elif self.backward is not None or self.backward_options:
-            raise ConfigError("backward and backward_options apply to loss='equilibrium'; the progressive loss "
-                              "backpropagates through plain iterations")
+            if self.alpha != 0.0 and not self.pretrain_steps:
+                raise ConfigError("alpha weighs the progressive loss; it needs loss='progressive' or a warm start "
+                                  "(pretrain_steps > 0)")
+            if self.pretrain_steps >= self.steps:
+                raise ConfigError(f"pretrain_steps ({self.pretrain_steps}) must be below steps ({self.steps}): the "
+                                  "equilibrium loss would never train")
+        else:
+            if self.backward is not None or self.backward_options:
+                raise ConfigError("backward and backward_options apply to loss='equilibrium'; the progressive loss "
+                                  "backpropagates through plain iterations")
+            used = sorted(k for k, v in recipes.items() if v)
+            if used:
+                raise ConfigError(f"{', '.join(used)} are fixed-point training recipes: they need loss='equilibrium'")
 
     def _check_steps(self) -> None:
         if self.epochs is not None:
@@ -195,8 +228,14 @@ class TrainConfig:
         return as_backward(self.backward or "implicit", self.backward_options)
 
     def depth(self, x: Any = None) -> int:
-        """Training iterations for a batch ``x`` (``None``: the largest training batch): the task's
-        propagation depth plus ``depth_offset`` when that is set, else ``max_iter``."""
+        """Iterations per training forward for a batch ``x`` (``None``: the largest training batch):
+        the progressive loss's plain iterations (:meth:`plain_depth`), or the equilibrium loss's
+        solver budget ``max_iter``."""
+        return self.plain_depth(x) if self.loss == "progressive" else self.max_iter
+
+    def plain_depth(self, x: Any = None) -> int:
+        """Plain iterations of the progressive loss (or warm start) on ``x``: the task's propagation
+        depth plus ``depth_offset`` when that is set, else ``max_iter``."""
         if self.depth_offset is not None:
             return self._task.propagation_depth(x) + self.depth_offset
         return self.max_iter

@@ -1,7 +1,22 @@
 """Training objectives: what a step minimises and what it reports.
 
 * :class:`Equilibrium` — solve for the fixed point with the model's solver and take the gradient
-  the backward mode gives (``Implicit``, ``Phantom``, ``Unrolled``, ...).
+  the backward mode gives (``Implicit``, ``Phantom``, ``Unrolled``, ``Neumann``, ...), with the
+  fixed-point training recipes, each a :class:`~deqloop.train.TrainConfig` field:
+
+  - ``fp_states`` (fixed-point correction): the solver budget is split into ``fp_states``
+    segments, each continuing from the last; every segment's end state is read out and graded,
+    with the backward mode's gradient, weighted ``fp_gamma^(fp_states − 1 − i)`` (normalised).
+  - ``jac_reg`` (Jacobian regularisation, Bai et al. 2021): plus ``jac_reg`` times a Hutchinson
+    estimate of ‖∂f/∂z‖²_F / dim at the fixed point, ‖εᵀJ‖² / numel(ε) with ε ~ N(0, I) drawn
+    from ``(seed, step)``, every ``jac_reg_every`` steps.
+  - ``train_init`` (path independence): the training solves start from another z₀, e.g.
+    ``"mixed"`` (Gaussian entries kept with probability 1/2), so the fixed point cannot depend on
+    the starting state.
+  - ``pretrain_steps`` (warm start, as MDEQ): the first steps train with the progressive loss;
+    :class:`WarmStart` switches objectives at that step.
+  - the approximate adjoint ``backward="neumann"`` and the solver budget ``max_iter`` are the
+    model's own settings.
 * :class:`Progressive` — the deep-thinking loss. Plain iterations ``z ← f(z; e)`` from z₀; with
   weight ``1 − alpha`` the loss after all ``depth`` iterations (backpropagated through all of
   them) and with weight ``alpha`` the loss after ``n ~ U{0..depth−1}`` iterations without gradient
@@ -25,7 +40,8 @@ from deqloop import seeds
 from deqloop.model import LoopedDEQ
 from deqloop.solvers import relative_residual
 
-__all__ = ["Equilibrium", "Objective", "Progressive", "build_objective", "cross_entropy", "progressive_draw"]
+__all__ = ["Equilibrium", "Objective", "Progressive", "WarmStart", "build_objective", "cross_entropy",
+           "progressive_draw"]
 
 log = logging.getLogger("deqloop.train")
 
@@ -58,19 +74,51 @@ class Objective(nn.Module):
 
 
 class Equilibrium(Objective):
-    """Cross-entropy at the fixed point; gradients from the model's backward mode.
+    """Cross-entropy at the fixed point; gradients from the model's backward mode; the recipes of
+    the module docstring (defaults: none of them).
 
     ``warn_unconverged``: warn once when fewer than half of a logged step's forward solves
     converged (the implicit gradient assumes z* = f(z*)).
     """
 
-    def __init__(self, model: LoopedDEQ, *, warn_unconverged: bool = False):
+    def __init__(self, model: LoopedDEQ, *, seed: int = 0, fp_states: int = 1, fp_gamma: float = 0.8,
+                 jac_reg: float = 0.0, jac_reg_every: int = 1, train_init: str | None = None,
+                 warn_unconverged: bool = False):
         super().__init__(model)
+        self.seed, self.fp_states, self.fp_gamma = seed, fp_states, fp_gamma
+        self.jac_reg, self.jac_reg_every, self.train_init = jac_reg, jac_reg_every, train_init
         self.warn_unconverged = warn_unconverged
 
+    def segment_weights(self) -> list[float]:
+        """The weights of the ``fp_states`` graded states, last (the fixed point) largest; sum 1."""
+        w = [self.fp_gamma ** (self.fp_states - 1 - i) for i in range(self.fp_states)]
+        return [v / sum(w) for v in w]
+
     def forward(self, x: torch.Tensor, y: torch.Tensor, depth: int, step: int):
-        out = self.model(x, max_iter=depth)
-        return cross_entropy(out.logits, y), out.logits, {"solution": out.solution, "step": step}
+        init = {"init": self.train_init} if self.train_init is not None else {}
+        budget = -(-depth // self.fp_states)  # each segment's share of the solver budget
+        loss = x.new_zeros((), dtype=torch.float32)
+        z0 = None
+        for weight in self.segment_weights():
+            out = self.model(x, z0=z0, max_iter=budget, **init)
+            loss = loss + weight * cross_entropy(out.logits, y)
+            z0 = out.solution.z.detach()
+        stats: dict[str, Any] = {"solution": out.solution, "step": step}
+        if self.jac_reg > 0 and step % self.jac_reg_every == 0:
+            jac = self.jacobian_penalty(x, out.solution.z, step)
+            loss = loss + self.jac_reg * jac.float()
+            stats["jac_fro"] = jac.detach()
+        return loss, out.logits, stats
+
+    def jacobian_penalty(self, x: torch.Tensor, z: torch.Tensor, step: int) -> torch.Tensor:
+        """‖εᵀ ∂f/∂z‖² / numel(ε) at the state ``z`` (detached), ε ~ N(0, I) from ``(seed, step)``:
+        an unbiased estimate of ‖∂f/∂z‖²_F / dim, differentiable in the parameters."""
+        e = self.model.embed(x)
+        z_in = z.detach().requires_grad_()
+        fz = self.model.step(z_in, e)
+        eps = torch.randn(fz.shape, generator=seeds.generator(self.seed, seeds.JACOBIAN, step)).to(fz)
+        (vjp,) = torch.autograd.grad(fz, z_in, eps, create_graph=True)
+        return vjp.to(torch.promote_types(vjp.dtype, torch.float32)).pow(2).sum() / eps.numel()
 
     def metrics(self, stats: dict[str, Any], mean: Mean) -> dict[str, Any]:
         sol = stats["solution"]
@@ -86,6 +134,8 @@ class Equilibrium(Objective):
             m["backward_residual"] = mean(b.residual.float().mean())
             m["backward_iterations"] = mean(b.iterations.float().mean())
             m["backward_converged"] = mean(b.converged.float().mean())
+        if "jac_fro" in stats:
+            m["jac_fro"] = mean(stats["jac_fro"])
         if self.warn_unconverged and m["converged"] < UNCONVERGED_WARNING:
             self.warn_unconverged = False
             s = self.model.config.solve
@@ -140,8 +190,37 @@ class Progressive(Objective):
         return m
 
 
+class WarmStart(Objective):
+    """The progressive loss for the first ``steps`` steps (with ``plain_depth(x)`` iterations),
+    then the equilibrium loss: an equilibrium model warm-started as a weight-tied unrolled net."""
+
+    def __init__(self, warm: Progressive, equilibrium: Equilibrium, steps: int, plain_depth: Callable):
+        super().__init__(equilibrium.model)
+        self.warm, self.equilibrium, self.steps, self.plain_depth = warm, equilibrium, steps, plain_depth
+
+    def phase(self, step: int) -> Objective:
+        return self.warm if step < self.steps else self.equilibrium
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, depth: int, step: int):
+        if step < self.steps:
+            loss, logits, stats = self.warm(x, y, self.plain_depth(x), step)
+        else:
+            loss, logits, stats = self.equilibrium(x, y, depth, step)
+        return loss, logits, {**stats, "phase_step": step}
+
+    def metrics(self, stats: dict[str, Any], mean: Mean) -> dict[str, Any]:
+        phase = self.phase(stats["phase_step"])
+        return {"phase": "warm" if phase is self.warm else "equilibrium", **phase.metrics(stats, mean)}
+
+
 def build_objective(model: LoopedDEQ, config: Any) -> Objective:
     """The objective a :class:`~deqloop.train.TrainConfig` asks for."""
     if config.loss == "progressive":
         return Progressive(model, alpha=config.alpha, seed=config.seed)
-    return Equilibrium(model, warn_unconverged=config.implicit)
+    equilibrium = Equilibrium(model, seed=config.seed, fp_states=config.fp_states, fp_gamma=config.fp_gamma,
+                              jac_reg=config.jac_reg, jac_reg_every=config.jac_reg_every,
+                              train_init=config.train_init, warn_unconverged=config.implicit)
+    if config.pretrain_steps:
+        warm = Progressive(model, alpha=config.alpha, seed=config.seed)
+        return WarmStart(warm, equilibrium, config.pretrain_steps, config.plain_depth)
+    return equilibrium
