@@ -34,3 +34,33 @@ def linear_map(batch: int, dim: int, contraction: float, dtype=torch.float64, se
         return torch.bmm(A, z.unsqueeze(2)).squeeze(2) + b
 
     return f, exact.to(dtype)
+
+
+@torch.no_grad()
+def plain_iteration_scores(model, x: torch.Tensor, y: torch.Tensor, iters, rtol: float):
+    """An evaluation written out by hand, independent of ``deqloop.eval``: plain iterations
+    z ← f(z; e) from the model's own z₀; after each count in ``iters`` the fraction of examples
+    with every cell right and the fraction of cells right; and the mean over examples of the
+    first iteration t with ‖z_t − z_{t−1}‖ ≤ rtol·‖z_t‖ (the last iteration for those that never
+    settle). Returns ``(exact, cells, settled_mean)``."""
+    was_training = model.training
+    model.eval()
+    e = model.embed(x)
+    z = model.initial_state(e)
+    last = max(iters)
+    settle = torch.full((len(x),), float(last))
+    done = torch.zeros(len(x), dtype=torch.bool)
+    exact, cells = [], []
+    for t in range(1, last + 1):
+        z_next = model.step(z, e)
+        change = (z_next - z).flatten(1).float().norm(dim=1)
+        newly = ~done & (change <= rtol * z_next.flatten(1).float().norm(dim=1))
+        settle[newly] = float(t)
+        done |= newly
+        z = z_next
+        if t in iters:
+            right = model.readout(z).argmax(-1) == y
+            exact.append(float(right.flatten(1).all(1).double().mean()))
+            cells.append(float(right.double().mean()))
+    model.train(was_training)
+    return exact, cells, float(settle.mean())

@@ -110,17 +110,33 @@ def test_gradients_reach_initial_state_only_when_unrolled(problem):
     z0 = torch.zeros_like(x).requires_grad_()
     z, _ = fixed_point(lambda z: layer(z, x), z0, "picard", "unrolled", rtol=0.0, max_iter=3)
     z.sum().backward()
-    assert z0.grad is not None and z0.grad.abs().sum() > 0
+    # d(sum z_3)/dz_0 through three plain steps, by autograd on the loop written out
+    manual = torch.autograd.functional.vjp(lambda v: layer(layer(layer(v, x), x), x), z0.detach(),
+                                           torch.ones_like(x))[1]
+    assert manual.abs().min() > 0
+    torch.testing.assert_close(z0.grad, manual)
+    for backward in ("implicit", "phantom", "truncated"):  # z* does not depend on where the solve began
+        z0 = torch.zeros_like(x).requires_grad_()
+        z, _ = fixed_point(lambda z: layer(z, x), z0, "picard", backward, rtol=1e-10, max_iter=300)
+        z.sum().backward()
+        assert z0.grad is None, backward
 
 
 def test_no_grad_returns_detached_fixed_point(problem):
     layer, x = problem
     with torch.no_grad():
+        reference = torch.zeros_like(x)
+        for _ in range(200):  # 0.8²⁰⁰: plain iteration to rounding
+            reference = layer(reference, x)
         for backward in ("implicit", "phantom", "truncated", "unrolled", "none"):
             z, sol = fixed_point(lambda z: layer(z, x), torch.zeros_like(x),
-                                 "picard" if backward == "unrolled" else "anderson", backward, rtol=1e-8)
+                                 "picard" if backward == "unrolled" else "anderson", backward, rtol=1e-8,
+                                 max_iter=300)
             assert not z.requires_grad
             assert sol.converged.all()
+            # the fixed point itself: its residual, and the error bound r/(1 − c) of a c = 0.8 contraction
+            torch.testing.assert_close(layer(z, x), z, rtol=0, atol=1e-7)
+            torch.testing.assert_close(z, reference, rtol=0, atol=1e-6)
 
 
 def test_failed_backward_solve_is_reported(problem):
@@ -143,9 +159,19 @@ def test_gradients_reach_module_parameters_and_closure_inputs():
     with torch.no_grad():
         lin.weight.mul_(0.3)
     e = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
-    z, _ = fixed_point(lambda z: torch.tanh(lin(z) + e), torch.zeros(2, 4, dtype=torch.float64))
+    z, _ = fixed_point(lambda z: torch.tanh(lin(z) + e), torch.zeros(2, 4, dtype=torch.float64), rtol=1e-12,
+                       max_iter=200, backward_options=dict(rtol=1e-12, max_iter=200))
     z.sum().backward()
-    assert lin.weight.grad is not None and lin.bias.grad is not None and e.grad is not None
+    # The implicit function theorem, densely: with D = diag(1 − z*²) and J = D W, the cotangent
+    # at the pre-activation is a = D (I − Jᵀ)⁻¹ 1; then dL/de = a, dL/db = Σ a, dL/dW = Σ a z*ᵀ.
+    W, zs = lin.weight.detach(), z.detach()
+    a = torch.stack([torch.diag(1 - zs[i] ** 2) @ torch.linalg.solve(
+        torch.eye(4, dtype=torch.float64) - (torch.diag(1 - zs[i] ** 2) @ W).T, torch.ones(4, dtype=torch.float64))
+        for i in range(2)])
+    tol = dict(rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(e.grad, a, **tol)
+    torch.testing.assert_close(lin.bias.grad, a.sum(0), **tol)
+    torch.testing.assert_close(lin.weight.grad, a.T @ zs, **tol)
 
 
 def test_bad_backward_arguments():
@@ -162,7 +188,7 @@ def test_bad_backward_arguments():
         fixed_point(f, z0, "anderson", backward="unrolled")
     with pytest.raises(ConfigError, match="grad_steps must be an integer ≥ 1, got 0"):
         fixed_point(f, z0, backward="truncated", backward_options=dict(grad_steps=0))
-    with pytest.raises(ConfigError, match="backward options .* given with a Phantom object"):
+    with pytest.raises(ConfigError, match=r"backward options .* given with a Phantom object"):
         fixed_point(f, z0, backward=Phantom(steps=2), backward_options=dict(tau=0.5))
     with pytest.raises(ConfigError, match="is a class; pass an instance"):
         fixed_point(f, z0, backward=Phantom)

@@ -34,7 +34,7 @@ def test_preset_filters_and_errors():
     assert {(r.task, r.norm, r.seed) for r in runs} == {(t, "pre", s) for t in ("sudoku", "chess") for s in (0, 3)}
     with pytest.raises(ValueError, match=r"seed \['x'\]; allowed: non-negative integers"):
         cpu.runs(seed=("x",))
-    with pytest.raises(ValueError, match="task_grid\\['sudoku'\\]\\['norm'\\] = \\['outer'\\]"):
+    with pytest.raises(ValueError, match=r"task_grid\['sudoku'\]\['norm'\] = \['outer'\]"):
         cpu.with_(task_grid={"sudoku": {"norm": ("outer",)}})
     with pytest.raises(ValueError, match="unknown axis 'width'"):
         cpu.with_(task_grid={"sudoku": {"width": (8,)}})

@@ -163,7 +163,7 @@ def test_nonfinite_sample_is_flagged_and_others_unaffected(method):
     sol = solve(poisoned, torch.zeros(4, 6, dtype=torch.float64), method, rtol=1e-9, max_iter=500)
     assert sol.status.tolist() == [0, 0, int(SolverStatus.NONFINITE), 0]
     assert sol.converged.tolist() == [True, True, False, True]
-    assert torch.isfinite(sol.z).all()  # frozen at its best (here: initial) iterate
+    assert torch.equal(sol.z[2], torch.zeros(6, dtype=torch.float64))  # frozen at its best (here: initial) iterate
     keep = [0, 1, 3]
     torch.testing.assert_close(sol.z[keep], clean.z[keep], atol=1e-12, rtol=0)
     with pytest.raises(SolverError, match=r"1 of 4 samples did not converge: 1 nonfinite \(samples 2\)"):
@@ -180,6 +180,7 @@ def test_diverging_sample_is_frozen_at_its_best_iterate():
     assert sol.status.tolist() == [0, int(SolverStatus.DIVERGED), 0]
     assert torch.allclose(sol.z[1], torch.zeros(4, dtype=torch.float64))  # the best iterate: the start
     assert sol.iterations[1] < 200
+    torch.testing.assert_close(sol.z[[0, 2]], torch.full((2, 4), 2.0, dtype=torch.float64), rtol=1e-9, atol=0)
     with pytest.raises(SolverError, match="diverged"):
         sol.raise_on_failure()
     assert issubclass(SolverError, DeqloopError) and issubclass(SolverError, RuntimeError)
@@ -202,6 +203,13 @@ def test_max_iter_status_and_trace():
     assert (sol.status == int(SolverStatus.MAX_ITER)).all()
     assert sol.iterations.tolist() == [7, 7, 7] and sol.nfe == 7
     assert sol.trace.shape == (7, 3) and sol.trace.dtype == torch.float32
+    # row t: ‖f(z_t) − z_t‖ / ‖f(z_t)‖ of plain iteration z_{t+1} = f(z_t) from z_0 = 0 (row 0 is 1)
+    z, rows = torch.zeros(3, 5, dtype=torch.float64), []
+    for _ in range(7):
+        fz = f(z)
+        rows.append((fz - z).norm(dim=1) / fz.norm(dim=1))
+        z = fz
+    torch.testing.assert_close(sol.trace, torch.stack(rows).float())
     torch.testing.assert_close(sol.trace.min(dim=0).values, sol.residual)
     assert sol.summary()["status"]["max_iter"] == 3
 
@@ -213,6 +221,9 @@ def test_low_precision_states_keep_float32_numerics(method):
     sol = solve(f, torch.zeros(2, 16, dtype=torch.bfloat16), method, rtol=1e-2, max_iter=100)
     assert sol.z.dtype == torch.bfloat16
     assert sol.residual.dtype == torch.float32 and sol.converged.all()
+    # within r/(1 − c) = 0.01/0.4 of the float64 fixed point (|z*| ≤ 1), plus bfloat16 rounding
+    exact = solve(f64, torch.zeros(2, 16, dtype=torch.float64), "anderson", rtol=1e-13, max_iter=200).z
+    torch.testing.assert_close(sol.z.double(), exact, rtol=0, atol=0.03)
 
 
 def test_user_solvers_can_be_registered():

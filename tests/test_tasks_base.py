@@ -36,6 +36,17 @@ def test_make_returns_tokens_and_classes_in_range(name, tmp_path, monkeypatch):
         logits = torch.nn.functional.one_hot(y, task.num_classes).float()
         assert task.correct(logits, y, x).all()
         assert torch.all(task.cell_accuracy(logits, y, x) == 1.0)
+        # one wrong cell in example 1 (a blank for sudoku, a marked square for chess) fails it alone,
+        # and costs one of its scored cells (sudoku scores the blanks only)
+        flat = y.clone().flatten(1)
+        cell = {"prefix_sums": 0, "sudoku": int((x[1].flatten() == 0).nonzero()[0]),
+                "chess": int((y[1].flatten() == 1).nonzero()[0])}[name]
+        flat[1, cell] = (flat[1, cell] + 1) % task.num_classes
+        wrong = torch.nn.functional.one_hot(flat.view_as(y), task.num_classes).float()
+        assert task.correct(wrong, y, x).tolist() == [True, False, True]
+        scored = int((x[1] == 0).sum()) if name == "sudoku" else x[1].numel()
+        expected = torch.tensor([1.0, 1 - 1 / scored, 1.0])
+        torch.testing.assert_close(task.cell_accuracy(wrong, y, x).double(), expected.double())
     assert BANDS == ("train", "val", "hard")
 
 

@@ -190,7 +190,7 @@ BAD_ROWS = [
 @pytest.mark.parametrize("row, problem", BAD_ROWS)
 def test_bad_rows_name_file_line_and_problem(tmp_path, row, problem):
     path = write(tmp_path, HEADER, ROW, row, ROW)
-    with pytest.raises(DataError, match=f"p.csv:3: {problem}"):
+    with pytest.raises(DataError, match=rf"p.csv:3: {problem}"):
         tc.load_lichess(path)
     x, y, meta = tc.load_lichess(path, on_error="skip", return_meta=True)
     assert len(x) == 2 and meta.lines == [2, 4] and meta.summary.skipped == {problem: 1}
@@ -198,14 +198,15 @@ def test_bad_rows_name_file_line_and_problem(tmp_path, row, problem):
 
 def test_header_without_needed_columns_is_fatal(tmp_path):
     path = write(tmp_path, "PuzzleId,FEN,Rating", "x,8/8/8/8/8/8/8/8 w - - 0 1,100")
-    with pytest.raises(DataError, match="p.csv:1: header lacks columns.*Moves"):
+    with pytest.raises(DataError, match=r"p.csv:1: header lacks columns.*Moves"):
         tc.load_lichess(path, on_error="skip")
 
 
 def test_header_with_reordered_columns(tmp_path):
     path = write(tmp_path, "Moves,Rating,FEN,PuzzleId", "g7f6 g1g8,399,7k/pp3Bqp/n4Q2/8/8/4P3/PP3P1P/4K1R1 b - - 1 27,0495p")
     x, y = tc.load_lichess(path)
-    assert torch.equal(x, tc.load_lichess(write(tmp_path, ROW, name="q.csv"))[0])
+    xq, yq = tc.load_lichess(write(tmp_path, ROW, name="q.csv"))
+    assert torch.equal(x, xq) and torch.equal(y, yq) and int(y.sum()) == 2
 
 
 _FIELD_PIECES = {
@@ -294,6 +295,15 @@ def test_task_from_shared_files_uses_the_papers_rating_split(shared_data):
     assert train[0].shape == (1000, 8, 8) and hard[1].shape == (1000, 8, 8)
     pairs = lambda xy: {(tuple(a.flatten().tolist()), tuple(b.flatten().tolist())) for a, b in zip(*xy)}  # noqa: E731
     assert not pairs(train) & pairs(val) and not pairs(train) & pairs(hard)
+    # the split is by rating: the ratings of each encoded (position, move) in the files
+    keys = lambda xy: [row.tobytes() for row in torch.cat([xy[0].flatten(1), xy[1].flatten(1)], 1).numpy()]  # noqa: E731
+    ratings: dict = {}
+    for path in files:  # as load_lichess reads them (the task's cached copy: no second parse)
+        x, y, rating = tc._load_cached(str(path.resolve()), path.stat().st_mtime_ns)
+        for key, r in zip(keys((x, y)), rating.tolist()):
+            ratings.setdefault(key, set()).add(r)
+    assert all(any(r <= 1600 for r in ratings[k]) for k in keys(train) + keys(val))
+    assert all(any(1601 <= r <= 2000 for r in ratings[k]) for k in keys(hard))
     assert torch.equal(task.make("train", 1000, seed=0)[0], train[0])
     with pytest.raises(ValueError, match="has 7317 puzzles, 9000 requested"):
         task.make("hard", 9000)

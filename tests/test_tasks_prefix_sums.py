@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deqloop.errors import ConfigError
 from deqloop.tasks import get_task, prefix_sums
 from deqloop.tasks.prefix_sums import PrefixSums
 
@@ -33,9 +34,15 @@ def test_generate_is_seeded_and_streams_differ():
     assert 0.4 < a[0].float().mean().item() < 0.6
 
 
-@pytest.mark.parametrize("n, length", [(-1, 4), (2, 0), (2, -3), (2.0, 4), (True, 4)])
-def test_generate_rejects_bad_sizes(n, length):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize("n, length, message", [
+    (-1, 4, "n must be an integer ≥ 0, got -1"),
+    (2, 0, "length must be an integer ≥ 1, got 0"),
+    (2, -3, "length must be an integer ≥ 1, got -3"),
+    (2.0, 4, r"n must be an integer ≥ 0, got 2\.0"),
+    (True, 4, "n must be an integer ≥ 0, got True"),
+])
+def test_generate_rejects_bad_sizes(n, length, message):
+    with pytest.raises(ConfigError, match=message):
         prefix_sums.generate(n, length)
 
 

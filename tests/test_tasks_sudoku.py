@@ -124,13 +124,20 @@ def test_default_hard_band(tmp_path):
 
 
 def test_load_shared_csv(shared_data):
-    for name in ("sudoku17_1500.csv", "magictour_top1465.csv"):
+    for name, rows in (("sudoku17_1500.csv", 1500), ("magictour_top1465.csv", 1465)):
         x, y, meta = sudoku.load(shared_data / "sudoku" / name, return_meta=True)
-        assert x.shape == y.shape and x.shape[1:] == (9, 9) and len(x) in (1500, 1465)
+        assert x.shape == y.shape == (rows, 9, 9)
         assert sudoku.is_valid_solution(y).all()
         assert sudoku.correct(y, y, x).all()
-        assert (meta.ratings >= 0).all() and meta.summary.loaded == len(x) and not meta.summary.skipped
-        assert meta.lines[0] == 2 and meta.sources[0] in ("sudoku17", "magictour_top1465")
+        # every row as the csv module reads the file: givens, answers, ratings, sources
+        with open(shared_data / "sudoku" / name, newline="") as f:
+            table = list(csv.DictReader(f))
+        digits = lambda s: torch.tensor([0 if c == "." else int(c) for c in s])  # noqa: E731
+        assert torch.equal(x.view(rows, 81), torch.stack([digits(r["question"]) for r in table]))
+        assert torch.equal(y.view(rows, 81), torch.stack([digits(r["answer"]) for r in table]))
+        assert meta.ratings.tolist() == [int(r["rating"]) for r in table]
+        assert meta.sources == [r["source"] for r in table]
+        assert meta.summary.loaded == rows and not meta.summary.skipped and meta.lines == list(range(2, rows + 2))
     assert (x != 0).sum(dim=(1, 2)).min() >= 17
 
 
@@ -183,7 +190,7 @@ BAD_ROWS = [
 def test_bad_rows_name_file_line_and_problem(tmp_path, row, problem):
     path = tmp_path / "bad.csv"
     path.write_text(f"source,question,answer,rating\ns,{EASY},{EASY_ANSWER},0\n{row}\n")
-    with pytest.raises(DataError, match=f"bad.csv:3: {problem}") as info:
+    with pytest.raises(DataError, match=rf"bad.csv:3: {problem}") as info:
         sudoku.load(path)
     assert info.value.line == 3 and info.value.problem.startswith(problem)
     x, y, meta = sudoku.load(path, on_error="skip", return_meta=True)
@@ -200,7 +207,7 @@ def test_non_unique_puzzles_load_when_allowed(tmp_path):
 def test_line_file_errors_and_on_error_values(tmp_path):
     path = tmp_path / "lines.txt"
     path.write_text(f"{EASY}\n{EASY}9\n")
-    with pytest.raises(DataError, match="lines.txt:2: bad puzzle string"):
+    with pytest.raises(DataError, match=r"lines.txt:2: bad puzzle string"):
         sudoku.load(path)
     with pytest.raises(ValueError, match="'raise', 'skip'"):
         sudoku.load(path, on_error="warn")

@@ -9,6 +9,7 @@ from typing import ClassVar
 
 import pytest
 import torch
+from helpers import plain_iteration_scores
 
 from deqloop import seeds
 from deqloop.cli import main
@@ -65,12 +66,23 @@ def test_trains_evaluates_and_analyses_through_the_api(tmp_path):
 
     config = TrainConfig(task="copy_shifted", task_options={"length": 5, "hard_length": 9}, out=str(tmp_path), **TINY)
     result = train(config)
-    assert result.step == 4 and result.eval_metrics["hard_accuracy"] is not None
+    assert result.step == 4
     run = Run.load(result.checkpoint)
+    # the trainer's final eval: its own eval sets (seeded from the run's seed), at depth 3 = max_iter
+    eval_seed = seeds.derive_seed(config.seed, seeds.EVAL) % 2**31
+    for band in ("val", "hard"):
+        x, y = run.task.make(band, 8, seed=eval_seed)
+        exact, _, _ = plain_iteration_scores(run.model, x, y, [3], rtol=1e-3)
+        assert result.eval_metrics[f"{band}_accuracy"] == pytest.approx(exact, abs=1e-6), band
     assert isinstance(run.task, CopyShifted) and run.task.length == 5 and run.task.hard_length == 9
     assert run.model.config.arch.grid == (5,) and run.model.config.arch.vocab_size == 4
     report = evaluate_run(run, iters=[1, 3], n=6)
     assert report.n == {"val": 6, "hard": 6}
+    for band in ("val", "hard"):
+        x, y = run.task.make(band, 6, seed=12345)
+        exact, cells, settled = plain_iteration_scores(run.model, x, y, [1, 3], rtol=1e-3)
+        assert report.curves.curves[band] == pytest.approx(exact) and report.cells.curves[band] == pytest.approx(cells)
+        assert report.settling[band]["iterations_mean"] == pytest.approx(settled)
     x, _ = run.task.make("hard", 4, seed=0)
     assert x.shape == (4, 9)  # the hard split is longer than the training grid: the model extrapolates
     stability = analyze(run.model, x, measures=(), inits=("embed",), max_iter=5)
