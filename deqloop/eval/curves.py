@@ -52,6 +52,12 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _batches(x: torch.Tensor, y: torch.Tensor, size: int, device: torch.device):
+    """``(x, y)`` in slices of ``size`` examples, on ``device``."""
+    for i in range(0, len(x), size):
+        yield x[i : i + size].to(device), y[i : i + size].to(device)
+
+
 def parse_iters(text: str) -> list[int]:
     """``"1,10,30"`` → ``[1, 10, 30]``: positive integers, sorted, without repeats."""
     try:
@@ -139,9 +145,7 @@ def iteration_sweep(
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)
-            yb = y[i : i + batch_size].to(device)
+        for xb, yb in _batches(x, y, batch_size, device):
             e = model.embed(xb)  # (B, *grid, D)
             z = model.initial_state(e)
             done = torch.zeros(len(xb), dtype=torch.bool, device=device)
@@ -249,9 +253,7 @@ def adaptive_accuracy(
     was_training = model.training
     model.eval()
     try:
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device)
-            yb = y[i : i + batch_size].to(device)
+        for xb, yb in _batches(x, y, batch_size, device):
             out = model(xb, solver=solver, solver_options=solver_options, max_iter=max_iter, rtol=rtol, atol=atol,
                         backward="none", throw=False)
             sol = out.solution

@@ -1,16 +1,9 @@
-"""Chess puzzles: find the move. Lichess puzzle loader, a mate-in-1 generator, two metrics.
+"""Chess puzzles: find the move. The task, and its two metrics; the encoding, the Lichess loader
+and the mate-in-1 generator are in :mod:`deqloop.tasks.chess_data`.
 
-Encoding, always from the side to move's perspective: when black is to move the board is
-mirrored (ranks flipped) and the colours swapped, as in the paper, so the side to move plays
-"white" up the board. ``x`` is ``(8, 8)`` tokens indexed ``[rank, file]`` (``a1`` is
-``[0, 0]``; square ``s`` of python-chess is ``[s // 8, s % 8]``):
-
-    0 empty, 1-6 the side to move's pawn, knight, bishop, rook, queen, king,
-    7-12 the opponent's, in the same order.                                  vocab_size = 13
-
-``y`` is ``(8, 8)`` with 1 on the solution's from- and to-square (same perspective), 0
-elsewhere (``num_classes = 2``). A model outputs logits ``(n, 8, 8, 2)``; the *score* of a
-square is ``logit[..., 1] - logit[..., 0]``. Castling and en-passant rights are not encoded.
+``x`` is the ``(8, 8)`` board from the side to move's perspective, ``y`` marks the solution's
+from- and to-square (``num_classes = 2``). A model outputs logits ``(n, 8, 8, 2)``; the *score*
+of a square is ``logit[..., 1] - logit[..., 0]``.
 
 Metrics: :func:`correct` (the paper's) asks that the two highest-scoring squares be exactly
 the target pair; :func:`correct_legal` takes the legal move with the highest from-score plus
