@@ -12,7 +12,7 @@ def add(sub: Any) -> None:
     p = sub.add_parser(
         "demo", help="train on short prefix sums on CPU, solve 4x and 8x longer ones",
         description="Train a small looped transformer on prefix sums (parity of every prefix of a bit string) of up "
-        "to 12 bits on CPU, then score exact match at 12, 48 and 96 bits across test-time iterations. About 2.5 "
+        "to 12 bits on CPU, then score exact match at 12, 48 and 96 bits across test-time iterations. One to three "
         "minutes on 2 CPU cores. Prints the tables and writes OUT/iterations.png, OUT/demo.json and the training "
         "run (OUT/last.pt, OUT/metrics.jsonl).")
     p.add_argument("--quick", action="store_true", help="a seconds-long run of the same code (for tests)")

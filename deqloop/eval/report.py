@@ -106,7 +106,7 @@ def settle_table(settling: Mapping[str, Mapping[str, float]], rtol: float, what:
 
 @dataclass
 class EvalReport:
-    """What :func:`evaluate_checkpoint` returns.
+    """What :func:`evaluate_model` and :func:`evaluate_run` return.
 
     Attributes:
         curves: exact-match accuracy by test-time iterations per split.
