@@ -49,11 +49,13 @@ def test_jacobian_penalty_estimates_the_frobenius_norm_per_dimension():
 
 
 def test_the_penalty_adds_to_the_loss_with_its_weight_and_frequency():
-    model = tiny_model(backward="none", max_iter=6)
+    model = tiny_model(backward="none", max_iter=6).float()  # float32 on CPU: the fused attention kernel
     x, y = torch.randint(0, 3, (2, 4)), torch.randint(0, 2, (2, 4))
     plain, _, _ = Equilibrium(model)(x, y, 6, 0)
     with_reg, _, stats = Equilibrium(model, jac_reg=0.5, jac_reg_every=2)(x, y, 6, 4)
     torch.testing.assert_close(with_reg, plain + 0.5 * stats["jac_fro"].float())
+    with_reg.backward()  # the penalty's gradient reaches the parameters (double backward through attention)
+    assert float(model.block.attn.qkv.weight.grad.abs().sum()) > 0
     skipped, _, stats = Equilibrium(model, jac_reg=0.5, jac_reg_every=2)(x, y, 6, 3)
     assert "jac_fro" not in stats and float(skipped.detach()) == float(plain.detach())
 

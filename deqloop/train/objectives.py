@@ -115,7 +115,8 @@ class Equilibrium(Objective):
         an unbiased estimate of ‖∂f/∂z‖²_F / dim, differentiable in the parameters."""
         e = self.model.embed(x)
         z_in = z.detach().requires_grad_()
-        fz = self.model.step(z_in, e)
+        with self.model.use_attention_backend("math"):  # the fused CPU kernels have no double backward
+            fz = self.model.step(z_in, e)
         eps = torch.randn(fz.shape, generator=seeds.generator(self.seed, seeds.JACOBIAN, step)).to(fz)
         (vjp,) = torch.autograd.grad(fz, z_in, eps, create_graph=True)
         return vjp.to(torch.promote_types(vjp.dtype, torch.float32)).pow(2).sum() / eps.numel()
