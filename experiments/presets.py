@@ -17,6 +17,11 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
 
   Everything else (other norms and regimes, more seeds) is one flag away, at the same scale:
   ``--norms``, ``--regimes`` and ``--seeds`` replace the default grid's axis for every task.
+* ``recipes``: the fixed-point training recipes on the cpu prefix-sums cell (internal recall,
+  post norm, width 32, local window 3, train 4–12 bits, test 48): each recipe alone (warm start,
+  Jacobian penalty, fixed-point correction, mixed initial states, a 40-iteration budget) with the
+  exact implicit and with the phantom gradient, the Neumann adjoint, and the plain regimes beside
+  them, 3 seeds each (``regime`` names like ``implicit+warm``; see ``REGIME_TRAIN``).
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA).
 """
 
@@ -29,7 +34,22 @@ from typing import Any
 
 from deqloop.names import NORMS, RECALLS
 
-REGIMES = ("progressive", "implicit", "phantom")
+_EQ = {"loss": "equilibrium", "solver": "anderson"}
+_PHANTOM = {"backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8}}
+_WARM = {"pretrain_fraction": 2 / 3, "alpha": 0.5}  # the first two thirds of the steps progressive
+# Each fixed-point training recipe alone (deqloop/train/objectives.py), with the exact implicit
+# gradient and with the phantom gradient; the budget recipe runs the solver to 40 iterations.
+_RECIPES = {"budget": {"max_iter": 40}, "warm": _WARM, "jac": {"jac_reg": 0.1}, "fp": {"fp_states": 3},
+            "mixed": {"train_init": "mixed"}}
+REGIME_TRAIN: dict[str, dict[str, Any]] = {
+    "progressive": {"loss": "progressive", "alpha": 0.5},
+    "implicit": {**_EQ, "backward": "implicit"},
+    "phantom": {**_EQ, **_PHANTOM},
+    **{f"implicit+{name}": {**_EQ, "backward": "implicit", **r} for name, r in _RECIPES.items()},
+    **{f"phantom+{name}": {**_EQ, **_PHANTOM, **r} for name, r in _RECIPES.items()},
+    "neumann+budget": {**_EQ, "backward": "neumann", "backward_options": {"k": 5}, "max_iter": 40},
+}
+REGIMES = tuple(REGIME_TRAIN)
 _AXES: dict[str, tuple[str, ...] | None] = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES, "seed": None}
 
 
@@ -80,14 +100,9 @@ class Preset:
     train: dict[str, dict[str, Any]]
     recalls: tuple[str, ...] = RECALLS
     norms: tuple[str, ...] = NORMS
-    regimes: tuple[str, ...] = REGIMES
+    regimes: tuple[str, ...] = ("progressive", "implicit", "phantom")
     task_grid: dict[str, dict[str, tuple]] = field(default_factory=dict)
-    regime_train: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "progressive": {"loss": "progressive", "alpha": 0.5},
-        "implicit": {"loss": "equilibrium", "backward": "implicit", "solver": "anderson"},
-        "phantom": {"loss": "equilibrium", "backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8},
-                    "solver": "anderson"},
-    })
+    regime_train: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(REGIME_TRAIN))
     eval_iters: tuple[int, ...] = (1, 2, 5, 10, 30, 100, 300, 500)
     eval_n: int = 512
     analyze_n: int = 32
@@ -152,7 +167,10 @@ class Preset:
         train = self.train[spec.task]
         fields = {"task": spec.task, **train, "task_options": dict(train.get("task_options", {})),
                   **self.regime_train[spec.regime], "recall": spec.recall, "norm": spec.norm, "seed": spec.seed}
-        if spec.regime != "progressive":
+        fraction = fields.pop("pretrain_fraction", None)
+        if fraction is not None:  # a warm start for a fraction of this task's steps
+            fields["pretrain_steps"] = max(1, round(fraction * fields.get("steps", 1000)))
+        if fields["loss"] == "equilibrium" and not fields.get("pretrain_steps"):
             fields.pop("depth_offset", None)  # plain-iteration depths belong to the progressive loss
         return fields
 
@@ -193,6 +211,18 @@ PRESETS: dict[str, Preset] = {
         seeds=(0,),
         train={"prefix_sums": _PREFIX_CPU, "sudoku": _SUDOKU_CPU, "chess": _CHESS_CPU},
         task_grid={"sudoku": _SMALL_GRID, "chess": _SMALL_GRID},
+        eval_n=256,
+        analyze_n=16,
+        analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
+    ),
+    "recipes": Preset(
+        name="recipes",
+        tasks=("prefix_sums",),
+        seeds=(0, 1, 2),
+        recalls=("internal",),
+        norms=("post",),
+        regimes=REGIMES,
+        train={"prefix_sums": _PREFIX_CPU},
         eval_n=256,
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),

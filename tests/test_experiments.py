@@ -26,7 +26,8 @@ def test_preset_filters_and_errors():
     assert {(r.task, r.recall, r.regime) for r in runs} == {("sudoku", "internal", "implicit")}
     assert sorted(r.norm for r in runs) == sorted(cpu.grid("sudoku")["norm"])
     # the default grid is per task: the whole grid for prefix sums, a cheaper one for sudoku ...
-    assert len(cpu.runs(task=("prefix_sums",))) == len(RECALLS) * len(NORMS) * len(REGIMES)
+    assert cpu.regimes == ("progressive", "implicit", "phantom")
+    assert len(cpu.runs(task=("prefix_sums",))) == len(RECALLS) * len(NORMS) * 3
     assert {(r.norm, r.regime) for r in cpu.runs(task=("sudoku",))} == {("post", "progressive"),
                                                                         ("sandwich", "progressive")}
     # ... and a filter replaces an axis, also with values outside the default grid
@@ -40,7 +41,7 @@ def test_preset_filters_and_errors():
         cpu.with_(task_grid={"sudoku": {"width": (8,)}})
     with pytest.raises(ValueError, match="names task 'maze'"):
         cpu.with_(task_grid={"maze": {"norm": ("post",)}})
-    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, recipes, gpu"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown filter 'width'"):
         cpu.runs(width=("8",))
@@ -48,6 +49,18 @@ def test_preset_filters_and_errors():
         Preset(name="x", tasks=("sudoku",), seeds=(0,), train={"sudoku": {}}, recalls=("outer",))
     with pytest.raises(SystemExit):
         sweep.main(["--preset", "tiny", "--norms", "layer", "--dry-run"])
+
+
+def test_the_recipes_preset_runs_each_recipe_alone_with_both_gradients():
+    recipes = get_preset("recipes")
+    assert {(r.recall, r.norm) for r in recipes.runs()} == {("internal", "post")}
+    assert len(recipes.runs()) == 3 * len(REGIMES)
+    fields = {r.regime: recipes.train_fields(r) for r in recipes.runs(seed=(0,))}
+    assert fields["implicit+warm"]["pretrain_steps"] == 400 and fields["implicit+warm"]["depth_offset"] == 2
+    assert fields["phantom+jac"]["jac_reg"] == 0.1 and fields["phantom+jac"]["backward"] == "phantom"
+    assert fields["implicit+budget"]["max_iter"] == 40 and "depth_offset" not in fields["implicit+budget"]
+    assert fields["implicit+mixed"]["train_init"] == "mixed" and fields["implicit+fp"]["fp_states"] == 3
+    assert fields["neumann+budget"]["backward"] == "neumann"
 
 
 @pytest.mark.slow
