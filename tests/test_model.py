@@ -305,3 +305,91 @@ def test_compiled_step_matches_eager():
                                    eager(x, solver="picard").logits, rtol=1e-4, atol=1e-5)
     copy.deepcopy(compiled)  # compiled code is dropped from copies and pickles, rebuilt on use
     torch.save(compiled, io.BytesIO())
+
+
+# -- construction, checks and utilities ------------------------------------------------------------
+
+
+def test_building_from_an_architecture_with_solve_settings():
+    from deqloop.model import Architecture
+
+    arch = Architecture(vocab_size=5, num_classes=3, grid=(6,), width=16, heads=2, attention_backend="math")
+    model = LoopedDEQ(arch, max_iter=7, rtol=1e-5)
+    assert model.config.arch == arch and model.block.attn.backend == "math"
+    assert model.config.solve.max_iter == 7 and model.config.solve.rtol == 1e-5
+    assert LoopedDEQ(arch).config.solve == LoopedDEQConfig(arch).solve  # no keywords: the defaults
+
+
+def test_embed_rejects_non_integer_token_ids():
+    model = tiny()
+    for dtype in (torch.bool, torch.float32, torch.complex64):
+        with pytest.raises(ConfigError, match="integer"):
+            model.embed(torch.zeros(2, 6, dtype=dtype))
+    with pytest.raises(ConfigError):
+        model.embed(torch.zeros(2, 6, 1, dtype=torch.long))
+
+
+def test_trajectory_of_zero_iterations_is_empty_and_negative_is_an_error():
+    model = tiny()
+    x = torch.randint(0, 5, (2, 6))
+    assert list(model.trajectory(x, 0)) == []
+    with pytest.raises(ConfigError):
+        list(model.trajectory(x, -1))
+
+
+def test_forward_passes_atol_and_throw_to_the_solver():
+    from deqloop.solvers import SolverError
+
+    model = tiny(solver="picard")
+    x = torch.randint(0, 5, (2, 6))
+    with torch.no_grad():
+        loose = model(x, max_iter=8, rtol=0.0, atol=1e9, backward="none")
+        assert loose.solution.iterations.tolist() == [1, 1] and bool(loose.solution.converged.all())
+        assert model(x, max_iter=3, rtol=0.0, backward="none").solution.iterations.tolist() == [3, 3]
+        with pytest.raises(SolverError):
+            model(x, max_iter=3, rtol=0.0, throw=True, backward="none")
+
+
+def test_compiled_step_goes_through_torch_compile_once(monkeypatch):
+    compiled = []
+
+    def fake_compile(fn):
+        compiled.append(fn)
+        return lambda *args: fn(*args) + 1.0  # recognisably not the eager block
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    torch.manual_seed(0)
+    eager = tiny()
+    model = LoopedDEQ(eager.config, compile=True)
+    model.load_state_dict(eager.state_dict())
+    assert model._compiled_block is None
+    z = torch.randn(2, 6, 16)
+    for _ in range(2):
+        torch.testing.assert_close(model.step(z, z), eager.step(z, z) + 1.0)
+    assert compiled == [model.block.forward]
+
+
+def test_pickling_drops_the_compiled_block():
+    import pickle
+
+    torch.manual_seed(0)
+    model = tiny()
+    model._compiled_block = lambda *args: None  # stands in for compiled code, which does not pickle
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone._compiled_block is None and model._compiled_block is not None
+    z = torch.randn(2, 6, 16)
+    torch.testing.assert_close(clone.step(z, z), model.block(z, z, *model._geometry((6,), z.device)))
+
+
+def test_num_parameters_and_repr():
+    model = tiny(width=16, heads=2, mlp_ratio=2, recall="external", norm="pre", qk_norm=False)
+    D, V, C, H = 16, 5, 3, 32
+    expected = (V * D  # embedding
+                + 2 * D * D  # external recall W_z, W_e
+                + 3 * D * D + D * D  # attention qkv, proj
+                + D  # attention residual: pre-norm
+                + D * H + H + H * D + D  # MLP
+                + D  # MLP residual: pre-norm
+                + D + D * D + D + D * C + C)  # readout: norm, fc, out
+    assert model.num_parameters() == expected == sum(p.numel() for p in model.parameters())
+    assert "recall='external', norm='pre'" in repr(model) and "max_iter=8" in repr(model)

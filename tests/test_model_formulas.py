@@ -124,16 +124,18 @@ def ref_allowed(grid, window):
     )
 
 
-def ref_attention(x, attn, read, grid, base, window, eps, what="attn"):
-    """proj(concat_h softmax(rope(n_q q_h) rope(n_k k_h)ᵀ / √d + mask) v_h), x (B, N, D)."""
+def ref_attention(x, attn, read, grid, base, window, eps, what="attn", qk_norm=True):
+    """proj(concat_h softmax(rope(n_q q_h) rope(n_k k_h)ᵀ / √d + mask) v_h), x (B, N, D); without
+    ``qk_norm`` n_q and n_k are the identity."""
     B, N, D = x.shape
     H = attn.heads
     d = D // H
     qkv = ref_linear(x, read(attn.qkv, f"{what}.qkv"))
     q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
     q, k, v = (t.reshape(B, N, H, d).permute(0, 2, 1, 3) for t in (q, k, v))  # (B, H, N, d)
-    q = ref_rmsnorm(q, read(attn.q_norm, f"{what}.q_norm"), eps)
-    k = ref_rmsnorm(k, read(attn.k_norm, f"{what}.k_norm"), eps)
+    if qk_norm:
+        q = ref_rmsnorm(q, read(attn.q_norm, f"{what}.q_norm"), eps)
+        k = ref_rmsnorm(k, read(attn.k_norm, f"{what}.k_norm"), eps)
     angles = ref_angles(grid, d, base)
     q, k = ref_rotate(q, angles), ref_rotate(k, angles)
     scores = torch.einsum("bhic,bhjc->bhij", q, k) / math.sqrt(d)
@@ -195,7 +197,7 @@ def ref_step(model, z, e, read):
     window = c.window if c.attention == "local" else None
 
     def attn(u):
-        return ref_attention(u, block.attn, read, tuple(grid), c.rope_base, window, eps)
+        return ref_attention(u, block.attn, read, tuple(grid), c.rope_base, window, eps, qk_norm=c.qk_norm)
 
     def mlp(u):
         return ref_mlp(u, block.mlp, read)
@@ -293,3 +295,85 @@ def test_step_matches_the_block_formula(norm, recall, attention):
     expected = ref_step(model, z, e, read)
     read.check_used_all(model.block)
     torch.testing.assert_close(model.step(z, e), expected, **TOL)
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "math"])
+@pytest.mark.parametrize("norm, recall", [("pre", "external"), ("sandwich", "internal")])
+def test_step_without_qk_norm_matches_the_block_formula(norm, recall, backend):
+    model = LoopedDEQ(vocab_size=5, num_classes=3, grid=(2, 2), width=16, heads=2, mlp_ratio=2, norm=norm,
+                      recall=recall, qk_norm=False, attention_backend=backend, rope_base=100.0).double()
+    randomize(model)
+    assert model.block.attn.backend == backend
+    gen = torch.Generator().manual_seed(3)
+    z = 1.5 * torch.randn(2, 2, 2, 16, generator=gen, dtype=torch.float64)
+    e = torch.randn(2, 2, 2, 16, generator=gen, dtype=torch.float64)
+    read = Reader()
+    expected = ref_step(model, z, e, read)
+    read.check_used_all(model.block)  # no q/k norm weights exist to leave unread
+    torch.testing.assert_close(model.step(z, e), expected, **TOL)
+
+
+# -- the state: initial values, iterates, dtypes ----------------------------------------------------
+
+
+def tiny_model(**kw) -> LoopedDEQ:
+    model = LoopedDEQ(vocab_size=5, num_classes=3, grid=(4,), width=8, heads=2, mlp_ratio=2, **kw).double()
+    randomize(model)
+    return model
+
+
+def test_initial_state_formulas():
+    model = tiny_model(init="noise", init_scale=0.25)
+    e = torch.randn(3, 4, 8, dtype=torch.float64)
+    assert model.initial_state(e, "embed") is e
+    assert torch.equal(model.initial_state(e, "zeros"), torch.zeros_like(e))
+    torch.manual_seed(11)
+    noise = torch.randn_like(e)
+    torch.manual_seed(11)
+    torch.testing.assert_close(model.initial_state(e), 0.25 * noise, **TOL)  # the configured init and scale
+    torch.manual_seed(11)
+    torch.testing.assert_close(model.initial_state(e, scale=3.0), 3.0 * noise, **TOL)
+    torch.manual_seed(11)
+    torch.testing.assert_close(model.initial_state(e, "noise", scale=0.5), 0.5 * noise, **TOL)
+
+
+def test_forward_starts_from_the_overriding_init_scale():
+    """One Picard evaluation keeps z0 (the only iterate whose residual is known): z = scale · noise."""
+    model = tiny_model()  # configured: init "embed", init_scale 0.1
+    x = torch.randint(0, 5, (2, 4))
+    e = model.embed(x).detach()
+    torch.manual_seed(5)
+    noise = torch.randn_like(e)
+    torch.manual_seed(5)
+    out = model(x, solver="picard", max_iter=1, init="noise", init_scale=2.0, backward="none")
+    torch.testing.assert_close(out.z, 2.0 * noise, **TOL)
+    torch.testing.assert_close(out.logits, model.readout(2.0 * noise), **TOL)
+
+
+def test_iterate_and_trajectory_follow_the_step():
+    model = tiny_model()
+    x = torch.randint(0, 5, (2, 4))
+    with torch.no_grad():
+        e = model.embed(x)
+        zs = [e]
+        for _ in range(3):
+            zs.append(model.step(zs[-1], e))
+        assert model.iterate(e, e, 0) is e
+        torch.testing.assert_close(model.iterate(e, e, 3), zs[3], **TOL)
+    got = list(model.trajectory(x, 3))
+    assert [t for t, _ in got] == [1, 2, 3]
+    for (t, logits) in got:
+        torch.testing.assert_close(logits, model.readout(zs[t]), **TOL)
+    assert list(model.trajectory(x, 0)) == []
+
+
+def test_step_keeps_the_state_dtype_and_rope_tables_are_at_least_float32():
+    model = LoopedDEQ(vocab_size=5, num_classes=3, grid=(4,), width=8, heads=2, recall="external")
+    z = torch.randn(2, 4, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.block(z, z, *model._geometry((4,), CPU)).dtype == torch.bfloat16  # the block's own
+        assert model.step(z, z).dtype == torch.float32
+    cos, sin, _ = model._geometry((4,), CPU)
+    assert cos.dtype == sin.dtype == torch.float32
+    cos, sin, _ = model.double()._geometry((4,), CPU)
+    assert cos.dtype == sin.dtype == torch.float64

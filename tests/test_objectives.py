@@ -191,3 +191,96 @@ def test_the_phantom_backward_does_not_warn(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="deqloop.train"):
         Trainer(config).run()
     assert not [r for r in caplog.records if "forward solves converged" in r.getMessage()]
+
+
+# -- objectives on values: the draw's stream, the solve's depth, the logged metrics ---------------
+
+
+def test_progressive_draw_uses_the_progressive_stream_of_seed_and_step():
+    from deqloop import seeds
+
+    for seed, step, depth in [(0, 0, 5), (7, 3, 8), (123, 99, 4)]:
+        g = seeds.generator(seed, seeds.PROGRESSIVE, step)
+        n = int(torch.randint(0, depth, (1,), generator=g))
+        k = int(torch.randint(1, depth - n + 1, (1,), generator=g))
+        assert progressive_draw(seed, step, depth) == (n, k)
+    assert [progressive_draw(1, s, 50) for s in range(8)] != [progressive_draw(2, s, 50) for s in range(8)]
+
+
+def test_truncated_progressive_loss_reports_the_logits_and_change_after_n_plus_k():
+    """alpha = 1: the returned logits and residual are those of z_{n+k}, not of z_depth."""
+    model, depth, seed = tiny_model(), 6, 3
+    step = next(s for s in range(50) if sum(progressive_draw(seed, s, depth)) < depth)
+    n, k = progressive_draw(seed, step, depth)
+    x, y = torch.randint(0, 3, (4, 5)), torch.randint(0, 2, (4, 5))
+    _, logits, stats = Progressive(model, alpha=1.0, seed=seed)(x, y, depth, step)
+    with torch.no_grad():
+        e = model.embed(x)
+        before = model.iterate(e, e, n + k - 1)
+        after = model.step(before, e)
+        torch.testing.assert_close(logits.detach(), model.readout(after))
+    change = ((after - before).flatten(1).norm(dim=1) / after.flatten(1).norm(dim=1)).float()
+    torch.testing.assert_close(stats["residual"], change, rtol=1e-5, atol=1e-9)
+
+
+def test_progressive_metrics_report_n_and_k_only_for_the_truncated_term():
+    stats = {"residual": torch.tensor([0.5, 0.25]), "depth": 6, "n": 2, "k": 3}
+    model = tiny_model()
+    assert Progressive(model, alpha=0.0, seed=0).metrics(stats, float) == {"iterations": 6, "residual": 0.375}
+    assert Progressive(model, alpha=0.5, seed=0).metrics(stats, float) == {"iterations": 6, "n": 2, "k": 3,
+                                                                          "residual": 0.375}
+
+
+def test_equilibrium_objective_solves_with_depth_as_max_iter():
+    model = tiny_model(solver="picard", max_iter=40, rtol=1e-12)
+    x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
+    loss, logits, stats = Equilibrium(model)(x, y, 3, 0)
+    assert stats["solution"].iterations.tolist() == [3, 3, 3]
+    ref = model(x, max_iter=3)  # same backward mode (the implicit one re-applies f once at z*)
+    assert ref.solution.iterations.tolist() == [3, 3, 3]
+    torch.testing.assert_close(logits.detach(), ref.logits.detach())
+    torch.testing.assert_close(loss.detach(), cross_entropy(ref.logits, y).detach())
+
+
+def fake_solution(converged: list[bool]):
+    from deqloop.solvers.solution import BackwardStats, Solution
+
+    B = len(converged)
+    it = torch.arange(1, B + 1)
+    res = torch.linspace(0.1, 0.8, B)
+    return Solution(z=torch.zeros(B, 1), converged=torch.tensor(converged), residual=res, abs_residual=res,
+                    iterations=it, nfe=B, status=torch.zeros(B, dtype=torch.long),
+                    backward=BackwardStats(converged=torch.tensor(converged[::-1]), residual=2 * res,
+                                           iterations=it + 10))
+
+
+def test_equilibrium_metrics_values():
+    model = tiny_model()
+    m = Equilibrium(model).metrics({"solution": fake_solution([True, False, True, False]), "step": 0}, float)
+    assert m == pytest.approx({
+        "iterations": 2.5, "iterations_max": 4, "residual": 0.45, "residual_max": 0.8, "converged": 0.5,
+        "backward_residual": 0.9, "backward_iterations": 12.5, "backward_converged": 0.5,
+    })
+    assert isinstance(m["iterations_max"], int)
+    sol = fake_solution([True, False])
+    sol.backward.residual = None  # no backward solve ran: no backward metrics
+    assert set(Equilibrium(model).metrics({"solution": sol, "step": 0}, float)) == {
+        "iterations", "iterations_max", "residual", "residual_max", "converged"}
+
+
+def test_equilibrium_warns_once_below_half_converged_and_only_when_asked(caplog):
+    model = tiny_model(max_iter=9, rtol=1e-5)
+    half = {"solution": fake_solution([True, False] * 4), "step": 6}
+    few = {"solution": fake_solution([True] + [False] * 7), "step": 6}
+    with caplog.at_level(logging.WARNING, logger="deqloop.train"):
+        assert Equilibrium(model).warn_unconverged is False
+        Equilibrium(model).metrics(few, float)  # not asked
+        objective = Equilibrium(model, warn_unconverged=True)
+        objective.metrics(half, float)  # exactly half converged: no warning
+        assert not caplog.records
+        objective.metrics(few, float)
+        objective.metrics(few, float)  # once a run
+    assert len(caplog.records) == 1
+    # 1 of 8 converged: 12.5%, which %.0f rounds half to even
+    assert caplog.records[0].getMessage().startswith(
+        "step 7: only 12% of the forward solves converged within max_iter=9 (rtol 1e-05)")

@@ -1,0 +1,155 @@
+"""deqloop.eval.curves on values: batch sizing, iteration-count parsing, the iteration sweep against
+the loop written out by hand, and the summaries' statistics."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from deqloop.errors import ConfigError
+from deqloop.eval.curves import (
+    TOKENS_PER_BATCH,
+    AdaptiveResult,
+    Sweep,
+    accuracy_by_iterations,
+    auto_batch_size,
+    check_iters,
+    iteration_sweep,
+    parse_iters,
+)
+from deqloop.model import LoopedDEQ
+
+
+# -- batch size and iteration counts -------------------------------------------------------------
+
+
+def test_auto_batch_size_keeps_about_tokens_cells_per_batch():
+    assert TOKENS_PER_BATCH == 2**15
+    assert auto_batch_size(torch.zeros(3, 8, 8)) == 2**15 // 64  # 2-D grid: cells = H·W
+    assert auto_batch_size(torch.zeros(3, 100), tokens=1000) == 10  # 1-D grid: cells = L
+    assert auto_batch_size(torch.zeros(3, 7), tokens=50) == 7  # floor(50 / 7)
+    assert auto_batch_size(torch.zeros(3, 1)) == 2**15  # one cell per example
+    assert auto_batch_size(torch.zeros(3)) == 2**15  # no grid axes: one cell
+    assert auto_batch_size(torch.zeros(3, 0)) == 2**15  # an empty grid counts as one cell
+    assert auto_batch_size(torch.zeros(3, 100), tokens=50) == 1  # never below one example
+
+
+def test_parse_iters_reads_sorted_distinct_positive_counts():
+    assert parse_iters("30,1,10") == [1, 10, 30]
+    assert parse_iters(" 1, 10 ,30, 10,") == [1, 10, 30]  # spaces and repeats and a trailing comma
+    assert parse_iters("5") == [5]
+    for bad in ("", ",", "1,two", "0,3", "-1", "1.5"):
+        with pytest.raises(ConfigError):
+            parse_iters(bad)
+
+
+def test_check_iters_rejects_empty_and_non_positive_lists():
+    assert check_iters([3, 1, 3, 2]) == [1, 2, 3]
+    assert check_iters((4.0, 2)) == [2, 4]
+    for bad in ([], [0], [0, 1], [1, -5], [2, 0, 3]):
+        with pytest.raises(ConfigError):
+            check_iters(bad)
+
+
+# -- the sweep against the loop written out by hand ----------------------------------------------
+
+
+def tiny_model() -> LoopedDEQ:
+    torch.manual_seed(0)
+    return LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, mlp_ratio=2.0).double()
+
+
+def exact(logits, y, x):
+    return (logits.argmax(-1) == y).all(-1)
+
+
+def cell_fraction(logits, y, x):
+    return (logits.argmax(-1) == y).double().mean(-1)
+
+
+def by_hand(model, x, steps):
+    """Readouts ``(steps, B, N, C)`` and states ``(steps + 1, B, N, D)`` of z_t = f(z_{t-1}; e)."""
+    with torch.no_grad():
+        e = model.embed(x)
+        zs, outs = [model.initial_state(e)], []
+        for _ in range(steps):
+            zs.append(model.step(zs[-1], e))
+            outs.append(model.readout(zs[-1]).float())
+    return torch.stack(outs), torch.stack(zs)
+
+
+def test_iteration_sweep_scores_each_requested_count_like_the_plain_loop():
+    model = tiny_model()
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randint(0, 3, (7, 4), generator=gen)
+    outs, _ = by_hand(model, x, 5)
+    # targets: the readout after 2 iterations for examples 0-3, noise for the rest
+    y = torch.where(torch.arange(7)[:, None] < 4, outs[1].argmax(-1), torch.randint(0, 2, (7, 4), generator=gen))
+    model.train()
+    sweep = iteration_sweep(model, x, y, exact, [5, 2, 1, 2], cells=cell_fraction, batch_size=3)  # no device
+    assert model.training  # restored
+    assert sweep.iters == [1, 2, 5]
+    want = [exact(outs[t - 1], y, x).double().mean().item() for t in (1, 2, 5)]
+    assert sweep.accuracy == pytest.approx(want, abs=1e-12)
+    assert sweep.accuracy[1] >= 4 / 7
+    cells = [cell_fraction(outs[t - 1], y, x).mean().item() for t in (1, 2, 5)]
+    assert sweep.cell_accuracy == pytest.approx(cells, abs=1e-12)
+    assert sweep.rtol is None and sweep.settled_at is None
+    with pytest.raises(ConfigError):
+        sweep.settle_summary()
+    assert accuracy_by_iterations(model, x, y, exact, [5, 2, 1], batch_size=2) == pytest.approx(want, abs=1e-12)
+
+
+def test_iteration_sweep_settles_at_the_first_small_relative_change():
+    model = tiny_model()
+    x = torch.randint(0, 3, (6, 4), generator=torch.Generator().manual_seed(5))
+    T = 12
+    outs, zs = by_hand(model, x, T)
+    change = (zs[1:] - zs[:-1]).flatten(2).norm(dim=-1)  # (T, B)
+    size = zs[1:].flatten(2).norm(dim=-1)
+    rel = change / size
+    lows = rel.min(0).values.sort().values
+    rtol = float((lows[2] * lows[3]).sqrt())  # three examples settle within T iterations, three do not
+    y = outs[-1].argmax(-1)
+    sweep = iteration_sweep(model, x, y, exact, [1, T], rtol=rtol, batch_size=4, device="cpu")
+    small = change <= rtol * size
+    settled = small.any(0)
+    first = small.float().argmax(0) + 1
+    at = torch.where(settled, first, torch.full_like(first, T))
+    assert 0 < int(settled.sum()) < len(x)
+    assert sweep.settled.tolist() == settled.tolist()
+    assert sweep.settled_at.tolist() == at.tolist()
+    right = torch.stack([exact(outs[t - 1], y, x) for t in range(1, T + 1)])  # (T, B)
+    assert sweep.settled_correct.tolist() == right[at - 1, torch.arange(len(x))].tolist()
+    summary = sweep.settle_summary()
+    assert summary == {
+        "accuracy": pytest.approx(right[at - 1, torch.arange(len(x))].double().mean().item()),
+        "iterations_mean": pytest.approx(at.double().mean().item()),
+        "iterations_median": float(at.float().median()),
+        "iterations_max": int(at.max()),
+        "converged": pytest.approx(settled.double().mean().item()),
+    }
+
+
+# -- the summaries ---------------------------------------------------------------------------------
+
+
+def test_settle_summary_statistics():
+    sweep = Sweep([1, 8], [0.25, 0.5], rtol=1e-3, settled_at=torch.tensor([2, 3, 8, 5]),
+                  settled=torch.tensor([True, True, False, True]),
+                  settled_correct=torch.tensor([True, False, False, True]))
+    s = sweep.settle_summary()
+    assert s == {"accuracy": 0.5, "iterations_mean": 4.5, "iterations_median": 3.0, "iterations_max": 8,
+                 "converged": 0.75}
+    assert isinstance(s["iterations_max"], int)
+
+
+def test_adaptive_result_summary_statistics():
+    res = AdaptiveResult(accuracy=0.4, iterations=torch.tensor([4, 9, 1, 6, 10]),
+                         converged=torch.tensor([True, False, True, True, False]),
+                         residual=torch.tensor([1e-5, 0.25, 2e-6, 5e-5, 0.5]),
+                         correct=torch.tensor([True, False, True, False, False]))
+    s = res.summary()
+    assert s == {"accuracy": 0.4, "iterations_mean": 6.0, "iterations_median": 6.0, "iterations_max": 10,
+                 "converged": pytest.approx(0.6), "residual_median": pytest.approx(5e-5)}
+    assert isinstance(s["iterations_max"], int)

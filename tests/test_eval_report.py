@@ -1,0 +1,142 @@
+"""deqloop.eval.report on values: the best point of a curve, the numbers in the tables, and the
+report's dictionary."""
+
+from __future__ import annotations
+
+import pytest
+
+from deqloop.errors import ConfigError
+from deqloop.eval.report import EvalReport, IterationCurves, settle_table
+
+
+def test_best_is_the_highest_accuracy_at_the_fewest_iterations():
+    c = IterationCurves([30, 1, 3, 10, 100])  # sorted to 1, 3, 10, 30, 100
+    c.add("val", [0.5, 0.9, 0.9, 0.1, 0.9])
+    c.add("hard", [0.0, 0.0, 0.25, 0.75, 0.5])
+    c.add("flat", [0.0] * 5)
+    assert c.best("val") == (3, 0.9)  # ties: fewest iterations
+    assert c.best("hard") == (30, 0.75)
+    assert c.best("flat") == (1, 0.0)
+    with pytest.raises(KeyError):
+        c.best("test")
+
+
+def test_add_checks_the_length_and_stores_floats():
+    c = IterationCurves([1, 2])
+    with pytest.raises(ConfigError):
+        c.add("val", [0.5])
+    c.add("val", [1, 0])
+    assert c.curves == {"val": [1.0, 0.0]} and all(type(a) is float for a in c.curves["val"])
+
+
+def test_iteration_table_shows_percentages_and_marks_the_training_depth():
+    c = IterationCurves([30, 1, 10], train_depth=10)
+    c.add("val", [0.5, 0.875, 0.875])
+    c.add("a_long_split", [0.0, 0.125, 1 / 3])  # a name longer than 8 widens every column to len + 2
+    assert c.table().split("\n") == [
+        "iterations           val  a_long_split",
+        "-" * 38,
+        "         1         50.0%          0.0%",
+        "        10         87.5%         12.5%  <- training depth",
+        "        30         87.5%         33.3%",
+    ]
+    c = IterationCurves([1, 10], train_depth=30)  # a depth not among the counts: a note below
+    c.add("val", [0.25, 1.0])
+    assert c.table().split("\n") == [
+        "iterations       val",
+        "-" * 20,
+        "         1     25.0%",
+        "        10    100.0%",
+        "(training depth: 30 iterations)",
+    ]
+    c = IterationCurves([2])
+    c.add("v", [0.5])
+    assert c.table().split("\n") == ["iterations         v", "-" * 20, "         2     50.0%"]
+
+
+def test_settle_table_numbers():
+    rows = {
+        "val": {"accuracy": 0.5, "iterations_mean": 12.4, "iterations_median": 9.0, "iterations_max": 40,
+                "converged": 0.75},
+        "hard": {"accuracy": 1 / 3, "iterations_mean": 3.0, "iterations_median": 2.0, "iterations_max": 7,
+                 "converged": 0.125},
+    }
+    assert settle_table(rows, 1e-3).split("\n") == [
+        "adaptive: each input iterates until its state changes by less than rtol=0.001",
+        "split               accuracy  iters mean  median   max  settled",
+        "-" * 63,
+        "val                    50.0%        12.4       9    40    75.0%",
+        "hard                   33.3%         3.0       2     7    12.5%",
+    ]
+    assert settle_table({}, 2.5e-4, what="fixed-point residual").split("\n")[0] == (
+        "adaptive: each input iterates until its fixed-point residual changes by less than rtol=0.00025")
+
+
+def test_eval_report_to_dict():
+    curves = IterationCurves([1, 4], train_depth=4)
+    curves.add("val", [0.25, 0.5])
+    settling = {"val": {"accuracy": 0.5, "iterations_mean": 2.0, "iterations_median": 2.0, "iterations_max": 4,
+                        "converged": 1.0}}
+    report = EvalReport(checkpoint="runs/x/last.pt", task="prefix_sums", n={"val": 8}, curves=curves,
+                        settle_rtol=1e-3, settling=settling)
+    curves_dict = {"iters": [1, 4], "train_depth": 4, "accuracy": {"val": [0.25, 0.5]}}
+    assert report.to_dict() == {
+        "checkpoint": "runs/x/last.pt", "task": "prefix_sums", "n": {"val": 8}, "curves": curves_dict,
+        "cells": None, "settle_rtol": 1e-3, "settling": settling, "solver_name": None, "solver_rtol": None,
+        "solver": {},
+    }
+    cells = IterationCurves([1, 4], train_depth=4)
+    cells.add("val", [0.75, 0.875])
+    solver = {"val": {**settling["val"], "residual_median": 1e-5}}
+    report.cells, report.solver_name, report.solver_rtol, report.solver = cells, "anderson", 1e-4, solver
+    d = report.to_dict()
+    assert d["cells"] == {"iters": [1, 4], "train_depth": 4, "accuracy": {"val": [0.75, 0.875]}}
+    assert (d["solver_name"], d["solver_rtol"], d["solver"]) == ("anderson", 1e-4, solver)
+    assert d["curves"] == curves_dict and d["settle_rtol"] == 1e-3
+
+
+class ExactTask:
+    name = "exact"
+
+    @staticmethod
+    def correct(logits, y, x=None):
+        return (logits.argmax(-1) == y).all(-1)
+
+    @staticmethod
+    def cell_accuracy(logits, y, x=None):
+        return (logits.argmax(-1) == y).double().mean(-1)
+
+
+def test_evaluate_model_collects_the_sweep_and_the_solver_numbers():
+    import torch
+
+    from deqloop.eval.curves import adaptive_accuracy, iteration_sweep
+    from deqloop.eval.report import evaluate_model
+    from deqloop.model import LoopedDEQ
+
+    torch.manual_seed(0)
+    model = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, mlp_ratio=2.0).double()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 3, (6, 4), generator=gen), torch.randint(0, 2, (6, 4), generator=gen)
+    task = ExactTask()
+    report = evaluate_model(model, {"val": (x, y)}, task, iters=[4, 1, 2], train_depth=4, solver="picard",
+                            solver_rtol=0.2)
+    sweep = iteration_sweep(model, x, y, task.correct, [1, 2, 4], rtol=1e-3, cells=task.cell_accuracy)
+    assert (report.task, report.checkpoint, report.n, report.settle_rtol) == ("exact", "", {"val": 6}, 1e-3)
+    assert report.curves.to_dict() == {"iters": [1, 2, 4], "train_depth": 4, "accuracy": {"val": sweep.accuracy}}
+    assert report.cells.to_dict() == {"iters": [1, 2, 4], "train_depth": 4,
+                                      "accuracy": {"val": sweep.cell_accuracy}}
+    assert report.settling == {"val": sweep.settle_summary()}
+    res = adaptive_accuracy(model, x, y, task.correct, solver="picard", max_iter=4, rtol=0.2)
+    assert (report.solver_name, report.solver_rtol) == ("picard", 0.2)
+    assert report.solver == {"val": res.summary()}
+    # the counts tell the solver's tolerance and evaluation limit apart from the defaults
+    assert res.summary()["converged"] > 0 and res.summary()["iterations_mean"] < 4
+    strict = adaptive_accuracy(model, x, y, task.correct, solver="picard", max_iter=4, rtol=1e-4).summary()
+    assert strict != report.solver["val"] and strict["iterations_max"] == 4
+    default = evaluate_model(model, {"val": (x, y)}, task, iters=[1, 4], solver="picard")
+    assert (default.solver_rtol, default.solver["val"]) == (1e-4, strict)
+    plain = evaluate_model(model, {"val": (x, y)}, task, iters=[1], cells=False)
+    assert plain.cells is None and plain.solver == {} and plain.solver_name is None
+    with pytest.raises(ConfigError):
+        evaluate_model(model, {}, task, iters=[1])
