@@ -1,9 +1,9 @@
 """The ``deqloop`` command line.
 
-    deqloop train --task sudoku --recall internal --norm post --backward implicit --width 128
+    deqloop train --task NAME --recall internal --norm post --backward implicit --width 128
     deqloop train --import mypackage.tasks --task copy_shifted ...   # a task of your own
-    deqloop eval runs/sudoku/last.pt --iters 1,10,30,100,500
-    deqloop analyze runs/sudoku/last.pt
+    deqloop eval runs/NAME/last.pt --iters 1,10,30,100,500
+    deqloop analyze runs/NAME/last.pt
     deqloop demo
 
 Every ``train`` flag is a field of :class:`deqloop.train.TrainConfig` (``--max-iter`` is

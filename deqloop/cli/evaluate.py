@@ -18,7 +18,7 @@ def add(sub: Any) -> None:
         description="Evaluate a checkpoint on its task's easy (val) and hard splits at several test-time iteration "
         "counts, and adaptively (each input iterates until it settles). Prints tables, writes eval.json and "
         "iterations.png beside the checkpoint (or in --out).")
-    p.add_argument("checkpoint", help="a checkpoint written by deqloop train (e.g. runs/sudoku/last.pt)")
+    p.add_argument("checkpoint", help="a checkpoint written by deqloop train (e.g. runs/NAME/last.pt)")
     p.add_argument("--iters", type=iters_type, default=[1, 2, 5, 10, 30, 100, 300, 500], metavar="N,N,...",
                    help="iteration counts to score [default: 1,2,5,10,30,100,300,500]")
     p.add_argument("--n", type=int, default=512, help="examples per split [default: 512]")

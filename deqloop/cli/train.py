@@ -21,7 +21,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
 
 def add(sub: Any, task: str | None) -> None:
     from deqloop.errors import ConfigError
-    from deqloop.tasks import task_class
+    from deqloop.tasks import task_class, task_names
     from deqloop.train import TrainConfig
 
     p = sub.add_parser(
@@ -32,7 +32,8 @@ def add(sub: Any, task: str | None) -> None:
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register tasks with deqloop.tasks.register_task)")
     add_dataclass_flags(p, TrainConfig, choices=_choices(), skip=("task_options",),
-                        special={"eval_iters": dict(type=iters_type, metavar="N,N,...")})
+                        special={"eval_iters": dict(type=iters_type, metavar="N,N,..."),
+                                 "task": dict(type=str, metavar="{" + ",".join(task_names()) + "}|module:Class")})
     cls = task_class(task or TrainConfig.task)
     if dataclasses.is_dataclass(cls):
         group = p.add_argument_group(f"settings of task {task or TrainConfig.task!r}")

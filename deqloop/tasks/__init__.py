@@ -18,10 +18,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from deqloop.tasks.base import BANDS, Task, get_task, register_task, task_class, task_names, task_spec
+from deqloop.tasks.base import BANDS, DEFAULT_TASK, Task, get_task, register_task, task_class, task_names, task_spec
 from deqloop.tasks.io import DataError, LoadSummary
 
-__all__ = ["BANDS", "DataError", "LoadSummary", "Task", "get_task", "register_task", "task_class", "task_names",
+__all__ = ["BANDS", "DEFAULT_TASK", "DataError", "LoadSummary", "Task", "get_task", "register_task", "task_class", "task_names",
            "task_spec"]
 
 _MODULES = ("prefix_sums", "sudoku", "chess")

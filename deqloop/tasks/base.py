@@ -37,7 +37,7 @@ from deqloop import seeds
 from deqloop.errors import ConfigError
 from deqloop.validate import choice, integer, known_keys
 
-__all__ = ["BANDS", "Band", "Task", "as_predictions", "check_band", "check_count", "get_task", "register_task",
+__all__ = ["BANDS", "DEFAULT_TASK", "Band", "Task", "as_predictions", "check_band", "check_count", "get_task", "register_task",
            "task_class", "task_names", "task_spec"]
 
 Band = Literal["train", "val", "hard"]
@@ -145,6 +145,7 @@ _BUILTIN: dict[str, str] = {
     "chess": "deqloop.tasks.chess:Chess",
 }
 _REGISTRY: dict[str, type[Task] | str] = dict(_BUILTIN)  # built-ins stay import paths until used
+DEFAULT_TASK = "prefix_sums"  # what a training config trains on when it names no task
 
 
 def register_task(name: str, cls: type[Task], *, overwrite: bool = False) -> type[Task]:

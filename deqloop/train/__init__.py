@@ -7,7 +7,7 @@
     deqloop/train/runtime.py     processes, RNG states, AMP, optimizer groups and schedule
     deqloop/train/metrics.py     metrics.jsonl; tracking.py: TensorBoard / W&B sinks
 
-    config = TrainConfig(task="prefix_sums", task_options={"length": 12, "min_length": 4},
+    config = TrainConfig(task=NAME, task_options={...the task's settings...},
                          depth_offset=2, width=32, heads=4, attention="local", window=3,
                          loss="progressive", steps=2000, out="runs/ps")
     result = train(config)                 # writes runs/ps/{config.json,metrics.jsonl,last.pt}

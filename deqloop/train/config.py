@@ -1,6 +1,6 @@
 """Everything that defines a training run: one validated dataclass.
 
-    config = TrainConfig(task="prefix_sums", task_options={"length": 12, "min_length": 4},
+    config = TrainConfig(task=NAME, task_options={...the task's settings...},
                          depth_offset=2, width=32, heads=4, attention="local", window=3,
                          loss="progressive", steps=2000, out="runs/ps")
 
@@ -22,7 +22,7 @@ from deqloop.adjoint import Backward, Implicit, as_backward
 from deqloop.device import check_device
 from deqloop.errors import ConfigError
 from deqloop.model import INITS, Architecture, LoopedDEQConfig, SolveSettings
-from deqloop.tasks import Task, get_task
+from deqloop.tasks import DEFAULT_TASK, Task, get_task
 from deqloop.train.tracking import LOGGERS
 from deqloop.validate import choice, integer, known_keys, number, setting
 
@@ -47,8 +47,8 @@ class TrainConfig:
     """
 
     # -- task ----------------------------------------------------------------------------------
-    task: str = setting("a registered task (prefix_sums, sudoku, chess, or one added with register_task) "
-                        "or 'package.module:ClassName'", default="prefix_sums")
+    task: str = setting("a registered task (see deqloop.tasks.task_names(); a user's own is added with "
+                        "register_task) or 'package.module:ClassName'", default=DEFAULT_TASK)
     task_options: dict[str, Any] = setting("the task's own settings (the fields of its dataclass); after "
                                            "construction it holds all of them, defaults included",
                                            default_factory=dict)
