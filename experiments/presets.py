@@ -19,7 +19,8 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
   ``--norms``, ``--regimes`` and ``--seeds`` replace the default grid's axis for every task.
 * ``recipes``: the fixed-point training recipes on the cpu prefix-sums cell (internal recall,
   post norm, width 32, local window 3, train 4–12 bits, test 48): each recipe alone (warm start,
-  Jacobian penalty, fixed-point correction, mixed initial states, a 40-iteration budget) with the
+  Jacobian penalty, fixed-point correction, mixed initial states, a contractive gate, a
+  40-iteration budget) with the
   exact implicit and with the phantom gradient, the Neumann adjoint, and the plain regimes beside
   them, 3 seeds each (``regime`` names like ``implicit+warm``; see ``REGIME_TRAIN``).
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA).
@@ -40,7 +41,7 @@ _WARM = {"pretrain_fraction": 2 / 3, "alpha": 0.5}  # the first two thirds of th
 # Each fixed-point training recipe alone (deqloop/train/objectives.py), with the exact implicit
 # gradient and with the phantom gradient; the budget recipe runs the solver to 40 iterations.
 _RECIPES = {"budget": {"max_iter": 40}, "warm": _WARM, "jac": {"jac_reg": 0.1}, "fp": {"fp_states": 3},
-            "mixed": {"train_init": "mixed"}}
+            "mixed": {"train_init": "mixed"}, "gate": {"gate": 0.5}}
 REGIME_TRAIN: dict[str, dict[str, Any]] = {
     "progressive": {"loss": "progressive", "alpha": 0.5},
     "implicit": {**_EQ, "backward": "implicit"},

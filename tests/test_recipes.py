@@ -134,3 +134,26 @@ def test_recipes_are_validated(tmp_path):
         tiny_run(tmp_path, train_init="ones")
     with pytest.raises(ConfigError, match="fp_gamma must be a finite number in"):
         tiny_run(tmp_path, fp_states=2, fp_gamma=0.0)
+
+
+def test_the_gate_scales_each_branch_by_its_clamped_value():
+    """h + clamp(γ, ±cap)·g(n(h)) for the pre norm: the contractive parameterisation."""
+    from deqloop.model.layers import Residual
+
+    torch.manual_seed(0)
+    res = Residual(6, "pre", "none", gate=0.5, gate_cap=0.75).double()
+    with torch.no_grad():
+        res.gate.copy_(torch.tensor([0.1, -0.2, 0.5, 0.9, -2.0, 0.75], dtype=torch.float64))
+        res.norm_in.weight.copy_(torch.linspace(0.5, 1.5, 6))
+    h = torch.randn(2, 3, 6, dtype=torch.float64)
+    W = torch.randn(6, 6, dtype=torch.float64)
+    sublayer = lambda u: torch.tanh(u @ W)  # noqa: E731
+    n = h / torch.sqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6) * res.norm_in.weight
+    gamma = torch.tensor([0.1, -0.2, 0.5, 0.75, -0.75, 0.75], dtype=torch.float64)
+    torch.testing.assert_close(res(h, None, sublayer), h + gamma * sublayer(n))
+    model = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, gate=0.5)
+    assert [n for n, _ in model.named_parameters() if n.endswith("gate")] == ["block.attn_res.gate",
+                                                                               "block.mlp_res.gate"]
+    assert float(model.block.attn_res.gate[0]) == 0.5
+    with pytest.raises(ConfigError, match=r"gate must be a finite number in \(0, 0.75\], got 0.9"):
+        LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, gate=0.9)

@@ -53,6 +53,9 @@ class Architecture:
     qk_norm: RMSNorm on queries and keys per head. rope_base: RoPE frequency base.
     attention_backend: ``"sdpa"`` (fused) or ``"math"`` (supports forward-mode AD).
     compile: compile the block with ``torch.compile``.
+    gate: a contractive parameterisation: each sublayer's branch is scaled per channel by a
+        learnable γ, initialised to ``gate`` and clamped to [−gate_cap, gate_cap] (LayerScale with a
+        cap); ``None``: no gate.
     """
 
     vocab_size: int
@@ -69,6 +72,8 @@ class Architecture:
     rope_base: float = 10000.0
     attention_backend: str = "sdpa"
     compile: bool = False
+    gate: float | None = None
+    gate_cap: float = 0.75
 
     def __post_init__(self) -> None:
         grid = (self.grid,) if isinstance(self.grid, int) else self.grid
@@ -89,6 +94,9 @@ class Architecture:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1 or self.window % 2 == 0:
             raise ConfigError(f"window must be an odd positive kernel size, got {self.window!r}")
         number("rope_base", self.rope_base, low=1, low_open=True)
+        number("gate_cap", self.gate_cap, low=0, low_open=True)
+        if self.gate is not None:
+            number("gate", self.gate, low=0, high=self.gate_cap, low_open=True)
 
 
 @dataclass

@@ -45,15 +45,19 @@ class Residual(nn.Module):
     """The norms and (internal) recall around one sublayer g; the sublayer itself lives outside.
 
     pre: h + g(n(h))   peri: h + n(g(n(h)))   post: n(h + g(h))   sandwich: n(h + g(n(h)))
-    With internal recall, g's input u becomes W_z u + W_e e (after the pre-norm, if any).
+    With internal recall, g's input u becomes W_z u + W_e e (after the pre-norm, if any). With a
+    gate (a contractive parameterisation), the branch is scaled per channel by a learnable γ
+    clamped to [−cap, cap] before it is added: h + clamp(γ)·g(·).
     """
 
-    def __init__(self, width: int, norm: str, recall: str):
+    def __init__(self, width: int, norm: str, recall: str, gate: float | None = None, gate_cap: float = 0.75):
         super().__init__()
         self.norm_in = RMSNorm(width) if norm in ("pre", "peri", "sandwich") else None
         self.norm_branch = RMSNorm(width) if norm == "peri" else None
         self.norm_out = RMSNorm(width) if norm in ("post", "sandwich") else None
         self.inject = Injection(width) if recall == "internal" else None
+        self.gate = nn.Parameter(torch.full((width,), float(gate))) if gate is not None else None
+        self.gate_cap = gate_cap
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, sublayer, *args) -> torch.Tensor:
         u = h if self.norm_in is None else self.norm_in(h)  # (B, N, D)
@@ -62,6 +66,8 @@ class Residual(nn.Module):
         y = sublayer(u, *args)  # (B, N, D)
         if self.norm_branch is not None:
             y = self.norm_branch(y)
+        if self.gate is not None:
+            y = self.gate.clamp(-self.gate_cap, self.gate_cap).to(y.dtype) * y
         h = h + y
         return h if self.norm_out is None else self.norm_out(h)
 
@@ -74,9 +80,9 @@ class Block(nn.Module):
         D = config.width
         self.inject = Injection(D) if config.recall == "external" else None
         self.attn = Attention(D, config.heads, config.qk_norm, config.attention_backend)
-        self.attn_res = Residual(D, config.norm, config.recall)
+        self.attn_res = Residual(D, config.norm, config.recall, config.gate, config.gate_cap)
         self.mlp = MLP(D, round(config.mlp_ratio * D))
-        self.mlp_res = Residual(D, config.norm, config.recall)
+        self.mlp_res = Residual(D, config.norm, config.recall, config.gate, config.gate_cap)
 
     def forward(
         self,

@@ -63,7 +63,10 @@ class TrainConfig:
     attention: str = setting("attention: full or local", default="full")
     window: int = setting("local attention kernel size (odd)", default=5)
     qk_norm: bool = setting("RMSNorm queries and keys", default=True)
-    init: str = setting("initial state z0: embed, zeros or noise", default="embed")
+    init: str = setting("initial state z0: embed, zeros, noise or mixed", default="embed")
+    gate: float | None = setting("contractive parameterisation: scale each sublayer's branch by a learnable "
+                                 "per-channel gate initialised to this, clamped to [-0.75, 0.75] (default: no gate)",
+                                 default=None)
     # -- solve and loss ------------------------------------------------------------------------
     loss: str = setting("training regime: equilibrium (fixed-point gradients) or progressive (deep-thinking "
                         "loss through plain iterations)", default="equilibrium")
@@ -246,7 +249,7 @@ class TrainConfig:
         arch = Architecture(vocab_size=t.vocab_size, num_classes=t.num_classes, grid=t.grid, width=self.width,
                             heads=self.heads, mlp_ratio=self.mlp_ratio, recall=self.recall, norm=self.norm,
                             attention=self.attention, window=self.window, qk_norm=self.qk_norm,
-                            compile=self.compile)
+                            compile=self.compile, gate=self.gate)
         solve = SolveSettings(init=self.init, solver=self.solver, backward=self.backward or "implicit",
                               max_iter=self.depth(), rtol=self.rtol, atol=self.atol,
                               solver_options=dict(self.solver_options), backward_options=dict(self.backward_options))
