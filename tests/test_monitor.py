@@ -9,17 +9,23 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_train import tiny_config, without_timing
 
 from deqloop import solve
 from deqloop.cli import main
 from deqloop.model import LoopedDEQ
 from deqloop.solvers import BatchedMap
 from deqloop.train import Trainer, read_metrics, train
-from deqloop.train.monitor import GROUPS, StabilityMonitor, grad_norms, param_group, probe_batch
-from test_train import params, tiny_config, without_timing
+from deqloop.train.monitor import (
+    GROUPS,
+    StabilityMonitor,
+    grad_norms,
+    param_group,
+    probe_batch,
+)
 
 RECALLS = ("none", "external", "internal")
-TIGHT = dict(rtol=1e-12, max_iter=200)
+TIGHT = {"rtol": 1e-12, "max_iter": 200}
 
 
 def tiny_model(recall: str, seed: int = 0, **kwargs) -> LoopedDEQ:
@@ -48,7 +54,7 @@ def dense_radius(model, z, e) -> np.ndarray:
     shape = (1, *z.shape[1:])
     out = []
     for b in range(len(z)):
-        J = torch.autograd.functional.jacobian(lambda v: model.step(v.reshape(shape), e[b:b + 1]).reshape(-1),
+        J = torch.autograd.functional.jacobian(lambda v, b=b: model.step(v.reshape(shape), e[b:b + 1]).reshape(-1),
                                                z[b].reshape(-1))
         out.append(float(torch.linalg.eigvals(J).abs().max()))
     return np.array(out)
@@ -162,9 +168,9 @@ def test_parameter_groups():
 # -- in training -------------------------------------------------------------------------------
 
 # Mixed initial states draw from the global RNG every step: a monitor that touched it would change training.
-MONITORED = dict(steps=8, checkpoint_every=4, stability_every=2, stability_size=4, eval_size=0, loss="equilibrium",
-                 depth_offset=None, backward="phantom", backward_options={"steps": 2}, max_iter=6,
-                 train_init="mixed")
+MONITORED = {"steps": 8, "checkpoint_every": 4, "stability_every": 2, "stability_size": 4, "eval_size": 0,
+             "loss": "equilibrium", "depth_offset": None, "backward": "phantom", "backward_options": {"steps": 2},
+             "max_iter": 6, "train_init": "mixed"}
 
 
 @pytest.fixture(scope="module")
@@ -201,7 +207,7 @@ class Stops(Trainer):
 
 
 def test_a_resumed_run_writes_the_same_stability_records(runs, tmp_path):
-    root, on, _ = runs
+    root, _, _ = runs
     whole = [r for r in read_metrics(root / "on" / "metrics.jsonl") if r.get("kind") == "stability"]
     config = tiny_config(tmp_path / "cut", **MONITORED)
     with pytest.raises(Interrupted):

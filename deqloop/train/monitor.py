@@ -86,7 +86,7 @@ def subspace_radius(op, X: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
     residual ``‖A y − θ y‖ / |θ|``, and the next basis (orthonormalised ``A X``) to warm-start from.
     """
     integer("iters", iters)
-    B, n, p = X.shape
+    B, _, p = X.shape
     X = torch.linalg.qr(X).Q
     radius = residual = None
     for _ in range(iters):
@@ -166,8 +166,8 @@ class StabilityMonitor:
 
         model, s = self.model, self.model.config.solve
         gen = seeds.generator(self.seed, STREAM, step)
-        solve_kw = dict(rtol=s.rtol if self.rtol is None else self.rtol, atol=s.atol, scale=s.init_scale,
-                        max_iter=s.max_iter if self.max_iter is None else self.max_iter, generator=gen)
+        solve_kw = {"rtol": s.rtol if self.rtol is None else self.rtol, "atol": s.atol, "scale": s.init_scale,
+                    "max_iter": s.max_iter if self.max_iter is None else self.max_iter, "generator": gen}
         device = next(model.parameters()).device
         with torch.no_grad():
             e = model.embed(self.probe_x.to(device))
