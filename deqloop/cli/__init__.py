@@ -4,6 +4,7 @@
     deqloop train --import mypackage.tasks --task copy_shifted ...   # a task of your own
     deqloop eval runs/NAME/last.pt --iters 1,10,30,100,500
     deqloop analyze runs/NAME/last.pt
+    deqloop plot runs/A runs/B --out stability.png   # stability traces (train --stability-every N)
     deqloop demo
 
 Every ``train`` flag is a field of :class:`deqloop.train.TrainConfig` (``--max-iter`` is
@@ -68,7 +69,7 @@ def import_modules(modules: list[str]) -> None:
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``deqloop`` parser; ``argv`` tells ``train`` which task's flags to offer."""
-    from deqloop.cli import analyze, demo, evaluate, train
+    from deqloop.cli import analyze, demo, evaluate, plot, train
 
     task, _ = _prescan(list(argv or []))
     parser = Parser(prog="deqloop", description="Looped transformers as deep equilibrium models: train on easy "
@@ -79,6 +80,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     evaluate.add(sub)
     demo.add(sub)
     analyze.add(sub)
+    plot.add(sub)
     return parser
 
 

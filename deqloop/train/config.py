@@ -35,7 +35,8 @@ AMP_MODES = ("auto", "bf16", "none")
 
 # Fields that describe how a run is executed rather than what it computes: they may differ
 # between a run and its resumption.
-RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger"})
+RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger",
+                            "stability_every", "stability_size"})  # the monitor measures, never trains
 
 
 @dataclass
@@ -119,6 +120,11 @@ class TrainConfig:
     log_every: int = setting("write a metrics line every N steps", default=10)
     logger: str = setting("where metrics go besides OUT/metrics.jsonl (always written): jsonl (nowhere else), "
                           "tensorboard (OUT/tensorboard) or wandb (offline, OUT/wandb)", default="jsonl")
+    stability_every: int = setting("every N steps, measure the loop's stability on a fixed probe batch and write "
+                                   "it to the metrics (ρ(∂f/∂z), forward, plain-iteration and backward convergence, "
+                                   "gradient norm per parameter group; deqloop/train/monitor.py); 0: off", default=0)
+    stability_size: int = setting("examples in the stability monitor's probe batch (drawn once from the val split)",
+                                  default=16)
     # -- run -----------------------------------------------------------------------------------
     seed: int = setting("seed of the model, the data order and every random draw", default=0)
     out: str = setting("run folder (default runs/<task>)", default="")
@@ -140,10 +146,14 @@ class TrainConfig:
         self.task_options = self._task.settings() or dict(self.task_options)  # every setting, as plain values
         for name in ("width", "heads", "max_iter", "batch_size", "log_every", "checkpoint_every"):
             integer(name, getattr(self, name))
-        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "seed"):
+        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "seed", "stability_every"):
             integer(name, getattr(self, name), minimum=0)
         if self.eval_every and not self.eval_size:
             raise ConfigError("eval_every needs eval_size > 0")
+        integer("stability_size", self.stability_size)
+        if self.stability_every and self.compile:
+            raise ConfigError("stability_every needs compile=False: the monitor's Jacobian products need double "
+                              "backward, which torch.compile does not provide")
         for t in self.eval_iters:
             integer("eval_iters entry", t)
         choice("loss", self.loss, LOSSES)

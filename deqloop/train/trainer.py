@@ -33,6 +33,7 @@ from deqloop.train import runtime
 from deqloop.train.config import RUNTIME_FIELDS, TrainConfig
 from deqloop.train.data import Batches
 from deqloop.train.metrics import MetricsLog
+from deqloop.train.monitor import StabilityMonitor, grad_norms, probe_batch
 from deqloop.train.objectives import build_objective
 
 __all__ = ["TrainResult", "Trainer", "train"]
@@ -99,6 +100,11 @@ class Trainer:
         self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.monitor: StabilityMonitor | None = None  # rank 0 measures stability, when asked
+        self.monitor_seconds = 0.0  # time spent in the monitor by this process
+        self._grad_groups: dict[str, float] | None = None
+        if c.stability_every and self.is_main:
+            self.monitor = StabilityMonitor(self.model, probe_batch(self.task, c.stability_size, c.seed), seed=c.seed)
         self._prepare_out()
 
     @property
@@ -144,6 +150,7 @@ class Trainer:
             "rng": runtime.rng_state(),
             "world_size": self.world,
             "eval": self.last_eval,
+            "monitor": None if self.monitor is None else self.monitor.state_dict(),
         }
 
     def load(self, path: str | Path) -> None:
@@ -164,6 +171,8 @@ class Trainer:
         self.skipped = int(state["skipped"])
         self.last_eval = state.get("eval")
         runtime.set_rng_state(state["rng"])
+        if self.monitor is not None:
+            self.monitor.load_state_dict(state.get("monitor"))
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write a checkpoint atomically (main process only); refuses non-finite parameters."""
@@ -191,6 +200,7 @@ class Trainer:
         finite = runtime.all_ranks(bool(torch.isfinite(loss)), self.world, self.device)
         if finite:
             loss.backward()
+        self._grad_groups = grad_norms(self.model) if finite and self._stability_due(step + 1) else None
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or math.inf)
         reason = None if finite else "non-finite loss"
         if reason is None and not bool(torch.isfinite(grad_norm)):
@@ -242,6 +252,8 @@ class Trainer:
                     last = metrics
                     if "loss" in metrics:
                         bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
+                if self._stability_due(done) and not metrics.get("skipped"):
+                    self._write(self.stability())
                 if c.eval_size > 0 and (done == c.steps or (c.eval_every and done % c.eval_every == 0)):
                     self._write(self.evaluate())
                 saving = done % c.checkpoint_every == 0 or done == c.steps
@@ -277,7 +289,21 @@ class Trainer:
         self.last_eval = record
         return record
 
+    def stability(self) -> dict[str, Any]:
+        """The stability monitor's record after the completed step (rank 0; ``{}`` elsewhere): see
+        :class:`~deqloop.train.monitor.StabilityMonitor`. Its own generators leave training's
+        random streams untouched."""
+        if self.monitor is None:
+            return {}
+        start = time.perf_counter()
+        record = self.monitor.measure(self.step_count, self._grad_groups)
+        self.monitor_seconds += time.perf_counter() - start
+        return record
+
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _stability_due(self, done: int) -> bool:
+        return self.monitor is not None and done % self.config.stability_every == 0
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.is_main:

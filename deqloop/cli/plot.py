@@ -1,0 +1,109 @@
+"""``deqloop plot``: the stability traces of several training runs on one figure.
+
+    deqloop plot runs/a runs/b runs/c --out stability.png
+
+Four panels over training steps, one line per run (labelled by its folder name): ρ(∂f/∂z) (the
+median over the monitor's probe), the reachable fraction (plain iteration converged), the
+implicit backward solve's converged fraction, and the training loss. The stability records come
+from runs trained with ``--stability-every N`` (see :mod:`deqloop.train.monitor`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["PANELS", "add", "plot_stability", "read_run", "run"]
+
+# (record kind, field, panel title): "train" is a training step's line, "stability" the monitor's.
+PANELS = (
+    ("stability", "rho", "ρ(∂f/∂z) at the fixed point (probe median)"),
+    ("stability", "plain_converged", "reachable: plain iteration converged"),
+    ("stability", "backward_converged", "implicit backward solve converged"),
+    ("train", "loss", "training loss"),
+)
+
+
+def add(sub: Any) -> None:
+    p = sub.add_parser(
+        "plot", help="stability traces of training runs on one figure",
+        description="Draw, for one or more run folders (written by deqloop train --stability-every N), the stability "
+        "monitor's traces over training steps: spectral radius of the loop's Jacobian, reachable fraction, backward "
+        "convergence, and the training loss; one panel each, one line per run. Writes a PNG.")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each holds a metrics.jsonl)")
+    p.add_argument("--out", default="stability.png", help="the PNG to write [default: stability.png]")
+    p.add_argument("--dpi", type=int, default=120, help="resolution [default: 120]")
+    p.set_defaults(func=run)
+
+
+def read_run(folder: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """``{"train": {field: [(step, value), ...]}, "stability": {...}}`` from ``folder/metrics.jsonl``;
+    lines torn by a kill are skipped. A folder without metrics is a :class:`ConfigError`."""
+    from deqloop.errors import ConfigError
+
+    path = Path(folder) / "metrics.jsonl"
+    if not path.is_file():
+        raise ConfigError(f"{folder}: no metrics.jsonl there (not a training run folder)")
+    traces: dict[str, dict[str, list[tuple[int, float]]]] = {"train": {}, "stability": {}}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        kind = record.get("kind", "train")
+        if kind not in traces or "step" not in record:
+            continue
+        for key, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
+                traces[kind].setdefault(key, []).append((int(record["step"]), float(value)))
+    return traces
+
+
+def _labels(folders: list[Path]) -> list[str]:
+    """Folder names; where two runs share one, their parent folder's name too."""
+    names = [f.resolve().name for f in folders]
+    return [f"{f.resolve().parent.name}/{n}" if names.count(n) > 1 else n for f, n in zip(folders, names)]
+
+
+def plot_stability(runs: list[str | Path], out: str | Path, *, dpi: int = 120) -> Path:
+    """Write the figure of :data:`PANELS` for the run folders ``runs`` to ``out`` (a PNG); returns it."""
+    from matplotlib.figure import Figure
+
+    from deqloop.validate import integer
+
+    integer("dpi", dpi)
+    folders = [Path(r) for r in runs]
+    data = [read_run(f) for f in folders]  # every folder checked before anything is drawn
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    axes = fig.subplots(2, 2).reshape(-1)
+    for label, traces in zip(_labels(folders), data):
+        for ax, (kind, field, _) in zip(axes, PANELS):
+            points = traces[kind].get(field, [])
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, marker="." if kind == "stability" else None, label=label)
+    for ax, (kind, field, title) in zip(axes, PANELS):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        if field == "rho":
+            ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        elif kind == "stability":
+            ax.set_ylim(-0.05, 1.05)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    for folder in args.runs:
+        traces = read_run(folder)
+        if not traces["stability"]:
+            print(f"note: {folder} has no stability records (train it with --stability-every N)", file=sys.stderr)
+    print(plot_stability(args.runs, args.out, dpi=args.dpi))
+    return 0

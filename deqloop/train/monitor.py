@@ -1,0 +1,207 @@
+"""Stability over training: a cheap probe of the loop map, taken every few training steps.
+
+    monitor = StabilityMonitor(model, probe_x, seed=run_seed)
+    record = monitor.measure(step, grad_norms=grad_norms(model))   # {"step", "kind": "stability", ...}
+
+On a small fixed probe batch (drawn once; :func:`probe_batch` takes it from the task's ``"val"``
+split with its own seed stream) each measurement records, with the model's solver settings:
+
+* ``rho``, ``rho_max``: the median and the largest over the probe of the spectral radius ρ(∂f/∂z)
+  at the forward solve's fixed point, estimated by ``power_iters`` steps of batched subspace
+  iteration (``block`` vectors, Rayleigh–Ritz) with Jacobian–vector products, warm-started from
+  the previous measurement's subspace; ``rho_residual``: the median relative residual
+  ``‖J y − θ y‖ / |θ|`` of the leading Ritz pair (how far the estimate is from converged).
+* ``forward_converged``, ``forward_iterations``: converged fraction and mean iterations of the
+  model's solver from the model's initial state; ``plain_converged``, ``plain_iterations``: the
+  same for plain iteration z ← f(z) (reachability).
+* ``backward_converged``, ``backward_iterations``: the implicit backward solve for a random unit
+  cotangent (as :func:`deqloop.analysis.analyze` measures it).
+* ``init_distance``: the median over the probe of ‖z*_e − z*_0‖ / max(‖z*_e‖, ‖z*_0‖) between the
+  fixed points the solver reaches from z₀ = e and from z₀ = 0.
+* ``grad_norm/<group>``: the gradient norm of each parameter group (:data:`GROUPS`), when given.
+
+Every random draw comes from generators of ``(seed, STREAM, step)``; the global RNGs are not
+touched, so a run trains the same parameters with the monitor on or off. :meth:`state_dict`
+holds the warm-start subspace (the trainer checkpoints it under ``"monitor"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from deqloop import seeds
+from deqloop.validate import integer, number
+
+__all__ = ["GROUPS", "STREAM", "StabilityMonitor", "grad_norms", "param_group", "probe_batch",
+           "subspace_radius"]
+
+STREAM = 98  # the monitor's seed stream (after the run's seed); seeds.EVAL is 99, the trainer's 0-6
+GROUPS = ("embedding", "attn", "mlp", "inject", "norms", "head", "other")
+
+
+def param_group(name: str) -> str:
+    """The group of a parameter of a :class:`~deqloop.model.LoopedDEQ` by its name: ``embedding.*``,
+    ``head.*`` (the readout, its norm included), ``inject`` (recall maps ``*inject*``), ``norms``
+    (the block's RMSNorms, q/k norms included), ``attn`` (``block.attn*``: attention and its
+    residual gate), ``mlp`` (``block.mlp*``), else ``other``."""
+    parts = name.split(".")
+    if parts[0] in ("embedding", "head"):
+        return parts[0]
+    if "inject" in parts:
+        return "inject"
+    if len(parts) > 1 and "norm" in parts[-2]:
+        return "norms"
+    if len(parts) > 1 and parts[0] == "block" and parts[1].startswith(("attn", "mlp")):
+        return "attn" if parts[1].startswith("attn") else "mlp"
+    return "other"
+
+
+def grad_norms(model: nn.Module) -> dict[str, float]:
+    """``{"grad_norm/<group>": ‖∇‖₂}`` over the parameters with a gradient, per :func:`param_group`."""
+    sq: dict[str, Tensor] = {}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            g = param_group(name)
+            sq[g] = sq.get(g, 0.0) + p.grad.detach().double().pow(2).sum()
+    return {f"grad_norm/{g}": float(sq[g].sqrt()) for g in GROUPS if g in sq}
+
+
+def probe_batch(task: Any, size: int, seed: int) -> Tensor:
+    """The monitor's fixed probe inputs: ``size`` examples of ``task``'s ``"val"`` split, drawn with
+    the seed stream :data:`STREAM` of the run's ``seed``."""
+    x, _ = task.make("val", integer("stability_size", size), seed=seeds.derive_seed(seed, STREAM) % 2**31)
+    return x
+
+
+def subspace_radius(op, X: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``iters`` steps of batched subspace iteration for the leading eigenvalue of a block-diagonal
+    operator ``op`` (``(B, n) → (B, n)``) from the basis ``X`` ``(B, n, p)``.
+
+    Each step applies ``op`` to the ``p`` orthonormalised columns and takes the Rayleigh–Ritz
+    eigenvalues of the ``p × p`` projection (``p ≥ 2`` follows a complex-conjugate pair). Returns
+    ``(radius, residual, basis)``: ``(B,)`` float64 |θ| of the leading Ritz value and its relative
+    residual ``‖A y − θ y‖ / |θ|``, and the next basis (orthonormalised ``A X``) to warm-start from.
+    """
+    integer("iters", iters)
+    B, _, p = X.shape
+    X = torch.linalg.qr(X).Q
+    radius = residual = None
+    for _ in range(iters):
+        Y = torch.stack([op(X[:, :, j]) for j in range(p)], dim=2)  # (B, n, p)
+        Xd, Yd = X.double(), Y.double()
+        w, S = torch.linalg.eig(Xd.transpose(1, 2) @ Yd)  # Ritz values and vectors, (B, p), (B, p, p)
+        lead = w.abs().argmax(dim=1)
+        theta = w.gather(1, lead[:, None])[:, 0]
+        s = S.gather(2, lead[:, None, None].expand(B, p, 1))  # (B, p, 1)
+        y, Ay = Xd.to(s.dtype) @ s, Yd.to(s.dtype) @ s
+        radius = theta.abs()
+        tiny = torch.finfo(torch.float64).tiny
+        residual = (Ay - theta[:, None, None] * y).norm(dim=(1, 2)) / (radius * y.norm(dim=(1, 2))).clamp_min(tiny)
+        X = torch.linalg.qr(Y).Q
+    return radius.cpu(), residual.cpu(), X
+
+
+class StabilityMonitor:
+    """Stability measurements of ``model`` on the fixed probe inputs ``probe_x`` (see the module
+    docstring).
+
+    Args:
+        model: a :class:`~deqloop.model.LoopedDEQ` (not modified; ``compile=False``, since the
+            Jacobian products need double backward).
+        probe_x: token ids ``(P, *grid)``, the same for every measurement.
+        seed: the run's seed; measurement ``step`` draws from ``(seed, STREAM, step)``.
+        power_iters: subspace iterations per measurement (``block`` JVPs each).
+        block: subspace size (≥ 2, to capture a complex pair).
+        rtol, max_iter: the solves' tolerance and budget (``None``: the model's own).
+    """
+
+    def __init__(self, model: nn.Module, probe_x: Tensor, *, seed: int, power_iters: int = 4, block: int = 2,
+                 rtol: float | None = None, max_iter: int | None = None):
+        self.model, self.seed = model, integer("seed", seed, 0)
+        self.power_iters, self.block = integer("power_iters", power_iters), integer("block", block, 2)
+        self.rtol = None if rtol is None else number("rtol", rtol, low=0, low_open=True)
+        self.max_iter = None if max_iter is None else integer("max_iter", max_iter)
+        if model.config.arch.compile:
+            from deqloop.errors import ConfigError
+
+            raise ConfigError("the stability monitor needs compile=False (Jacobian products need double backward)")
+        self.probe_x = probe_x
+        self.basis: Tensor | None = None  # (P, n, block) warm start: the last measurement's subspace
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"basis": None if self.basis is None else self.basis.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        """Restore the warm start (``None`` or a basis of another shape: start cold next time)."""
+        basis = (state or {}).get("basis")
+        self.basis = None if basis is None else basis.clone()
+
+    # -- measuring -------------------------------------------------------------------------------
+
+    def _start(self, shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tensor:
+        if self.basis is not None and tuple(self.basis.shape) == shape:
+            return self.basis.to(dtype=like.dtype, device=like.device)
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
+
+    def spectral_radius(self, z: Tensor, e: Tensor, gen: torch.Generator, iters: int | None = None):
+        """``(radius, residual)`` ``(P,)`` of ρ(∂f/∂z) at ``(z, e)``; advances the warm start."""
+        from deqloop.analysis.jacobian import LoopJacobian
+
+        jac = LoopJacobian.from_model(self.model, z, e)
+        X = self._start((jac.batch, jac.dim, self.block), gen, z)
+        radius, residual, self.basis = subspace_radius(jac.jvp, X, self.power_iters if iters is None else iters)
+        self.basis = self.basis.detach()
+        return radius, residual
+
+    def measure(self, step: int, grad_norms: dict[str, float] | None = None) -> dict[str, Any]:
+        """One measurement after training step ``step``: the ``{"step", "kind": "stability", ...}``
+        record of the module docstring (``grad_norms`` are merged in)."""
+        from deqloop.analysis.analyze import _backward_stats
+        from deqloop.analysis.reachability import solve_from
+
+        model, s = self.model, self.model.config.solve
+        gen = seeds.generator(self.seed, STREAM, step)
+        solve_kw = {"rtol": s.rtol if self.rtol is None else self.rtol, "atol": s.atol, "scale": s.init_scale,
+                    "max_iter": s.max_iter if self.max_iter is None else self.max_iter, "generator": gen}
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            e = model.embed(self.probe_x.to(device))
+        runs: dict[tuple[str, str], Any] = {}
+
+        def run(init: str, solver: str):
+            if (init, solver) not in runs:
+                options = s.solver_options if solver == s.solver else {}
+                runs[init, solver] = solve_from(model, e, init, solver=solver, solver_options=options, **solve_kw)
+            return runs[init, solver]
+
+        fwd, sol = run(s.init, s.solver)
+        plain, _ = run(s.init, "picard")
+        (_, a), (_, b) = run("embed", s.solver), run("zeros", s.solver)
+        za, zb = a.z.reshape(len(e), -1).double(), b.z.reshape(len(e), -1).double()
+        scale = torch.maximum(za.norm(dim=1), zb.norm(dim=1)).clamp_min(torch.finfo(torch.float64).tiny)
+        distance = ((za - zb).norm(dim=1) / scale).cpu()
+        z_star = sol.z.detach()
+        radius, residual = self.spectral_radius(z_star, e, gen)
+        b_conv, b_iters, _ = _backward_stats(model, e, z_star, solver=s.solver, solver_options=s.solver_options,
+                                             options=None, seed=int(torch.randint(0, 2**31 - 3, (1,), generator=gen)))
+        record: dict[str, Any] = {
+            "step": int(step), "kind": "stability", "probe": len(e),
+            "rho": _median(radius), "rho_max": float(radius.max()), "rho_residual": _median(residual),
+            "forward_converged": fwd.converged_fraction, "forward_iterations": float(fwd.iterations.double().mean()),
+            "plain_converged": plain.converged_fraction, "plain_iterations": float(plain.iterations.double().mean()),
+            "backward_converged": float(b_conv.double().mean()),
+            "backward_iterations": float(b_iters.double().mean()),
+            "init_distance": _median(distance),
+        }
+        record.update(grad_norms or {})
+        return record
+
+
+def _median(t: Tensor) -> float:
+    """The median (the mean of the two middle values for an even count)."""
+    return float(t.double().quantile(0.5))
