@@ -12,11 +12,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["AUGMENT", "BATCH", "EPOCH", "EVAL", "JACOBIAN", "LENGTH", "POOL", "PROGRESSIVE", "derive_seed",
-           "generator"]
+__all__ = ["AUGMENT", "BATCH", "EPOCH", "EVAL", "JACOBIAN", "LENGTH", "MONITOR", "POOL", "PROGRESSIVE",
+           "derive_seed", "generator"]
 
 # Streams of a training run (keys after the run's seed).
 BATCH, LENGTH, PROGRESSIVE, AUGMENT, EPOCH, POOL, JACOBIAN = range(7)
+MONITOR = 98  # the stability monitor's probe and draws
 EVAL = 99
 
 

@@ -20,7 +20,7 @@ split with its own seed stream) each measurement records, with the model's solve
   fixed points the solver reaches from z₀ = e and from z₀ = 0.
 * ``grad_norm/<group>``: the gradient norm of each parameter group (:data:`GROUPS`), when given.
 
-Every random draw comes from generators of ``(seed, STREAM, step)``; the global RNGs are not
+Every random draw comes from generators of ``(seed, seeds.MONITOR, step)``; the global RNGs are not
 touched, so a run trains the same parameters with the monitor on or off. :meth:`state_dict`
 holds the warm-start subspace (the trainer checkpoints it under ``"monitor"``).
 """
@@ -35,10 +35,9 @@ from torch import Tensor, nn
 from deqloop import seeds
 from deqloop.validate import integer, number
 
-__all__ = ["GROUPS", "STREAM", "StabilityMonitor", "grad_norms", "param_group", "probe_batch",
+__all__ = ["GROUPS", "StabilityMonitor", "grad_norms", "param_group", "probe_batch",
            "subspace_radius"]
 
-STREAM = 98  # the monitor's seed stream (after the run's seed); seeds.EVAL is 99, the trainer's 0-6
 GROUPS = ("embedding", "attn", "mlp", "inject", "norms", "head", "other")
 
 
@@ -71,8 +70,8 @@ def grad_norms(model: nn.Module) -> dict[str, float]:
 
 def probe_batch(task: Any, size: int, seed: int) -> Tensor:
     """The monitor's fixed probe inputs: ``size`` examples of ``task``'s ``"val"`` split, drawn with
-    the seed stream :data:`STREAM` of the run's ``seed``."""
-    x, _ = task.make("val", integer("stability_size", size), seed=seeds.derive_seed(seed, STREAM) % 2**31)
+    the seed stream :data:`deqloop.seeds.MONITOR` of the run's ``seed``."""
+    x, _ = task.make("val", integer("stability_size", size), seed=seeds.derive_seed(seed, seeds.MONITOR) % 2**31)
     return x
 
 
@@ -112,7 +111,7 @@ class StabilityMonitor:
         model: a :class:`~deqloop.model.LoopedDEQ` (not modified; ``compile=False``, since the
             Jacobian products need double backward).
         probe_x: token ids ``(P, *grid)``, the same for every measurement.
-        seed: the run's seed; measurement ``step`` draws from ``(seed, STREAM, step)``.
+        seed: the run's seed; measurement ``step`` draws from ``(seed, seeds.MONITOR, step)``.
         power_iters: subspace iterations per measurement (``block`` JVPs each).
         block: subspace size (≥ 2, to capture a complex pair).
         rtol, max_iter: the solves' tolerance and budget (``None``: the model's own).
@@ -165,7 +164,7 @@ class StabilityMonitor:
         from deqloop.analysis.reachability import solve_from
 
         model, s = self.model, self.model.config.solve
-        gen = seeds.generator(self.seed, STREAM, step)
+        gen = seeds.generator(self.seed, seeds.MONITOR, step)
         solve_kw = {"rtol": s.rtol if self.rtol is None else self.rtol, "atol": s.atol, "scale": s.init_scale,
                     "max_iter": s.max_iter if self.max_iter is None else self.max_iter, "generator": gen}
         device = next(model.parameters()).device
