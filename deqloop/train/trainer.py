@@ -142,7 +142,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "train_config": self.config.to_dict(),
             "task_class": task_spec(type(self.task)),
-            "task_settings": self.task.settings(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "step": self.step_count,
