@@ -24,6 +24,10 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
   exact implicit and with the phantom gradient, the Neumann adjoint, and the plain regimes beside
   them, 3 seeds each (``regime`` names like ``implicit+warm``; see ``REGIME_TRAIN``).
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA).
+
+The cpu, recipes and gpu presets run the stability monitor (``stability_every``: every 25 steps
+on CPU, about 5 % of a prefix-sums run's training time by ``benchmarks/monitor.py``); its traces
+go into each run's summary and the report's "stability over training" figure and table.
 """
 
 from __future__ import annotations
@@ -186,13 +190,14 @@ class Preset:
 
 _PREFIX_CPU = dict(task_options=dict(length=12, min_length=4, hard_length=48), depth_offset=2, width=32, heads=4,
                    attention="local", window=3, max_iter=14, steps=600, batch_size=128, lr=2e-3,
-                   warmup_steps=0, schedule="cosine", threads=1, progress=False)
+                   warmup_steps=0, schedule="cosine", threads=1, progress=False, stability_every=25)
 _SUDOKU_CPU = dict(task_options=dict(augment=True), width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3,
-                   threads=1, progress=False)
+                   threads=1, progress=False, stability_every=25)
 # A sudoku or chess run takes 15–30 min on one core, so their default CPU grid is post and
 # sandwich norm under the progressive regime; other cells are one flag away (--norms, --regimes).
 _SMALL_GRID: dict[str, tuple] = {"norm": ("post", "sandwich"), "regime": ("progressive",)}
-_CHESS_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False)
+_CHESS_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False,
+                  stability_every=25)
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -241,12 +246,12 @@ PRESETS: dict[str, Preset] = {
             "prefix_sums": dict(task_options=dict(length=32, min_length=8, hard_length=512), depth_offset=4,
                                 width=256, heads=8,
                                 attention="local", window=5, max_iter=36, steps=4000, batch_size=256,
-                                lr=1e-3, amp="auto", progress=False),
+                                lr=1e-3, amp="auto", progress=False, stability_every=100),
             "sudoku": dict(task_options=dict(augment=True), width=256, heads=8, max_iter=32, steps=10000,
                            batch_size=256, lr=5e-4,
-                           amp="auto", progress=False),
+                           amp="auto", progress=False, stability_every=250),
             "chess": dict(width=256, heads=8, max_iter=32, steps=10000, batch_size=256, lr=5e-4, amp="auto",
-                          progress=False),
+                          progress=False, stability_every=250),
         },
         eval_n=2048,
         analyze_n=64,

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from experiments import recipes_report, stability_report
 from experiments.presets import NORMS, RECALLS, REGIMES, TASK_ORDER
 from experiments.summary import SummaryError, load_summaries, summarize_sweep
 
@@ -448,6 +449,37 @@ def plot_rho_vs_accuracy(configs: list[Config], path: Path) -> Path:
 # -- the document ------------------------------------------------------------------------------
 
 
+def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) -> list[str]:
+    """The recipe ablation table of each cell trained under more than the three base regimes, and the
+    stability-over-training table and figure of the runs that carry monitor traces."""
+    doc = []
+    cells = sorted({(c.recall, c.norm) for c in cs})
+    for recall, norm in cells:
+        if sum(c.recall == recall and c.norm == norm for c in cs) <= 3:
+            continue
+        doc += ["", f"### Fixed-point training recipes ({recall} recall, {norm} norm)", "",
+                "Every regime of this cell (`python -m experiments.sweep --preset recipes`; the regimes are "
+                "defined in `experiments/presets.py` `REGIME_TRAIN`): the hard accuracy (best over the test-time "
+                "counts) of each seed, then means over the seeds; *solver conv* the fraction of hard examples "
+                "whose Anderson solve converged at evaluation; *train fwd/bwd conv* the converged fractions of the "
+                "training solves over the last quarter of training; *ρ end* the median spectral radius at the "
+                "end (hard examples); *train s* the mean training wall time and its ratio to the progressive "
+                "loss's.", "",
+                table(recipes_report.HEADER, recipes_report.recipe_rows(cs, recall, norm))]
+    header, rows = stability_report.when_table(cs)
+    if rows:
+        doc += ["", "### Stability over training", "",
+                "From the stability monitor (`stability_every`, a 16-example probe of the validation split): the "
+                "median ρ(∂f/∂z) at the first and last probe, the fraction of training at which it first exceeded 1, "
+                "the fraction at which plain iteration first reached fewer than 50 % of the probe's fixed points "
+                "(*reachable*), and the reachable and implicit-backward converged fractions at the last probe; "
+                "medians over seeds (*never*: in most seeds it did not happen).", "", table(header, rows)]
+        plot = stability_report.plot_traces(cs, task, plots / f"{task}_stability.png")
+        if plot is not None:
+            doc += ["", f"![stability over training]({os.path.relpath(plot, out.parent)})"]
+    return doc
+
+
 def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) -> str:
     configs = list(group(results).values())
     commits = sorted({r["commit"] for r in results})
@@ -534,6 +566,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                     "and implicit backward solve, converged — the progressive loss runs no solver):", "",
                     table(["regime", "runs", "late loss", "late train acc", "forward conv", "backward conv",
                            "hard best"], [_regime_row(g, [c for c in cs if c.regime == g]) for g in regimes])]
+        doc += _recipes_and_stability(cs, task, plots, out)
     identity = identity_fixed_points(configs)
     if identity:
         doc += ["", identity]

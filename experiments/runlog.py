@@ -57,3 +57,46 @@ def training_numbers(metrics_path: Path) -> dict[str, Any]:
         "late_backward_converged": tail_mean("backward_converged"),
         "skipped_steps": skipped,
     }
+
+
+# the stability monitor's fields a run summary keeps, per probe (see deqloop.train.monitor)
+STABILITY_FIELDS = ("step", "rho", "rho_max", "forward_converged", "plain_converged", "backward_converged",
+                    "init_distance")
+TRACE_POINTS = 100  # at most this many points per trace in a summary (evenly thinned, the last one kept)
+
+
+def _round(value: Any) -> Any:
+    """Four significant digits for a float (summaries stay small); other values unchanged."""
+    return float(f"{value:.4g}") if isinstance(value, float) and math.isfinite(value) else value
+
+
+def traces(metrics_path: Path) -> dict[str, Any]:
+    """The stability monitor's records over training (``"stability"``: ``{"fields": STABILITY_FIELDS,
+    "rows": [[step, rho, ...], ...]}``, empty rows when the run was trained without the monitor) and
+    the training loss (``"loss"``: ``[[step, loss], ...]`` of the logged training steps) from a run's
+    metrics log; torn lines are skipped, and a value missing from a record is None. A trace longer
+    than :data:`TRACE_POINTS` keeps every k-th point (and the last), k the smallest that fits."""
+    rows, loss = [], []
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                m = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if m.get("kind") == "stability":
+                rows.append([_round(m.get(k)) for k in STABILITY_FIELDS])
+            elif "loss" in m and "step" in m and m.get("kind", "train") == "train":
+                loss.append([m["step"], _round(m["loss"])])
+    return {"stability": {"fields": list(STABILITY_FIELDS), "rows": _thin(rows)}, "loss": _thin(loss)}
+
+
+def _thin(points: list) -> list:
+    """Every k-th point, k = ceil(len / TRACE_POINTS), with the last point in place of the last kept
+    one (or after it, while there is room) when the stride skipped it."""
+    if len(points) <= TRACE_POINTS:
+        return list(points)
+    k = -(-len(points) // TRACE_POINTS)
+    kept = points[::k]
+    if (len(kept) - 1) * k != len(points) - 1:
+        kept = kept[:-1] + points[-1:] if len(kept) == TRACE_POINTS else kept + points[-1:]
+    return kept

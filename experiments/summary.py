@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from experiments.runlog import training_numbers
+from experiments.runlog import traces, training_numbers
 
 SUMMARY_FORMAT = 1
 
 # the fields of a run's result.json, in the order a summary stores them
 KEYS = ("spec", "name", "preset", "train_config", "train_depth", "train", "eval", "analysis", "analysis_options",
-        "seconds", "commit", "command", "machine")
+        "seconds", "commit", "command", "machine", "traces")
 # the fields a summary must have: what the report reads of every run
 REQUIRED = ("spec", "name", "preset", "train_config", "train_depth", "train", "eval", "analysis", "commit", "machine")
 
@@ -41,7 +41,8 @@ class SummaryError(ValueError):
 def summarize(result: dict[str, Any], metrics_path: Path | None) -> dict[str, Any]:
     """The summary of one finished run: its ``result.json`` (the fields of ``KEYS`` first, in that
     order, then any others) with the training numbers re-read from its metrics log where that
-    exists, and ``summary_format``. JSON values only: what ``json.loads`` of the written file gives."""
+    exists, its stability and loss traces (:func:`experiments.runlog.traces`) from the same log, and
+    ``summary_format``. JSON values only: what ``json.loads`` of the written file gives."""
     if not isinstance(result, dict):
         raise TypeError(f"a run's result is a dict, not {type(result).__name__}")
     out: dict[str, Any] = {"summary_format": SUMMARY_FORMAT}
@@ -49,6 +50,7 @@ def summarize(result: dict[str, Any], metrics_path: Path | None) -> dict[str, An
     out.update((k, v) for k, v in result.items() if k not in out)
     if metrics_path is not None and Path(metrics_path).exists():
         out["train"] = {**result.get("train", {}), **training_numbers(Path(metrics_path))}
+        out["traces"] = traces(Path(metrics_path))
     # tuples become lists and numeric scalars floats, as in the file
     return json.loads(json.dumps(out, default=float))
 

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from deqloop.tasks.io import shared_data_dir
+from deqloop.train.config import RUNTIME_FIELDS
 from experiments.presets import NORMS, PRESETS, RECALLS, REGIMES, Preset, RunSpec, get_preset
 from experiments.runlog import mean, median, training_numbers
 from experiments.summary import summarize, summary_path, write_summary
@@ -84,7 +85,8 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(tmp, path)
 
 
-_NOT_COMPARED = ("data", "threads", "progress", "device", "logger")  # where and how a run ran, not what it trained
+# where and how a run ran (the stability monitor included: it measures, never trains), not what it trained
+_NOT_COMPARED = frozenset({"data"}) | RUNTIME_FIELDS
 
 
 def stale_fields(result: dict[str, Any], preset: Preset, spec: RunSpec) -> list[str]:

@@ -227,9 +227,15 @@ def test_sweep_refuses_finished_runs_trained_with_other_settings(tmp_path, capsy
     spec = tiny.runs(recall=("internal",), regime=("progressive",))[0]
     run = tmp_path / spec.name
     run.mkdir(parents=True)
-    fields = {**tiny.train_fields(spec), "data": ["elsewhere.csv"], "threads": 4}  # where it ran is not compared
+    # where and how it ran is not compared, the stability monitor included (it measures, never trains)
+    fields = {**tiny.train_fields(spec), "data": ["elsewhere.csv"], "threads": 4, "stability_every": 7,
+              "stability_size": 3}
     (run / "result.json").write_text(json.dumps({"train_config": fields}))
     assert sweep.stale_fields(json.loads((run / "result.json").read_text()), tiny, spec) == []
+    cpu = get_preset("cpu")  # it runs the monitor; a run trained without it still belongs to the grid
+    cpu_spec = cpu.runs(task=("prefix_sums",))[0]
+    assert cpu.train_fields(cpu_spec)["stability_every"] == 25
+    assert sweep.stale_fields({"train_config": {**cpu.train_fields(cpu_spec), "stability_every": 0}}, cpu, cpu_spec) == []
     args = ["--preset", "tiny", "--out", str(tmp_path), "--recalls", "internal", "--regimes", "progressive", "--dry-run"]
     assert sweep.main(args) == 0
     assert "(done)" in capsys.readouterr().out

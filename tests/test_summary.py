@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import report, summary
+from experiments import report, runlog, summary
 from experiments.summary import SummaryError
 
 
@@ -89,14 +89,17 @@ def test_summary_round_trip_and_identical_bytes_on_rewrite(tmp_path):
     result = json.loads((run / "result.json").read_text())
     s = summary.summarize(result, run / "metrics.jsonl")
     assert list(s) == ["summary_format", "spec", "name", "preset", "train_config", "train_depth", "train", "eval",
-                       "analysis", "analysis_options", "seconds", "commit", "command", "machine"]
+                       "analysis", "analysis_options", "seconds", "commit", "command", "machine", "traces"]
     assert s["summary_format"] == 1
+    # the loss trace from the same log (no monitor records in it)
+    assert s["traces"] == {"stability": {"fields": list(runlog.STABILITY_FIELDS), "rows": []},
+                           "loss": [[10 * (i + 1), v] for i, v in enumerate(PROGRESSIVE_METRICS["losses"])]}
     # the training numbers are re-read from metrics.jsonl (last quarter: the last 2 of 8 logged steps)
     assert s["train"] == {"grad_norm_median": 1.0, "late_loss": 0.375, "steps": 8, "seconds": 1.5, "grad_norm_max": 4.0,
                           "grad_norm_last": 0.25, "final_loss": 0.25, "final_train_accuracy": 0.75,
                           "late_train_accuracy": 0.625, "late_forward_converged": None, "late_backward_converged": None,
                           "skipped_steps": 1}
-    assert {k: v for k, v in s.items() if k not in ("summary_format", "train")} == \
+    assert {k: v for k, v in s.items() if k not in ("summary_format", "train", "traces")} == \
         {k: v for k, v in result.items() if k != "train"}
     # without a metrics log the result's numbers stay; tuples become lists, as in a file
     bare = summary.summarize(_result("internal", "progressive", [0.0, 0.25, 0.5], 0.75), None)
@@ -143,10 +146,15 @@ def test_a_real_size_summary_is_a_few_kilobytes(tmp_path):
                                "agreement": {"embed/zeros": 1 / 3, "embed/noise": 1 / 3, "zeros/noise": 1 / 3}}
     run = tmp_path / "runs" / spec.name
     run.mkdir(parents=True)
-    (run / "metrics.jsonl").write_text(_metrics(**PROGRESSIVE_METRICS) * 100)  # a long log: it is summed up, not kept
+    # a long log: summed up, its loss trace thinned; the monitor every 250 of 10,000 steps: 40 records
+    monitor = "".join(json.dumps({"step": 250 * (i + 1), "kind": "stability", **{k: 1 / 3 for k in runlog.STABILITY_FIELDS[1:]}})
+                      + "\n" for i in range(40))
+    (run / "metrics.jsonl").write_text(_metrics(**PROGRESSIVE_METRICS) * 100 + monitor)
     path = summary.write_summary(summary.summarize(r, run / "metrics.jsonl"), tmp_path / "results" / "runs")
     assert len(config.to_dict()) > 30
-    assert 5_000 < path.stat().st_size < 8_000
+    traces = json.loads(path.read_text())["traces"]
+    assert len(traces["loss"]) == runlog.TRACE_POINTS and len(traces["stability"]["rows"]) == 40
+    assert 8_000 < path.stat().st_size < 16_000
 
 
 def test_summary_path_names_a_file_per_run():

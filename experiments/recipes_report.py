@@ -1,0 +1,57 @@
+"""The fixed-point training recipes side by side in the report: one row per training regime of one
+cell (the ``recipes`` preset's: prefix sums, internal recall, post norm), with every seed's hard
+accuracy, so that a recipe that works in one seed of three reads as such.
+
+``configs`` are the report's per-configuration groups (``recall``, ``norm``, ``regime``, ``runs``
+and the accessors ``best``, ``at``, ``settle``, ``solver``, ``stab``, ``train``).
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+HEADER = ["regime", "seeds", "hard best per seed", "val best", "hard best", "hard@500", "adaptive", "solver",
+          "solver conv", "train fwd conv", "train bwd conv", "ρ end", "train s", "× progressive"]
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{100 * v:.1f}"
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+def train_seconds(run: dict[str, Any]) -> float | None:
+    """A run's training wall time in seconds."""
+    return (run.get("seconds") or {}).get("train") or run["train"].get("seconds")
+
+
+def recipe_rows(configs: list[Any], recall: str, norm: str) -> list[list[str]]:
+    """The rows of the (``recall``, ``norm``) cell's regimes, progressive first; [] when that cell has
+    fewer than three regimes (no ablation there)."""
+    cell = [c for c in configs if c.recall == recall and c.norm == norm]
+    if len(cell) < 3:
+        return []
+
+    def seconds(c: Any) -> float | None:
+        values = [s for s in (train_seconds(r) for r in c.runs) if s is not None]
+        return statistics.fmean(values) if values else None
+
+    base = next((seconds(c) for c in cell if c.regime == "progressive"), None)
+    rows = []
+    for c in sorted(cell, key=lambda c: (c.regime != "progressive", c.regime)):
+        per_seed = sorted(c.runs, key=lambda r: r["spec"]["seed"])
+        seeds = " / ".join(f"{100 * max(r['eval']['curves']['accuracy']['hard']):.0f}" for r in per_seed)
+        hb, hi = c.best("hard")
+        last = c.iters[-1]
+        s = seconds(c)
+        rows.append([c.regime, str(len(c.runs)), seeds, _pct(c.best("val")[0]), f"{_pct(hb)} ({hi})",
+                     _pct(c.at("hard", last)),
+                     f"{_pct(c.settle('hard', 'accuracy'))} / {_num(c.settle('hard', 'iterations_mean'), 0)}",
+                     f"{_pct(c.solver('hard', 'accuracy'))} / {_num(c.solver('hard', 'iterations_mean'), 0)}",
+                     _num(c.solver("hard", "converged")), _num(c.train("late_forward_converged")),
+                     _num(c.train("late_backward_converged")), _num(c.stab("spectral_radius_median"), 3),
+                     _num(s, 0), _num(s / base if s is not None and base else None)])
+    return rows
