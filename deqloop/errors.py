@@ -8,7 +8,7 @@ The config errors also derive from the built-in type a Python user would expect
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConfigKeyError", "DeqloopError", "TrainingError"]
+__all__ = ["ConfigError", "ConfigKeyError", "DeqloopError", "TrainingError", "TrainingInterrupted"]
 
 
 class DeqloopError(Exception):
@@ -25,3 +25,24 @@ class ConfigKeyError(ConfigError, TypeError):
 
 class TrainingError(DeqloopError, RuntimeError):
     """A run cannot start or continue (bad resume, poisoned parameters, ...)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Training stopped cleanly on SIGINT or SIGTERM: the step in progress finished, its metrics
+    are in ``metrics.jsonl`` and ``last.pt`` holds it, so resuming continues exactly.
+
+    Attributes: ``signal`` (the signal's number), ``step`` (completed steps), ``checkpoint``
+    (the path of ``last.pt``) and :attr:`exit_status`, the status a command line exits with:
+    128 + the signal's number (130 for SIGINT, 143 for SIGTERM), as a shell reports a process
+    the signal ended.
+    """
+
+    def __init__(self, message: str, *, signal: int, step: int, checkpoint: object):
+        super().__init__(message)
+        self.signal = signal
+        self.step = step
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_status(self) -> int:
+        return 128 + self.signal

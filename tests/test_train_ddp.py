@@ -1,4 +1,5 @@
-"""DistributedDataParallel on CPU: two gloo processes under torchrun train like one process."""
+"""DistributedDataParallel on CPU: two gloo processes under torchrun train like one process, and stop
+together when one of them is signalled."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch
 
 from deqloop.checkpoint import load_checkpoint
 from deqloop.train import TrainConfig, read_metrics, train
+from deqloop.train.metrics import TIMING_FIELDS
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,3 +91,58 @@ def test_the_train_command_runs_unchanged_under_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("trained 3 steps") == 1  # rank 0 reports
     assert load_checkpoint(out / "last.pt")["world_size"] == 2
+
+
+SIGNALLED_WORKER = textwrap.dedent(
+    """
+    import json, os, signal, sys, torch
+    from deqloop.errors import TrainingInterrupted
+    from deqloop.train import TrainConfig, Trainer
+
+    class SignalledRank1(Trainer):  # only rank 1 is signalled, at the start of step 3
+        def step(self, step):
+            if self.rank == 1 and step + 1 == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().step(step)
+
+    trainer = SignalledRank1(TrainConfig.from_dict(json.loads(sys.argv[1])))
+    try:
+        trainer.run()
+        stopped = "finished"
+    except TrainingInterrupted as e:
+        stopped = f"interrupted at step {e.step}, status {e.exit_status}"
+    with open(f"{sys.argv[2]}/rank{trainer.rank}.txt", "w") as f:
+        f.write(stopped)
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def torchrun(script: str, tmp_path: Path, name: str, config: TrainConfig) -> None:
+    path = tmp_path / f"{name}.py"
+    path.write_text(script)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(path),
+         json.dumps(config.to_dict()), str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_is_exact(tmp_path):
+    torchrun(WORKER, tmp_path, "whole", config(tmp_path / "whole", steps=6))
+    cut = config(tmp_path / "cut", steps=6)
+    torchrun(SIGNALLED_WORKER, tmp_path, "signalled", cut)
+    for r in (0, 1):
+        assert (tmp_path / f"rank{r}.txt").read_text() == "interrupted at step 3, status 143"
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
+    torchrun(WORKER, tmp_path, "resumed", TrainConfig.from_dict({**cut.to_dict(), "resume": True}))
+    whole, resumed = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert resumed["step"] == 6
+    for k in whole["model"]:
+        assert torch.equal(whole["model"][k], resumed["model"][k]), k
+    records = [[{k: v for k, v in r.items() if k not in TIMING_FIELDS}
+                for r in read_metrics(tmp_path / run / "metrics.jsonl")] for run in ("whole", "cut")]
+    assert records[1] == records[0]

@@ -10,7 +10,9 @@
 Every ``train`` flag is a field of :class:`deqloop.train.TrainConfig` (``--max-iter`` is
 ``max_iter``) or of the chosen task's settings (``--length`` for prefix sums). The library's own
 errors (bad settings, data, checkpoints) are reported in one line on stderr with exit status 2;
-anything else is a bug and keeps its traceback (``DEQLOOP_DEBUG=1`` shows it for all).
+anything else is a bug and keeps its traceback (``DEQLOOP_DEBUG=1`` shows it for all). A
+``train`` stopped by SIGINT or SIGTERM checkpoints the step it finished, prints the command that
+resumes it and exits with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
 """
 
 from __future__ import annotations
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    if args.command == "train":
+        args.argv = argv  # to print the command that resumes an interrupted run
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

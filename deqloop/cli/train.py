@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
+import sys
 from typing import Any
 
 from deqloop.cli.flags import add_dataclass_flags, iters_type
@@ -46,15 +49,26 @@ def add(sub: Any, task: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Train; on SIGINT/SIGTERM print how to resume and return 128 + the signal's number."""
+    from deqloop.errors import TrainingInterrupted
     from deqloop.train import TrainConfig, train
+    from deqloop.train.interrupt import resume_command
 
     values = dict(vars(args))
     task_fields = values.pop("task_fields", [])
+    argv = values.pop("argv", None)
     for key in ("command", "func", "imports"):
         values.pop(key, None)
     options = {k: values.pop(k) for k in task_fields if k in values}
     config = TrainConfig.from_dict({**values, "task_options": options})
-    result = train(config)
+    try:
+        result = train(config)
+    except TrainingInterrupted as e:
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+            command = resume_command(argv) if argv is not None else "the same command with --resume"
+            print(f"deqloop train: interrupted by {signal.Signals(e.signal).name} at step {e.step} of {config.steps}; "
+                  f"checkpoint {e.checkpoint}; resume with: {command}", file=sys.stderr)
+        return e.exit_status
     if result.rank != 0:  # under torchrun, rank 0 reports
         return 0
     line = f"trained {result.step} steps in {result.seconds:.0f} s"

@@ -5,6 +5,7 @@
     deqloop/train/objectives.py  Equilibrium (fixed-point gradients) and Progressive (deep-thinking loss)
     deqloop/train/trainer.py     Trainer: the loop (step, log, evaluate, checkpoint, resume)
     deqloop/train/runtime.py     processes, RNG states, AMP, optimizer groups and schedule
+    deqloop/train/interrupt.py   SIGINT/SIGTERM: stop after the current step, checkpoint, say how to resume
     deqloop/train/metrics.py     metrics.jsonl; tracking.py: TensorBoard / W&B sinks
 
     config = TrainConfig(task=NAME, task_options={...the task's settings...},
@@ -13,7 +14,7 @@
     result = train(config)                 # writes runs/ps/{config.json,metrics.jsonl,last.pt}
 """
 
-from deqloop.errors import TrainingError
+from deqloop.errors import TrainingError, TrainingInterrupted
 from deqloop.train.config import AMP_MODES, LOGGERS, LOSSES, SCHEDULES, TrainConfig
 from deqloop.train.data import Batches
 from deqloop.train.metrics import read_metrics
@@ -21,4 +22,5 @@ from deqloop.train.objectives import Equilibrium, Objective, Progressive, progre
 from deqloop.train.trainer import TrainResult, Trainer, train
 
 __all__ = ["AMP_MODES", "Batches", "Equilibrium", "LOGGERS", "LOSSES", "Objective", "Progressive", "SCHEDULES",
-           "TrainConfig", "TrainResult", "Trainer", "TrainingError", "progressive_draw", "read_metrics", "train"]
+           "TrainConfig", "TrainResult", "Trainer", "TrainingError", "TrainingInterrupted", "progressive_draw",
+           "read_metrics", "train"]

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["all_ranks", "autocast", "distributed_env", "lr_schedule", "mean_over_ranks", "param_groups",
+__all__ = ["agree", "autocast", "distributed_env", "lr_schedule", "mean_over_ranks", "param_groups",
            "rng_state", "seed_everything", "set_rng_state"]
 
 
@@ -39,13 +39,15 @@ def mean_over_ranks(value: torch.Tensor, world: int) -> float:
     return float(value)
 
 
-def all_ranks(flag: bool, world: int, device: torch.device) -> bool:
-    """Whether ``flag`` holds on every process."""
+def agree(finite: bool, stop: int, world: int, device: torch.device) -> tuple[bool, int]:
+    """Whether ``finite`` holds on every process, and the largest ``stop`` of any process (a
+    signal's number; 0: none), in one all-reduce; the values themselves in one process."""
     if world == 1:
-        return flag
-    t = torch.tensor([0.0 if flag else 1.0], device=device)
-    torch.distributed.all_reduce(t)
-    return float(t) == 0.0
+        return finite, stop
+    t = torch.tensor([0.0 if finite else 1.0, float(stop)], device=device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    bad, signum = t.tolist()
+    return bad == 0.0, int(signum)
 
 
 def autocast(enabled: bool) -> contextlib.AbstractContextManager:

@@ -4,8 +4,11 @@ Everything a step does is a function of ``(seed, step)`` (the batch, a task's cu
 progressive ``n`` and ``k``); with the optimizer, scheduler and RNG states saved in each
 checkpoint, ``resume=True`` continues a run exactly where it stopped. A step whose loss or
 gradient is not finite is skipped (no update), logged and counted; checkpoints are written
-atomically and never from non-finite parameters. Under ``torchrun`` the same code trains with
-DistributedDataParallel (the global batch is split across ranks; rank 0 logs and evaluates).
+atomically and never from non-finite parameters. SIGINT or SIGTERM stops the run
+after the step in progress, with a checkpoint of it (:mod:`deqloop.train.interrupt`,
+:class:`TrainingInterrupted`). Under ``torchrun`` the same code trains with
+DistributedDataParallel (the global batch is split across ranks; rank 0 logs and evaluates;
+every rank stops at the same step).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,13 +29,14 @@ from torch import nn
 from deqloop import seeds
 from deqloop.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from deqloop.device import resolve_device
-from deqloop.errors import ConfigError, TrainingError
+from deqloop.errors import ConfigError, TrainingError, TrainingInterrupted
 from deqloop.eval.curves import accuracy_by_iterations
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_spec
 from deqloop.train import runtime
 from deqloop.train.config import RUNTIME_FIELDS, TrainConfig
 from deqloop.train.data import Batches
+from deqloop.train.interrupt import StopSignals
 from deqloop.train.metrics import MetricsLog
 from deqloop.train.monitor import StabilityMonitor, grad_norms, probe_batch
 from deqloop.train.objectives import build_objective
@@ -94,6 +99,8 @@ class Trainer:
                                world=self.world)
         self.step_count = 0
         self.skipped = 0
+        self._signals = StopSignals(enabled=False)  # replaced by live handlers while run() runs
+        self._agreed_signal = 0  # the stop signal all ranks agreed on at the last step (torchrun)
         self.amp = c.amp == "bf16" or (c.amp == "auto" and self.device.type == "cuda")
         if self.amp and self.device.type != "cuda":
             raise ConfigError("amp='bf16' needs a CUDA device; use amp='auto' or 'none' on CPU")
@@ -196,7 +203,10 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with runtime.autocast(self.amp):
             loss, logits, stats = self.objective(x, y, depth, step)
-        finite = runtime.all_ranks(bool(torch.isfinite(loss)), self.world, self.device)
+        # Under torchrun one all-reduce tells every rank whether any loss is non-finite and whether any
+        # rank was signalled (so all stop after the same step); in one process there is no sync.
+        finite, self._agreed_signal = runtime.agree(bool(torch.isfinite(loss)), self._signals.signal or 0,
+                                                    self.world, self.device)
         if finite:
             loss.backward()
         self._grad_groups = grad_norms(self.model) if finite and self._stability_due(step + 1) else None
@@ -228,7 +238,10 @@ class Trainer:
         return metrics
 
     def run(self) -> TrainResult:
-        """Train from the current step to ``config.steps``; returns a :class:`TrainResult`."""
+        """Train from the current step to ``config.steps``; returns a :class:`TrainResult`.
+
+        Raises :class:`TrainingInterrupted` after a SIGINT or SIGTERM (handled while this runs, in
+        the main thread; the previous handlers are restored after)."""
         from tqdm.auto import tqdm
 
         c = self.config
@@ -237,34 +250,42 @@ class Trainer:
                    desc=f"train {c.task}", dynamic_ncols=True, leave=False)
         last: dict[str, Any] = {}
         window_examples = 0
+        self._signals = StopSignals()
         try:
-            for step in range(self.step_count, c.steps):
-                metrics = self.step(step)
-                window_examples += c.batch_size
-                done = step + 1
-                if "loss" in metrics or metrics.get("skipped"):
-                    now = time.perf_counter()
-                    metrics["examples_per_s"] = round(window_examples / max(now - window_start, 1e-9), 1)
-                    metrics["time"] = round(now - start, 3)
-                    window_start, window_examples = now, 0
-                    self._write(metrics)
-                    last = metrics
-                    if "loss" in metrics:
-                        bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}", refresh=False)
-                if self._stability_due(done) and not metrics.get("skipped"):
-                    self._write(self.stability())
-                if c.eval_size > 0 and (done == c.steps or (c.eval_every and done % c.eval_every == 0)):
-                    self._write(self.evaluate())
-                saving = done % c.checkpoint_every == 0 or done == c.steps
-                keeping = bool(c.keep_every) and done % c.keep_every == 0
-                if saving:
-                    self.save()
-                if keeping:
-                    self.save(self.out / f"step_{done}.pt")
-                if saving or keeping:
-                    self._barrier()
-                bar.update(1)
+            with self._signals:
+                for step in range(self.step_count, c.steps):
+                    metrics = self.step(step)
+                    window_examples += c.batch_size
+                    done = step + 1
+                    skipped = bool(metrics.get("skipped"))
+                    if "loss" in metrics or skipped:
+                        now = time.perf_counter()
+                        metrics["examples_per_s"] = round(window_examples / max(now - window_start, 1e-9), 1)
+                        metrics["time"] = round(now - start, 3)
+                        window_start, window_examples = now, 0
+                        self._write(metrics)
+                        last = metrics
+                        if "loss" in metrics:
+                            bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
+                                            refresh=False)
+                    if self._stability_due(done) and not skipped:
+                        self._write(self.stability())
+                    if c.eval_size > 0 and (done == c.steps or (c.eval_every and done % c.eval_every == 0)):
+                        self._write(self.evaluate())
+                    saving = done % c.checkpoint_every == 0 or done == c.steps
+                    keeping = bool(c.keep_every) and done % c.keep_every == 0
+                    if saving:
+                        self.save()
+                    if keeping:
+                        self.save(self.out / f"step_{done}.pt")
+                    if saving or keeping:
+                        self._barrier()
+                    bar.update(1)
+                    signum = self._signals.signal if self.world == 1 else self._agreed_signal
+                    if signum and done < c.steps:
+                        self._interrupted(signum, saved=saving)
         finally:
+            self._signals, self._agreed_signal = StopSignals(enabled=False), 0
             bar.close()
             if self.is_main:
                 self.metrics.close()
@@ -300,6 +321,17 @@ class Trainer:
         return record
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _interrupted(self, signum: int, *, saved: bool) -> None:
+        """Checkpoint the completed step (unless just done) and raise :class:`TrainingInterrupted`."""
+        if not saved:
+            self.save()
+            self._barrier()
+        name = signal.Signals(signum).name
+        log.warning("%s: stopped after step %d; %s holds it", name, self.step_count, self.last_path)
+        raise TrainingInterrupted(f"interrupted by {name} at step {self.step_count} of {self.config.steps}; "
+                                  f"{self.last_path} holds it: resume with resume=True", signal=signum,
+                                  step=self.step_count, checkpoint=self.last_path)
 
     def _stability_due(self, done: int) -> bool:
         return self.monitor is not None and done % self.config.stability_every == 0

@@ -1,0 +1,193 @@
+"""Training that survives its environment: SIGTERM/SIGINT stop cleanly with a checkpoint and a
+resume command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from deqloop.checkpoint import load_checkpoint
+from deqloop.errors import TrainingError, TrainingInterrupted
+from deqloop.train import Trainer, read_metrics, train
+from deqloop.train.interrupt import StopSignals, resume_command
+from test_train import tiny_config, without_timing
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def same_parameters(a: Path, b: Path) -> None:
+    """The checkpoints ``a`` and ``b`` hold identical parameters and optimizer states."""
+    sa, sb = load_checkpoint(a), load_checkpoint(b)
+    assert sa["step"] == sb["step"]
+    assert sa["model"].keys() == sb["model"].keys()
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    for k, v in sa["optimizer"]["state"].items():
+        for name, t in v.items():
+            assert torch.equal(t, sb["optimizer"]["state"][k][name]), (k, name)
+
+
+def same_metrics(a: Path, b: Path) -> None:
+    """The runs in ``a`` and ``b`` logged the same records (timings aside), each step once."""
+    ra = without_timing(list(read_metrics(a / "metrics.jsonl")))  # a torn line would not parse
+    rb = without_timing(list(read_metrics(b / "metrics.jsonl")))
+    assert rb == ra
+    steps = [r["step"] for r in rb if "kind" not in r]
+    assert steps == sorted(set(steps))  # no step twice
+
+
+class SignalledAt(Trainer):
+    """Sends ``signals`` to its own process at the start of step ``at`` (1-based)."""
+
+    def __init__(self, config, at: int, signals: tuple[int, ...]):
+        super().__init__(config)
+        self.at, self.signals = at, signals
+
+    def step(self, step):
+        if step + 1 == self.at:
+            for signum in self.signals:
+                os.kill(os.getpid(), signum)
+        return super().step(step)
+
+
+# -- SIGINT / SIGTERM in the library -------------------------------------------------------------
+
+
+def test_sigint_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_path):
+    steps = dict(steps=16, checkpoint_every=5, eval_every=5)
+    whole = train(tiny_config(tmp_path / "whole", **steps))
+    cut = tiny_config(tmp_path / "cut", **steps)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(TrainingInterrupted) as caught:
+        SignalledAt(cut, at=7, signals=(signal.SIGINT,)).run()
+    e = caught.value
+    last = tmp_path / "cut" / "last.pt"
+    assert str(e) == f"interrupted by SIGINT at step 7 of 16; {last} holds it: resume with resume=True"
+    assert (e.signal, e.step, e.exit_status, e.checkpoint) == (signal.SIGINT, 7, 130, tmp_path / "cut" / "last.pt")
+    assert isinstance(e, TrainingError)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before  # restored
+    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 7  # step 7 finished and saved
+    assert max(r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")) == 7  # its line is written
+
+    result = Trainer(dataclasses.replace(cut, resume=True)).run()
+    assert result.step == 16
+    same_parameters(whole.checkpoint, result.checkpoint)
+    same_metrics(tmp_path / "whole", tmp_path / "cut")
+
+
+def test_a_second_signal_stops_at_once_and_keeps_the_previous_checkpoint(tmp_path):
+    cut = tiny_config(tmp_path, steps=12, checkpoint_every=4, eval_size=0)
+    with pytest.raises(KeyboardInterrupt):  # what SIGINT does without deqloop
+        SignalledAt(cut, at=6, signals=(signal.SIGINT, signal.SIGINT)).run()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
+
+
+def test_training_in_another_thread_installs_no_handlers(tmp_path):
+    seen, results = [], []
+
+    class Watching(Trainer):
+        def step(self, step):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            return super().step(step)
+
+    before = signal.getsignal(signal.SIGTERM)
+    worker = threading.Thread(target=lambda: results.append(Watching(tiny_config(tmp_path, steps=3)).run()))
+    worker.start()
+    worker.join(timeout=60)
+    assert results[0].step == 3
+    assert seen == [before] * 3 and signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stop_signals_restore_the_previous_handlers():
+    def mine(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with StopSignals() as stop:
+            assert signal.getsignal(signal.SIGTERM) == stop._handle
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.signal == signal.SIGTERM
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_resume_command_repeats_the_arguments_with_resume():
+    argv = ["train", "--steps", "9", "--overwrite", "--out", "my runs/a", "--ov", "--no-resume", "--resume"]
+    assert resume_command(argv) == "deqloop train --steps 9 --out 'my runs/a' --resume"
+    assert resume_command(["train", "--recall", "none", "--output-free"]) == \
+        "deqloop train --recall none --output-free --resume"  # only resume/overwrite and their abbreviations go
+
+
+# -- SIGTERM to the command ----------------------------------------------------------------------
+
+SLOW_STEPS = textwrap.dedent(
+    """
+    import os, time
+    from deqloop.train import Trainer
+    _step = Trainer.step
+    def step(self, i):  # slows the steps when asked, so a signal lands mid-run
+        time.sleep(float(os.environ.get("SLOW_STEP_SECONDS", "0")))
+        return _step(self, i)
+    Trainer.step = step
+    """
+)
+
+FLAGS = ("--task prefix_sums --length 6 --min-length 3 --hard-length 12 --width 16 --heads 2 --mlp-ratio 2 "
+         "--attention local --window 3 --loss progressive --depth-offset 1 --steps 30 --warmup-steps 2 "
+         "--batch-size 8 --lr 3e-3 --log-every 1 --checkpoint-every 10 --eval-size 8 --threads 1 --no-progress")
+
+
+def test_sigterm_to_deqloop_train_checkpoints_prints_the_resume_command_and_exits_143(tmp_path):
+    (tmp_path / "slow_steps.py").write_text(SLOW_STEPS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)]), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "cut"
+    argv = ["train", "--import", "slow_steps", *FLAGS.split(), "--out", str(out), "--overwrite"]
+    proc = subprocess.Popen([sys.executable, "-m", "deqloop.cli", *argv], cwd=REPO, text=True,
+                            env={**env, "SLOW_STEP_SECONDS": "0.2"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            metrics = out / "metrics.jsonl"
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            if any(json.loads(line)["step"] > 3 for line in lines[:-1]):  # the last may be half written
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert "trained" not in stdout
+    state = load_checkpoint(out / "last.pt")
+    step = state["step"]
+    assert 3 < step < 30
+    command = resume_command(argv)
+    assert command.endswith(f"--out {out} --resume") and "--overwrite" not in command
+    assert stderr.splitlines()[-1] == (f"deqloop train: interrupted by SIGTERM at step {step} of 30; checkpoint "
+                                       f"{out / 'last.pt'}; resume with: {command}")
+    assert max(r["step"] for r in read_metrics(out / "metrics.jsonl")) == step
+
+    resumed = subprocess.run([sys.executable, "-m", "deqloop.cli", *shlex.split(command)[1:]], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.stdout.startswith("trained 30 steps")
+    whole = train(tiny_config(tmp_path / "whole", steps=30, checkpoint_every=10))  # the same settings
+    whole_config = json.loads((tmp_path / "whole" / "config.json").read_text())
+    assert json.loads((out / "config.json").read_text()) == {**whole_config, "out": str(out), "resume": True}
+    same_parameters(whole.checkpoint, out / "last.pt")
+    same_metrics(tmp_path / "whole", out)
