@@ -1,5 +1,5 @@
 """Training that survives its environment: SIGTERM/SIGINT stop cleanly with a checkpoint and a
-resume command."""
+resume command; a streak of non-finite steps stops the run with the last good checkpoint kept."""
 
 from __future__ import annotations
 
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 from deqloop.checkpoint import load_checkpoint
-from deqloop.errors import TrainingError, TrainingInterrupted
+from deqloop.cli import build_parser
+from deqloop.errors import ConfigError, TrainingError, TrainingInterrupted
 from deqloop.train import Trainer, read_metrics, train
 from deqloop.train.interrupt import StopSignals, resume_command
 from test_train import tiny_config, without_timing
@@ -191,3 +192,40 @@ def test_sigterm_to_deqloop_train_checkpoints_prints_the_resume_command_and_exit
     assert json.loads((out / "config.json").read_text()) == {**whole_config, "out": str(out), "resume": True}
     same_parameters(whole.checkpoint, out / "last.pt")
     same_metrics(tmp_path / "whole", out)
+
+
+# -- the cap on skipped steps --------------------------------------------------------------------
+
+
+def test_a_streak_of_skipped_steps_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=20, checkpoint_every=4, keep_every=4, eval_size=0,
+                                  max_consecutive_skips=4))
+    calls = iter(range(1000))  # the 6th training forward and all after it see NaN embeddings
+    trainer.model.embedding.register_forward_hook(lambda m, i, o: o * float("nan") if next(calls) >= 5 else o)
+    with pytest.raises(TrainingError) as caught:
+        trainer.run()
+    assert str(caught.value) == (f"stopped at step 9: 4 steps in a row skipped (steps 6-9; the last for a non-finite "
+                                 f"loss; max_consecutive_skips=4); {tmp_path / 'last.pt'} keeps the last good "
+                                 "checkpoint (step 4)")
+    state = load_checkpoint(tmp_path / "last.pt")  # step 8 was due, but skipped steps write none
+    assert (state["step"], state["skipped"], state["skipped_in_a_row"]) == (4, 0, 0)
+    kept = load_checkpoint(tmp_path / "step_4.pt")
+    assert all(torch.equal(state["model"][k], v) for k, v in kept["model"].items())
+    assert sorted(p.name for p in tmp_path.glob("step_*.pt")) == ["step_4.pt"]
+    records = list(read_metrics(tmp_path / "metrics.jsonl"))
+    assert [(r["step"], r.get("reason")) for r in records[-4:]] == [(s, "non-finite loss") for s in (6, 7, 8, 9)]
+    assert records[-1]["skipped_total"] == 4
+
+
+def test_the_skip_cap_is_a_validated_runtime_setting_with_a_flag(tmp_path):
+    with pytest.raises(ConfigError, match="max_consecutive_skips must be an integer ≥ 0, got -1"):
+        tiny_config(tmp_path, max_consecutive_skips=-1)
+    assert tiny_config(tmp_path).max_consecutive_skips == 50
+    args = build_parser(["train"]).parse_args(["train", "--max-consecutive-skips", "0"])
+    assert args.max_consecutive_skips == 0
+    # no cap: any streak goes on (and a run may resume with another cap)
+    trainer = Trainer(tiny_config(tmp_path, steps=6, eval_size=0, max_consecutive_skips=0))
+    trainer.model.embedding.register_forward_hook(lambda m, i, o: o * float("nan"))
+    assert trainer.run().skipped == 6
+    resumed = Trainer(tiny_config(tmp_path, steps=6, eval_size=0, max_consecutive_skips=3, resume=True))
+    assert (resumed.step_count, resumed.skipped_in_a_row, resumed.checkpoint_step) == (6, 6, 6)

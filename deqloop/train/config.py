@@ -36,7 +36,8 @@ AMP_MODES = ("auto", "bf16", "none")
 # Fields that describe how a run is executed rather than what it computes: they may differ
 # between a run and its resumption.
 RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger",
-                            "stability_every", "stability_size"})  # the monitor measures, never trains
+                            "stability_every", "stability_size",  # the monitor measures, never trains
+                            "max_consecutive_skips"})  # only decides when a failing run gives up
 
 
 @dataclass
@@ -111,6 +112,9 @@ class TrainConfig:
     schedule: str = setting("decay after warmup: cosine, linear or constant", default="cosine")
     weight_decay: float = setting("AdamW weight decay (not applied to norms and biases)", default=0.01)
     grad_clip: float = setting("clip the gradient norm to this (0: no clipping)", default=1.0)
+    max_consecutive_skips: int = setting("stop with an error after this many steps in a row skipped for a "
+                                         "non-finite loss or gradient; last.pt keeps the last good step "
+                                         "(0: no cap)", default=50)
     # -- evaluation and logging ----------------------------------------------------------------
     eval_every: int = setting("evaluate every N steps (0: only at the end)", default=0)
     eval_size: int = setting("examples per split (val and hard) in the evaluation during training and at its end "
@@ -146,7 +150,8 @@ class TrainConfig:
         self.task_options = self._task.settings() or dict(self.task_options)  # every setting, as plain values
         for name in ("width", "heads", "max_iter", "batch_size", "log_every", "checkpoint_every"):
             integer(name, getattr(self, name))
-        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "seed", "stability_every"):
+        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "seed", "stability_every",
+                     "max_consecutive_skips"):
             integer(name, getattr(self, name), minimum=0)
         if self.eval_every and not self.eval_size:
             raise ConfigError("eval_every needs eval_size > 0")

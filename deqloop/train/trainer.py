@@ -3,8 +3,10 @@
 Everything a step does is a function of ``(seed, step)`` (the batch, a task's curriculum, the
 progressive ``n`` and ``k``); with the optimizer, scheduler and RNG states saved in each
 checkpoint, ``resume=True`` continues a run exactly where it stopped. A step whose loss or
-gradient is not finite is skipped (no update), logged and counted; checkpoints are written
-atomically and never from non-finite parameters. SIGINT or SIGTERM stops the run
+gradient is not finite is skipped (no update), logged and counted, and writes no checkpoint (but
+the last step's); ``max_consecutive_skips`` skipped steps in a row stop the run with a
+:class:`TrainingError`, ``last.pt`` still holding the last checkpoint of a good step. Checkpoints
+are written atomically and never from non-finite parameters. SIGINT or SIGTERM stops the run
 after the step in progress, with a checkpoint of it (:mod:`deqloop.train.interrupt`,
 :class:`TrainingInterrupted`). Under ``torchrun`` the same code trains with
 DistributedDataParallel (the global batch is split across ranks; rank 0 logs and evaluates;
@@ -66,7 +68,8 @@ class Trainer:
     ``Trainer(config).run()`` trains to ``config.steps``; ``step(i)`` runs one step (useful in
     tests). ``task`` replaces the config's task (same settings object kind). Attributes: ``model``
     (the unwrapped :class:`LoopedDEQ`), ``optimizer``, ``scheduler``, ``task``, ``step_count``
-    (completed steps), ``skipped`` (non-finite steps).
+    (completed steps), ``skipped`` (non-finite steps), ``skipped_in_a_row`` (the current streak of
+    them), ``checkpoint_step`` (the step ``last.pt`` holds for this run; ``None`` before the first).
     """
 
     def __init__(self, config: TrainConfig, *, task: Task | None = None):
@@ -99,6 +102,8 @@ class Trainer:
                                world=self.world)
         self.step_count = 0
         self.skipped = 0
+        self.skipped_in_a_row = 0
+        self.checkpoint_step: int | None = None
         self._signals = StopSignals(enabled=False)  # replaced by live handlers while run() runs
         self._agreed_signal = 0  # the stop signal all ranks agreed on at the last step (torchrun)
         self.amp = c.amp == "bf16" or (c.amp == "auto" and self.device.type == "cuda")
@@ -153,6 +158,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "step": self.step_count,
             "skipped": self.skipped,
+            "skipped_in_a_row": self.skipped_in_a_row,
             "rng": runtime.rng_state(),
             "world_size": self.world,
             "eval": self.last_eval,
@@ -175,6 +181,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.step_count = int(state["step"])
         self.skipped = int(state["skipped"])
+        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+        self.checkpoint_step = self.step_count
         self.last_eval = state.get("eval")
         runtime.set_rng_state(state["rng"])
         if self.monitor is not None:
@@ -188,6 +196,8 @@ class Trainer:
             raise TrainingError(f"refusing to checkpoint non-finite parameters ({', '.join(bad[:5])})")
         if self.is_main:
             save_checkpoint(path, self.state_dict())
+        if path == self.last_path:
+            self.checkpoint_step = self.step_count
         return path
 
     # -- the loop --------------------------------------------------------------------------------
@@ -216,9 +226,11 @@ class Trainer:
             reason = "non-finite gradient"
         if reason is None:
             self.optimizer.step()
+            self.skipped_in_a_row = 0
         else:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
+            self.skipped_in_a_row += 1
         with warnings.catch_warnings():  # a skipped first step still advances the schedule
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
             self.scheduler.step()
@@ -241,7 +253,8 @@ class Trainer:
         """Train from the current step to ``config.steps``; returns a :class:`TrainResult`.
 
         Raises :class:`TrainingInterrupted` after a SIGINT or SIGTERM (handled while this runs, in
-        the main thread; the previous handlers are restored after)."""
+        the main thread; the previous handlers are restored after) and :class:`TrainingError` when
+        ``max_consecutive_skips`` steps in a row are skipped."""
         from tqdm.auto import tqdm
 
         c = self.config
@@ -268,12 +281,15 @@ class Trainer:
                         if "loss" in metrics:
                             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
                                             refresh=False)
+                    if skipped:
+                        self._check_skips(metrics["reason"])
                     if self._stability_due(done) and not skipped:
                         self._write(self.stability())
                     if c.eval_size > 0 and (done == c.steps or (c.eval_every and done % c.eval_every == 0)):
                         self._write(self.evaluate())
-                    saving = done % c.checkpoint_every == 0 or done == c.steps
-                    keeping = bool(c.keep_every) and done % c.keep_every == 0
+                    # A skipped step writes no checkpoint (but the last step): last.pt keeps a good step.
+                    saving = (done % c.checkpoint_every == 0 and not skipped) or done == c.steps
+                    keeping = bool(c.keep_every) and done % c.keep_every == 0 and not skipped
                     if saving:
                         self.save()
                     if keeping:
@@ -321,6 +337,16 @@ class Trainer:
         return record
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_skips(self, reason: str) -> None:
+        """Stop with a :class:`TrainingError` when ``max_consecutive_skips`` steps in a row were skipped."""
+        cap, streak, done = self.config.max_consecutive_skips, self.skipped_in_a_row, self.step_count
+        if not cap or streak < cap:
+            return
+        kept = (f"{self.last_path} keeps the last good checkpoint (step {self.checkpoint_step})"
+                if self.checkpoint_step is not None else "no checkpoint of this run was written")
+        raise TrainingError(f"stopped at step {done}: {streak} steps in a row skipped (steps {done - streak + 1}-"
+                            f"{done}; the last for a {reason}; max_consecutive_skips={cap}); {kept}")
 
     def _interrupted(self, signum: int, *, saved: bool) -> None:
         """Checkpoint the completed step (unless just done) and raise :class:`TrainingInterrupted`."""
