@@ -1,9 +1,8 @@
 """Trainer: config validation, data as a function of (seed, step), both loss regimes, NaN skips,
-atomic checkpoints, exact resume after SIGKILL."""
+atomic checkpoints (exact resume after signals and SIGKILL: tests/test_train_interrupt.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -413,59 +412,6 @@ def test_a_crash_in_the_middle_of_writing_leaves_the_previous_checkpoint(tmp_pat
     assert proc.returncode == -signal.SIGKILL
     state = load_checkpoint(path)
     assert state["step"] == 1 and torch.equal(state["model"]["w"], torch.ones(3))
-
-
-# -- exact resume after SIGKILL ------------------------------------------------------------------
-
-KILLED_RUN = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    from deqloop.train import TrainConfig, Trainer
-    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
-    kill_at = int(sys.argv[2])
-
-    class Doomed(Trainer):
-        def step(self, step):
-            if step == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return super().step(step)
-
-    Doomed(config).run()
-    """
-)
-
-
-@pytest.mark.parametrize("loss", ["progressive", pytest.param("equilibrium", marks=pytest.mark.slow)])
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, loss):
-    extra = dict(alpha=0.5) if loss == "progressive" else dict(depth_offset=None, backward="implicit", max_iter=5)
-    steps = dict(steps=14, checkpoint_every=5, eval_every=5, loss=loss, **extra)
-    whole = train(tiny_config(tmp_path / "whole", **steps))
-
-    interrupted = tiny_config(tmp_path / "cut", **steps)
-    script = tmp_path / "killed.py"
-    script.write_text(KILLED_RUN)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(script), json.dumps(interrupted.to_dict()), "8"], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == -signal.SIGKILL, proc.stderr
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 5
-    cut_lines = list(read_metrics(tmp_path / "cut" / "metrics.jsonl"))
-    assert max(r["step"] for r in cut_lines) == 8  # steps 6-8 were logged, then lost
-
-    resumed = Trainer(dataclasses.replace(interrupted, resume=True))
-    assert resumed.step_count == 5
-    result = resumed.run()
-    assert result.step == whole.step == 14
-    a, b = load_checkpoint(whole.checkpoint), load_checkpoint(result.checkpoint)
-    assert a["model"].keys() == b["model"].keys()
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for k, v in a["optimizer"]["state"].items():
-        for name, t in v.items():
-            assert torch.equal(t, b["optimizer"]["state"][k][name]), (k, name)
-    whole_lines = without_timing(list(read_metrics(tmp_path / "whole" / "metrics.jsonl")))
-    resumed_lines = without_timing(list(read_metrics(tmp_path / "cut" / "metrics.jsonl")))
-    assert resumed_lines == whole_lines
 
 
 def test_implicit_training_warns_once_when_forward_solves_do_not_converge(tmp_path, caplog):

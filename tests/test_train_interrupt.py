@@ -1,5 +1,7 @@
 """Training that survives its environment: SIGTERM/SIGINT stop cleanly with a checkpoint and a
-resume command; a streak of non-finite steps stops the run with the last good checkpoint kept."""
+resume command; SIGKILL at any point (a step, a checkpoint write, the evaluation, a metrics
+append) loses nothing that resuming cannot redo exactly; a streak of non-finite steps stops the
+run with the last good checkpoint kept."""
 
 from __future__ import annotations
 
@@ -229,3 +231,106 @@ def test_the_skip_cap_is_a_validated_runtime_setting_with_a_flag(tmp_path):
     assert trainer.run().skipped == 6
     resumed = Trainer(tiny_config(tmp_path, steps=6, eval_size=0, max_consecutive_skips=3, resume=True))
     assert (resumed.step_count, resumed.skipped_in_a_row, resumed.checkpoint_step) == (6, 6, 6)
+
+
+# -- SIGKILL anywhere, then --resume -------------------------------------------------------------
+
+KILLED_RUN = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    import torch
+    from deqloop.train import TrainConfig, Trainer
+    from deqloop.train import trainer as trainer_module
+    from deqloop.train.metrics import MetricsLog
+
+    config = TrainConfig.from_dict(json.loads(sys.argv[1]))
+    point, kill_at = sys.argv[2], int(sys.argv[3])  # where, and in which step (1-based)
+
+    def die():
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    class Doomed(Trainer):
+        def step(self, step):
+            if point == "step start" and step + 1 == kill_at:
+                die()
+            return super().step(step)
+
+    doomed = Doomed(config)
+    if point == "mid-step":  # parameters updated in memory, the step not yet counted
+        update = doomed.optimizer.step
+        def update_then_die(*a, **k):
+            update(*a, **k)
+            if doomed.step_count + 1 == kill_at:
+                die()
+        doomed.optimizer.step = update_then_die
+    elif point == "checkpoint write":  # part of the bytes in the temporary file
+        save = torch.save
+        def torn_save(obj, f, *a, **k):
+            if isinstance(obj, dict) and obj.get("step") == kill_at:
+                f.write(b"torn"); f.flush(); die()
+            return save(obj, f, *a, **k)
+        torch.save = torn_save
+    elif point == "evaluation":  # val accuracy measured, hard not yet
+        accuracy = trainer_module.accuracy_by_iterations
+        calls = []
+        def accuracy_then_die(*a, **k):
+            if doomed.step_count == kill_at:
+                calls.append(1)
+                if len(calls) == 2:
+                    die()
+            return accuracy(*a, **k)
+        trainer_module.accuracy_by_iterations = accuracy_then_die
+    elif point == "metrics append":  # half a line in metrics.jsonl
+        write = MetricsLog.write
+        def torn_write(self, record):
+            if record.get("step") == kill_at and "loss" in record:
+                with open(self.path, "a") as f:
+                    line = json.dumps(record)
+                    f.write(line[: len(line) // 2])
+                die()
+            return write(self, record)
+        MetricsLog.write = torn_write
+    doomed.run()
+    """
+)
+
+POINTS = {"step start": 8, "mid-step": 8, "checkpoint write": 10, "evaluation": 10, "metrics append": 8}
+
+
+@pytest.mark.parametrize(
+    "point, loss",
+    [("step start", "progressive"), pytest.param("step start", "equilibrium", marks=pytest.mark.slow),
+     ("checkpoint write", "progressive"), ("metrics append", "progressive")]
+    + [pytest.param(p, "progressive", marks=pytest.mark.slow) for p in ("mid-step", "evaluation")],
+)
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, point, loss):
+    extra = dict(alpha=0.5) if loss == "progressive" else dict(depth_offset=None, backward="implicit", max_iter=5)
+    steps = dict(steps=14, checkpoint_every=5, eval_every=5, loss=loss, **extra)
+    whole = train(tiny_config(tmp_path / "whole", **steps))
+
+    interrupted = tiny_config(tmp_path / "cut", **steps)
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_RUN)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    kill_at = POINTS[point]
+    proc = subprocess.run([sys.executable, str(script), json.dumps(interrupted.to_dict()), point, str(kill_at)],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    cut = tmp_path / "cut"
+    assert load_checkpoint(cut / "last.pt")["step"] == 5
+    lines = (cut / "metrics.jsonl").read_text().splitlines()
+    logged = kill_at - (point in ("step start", "mid-step", "metrics append"))
+    assert json.loads(lines[-1 - (point == "metrics append")])["step"] == logged  # logged, then lost
+    if point == "metrics append":
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(lines[-1])
+    torn = list(cut.glob(".last.pt.*.tmp"))
+    assert len(torn) == (point == "checkpoint write")
+
+    resumed = Trainer(dataclasses.replace(interrupted, resume=True))
+    assert resumed.step_count == 5
+    assert not list(cut.glob(".*.tmp"))  # the torn temporary file is gone
+    result = resumed.run()
+    assert result.step == whole.step == 14
+    same_parameters(whole.checkpoint, result.checkpoint)
+    same_metrics(tmp_path / "whole", cut)

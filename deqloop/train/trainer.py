@@ -137,6 +137,8 @@ class Trainer:
             if not c.resume:
                 for old in self.out.glob("step_*.pt"):
                     old.unlink()
+            for torn in self.out.glob(".*.pt.*.tmp"):  # left by a process killed while saving
+                torn.unlink()
             (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
             if c.logger != "jsonl":
                 from deqloop.train.tracking import make_tracker
