@@ -78,17 +78,20 @@ class Run:
 
 
 def _check_task(path: Path, task: Any, model: LoopedDEQ) -> None:
-    """A task given to :meth:`Run.load` must fit the stored model: a :class:`Task` with the
-    model's vocabulary, classes and number of grid axes (grid sizes may differ)."""
+    """A task given to :meth:`Run.load` must fit the stored model: a :class:`Task` whose token ids
+    and classes the model has (its vocabulary and classes may be larger) and with the model's
+    number of grid axes (grid sizes may differ)."""
     if not isinstance(task, Task):
         raise ConfigError(f"task must be a deqloop.tasks.Task, got {type(task).__name__}")
     arch = model.arch
-    for name, want, got in (("vocab_size", arch.vocab_size, task.vocab_size),
-                            ("num_classes", arch.num_classes, task.num_classes),
-                            ("grid axes", len(arch.grid), len(tuple(task.grid)))):
-        if want != got:
-            raise ConfigError(f"task {task.name or type(task).__name__!r} has {name} {got}; the model of {path} "
-                              f"has {want}: it was trained on another task")
+    for name, have, need in (("vocab_size", arch.vocab_size, task.vocab_size),
+                             ("num_classes", arch.num_classes, task.num_classes)):
+        if need > have:
+            raise ConfigError(f"task {task.name or type(task).__name__!r} has {name} {need}; the model of {path} "
+                              f"has {have}: it was trained on another task")
+    if len(tuple(task.grid)) != len(arch.grid):
+        raise ConfigError(f"task {task.name or type(task).__name__!r} has {len(tuple(task.grid))} grid axis(es); "
+                          f"the model of {path} has {len(arch.grid)}: it was trained on another task")
 
 
 def _import_task(name: str | None, spec: str | None) -> None:
