@@ -36,7 +36,8 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from deqloop.errors import ConfigError, DeqloopError
-from deqloop.solvers import BackwardStats, Picard, Solution, solve
+from deqloop import inputs
+from deqloop.solvers import BackwardStats, Picard, Solution, solve, solve_unchecked
 from deqloop.solvers.loop import run_solver
 from deqloop.validate import choice, integer, known_keys, number
 
@@ -61,12 +62,14 @@ class Backward:
     name: ClassVar[str] = ""
 
     def solve(self, f: Map, z0: torch.Tensor, *, method: str | None, options: dict[str, Any],
-              **solve_kw: Any) -> tuple[torch.Tensor, Solution]:
+              check: bool = True, **solve_kw: Any) -> tuple[torch.Tensor, Solution]:
         """Run the forward solve with ``method`` and its ``options`` (``solve_kw``: the other arguments
         of :func:`deqloop.solve`) and attach the gradient. Under ``torch.no_grad()`` the detached
-        fixed point is returned without building a graph.
+        fixed point is returned without building a graph. ``check=False`` skips the entry check that
+        ``z0`` is finite (for a caller that validated it already, saving a host synchronisation).
         """
-        sol = solve(f, z0, method or "anderson", **solve_kw, **self._forward_kw(), **options)
+        run = solve if check else solve_unchecked
+        sol = run(f, z0, method or "anderson", **solve_kw, **self._forward_kw(), **options)
         z_star = sol.z.detach()
         if not torch.is_grad_enabled():
             return z_star, sol
@@ -165,11 +168,14 @@ class Unrolled(Backward):
     name: ClassVar[str] = "unrolled"
 
     def solve(self, f: Map, z0: torch.Tensor, *, method: str | None, options: dict[str, Any],
-              **solve_kw: Any) -> tuple[torch.Tensor, Solution]:
+              check: bool = True, **solve_kw: Any) -> tuple[torch.Tensor, Solution]:
         if method not in (None, "picard"):
             raise ConfigError(f"backward='unrolled' backpropagates through naive iteration; it cannot run "
                               f"method={method!r} (leave the method unset or use 'picard')")
         throw = solve_kw.pop("throw", False)
+        inputs.callable_map("f", f)
+        if check:
+            inputs.finite("z0", inputs.state("z0", z0))
         solver = Picard.from_options("picard", options)
         sol = run_solver(f, z0, solver, method="picard", differentiable=torch.is_grad_enabled(), keep="last",
                          return_image=True, **solve_kw)
@@ -246,8 +252,8 @@ class Implicit(Backward):
             (jtg,) = torch.autograd.grad(fz, z_in, g, retain_graph=True)
             return jtg + v
 
-        bsol = solve(adjoint, v.detach(), self.method, rtol=self.rtol, atol=self.atol, max_iter=self.max_iter,
-                     check_every=self.check_every, **self.solver_options)
+        bsol = solve_unchecked(adjoint, v.detach(), self.method, rtol=self.rtol, atol=self.atol,
+                               max_iter=self.max_iter, check_every=self.check_every, **self.solver_options)
         stats.record(bsol)
         if self.callback is not None:
             self.callback(stats)

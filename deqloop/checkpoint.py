@@ -77,7 +77,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     Raises :class:`CheckpointError` (one line, naming the file) when the file does not exist, is
     not a checkpoint, or lacks ``"model_config"`` / ``"model"``.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"path must be a checkpoint file path (str or os.PathLike), got {type(path).__name__}")
     path = Path(path)
+    if path.is_dir():
+        hint = " (it holds last.pt: pass that)" if (path / "last.pt").is_file() else ""
+        raise CheckpointError(f"path {str(path)!r} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
     try:
@@ -91,9 +96,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(map(repr, missing))}")
     version = state.get("format", 1)
-    if not isinstance(version, int) or version > FORMAT:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CheckpointError(f"{path}: checkpoint format {version!r} is not one deqloop wrote; allowed: 1 to {FORMAT}")
+    if version > FORMAT:
         raise CheckpointError(f"{path}: checkpoint format {version!r} is newer than this deqloop reads ({FORMAT}); "
                               "upgrade deqloop")
+    for key in REQUIRED_KEYS:
+        if not isinstance(state[key], dict):
+            raise CheckpointError(f"{path}: checkpoint {key!r} must be a dict, got {type(state[key]).__name__}")
     return state
 
 
@@ -107,7 +117,27 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu", *, st
     try:
         config = LoopedDEQConfig.from_dict(state["model_config"]).replace(compile=False)
         model = LoopedDEQ(config)
+        mismatch = _mismatch(model.state_dict(), state["model"])
+        if mismatch:
+            raise CheckpointError(f"{path}: its weights are not those of its stored model config (another model's?): "
+                                  f"{mismatch}")
         model.load_state_dict(state["model"])
+    except CheckpointError:
+        raise
     except (DeqloopError, RuntimeError, TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: the stored model does not load ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     return model.eval()
+
+
+def _mismatch(expected: dict[str, Any], given: dict[str, Any]) -> str:
+    """What differs between a model's state dict and a stored one ('' when they fit)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    shapes = [f"{k} {tuple(given[k].shape)} != {tuple(expected[k].shape)}" for k in expected
+              if k in given and isinstance(given[k], torch.Tensor) and given[k].shape != expected[k].shape]
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)):
+        if items:
+            more = f" and {len(items) - 3} more" if len(items) > 3 else ""
+            parts.append(f"{label}: {', '.join(items[:3])}{more}")
+    return "; ".join(parts)

@@ -42,6 +42,10 @@ def fixed_point(
     the unrolled mode always iterates plainly). ``backward`` is a :class:`~deqloop.adjoint.Backward`
     or a name with ``backward_options``. Under ``torch.no_grad()`` every mode returns the
     detached fixed point without building a graph.
+
+    Bad input raises :class:`~deqloop.errors.InputError` naming the argument, as for
+    :func:`deqloop.solve` (``f`` not callable or returning another shape or dtype than ``z0``;
+    ``z0`` not a floating-point ``(B, ...)`` tensor with ``B ≥ 1`` and finite entries).
     """
     adjoint = as_backward(backward, backward_options)
     return adjoint.solve(f, z0, method=method, options=options, rtol=rtol, atol=atol, max_iter=max_iter,

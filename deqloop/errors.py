@@ -4,11 +4,19 @@ Every error deqloop raises on purpose for bad input derives from :class:`Deqloop
 command line can print it as one line while any other exception (a bug) keeps its traceback.
 The config errors also derive from the built-in type a Python user would expect
 (``ValueError`` for a bad value, ``TypeError`` for an unknown keyword).
+
+* :class:`ConfigError` — a setting (a config field, an option, a keyword) is impossible.
+* :class:`InputError` — an argument handed to a function (token ids, a state ``z0``, the map
+  ``f``, a tensor) has the wrong rank, shape, dtype, range, device or non-finite values; the
+  message names the argument, the bad value and what is allowed. :class:`InputTypeError` is the
+  one for a wrong type or dtype (also a ``TypeError``).
+* :class:`TrainingError` — a run cannot start or continue.
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConfigKeyError", "DeqloopError", "TrainingError", "TrainingInterrupted"]
+__all__ = ["ConfigError", "ConfigKeyError", "DeqloopError", "InputError", "InputTypeError", "TrainingError",
+           "TrainingInterrupted"]
 
 
 class DeqloopError(Exception):
@@ -21,6 +29,15 @@ class ConfigError(DeqloopError, ValueError):
 
 class ConfigKeyError(ConfigError, TypeError):
     """A config, option dict or call got a key it does not know; the message lists the allowed ones."""
+
+
+class InputError(DeqloopError, ValueError):
+    """An argument (a tensor, a callable) is unusable: wrong rank, shape, dtype, range, device,
+    an empty batch or non-finite values. The message names the argument and what is allowed."""
+
+
+class InputTypeError(InputError, TypeError):
+    """An argument has the wrong type or dtype (e.g. float token ids, an integer state)."""
 
 
 class TrainingError(DeqloopError, RuntimeError):

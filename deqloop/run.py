@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from deqloop.checkpoint import CheckpointError, load_checkpoint, load_model
-from deqloop.errors import DeqloopError
+from deqloop.errors import ConfigError, DeqloopError
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_names
 from deqloop.train.config import TrainConfig
@@ -62,6 +62,8 @@ class Run:
                 raise CheckpointError(f"{path}: its training config no longer builds: {e}") from e
         if task is None and config is not None:
             task = config.build_task()
+        elif task is not None:
+            _check_task(path, task, model)
         return cls(path=path, model=model, config=config, task=task, state=state)
 
     @property
@@ -73,6 +75,23 @@ class Run:
         if self.task is None:
             raise CheckpointError(f"{self.path} has no training config, so no task: name one explicitly")
         return self.task
+
+
+def _check_task(path: Path, task: Any, model: LoopedDEQ) -> None:
+    """A task given to :meth:`Run.load` must fit the stored model: a :class:`Task` whose token ids
+    and classes the model has (its vocabulary and classes may be larger) and with the model's
+    number of grid axes (grid sizes may differ)."""
+    if not isinstance(task, Task):
+        raise ConfigError(f"task must be a deqloop.tasks.Task, got {type(task).__name__}")
+    arch = model.arch
+    for name, have, need in (("vocab_size", arch.vocab_size, task.vocab_size),
+                             ("num_classes", arch.num_classes, task.num_classes)):
+        if need > have:
+            raise ConfigError(f"task {task.name or type(task).__name__!r} has {name} {need}; the model of {path} "
+                              f"has {have}: it was trained on another task")
+    if len(tuple(task.grid)) != len(arch.grid):
+        raise ConfigError(f"task {task.name or type(task).__name__!r} has {len(tuple(task.grid))} grid axis(es); "
+                          f"the model of {path} has {len(arch.grid)}: it was trained on another task")
 
 
 def _import_task(name: str | None, spec: str | None) -> None:

@@ -26,10 +26,11 @@ def quoted(values: Iterable[Any]) -> str:
 
 
 def integer(name: str, value: Any, minimum: int = 1) -> int:
-    """``value`` if it is an int (not a bool) ≥ ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    """``int(value)`` if it is an integer (``int`` or another ``numbers.Integral``, not a bool)
+    ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ConfigError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 def number(name: str, value: Any, *, low: float | None = None, high: float | None = None,

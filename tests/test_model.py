@@ -12,7 +12,7 @@ import torch
 
 from deqloop import LoopedDEQ, LoopOutput
 from deqloop.equilibrium import BackwardWarning
-from deqloop.errors import ConfigError, ConfigKeyError
+from deqloop.errors import ConfigError, ConfigKeyError, InputError
 from deqloop.model import BACKWARDS, NORMS, RECALLS, SOLVE_SETTINGS, LoopedDEQConfig
 from deqloop.solvers import BatchedMap, solve
 
@@ -323,9 +323,9 @@ def test_building_from_an_architecture_with_solve_settings():
 def test_embed_rejects_non_integer_token_ids():
     model = tiny()
     for dtype in (torch.bool, torch.float32, torch.complex64):
-        with pytest.raises(ConfigError, match="integer"):
+        with pytest.raises(InputError, match="integer"):
             model.embed(torch.zeros(2, 6, dtype=dtype))
-    with pytest.raises(ConfigError):
+    with pytest.raises(InputError):
         model.embed(torch.zeros(2, 6, 1, dtype=torch.long))
 
 
@@ -333,8 +333,8 @@ def test_trajectory_of_zero_iterations_is_empty_and_negative_is_an_error():
     model = tiny()
     x = torch.randint(0, 5, (2, 6))
     assert list(model.trajectory(x, 0)) == []
-    with pytest.raises(ConfigError):
-        list(model.trajectory(x, -1))
+    with pytest.raises(InputError, match="iters"):
+        model.trajectory(x, -1)
 
 
 def test_forward_passes_atol_and_throw_to_the_solver():

@@ -8,7 +8,7 @@ import itertools
 import pytest
 import torch
 
-from deqloop.errors import ConfigError, ConfigKeyError
+from deqloop.errors import ConfigError, ConfigKeyError, InputError
 from deqloop.model import NORMS, RECALLS, LoopedDEQ, LoopedDEQConfig
 from deqloop.model.attention import Attention, local_mask
 from deqloop.model.norm import RMSNorm
@@ -244,9 +244,9 @@ def test_embed_rejects_wrong_rank_and_float_tokens():
     model = tiny(grid=(3, 4))
     with pytest.raises(ValueError, match="2 grid axis"):
         model.embed(torch.zeros(2, 12, dtype=torch.long))
-    with pytest.raises(ConfigError, match="integer"):  # a ValueError, as every config error
+    with pytest.raises(InputError, match="integer"):  # a ValueError (and a TypeError: the dtype)
         model.embed(torch.zeros(2, 3, 4))
-    with pytest.raises(ValueError, match="differ"):
+    with pytest.raises(ValueError, match="must match"):
         e = model.embed(torch.zeros(2, 3, 4, dtype=torch.long))
         model.step(e[:1], e)
 

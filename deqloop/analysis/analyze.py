@@ -35,7 +35,8 @@ from deqloop.analysis.jacobian import (
 from deqloop.analysis.reachability import agreement, count_distinct, relative_spread, solve_from
 from deqloop.analysis.report import StabilityReport, regimes
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions
-from deqloop.errors import ConfigError
+from deqloop import inputs
+from deqloop.errors import ConfigError, InputTypeError
 from deqloop.model import INITS
 from deqloop.validate import choice, integer, known_keys, number, quoted
 
@@ -192,7 +193,8 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
     Args:
         model: the looped model; it is not modified (its attention backend is switched to
             ``"math"`` only while Jacobian graphs are built).
-        x: token ids ``(B, *grid)``.
+        x: token ids ``(B, *grid)`` (checked as by :meth:`LoopedDEQ.embed`: integer ids in
+            ``[0, vocab_size)``, ``B ≥ 1``; bad input raises :class:`~deqloop.errors.InputError`).
         options: an :class:`AnalysisOptions`; keyword arguments override its fields (or build
             one), e.g. ``analyze(model, x, inits=("zeros",), measures=("spectrum",))``.
 
@@ -200,6 +202,11 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
         a :class:`StabilityReport`. All per-example geometry is evaluated at the fixed points
         reached from ``options.inits[0]``.
     """
+    from deqloop.model import LoopedDEQ
+
+    if not isinstance(model, LoopedDEQ):
+        raise InputTypeError(f"model must be a LoopedDEQ, got {type(model).__name__}")
+    inputs.tensor("x", x)
     opts = _options(options, overrides)
     cfg = model.config.solve
     solver = opts.solver or cfg.solver

@@ -13,6 +13,7 @@ the model may override (``model(x, max_iter=500)``).
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,9 @@ class Architecture:
 
     def __post_init__(self) -> None:
         grid = (self.grid,) if isinstance(self.grid, int) else self.grid
+        ok = isinstance(grid, (tuple, list)) and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in grid)
+        if not ok:
+            raise ConfigError(f"grid must be (L,) or (H, W) of positive integer sizes, got {grid!r}")
         self.grid = tuple(int(n) for n in grid)
         if len(self.grid) not in (1, 2) or any(n < 1 for n in self.grid):
             raise ConfigError(f"grid must be (L,) or (H, W) of positive sizes, got {grid!r}")
@@ -93,6 +97,9 @@ class Architecture:
         choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1 or self.window % 2 == 0:
             raise ConfigError(f"window must be an odd positive kernel size, got {self.window!r}")
+        for name in ("qk_norm", "compile"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         number("rope_base", self.rope_base, low=1, low_open=True)
         number("gate_cap", self.gate_cap, low=0, low_open=True)
         if self.gate is not None:
@@ -128,6 +135,8 @@ class SolveSettings:
     def __post_init__(self) -> None:
         choice("init", self.init, INITS)
         integer("max_iter", self.max_iter)
+        if not isinstance(self.throw, bool):
+            raise ConfigError(f"throw must be True or False, got {self.throw!r}")
         for name in ("init_scale", "rtol", "atol"):
             number(name, getattr(self, name), low=0)
         for name in ("solver_options", "backward_options"):

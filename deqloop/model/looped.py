@@ -20,7 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from deqloop.errors import ConfigError
+from deqloop import inputs
+from deqloop.errors import InputError, InputTypeError
 from deqloop.model.attention import check_backend, local_mask
 from deqloop.model.config import (
     INITS,
@@ -32,7 +33,7 @@ from deqloop.model.config import (
 from deqloop.model.layers import Block, Readout
 from deqloop.model.rope import rope_table
 from deqloop.solvers import BatchedMap, Solution
-from deqloop.validate import choice, known_keys
+from deqloop.validate import choice, known_keys, number
 
 __all__ = ["LoopOutput", "LoopedDEQ"]
 
@@ -70,7 +71,15 @@ class LoopedDEQ(nn.Module):
 
     Inputs may have other grid sizes than ``grid`` (the number of grid axes must match): RoPE and
     local attention are relative, so a 1-D model runs on longer sequences and a 2-D model on other
-    board sizes — that is how a looped model extrapolates.
+    board sizes — that is how a looped model extrapolates. The input checks keep it so: they fix
+    the number of grid axes, never their sizes.
+
+    Every public method checks its arguments once at entry and raises
+    :class:`~deqloop.errors.InputError` (``InputTypeError`` for a wrong type or dtype) naming the
+    argument, the bad value and what is allowed: token ids ``x`` must be an integer tensor
+    ``(B, *grid)`` with ``B ≥ 1``, no empty axis, ids in ``[0, vocab_size)`` (one min/max per call,
+    outside the solver's loop) on the model's device; a given ``z0`` must be a finite tensor of
+    the state's shape, dtype and device. ``step`` checks only metadata (no host synchronisation).
 
     ``model.config`` is the validated :class:`LoopedDEQConfig` (``.arch``, ``.solve``);
     ``LoopedDEQ(LoopedDEQConfig.from_dict(config.to_dict()))`` rebuilds the same model.
@@ -98,15 +107,15 @@ class LoopedDEQ(nn.Module):
     # -- the pieces --------------------------------------------------------------------------
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Token ids ``(B, *grid)`` → embedding ``e`` ``(B, *grid, D)``."""
-        ndim = len(self.arch.grid)
-        if x.dim() != ndim + 1:
-            raise ConfigError(
-                f"expected token ids of shape (B, *grid) with {ndim} grid axis(es), like the "
-                f"configured grid {self.arch.grid}; got shape {tuple(x.shape)}"
-            )
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise ConfigError(f"token ids must be an integer tensor, got {x.dtype}")
+        """Token ids ``(B, *grid)`` → embedding ``e`` ``(B, *grid, D)``.
+
+        ``x`` is checked (see the class docstring): integer dtype, ``len(grid)`` grid axes of any
+        size ≥ 1, ``B ≥ 1``, ids in ``[0, vocab_size)``, on the model's device.
+        """
+        weight = self.embedding.weight
+        inputs.token_ids("x", x, vocab_size=self.arch.vocab_size, grid_axes=len(self.arch.grid), device=weight.device)
+        if x.dtype not in (torch.int32, torch.int64):
+            x = x.long()  # nn.Embedding takes int32 or int64 ids
         return self.embedding(x)  # (B, *grid, D)
 
     def initial_state(
@@ -116,13 +125,14 @@ class LoopedDEQ(nn.Module):
         standard deviation ``scale``) or ``"mixed"`` (standard Gaussian entries, each kept with
         probability 1/2, else 0: torchdeq's mixed initialisation)."""
         init = self.config.solve.init if init is None else choice("init", init, INITS)
+        inputs.float_tensor("e", e)
         if init == "embed":
             return e
         if init == "zeros":
             return torch.zeros_like(e)
         if init == "mixed":
             return torch.randn_like(e) * torch.bernoulli(torch.full_like(e, 0.5))
-        scale = self.config.solve.init_scale if scale is None else scale
+        scale = self.config.solve.init_scale if scale is None else number("scale", scale, low=0)
         return scale * torch.randn_like(e)
 
     def step(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -131,8 +141,10 @@ class LoopedDEQ(nn.Module):
         The result has the dtype of ``z`` (under autocast the block computes in lower precision
         while the state stays float32).
         """
+        self._check_state("z", z)
+        self._check_state("e", e)
         if z.shape != e.shape:
-            raise ConfigError(f"state {tuple(z.shape)} and embedding {tuple(e.shape)} differ")
+            raise InputError(f"z has shape {tuple(z.shape)}, the embedding e {tuple(e.shape)}; they must match")
         B, *grid, D = z.shape
         cos, sin, mask = self._geometry(tuple(grid), z.device)
         block = self.block
@@ -149,6 +161,7 @@ class LoopedDEQ(nn.Module):
         The one "iterate the block" loop of the library: training (progressive loss), evaluation
         and :meth:`trajectory` all walk it.
         """
+        steps = inputs.steps("steps", steps)
         for _ in range(steps):
             z = self.step(z, e)
             yield z
@@ -161,7 +174,19 @@ class LoopedDEQ(nn.Module):
 
     def readout(self, z: torch.Tensor) -> torch.Tensor:
         """Per-token logits ``(B, *grid, C)`` of any state ``z`` ``(B, *grid, D)``."""
+        self._check_state("z", z)
         return self.head(z)
+
+    def _check_state(self, name: str, z: Any) -> None:
+        """``z`` is a float ``(B, *grid, D)`` tensor on the model's device (metadata only, no sync)."""
+        inputs.float_tensor(name, z)
+        weight = self.embedding.weight
+        axes, width = len(self.arch.grid), self.arch.width
+        if z.dim() != axes + 2 or z.shape[-1] != width:
+            raise InputError(f"{name} must have shape (B, *grid, {width}) with {axes} grid axis(es); "
+                             f"got shape {tuple(z.shape)}")
+        if z.device != weight.device:
+            raise InputError(f"{name} is on {z.device}, the model on {weight.device}")
 
     def _geometry(
         self, grid: tuple[int, ...], device: torch.device
@@ -188,8 +213,8 @@ class LoopedDEQ(nn.Module):
         e = self.embed(x)  # (B, *grid, D)
         if z0 is None:
             z0 = self.initial_state(e, s.init, scale=s.init_scale)  # (B, *grid, D)
-        elif z0.shape != e.shape:
-            raise ConfigError(f"z0 has shape {tuple(z0.shape)}; the state of these inputs is {tuple(e.shape)}")
+        else:
+            self._check_z0(z0, e)
         z, solution = s.adjoint().solve(
             BatchedMap(self.step, e),  # lets the solver stop evaluating converged examples
             z0,
@@ -199,8 +224,20 @@ class LoopedDEQ(nn.Module):
             atol=s.atol,
             max_iter=s.max_iter,
             throw=s.throw,
+            check=False,  # x and z0 were checked above; the model's own initial states are finite
         )
         return LoopOutput(logits=self.readout(z), z=z, solution=solution)
+
+    def _check_z0(self, z0: Any, e: torch.Tensor) -> None:
+        """A given initial state: of the state's shape, dtype and device, and finite (one sync)."""
+        inputs.float_tensor("z0", z0)
+        if z0.shape != e.shape:
+            raise InputError(f"z0 has shape {tuple(z0.shape)}; the state of these inputs is {tuple(e.shape)}")
+        if z0.dtype != e.dtype:
+            raise InputTypeError(f"z0 has dtype {z0.dtype}; the model's state is {e.dtype}")
+        if z0.device != e.device:
+            raise InputError(f"z0 is on {z0.device}, the model on {e.device}")
+        inputs.finite("z0", z0)
 
     def trajectory(
         self, x: torch.Tensor, iters: int | None = None, *, init: str | None = None
@@ -208,13 +245,15 @@ class LoopedDEQ(nn.Module):
         """Yield ``(t, logits)`` after each of ``iters`` plain iterations ``z ← f(z; e)``.
 
         No gradients are kept, so memory does not grow with ``iters`` (default: ``max_iter``).
+        The arguments are checked when it is called, before the first iteration is asked for.
         """
-        iters = self.config.solve.max_iter if iters is None else int(iters)
-        if iters < 0:
-            raise ConfigError(f"iters must be >= 0, got {iters}")
+        iters = self.config.solve.max_iter if iters is None else inputs.steps("iters", iters)
         with torch.no_grad():
             e = self.embed(x)
             states = self.iterates(self.initial_state(e, init), e, iters)
+        return self._walk(states, iters)
+
+    def _walk(self, states: Iterator[torch.Tensor], iters: int) -> Iterator[tuple[int, torch.Tensor]]:
         for t in range(1, iters + 1):
             # Grad mode is entered per iteration, not around the loop: a generator suspended
             # inside ``no_grad`` would leak the mode into the caller's code between yields.

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from deqloop import inputs
+from deqloop.errors import ConfigError
 from deqloop.solvers.anderson import Anderson
 from deqloop.solvers.base import BatchedMap, Solver, SubsettableMap
 from deqloop.solvers.broyden import Broyden
@@ -72,7 +74,7 @@ def available_solvers() -> list[str]:
 
 def get_solver(method: str, **options: Any) -> Solver | SolveFn:
     if not isinstance(method, str) or method not in _REGISTRY:
-        raise ValueError(f"unknown solver method {method!r}; known: {', '.join(available_solvers())}")
+        raise ConfigError(f"unknown solver method {method!r}; known: {', '.join(available_solvers())}")
     entry = _REGISTRY[method]
     if isinstance(entry, type):
         return entry.from_options(method, options)
@@ -124,7 +126,39 @@ def solve(
             method (not a registered function such as the torchdeq adapters).
         **options: method options (``damping`` for picard; ``m``, ``ridge``, ``beta`` for
             anderson; ``m`` for broyden). Unknown options are an error.
+
+    Bad input raises :class:`~deqloop.errors.InputError` naming the argument: ``f`` not callable,
+    ``z0`` not a floating-point tensor, without a sample, or with NaN/Inf entries (checked once
+    here: one host synchronisation), ``f`` returning another shape or dtype than its input.
+    A map that produces NaN/Inf during the solve is not an error: those samples end with status
+    ``NONFINITE``.
     """
+    inputs.callable_map("f", f)
+    inputs.finite("z0", inputs.state("z0", z0))
+    return solve_unchecked(f, z0, method, rtol=rtol, atol=atol, max_iter=max_iter, throw=throw,
+                           check_every=check_every, divergence=divergence, trace=trace, keep=keep,
+                           return_image=return_image, **options)
+
+
+def solve_unchecked(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    method: str = "anderson",
+    *,
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+    max_iter: int = 50,
+    throw: bool = False,
+    check_every: int | None = None,
+    divergence: float = 1e4,
+    trace: bool = False,
+    keep: str = "best",
+    return_image: bool = False,
+    **options: Any,
+) -> Solution:
+    """:func:`solve` without the entry checks of ``z0``'s values (no host synchronisation): for
+    the library's own solves of states it computed, e.g. the implicit backward solve, whose
+    non-finite cotangent must end as a ``NONFINITE`` status, not an error."""
     solver = get_solver(method, **options)
     if isinstance(solver, Solver):
         sol = run_solver(f, z0, solver, method=method, rtol=rtol, atol=atol, max_iter=max_iter,

@@ -17,6 +17,8 @@ from typing import Callable
 
 import torch
 
+from deqloop import inputs
+from deqloop.errors import InputError, InputTypeError
 from deqloop.solvers.base import Solver
 from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual_norms
 from deqloop.validate import integer, number
@@ -33,20 +35,30 @@ def default_check_every(device: torch.device) -> int:
 
 
 def validate_common(z0: torch.Tensor, rtol: float, atol: float, max_iter: int) -> tuple[float, float, int]:
-    if not isinstance(z0, torch.Tensor):
-        raise TypeError(f"z0 must be a torch.Tensor, got {type(z0).__name__}")
-    if z0.dim() < 1 or z0.shape[0] == 0:
-        raise ValueError(f"z0 must be batch-first with at least one sample, got shape {tuple(z0.shape)}")
-    if not z0.is_floating_point():
-        raise TypeError(f"z0 must be a floating-point tensor, got dtype {z0.dtype}")
+    """Check ``z0``'s metadata (a float tensor, batch-first, B ≥ 1) and the tolerances; no sync.
+    Whether ``z0`` is finite is checked once by the public entry points, not here."""
+    inputs.state("z0", z0)
     rtol = number("rtol", rtol, low=0)
     atol = number("atol", atol, low=0)
     max_iter = integer("max_iter", max_iter)
     return rtol, atol, max_iter
 
 
+def check_image(z: torch.Tensor, out: object, dtype: torch.dtype) -> torch.Tensor:
+    """``out = f(z)`` if it is a tensor of ``z``'s shape and of dtype ``dtype`` (metadata only,
+    no host synchronisation: cheap enough for every evaluation)."""
+    if not isinstance(out, torch.Tensor):
+        raise InputTypeError(f"f must return a tensor of the shape of its input {tuple(z.shape)}, got {type(out).__name__}")
+    if out.shape != z.shape:
+        raise InputError(f"f must return a tensor of the shape of its input {tuple(z.shape)}, got {tuple(out.shape)}")
+    if out.dtype != dtype:
+        raise InputTypeError(f"f must return the dtype of z0 ({dtype}), got {out.dtype}; cast inside f if a "
+                             "different precision is meant")
+    return out
+
+
 class _Evaluator:
-    """Calls ``f`` on the active rows, counting calls, checking shape and casting dtype."""
+    """Calls ``f`` on the active rows, counting calls and checking its output's shape and dtype."""
 
     def __init__(self, f: Map, z0: torch.Tensor):
         self.f = f
@@ -63,13 +75,10 @@ class _Evaluator:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         z = x.view(x.shape[0], *self.shape[1:])
-        out = self.f_active(z)
-        if not isinstance(out, torch.Tensor) or out.shape != z.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"f must return a tensor of the shape of its input {tuple(z.shape)}, got {got}")
+        out = check_image(z, self.f_active(z), self.dtype)
         self.nfe += 1
         self.sample_evals += x.shape[0]
-        return out.reshape(x.shape[0], -1).to(self.dtype)
+        return out.reshape(x.shape[0], -1)
 
 
 def run_solver(

@@ -14,7 +14,7 @@ import torch
 
 from deqloop.validate import known_keys
 
-from deqloop.solvers.loop import validate_common
+from deqloop.solvers.loop import check_image, validate_common
 from deqloop.solvers.solution import Solution, SolverStatus
 
 TORCHDEQ_METHODS = ("anderson", "broyden", "fixed_point_iter")
@@ -43,7 +43,7 @@ def make_torchdeq_solver(name: str) -> Callable[..., Solution]:
 
         def counted(z: torch.Tensor) -> torch.Tensor:
             calls[0] += 1
-            return f(z)
+            return check_image(z, f(z), z0.dtype)
 
         with torch.no_grad():
             z, _, info = get_solver(name)(counted, z0.detach(), max_iter=max_iter, tol=tol, stop_mode=stop_mode, **options)

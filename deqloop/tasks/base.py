@@ -37,7 +37,7 @@ from deqloop import seeds
 from deqloop.errors import ConfigError
 from deqloop.validate import choice, integer, known_keys
 
-__all__ = ["BANDS", "DEFAULT_TASK", "Band", "Task", "as_predictions", "check_band", "check_count", "get_task", "register_task",
+__all__ = ["BANDS", "DEFAULT_TASK", "Band", "Task", "as_predictions", "check_band", "check_count", "check_seed", "get_task", "register_task",
            "task_class", "task_names", "task_spec"]
 
 Band = Literal["train", "val", "hard"]
@@ -52,6 +52,11 @@ def check_band(band: str) -> str:
 
 def check_count(n: int, what: str = "n") -> int:
     return integer(what, n, minimum=0)
+
+
+def check_seed(seed: int, what: str = "seed") -> int:
+    """A seed: an integer ≥ 0 (any size; seeds are hashed by :mod:`deqloop.seeds`)."""
+    return integer(what, seed, minimum=0)
 
 
 def as_predictions(out: Tensor, y: Tensor) -> Tensor:
@@ -87,7 +92,10 @@ class Task:
     grid: tuple[int, ...]
 
     def make(self, split: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-        """``(x, y)`` LongTensors of shape ``(n, *grid)`` for a split in :data:`BANDS`."""
+        """``(x, y)`` LongTensors of shape ``(n, *grid)`` for a split in :data:`BANDS`.
+
+        A task checks its arguments with :func:`check_band`, :func:`check_count` and
+        :func:`check_seed` (each a :class:`~deqloop.errors.ConfigError` naming the argument)."""
         raise NotImplementedError
 
     def correct(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:

@@ -27,7 +27,7 @@ from torch import Tensor
 
 from deqloop import seeds
 from deqloop.errors import ConfigError
-from deqloop.tasks.base import Task, check_band, check_count
+from deqloop.tasks.base import Task, check_band, check_count, check_seed
 from deqloop.tasks.chess_data import (
     GRID,
     LICHESS_COLUMNS,
@@ -212,6 +212,7 @@ class Chess(Task):
     def make(self, band: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         check_band(band)
         check_count(n)
+        check_seed(seed)
         if self.data is None:
             pieces = self.hard_pieces if band == "hard" else self.train_pieces
             x, y = _generate_cached(n, pieces, seed, _STREAMS[band])

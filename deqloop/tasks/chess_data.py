@@ -31,7 +31,8 @@ from torch import Tensor
 
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import check_count
-from deqloop.tasks.io import LoadSummary, Rows, iter_lines
+from deqloop.tasks.io import check_file, LoadSummary, Rows, iter_lines
+from deqloop.validate import integer
 
 __all__ = ["ChessMeta", "GRID", "LICHESS_COLUMNS", "NUM_CLASSES", "VOCAB_SIZE", "decode", "encode",
            "generate_mate_in_one", "load_lichess"]
@@ -245,6 +246,10 @@ def load_lichess(
     """
     if limit is not None:
         check_count(limit, "limit")
+    for name, value in (("min_rating", min_rating), ("max_rating", max_rating), ("shuffle_seed", shuffle_seed)):
+        if value is not None:
+            integer(name, value, minimum=0)
+    check_file(path)
     rows = Rows(path, on_error)
     candidates: Iterator[_Row] | list[_Row] = _rows(path, rows, min_rating, max_rating)
     if shuffle_seed is not None:

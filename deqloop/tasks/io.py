@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from deqloop.errors import DeqloopError
+from deqloop.errors import ConfigError, DeqloopError
 from deqloop.validate import choice
 
-__all__ = ["ON_ERROR", "DataError", "LoadSummary", "Rows", "check_on_error", "iter_lines", "shared_data_dir"]
+__all__ = ["ON_ERROR", "DataError", "LoadSummary", "Rows", "check_file", "check_on_error", "iter_lines", "shared_data_dir"]
 
 log = logging.getLogger("deqloop.tasks")
 
@@ -26,6 +26,16 @@ ON_ERROR: tuple[str, ...] = ("raise", "skip")
 
 def check_on_error(on_error: str) -> str:
     return choice("on_error", on_error, ON_ERROR)
+
+
+def check_file(path: object, name: str = "path") -> Path:
+    """``Path(path)`` if ``path`` is a ``str`` or path-like naming an existing file."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(f"{name} must be a file path (str or os.PathLike), got {type(path).__name__}")
+    if not Path(path).is_file():
+        what = "a folder, not a file" if Path(path).is_dir() else "no such file"
+        raise ConfigError(f"{name} {str(path)!r}: {what}")
+    return Path(path)
 
 
 def _short(value: object, width: int = 80) -> str:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from deqloop import seeds
 from deqloop.errors import ConfigError
-from deqloop.tasks.base import Task, as_predictions, check_band, check_count
+from deqloop.tasks.base import Task, as_predictions, check_band, check_count, check_seed
 from deqloop.validate import integer, setting
 
 __all__ = ["PrefixSums", "cell_accuracy", "correct", "generate"]
@@ -41,6 +41,7 @@ def generate(n: int, length: int, seed: int = 0, *, stream: int = 0) -> tuple[Te
     """
     check_count(n)
     integer("length", length)
+    check_seed(seed)
     x = torch.randint(0, 2, (n, length), generator=seeds.generator(seed, 0, stream), dtype=torch.long)
     y = torch.cumsum(x, dim=1) % 2
     return x, y

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from deqloop import seeds
 from deqloop.errors import ConfigError
-from deqloop.tasks.base import Task, as_predictions, check_band, check_count
+from deqloop.tasks.base import Task, as_predictions, check_band, check_count, check_seed
 from deqloop.tasks.sudoku_data import SudokuMeta, _band_range, cache_root, generate, load, split_by_rating
 from deqloop.tasks.sudoku_solver import (
     GENERATOR_BANDS,
@@ -189,6 +189,7 @@ class Sudoku(Task):
     def make(self, split: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         check_band(split)
         check_count(n)
+        check_seed(seed)
         if self.data is None:
             source = self.hard_band if split == "hard" else self.train_band
             x, y = generate(n, source, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)  # type: ignore[misc]

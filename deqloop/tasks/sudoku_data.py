@@ -18,7 +18,7 @@ from torch import Tensor
 
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import check_count
-from deqloop.tasks.io import LoadSummary, Rows, iter_lines
+from deqloop.tasks.io import check_file, LoadSummary, Rows, iter_lines
 from deqloop.tasks.sudoku_solver import GENERATOR_BANDS, _search, _units, is_valid_solution
 
 __all__ = ["SudokuMeta", "cache_root", "generate", "load", "split_by_rating"]
@@ -183,6 +183,7 @@ def load(
     Bad rows raise :class:`~deqloop.tasks.base.DataError`; ``on_error="skip"`` drops them and
     counts them in ``meta.summary``.
     """
+    check_file(path)
     rows = Rows(path, on_error)
     questions: list[np.ndarray] = []
     answers: list[np.ndarray | None] = []

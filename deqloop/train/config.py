@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,9 +145,18 @@ class TrainConfig:
     progress: bool = setting("show a progress bar", default=True)
 
     def __post_init__(self) -> None:
-        self.eval_iters = tuple(int(t) for t in self.eval_iters)
-        if not isinstance(self.task_options, dict):
-            raise ConfigError(f"task_options must be a dict, got {type(self.task_options).__name__}")
+        if isinstance(self.eval_iters, (str, bytes)) or not isinstance(self.eval_iters, Iterable):
+            raise ConfigError(f"eval_iters must be a sequence of integers ≥ 1, got {self.eval_iters!r}")
+        self.eval_iters = tuple(integer("eval_iters entry", t) for t in self.eval_iters)
+        for name in ("task_options", "solver_options", "backward_options"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        for name in ("qk_norm", "resume", "overwrite", "compile", "progress"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not isinstance(self.out, (str, os.PathLike)):
+            raise ConfigError(f"out must be a folder path (a string), got {self.out!r}")
+        self.out = os.fspath(self.out)
         self._task = get_task(self.task, **self.task_options)  # validates the task's settings
         self.task_options = self._task.settings() or dict(self.task_options)  # every setting, as plain values
         for name in ("width", "heads", "max_iter", "batch_size", "log_every", "checkpoint_every"):
@@ -159,8 +170,6 @@ class TrainConfig:
         if self.stability_every and self.compile:
             raise ConfigError("stability_every needs compile=False: the monitor's Jacobian products need double "
                               "backward, which torch.compile does not provide")
-        for t in self.eval_iters:
-            integer("eval_iters entry", t)
         choice("loss", self.loss, LOSSES)
         choice("schedule", self.schedule, SCHEDULES)
         choice("amp", self.amp, AMP_MODES)
