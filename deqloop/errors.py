@@ -10,7 +10,8 @@ The config errors also derive from the built-in type a Python user would expect
   ``f``, a tensor) has the wrong rank, shape, dtype, range, device or non-finite values; the
   message names the argument, the bad value and what is allowed. :class:`InputTypeError` is the
   one for a wrong type or dtype (also a ``TypeError``).
-* :class:`TrainingError` — a run cannot start or continue.
+* :class:`TrainingError` — a run cannot start or continue; :class:`TrainingInterrupted` — it
+  stopped cleanly on SIGINT/SIGTERM with a checkpoint to resume from.
 """
 
 from __future__ import annotations
