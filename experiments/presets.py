@@ -39,7 +39,9 @@ from typing import Any
 
 from deqloop.names import NORMS, RECALLS
 
-_EQ = {"loss": "equilibrium", "solver": "anderson"}
+# the regimes name their recipes explicitly: no warm start unless a regime asks for one (the
+# equilibrium loss's default recipe would otherwise add it; deqloop.train.config.DEFAULT_BACKWARD)
+_EQ = {"loss": "equilibrium", "solver": "anderson", "pretrain_steps": 0}
 _PHANTOM = {"backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8}}
 _WARM = {"pretrain_fraction": 2 / 3, "alpha": 0.5}  # the first two thirds of the steps progressive
 # Each fixed-point training recipe alone (deqloop/train/objectives.py), with the exact implicit

@@ -176,9 +176,10 @@ def test_keep_every_does_not_depend_on_checkpoint_every(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::deqloop.adjoint.BackwardWarning")
-def test_the_default_backward_warns_when_forward_solves_do_not_converge(tmp_path, caplog):
-    config = tiny_run(tmp_path, loss="equilibrium", max_iter=1, rtol=1e-12, steps=2)
-    assert config.backward is None and config.implicit
+def test_the_implicit_backward_warns_when_forward_solves_do_not_converge(tmp_path, caplog):
+    config = tiny_run(tmp_path, loss="equilibrium", backward="implicit", pretrain_steps=0, max_iter=1, rtol=1e-12,
+                      steps=2)
+    assert config.implicit
     with caplog.at_level(logging.WARNING, logger="deqloop.train"):
         Trainer(config).run()
     warnings = [r for r in caplog.records if "forward solves converged" in r.getMessage()]

@@ -70,7 +70,7 @@ def test_config_rejects_unknown_keys_and_lists_allowed():
         ({"loss": "magic"}, r"unknown loss 'magic'; allowed: 'equilibrium', 'progressive'"),
         ({"backward": "truncated"}, r"unknown backward 'truncated'; allowed: 'implicit', 'phantom', 'unrolled'"),
         ({"loss": "progressive", "backward": "implicit"}, "backward and backward_options apply to loss='equilibrium'"),
-        ({"alpha": 0.5}, "alpha weighs the progressive loss"),
+        ({"alpha": 0.5, "pretrain_steps": 0}, "alpha weighs the progressive loss"),
         ({"loss": "progressive", "alpha": 1.5}, r"alpha must be a finite number in \[0, 1\], got 1.5"),
         ({"task": "sudoku", "task_options": {"length": 8}},
          r"task 'sudoku' got unknown key\(s\) \['length'\]; allowed: train_band, "),
@@ -102,7 +102,8 @@ def test_unrolled_training_iterates_plainly_whatever_the_solver():
     # backward="unrolled" used to require solver="picard"; the solve settings now run picard under it.
     c = TrainConfig(backward="unrolled")
     assert c.solver == "anderson" and c.model_config().solve.method == "picard"
-    assert not c.implicit and TrainConfig().implicit
+    assert not c.implicit and TrainConfig(backward="implicit").implicit
+    assert not TrainConfig().implicit  # the default recipe's phantom gradient
 
 
 def test_config_round_trips_and_derives_steps_from_epochs(tmp_path):
@@ -183,7 +184,8 @@ def test_progressive_draw_is_in_range_and_deterministic():
         dict(loss="progressive", alpha=0.0),
         dict(loss="progressive", alpha=0.5),
         dict(loss="progressive", alpha=1.0),
-        dict(loss="equilibrium", depth_offset=None, backward="implicit", max_iter=6, solver="anderson"),
+        dict(loss="equilibrium", depth_offset=None, backward="implicit", pretrain_steps=0, max_iter=6,
+             solver="anderson"),
         dict(loss="equilibrium", depth_offset=None, backward="phantom", backward_options={"steps": 2}, max_iter=6),
         dict(loss="equilibrium", depth_offset=None, backward="unrolled", solver="picard", max_iter=6),
     ],
@@ -415,7 +417,7 @@ def test_a_crash_in_the_middle_of_writing_leaves_the_previous_checkpoint(tmp_pat
 
 
 def test_implicit_training_warns_once_when_forward_solves_do_not_converge(tmp_path, caplog):
-    c = tiny_config(tmp_path, steps=3, loss="equilibrium", depth_offset=None, backward="implicit",
+    c = tiny_config(tmp_path, steps=3, loss="equilibrium", depth_offset=None, backward="implicit", pretrain_steps=0,
                     solver="anderson", max_iter=1, rtol=1e-9, eval_size=0)
     with caplog.at_level(logging.WARNING, logger="deqloop.train"):
         train(c)

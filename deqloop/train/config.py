@@ -28,7 +28,7 @@ from deqloop.tasks import DEFAULT_TASK, Task, get_task
 from deqloop.train.tracking import LOGGERS
 from deqloop.validate import choice, integer, known_keys, number, setting
 
-__all__ = ["AMP_MODES", "LOSSES", "LOGGERS", "RUNTIME_FIELDS", "SCHEDULES", "TrainConfig"]
+__all__ = ["AMP_MODES", "DEFAULT_BACKWARD", "DEFAULT_PRETRAIN_FRACTION", "LOSSES", "LOGGERS", "RUNTIME_FIELDS", "SCHEDULES", "TrainConfig"]
 
 LOSSES = ("equilibrium", "progressive")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -37,6 +37,10 @@ AMP_MODES = ("auto", "bf16", "none")
 
 # Fields that describe how a run is executed rather than what it computes: they may differ
 # between a run and its resumption.
+# The equilibrium loss's default recipe (see TrainConfig._default_recipe): a warm start for two thirds
+# of the steps, then the phantom gradient through 5 damped steps.
+DEFAULT_PRETRAIN_FRACTION = 2 / 3
+DEFAULT_BACKWARD: tuple[str, dict[str, Any]] = ("phantom", {"steps": 5, "tau": 0.8})
 RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger",
                             "stability_every", "stability_size",  # the monitor measures, never trains
                             "max_consecutive_skips"})  # only decides when a failing run gives up
@@ -74,8 +78,9 @@ class TrainConfig:
     # -- solve and loss ------------------------------------------------------------------------
     loss: str = setting("training regime: equilibrium (fixed-point gradients) or progressive (deep-thinking "
                         "loss through plain iterations)", default="equilibrium")
-    backward: str | None = setting("equilibrium loss: implicit, phantom, unrolled or neumann (default implicit); "
-                                   "not used by the progressive loss", default=None)
+    backward: str | None = setting("equilibrium loss: implicit, phantom, unrolled or neumann (default phantom with "
+                                   "5 damped steps, tau 0.8: the default recipe); not used by the progressive loss",
+                                   default=None)
     backward_options: dict[str, Any] = setting("options of the backward mode as JSON, e.g. '{\"steps\": 3}' for "
                                                "phantom", default_factory=dict)
     alpha: float = setting("progressive loss: weight of the truncated (n free + k graded) term; 0 is plain "
@@ -90,8 +95,10 @@ class TrainConfig:
                                        "depth is L (default: max_iter always)", default=None)
     rtol: float = setting("solver relative tolerance", default=1e-4)
     # -- fixed-point training recipes (equilibrium loss; see deqloop/train/objectives.py) ----------
-    pretrain_steps: int = setting("warm start: train the first N steps with the progressive loss (plain iterations, "
-                                  "alpha and depth_offset as set), then switch to the equilibrium loss", default=0)
+    pretrain_steps: int | None = setting("warm start: train the first N steps with the progressive loss (plain "
+                                         "iterations, alpha and depth_offset as set), then switch to the equilibrium "
+                                         "loss (default for the equilibrium loss: two thirds of the steps; 0: none)",
+                                         default=None)
     jac_reg: float = setting("weight of the Jacobian penalty: a Hutchinson estimate of ‖∂f/∂z‖²_F / dim at the "
                              "fixed point (one random vector, one extra VJP)", default=0.0)
     jac_reg_every: int = setting("apply the Jacobian penalty every N steps", default=1)
@@ -194,6 +201,7 @@ class TrainConfig:
 
     def _check_loss(self) -> None:
         number("alpha", self.alpha, low=0, high=1)
+        self._default_recipe()
         if self.depth_offset is not None:
             integer("depth_offset", self.depth_offset, minimum=0)
             if self.loss == "equilibrium" and not self.pretrain_steps:
@@ -227,6 +235,20 @@ class TrainConfig:
             used = sorted(k for k, v in recipes.items() if v)
             if used:
                 raise ConfigError(f"{', '.join(used)} are fixed-point training recipes: they need loss='equilibrium'")
+
+    def _default_recipe(self) -> None:
+        """The equilibrium loss's defaults, the recipe that trained best in the recipe ablation
+        (RESULTS.md, ``python -m experiments.sweep --preset recipes``): a warm start for
+        :data:`DEFAULT_PRETRAIN_FRACTION` of the steps and the phantom gradient
+        (:data:`DEFAULT_BACKWARD`); a field given explicitly is kept."""
+        if self.loss != "equilibrium":
+            self.pretrain_steps = 0 if self.pretrain_steps is None else self.pretrain_steps
+            return
+        if self.pretrain_steps is None:
+            self.pretrain_steps = int(DEFAULT_PRETRAIN_FRACTION * self.steps)
+        if self.backward is None:
+            self.backward = DEFAULT_BACKWARD[0]
+            self.backward_options = {**DEFAULT_BACKWARD[1], **self.backward_options}
 
     def _check_steps(self) -> None:
         if self.epochs is not None:
