@@ -10,8 +10,10 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
 * ``cpu``: small widths and short training, seed 0, on the 2-core machine with two runs at a
   time (measured there, training plus evaluation and analysis):
 
-  - prefix sums, the whole grid (36 runs): on average about 7 min a run for progressive,
-    4 min for phantom and 9 min for implicit training; about 2 h in all;
+  - prefix sums, the whole grid of recall × norm × regime (36 runs), the regimes being the
+    progressive loss and fixed-point training with the recipe that worked best for each gradient
+    in the ``recipes`` ablation (``implicit+warm``, ``phantom+warm+budget``): about 2.5 min a run,
+    about 45 min in all with two at a time;
   - sudoku and chess, all recalls × post and sandwich norm × progressive (6 runs each):
     15–30 min a run; 1–1.5 h each.
 
@@ -223,7 +225,8 @@ PRESETS: dict[str, Preset] = {
         tasks=("prefix_sums", "sudoku", "chess"),
         seeds=(0,),
         train={"prefix_sums": _PREFIX_CPU, "sudoku": _SUDOKU_CPU, "chess": _CHESS_CPU},
-        task_grid={"sudoku": _SMALL_GRID, "chess": _SMALL_GRID},
+        task_grid={"prefix_sums": {"regime": ("progressive", "implicit+warm", "phantom+warm+budget")},
+                   "sudoku": _SMALL_GRID, "chess": _SMALL_GRID},
         eval_n=256,
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
