@@ -45,7 +45,9 @@ def config(out: Path, **overrides) -> TrainConfig:
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["progressive", "equilibrium"])
 def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
-    extra = {} if loss == "progressive" else dict(alpha=0.0, depth_offset=None, backward="implicit", max_iter=5)
+    extra = {} if loss == "progressive" else dict(alpha=0.0, depth_offset=None, backward="implicit", pretrain_steps=0,
+                                                  max_iter=5)
+    extra["stability_every"] = 2  # the monitor: rank 0 measures, every rank stays in step
     ddp = config(tmp_path / "ddp", loss=loss, **extra)
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
@@ -75,6 +77,13 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
     single_records = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if "loss" in r]
     for a, b in zip(records, single_records):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-4)
+    # the stability records: written once, at the same steps, with the single process's values
+    stab = [r for r in read_metrics(tmp_path / "ddp" / "metrics.jsonl") if r.get("kind") == "stability"]
+    single_stab = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r.get("kind") == "stability"]
+    assert [r["step"] for r in stab] == [r["step"] for r in single_stab] == [2, 4]
+    for a, b in zip(stab, single_stab):
+        for key in ("rho", "forward_converged", "plain_converged", "init_distance"):
+            assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
 
 
 @pytest.mark.slow
