@@ -24,22 +24,29 @@ def mean(values: list[Any]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def records(metrics_path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a run's metrics log, lines torn by a kill skipped; [] without a log."""
+    found = []
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            try:
+                found.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return found
+
+
 def training_numbers(metrics_path: Path) -> dict[str, Any]:
     """Gradient norms, skipped steps, the last loss/accuracy and, over the last quarter of the
     logged training steps, the mean loss and the solver's converged fractions (forward, and the
     implicit backward where it ran) from a run's metrics log."""
     grad, steps, skipped = [], [], 0
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "grad_norm" in m and m["grad_norm"] is not None and math.isfinite(m["grad_norm"]):
-                grad.append(float(m["grad_norm"]))
-            if "loss" in m:
-                steps.append(m)
-            skipped = max(skipped, int(m.get("skipped_total", 0) or 0))
+    for m in records(metrics_path):
+        if "grad_norm" in m and m["grad_norm"] is not None and math.isfinite(m["grad_norm"]):
+            grad.append(float(m["grad_norm"]))
+        if "loss" in m:
+            steps.append(m)
+        skipped = max(skipped, int(m.get("skipped_total", 0) or 0))
     tail = steps[len(steps) - max(1, len(steps) // 4):] if steps else []
 
     def tail_mean(key: str) -> float | None:
@@ -77,16 +84,11 @@ def traces(metrics_path: Path) -> dict[str, Any]:
     metrics log; torn lines are skipped, and a value missing from a record is None. A trace longer
     than :data:`TRACE_POINTS` keeps every k-th point (and the last), k the smallest that fits."""
     rows, loss = [], []
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                m = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if m.get("kind") == "stability":
-                rows.append([_round(m.get(k)) for k in STABILITY_FIELDS])
-            elif "loss" in m and "step" in m and m.get("kind", "train") == "train":
-                loss.append([m["step"], _round(m["loss"])])
+    for m in records(metrics_path):
+        if m.get("kind") == "stability":
+            rows.append([_round(m.get(k)) for k in STABILITY_FIELDS])
+        elif "loss" in m and "step" in m and m.get("kind", "train") == "train":
+            loss.append([m["step"], _round(m["loss"])])
     return {"stability": {"fields": list(STABILITY_FIELDS), "rows": _thin(rows)}, "loss": _thin(loss)}
 
 

@@ -83,7 +83,7 @@ def when_table(configs: list[Any]) -> tuple[list[str], list[list[str]]]:
         if not found:
             continue
 
-        def med(key: str) -> float | None:
+        def med(key: str, found: list[dict[str, Any]] = found) -> float | None:
             return _median([x[key] for x in found])
 
         rows.append([c.recall, c.norm, c.regime, str(len(found)), _num(med("rho_first"), 3), _when(med("rho_above_1")),

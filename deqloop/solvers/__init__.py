@@ -8,6 +8,7 @@ Built-in methods: ``"picard"`` (damped naive iteration), ``"anderson"``, ``"broy
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import torch
@@ -95,6 +96,7 @@ def solve(
     trace: bool = False,
     keep: str = "best",
     return_image: bool = False,
+    check_input: bool = True,
     **options: Any,
 ) -> Solution:
     """Find z with f(z) = z for every sample of the batch ``z0`` (shape ``(B, ...)``).
@@ -124,6 +126,10 @@ def solve(
         return_image: return f(z) of the kept iterate instead of z (one step further for free;
             residuals stay those of z). ``keep`` and ``return_image`` need a :class:`Solver`
             method (not a registered function such as the torchdeq adapters).
+        check_input: ``False`` skips the entry checks of ``z0``'s values (no host
+            synchronisation): for the library's own solves of states it computed, e.g. the
+            implicit backward solve, whose non-finite cotangent must end as a ``NONFINITE``
+            status, not an error (:func:`solve_unchecked`).
         **options: method options (``damping`` for picard; ``m``, ``ridge``, ``beta`` for
             anderson; ``m`` for broyden). Unknown options are an error.
 
@@ -134,31 +140,8 @@ def solve(
     ``NONFINITE``.
     """
     inputs.callable_map("f", f)
-    inputs.finite("z0", inputs.state("z0", z0))
-    return solve_unchecked(f, z0, method, rtol=rtol, atol=atol, max_iter=max_iter, throw=throw,
-                           check_every=check_every, divergence=divergence, trace=trace, keep=keep,
-                           return_image=return_image, **options)
-
-
-def solve_unchecked(
-    f: Callable[[torch.Tensor], torch.Tensor],
-    z0: torch.Tensor,
-    method: str = "anderson",
-    *,
-    rtol: float = 1e-4,
-    atol: float = 0.0,
-    max_iter: int = 50,
-    throw: bool = False,
-    check_every: int | None = None,
-    divergence: float = 1e4,
-    trace: bool = False,
-    keep: str = "best",
-    return_image: bool = False,
-    **options: Any,
-) -> Solution:
-    """:func:`solve` without the entry checks of ``z0``'s values (no host synchronisation): for
-    the library's own solves of states it computed, e.g. the implicit backward solve, whose
-    non-finite cotangent must end as a ``NONFINITE`` status, not an error."""
+    if check_input:
+        inputs.finite("z0", inputs.state("z0", z0))
     solver = get_solver(method, **options)
     if isinstance(solver, Solver):
         sol = run_solver(f, z0, solver, method=method, rtol=rtol, atol=atol, max_iter=max_iter,
@@ -173,6 +156,9 @@ def solve_unchecked(
     if throw:
         sol.raise_on_failure()
     return sol
+
+
+solve_unchecked = functools.partial(solve, check_input=False)
 
 
 register_solver("picard", Picard)

@@ -28,7 +28,7 @@ from deqloop.tasks import DEFAULT_TASK, Task, get_task
 from deqloop.train.tracking import LOGGERS
 from deqloop.validate import choice, integer, known_keys, number, setting
 
-__all__ = ["AMP_MODES", "DEFAULT_BACKWARD", "DEFAULT_PRETRAIN_FRACTION", "LOSSES", "LOGGERS", "RUNTIME_FIELDS", "SCHEDULES", "TrainConfig"]
+__all__ = ["AMP_MODES", "DEFAULT_BACKWARD", "DEFAULT_PRETRAIN_FRACTION", "LOGGERS", "LOSSES", "RUNTIME_FIELDS", "SCHEDULES", "TrainConfig"]
 
 LOSSES = ("equilibrium", "progressive")
 SCHEDULES = ("cosine", "linear", "constant")
