@@ -1,0 +1,174 @@
+"""The paper's claims C1–C4 decided from the runs: each a rule stated next to its verdict, and the
+evidence (numbers) it rests on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from experiments.configs import Config, _m, _med
+from experiments.markdown import _task_key, num, pct
+from experiments.presets import NORMS
+
+
+@dataclass
+class Verdict:
+    claim: str
+    verdict: str  # "supported" | "contradicted" | "inconclusive at this scale"
+    rule: str
+    evidence: str
+
+
+def spearman(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    from scipy.stats import spearmanr
+
+    res = spearmanr(xs, ys)
+    return float(res.statistic), float(res.pvalue)
+
+
+def claim1(configs: list[Config]) -> Verdict:
+    rule = ("supported if every recall-free configuration that converges from z₀ = 0 (≥ 90 % of examples) reaches "
+            "one fixed point for all inputs (1 cluster, spread < 1e-3) while every configuration with recall "
+            "reaches several; contradicted if a recall-free one reaches several")
+    none = [c for c in configs if c.recall == "none"]
+    rec = [c for c in configs if c.recall != "none"]
+    usable = [c for c in none if (c.zeros("converged_fraction") or 0) >= 0.9]
+    if not usable or not rec:
+        return Verdict("C1", "inconclusive at this scale", rule,
+                       f"{len(none)} recall-free configurations, {len(usable)} of them converged from z₀ = 0")
+    single = [c for c in usable if (c.zeros("distinct_fixed_points") or 0) <= 1 and (c.zeros("fixed_point_spread") or 0) < 1e-3]
+    many = [c for c in rec if (c.zeros("distinct_fixed_points") or 0) > 1]
+    evidence = (f"{len(single)}/{len(usable)} recall-free configurations reach a single fixed point from z₀ = 0 "
+                f"(spread {num(_med([c.zeros('fixed_point_spread') for c in usable]))}); "
+                f"{len(many)}/{len(rec)} configurations with recall reach several "
+                f"(spread {num(_med([c.zeros('fixed_point_spread') for c in rec]))}); "
+                f"IFT input sensitivity ‖∂z*/∂e·v‖ (median over configurations): none {num(_med([c.stab('input_sensitivity_median') for c in none]))} vs "
+                f"recall {num(_med([c.stab('input_sensitivity_median') for c in rec]))}; hard accuracy (best): none "
+                f"{pct(_m([c.best('hard')[0] for c in none]))} % vs recall {pct(_m([c.best('hard')[0] for c in rec]))} %")
+    if len(single) == len(usable) and len(many) == len(rec):
+        return Verdict("C1", "supported", rule, evidence)
+    if len(single) < len(usable):
+        return Verdict("C1", "contradicted", rule, evidence)
+    return Verdict("C1", "inconclusive at this scale", rule, evidence)
+
+
+C2_AXES = (("converged_fraction", +1, "converged fraction"), ("contractive_fraction", +1, "contractive (ρ < 0.95) fraction"),
+           ("backward_converged_fraction", +1, "backward solve converged"), ("local_smoothness_median", -1, "local Lipschitz ‖Δz*‖/‖Δe‖"))
+
+
+def claim2(configs: list[Config]) -> Verdict:
+    rule = ("among configurations with recall, compare post norm with each other norm by the median over the "
+            "(task, recall, regime) cells both were run in, on four axes (converged "
+            "fraction, contractive fraction, backward-solve convergence, local Lipschitz constant; ties within "
+            "0.02 count for post): supported if post is at least as good on ≥ 3 axes against every other norm, "
+            "contradicted if on ≤ 1 axis against some norm")
+    rec = [c for c in configs if c.recall != "none"]
+    by_key = {(c.task, c.recall, c.norm, c.regime): c for c in rec}
+    post = {(t, r, g) for t, r, n, g in by_key if n == "post"}
+
+    def medians(cs: list[Config]) -> dict[str, float | None]:
+        vals = {key: _med([c.stab(key) for c in cs]) for key, _, _ in C2_AXES}
+        vals["grad_norm_max"] = _med([c.train("grad_norm_max") for c in cs])
+        return vals
+
+    # each norm is compared with post on the (task, recall, regime) cells both were run in
+    matched: dict[str, tuple[dict[str, float | None], dict[str, float | None], int]] = {}
+    for norm in NORMS:
+        shared = sorted(post & {(t, r, g) for t, r, n, g in by_key if n == norm})
+        if norm != "post" and shared:
+            matched[norm] = (medians([by_key[(t, r, norm, g)] for t, r, g in shared]),
+                             medians([by_key[(t, r, "post", g)] for t, r, g in shared]), len(shared))
+    if not matched:
+        return Verdict("C2", "inconclusive at this scale", rule,
+                       f"no norm measured in the same cells as post (norms: {sorted({c.norm for c in rec})})")
+    wins = {}
+    for norm, (vals, p_vals, _) in matched.items():
+        n = 0
+        for key, sign, _ in C2_AXES:
+            p, o = p_vals[key], vals[key]
+            if p is None or o is None:
+                continue
+            tol = 0.02 * max(1.0, abs(o)) if sign < 0 else 0.02
+            n += sign * (p - o) >= -tol
+        wins[norm] = n
+    evidence = "; ".join(
+        f"{norm} vs post, medians over {k} matched cells: " + ", ".join(f"{label} {num(v[key])} vs {num(pv[key])}" for key, _, label in C2_AXES)
+        + f", max grad norm {num(v['grad_norm_max'])} vs {num(pv['grad_norm_max'])}"
+        for norm, (v, pv, k) in matched.items()) + f". Axes where post is at least as good: {wins}"
+    if all(n >= 3 for n in wins.values()):
+        return Verdict("C2", "supported", rule, evidence)
+    if any(n <= 1 for n in wins.values()):
+        return Verdict("C2", "contradicted", rule, evidence)
+    return Verdict("C2", "inconclusive at this scale", rule, evidence)
+
+
+def claim3(configs: list[Config]) -> Verdict:
+    rule = ("with post norm, per task: internal recall's best hard accuracy ≥ external's − 2 points (averaged over "
+            "the regimes both were trained in, and seeds), and on sudoku ≥ external's + 5 points; tasks where neither learned are "
+            "inconclusive; contradicted if internal trails by more than 5 points on a task where one learned")
+    lines, ok, bad, decided = [], True, False, 0
+    tasks = sorted({c.task for c in configs}, key=_task_key)
+    for task in tasks:
+        i = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "internal"]
+        e = [c for c in configs if c.task == task and c.norm == "post" and c.recall == "external"]
+        both = {c.regime for c in i} & {c.regime for c in e}  # compare like with like
+        i, e = [c for c in i if c.regime in both], [c for c in e if c.regime in both]
+        if not i or not e:
+            lines.append(f"{task}: missing internal or external runs")
+            continue
+        ai, ae = _m([c.best("hard")[0] for c in i]), _m([c.best("hard")[0] for c in e])
+        learned = any(c.learned for c in i + e)
+        ci, ce = _m([c.best_cells("hard") for c in i]), _m([c.best_cells("hard") for c in e])
+        cells = "" if ci is None or ce is None else f", {pct(ci)} % vs {pct(ce)} % of cells right (not used by the rule)"
+        lines.append(f"{task}: internal {pct(ai)} % vs external {pct(ae)} % hard accuracy{cells}"
+                     + ("" if learned else " (neither learned)"))
+        if not learned:
+            continue
+        decided += 1
+        ok &= ai >= ae - 0.02 and (task != "sudoku" or ai >= ae + 0.05)
+        bad |= ai < ae - 0.05
+    if decided == 0:
+        return Verdict("C3", "inconclusive at this scale", rule, "; ".join(lines))
+    if bad:
+        return Verdict("C3", "contradicted", rule, "; ".join(lines))
+    if ok and "sudoku" in tasks and any(c.task == "sudoku" and c.learned for c in configs):
+        return Verdict("C3", "supported", rule, "; ".join(lines))
+    return Verdict("C3", "inconclusive at this scale", rule, "; ".join(lines) + "; sudoku not decided" if ok else "; ".join(lines))
+
+
+C4_AXES = (("converged_fraction", "converged fraction"), ("contractive_fraction", "contractive fraction"),
+           ("spectral_radius_median", "ρ(J)"), ("local_smoothness_median", "local Lipschitz"),
+           ("backward_converged_fraction", "backward converged"))
+
+
+def claim4(configs: list[Config]) -> Verdict:
+    rule = ("Spearman rank correlation, across configurations of a task, between each stability number and best "
+            "hard accuracy: supported if converged fraction and contractive fraction both correlate positively "
+            "(p < 0.05) on every task with ≥ 6 configurations whose accuracies differ; contradicted if either "
+            "correlates negatively (p < 0.05) on some task")
+    lines, decided, support, against = [], 0, True, False
+    for task in sorted({c.task for c in configs}, key=_task_key):
+        cs = [c for c in configs if c.task == task]
+        acc = [c.best("hard")[0] for c in cs]
+        if len(cs) < 6 or max(acc) - min(acc) < 0.01:
+            lines.append(f"{task}: {len(cs)} configurations, accuracy range {pct(max(acc) - min(acc))} points — not enough to rank")
+            continue
+        decided += 1
+        parts = []
+        for key, label in C4_AXES:
+            pairs = [(c.stab(key), a) for c, a in zip(cs, acc) if c.stab(key) is not None]
+            if len(pairs) < 6 or len({p for p, _ in pairs}) < 2:
+                parts.append(f"{label} n/a")
+                continue
+            rho, p = spearman([p for p, _ in pairs], [a for _, a in pairs])
+            parts.append(f"{label} ρ_s = {rho:+.2f} (p = {p:.2g})")
+            if key in ("converged_fraction", "contractive_fraction"):
+                support &= rho > 0 and p < 0.05
+                against |= rho < 0 and p < 0.05
+        n = min(int(r["eval"].get("n", {}).get("hard", 0) or 0) for c in cs for r in c.runs)
+        spread = f"{len(cs)} configurations, hard accuracy {pct(min(acc))}–{pct(max(acc))} %" + (f" on {n} examples" if n else "")
+        lines.append(f"{task} ({spread}): " + ", ".join(parts))
+    if decided == 0:
+        return Verdict("C4", "inconclusive at this scale", rule, "; ".join(lines))
+    if against:
+        return Verdict("C4", "contradicted", rule, "; ".join(lines))
+    return Verdict("C4", "supported" if support else "inconclusive at this scale", rule, "; ".join(lines))
