@@ -82,3 +82,56 @@ def test_correct_rejects_ambiguous_shapes():
         prefix_sums.correct(y.float(), y)
     with pytest.raises(ValueError, match="shape"):
         prefix_sums.correct(torch.zeros(4, 7, 2), y)
+
+
+def test_the_difficulty_schedule_grows_the_length_range_linearly():
+    task = PrefixSums(length=32, min_length=8, start_length=8, start_min_length=4, ramp_steps=1000)
+    # lo = 4 + t·(8 − 4), hi = 8 + t·(32 − 8), t = min(1, step / 1000), each rounded
+    assert [task.length_range(s) for s in (0, 250, 500, 999, 1000, 5000)] == \
+        [(4, 8), (5, 14), (6, 20), (8, 32), (8, 32), (8, 32)]
+    assert task.curriculum(500) == {"train_lengths": [6, 20]}
+    lengths = [task.train_length(seed=3, step=s) for s in range(0, 1200, 7)]
+    assert all(task.length_range(s)[0] <= n <= task.length_range(s)[1] for s, n in zip(range(0, 1200, 7), lengths))
+    assert lengths == [task.train_length(seed=3, step=s) for s in range(0, 1200, 7)]  # a function of (seed, step)
+    assert max(lengths[:10]) <= 10 and max(lengths) > 24
+    x, _ = task.train_batch(5, seed=3, step=0)
+    assert 4 <= x.shape[1] <= 8
+    # without a start_min_length the short end stays at min_length
+    assert PrefixSums(length=12, min_length=4, start_length=6, ramp_steps=4).length_range(2) == (4, 9)
+
+
+def test_without_a_schedule_the_length_draws_are_unchanged():
+    from deqloop import seeds
+
+    task = PrefixSums(length=12, min_length=4)
+    for step in range(5):
+        g = seeds.generator(7, seeds.LENGTH, step)
+        assert task.train_length(7, step) == int(torch.randint(4, 13, (1,), generator=g))
+    assert task.length_range(3) == (4, 12) and task.curriculum(3) == {"train_lengths": [4, 12]}
+    assert PrefixSums(length=12).curriculum(3) == {} and PrefixSums(length=12).train_length(0, 3) == 12
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(start_length=8), "start_length and ramp_steps > 0 go together"),
+    (dict(ramp_steps=10), "start_length and ramp_steps > 0 go together"),
+    (dict(start_min_length=2, ramp_steps=10), "start_length and ramp_steps > 0 go together"),
+    (dict(start_length=40, ramp_steps=10), r"start_min_length \(8\) ≤ start_length \(40\) ≤ length \(32\)"),
+    (dict(start_length=6, start_min_length=7, ramp_steps=10), r"start_min_length \(7\) ≤ start_length \(6\)"),
+    (dict(start_length=8, ramp_steps=-1), "ramp_steps"),
+])
+def test_the_difficulty_schedule_is_validated(kw, message):
+    with pytest.raises(ConfigError, match=message):
+        PrefixSums(length=32, min_length=8, **kw)
+
+
+def test_the_metrics_log_shows_the_schedule_and_each_batch_length(tmp_path):
+    from deqloop.train import TrainConfig, read_metrics, train
+
+    options = dict(length=10, min_length=4, start_length=5, start_min_length=3, ramp_steps=4, hard_length=12)
+    train(TrainConfig(task="prefix_sums", task_options=options, width=8, heads=2, attention="local", window=3,
+                      loss="progressive", depth_offset=1, steps=6, batch_size=4, log_every=1, eval_size=0,
+                      threads=1, progress=False, out=str(tmp_path)))
+    task = PrefixSums(**options)
+    lines = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    assert [r["train_lengths"] for r in lines] == [[3, 5], [3, 6], [4, 8], [4, 9], [4, 10], [4, 10]]
+    assert [r["propagation_depth"] for r in lines] == [task.train_length(0, s) for s in range(6)]

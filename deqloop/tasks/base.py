@@ -114,6 +114,11 @@ class Task:
         """
         return self.make("train", n, seed=seeds.derive_seed(seed, seeds.BATCH, step) % 2**31)
 
+    def curriculum(self, step: int) -> dict[str, Any]:
+        """What the training curriculum draws from at ``step``, for the metrics log (e.g.
+        ``{"train_lengths": [4, 8]}``); ``{}`` for a task without one."""
+        return {}
+
     def augment_batch(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         """A training batch with the task's random symmetries applied (default: unchanged)."""
         return x, y

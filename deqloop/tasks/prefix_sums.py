@@ -65,14 +65,26 @@ class PrefixSums(Task):
 
     With ``min_length``, each training batch draws its length uniformly from
     ``[min_length, length]`` (a curriculum that is a pure function of the run's seed and step).
-    A batch of L bits needs about L iterations of a local-attention loop: its
-    :meth:`propagation_depth` is L.
+    With ``start_length`` and ``ramp_steps`` that range grows: it starts at
+    ``[start_min_length, start_length]`` and moves linearly to ``[min_length, length]`` over the
+    first ``ramp_steps`` steps (both ends rounded; :meth:`length_range`), so ``--resume``
+    continues it exactly. A batch of L bits needs about L iterations of a local-attention loop:
+    its :meth:`propagation_depth` is L.
+
+        PrefixSums(length=32, min_length=8, start_length=8, start_min_length=4, ramp_steps=1000)
+        # step 0: 4-8 bits, step 500: 6-20 bits, from step 1000 on: 8-32 bits
     """
 
     length: int = setting("training length in bits", default=TRAIN_LENGTH)
     min_length: int | None = setting("draw each training batch's length uniformly from [min_length, length] "
                                    "(a length curriculum; default: always length)", default=None)
     hard_length: int = setting("length of the hard split in bits", default=HARD_LENGTH)
+    start_length: int | None = setting("difficulty schedule: the longest training length at step 0, growing "
+                                       "linearly to length over ramp_steps (default: no schedule)", default=None)
+    start_min_length: int | None = setting("difficulty schedule: the shortest training length at step 0, moving "
+                                           "linearly to min_length (default: min_length)", default=None)
+    ramp_steps: int = setting("difficulty schedule: steps over which the length range grows (needs "
+                              "start_length)", default=0)
 
     name: ClassVar[str] = "prefix_sums"
     vocab_size: ClassVar[int] = VOCAB_SIZE
@@ -85,6 +97,37 @@ class PrefixSums(Task):
             integer("prefix_sums min_length", self.min_length)
             if self.min_length > self.length:
                 raise ConfigError(f"prefix_sums min_length ({self.min_length}) exceeds length ({self.length})")
+        integer("prefix_sums ramp_steps", self.ramp_steps, minimum=0)
+        if (self.start_length is None) != (self.ramp_steps == 0) or (self.start_min_length is not None
+                                                                      and self.start_length is None):
+            raise ConfigError("prefix_sums difficulty schedule: start_length and ramp_steps > 0 go together "
+                              f"(got start_length={self.start_length}, start_min_length={self.start_min_length}, "
+                              f"ramp_steps={self.ramp_steps})")
+        if self.start_length is not None:
+            integer("prefix_sums start_length", self.start_length)
+            lo = self.start_min_length if self.start_min_length is not None else self._final_min
+            integer("prefix_sums start_min_length", lo)
+            if not lo <= self.start_length <= self.length:
+                raise ConfigError(f"prefix_sums difficulty schedule: need start_min_length ({lo}) ≤ start_length "
+                                  f"({self.start_length}) ≤ length ({self.length})")
+
+    @property
+    def _final_min(self) -> int:
+        return self.length if self.min_length is None else self.min_length
+
+    def length_range(self, step: int) -> tuple[int, int]:
+        """``(shortest, longest)`` training length at ``step``: ``[min_length, length]``, or with a
+        difficulty schedule the linear interpolation from ``[start_min_length, start_length]``,
+        reaching ``[min_length, length]`` at ``ramp_steps`` (each end rounded to a whole bit)."""
+        if self.start_length is None:
+            return self._final_min, self.length
+        t = min(1.0, step / self.ramp_steps)
+        lo0 = self.start_min_length if self.start_min_length is not None else self._final_min
+        return round(lo0 + t * (self._final_min - lo0)), round(self.start_length + t * (self.length - self.start_length))
+
+    def curriculum(self, step: int) -> dict[str, list[int]]:
+        lo, hi = self.length_range(step)
+        return {"train_lengths": [lo, hi]} if (lo, hi) != (self.length, self.length) else {}
 
     @property
     def grid(self) -> tuple[int, ...]:
@@ -100,10 +143,11 @@ class PrefixSums(Task):
 
     def train_length(self, seed: int, step: int) -> int:
         """The length of the training batch of ``step`` (the curriculum's draw)."""
-        if self.min_length is None:
-            return self.length
+        lo, hi = self.length_range(step)
+        if lo == hi:
+            return hi
         g = seeds.generator(seed, seeds.LENGTH, step)
-        return int(torch.randint(self.min_length, self.length + 1, (1,), generator=g))
+        return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
     def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
         return self.make("train", n, seed=seeds.derive_seed(seed, seeds.BATCH, step) % 2**31,

@@ -247,6 +247,7 @@ class Trainer:
                            grad_norm=float(grad_norm), skipped_total=self.skipped)
             if self.task.propagation_depth() is not None:
                 metrics["propagation_depth"] = self.task.propagation_depth(x)
+            metrics.update(self.task.curriculum(step))
             objective = self.objective.module if self.world > 1 else self.objective
             metrics.update(objective.metrics(stats, self._mean))
         return metrics
@@ -282,7 +283,8 @@ class Trainer:
                         last = metrics
                         if "loss" in metrics:
                             bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics['accuracy']:.3f}",
-                                            refresh=False)
+                                            **({"depth": metrics["propagation_depth"]}
+                                               if "propagation_depth" in metrics else {}), refresh=False)
                     if skipped:
                         self._check_skips(metrics["reason"])
                     if self._stability_due(done) and not skipped:
