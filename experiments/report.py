@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments import recipes_report, stability_report
+from experiments import chess_baselines, recipes_report, stability_report
 from experiments.claims import Verdict, claim1, claim2, claim3, claim4, spearman
 from experiments.configs import LEARNED_MARGIN, Config, _med, group
 from experiments.markdown import _task_key, num, pct, table
@@ -192,7 +192,10 @@ def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) 
     return doc
 
 
-def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) -> str:
+def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
+           baselines: dict[str, Any] | None = None) -> str:
+    """RESULTS.md's text. ``baselines``: the stored baselines file (:mod:`experiments.chess_baselines`),
+    read for runs whose evaluation predates storing them."""
     configs = list(group(results).values())
     commits = sorted({r["commit"] for r in results})
     presets = sorted({r["preset"] for r in results})
@@ -255,6 +258,9 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str) 
                 table(["recall", "norm", "regime", "seeds", f"val@{near}", "val best", "hard best", f"hard@{last}", "cells",
                        "adaptive", "solver", "conv", "ρ", "contr", "sens", "Lip", "bwd", "grad"], rows),
                 "", f"![accuracy vs iterations]({os.path.relpath(plot, out.parent)})"]
+        line = chess_baselines.baseline_line([r for c in cs for r in c.runs], baselines)
+        if line:
+            doc[-1:-1] = [line, ""]  # under the table, before the plot
         # beyond the paper: the training regimes side by side, fixed-count next to adaptive compute
         regimes = [g for g in REGIMES if any(c.regime == g for c in cs)]
         # the grid's regimes (trained in more than one cell); a single cell's ablation has its own table
@@ -312,7 +318,11 @@ def main(argv: list[str] | None = None) -> int:
                 "`python -m experiments.summary import runs/sweep` for an older sweep")
     out = Path(a.out).resolve()
     command = " ".join(["python -m experiments.report", *(argv if argv is not None else sys.argv[1:])])
-    text = render(results, Path(a.plots).resolve(), out, command)
+    try:
+        stored = chess_baselines.load(Path(__file__).resolve().parents[1] / chess_baselines.DEFAULT_PATH)
+    except ValueError as err:
+        p.error(str(err))
+    text = render(results, Path(a.plots).resolve(), out, command, baselines=stored)
     out.write_text(text)
     print(f"wrote {out} ({len(results)} runs)")
     return 0

@@ -83,7 +83,7 @@ def test_eval_report_to_dict():
     assert report.to_dict() == {
         "checkpoint": "runs/x/last.pt", "task": "prefix_sums", "n": {"val": 8}, "curves": curves_dict,
         "cells": None, "settle_rtol": 1e-3, "settling": settling, "solver_name": None, "solver_rtol": None,
-        "solver": {},
+        "solver": {}, "baselines": {},
     }
     cells = IterationCurves([1, 4], train_depth=4)
     cells.add("val", [0.75, 0.875])
@@ -140,3 +140,29 @@ def test_evaluate_model_collects_the_sweep_and_the_solver_numbers():
     assert plain.cells is None and plain.solver == {} and plain.solver_name is None
     with pytest.raises(ConfigError):
         evaluate_model(model, {}, task, iters=[1])
+
+
+class TaskWithBaselines(ExactTask):
+    name = "with_baselines"
+
+    @staticmethod
+    def baselines(x, y):
+        return {"zeros/correct": float((y == 0).all(-1).double().mean())}
+
+
+def test_evaluate_model_stores_the_tasks_baselines_per_split():
+    import torch
+
+    from deqloop.eval.report import evaluate_model
+    from deqloop.model import LoopedDEQ
+
+    torch.manual_seed(0)
+    model = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, mlp_ratio=2.0).double()
+    x = torch.zeros(4, 4, dtype=torch.long)
+    y = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0], [1, 1, 1, 1]])
+    report = evaluate_model(model, {"val": (x, y), "hard": (x[:2], y[:2])}, TaskWithBaselines(), iters=[1])
+    assert report.baselines == {"val": {"zeros/correct": 0.5}, "hard": {"zeros/correct": 0.5}}
+    assert report.to_dict()["baselines"] == report.baselines
+    assert "baselines on the same examples (no model):\n  val: zeros/correct 50.0%" in report.text()
+    assert evaluate_model(model, {"val": (x, y)}, TaskWithBaselines(), iters=[1], baselines=False).baselines == {}
+    assert evaluate_model(model, {"val": (x, y)}, ExactTask(), iters=[1]).baselines == {}

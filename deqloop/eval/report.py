@@ -113,6 +113,8 @@ class EvalReport:
         cells: the fraction of cells right, likewise (when the task scores cells).
         settling: per split, adaptive Picard results from the same pass (see :class:`Sweep`).
         solver: per split, results of the model's solver run to ``solver_rtol`` (optional).
+        baselines: per split, the task's model-free baselines on the same examples
+            (:meth:`deqloop.tasks.base.Task.baselines`; empty for a task that has none).
     """
 
     checkpoint: str
@@ -125,12 +127,13 @@ class EvalReport:
     solver_name: str | None = None
     solver_rtol: float | None = None
     solver: dict[str, dict[str, float]] = field(default_factory=dict)
+    baselines: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"checkpoint": self.checkpoint, "task": self.task, "n": self.n, "curves": self.curves.to_dict(),
                 "cells": self.cells.to_dict() if self.cells is not None else None,
                 "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
-                "solver_rtol": self.solver_rtol, "solver": self.solver}
+                "solver_rtol": self.solver_rtol, "solver": self.solver, "baselines": self.baselines}
 
     def text(self) -> str:
         """The tables, as printed by ``deqloop eval``."""
@@ -143,6 +146,10 @@ class EvalReport:
             rows = {k: {**v} for k, v in self.solver.items()}
             table = settle_table(rows, self.solver_rtol or 0.0, what="fixed-point residual")
             parts += ["", table.replace("adaptive:", f"adaptive ({self.solver_name} solver):", 1)]
+        if any(self.baselines.values()):
+            parts += ["", "baselines on the same examples (no model):"]
+            parts += [f"  {name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items())
+                      for name, scores in self.baselines.items() if scores]
         return "\n".join(parts)
 
 
@@ -157,13 +164,16 @@ def evaluate_model(
     solver: str | None = None,
     solver_rtol: float = 1e-4,
     cells: bool = True,
+    baselines: bool = True,
     device: str | torch.device | None = None,
 ) -> EvalReport:
     """Iteration curves and settling statistics of ``model`` on named ``(x, y)`` splits.
 
     ``task`` supplies ``correct``, ``name`` and, if ``cells``, ``cell_accuracy`` (the fraction of
     cells right, reported beside exact match). With ``solver`` each split is also solved to
-    ``solver_rtol`` with at most ``max(iters)`` evaluations.
+    ``solver_rtol`` with at most ``max(iters)`` evaluations. With ``baselines``, a task that has a
+    ``baselines(x, y)`` method (:meth:`deqloop.tasks.base.Task.baselines`) has them measured on
+    each split's examples.
     """
     if not splits:
         raise ConfigError("nothing to evaluate: no splits")
@@ -180,6 +190,9 @@ def evaluate_model(
         if report.cells is not None and sweep.cell_accuracy is not None:
             report.cells.add(name, sweep.cell_accuracy)
         report.settling[name] = sweep.settle_summary()
+        measure = getattr(task, "baselines", None) if baselines else None
+        if measure is not None:
+            report.baselines[name] = {k: float(v) for k, v in measure(x, y).items()}
     if solver is not None:
         report.solver_name, report.solver_rtol = solver, solver_rtol
         for name, (x, y) in splits.items():

@@ -129,6 +129,12 @@ class Task:
         ``propagation_depth(x) + depth_offset`` iterations on each batch."""
         return None
 
+    def baselines(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """Accuracies of model-free reference solutions on the examples ``(x, y)``, scored by this
+        task's metrics, as ``{"<baseline>/<metric>": accuracy}``; the evaluation reports them beside
+        the model's. Default: none (``{}``)."""
+        return {}
+
     def extra_split(self, spec: str, n: int, seed: int) -> tuple[str, tuple[Tensor, Tensor]]:
         """``(name, (x, y))``: a further test set described by ``spec`` (``deqloop eval --extra``:
         e.g. a data file, or a length), ``n`` examples at most."""

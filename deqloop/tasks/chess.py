@@ -240,3 +240,11 @@ class Chess(Task):
 
     def cell_accuracy(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
         return cell_accuracy(out, y, x)
+
+    def baselines(self, x: Tensor, y: Tensor) -> dict[str, float]:
+        """A uniformly random legal move and a one-ply greedy move (mate, else the most valuable
+        capture, else random), each scored by :func:`correct` and :func:`correct_legal`; exact
+        expectations over their random choices (:mod:`deqloop.tasks.chess_baselines`)."""
+        from deqloop.tasks.chess_baselines import score_baselines  # it imports this module
+
+        return score_baselines(x, y)
