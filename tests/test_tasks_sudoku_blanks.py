@@ -11,6 +11,7 @@ import torch
 from deqloop.tasks import sudoku_blanks
 from deqloop.tasks.sudoku_blanks import generate_blanks
 from deqloop.tasks.sudoku_solver import is_valid_solution, naked_singles_depth, rate, solve
+from deqloop.train.objectives import cross_entropy
 
 ANSWER = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
 EASY = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
@@ -86,3 +87,18 @@ def test_generation_is_seeded_prefix_stable_and_cached_by_band(tmp_path, monkeyp
     monkeypatch.setattr(sudoku_blanks, "_draw_chunk", no_drawing)
     x, y = generate_blanks(10, (25, 35), seed=1, cache_dir=tmp_path)
     assert torch.equal(x, a[0][:10]) and torch.equal(y, a[1][:10])
+
+
+# --------------------------------------------------------------------------------------------- the loss
+
+
+def test_masked_cross_entropy_is_the_mean_over_the_masked_cells():
+    logits = torch.tensor([[[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]]])  # (1, 3, 2)
+    y = torch.tensor([[0, 0, 1]])
+    mask = torch.tensor([[False, True, True]])
+    # cell 1: -log(e^0 / (e^0 + e^1)) = log(1 + e); cell 2: log 2
+    expected = (math.log(1 + math.e) + math.log(2)) / 2
+    assert cross_entropy(logits, y, mask).item() == pytest.approx(expected)
+    everything = (math.log(1 + math.exp(-2)) + math.log(1 + math.e) + math.log(2)) / 3
+    assert cross_entropy(logits, y).item() == pytest.approx(everything)
+    assert cross_entropy(logits, y, torch.zeros_like(mask)).item() == 0.0
