@@ -7,11 +7,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from deqloop.tasks import sudoku_blanks
+from deqloop.errors import ConfigError
+from deqloop.tasks import get_task, sudoku_blanks
+from deqloop.tasks.sudoku import Sudoku
 from deqloop.tasks.sudoku_blanks import generate_blanks
 from deqloop.tasks.sudoku_solver import is_valid_solution, naked_singles_depth, rate, solve
-from deqloop.train.objectives import cross_entropy
+from deqloop.train import TrainConfig, Trainer
+from deqloop.train.objectives import Progressive, cross_entropy
 
 ANSWER = "534678912672195348198342567859761423426853791713924856961537284287419635345286179"
 EASY = "53..7....6..195....98....6.8...6...34..8.3..17...2...6.6....28....419..5....8..79"
@@ -102,3 +106,98 @@ def test_masked_cross_entropy_is_the_mean_over_the_masked_cells():
     everything = (math.log(1 + math.exp(-2)) + math.log(1 + math.e) + math.log(2)) / 3
     assert cross_entropy(logits, y).item() == pytest.approx(everything)
     assert cross_entropy(logits, y, torch.zeros_like(mask)).item() == 0.0
+
+
+# --------------------------------------------------------------------------------------------- the task
+
+
+def test_task_reports_the_deepest_puzzle_or_none():
+    cross = grid(ANSWER)
+    cross[0, 0] = 0
+    cross[0, :, 0] = 0
+    task = Sudoku()
+    assert task.propagation_depth() is None
+    assert task.propagation_depth(torch.cat([grid(ANSWER), cross])) == 2
+    assert task.propagation_depth(torch.cat([cross, torch.zeros(1, 9, 9, dtype=torch.long)])) is None
+
+
+def test_task_draws_each_split_from_its_source(tmp_path):
+    task = get_task("sudoku", blanks=[4, 24], hard_blanks="46-55", cache_dir=str(tmp_path))
+    assert task.blanks == (4, 24) and task.hard_blanks == (46, 55)
+    x_train, y_train = task.make("train", 20, seed=0)
+    x_val, _ = task.make("val", 20, seed=0)
+    x_hard, _ = task.make("hard", 20, seed=0)
+    assert torch.equal(x_train, generate_blanks(20, (4, 24), 0, stream=0, cache_dir=tmp_path)[0])
+    assert not torch.equal(x_train, x_val)
+    train_blanks = (x_train == 0).flatten(1).sum(dim=1)
+    hard_blanks = (x_hard == 0).flatten(1).sum(dim=1)
+    assert ((train_blanks >= 4) & (train_blanks <= 24)).all() and ((hard_blanks >= 46) & (hard_blanks <= 55)).all()
+    mixed = Sudoku(hard_blanks=(36, 45), cache_dir=str(tmp_path))  # train by rating (easy), hard by blanks
+    assert rate(mixed.make("train", 5)[0]).tolist() == [0] * 5
+    assert Sudoku(**task.settings()) == task  # a checkpoint's settings rebuild the task
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"blanks": (0, 10)}, "Sudoku.blanks must be a pair (lo, hi) of blank counts with 1 <= lo <= hi <= 64 "
+                          "(or 'lo-hi'), got (0, 10)"),
+    ({"blanks": (30, 20)}, "Sudoku.blanks must be a pair (lo, hi) of blank counts with 1 <= lo <= hi <= 64 "
+                           "(or 'lo-hi'), got (30, 20)"),
+    ({"hard_blanks": (50, 65)}, "Sudoku.hard_blanks must be a pair (lo, hi) of blank counts with "
+                                "1 <= lo <= hi <= 64 (or 'lo-hi'), got (50, 65)"),
+    ({"blanks": "4 to 24"}, "Sudoku.blanks must be a pair (lo, hi) of blank counts with 1 <= lo <= hi <= 64 "
+                            "(or 'lo-hi'), got '4 to 24'"),
+    ({"blanks": (4, 24), "train_band": "easy"},
+     "Sudoku.train_band and Sudoku.blanks both choose the training puzzles (by rating and by blanks); set one of them"),
+    ({"hard_blanks": (4, 24), "hard_band": [5, None]},
+     "Sudoku.hard_band and Sudoku.hard_blanks both choose the hard puzzles (by rating and by blanks); set one of them"),
+    ({"loss_cells": "givens"}, "unknown Sudoku.loss_cells 'givens'; allowed: 'all', 'blanks'"),
+])
+def test_settings_are_validated_with_exact_messages(settings, message):
+    with pytest.raises(ConfigError) as e:
+        Sudoku(**settings)
+    assert str(e.value) == message
+
+
+def test_blanks_and_a_data_file_are_exclusive(tmp_path):
+    path = tmp_path / "p.txt"
+    path.write_text(EASY + "\n")
+    with pytest.raises(ConfigError) as e:
+        Sudoku(data=str(path), blanks=(4, 24))
+    assert str(e.value) == ("Sudoku.data and Sudoku.blanks both choose the training puzzles (from a file and by "
+                            "blanks); set one of them")
+
+
+def test_the_task_chooses_blanks_and_the_objective_uses_its_mask(tmp_path):
+    x, y = grid(EASY), grid(ANSWER)
+    assert Sudoku().loss_mask(x, y) is None
+    assert torch.equal(Sudoku(loss_cells="blanks").loss_mask(x, y), x == 0)
+    config = TrainConfig(task="sudoku", task_options={"loss_cells": "blanks"}, width=16, heads=2, steps=1,
+                         batch_size=2, loss="progressive", max_iter=2, eval_size=0, threads=1, progress=False,
+                         out=str(tmp_path))
+    trainer = Trainer(config)
+    objective = trainer.objective
+    x2, y2 = torch.cat([x, x]), torch.cat([y, y])
+    loss, logits, _ = objective(x2, y2, 2, 0)
+    blank = (x2 == 0).flatten()
+    by_hand = F.cross_entropy(logits.detach().reshape(-1, 10)[blank], y2.flatten()[blank])
+    assert loss.item() == pytest.approx(by_hand.item(), rel=1e-5)
+    plain = Progressive(trainer.model, alpha=0.0, seed=0)(x2, y2, 2, 0)[0]
+    assert plain.item() == pytest.approx(F.cross_entropy(logits.detach().reshape(-1, 10), y2.flatten()).item(),
+                                         rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------- command line
+
+
+def test_blank_bands_parse_as_lo_hi_or_two_numbers(capsys):
+    from deqloop.cli import build_parser
+
+    argv = ["train", "--task", "sudoku", "--blanks", "4-24", "--hard-blanks", "46", "55", "--loss-cells", "blanks"]
+    args = build_parser(argv).parse_args(argv)
+    assert (args.blanks, args.hard_blanks, args.loss_cells) == ((4, 24), (46, 55), "blanks")
+    with pytest.raises(SystemExit):
+        build_parser(argv).parse_args(["train", "--task", "sudoku", "--blanks", "4-x"])
+    assert "--blanks: expected two integers as 'lo hi' or 'lo-hi', got '4-x'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser(argv).parse_args(["train", "--task", "sudoku", "--help"])
+    assert "--blanks LO[-HI] [HI ...]" in capsys.readouterr().out
