@@ -201,3 +201,11 @@ def test_blank_bands_parse_as_lo_hi_or_two_numbers(capsys):
     with pytest.raises(SystemExit):
         build_parser(argv).parse_args(["train", "--task", "sudoku", "--help"])
     assert "--blanks LO[-HI] [HI ...]" in capsys.readouterr().out
+
+
+def test_the_band_table_script_runs(capsys):
+    from experiments import sudoku_bands
+
+    assert sudoku_bands.main(["--n", "5", "--bands", "4-6", "40-41"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| blanks | puzzles |") and out[2].startswith("| 4-6 | 5 |") and out[3].startswith("| 40-41 | 5 |")
