@@ -10,7 +10,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["add_dataclass_flags", "flag_name", "iters_type", "json_object", "json_or_text"]
+__all__ = ["IntPair", "add_dataclass_flags", "flag_name", "iters_type", "json_object", "json_or_text", "int_pair"]
 
 
 def flag_name(field: str) -> str:
@@ -33,6 +33,30 @@ def json_or_text(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         return text
+
+
+def int_pair(values: list[str]) -> tuple[int, int]:
+    """Two integers from ``["lo", "hi"]`` or ``["lo-hi"]`` (e.g. ``--blanks 4 24`` or ``--blanks 4-24``)."""
+    parts = values[0].split("-") if len(values) == 1 else values
+    try:
+        if len(parts) == 2:
+            return int(parts[0]), int(parts[1])
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected two integers as 'lo hi' or 'lo-hi', got {' '.join(values)!r}")
+
+
+class IntPair(argparse.Action):
+    """An argparse action storing :func:`int_pair` of one or two arguments."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        if len(values) > 2:
+            parser.error(f"{option_string}: expected 'lo hi' or 'lo-hi', got {' '.join(values)!r}")
+        try:
+            setattr(namespace, self.dest, int_pair(values))
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"{option_string}: {e}")
 
 
 def iters_type(text: str) -> list[int]:
@@ -80,6 +104,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, choices: 
             kw["action"] = argparse.BooleanOptionalAction
         elif origin is dict:
             kw.update(type=json_object, metavar="JSON")
+        elif origin is tuple and typing.get_args(hint) == (int, int):
+            kw.update(nargs="+", action=IntPair, metavar=("LO[-HI]", "HI"))
         elif origin is tuple:
             args = typing.get_args(hint)
             item = args[0] if args else str

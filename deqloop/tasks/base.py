@@ -123,6 +123,11 @@ class Task:
         """A training batch with the task's random symmetries applied (default: unchanged)."""
         return x, y
 
+    def loss_mask(self, x: Tensor, y: Tensor) -> Tensor | None:
+        """``(n, *grid)`` bool: the cells the training loss grades (default ``None``: every cell).
+        The cross-entropy is then the mean over the graded cells of the batch."""
+        return None
+
     def propagation_depth(self, x: Tensor | None = None) -> int | None:
         """Iterations information needs to cross the examples ``x`` (``None``: the largest
         training examples), if the task knows; training with ``depth_offset`` then runs

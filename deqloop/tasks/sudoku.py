@@ -31,6 +31,7 @@ from torch import Tensor
 from deqloop import seeds
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import Task, as_predictions, check_band, check_count, check_seed
+from deqloop.tasks.sudoku_blanks import blanks_band, generate_blanks
 from deqloop.tasks.sudoku_data import SudokuMeta, _band_range, cache_root, generate, load, split_by_rating
 from deqloop.tasks.sudoku_solver import (
     GENERATOR_BANDS,
@@ -39,10 +40,11 @@ from deqloop.tasks.sudoku_solver import (
     VOCAB_SIZE,
     SolveResult,
     is_valid_solution,
+    naked_singles_depth,
     rate,
     solve,
 )
-from deqloop.validate import setting
+from deqloop.validate import choice, setting
 
 __all__ = [
     "GENERATOR_BANDS",
@@ -54,8 +56,10 @@ __all__ = [
     "cell_accuracy",
     "correct",
     "generate",
+    "generate_blanks",
     "is_valid_solution",
     "load",
+    "naked_singles_depth",
     "rate",
     "solve",
     "split_by_rating",
@@ -137,24 +141,34 @@ def _load_cached(path: str, mtime_ns: int) -> tuple[Tensor, Tensor, Tensor]:
 _STREAMS = {"train": 0, "val": 1, "hard": 2}
 
 
-def _band(value: str | tuple[int, int | None] | list) -> str | tuple[int, int | None]:
+def _band(value: str | tuple[int, int | None] | list | None) -> str | tuple[int, int | None] | None:
     return tuple(value) if isinstance(value, list) else value  # type: ignore[return-value]
+
+
+LOSS_CELLS = ("all", "blanks")
 
 
 @dataclass(frozen=True)
 class Sudoku(Task):
     """The sudoku task.
 
-    Without ``data``: ``train``/``val`` are generated from ``train_band`` (independent streams),
-    ``hard`` from ``hard_band``. With ``data`` (a file :func:`load` reads): puzzles are split by
-    rating quantiles (:func:`split_by_rating`); ``val`` is a fixed ``val_fraction`` of the easy
-    part and ``train`` the rest; each ``make`` draws ``n`` of a part without replacement.
-    With ``augment`` every training batch gets random validity-preserving symmetries.
+    Without ``data``: ``train``/``val`` are generated (independent streams) from ``train_band``
+    (a rating band, ``easy`` by default) or, with ``blanks``, by number of blanks
+    (:func:`generate_blanks`); ``hard`` likewise from ``hard_band`` (``hard`` by default) or
+    ``hard_blanks``. A split takes its puzzles from one source: setting a rating band and a
+    blanks band for the same split is an error. With ``data`` (a file :func:`load` reads):
+    puzzles are split by rating quantiles (:func:`split_by_rating`); ``val`` is a fixed
+    ``val_fraction`` of the easy part and ``train`` the rest; each ``make`` draws ``n`` of a part
+    without replacement. With ``augment`` every training batch gets random validity-preserving
+    symmetries. ``loss_cells="blanks"`` grades only the blanks in the training loss
+    (:meth:`loss_mask`); ``"all"`` grades all 81 cells.
     """
 
-    train_band: str | tuple[int, int | None] = setting(
-        "rating band of generated training puzzles: easy, medium, hard or [low, high] as JSON", default="easy")
-    hard_band: str | tuple[int, int | None] = setting("rating band of generated hard puzzles", default="hard")
+    train_band: str | tuple[int, int | None] | None = setting(
+        "rating band of generated training puzzles: easy, medium, hard or [low, high] as JSON "
+        "(default easy, unless blanks is set)", default=None)
+    hard_band: str | tuple[int, int | None] | None = setting(
+        "rating band of generated hard puzzles (default hard, unless hard_blanks is set)", default=None)
     data: str | None = setting("a puzzle file (Sudoku-Extreme CSV or 81-character lines), split easy/hard by "
                                "rating, instead of generated puzzles", default=None)
     easy_quantile: float = setting("with data: puzzles rated at most this quantile are easy", default=0.5)
@@ -163,6 +177,12 @@ class Sudoku(Task):
     cache_dir: str | None = setting("where generated puzzles are cached (default $DEQLOOP_CACHE or "
                                     "~/.cache/deqloop)", default=None)
     augment: bool = setting("apply random validity-preserving symmetries to each training batch", default=False)
+    blanks: tuple[int, int] | None = setting(
+        "generate training/validation puzzles with lo-hi blanks (1 <= lo <= hi <= 64), unique, instead of "
+        "by rating", default=None)
+    hard_blanks: tuple[int, int] | None = setting(
+        "generate hard puzzles with lo-hi blanks instead of by rating", default=None)
+    loss_cells: str = setting("cells the training loss grades: all or blanks", default="all")
 
     name: ClassVar[str] = "sudoku"
     vocab_size: ClassVar[int] = VOCAB_SIZE
@@ -175,8 +195,18 @@ class Sudoku(Task):
         for name in ("data", "cache_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
-        _band_range(self.train_band)
-        _band_range(self.hard_band)
+        for band, blanks, which in (("train_band", "blanks", "training"), ("hard_band", "hard_blanks", "hard")):
+            if getattr(self, band) is not None:
+                _band_range(getattr(self, band))
+            if getattr(self, blanks) is not None:
+                object.__setattr__(self, blanks, blanks_band(getattr(self, blanks), f"Sudoku.{blanks}"))
+                if getattr(self, band) is not None:
+                    raise ConfigError(f"Sudoku.{band} and Sudoku.{blanks} both choose the {which} puzzles (by rating "
+                                      f"and by blanks); set one of them")
+                if self.data is not None:
+                    raise ConfigError(f"Sudoku.data and Sudoku.{blanks} both choose the {which} puzzles (from a "
+                                      f"file and by blanks); set one of them")
+        choice("Sudoku.loss_cells", self.loss_cells, LOSS_CELLS)
         if not 0.0 <= self.easy_quantile <= self.hard_quantile <= 1.0:
             raise ConfigError(
                 f"Sudoku needs 0 <= easy_quantile <= hard_quantile <= 1, got {self.easy_quantile}, {self.hard_quantile}"
@@ -191,7 +221,11 @@ class Sudoku(Task):
         check_count(n)
         check_seed(seed)
         if self.data is None:
-            source = self.hard_band if split == "hard" else self.train_band
+            blanks = self.hard_blanks if split == "hard" else self.blanks
+            if blanks is not None:
+                return generate_blanks(n, blanks, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)
+            band = self.hard_band if split == "hard" else self.train_band
+            source = band if band is not None else ("hard" if split == "hard" else "easy")
             x, y = generate(n, source, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)  # type: ignore[misc]
             return x, y
         path = Path(self.data)
@@ -214,6 +248,19 @@ class Sudoku(Task):
             raise ConfigError(f"no such sudoku file: {spec}")
         x, y = load(spec)[:2]
         return Path(spec).stem, (x[:n], y[:n])
+
+    def propagation_depth(self, x: Tensor | None = None) -> int | None:
+        """The most rounds of naked singles (:func:`naked_singles_depth`) a puzzle of ``x`` needs;
+        ``None`` without ``x`` (the training puzzles' depth is not known in advance) or when naked
+        singles alone cannot finish some puzzle of ``x``."""
+        if x is None or len(x) == 0:
+            return None
+        depth = naked_singles_depth(x).max().item()
+        return None if depth == float("inf") else int(depth)
+
+    def loss_mask(self, x: Tensor, y: Tensor) -> Tensor | None:
+        """With ``loss_cells="blanks"`` the blanks of ``x``; else ``None`` (every cell)."""
+        return x == 0 if self.loss_cells == "blanks" else None
 
     def correct(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
         return correct(out, y, x)

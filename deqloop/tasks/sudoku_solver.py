@@ -20,7 +20,8 @@ from torch import Tensor
 
 from deqloop.errors import ConfigError
 
-__all__ = ["GENERATOR_BANDS", "GRID", "NUM_CLASSES", "SolveResult", "VOCAB_SIZE", "is_valid_solution", "rate", "solve"]
+__all__ = ["GENERATOR_BANDS", "GRID", "NUM_CLASSES", "SolveResult", "VOCAB_SIZE", "is_valid_solution", "naked_singles_depth",
+           "rate", "solve"]
 
 VOCAB_SIZE = 10
 NUM_CLASSES = 10
@@ -229,3 +230,31 @@ def is_valid_solution(grids: Tensor) -> Tensor:
         2, units.clamp(0, 9), torch.ones_like(units)
     )
     return in_range & (onehot[:, :, 1:] == 1).flatten(1).all(dim=1)
+
+
+def naked_singles_depth(puzzles: np.ndarray | Tensor) -> Tensor:
+    """``(n,)`` float: rounds of naked singles each puzzle needs; ``inf`` where they get stuck.
+
+    A round fills, all at once, every blank that has exactly one candidate left (a digit no
+    row, column or box of the cell holds yet). The depth is the number of rounds until no blank
+    is left: 0 for a full grid. A puzzle gets stuck (``inf``) when a round finds no such cell
+    while blanks remain, or finds a contradiction (a repeated digit, a blank without candidates).
+    """
+    grid = _as_grids(puzzles).copy()
+    depth = np.zeros(len(grid), np.float64)
+    active = np.ones(len(grid), bool)
+    while (act := np.flatnonzero(active)).size:
+        g = grid[act]
+        cand, _, repeats = _candidates(g)
+        blank = g == 0
+        size = _POP[cand]
+        solved = ~repeats & ~blank.any(axis=1)
+        forced = blank & (size == 1)
+        stuck = ~solved & (repeats | (blank & (size == 0)).any(axis=1) | ~forced.any(axis=1))
+        depth[act[stuck]] = np.inf
+        active[act[solved | stuck]] = False
+        go = ~solved & ~stuck
+        g[forced & go[:, None]] = _LOW[cand[forced & go[:, None]]]
+        grid[act] = g
+        depth[act[go]] += 1
+    return torch.from_numpy(depth)

@@ -51,12 +51,18 @@ __all__ = ["Equilibrium", "Objective", "Progressive", "WarmStart", "build_object
 log = logging.getLogger("deqloop.train")
 
 Mean = Callable[[torch.Tensor], float]
+MaskFn = Callable[[torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 UNCONVERGED_WARNING = 0.5  # warn (once a run) when fewer forward solves converge in an implicit-gradient step
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over every cell, in float32."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy in float32 over every cell, or over the cells where ``mask`` (shaped
+    like ``y``) is true (0 when none is)."""
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    if mask is None:
+        return F.cross_entropy(flat, y.reshape(-1))
+    keep = mask.reshape(-1).to(flat.dtype)
+    return (F.cross_entropy(flat, y.reshape(-1), reduction="none") * keep).sum() / keep.sum().clamp(min=1)
 
 
 def progressive_draw(seed: int, step: int, depth: int) -> tuple[int, int]:
@@ -68,11 +74,20 @@ def progressive_draw(seed: int, step: int, depth: int) -> tuple[int, int]:
 
 
 class Objective(nn.Module):
-    """``(x, y, depth, step) ↦ (loss, logits, stats)``; ``metrics(stats, mean)`` for the log."""
+    """``(x, y, depth, step) ↦ (loss, logits, stats)``; ``metrics(stats, mean)`` for the log.
 
-    def __init__(self, model: LoopedDEQ):
+    ``loss_mask(x, y)`` (e.g. :meth:`Task.loss_mask <deqloop.tasks.Task.loss_mask>`) picks the
+    cells the cross-entropy grades; ``None`` (or a mask of ``None``) grades every cell.
+    """
+
+    def __init__(self, model: LoopedDEQ, loss_mask: MaskFn | None = None):
         super().__init__()
         self.model = model
+        self.loss_mask = loss_mask
+
+    def mask(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+        """The cells of the batch the loss grades (``None``: every cell)."""
+        return self.loss_mask(x, y) if self.loss_mask is not None else None
 
     def metrics(self, stats: dict[str, Any], mean: Mean) -> dict[str, Any]:
         return {}
@@ -88,8 +103,8 @@ class Equilibrium(Objective):
 
     def __init__(self, model: LoopedDEQ, *, seed: int = 0, fp_states: int = 1, fp_gamma: float = 0.8,
                  jac_reg: float = 0.0, jac_reg_every: int = 1, train_init: str | None = None,
-                 warn_unconverged: bool = False):
-        super().__init__(model)
+                 warn_unconverged: bool = False, loss_mask: MaskFn | None = None):
+        super().__init__(model, loss_mask)
         self.seed, self.fp_states, self.fp_gamma = seed, fp_states, fp_gamma
         self.jac_reg, self.jac_reg_every, self.train_init = jac_reg, jac_reg_every, train_init
         self.warn_unconverged = warn_unconverged
@@ -103,10 +118,11 @@ class Equilibrium(Objective):
         init = {"init": self.train_init} if self.train_init is not None else {}
         budget = -(-depth // self.fp_states)  # each segment's share of the solver budget
         loss = x.new_zeros((), dtype=torch.float32)
+        mask = self.mask(x, y)
         z0 = None
         for weight in self.segment_weights():
             out = self.model(x, z0=z0, max_iter=budget, **init)
-            loss = loss + weight * cross_entropy(out.logits, y)
+            loss = loss + weight * cross_entropy(out.logits, y, mask)
             z0 = out.solution.z.detach()
         stats: dict[str, Any] = {"solution": out.solution, "step": step}
         if self.jac_reg > 0 and step % self.jac_reg_every == 0:
@@ -155,8 +171,8 @@ class Equilibrium(Objective):
 class Progressive(Objective):
     """The deep-thinking loss (see the module docstring), with ``(n, k)`` drawn from ``(seed, step)``."""
 
-    def __init__(self, model: LoopedDEQ, *, alpha: float, seed: int):
-        super().__init__(model)
+    def __init__(self, model: LoopedDEQ, *, alpha: float, seed: int, loss_mask: MaskFn | None = None):
+        super().__init__(model, loss_mask)
         self.alpha, self.seed = alpha, seed
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, depth: int, step: int):
@@ -165,6 +181,7 @@ class Progressive(Objective):
         e = m.embed(x)  # (B, *grid, D)
         z0 = m.initial_state(e)
         loss = x.new_zeros((), dtype=torch.float32)
+        mask = self.mask(x, y)
         logits = z_n = residual = None
         if alpha < 1.0:  # every iteration, backpropagated
             z_prev = z = z0
@@ -173,7 +190,7 @@ class Progressive(Objective):
                     z_n = z.detach()
                 z_prev, z = z, z_next
             logits = m.readout(z)
-            loss = loss + (1.0 - alpha) * cross_entropy(logits, y)
+            loss = loss + (1.0 - alpha) * cross_entropy(logits, y, mask)
             residual = relative_residual(z, z_prev)
         if alpha > 0.0:  # n iterations without gradient, then k with
             if z_n is None:
@@ -183,7 +200,7 @@ class Progressive(Objective):
             for z_next in m.iterates(z_n, e, k):
                 z_prev, z = z, z_next
             part = m.readout(z)
-            loss = loss + alpha * cross_entropy(part, y)
+            loss = loss + alpha * cross_entropy(part, y, mask)
             if logits is None:
                 logits, residual = part, relative_residual(z, z_prev)
         return loss, logits, {"residual": residual, "depth": depth, "n": n, "k": k}
@@ -219,14 +236,14 @@ class WarmStart(Objective):
         return {"phase": "warm" if phase is self.warm else "equilibrium", **phase.metrics(stats, mean)}
 
 
-def build_objective(model: LoopedDEQ, config: Any) -> Objective:
-    """The objective a :class:`~deqloop.train.TrainConfig` asks for."""
+def build_objective(model: LoopedDEQ, config: Any, loss_mask: MaskFn | None = None) -> Objective:
+    """The objective a :class:`~deqloop.train.TrainConfig` asks for; ``loss_mask`` as :class:`Objective`'s."""
     if config.loss == "progressive":
-        return Progressive(model, alpha=config.alpha, seed=config.seed)
+        return Progressive(model, alpha=config.alpha, seed=config.seed, loss_mask=loss_mask)
     equilibrium = Equilibrium(model, seed=config.seed, fp_states=config.fp_states, fp_gamma=config.fp_gamma,
                               jac_reg=config.jac_reg, jac_reg_every=config.jac_reg_every,
-                              train_init=config.train_init, warn_unconverged=config.implicit)
+                              train_init=config.train_init, warn_unconverged=config.implicit, loss_mask=loss_mask)
     if config.pretrain_steps:
-        warm = Progressive(model, alpha=config.alpha, seed=config.seed)
+        warm = Progressive(model, alpha=config.alpha, seed=config.seed, loss_mask=loss_mask)
         return WarmStart(warm, equilibrium, config.pretrain_steps, config.plain_depth)
     return equilibrium

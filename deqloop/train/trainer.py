@@ -90,7 +90,7 @@ class Trainer:
         runtime.seed_everything(c.seed)
         self.task = task if task is not None else c.build_task()
         self.model = LoopedDEQ(c.model_config()).to(self.device)
-        self.objective: nn.Module = build_objective(self.model, c)
+        self.objective: nn.Module = build_objective(self.model, c, loss_mask=self.task.loss_mask)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
