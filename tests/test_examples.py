@@ -37,7 +37,8 @@ def test_prefix_sums_example(tmp_path, capsys):
          "--no-progress"])
     check_outputs(out, report, {"val", "hard", "24 bits"}, [1, 4, 8])
     config = json.loads((out / "config.json").read_text())
-    assert config["task_options"] == {"length": 6, "min_length": 3, "hard_length": 12}  # flags override defaults
+    assert config["task_options"] == {"length": 6, "min_length": 3, "hard_length": 12, "start_length": None,
+                                      "start_min_length": None, "ramp_steps": 0}  # flags override defaults
     assert config["steps"] == 3 and config["width"] == 16 and config["depth_offset"] == 2
     assert "adaptive" in capsys.readouterr().out
 

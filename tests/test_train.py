@@ -222,7 +222,8 @@ def test_each_regime_trains_and_logs_its_metrics(tmp_path, overrides):
     assert {"model_config", "model", "train_config", "optimizer", "scheduler", "step", "rng"} <= set(state)
     assert state["format"] == FORMAT and set(state["model_config"]) == {"arch", "solve"}
     assert state["train_config"] == c.to_dict()
-    assert state["train_config"]["task_options"] == {"length": 6, "min_length": 3, "hard_length": 12}
+    assert state["train_config"]["task_options"] == {"length": 6, "min_length": 3, "hard_length": 12,
+                                                     "start_length": None, "start_min_length": None, "ramp_steps": 0}
     model = load_model(tmp_path / "last.pt")
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), state["model"].values()))
 
