@@ -183,8 +183,9 @@ def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) 
         doc += ["", "### Stability over training", "",
                 "From the stability monitor (`stability_every`, a 16-example probe of the validation split): the "
                 "median ρ(∂f/∂z) at the first and last probe, the fraction of training at which it first exceeded 1, "
-                "the fraction at which plain iteration first reached fewer than 50 % of the probe's fixed points "
-                "(*reachable*), and the reachable and implicit-backward converged fractions at the last probe; "
+                "the fraction at which plain iteration (within the run's own solver budget `max_iter` and tolerance: "
+                "the training depth for the progressive loss, the solver budget for fixed-point training) first converged for fewer "
+                "than 50 % of the probe (*reachable*; a map with ρ ≈ 1 at initialisation starts below it), and the reachable and implicit-backward converged fractions at the last probe; "
                 "medians over seeds (*never*: in most seeds it did not happen).", "", table(header, rows)]
         plot = stability_report.plot_traces(cs, task, plots / f"{task}_stability.png")
         if plot is not None:
