@@ -104,8 +104,9 @@ def _trace(run: dict[str, Any], field: str) -> tuple[list[float], list[float]]:
 
 
 def plot_traces(configs: list[Any], task: str, path: Path) -> Path | None:
-    """One figure for ``task``: a row of :data:`PANELS` per training regime, one line per recall ×
-    norm (its first seed's run), over the fraction of training. None when no run has traces."""
+    """One figure for ``task``: a row of :data:`PANELS` per training regime (named on the left), one
+    line per recall × norm (colour: norm, style: recall; its first seed's run), over the fraction of
+    training. None when no run has traces."""
     with_traces = [c for c in configs if any(stability_rows(r) for r in c.runs)]
     if not with_traces:
         return None
@@ -118,7 +119,7 @@ def plot_traces(configs: list[Any], task: str, path: Path) -> Path | None:
     styles = {r: s for r, s in zip(recalls, ("-", "--", ":", "-."))}
     fig = Figure(figsize=(14, 2.8 * len(regimes) + 0.6), layout="constrained")
     axes = fig.subplots(len(regimes), len(PANELS), squeeze=False)
-    for row, regime in zip(axes, regimes):
+    for i, (row, regime) in enumerate(zip(axes, regimes)):
         for c in (c for c in with_traces if c.regime == regime):
             run = next(r for r in c.runs if stability_rows(r))
             for ax, (field, _) in zip(row, PANELS):
@@ -126,8 +127,10 @@ def plot_traces(configs: list[Any], task: str, path: Path) -> Path | None:
                 if xs:
                     ax.plot(xs, ys, color=colors[c.norm], ls=styles[c.recall], marker="." if field != "loss" else None,
                             ms=3, lw=1, label=f"{c.recall}/{c.norm}")
+        row[0].set_ylabel(regime, fontsize=9, fontweight="bold")
         for ax, (field, title) in zip(row, PANELS):
-            ax.set_title(f"{regime}: {title}", fontsize=9)
+            if i == 0:
+                ax.set_title(title, fontsize=9)
             ax.set_xlabel("fraction of training", fontsize=8)
             ax.tick_params(labelsize=7)
             if field == "rho":
