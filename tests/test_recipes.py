@@ -124,15 +124,15 @@ def test_the_warm_start_switches_objectives_at_its_step(tmp_path):
 
 
 def test_the_equilibrium_loss_defaults_to_the_best_recipe(tmp_path):
-    """Unset, the equilibrium loss gets a warm start for two thirds of the steps (rounded down) and
-    the phantom gradient through 5 damped steps, τ = 0.8; anything given explicitly is kept."""
+    """Unset, the equilibrium loss gets the phantom gradient through 5 damped steps, τ = 0.8, and no
+    warm start; anything given explicitly is kept."""
     c = tiny_run(tmp_path, backward=None, steps=10)
-    assert (c.pretrain_steps, c.backward, c.backward_options) == (6, "phantom", {"steps": 5, "tau": 0.8})
+    assert (c.pretrain_steps, c.backward, c.backward_options) == (0, "phantom", {"steps": 5, "tau": 0.8})
     assert c.adjoint() == as_backward("phantom", {"steps": 5, "tau": 0.8})
-    c = tiny_run(tmp_path, backward=None, steps=10, pretrain_steps=0, backward_options={"steps": 2})
-    assert (c.pretrain_steps, c.backward, c.backward_options) == (0, "phantom", {"steps": 2, "tau": 0.8})
+    c = tiny_run(tmp_path, backward=None, steps=10, pretrain_steps=6, backward_options={"steps": 2})
+    assert (c.pretrain_steps, c.backward, c.backward_options) == (6, "phantom", {"steps": 2, "tau": 0.8})
     c = tiny_run(tmp_path, backward="implicit", steps=3)
-    assert (c.pretrain_steps, c.backward, c.backward_options) == (2, "implicit", {})
+    assert (c.pretrain_steps, c.backward, c.backward_options) == (0, "implicit", {})
     c = tiny_run(tmp_path, loss="progressive", backward=None)
     assert (c.pretrain_steps, c.backward) == (0, None)
     assert TrainConfig.from_dict(c.to_dict()) == c  # the resolved values round-trip

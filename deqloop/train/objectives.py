@@ -18,10 +18,9 @@
   - the approximate adjoint ``backward="neumann"`` and the solver budget ``max_iter`` are the
     model's own settings.
 
-  Unset, the equilibrium loss uses the recipe that trained best in the ablation
-  (``python -m experiments.sweep --preset recipes``): ``pretrain_steps`` two thirds of the steps
-  and ``backward="phantom"`` (5 damped steps, τ = 0.8); see
-  :data:`deqloop.train.config.DEFAULT_BACKWARD`.
+  Unset, the equilibrium loss uses the gradient that trained best in the ablation
+  (``python -m experiments.sweep --preset recipes``): ``backward="phantom"`` (5 damped steps,
+  τ = 0.8), no warm start; see :data:`deqloop.train.config.DEFAULT_BACKWARD`.
 * :class:`Progressive` — the deep-thinking loss. Plain iterations ``z ← f(z; e)`` from z₀; with
   weight ``1 − alpha`` the loss after all ``depth`` iterations (backpropagated through all of
   them) and with weight ``alpha`` the loss after ``n ~ U{0..depth−1}`` iterations without gradient
