@@ -162,12 +162,14 @@ def plot_rho_vs_accuracy(configs: list[Config], path: Path) -> Path:
 
 
 def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) -> list[str]:
-    """The recipe ablation table of each cell trained under more than the three base regimes, and the
+    """The recipe ablation table of each cell trained under three or more regimes no other cell has, and the
     stability-over-training table and figure of the runs that carry monitor traces."""
     doc = []
     cells = sorted({(c.recall, c.norm) for c in cs})
     for recall, norm in cells:
-        if sum(c.recall == recall and c.norm == norm for c in cs) <= 3:
+        own = {c.regime for c in cs if (c.recall, c.norm) == (recall, norm)}
+        others = {c.regime for c in cs if (c.recall, c.norm) != (recall, norm)}
+        if len(own - others) < 3:  # an ablation: at least three regimes trained in this cell alone
             continue
         doc += ["", f"### Fixed-point training recipes ({recall} recall, {norm} norm)", "",
                 "Every regime of this cell (`python -m experiments.sweep --preset recipes`; the regimes are "
