@@ -209,3 +209,27 @@ def test_the_band_table_script_runs(capsys):
     assert sudoku_bands.main(["--n", "5", "--bands", "4-6", "40-41"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("| blanks | puzzles |") and out[2].startswith("| 4-6 | 5 |") and out[3].startswith("| 40-41 | 5 |")
+
+
+def test_draw_cached_extends_the_cache_with_only_the_missing_chunks(tmp_path):
+    import numpy as np
+
+    from deqloop.tasks.sudoku_data import draw_cached
+
+    calls = []
+
+    def draw(chunk):  # two rows per chunk, their values naming the chunk
+        calls.append(chunk)
+        return (np.full((2, 3), chunk, np.int8),)
+
+    empty = {"rows": np.zeros((0, 3), np.int8)}
+    path = tmp_path / "set.npz"
+    arrays, drawn, _ = draw_cached(path, 3, empty, draw, use_cache=True, failure="x")
+    assert calls == [0, 1] and drawn == 4 and arrays["rows"][:, 0].tolist() == [0, 0, 1, 1]
+    arrays, drawn, _ = draw_cached(path, 7, empty, draw, use_cache=True, failure="x")
+    assert calls == [0, 1, 2, 3] and drawn == 4 and arrays["rows"][:, 0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert draw_cached(path, 5, empty, draw, use_cache=True, failure="x")[1] == 0 and len(calls) == 4
+    fresh, _, _ = draw_cached(tmp_path / "other.npz", 7, empty, draw, use_cache=False, failure="x")
+    assert np.array_equal(fresh["rows"], arrays["rows"]) and not (tmp_path / "other.npz").exists()
+    with pytest.raises(RuntimeError, match="too few: only 0 accepted in 100 chunks"):
+        draw_cached(path, 1000, empty, lambda c: (np.zeros((0, 3), np.int8),), use_cache=False, failure="too few")

@@ -48,16 +48,7 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
     extra = {} if loss == "progressive" else dict(alpha=0.0, depth_offset=None, backward="implicit", pretrain_steps=0,
                                                   max_iter=5)
     extra["stability_every"] = 2  # the monitor: rank 0 measures, every rank stays in step
-    ddp = config(tmp_path / "ddp", loss=loss, **extra)
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         json.dumps(ddp.to_dict()), str(tmp_path)],
-        env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun(WORKER, tmp_path, "worker", config(tmp_path / "ddp", loss=loss, **extra))
     for r in (0, 1):
         assert (tmp_path / f"rank{r}.txt").read_text() == f"rank {r} of 2 on cpu"
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]

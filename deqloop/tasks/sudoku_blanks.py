@@ -16,9 +16,7 @@ keyed by band, stream, seed and generator version.
 from __future__ import annotations
 
 import logging
-import os
 import re
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +25,7 @@ from torch import Tensor
 
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import check_count
-from deqloop.tasks.sudoku_data import cache_root
+from deqloop.tasks.sudoku_data import cache_root, draw_cached
 from deqloop.tasks.sudoku_solver import _search
 
 __all__ = ["MAX_BLANKS", "blanks_band", "generate_blanks"]
@@ -89,33 +87,16 @@ def generate_blanks(
     check_count(n)
     lo, hi = blanks_band(band, "band")
     path = cache_root(cache_dir) / "sudoku" / f"b{lo}-{hi}-stream{stream}-seed{seed}-v{_BLANKS_VERSION}.npz"
-    puzzles = np.zeros((0, 81), np.int8)
-    solutions = np.zeros((0, 81), np.int8)
-    chunks = 0
-    if use_cache and path.exists():
-        with np.load(path) as saved:
-            puzzles, solutions, chunks = saved["puzzles"], saved["solutions"], int(saved["chunks"])
-    if len(puzzles) < n:
-        start, before = time.perf_counter(), len(puzzles)
-        parts = [(puzzles, solutions)]
-        have = len(puzzles)
-        while have < n:
-            rng = np.random.default_rng([seed, stream, lo, hi, chunks, _BLANKS_VERSION])
-            part = _draw_chunk(lo, hi, rng)
-            parts.append(part)
-            have += len(part[0])
-            chunks += 1
-            if chunks >= 100 and have < chunks:  # fewer than one puzzle per chunk
-                raise RuntimeError(f"sudoku blanks {lo}-{hi}: only {have} of {chunks * _CHUNK} grids reached "
-                                   "their number of blanks with a unique solution")
-        puzzles, solutions = (np.concatenate(p) for p in zip(*parts))
-        seconds = time.perf_counter() - start
-        log.info("sudoku: drew %d puzzles with %d-%d blanks in %.1f s", len(puzzles) - before, lo, hi, seconds)
-        if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-            np.savez_compressed(tmp, puzzles=puzzles, solutions=solutions, chunks=chunks)
-            os.replace(tmp, path)
+    empty = {"puzzles": np.zeros((0, 81), np.int8), "solutions": np.zeros((0, 81), np.int8)}
+
+    def draw(chunk: int) -> tuple[np.ndarray, ...]:
+        return _draw_chunk(lo, hi, np.random.default_rng([seed, stream, lo, hi, chunk, _BLANKS_VERSION]))
+
+    arrays, drawn, seconds = draw_cached(path, n, empty, draw, use_cache=use_cache,
+                                  failure=f"sudoku blanks {lo}-{hi}: too few grids reached their blanks uniquely")
+    puzzles, solutions = arrays["puzzles"], arrays["solutions"]
+    if drawn:
+        log.info("sudoku: drew %d puzzles with %d-%d blanks in %.1f s", drawn, lo, hi, seconds)
     x = torch.from_numpy(puzzles[:n].astype(np.int64)).view(-1, 9, 9)
     y = torch.from_numpy(solutions[:n].astype(np.int64)).view(-1, 9, 9)
     return x, y

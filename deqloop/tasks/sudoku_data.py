@@ -18,8 +18,13 @@ from torch import Tensor
 
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import check_count
-from deqloop.tasks.io import check_file, LoadSummary, Rows, iter_lines
-from deqloop.tasks.sudoku_solver import GENERATOR_BANDS, _search, _units, is_valid_solution
+from deqloop.tasks.io import LoadSummary, Rows, check_file, iter_lines
+from deqloop.tasks.sudoku_solver import (
+    GENERATOR_BANDS,
+    _search,
+    _units,
+    is_valid_solution,
+)
 
 __all__ = ["SudokuMeta", "cache_root", "generate", "load", "split_by_rating"]
 
@@ -87,6 +92,42 @@ class SudokuMeta:
     puzzles_per_second: float | None = None  # generator: the drawing rate (None when cached)
 
 
+def draw_cached(path: Path, n: int, empty: dict[str, np.ndarray], draw, *, use_cache: bool,
+                failure: str) -> tuple[dict[str, np.ndarray], int, float]:
+    """At least ``n`` rows of the arrays ``empty`` names (their dtypes and row shapes), from the
+    cache file ``path`` and, for what it lacks, from ``draw(chunk)`` (a tuple of arrays in the
+    order of ``empty``; chunk ``i`` is seeded by the caller from ``i``, so a smaller ``n`` is a
+    prefix of a larger one). The extended set is written back atomically. Returns the arrays, the
+    number of rows drawn now and the seconds spent drawing (0 and 0.0 when the cache held enough).
+    Fewer than one accepted row per chunk over 100 chunks raises ``RuntimeError(failure + counts)``."""
+    arrays, chunks = dict(empty), 0
+    if use_cache and path.exists():
+        with np.load(path) as saved:
+            arrays = {k: saved[k] for k in empty}
+            chunks = int(saved["chunks"])
+    first = next(iter(arrays))
+    before = len(arrays[first])
+    if before >= n:
+        return arrays, 0, 0.0
+    start = time.perf_counter()
+    parts, have = [tuple(arrays.values())], before
+    while have < n:
+        part = draw(chunks)
+        parts.append(part)
+        have += len(part[0])
+        chunks += 1
+        if chunks >= 100 and have < chunks:  # fewer than one accepted row per chunk
+            raise RuntimeError(f"{failure}: only {have} accepted in {chunks} chunks")
+    arrays = {k: np.concatenate(col) for k, col in zip(empty, zip(*parts))}
+    seconds = time.perf_counter() - start
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+        np.savez_compressed(tmp, **arrays, chunks=chunks)
+        os.replace(tmp, path)
+    return arrays, have - before, seconds
+
+
 def generate(
     n: int,
     band: str | tuple[int, int | None] = "easy",
@@ -110,36 +151,19 @@ def generate(
     low, high = _band_range(band)
     name = f"r{low}-{'inf' if high is None else high}-stream{stream}-seed{seed}-v{_GENERATOR_VERSION}.npz"
     path = cache_root(cache_dir) / "sudoku" / name
-    puzzles = np.zeros((0, 81), np.int8)
-    solutions = np.zeros((0, 81), np.int8)
-    ratings = np.zeros(0, np.int64)
-    chunks = 0
-    if use_cache and path.exists():
-        with np.load(path) as saved:
-            puzzles, solutions, ratings = saved["puzzles"], saved["solutions"], saved["ratings"]
-            chunks = int(saved["chunks"])
+    empty = {"puzzles": np.zeros((0, 81), np.int8), "solutions": np.zeros((0, 81), np.int8),
+             "ratings": np.zeros(0, np.int64)}
+
+    def draw(chunk: int) -> tuple[np.ndarray, ...]:
+        return _draw_chunk(low, high, np.random.default_rng(
+            [seed, stream, low, 0 if high is None else high + 1, chunk, _GENERATOR_VERSION]))
+
+    arrays, drawn, seconds = draw_cached(path, n, empty, draw, use_cache=use_cache, failure=f"sudoku band {band!r}")
+    puzzles, solutions, ratings = arrays["puzzles"], arrays["solutions"], arrays["ratings"]
     rate_per_s = None
-    if len(puzzles) < n:
-        start, before = time.perf_counter(), len(puzzles)
-        parts = [(puzzles, solutions, ratings)]
-        have = len(puzzles)
-        while have < n:
-            rng = np.random.default_rng([seed, stream, low, 0 if high is None else high + 1, chunks, _GENERATOR_VERSION])
-            part = _draw_chunk(low, high, rng)
-            parts.append(part)
-            have += len(part[0])
-            chunks += 1
-            if chunks >= 100 and have < chunks:  # fewer than one puzzle per chunk
-                raise RuntimeError(f"sudoku band {band!r} accepted only {have} of {chunks * _CHUNK} drawn puzzles")
-        puzzles, solutions, ratings = (np.concatenate(p) for p in zip(*parts))
-        seconds = time.perf_counter() - start
-        rate_per_s = (len(puzzles) - before) / max(seconds, 1e-9)
-        log.info("sudoku: drew %d %s puzzles in %.1f s (%.1f puzzles/s)", len(puzzles) - before, band, seconds, rate_per_s)
-        if use_cache:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-            np.savez_compressed(tmp, puzzles=puzzles, solutions=solutions, ratings=ratings, chunks=chunks)
-            os.replace(tmp, path)
+    if drawn:
+        rate_per_s = drawn / max(seconds, 1e-9)
+        log.info("sudoku: drew %d %s puzzles in %.1f s (%.1f puzzles/s)", drawn, band, seconds, rate_per_s)
     x = torch.from_numpy(puzzles[:n].astype(np.int64)).view(-1, 9, 9)
     y = torch.from_numpy(solutions[:n].astype(np.int64)).view(-1, 9, 9)
     if not return_meta:
