@@ -25,6 +25,12 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
   40-iteration budget) with the
   exact implicit and with the phantom gradient, the Neumann adjoint, and the plain regimes beside
   them, 3 seeds each (``regime`` names like ``implicit+warm``; see ``REGIME_TRAIN``).
+* ``paper``: the paper's prefix-sums split on CPU (train on lengths 8–32 bits, reached by a
+  difficulty schedule from 4–8 bits over the first 900 of 1,500 steps; test at 512 bits with up to
+  600 iterations): the cpu cell (internal recall, post norm, width 32, local window 3) trained
+  with plain backpropagation through length + 2 iterations (the progressive regime with
+  ``alpha = 0``), 3 seeds; about 3.5 min of training a run. Summaries go to
+  ``results/paper_split`` (their run names are the cpu grid's).
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA).
 
 The cpu, recipes and gpu presets run the stability monitor (``stability_every``: every 25 steps
@@ -121,6 +127,9 @@ class Preset:
     eval_n: int = 512
     analyze_n: int = 32
     analysis: dict[str, Any] = field(default_factory=dict)
+    results: str = "results/runs"
+    """Where the sweep writes this preset's run summaries by default (a preset whose runs share names
+    with another's, e.g. the same cell at another split, keeps them apart)."""
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -200,6 +209,12 @@ _SUDOKU_CPU = dict(task_options=dict(augment=True), width=64, heads=4, max_iter=
 # A sudoku or chess run takes 15–30 min on one core, so their default CPU grid is post and
 # sandwich norm under the progressive regime; other cells are one flag away (--norms, --regimes).
 _SMALL_GRID: dict[str, tuple] = {"norm": ("post", "sandwich"), "regime": ("progressive",)}
+# The paper's split: train on ≤ 32 bits with a difficulty schedule, test on 512 bits. Plain
+# backpropagation through length + 2 iterations (alpha 0), the recipe of examples/prefix_sums.py.
+_PREFIX_PAPER = dict(task_options=dict(length=32, min_length=8, start_length=8, start_min_length=4, ramp_steps=900,
+                                       hard_length=512),
+                     depth_offset=2, width=32, heads=4, attention="local", window=3, steps=1500, batch_size=64,
+                     lr=2e-3, warmup_steps=0, schedule="cosine", threads=1, progress=False, stability_every=50)
 _CHESS_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False,
                   stability_every=25)
 
@@ -242,6 +257,21 @@ PRESETS: dict[str, Preset] = {
         eval_n=256,
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
+    ),
+    "paper": Preset(
+        name="paper",
+        tasks=("prefix_sums",),
+        seeds=(0, 1, 2),
+        recalls=("internal",),
+        norms=("post",),
+        regimes=("progressive",),
+        train={"prefix_sums": _PREFIX_PAPER},
+        regime_train={**REGIME_TRAIN, "progressive": {"loss": "progressive", "alpha": 0.0}},
+        eval_iters=(1, 10, 34, 100, 300, 600),
+        eval_n=128,
+        analyze_n=8,
+        analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
+        results="results/paper_split",
     ),
     "gpu": Preset(
         name="gpu",

@@ -203,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="grid and scale (default cpu)")
     p.add_argument("--out", default="runs/sweep", help="root folder of the runs (default runs/sweep)")
-    p.add_argument("--results", default="results/runs",
-                   help="folder of the committed run summaries (default results/runs; '' writes none)")
+    p.add_argument("--results", default=None,
+                   help="folder of the committed run summaries (default: the preset's, results/runs for all "
+                        "but the paper preset; '' writes none)")
     p.add_argument("--tasks", help="comma-separated subset of the preset's tasks")
     p.add_argument("--recalls", help=f"comma-separated, of {', '.join(RECALLS)} (default: the preset's grid per task)")
     p.add_argument("--norms", help=f"comma-separated, of {', '.join(NORMS)} (default: the preset's grid per task)")
@@ -259,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     done = 0
+    results = Path(preset.results if a.results is None else a.results) if a.results != "" else None
     bar = tqdm(specs, desc=f"sweep {preset.name}", unit="run")
     for spec in bar:
         if a.time_limit and time.perf_counter() - start > a.time_limit:
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
             break
         bar.set_postfix_str(spec.name)
         res = run_one(preset, spec, root, data=data, device=a.device, command=command,
-                      results=Path(a.results) if a.results else None)
+                      results=results)
         done += 1
         hard = res["eval"]["curves"]["accuracy"].get("hard")
         bar.write(f"{spec.name}: hard accuracy by iterations {hard}")

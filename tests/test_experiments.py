@@ -41,7 +41,7 @@ def test_preset_filters_and_errors():
         cpu.with_(task_grid={"sudoku": {"width": (8,)}})
     with pytest.raises(ValueError, match="names task 'maze'"):
         cpu.with_(task_grid={"maze": {"norm": ("post",)}})
-    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, recipes, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, recipes, paper, gpu"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown filter 'width'"):
         cpu.runs(width=("8",))
@@ -250,3 +250,25 @@ def test_sweep_refuses_finished_runs_trained_with_other_settings(tmp_path, capsy
         sweep.main(args[:-1] + ["--steps", "3"])  # an override that changes what the run would train
     assert "steps: 8 → 3" in capsys.readouterr().err
     assert (run / "result.json").read_text() == before
+
+
+def test_paper_preset_trains_the_papers_split_apart_from_the_cpu_grid():
+    from deqloop.tasks.prefix_sums import PrefixSums
+    from deqloop.train import TrainConfig
+    from experiments.presets import get_preset
+
+    paper = get_preset("paper")
+    specs = paper.runs()
+    assert [(s.recall, s.norm, s.regime, s.seed) for s in specs] == [("internal", "post", "progressive", s)
+                                                                     for s in (0, 1, 2)]
+    fields = paper.train_fields(specs[0])
+    # plain backpropagation through length + 2 iterations, lengths 4-8 bits growing to 8-32, tested at 512
+    assert fields["alpha"] == 0.0 and fields["loss"] == "progressive" and fields["depth_offset"] == 2
+    assert fields["task_options"] == dict(length=32, min_length=8, start_length=8, start_min_length=4,
+                                          ramp_steps=900, hard_length=512)
+    task = PrefixSums(**fields["task_options"])
+    assert task.length_range(0) == (4, 8) and task.length_range(450) == (6, 20) and task.length_range(900) == (8, 32)
+    TrainConfig(**fields, out="unused")  # valid as a whole
+    # the same run names as the cpu grid, so the summaries go elsewhere
+    assert paper.results == "results/paper_split" and get_preset("cpu").results == "results/runs"
+    assert max(paper.eval_iters) >= 512
