@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments import chess_baselines, recipes_report, stability_report
+from experiments import chess_baselines, paper_split, recipes_report, stability_report
 from experiments.claims import Verdict, claim1, claim2, claim3, claim4, spearman
 from experiments.configs import LEARNED_MARGIN, Config, _med, group
 from experiments.markdown import _task_key, num, pct, table
@@ -196,9 +196,10 @@ def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) 
 
 
 def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
-           baselines: dict[str, Any] | None = None) -> str:
+           baselines: dict[str, Any] | None = None, paper_runs: list[dict[str, Any]] = ()) -> str:
     """RESULTS.md's text. ``baselines``: the stored baselines file (:mod:`experiments.chess_baselines`),
-    read for runs whose evaluation predates storing them."""
+    read for runs whose evaluation predates storing them; ``paper_runs``: the summaries of the
+    paper's prefix-sums split (:mod:`experiments.paper_split`), a section of their own."""
     configs = list(group(results).values())
     commits = sorted({r["commit"] for r in results})
     presets = sorted({r["preset"] for r in results})
@@ -291,6 +292,8 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
                     table(["regime", "runs", "late loss", "late train acc", "forward conv", "backward conv",
                            "hard best"], [_regime_row(g, [c for c in cs if c.regime == g]) for g in regimes])]
         doc += _recipes_and_stability(cs, task, plots, out)
+        if task == "prefix_sums":
+            doc += paper_split.section(list(paper_runs), plots, out)
     identity = identity_fixed_points(configs)
     if identity:
         doc += ["", identity]
@@ -308,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of the run summaries (default results/runs), or of a sweep (holds */*/result.json)")
     p.add_argument("--out", default="RESULTS.md", help="the document to write (default RESULTS.md)")
     p.add_argument("--plots", default="results", help="folder for the PNG plots (default results/)")
+    p.add_argument("--paper-split", default="results/paper_split",
+                   help="folder of the paper-split run summaries (`--preset paper`; default results/paper_split, "
+                        "skipped when absent)")
     a = p.parse_args(argv)
     root = Path(a.runs)
     if not root.is_dir():
@@ -319,13 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         p.error(f"no run summaries or result.json under {root}: run `python -m experiments.sweep` first, or "
                 "`python -m experiments.summary import runs/sweep` for an older sweep")
+    paper_root = Path(a.paper_split)
+    try:
+        paper_runs = load_summaries(paper_root) if paper_root.is_dir() else []
+    except SummaryError as err:
+        p.error(str(err))
     out = Path(a.out).resolve()
     command = " ".join(["python -m experiments.report", *(argv if argv is not None else sys.argv[1:])])
     try:
         stored = chess_baselines.load(Path(__file__).resolve().parents[1] / chess_baselines.DEFAULT_PATH)
     except ValueError as err:
         p.error(str(err))
-    text = render(results, Path(a.plots).resolve(), out, command, baselines=stored)
+    text = render(results, Path(a.plots).resolve(), out, command, baselines=stored, paper_runs=paper_runs)
     out.write_text(text)
     print(f"wrote {out} ({len(results)} runs)")
     return 0

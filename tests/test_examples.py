@@ -43,6 +43,18 @@ def test_prefix_sums_example(tmp_path, capsys):
     assert "adaptive" in capsys.readouterr().out
 
 
+def test_prefix_sums_example_defaults_to_the_papers_split_schedule(tmp_path):
+    out = tmp_path / "ps"
+    load_example("prefix_sums").main(
+        ["--steps", "2", "--batch-size", "8", "--hard-length", "12", "--extra", "24", "--width", "16", "--heads", "2",
+         "--n", "4", "--iters", "1,4", "--out", str(out), "--no-progress"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["task_options"] == {"length": 32, "min_length": 8, "hard_length": 12, "start_length": 8,
+                                      "start_min_length": 4, "ramp_steps": 900}
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["train_lengths"] == [4, 8]  # the schedule's start, in the metrics log
+
+
 def test_prefix_sums_example_equilibrium_regime(tmp_path):
     out = tmp_path / "ps"
     report = load_example("prefix_sums").main(
@@ -67,10 +79,18 @@ def test_sudoku_example(tmp_path, shared_data, monkeypatch):
     monkeypatch.setenv("DEQLOOP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "sudoku"
     report = load_example("sudoku").main(
-        ["--train-size", "16", "--epochs", "1", "--batch-size", "8", "--width", "16", "--heads", "1",
+        ["--steps", "2", "--batch-size", "8", "--width", "16", "--heads", "1",
          "--max-iter", "3", "--n", "4", "--iters", "1,3", "--out", str(out), "--no-progress"])
-    splits = {"val", "hard", "magictour_top1465", "sudoku17_1500"}
+    splits = {"val", "hard", "36-45 blanks", "46-55 blanks", "magictour_top1465", "sudoku17_1500"}
     check_outputs(out, report, splits, [1, 3])
+    options = json.loads((out / "config.json").read_text())["task_options"]
+    assert options["blanks"] == [4, 24] and options["hard_blanks"] == [25, 35] and options["augment"]
+    # a rating band for the training puzzles replaces the default blank band (not a conflict)
+    load_example("sudoku").main(
+        ["--train-band", "easy", "--steps", "1", "--batch-size", "4", "--width", "8", "--heads", "1",
+         "--max-iter", "2", "--n", "2", "--iters", "1", "--out", str(out), "--no-progress"])
+    options = json.loads((out / "config.json").read_text())["task_options"]
+    assert options["blanks"] is None and options["train_band"] == "easy" and options["hard_blanks"] == [25, 35]
 
 
 def test_chess_example_runs_as_a_script(tmp_path):

@@ -233,3 +233,19 @@ def test_draw_cached_extends_the_cache_with_only_the_missing_chunks(tmp_path):
     assert np.array_equal(fresh["rows"], arrays["rows"]) and not (tmp_path / "other.npz").exists()
     with pytest.raises(RuntimeError, match="too few: only 0 accepted in 100 chunks"):
         draw_cached(path, 1000, empty, lambda c: (np.zeros((0, 3), np.int8),), use_cache=False, failure="too few")
+
+
+def test_extra_blank_bands_are_their_own_stream_and_named_by_band(tmp_path):
+    task = Sudoku(blanks=(4, 24), hard_blanks=(25, 35), cache_dir=str(tmp_path))
+    name, (x, y) = task.extra_split("blanks:25-35", 12, seed=5)
+    assert name == "25-35 blanks" and x.shape == (12, 9, 9)
+    blanks = (x == 0).flatten(1).sum(1)
+    assert bool(((blanks >= 25) & (blanks <= 35)).all())
+    assert bool(((x == 0) | (x == y)).all())  # the givens are the solution's digits
+    hard, _ = task.make("hard", 12, seed=5)
+    assert not torch.equal(x, hard)  # the same band, another stream than the hard split
+    assert torch.equal(task.extra_split("blanks:25-35", 12, seed=5)[1][0], x)  # seeded
+    with pytest.raises(ConfigError, match="extra set 'blanks:30-20'"):
+        task.extra_split("blanks:30-20", 4, seed=0)
+    with pytest.raises(ConfigError, match="blanks:LO-HI"):
+        task.extra_split("no_such_file.csv", 4, seed=0)

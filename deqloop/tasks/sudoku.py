@@ -138,7 +138,7 @@ def _load_cached(path: str, mtime_ns: int) -> tuple[Tensor, Tensor, Tensor]:
     return x, y, meta.ratings
 
 
-_STREAMS = {"train": 0, "val": 1, "hard": 2}
+_STREAMS = {"train": 0, "val": 1, "hard": 2, "extra": 3}
 
 
 def _band(value: str | tuple[int, int | None] | list | None) -> str | tuple[int, int | None] | None:
@@ -243,9 +243,15 @@ class Sudoku(Task):
         return augment(x, y, generator=generator) if self.augment else (x, y)
 
     def extra_split(self, spec: str, n: int, seed: int) -> tuple[str, tuple[Tensor, Tensor]]:
-        """``spec`` is a puzzle file (:func:`load`); its first ``n`` puzzles."""
+        """``spec`` is a puzzle file (:func:`load`; its first ``n`` puzzles) or ``blanks:LO-HI``
+        (``n`` generated unique puzzles with LO to HI blanks, a stream of their own, named
+        ``"LO-HI blanks"``)."""
+        if spec.startswith("blanks:"):
+            band = blanks_band(spec[len("blanks:"):], f"extra set {spec!r}")
+            return f"{band[0]}-{band[1]} blanks", generate_blanks(n, band, seed, stream=_STREAMS["extra"],
+                                                                  cache_dir=self.cache_dir)
         if not Path(spec).is_file():
-            raise ConfigError(f"no such sudoku file: {spec}")
+            raise ConfigError(f"no such sudoku file: {spec} (a puzzle file, or blanks:LO-HI for generated puzzles)")
         x, y = load(spec)[:2]
         return Path(spec).stem, (x[:n], y[:n])
 

@@ -1,0 +1,113 @@
+"""The report's section on the paper's prefix-sums split: train on ≤ 32 bits, test on 512.
+
+The runs come from ``python -m experiments.sweep --preset paper`` (summaries under
+``results/paper_split``, apart from the cpu grid because their run names are the same). The
+section is one row per seed (a seed that failed stays in the table) and a mean row, then the
+iterations plot: accuracy against test-time iterations at the training lengths and at 512 bits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from experiments.configs import _m
+from experiments.markdown import num, pct, table
+
+HEADER = ["seed", "val best", "hard best", "hard@{last}", "adaptive", "solver", "train s", "eval s"]
+
+
+def _curve(run: dict[str, Any], split: str) -> list[float]:
+    return run["eval"]["curves"]["accuracy"][split]
+
+
+def _best(run: dict[str, Any], split: str) -> tuple[float, int]:
+    """The best accuracy over the test-time counts and the first count that reaches it."""
+    curve, iters = _curve(run, split), run["eval"]["curves"]["iters"]
+    best = max(curve)
+    return best, iters[curve.index(best)]
+
+
+def _settle(run: dict[str, Any], key: str) -> float | None:
+    return (run["eval"].get("settling") or {}).get("hard", {}).get(key)
+
+
+def _solver(run: dict[str, Any], key: str) -> float | None:
+    return (run["eval"].get("solver") or {}).get("hard", {}).get(key)
+
+
+def rows(runs: list[dict[str, Any]]) -> list[list[str]]:
+    """One row per run (by seed), then the mean over them."""
+    out = []
+    for r in sorted(runs, key=lambda r: r["spec"]["seed"]):
+        vb, vi = _best(r, "val")
+        hb, hi = _best(r, "hard")
+        sec = r.get("seconds", {})
+        out.append([str(r["spec"]["seed"]), f"{pct(vb)} ({vi})", f"{pct(hb)} ({hi})", pct(_curve(r, "hard")[-1]),
+                    f"{pct(_settle(r, 'accuracy'))} / {num(_settle(r, 'iterations_mean'))}",
+                    f"{pct(_solver(r, 'accuracy'))} / {num(_solver(r, 'iterations_mean'))}",
+                    num(sec.get("train"), 4), num(sec.get("eval"), 4)])
+    if len(runs) > 1:
+        out.append([f"mean of {len(runs)}", pct(_m([_best(r, "val")[0] for r in runs])),
+                    pct(_m([_best(r, "hard")[0] for r in runs])), pct(_m([_curve(r, "hard")[-1] for r in runs])),
+                    f"{pct(_m([_settle(r, 'accuracy') for r in runs]))} / "
+                    f"{num(_m([_settle(r, 'iterations_mean') for r in runs]))}",
+                    f"{pct(_m([_solver(r, 'accuracy') for r in runs]))} / "
+                    f"{num(_m([_solver(r, 'iterations_mean') for r in runs]))}",
+                    num(_m([r.get("seconds", {}).get("train") for r in runs]), 4),
+                    num(_m([r.get("seconds", {}).get("eval") for r in runs]), 4)])
+    return out
+
+
+def plot(runs: list[dict[str, Any]], path: Path) -> Path:
+    """Accuracy against test-time iterations, one line per seed, at the training lengths and at the hard length."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    hard = runs[0]["train_config"]["task_options"]["hard_length"]
+    for r in sorted(runs, key=lambda r: r["spec"]["seed"]):
+        iters = r["eval"]["curves"]["iters"]
+        seed = r["spec"]["seed"]
+        ax.plot(iters, [100 * a for a in _curve(r, "val")], ":", marker="o", ms=3, label=f"seed {seed}: training lengths")
+        ax.plot(iters, [100 * a for a in _curve(r, "hard")], "-", marker="s", ms=3, label=f"seed {seed}: {hard} bits")
+    ax.axvline(hard, color="grey", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"test-time iterations (dashed: {hard}, the propagation depth at {hard} bits)")
+    ax.set_ylabel("exact-match accuracy (%)")
+    ax.set_title("prefix sums, the paper's split")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
+    """The section's markdown lines (none without runs)."""
+    if not runs:
+        return []
+    cfg = runs[0]["train_config"]
+    opts = cfg["task_options"]
+    last = runs[0]["eval"]["curves"]["iters"][-1]
+    n = runs[0]["eval"].get("n", {})
+    commands = sorted({r.get("command", "") for r in runs})
+    figure = plot(runs, plots / "prefix_sums_paper_split.png")
+    return [
+        "", "## prefix_sums: the paper's split", "",
+        f"Trained on {opts['min_length']}–{opts['length']} bits, reached by a difficulty schedule from "
+        f"{opts.get('start_min_length')}–{opts.get('start_length')} bits over the first {opts.get('ramp_steps')} of "
+        f"{cfg['steps']} steps (plain backpropagation through length + {cfg.get('depth_offset')} iterations, width "
+        f"{cfg['width']}, local window {cfg['window']}, batch {cfg['batch_size']}); tested on {n.get('hard', '?')} "
+        f"strings of {opts['hard_length']} bits (*hard*) and {n.get('val', '?')} of the training lengths (*val*). "
+        f"Runs: {'; '.join(f'`{c}`' for c in commands)}. *adaptive* and *solver* as above (accuracy / mean "
+        f"iterations, at {opts['hard_length']} bits); *train s* and *eval s* wall seconds of training and of the "
+        "whole evaluation (both splits, every count, adaptive and solver) on one core.", "",
+        table([h.format(last=last) for h in HEADER], rows(runs)),
+        "", f"![the paper's split]({os.path.relpath(figure, out.parent)})",
+    ]
