@@ -14,8 +14,9 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
     progressive loss and fixed-point training with the recipe that worked best for each gradient
     in the ``recipes`` ablation (``implicit+warm``, ``phantom+warm+budget``): about 2.5 min a run,
     about 45 min in all with two at a time;
-  - sudoku and chess, all recalls × post and sandwich norm × progressive (6 runs each):
-    15–30 min a run; 1–1.5 h each.
+  - sudoku by blanks (train 4–24, hard 25–35, also tested on 36–45 and 46–55 blanks): all recalls
+    × post and sandwich norm × progressive (6 runs), 500 steps, about 10 min of training a run;
+  - chess, the same grid: 15–30 min a run.
 
   Everything else (other norms and regimes, more seeds) is one flag away, at the same scale:
   ``--norms``, ``--regimes`` and ``--seeds`` replace the default grid's axis for every task.
@@ -127,6 +128,9 @@ class Preset:
     eval_n: int = 512
     analyze_n: int = 32
     analysis: dict[str, Any] = field(default_factory=dict)
+    extra_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """More test sets per task, in the task's ``extra_split`` terms (e.g. sudoku's ``"blanks:36-45"``),
+    evaluated like the hard split."""
     results: str = "results/runs"
     """Where the sweep writes this preset's run summaries by default (a preset whose runs share names
     with another's, e.g. the same cell at another split, keeps them apart)."""
@@ -204,8 +208,10 @@ class Preset:
 _PREFIX_CPU = dict(task_options=dict(length=12, min_length=4, hard_length=48), depth_offset=2, width=32, heads=4,
                    attention="local", window=3, max_iter=14, steps=600, batch_size=128, lr=2e-3,
                    warmup_steps=0, schedule="cosine", threads=1, progress=False, stability_every=25)
-_SUDOKU_CPU = dict(task_options=dict(augment=True), width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3,
-                   threads=1, progress=False, stability_every=25)
+# sudoku by blanks: train on 4-24 (about 2 rounds of naked singles), hard 25-35 (about twice that)
+_SUDOKU_CPU = dict(task_options=dict(augment=True, blanks=(4, 24), hard_blanks=(25, 35)), width=64, heads=4,
+                   attention="full", max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False,
+                   stability_every=25)
 # A sudoku or chess run takes 15–30 min on one core, so their default CPU grid is post and
 # sandwich norm under the progressive regime; other cells are one flag away (--norms, --regimes).
 _SMALL_GRID: dict[str, tuple] = {"norm": ("post", "sandwich"), "regime": ("progressive",)}
@@ -242,6 +248,7 @@ PRESETS: dict[str, Preset] = {
         train={"prefix_sums": _PREFIX_CPU, "sudoku": _SUDOKU_CPU, "chess": _CHESS_CPU},
         task_grid={"prefix_sums": {"regime": ("progressive", "implicit+warm", "phantom+warm+budget")},
                    "sudoku": _SMALL_GRID, "chess": _SMALL_GRID},
+        extra_sets={"sudoku": ("blanks:36-45", "blanks:46-55")},
         eval_n=256,
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),

@@ -106,14 +106,18 @@ def identity_fixed_points(configs: list[Config]) -> str | None:
 
 
 def plot_iterations(configs: list[Config], task: str, path: Path) -> Path:
+    """Accuracy against test-time iterations of each configuration of ``task``, a panel per test set."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     cs = [c for c in configs if c.task == task]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
-    for ax, split in zip(axes, ("val", "hard")):
+    # the validation and hard splits, then any more test sets every run was evaluated on (e.g. sudoku's blank bands)
+    splits = ["val", "hard"] + [k for k in cs[0].runs[0]["eval"]["curves"]["accuracy"] if k not in ("val", "hard")
+                                and all(k in r["eval"]["curves"]["accuracy"] for c in cs for r in c.runs)]
+    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4.5), sharey=True)
+    for ax, split in zip(axes, splits):
         for c in cs:
             style = "-" if c.regime == "progressive" else "--"
             ax.plot(c.iters, [100 * a for a in c.curve(split)], style, marker="o", ms=3, label=c.label)

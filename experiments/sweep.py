@@ -44,6 +44,9 @@ from experiments.summary import summarize, summary_path, write_summary
 ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
 
 
+EVAL_SEED = 12345  # the test sets' seed (evaluate_run's default)
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
@@ -135,8 +138,10 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
 
     t1 = time.perf_counter()
     run = Run.load(trained.checkpoint, device=resolve_device(device))
-    report = evaluate_run(run, iters=preset.eval_iters, n=preset.eval_n, solver="anderson", solver_rtol=1e-4,
-                          device=resolve_device(device))
+    extra = dict(run.require_task().extra_split(spec_, preset.eval_n, EVAL_SEED)
+                 for spec_ in preset.extra_sets.get(spec.task, ()))
+    report = evaluate_run(run, iters=preset.eval_iters, n=preset.eval_n, splits=extra, solver="anderson",
+                          solver_rtol=1e-4, seed=EVAL_SEED, device=resolve_device(device))
     eval_seconds = time.perf_counter() - t1
 
     model, task = run.model.cpu().eval(), run.require_task()

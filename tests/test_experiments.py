@@ -272,3 +272,17 @@ def test_paper_preset_trains_the_papers_split_apart_from_the_cpu_grid():
     # the same run names as the cpu grid, so the summaries go elsewhere
     assert paper.results == "results/paper_split" and get_preset("cpu").results == "results/runs"
     assert max(paper.eval_iters) >= 512
+
+
+def test_a_presets_extra_test_sets_are_evaluated_and_drawn_as_panels(tmp_path):
+    import matplotlib.image
+
+    tiny = get_preset("tiny").with_(extra_sets={"prefix_sums": ("16",)}, regimes=("progressive",))
+    spec = tiny.runs(recall=("internal",))[0]
+    result = sweep.run_one(tiny, spec, tmp_path / "runs", data={}, results=None)
+    curves = result["eval"]["curves"]["accuracy"]
+    assert set(curves) == {"val", "hard", "16 bits"} and len(curves["16 bits"]) == len(tiny.eval_iters)
+    assert result["eval"]["n"]["16 bits"] == tiny.eval_n
+    configs = list(report.group([result]).values())
+    path = report.plot_iterations(configs, "prefix_sums", tmp_path / "it.png")
+    assert matplotlib.image.imread(path).shape[1] == 3 * 6 * 110  # a panel per test set, 6 inches each at 110 dpi
