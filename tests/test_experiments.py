@@ -105,7 +105,7 @@ def _fake(task, recall, norm, regime, hard, conv, contr, zeros_fp=1, spread=0.0,
             "local_smoothness_median": 1.0, "backward_converged_fraction": conv, "input_sensitivity_median": sens,
             "from_zeros": {"converged_fraction": 1.0, "distinct_fixed_points": zeros_fp, "fixed_point_spread": spread}}
     return {"spec": {"task": task, "recall": recall, "norm": norm, "regime": regime, "seed": 0},
-            "train_depth": 10, "eval": {"curves": curves, "settling": {}, "solver": {}},
+            "train_depth": 10, "eval": {"n": {"val": 256, "hard": 256}, "curves": curves, "settling": {}, "solver": {}},
             "analysis": {"hard": stab}, "train": {"grad_norm_median": 1.0}}
 
 
