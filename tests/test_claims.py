@@ -79,6 +79,53 @@ def test_the_bootstrap_interval_holds_the_estimate_and_is_reproducible():
     assert spearman_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # every resample constant: no interval
 
 
+# -- C3 --------------------------------------------------------------------------------------------
+
+
+def c3(internal, external, *, task="prefix_sums", regime="progressive", norm="post"):
+    return seeds(task, "internal", norm, regime, internal) + seeds(task, "external", norm, regime, external)
+
+
+def test_c3_gives_mean_and_standard_error_per_configuration():
+    v = claims.claim3(configs(c3([0.9, 1.0, 0.8], [0.85, 0.85, 0.85])))
+    assert "post norm, progressive: internal 90.0 ± 5.8 % (3 seeds) vs external 85.0 ± 0.0 % (3 seeds)" in v.evidence
+    assert v.verdict == "inconclusive at this scale" and "sudoku not decided (no runs)" in v.evidence
+    assert "each of the two post-norm configurations has ≥ 3 seeds" in v.rule
+
+
+def test_c3_verdict_turns_when_internal_trails_by_more_than_five_points():
+    assert claims.claim3(configs(c3([0.50] * 3, [0.54] * 3))).verdict == "inconclusive at this scale"  # 4 points
+    assert claims.claim3(configs(c3([0.50] * 3, [0.56] * 3))).verdict == "contradicted"  # 6 points
+    # sudoku: internal must lead by 5 points
+    assert claims.claim3(configs(c3([0.60] * 3, [0.54] * 3, task="sudoku"))).verdict == "supported"
+    assert claims.claim3(configs(c3([0.58] * 3, [0.54] * 3, task="sudoku"))).verdict == "inconclusive at this scale"
+
+
+def test_c3_a_task_with_fewer_than_three_seeds_is_not_decided():
+    rs = c3([0.1, 0.1, 0.1], [0.9, 0.9])  # internal trails by 80 points, but external has 2 seeds
+    v = claims.claim3(configs(rs))
+    assert v.verdict == "inconclusive at this scale"
+    assert "not decided (internal 3 seeds, external 2 seeds; needs ≥ 3 each)" in v.evidence
+    assert "external 90.0 ± 0.0 % (2 seeds)" in v.evidence
+    v = claims.claim3(configs(rs + [run("prefix_sums", "external", "post", "progressive", 0.9, seed=2)]))
+    assert v.verdict == "contradicted"
+
+
+def test_c3_compares_progressive_runs_and_reports_sandwich_beside():
+    rs = c3([0.6] * 3, [0.6] * 3) + c3([0.0], [0.9], regime="implicit")  # implicit: internal far behind, not used
+    rs += c3([0.1] * 3, [0.9] * 3, norm="sandwich")  # sandwich: far behind, reported only
+    v = claims.claim3(configs(rs))
+    assert v.verdict == "inconclusive at this scale", v.evidence
+    assert "[beside it, not used by the rule: sandwich norm, progressive: internal 10.0 ± 0.0 % (3 seeds)" in v.evidence
+    assert "implicit" not in v.evidence
+    # without progressive runs of both, the regimes both were trained in, said so
+    rs = c3([0.6] * 3, [0.6] * 3, regime="implicit") + c3([0.4] * 3, [0.6] * 3, regime="phantom")
+    rs += seeds("prefix_sums", "internal", "post", "progressive", [0.9] * 3)
+    v = claims.claim3(configs(rs))
+    assert "no progressive runs of both recalls, so the regimes both were trained in (implicit, phantom)" in v.evidence
+    assert "averaged over regimes 50.0 % vs 60.0 %" in v.evidence and v.verdict == "contradicted"
+
+
 # -- C4 --------------------------------------------------------------------------------------------
 
 C4_KEYS = [(r, n) for r in ("external", "internal") for n in ("pre", "peri", "post")]

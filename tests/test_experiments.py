@@ -125,10 +125,12 @@ def test_claim_rules_on_constructed_results():
     rs = [_fake("sudoku", x["spec"]["recall"], x["spec"]["norm"], "implicit", 0.9 - a, a, a)
           for x, a in zip(rs, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])]
     assert report.claim4(list(report.group(rs).values())).verdict == "contradicted"
-    # C3: internal far above external on sudoku with post norm
-    rs = [_fake("sudoku", "internal", "post", "implicit", 0.6, 1, 1), _fake("sudoku", "external", "post", "implicit", 0.2, 1, 1)]
+    # C3: internal far above external on sudoku with post norm, three seeds each
+    rs = [_fake("sudoku", recall, "post", "implicit", acc, 1, 1) for recall, acc in (("internal", 0.6), ("external", 0.2))
+          for _ in range(3)]
     assert report.claim3(list(report.group(rs).values())).verdict == "supported"
-    rs[0]["eval"]["curves"]["accuracy"]["hard"] = [0.0, 0.05]
+    for r in rs[:3]:
+        r["eval"]["curves"]["accuracy"]["hard"] = [0.0, 0.05]
     assert report.claim3(list(report.group(rs).values())).verdict == "contradicted"
 
 
