@@ -79,6 +79,15 @@ def test_the_bootstrap_interval_holds_the_estimate_and_is_reproducible():
     assert spearman_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # every resample constant: no interval
 
 
+def test_the_bootstrap_interval_is_the_percentiles_of_resampled_correlations():
+    # written out: 2,000 resamples of the pairs from default_rng(0), constant ones skipped, 2.5 and 97.5 percentiles
+    xs, ys = np.array([0, 0, 0, 1, 2.0]), np.array([2, 1, 4, 3, 3.0])
+    idx = np.random.default_rng(0).integers(0, 5, size=(2000, 5))
+    rhos = [spearmanr(xs[i], ys[i]).statistic for i in idx if np.ptp(xs[i]) > 0 and np.ptp(ys[i]) > 0]
+    assert 1500 < len(rhos) < 2000  # some resamples were skipped
+    assert spearman_ci(list(xs), list(ys)) == pytest.approx(tuple(np.percentile(rhos, [2.5, 97.5])), abs=1e-12)
+
+
 # -- C3 --------------------------------------------------------------------------------------------
 
 
@@ -158,6 +167,13 @@ def test_c4_refuses_a_task_whose_spread_is_within_two_standard_errors(n_seeds, n
     assert v.verdict == "supported", v.evidence
     assert "spread 12.0 points vs 2 s.e. = 10.0 points" in v.evidence and "no verdict" not in v.evidence
     assert "converged fraction ρ_s = +1.00 [+1.00, +1.00] (p = " in v.evidence
+
+
+def test_c4_single_configuration_se_is_the_median_over_seeded_configurations():
+    cs = c4([0.44, 0.47, 0.49, 0.51, 0.53, 0.56], n_seeds=2)  # seed s.e. 0.05 each
+    for r, acc in zip(cs[0].runs, [0.24, 0.64]):  # this one's seed s.e. 0.2: the median stays 0.05 (the mean would be 0.075)
+        r["eval"]["curves"]["accuracy"]["hard"] = [acc / 2, acc]
+    assert claims.config_se(cs)[0] == pytest.approx(0.05)
 
 
 def test_c4_needs_the_interval_to_exclude_zero(monkeypatch):
