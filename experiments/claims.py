@@ -163,7 +163,7 @@ def claim3(configs: list[Config]) -> Verdict:
         elif min(ni, ne) < C3_MIN_SEEDS:
             status = f" — not decided (internal {_seeds(ni)}, external {_seeds(ne)}; needs ≥ {C3_MIN_SEEDS} each)"
         else:
-            status = ""
+            status = " — counts toward the verdict"
             decided.add(task)
             ok &= ai >= ae - 0.02 and (task != "sudoku" or ai >= ae + 0.05)
             bad |= ai < ae - 0.05

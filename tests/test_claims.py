@@ -98,6 +98,7 @@ def c3(internal, external, *, task="prefix_sums", regime="progressive", norm="po
 def test_c3_gives_mean_and_standard_error_per_configuration():
     v = claims.claim3(configs(c3([0.9, 1.0, 0.8], [0.85, 0.85, 0.85])))
     assert "post norm, progressive: internal 90.0 ± 5.8 % (3 seeds) vs external 85.0 ± 0.0 % (3 seeds)" in v.evidence
+    assert "(3 seeds) — counts toward the verdict" in v.evidence
     assert v.verdict == "inconclusive at this scale" and "sudoku not decided (no runs)" in v.evidence
     assert "each of the two post-norm configurations has ≥ 3 seeds" in v.rule
 
