@@ -238,7 +238,8 @@ def claim4(configs: list[Config]) -> Verdict:
                 signs[key] = 1 if rho > 0 and ci[0] > 0 else -1 if rho < 0 and ci[1] < 0 else 0
         head = f"{task} ({len(cs)} configurations, hard accuracy {pct(min(acc))}–{pct(max(acc))} %; {noise}"
         if not counts:
-            lines.append(f"{head} — no verdict, the spread is within the noise): " + ", ".join(parts))
+            why = "the noise cannot be estimated" if se is None else "the spread is within the noise"
+            lines.append(f"{head} — no verdict, {why}): " + ", ".join(parts))
             continue
         decided += 1
         support &= all(s > 0 for s in signs.values())

@@ -177,6 +177,13 @@ def test_c4_single_configuration_se_is_the_median_over_seeded_configurations():
     assert claims.config_se(cs)[0] == pytest.approx(0.05)
 
 
+def test_c4_without_seeds_or_an_example_count_gives_no_verdict():
+    v = claims.claim4(c4([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], n_hard=0))
+    assert v.verdict == "inconclusive at this scale"
+    assert "2 s.e. = — points (no configuration with ≥ 2 seeds and no count of hard examples) — no verdict, " \
+           "the noise cannot be estimated" in v.evidence
+
+
 def test_c4_needs_the_interval_to_exclude_zero(monkeypatch):
     wide = c4([0.44, 0.47, 0.49, 0.51, 0.53, 0.56])
     monkeypatch.setattr(claims, "spearman_ci", lambda xs, ys: (-0.1, 0.9))
