@@ -64,6 +64,12 @@ class Config:
         i = max(range(len(curve)), key=lambda j: (curve[j], -j))
         return curve[i], self.iters[i]
 
+    def seed_best(self, split: str) -> list[float]:
+        """Each seed's accuracy at the iteration count where the mean over seeds is best: the
+        values whose mean is ``best(split)[0]``."""
+        i = self.iters.index(self.best(split)[1])
+        return [r["eval"]["curves"]["accuracy"][split][i] for r in self.runs]
+
     def cell_curve(self, split: str) -> list[float] | None:
         """Mean fraction of cells right after each count (None when a run did not score cells)."""
         rows = [((r["eval"].get("cells") or {}).get("accuracy") or {}).get(split) for r in self.runs]

@@ -16,6 +16,11 @@ def pct(v: float | None) -> str:
     return "—" if v is None else f"{100 * v:.1f}"
 
 
+def pct_se(mean: float | None, se: float | None) -> str:
+    """A mean and its standard error in %: ``90.0 ± 5.8``; ``± —`` where there is no standard error."""
+    return f"{pct(mean)} ± {pct(se)}"
+
+
 def num(v: float | None, digits: int = 3) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"

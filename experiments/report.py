@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from experiments import chess_baselines, paper_split, recipes_report, stability_report
-from experiments.claims import Verdict, claim1, claim2, claim3, claim4, spearman
+from experiments.claims import Verdict, claim1, claim2, claim3, claim4
 from experiments.configs import LEARNED_MARGIN, Config, _med, group
 from experiments.markdown import _task_key, num, pct, table
 from experiments.presets import NORMS, RECALLS, REGIMES
+from experiments.stats import spearman
 from experiments.summary import SummaryError, load_summaries, summarize_sweep
 
 __all__ = ["LEARNED_MARGIN", "Config", "Verdict", "claim1", "claim2", "claim3", "claim4", "group", "load_results",

@@ -105,7 +105,7 @@ def _fake(task, recall, norm, regime, hard, conv, contr, zeros_fp=1, spread=0.0,
             "local_smoothness_median": 1.0, "backward_converged_fraction": conv, "input_sensitivity_median": sens,
             "from_zeros": {"converged_fraction": 1.0, "distinct_fixed_points": zeros_fp, "fixed_point_spread": spread}}
     return {"spec": {"task": task, "recall": recall, "norm": norm, "regime": regime, "seed": 0},
-            "train_depth": 10, "eval": {"curves": curves, "settling": {}, "solver": {}},
+            "train_depth": 10, "eval": {"n": {"val": 256, "hard": 256}, "curves": curves, "settling": {}, "solver": {}},
             "analysis": {"hard": stab}, "train": {"grad_norm_median": 1.0}}
 
 
@@ -125,10 +125,12 @@ def test_claim_rules_on_constructed_results():
     rs = [_fake("sudoku", x["spec"]["recall"], x["spec"]["norm"], "implicit", 0.9 - a, a, a)
           for x, a in zip(rs, [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])]
     assert report.claim4(list(report.group(rs).values())).verdict == "contradicted"
-    # C3: internal far above external on sudoku with post norm
-    rs = [_fake("sudoku", "internal", "post", "implicit", 0.6, 1, 1), _fake("sudoku", "external", "post", "implicit", 0.2, 1, 1)]
+    # C3: internal far above external on sudoku with post norm, three seeds each
+    rs = [_fake("sudoku", recall, "post", "implicit", acc, 1, 1) for recall, acc in (("internal", 0.6), ("external", 0.2))
+          for _ in range(3)]
     assert report.claim3(list(report.group(rs).values())).verdict == "supported"
-    rs[0]["eval"]["curves"]["accuracy"]["hard"] = [0.0, 0.05]
+    for r in rs[:3]:
+        r["eval"]["curves"]["accuracy"]["hard"] = [0.0, 0.05]
     assert report.claim3(list(report.group(rs).values())).verdict == "contradicted"
 
 
