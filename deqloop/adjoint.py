@@ -196,7 +196,13 @@ _IMPLICIT_METHODS = ("picard", "anderson", "broyden")
 class Implicit(Backward):
     """Implicit differentiation: solve gᵀ = gᵀJ + vᵀ at z* with ``method`` to ``rtol``/``atol``
     in at most ``max_iter`` vector-Jacobian products. ``solver_options`` go to the method (e.g.
-    ``{"m": 5}``); ``callback(stats)`` is called after each backward solve."""
+    ``{"m": 5}``); ``callback(stats)`` is called after each backward solve.
+
+    ``fallback="jfb"``: a sample whose forward or backward solve did not converge takes the
+    Jacobian-free gradient g = v instead (backpropagation through one application of f, as
+    ``Phantom(steps=1, tau=1)``), since the implicit function theorem says nothing at a point that
+    is not a fixed point; its rows are marked in ``stats.fallback``, and no warning is raised for
+    them. ``"none"`` (default): every sample takes the solve's g, converged or not."""
 
     method: str = "anderson"
     rtol: float = 1e-6
@@ -204,12 +210,14 @@ class Implicit(Backward):
     max_iter: int = 50
     throw: bool = False
     check_every: int | None = None
+    fallback: str = "none"
     solver_options: dict[str, Any] = field(default_factory=dict)
     callback: Callable[[BackwardStats], None] | None = field(default=None, compare=False)
     name: ClassVar[str] = "implicit"
 
     def __post_init__(self) -> None:
         choice("implicit method", self.method, _IMPLICIT_METHODS)
+        choice("implicit fallback", self.fallback, IMPLICIT_FALLBACKS)
         number("implicit rtol", self.rtol, low=0)
         number("implicit atol", self.atol, low=0)
         integer("implicit max_iter", self.max_iter)
@@ -240,14 +248,15 @@ class Implicit(Backward):
                 return None
             busy[0] = True
             try:
-                return self._adjoint(fz, z_in, v, stats)
+                return self._adjoint(fz, z_in, v, stats, sol.converged)
             finally:
                 busy[0] = False
 
         fz.register_hook(hook)
         return fz
 
-    def _adjoint(self, fz: torch.Tensor, z_in: torch.Tensor, v: torch.Tensor, stats: BackwardStats) -> torch.Tensor:
+    def _adjoint(self, fz: torch.Tensor, z_in: torch.Tensor, v: torch.Tensor, stats: BackwardStats,
+                 forward_converged: torch.Tensor | None = None) -> torch.Tensor:
         def adjoint(g: torch.Tensor) -> torch.Tensor:  # g ↦ Jᵀg + v
             (jtg,) = torch.autograd.grad(fz, z_in, g, retain_graph=True)
             return jtg + v
@@ -255,9 +264,16 @@ class Implicit(Backward):
         bsol = solve_unchecked(adjoint, v.detach(), self.method, rtol=self.rtol, atol=self.atol,
                                max_iter=self.max_iter, check_every=self.check_every, **self.solver_options)
         stats.record(bsol)
+        g = bsol.z
+        if self.fallback == "jfb":  # the Jacobian-free gradient where the IFT does not apply
+            bad = ~bsol.converged
+            if forward_converged is not None:
+                bad = bad | ~forward_converged.to(bad.device)
+            stats.fallback = bad
+            g = torch.where(bad.reshape(-1, *([1] * (v.dim() - 1))), v, g)
         if self.callback is not None:
             self.callback(stats)
-        if not bool(bsol.converged.all()):
+        if self.fallback == "none" and not bool(bsol.converged.all()):
             failed = bsol.failures()
             msg = (f"implicit backward solve ({self.method}, rtol={self.rtol}, max_iter={self.max_iter}) did not "
                    f"converge for {len(failed)} of {bsol.batch_size} samples; largest relative residual "
@@ -265,7 +281,7 @@ class Implicit(Backward):
             if self.throw:
                 raise BackwardError(msg)
             warnings.warn(msg, BackwardWarning, stacklevel=3)
-        return bsol.z
+        return g
 
 
 @dataclass(frozen=True)
@@ -309,6 +325,8 @@ class Neumann(Backward):
         fz.register_hook(hook)
         return fz
 
+
+IMPLICIT_FALLBACKS = ("none", "jfb")
 
 _MODES: dict[str, type[Backward]] = {cls.name: cls for cls in (Implicit, Phantom, Unrolled, Truncated, NoGrad,
                                                                 Neumann)}

@@ -69,6 +69,9 @@ REGIME_TRAIN: dict[str, dict[str, Any]] = {
     "phantom+warm+budget": {**_EQ, **_PHANTOM, **_WARM, "max_iter": 40},
     "neumann+warm+budget": {**_EQ, "backward": "neumann", "backward_options": {"k": 5}, **_WARM, "max_iter": 40},
     "implicit+warm+budget": {**_EQ, "backward": "implicit", **_WARM, "max_iter": 40},
+    # the exact implicit gradient where the solves converged, the Jacobian-free one elsewhere
+    "implicit+fallback+budget": {**_EQ, "backward": "implicit", "backward_options": {"fallback": "jfb"},
+                                 "max_iter": 40},
 }
 REGIMES = tuple(REGIME_TRAIN)
 _AXES: dict[str, tuple[str, ...] | None] = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES, "seed": None}

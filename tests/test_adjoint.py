@@ -67,6 +67,31 @@ def test_implicit_gradient_is_the_inverse_formula():
     assert len(seen) == 1 and seen[0] is sol.backward and seen[0].calls == 1 and bool(seen[0].converged.all())
 
 
+@pytest.mark.parametrize("fallback", ["none", "jfb"])
+def test_implicit_fallback_gives_unconverged_samples_the_jacobian_free_gradient(fallback):
+    """Two samples of f(z) = A z + b_i; the second's forward solve is marked unconverged. With
+    fallback "jfb" its gradient is v = 1 (one application of f, df/db = I), the first's stays
+    1ᵀ(I − A)⁻¹; with "none" both take the implicit formula."""
+    A, _, _ = affine()
+    b = torch.randn(2, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1), requires_grad=True)
+
+    def f(z):
+        return z @ A.T + b
+
+    mode = Implicit(rtol=1e-12, max_iter=200, fallback=fallback)
+    with torch.no_grad():
+        _, sol = fixed_point(f, torch.zeros(2, 4, dtype=torch.float64), rtol=1e-12, max_iter=200)
+    sol.converged = torch.tensor([True, False])
+    mode.attach(f, sol.z, sol).sum().backward()
+    implicit = torch.linalg.solve((torch.eye(4, dtype=torch.float64) - A).T, torch.ones(4, dtype=torch.float64))
+    torch.testing.assert_close(b.grad[0], implicit, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(b.grad[1], torch.ones(4, dtype=torch.float64) if fallback == "jfb" else implicit,
+                               rtol=1e-9, atol=1e-9)
+    assert (sol.backward.fallback.tolist() == [False, True]) if fallback == "jfb" else sol.backward.fallback is None
+    with pytest.raises(ConfigError, match="implicit fallback"):
+        Implicit(fallback="phantom")
+
+
 def test_phantom_gradient_is_that_of_its_damped_steps():
     """From z*, one step z ← (1 − τ) z + τ f(z): dz/db = τ I (z* itself is detached)."""
     _, b, f = affine()

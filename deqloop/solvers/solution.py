@@ -57,6 +57,7 @@ class BackwardStats:
     converged: torch.Tensor | None = None  # (B,) bool
     residual: torch.Tensor | None = None  # (B,) float32 relative residual of gᵀ = gᵀJ + vᵀ
     iterations: torch.Tensor | None = None  # (B,)
+    fallback: torch.Tensor | None = None  # (B,) bool: took the Jacobian-free gradient (Implicit(fallback="jfb"))
     nfe: int = 0  # vector-Jacobian products evaluated
     calls: int = 0  # how many backward passes ran through this solution
 
