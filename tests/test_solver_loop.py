@@ -1,0 +1,56 @@
+"""Anderson step by step against the method written out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import contractive_tanh
+
+from deqloop import SolverStatus, solve
+
+
+def one_sample(f, batch, i):
+    """Sample ``i``'s map alone: z ↦ f(Z)[i] with z placed in row i of a zero batch."""
+    def fi(z):
+        Z = torch.zeros(batch, z.numel(), dtype=z.dtype)
+        Z[i] = z
+        return f(Z)[i]
+
+    return fi
+
+
+def reference_anderson(f, x, steps, m, ridge, beta):
+    """Relative residuals of the first ``steps`` evaluations of Anderson type II on one sample,
+    written out: α ∝ (C + ridge·I)⁻¹ (1/‖g_i‖) with C the Gram matrix of unit residuals, then
+    x ← Σ α_i (x_i + β g_i) over the last ``m`` points."""
+    xs, gs, out = [], [], []
+    for _ in range(steps):
+        fx = f(x)
+        g = fx - x
+        out.append(float(g.norm() / fx.norm()))
+        xs, gs = (xs + [x])[-m:], (gs + [g])[-m:]
+        G = torch.stack(gs)  # (n, D)
+        norms = G.norm(dim=1)
+        C = (G @ G.T) / (norms[:, None] * norms[None, :]) + ridge * torch.eye(len(gs), dtype=x.dtype)
+        w = torch.linalg.solve(C, 1.0 / norms) / norms
+        alpha = w / w.sum()
+        x = sum(a * (xi + beta * gi) for a, xi, gi in zip(alpha, xs, gs))
+    return out
+
+
+@pytest.mark.parametrize("m, ridge, beta", [(6, 1e-6, 1.0), (3, 1e-4, 0.7), (2, 0.0, 1.0)])
+def test_anderson_follows_the_method_written_out(m, ridge, beta):
+    f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=4)
+    steps = 9  # short of the tolerance floor, where the Gram matrix gets ill-conditioned
+    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), "anderson", m=m, ridge=ridge, beta=beta,
+                rtol=1e-300, max_iter=steps, trace=True)
+    for i in range(3):
+        ref = reference_anderson(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m, ridge, beta)
+        torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+def test_anderson_takes_a_plain_step_when_its_least_squares_is_singular():
+    # f(z) = z + 1 repeats one residual: without a ridge the Gram matrix is exactly singular
+    sol = solve(lambda z: z + 1.0, torch.zeros(2, 4), "anderson", ridge=0.0, rtol=1e-6, max_iter=5, keep="last")
+    assert (sol.status == int(SolverStatus.MAX_ITER)).all()
+    torch.testing.assert_close(sol.z, torch.full((2, 4), 4.0))  # x_k = x_{k−1} + g: the fifth point is 4
