@@ -1,5 +1,6 @@
-"""Anderson and Broyden step by step against the methods written out by hand; their memory stays
-in float32 for low-precision states."""
+"""The solver loop's speed-ups change no answer: Anderson and Broyden against the methods written
+out by hand, and the same solutions, per-sample iterations and statuses whether converged samples
+are dropped (a ``BatchedMap``) or held by masks (a closure), whatever the cadence of dropping."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import torch
 from helpers import contractive_tanh
 
 from deqloop import SolverStatus, solve
-from deqloop.solvers import Anderson, Broyden
+from deqloop.solvers import Anderson, BatchedMap, Broyden, KeptRows, Picard
+from deqloop.solvers.loop import run_solver
+
+OURS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
 
 
 def one_sample(f, batch, i):
@@ -89,6 +93,89 @@ def test_anderson_takes_a_plain_step_when_its_least_squares_is_singular():
     sol = solve(lambda z: z + 1.0, torch.zeros(2, 4), "anderson", ridge=0.0, rtol=1e-6, max_iter=5, keep="last")
     assert (sol.status == int(SolverStatus.MAX_ITER)).all()
     torch.testing.assert_close(sol.z, torch.full((2, 4), 4.0))  # x_k = x_{k−1} + g: the fifth point is 4
+
+
+def mixed_problem(batch=12, dim=8, seed=11):
+    """Per-sample contraction 0.05–0.98: samples converge after very different numbers of steps."""
+    order = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
+    contraction = torch.linspace(0.05, 0.98, batch, dtype=torch.float64)[order]
+    f, (W, U, x, c) = contractive_tanh(batch, dim, contraction, seed=seed)
+
+    def step(z, W, U, x):
+        return torch.tanh(torch.bmm(W, z.unsqueeze(2)).squeeze(2) + torch.bmm(U, x.unsqueeze(2)).squeeze(2) + c)
+
+    return f, BatchedMap(step, W, U, x), torch.zeros(batch, dim, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", list(OURS))
+@pytest.mark.parametrize("compact_at, check_every", [(0.0, 1), (0.125, 1), (0.5, 3), (1.0, 1), (0.25, 8)])
+def test_dropping_converged_samples_changes_no_answer(method, compact_at, check_every):
+    closure, batched, z0 = mixed_problem()
+    kw = {"method": method, "rtol": 1e-10, "max_iter": 400}
+    ref = run_solver(closure, z0, OURS[method](), check_every=1, **kw)
+    sol = run_solver(batched, z0, OURS[method](), check_every=check_every, compact_at=compact_at, **kw)
+    assert ref.converged.all() and len(set(ref.iterations.tolist())) > 4  # a real spread of iteration counts
+    assert torch.equal(sol.iterations, ref.iterations)
+    assert torch.equal(sol.status, ref.status)
+    torch.testing.assert_close(sol.z, ref.z, atol=1e-12, rtol=0)
+    torch.testing.assert_close(sol.residual, ref.residual, atol=1e-12, rtol=1e-6)
+    assert ref.nfe <= sol.nfe < ref.nfe + check_every  # the host notices the end at a check
+    # frozen samples are evaluated until they are dropped, never after; never dropped: every call
+    B = z0.shape[0]
+    assert int(sol.iterations.sum()) <= sol.sample_evals <= sol.nfe * B
+    if compact_at == 0.0 and check_every == 1:
+        assert sol.sample_evals == int(sol.iterations.sum())
+    if compact_at == 1.0:
+        assert sol.sample_evals == sol.nfe * B
+
+
+@pytest.mark.parametrize("method", list(OURS))
+def test_dropping_cadence_keeps_each_samples_outcome(method):
+    """Converged, stopped at max_iter, non-finite and diverged samples in one batch: each keeps its
+    status, its iterations and its iterate whether frozen samples are dropped early, late or never."""
+    scale = torch.tensor([0.3, 0.999, 0.6, 1.5, 0.1, 0.8], dtype=torch.float64)[:, None]  # 1: slow, 3: expanding
+    poison = torch.tensor([False, False, True, False, False, False])[:, None]
+
+    def step(z, scale, poison):
+        out = scale * z + 1.0 + 0.01 * torch.tanh(z)
+        return torch.where(poison & (z.abs().sum(1, keepdim=True) > 0), torch.nan, out)  # 2: NaN after one step
+
+    z0 = torch.zeros(6, 5, dtype=torch.float64)
+    outcomes = []
+    for compact_at, check_every in [(0.0, 1), (0.5, 2), (1.0, 1), (0.2, 5)]:
+        sol = run_solver(BatchedMap(step, scale, poison), z0, OURS[method](), method=method, rtol=1e-12,
+                         max_iter=25, check_every=check_every, compact_at=compact_at)
+        outcomes.append(sol)
+    first = outcomes[0]
+    assert first.status[2] == SolverStatus.NONFINITE and first.status[0] == SolverStatus.CONVERGED
+    if method == "picard":
+        assert first.status[1] == SolverStatus.MAX_ITER and first.status[3] == SolverStatus.DIVERGED
+    for sol in outcomes[1:]:
+        assert torch.equal(sol.status, first.status)
+        assert torch.equal(sol.iterations, first.iterations)
+        torch.testing.assert_close(sol.z, first.z, atol=1e-12, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_moving_rows_in_place_keeps_the_same_rows_as_copying_them(seed):
+    g = torch.Generator().manual_seed(seed)
+    active = torch.rand(9, generator=g) < 0.6
+    active[int(torch.randint(9, (1,), generator=g))] = True
+    kept = KeptRows.of(active)
+    assert sorted(kept.index.tolist()) == active.nonzero().squeeze(1).tolist()  # exactly the active rows
+    assert (kept.holes < len(kept.index)).all() and (kept.donors >= len(kept.index)).all()
+    buffer = torch.randn(9, 3, 4, generator=g)
+    copied = kept.take(buffer)
+    moved = kept.move(buffer.clone())
+    assert torch.equal(moved, copied)
+    # rows that stay within the new size keep their place: only donors are copied
+    assert int((kept.index != torch.arange(len(kept.index))).sum()) == len(kept.holes)
+
+
+def test_compact_at_is_validated():
+    closure, _, z0 = mixed_problem()
+    with pytest.raises(ValueError, match=r"compact_at must be a finite number in \[0, 1\], got 1.5"):
+        run_solver(closure, z0, Anderson(), method="anderson", compact_at=1.5)
 
 
 @pytest.mark.parametrize("cls", [Anderson, Broyden])

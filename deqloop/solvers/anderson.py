@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from deqloop.solvers.base import Solver, State
+from deqloop.solvers.base import KeptRows, Solver, State
 from deqloop.validate import integer, number
 
 
@@ -71,3 +71,7 @@ class Anderson(Solver):
         alpha = torch.where(ok, alpha, plain)
         x_next = torch.bmm(alpha.unsqueeze(1), Y[:, :n]).squeeze(1)  # (N, D)
         return x_next, state
+
+    def compact(self, state: State, rows: KeptRows) -> State:
+        # every entry is a buffer of its own: move only the rows that change place
+        return {name: rows.move(v) for name, v in state.items()}

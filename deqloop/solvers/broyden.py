@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from deqloop.solvers.base import Solver, State
+from deqloop.solvers.base import KeptRows, Solver, State
 from deqloop.validate import integer
 
 
@@ -85,3 +85,8 @@ class Broyden(Solver):
             hg = torch.addcmul(hg, u_old, torch.where(keep, (v_old * g).sum(dim=1, keepdim=True), 0.0), value=-1)
         state["x_prev"], state["g_prev"], state["hg_prev"] = xa, g, hg
         return xa - hg, state
+
+    def compact(self, state: State, rows: KeptRows) -> State:
+        # the rings are buffers of its own: move only the rows that change place; the last point
+        # may be the loop's own tensor, so it and the other (N, D) entries are copied
+        return {name: rows.move(v) if name in ("U", "V") else rows.take(v) for name, v in state.items()}
