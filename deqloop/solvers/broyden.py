@@ -6,9 +6,9 @@ The first step, with H = −I, is a plain iteration. Updates whose denominator v
 skipped. All products run in float32 (float64 for float64 states).
 
 A step reads the ring four times, not six: after the update H⁺ = H + u vᵀ − u_old v_oldᵀ (the
-update it overwrites, zero until the ring is full) the step H⁺g is H g + u (vᵀg) − u_old (v_oldᵀg),
-and H Δg = H g − H g_prev reuses H g_prev, kept from the previous step (it is H⁺g of that step).
-Only H g and Hᵀ Δx go through the ring.
+update it overwrites once the ring is full) the step H⁺g is H g + u (vᵀg) − u_old (v_oldᵀg), and
+H Δg = H g − H g_prev reuses H g_prev, kept from the previous step (it is H⁺g of that step).
+Only H g and Hᵀ Δx go through the ring, and only through the slots filled so far.
 """
 
 from __future__ import annotations
@@ -42,14 +42,16 @@ class Broyden(Solver):
         self.m = integer("m", m)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
+        # Uninitialised: ring slot j is zeroed at step j + 2, the first step that may write it,
+        # and a step reads only the slots zeroed so far; the last point is written at step 1.
         n, d = x.shape
-        z = lambda *s: torch.zeros(*s, dtype=acc_dtype, device=x.device)  # noqa: E731
+        e = lambda *s: torch.empty(*s, dtype=acc_dtype, device=x.device)  # noqa: E731
         return {
-            "U": z(n, self.m, d),  # zeros: unused slots contribute nothing to H
-            "V": z(n, self.m, d),
-            "x_prev": z(n, d),
-            "g_prev": z(n, d),
-            "hg_prev": z(n, d),  # H g_prev with the H that made the previous step
+            "U": e(n, self.m, d),
+            "V": e(n, self.m, d),
+            "x_prev": e(n, d),
+            "g_prev": e(n, d),
+            "hg_prev": e(n, d),  # H g_prev with the H that made the previous step
             "updates": torch.zeros(n, dtype=torch.long, device=x.device),
         }
 
@@ -61,28 +63,41 @@ class Broyden(Solver):
         if k == 1:
             hg = -g  # H = −I
         else:
-            hg = _apply(U, V, g)  # H g with the current ring
+            # at most one update per step: before this one, only slots [0, k − 2) can hold any
+            used, full = min(k - 2, self.m), k - 2 >= self.m
+            if not full:  # the slot this step may write, zero (no term of H) until it is
+                U[:, k - 2].zero_()
+                V[:, k - 2].zero_()
+            Uu, Vu = U[:, :used], V[:, :used]
+            hg = _apply(Uu, Vu, g) if used else -g  # H g with the current ring
             dx = xa - state["x_prev"]
             dg = g - state["g_prev"]
             h_dg = hg - state["hg_prev"]  # H Δg
-            v = _apply_transposed(U, V, dx)  # Hᵀ Δx
+            v = _apply_transposed(Uu, Vu, dx) if used else -dx  # Hᵀ Δx
             denom = (v * dg).sum(dim=1)  # Δxᵀ H Δg
             tiny = denom.abs() <= 1e-30 + torch.finfo(acc).eps * v.norm(dim=1) * dg.norm(dim=1)
             safe = torch.where(tiny, torch.ones_like(denom), denom)
             u = torch.sub(dx, h_dg).div_(safe[:, None])
             keep = (~tiny & torch.isfinite(denom))[:, None]
-            # the ring slot of each row, in the (N·m, D) view; a skipped update leaves it untouched
+            # the ring slot of each row, in the (N·m, D) view; a skipped update leaves it as it
+            # is (zero while the ring is not full)
             n, m, d = U.shape
             flat = torch.arange(n, device=U.device) * m + state["updates"] % m
             U_flat, V_flat = U.view(n * m, d), V.view(n * m, d)
-            u_old, v_old = U_flat.index_select(0, flat), V_flat.index_select(0, flat)  # zeros until the ring is full
-            U_flat.index_copy_(0, flat, torch.where(keep, u, u_old))
-            V_flat.index_copy_(0, flat, torch.where(keep, v, v_old))
+            if full:
+                u_old, v_old = U_flat.index_select(0, flat), V_flat.index_select(0, flat)
+                U_flat.index_copy_(0, flat, torch.where(keep, u, u_old))
+                V_flat.index_copy_(0, flat, torch.where(keep, v, v_old))
+            else:
+                U_flat.index_copy_(0, flat, torch.where(keep, u, 0.0))
+                V_flat.index_copy_(0, flat, torch.where(keep, v, 0.0))
             state["updates"] = state["updates"] + keep.squeeze(1).long()
-            # H⁺ = H + u vᵀ − u_old v_oldᵀ (the update it overwrote), so H⁺ g = H g + u (vᵀg) − u_old (v_oldᵀg)
-            # for rows that took the update (u and u_old are finite: ·0 adds nothing)
+            # H⁺ = H + u vᵀ (− u_old v_oldᵀ, the update it overwrote once the ring is full), so
+            # H⁺ g = H g + u (vᵀg) − u_old (v_oldᵀg) for rows that took the update (u, u_old are
+            # finite: ·0 adds nothing)
             hg = torch.addcmul(hg, u, torch.where(keep, (v * g).sum(dim=1, keepdim=True), 0.0))
-            hg = torch.addcmul(hg, u_old, torch.where(keep, (v_old * g).sum(dim=1, keepdim=True), 0.0), value=-1)
+            if full:
+                hg = torch.addcmul(hg, u_old, torch.where(keep, (v_old * g).sum(dim=1, keepdim=True), 0.0), value=-1)
         state["x_prev"], state["g_prev"], state["hg_prev"] = xa, g, hg
         return xa - hg, state
 
