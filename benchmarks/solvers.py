@@ -7,9 +7,9 @@ block with input injection, batch 64, 81 tokens, width 128, per-example contract
 batch every call, like torchdeq). The repeats are interleaved (ours, ours, theirs, ours, ...) and
 the medians compared, so the ratios are measured under the same machine load.
 
-The cost of f is measured on sub-batches of 1, 2, 4, ... B rows, once per round of repeats (it is
-not linear in the batch size: small batches run at another efficiency than the full one), and
-printed per example above each map's table:
+The cost of f is measured on sub-batches of 1, 2, 4, ... B rows before every solve, and its
+medians are printed per example above each map's table (it is not linear in the batch size: small
+batches run at another efficiency than the full one). The columns:
 
     NFE        calls of f (each on the rows still being solved)
     it/smp     mean over examples of the iterations each needed (torchdeq: the steps it reports)
@@ -18,6 +18,7 @@ printed per example above each map's table:
     resid      largest relative residual ‖f(z) − z‖/‖f(z)‖ of the returned state, measured afterwards
     ×td        ours / torchdeq's same method: wall time, NFE, residual
     in f s     time spent inside f during the solve (timed around each call)
+    out %      (time − in f) / in f: the loop's own cost, measured within the same solves
     limit s    physical limit: Σ over calls of the cost of f on that many rows, from the measured
                curve, i.e. Σ over examples of (evaluations × per-example cost at the batch size it
                was evaluated in). This is what f alone would cost with a loop that cost nothing.
@@ -120,7 +121,7 @@ def median_time(fn, repeats):
 
 def time_curve(step, args, z, timings):
     """Time one f call on the first n rows, for n = 1, 2, 4, ... and the full batch, appending to
-    ``timings[n]``; called once per round of repeats, so the curve sees the same machine load."""
+    ``timings[n]``; called before every solve, so the curve sees the same machine load."""
     B = z.shape[0]
     sizes = sorted({2**i for i in range(B.bit_length()) if 2**i < B} | {B})
     with torch.no_grad():
@@ -147,8 +148,8 @@ def bench(name, step, args, z0, rtol, max_iter, repeats):
         variants += [(ours, ours, "batched"), (ours, ours, "plain"), (ours, theirs, "plain")]
     results: dict[tuple[str, str], list] = {(method, kind): [] for _, method, kind in variants}
     for _ in range(repeats):  # interleaved: every method sees the same stretch of machine load
-        time_curve(step, args, z1, timings)
         for _, method, kind in variants:
+            time_curve(step, args, z1, timings)  # the curve too, spread over the whole run
             calls: list[tuple[int, float]] = []
             if kind == "batched":
                 f = SelectableRecorder(BatchedMap(step, *args), calls)
@@ -165,7 +166,7 @@ def bench(name, step, args, z0, rtol, max_iter, repeats):
           + ", ".join(f"n={n} {1e3 * t / n:.3f} ms" for n, t in curve.items())
           + f"  (full batch {1e3 * curve[B]:.2f} ms)")
     header = (f"{'method':<28}{'map':<9}{'NFE':>5}{'it/smp':>8}{'evals':>7}{'time s':>8}{'resid':>10}"
-              f"{'×td t':>7}{'×td NFE':>8}{'×td res':>8}{'in f s':>8}{'limit s':>8}{'ovh %':>7}{'ovh@B %':>8}")
+              f"{'×td t':>7}{'×td NFE':>8}{'×td res':>8}{'in f s':>8}{'out %':>7}{'limit s':>8}{'ovh %':>7}{'ovh@B %':>8}")
     print(header)
     print("-" * len(header))
     rows = {}
@@ -191,7 +192,8 @@ def bench(name, step, args, z0, rtol, max_iter, repeats):
             line += " " * 23
         ovh = 100 * (r["time"] - r["limit"]) / r["limit"]
         ovh_b = 100 * (r["time"] - r["limit_b"]) / r["limit_b"]
-        print(line + f"{r['in_f']:>8.3f}{r['limit']:>8.3f}{ovh:>7.1f}{ovh_b:>8.1f}")
+        out = 100 * (r["time"] - r["in_f"]) / r["in_f"]
+        print(line + f"{r['in_f']:>8.3f}{out:>7.1f}{r['limit']:>8.3f}{ovh:>7.1f}{ovh_b:>8.1f}")
     print("ours certify at z (before the returned f(z)): largest relative residual "
           + ", ".join(f"{m} {k} {rows[m, k]['certified']:.2e}" for _, m, k in variants if not m.startswith("torchdeq")))
 
