@@ -48,8 +48,10 @@ def state(name: str, value: Any) -> torch.Tensor:
 
 
 def finite(name: str, value: torch.Tensor) -> torch.Tensor:
-    """``value`` if every entry is finite (no NaN or ±Inf). One host synchronisation."""
-    if value.numel() and not bool(torch.isfinite(value).all()):
+    """``value`` if every entry is finite (no NaN or ±Inf). One host synchronisation, one read:
+    the smallest and largest entries (``aminmax`` propagates NaN; ±Inf is one of them) are
+    finite exactly when all are."""
+    if value.numel() and not bool(torch.isfinite(torch.stack(torch.aminmax(value.detach()))).all()):
         bad = int((~torch.isfinite(value)).sum())
         raise InputError(f"{name} has {bad} non-finite entries (NaN or Inf) of {value.numel()}; "
                          "it must be finite")

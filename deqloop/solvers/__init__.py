@@ -16,7 +16,7 @@ import torch
 from deqloop import inputs
 from deqloop.errors import ConfigError
 from deqloop.solvers.anderson import Anderson
-from deqloop.solvers.base import BatchedMap, Solver, SubsettableMap
+from deqloop.solvers.base import BatchedMap, KeptRows, Solver, SubsettableMap
 from deqloop.solvers.broyden import Broyden
 from deqloop.solvers.loop import run_solver
 from deqloop.solvers.picard import Picard
@@ -35,6 +35,7 @@ __all__ = [
     "BackwardStats",
     "BatchedMap",
     "Broyden",
+    "KeptRows",
     "Picard",
     "Solution",
     "Solver",

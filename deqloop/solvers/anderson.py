@@ -2,17 +2,20 @@
 
 With residuals g_i = f(x_i) − x_i over the window, the weights α solve
 min ‖Σ α_i g_i‖² + λ‖α‖² subject to Σ α_i = 1, i.e. α ∝ (GGᵀ + λI)⁻¹ 1, and the next point is
-Σ α_i x_i + β Σ α_i g_i (β = 1: undamped mixing). The Gram matrix GGᵀ is updated one row per
-iteration and solved in float32 (float64 for float64 states), whatever the state's dtype.
-``ridge`` is applied to the Gram matrix of the *normalised* residuals g_i/‖g_i‖, so it neither
-depends on the scale of z nor swamps the small residuals of late iterations.
+Σ α_i x_i + β Σ α_i g_i = Σ α_i y_i with y_i = x_i + β g_i (β = 1: undamped mixing, y_i = f(x_i)).
+The window keeps only the residuals g_i (for the Gram matrix) and the points to mix y_i, so a
+step reads each of them once: one pass for the new row of the Gram matrix, one for the mixing.
+The Gram matrix GGᵀ is updated one row per iteration and solved in float32 (float64 for float64
+states), whatever the state's dtype. ``ridge`` is applied to the Gram matrix of the *normalised*
+residuals g_i/‖g_i‖, so it neither depends on the scale of z nor swamps the small residuals of
+late iterations.
 """
 
 from __future__ import annotations
 
 import torch
 
-from deqloop.solvers.base import Solver, State
+from deqloop.solvers.base import KeptRows, Solver, State
 from deqloop.validate import integer, number
 
 
@@ -27,36 +30,48 @@ class Anderson(Solver):
         self.beta = number("beta", beta, low=0, high=1, low_open=True)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
+        # Uninitialised: a step reads only the slots (and Gram entries) written so far.
         n, d = x.shape
         return {
-            "X": torch.zeros(n, self.m, d, dtype=acc_dtype, device=x.device),  # (N, m, D) points
-            "G": torch.zeros(n, self.m, d, dtype=acc_dtype, device=x.device),  # (N, m, D) residuals
-            "GG": torch.zeros(n, self.m, self.m, dtype=acc_dtype, device=x.device),  # (N, m, m) Gram
+            "Y": torch.empty(n, self.m, d, dtype=acc_dtype, device=x.device),  # (N, m, D) points to mix
+            "G": torch.empty(n, self.m, d, dtype=acc_dtype, device=x.device),  # (N, m, D) residuals
+            "GG": torch.empty(n, self.m, self.m, dtype=acc_dtype, device=x.device),  # (N, m, m) Gram
         }
 
     def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
-        X, G, GG = state["X"], state["G"], state["GG"]
-        acc = X.dtype
+        Y, G, GG = state["Y"], state["G"], state["GG"]
+        acc = Y.dtype
         slot = (k - 1) % self.m
         n = min(k, self.m)
-        xa, ga = x.to(acc), fx.to(acc) - x.to(acc)
-        X[:, slot] = xa
-        G[:, slot] = ga
-        row = torch.bmm(G[:, :n], ga.unsqueeze(2)).squeeze(2)  # (N, n) ⟨g_i, g_new⟩
+        xa = x.to(acc)
+        torch.sub(fx.to(acc), xa, out=G[:, slot])  # g = f(x) − x, written in place
+        ga = G[:, slot]
+        if self.beta == 1.0:
+            Y[:, slot] = fx
+        else:
+            torch.add(xa, ga, alpha=self.beta, out=Y[:, slot])
+        # ⟨g_i, g_new⟩ as (N, 1, D) @ (N, D, n): the row-times-matrix layout reads G once, fast
+        row = torch.bmm(ga.unsqueeze(1), G[:, :n].transpose(1, 2)).squeeze(1)  # (N, n)
         GG[:, slot, :n] = row
         GG[:, :n, slot] = row
         if n == 1:
-            return (xa + self.beta * ga), state
+            return Y[:, slot].clone(), state
         # Solve in the basis of unit residuals: the ridge then penalises each weight relative to
         # its own residual's size, so late, tiny residuals are not regularised away.
         norms = GG[:, :n, :n].diagonal(dim1=1, dim2=2).clamp_min(torch.finfo(acc).tiny).sqrt()  # (N, n)
         C = GG[:, :n, :n] / (norms[:, :, None] * norms[:, None, :])  # (N, n, n), unit diagonal
         C = C + self.ridge * torch.eye(n, dtype=acc, device=x.device)
         w, _ = torch.linalg.solve_ex(C, (1.0 / norms).unsqueeze(2))  # (N, n, 1); bad rows caught below
-        w = w / norms.unsqueeze(2)
-        alpha = w / w.sum(dim=1, keepdim=True)  # Σ α = 1
-        a = alpha.transpose(1, 2)  # (N, 1, n)
-        mixed = (torch.bmm(a, X[:, :n]) + self.beta * torch.bmm(a, G[:, :n])).squeeze(1)  # (N, D)
-        ok = torch.isfinite(alpha).all(dim=1).squeeze(1)
-        x_next = torch.where(ok[:, None], mixed, xa + self.beta * ga)  # ill-posed rows: one plain step
+        w = w.squeeze(2) / norms
+        alpha = w / w.sum(dim=1, keepdim=True)  # (N, n), Σ α = 1
+        # ill-posed rows take one plain step: all weight on the newest point
+        ok = torch.isfinite(alpha).all(dim=1, keepdim=True)
+        plain = torch.zeros_like(alpha)
+        plain[:, slot] = 1.0
+        alpha = torch.where(ok, alpha, plain)
+        x_next = torch.bmm(alpha.unsqueeze(1), Y[:, :n]).squeeze(1)  # (N, D)
         return x_next, state
+
+    def compact(self, state: State, rows: KeptRows) -> State:
+        # every entry is a buffer of its own: move only the rows that change place
+        return {name: rows.move(v) for name, v in state.items()}

@@ -2,13 +2,15 @@
 
 A solver sees flattened states ``x`` of shape ``(N, D)`` — only the samples still being solved —
 and their images ``fx = f(x)``. It keeps its per-sample memory in a dict of tensors whose first
-dimension is ``N``, so the loop can drop converged samples from it by indexing every entry.
-Linear algebra happens in ``acc_dtype`` (float32, or float64 for float64 states).
+dimension is ``N``, so the loop can drop converged samples from it (``Solver.compact``: by default
+it indexes every entry). Linear algebra happens in ``acc_dtype`` (float32, or float64 for float64
+states).
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
 import torch
@@ -18,6 +20,40 @@ from deqloop.validate import known_keys
 State = dict[str, torch.Tensor]
 
 
+@dataclass(frozen=True)
+class KeptRows:
+    """The rows that stay when frozen ones are dropped: new row i is old row ``index[i]``.
+
+    Rows keep their place, except the ``donors`` (staying rows beyond the new size), which move
+    into the ``holes`` (dropped rows within it). :meth:`take` copies the kept rows into a new
+    tensor; :meth:`move` rearranges a buffer in place, copying only the moved rows, and returns
+    its first ``len(index)`` rows (a view) — for large buffers the solver allocated itself.
+    """
+
+    index: torch.Tensor  # (n_keep,) long
+    holes: torch.Tensor  # (n_moved,) long, ascending, < n_keep
+    donors: torch.Tensor  # (n_moved,) long, ascending, ≥ n_keep
+
+    @classmethod
+    def of(cls, active: torch.Tensor) -> KeptRows:
+        """The plan that keeps the rows where ``active`` (an (N,) bool mask) is true."""
+        stay = active.nonzero().squeeze(1)
+        n_keep = stay.numel()
+        leave = (~active[:n_keep]).nonzero().squeeze(1)
+        donors = stay[stay >= n_keep]
+        index = torch.arange(n_keep, device=active.device)
+        index[leave] = donors
+        return cls(index, leave, donors)
+
+    def take(self, v: torch.Tensor) -> torch.Tensor:
+        return v.index_select(0, self.index)
+
+    def move(self, v: torch.Tensor) -> torch.Tensor:
+        if self.holes.numel():
+            v.index_copy_(0, self.holes, v.index_select(0, self.donors))
+        return v[: self.index.numel()]
+
+
 class Solver:
     """Base class of iterative fixed-point solvers.
 
@@ -25,7 +61,9 @@ class Solver:
 
     * ``init(x, fx, acc_dtype) -> state``: memory after the first evaluation;
     * ``step(state, x, fx, k) -> (x_next, state)``: the next point to evaluate, given the current
-      point ``x`` and ``fx = f(x)`` (``k`` counts evaluations so far, starting at 1).
+      point ``x`` and ``fx = f(x)`` (``k`` counts evaluations so far, starting at 1);
+
+    and may override ``compact(state, rows)`` (see :class:`KeptRows`).
     """
 
     name = "solver"
@@ -35,6 +73,11 @@ class Solver:
 
     def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
+
+    def compact(self, state: State, rows: KeptRows) -> State:
+        """Drop the rows of frozen samples from ``state``. By default every entry is indexed
+        (``rows.take``); a solver whose memory is its own buffers may rearrange them in place."""
+        return {name: rows.take(v) for name, v in state.items()}
 
     @classmethod
     def from_options(cls, method: str, options: dict[str, Any]) -> "Solver":

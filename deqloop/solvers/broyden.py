@@ -4,24 +4,33 @@ The inverse Jacobian of g is approximated as H = −I + Σ u_i v_iᵀ with at mo
 terms (a ring: the oldest is overwritten), so memory is O(m·B·D) regardless of ``max_iter``.
 The first step, with H = −I, is a plain iteration. Updates whose denominator vᵀΔg is tiny are
 skipped. All products run in float32 (float64 for float64 states).
+
+A step reads the ring four times, not six: after the update H⁺ = H + u vᵀ − u_old v_oldᵀ (the
+update it overwrites once the ring is full) the step H⁺g is H g + u (vᵀg) − u_old (v_oldᵀg), and
+H Δg = H g − H g_prev reuses H g_prev, kept from the previous step (it is H⁺g of that step).
+Only H g and Hᵀ Δx go through the ring, and only through the slots filled so far.
 """
 
 from __future__ import annotations
 
 import torch
 
-from deqloop.solvers.base import Solver, State
+from deqloop.solvers.base import KeptRows, Solver, State
 from deqloop.validate import integer
 
 
 def _apply(U: torch.Tensor, V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """H y = −y + Σ u_i (v_i · y). U, V: (N, m, D); y: (N, D)."""
-    return -y + torch.bmm(U.transpose(1, 2), torch.bmm(V, y.unsqueeze(2))).squeeze(2)
+    """H y = −y + Σ u_i (v_i · y). U, V: (N, m, D); y: (N, D). Both products take the
+    row-times-matrix layout ((N, 1, D) @ (N, D, m), then (N, 1, m) @ (N, m, D)), which reads
+    each ring once at memory speed."""
+    c = torch.bmm(y.unsqueeze(1), V.transpose(1, 2))  # (N, 1, m): v_i · y
+    return torch.baddbmm(y.unsqueeze(1), c, U, beta=-1).squeeze(1)  # −y + c U in one pass
 
 
 def _apply_transposed(U: torch.Tensor, V: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Hᵀ y = −y + Σ v_i (u_i · y)."""
-    return -y + torch.bmm(V.transpose(1, 2), torch.bmm(U, y.unsqueeze(2))).squeeze(2)
+    c = torch.bmm(y.unsqueeze(1), U.transpose(1, 2))  # (N, 1, m): u_i · y
+    return torch.baddbmm(y.unsqueeze(1), c, V, beta=-1).squeeze(1)
 
 
 class Broyden(Solver):
@@ -33,13 +42,16 @@ class Broyden(Solver):
         self.m = integer("m", m)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
+        # Uninitialised: ring slot j is zeroed at step j + 2, the first step that may write it,
+        # and a step reads only the slots zeroed so far; the last point is written at step 1.
         n, d = x.shape
-        z = lambda *s: torch.zeros(*s, dtype=acc_dtype, device=x.device)  # noqa: E731
+        e = lambda *s: torch.empty(*s, dtype=acc_dtype, device=x.device)  # noqa: E731
         return {
-            "U": z(n, self.m, d),
-            "V": z(n, self.m, d),
-            "x_prev": z(n, d),
-            "g_prev": z(n, d),
+            "U": e(n, self.m, d),
+            "V": e(n, self.m, d),
+            "x_prev": e(n, d),
+            "g_prev": e(n, d),
+            "hg_prev": e(n, d),  # H g_prev with the H that made the previous step
             "updates": torch.zeros(n, dtype=torch.long, device=x.device),
         }
 
@@ -48,22 +60,48 @@ class Broyden(Solver):
         acc = U.dtype
         xa = x.to(acc)
         g = fx.to(acc) - xa
-        if k > 1:
+        if k == 1:
+            hg = -g  # H = −I
+        else:
+            # at most one update per step: before this one, only slots [0, k − 2) can hold any
+            used, full = min(k - 2, self.m), k - 2 >= self.m
+            if not full:  # the slot this step may write, zero (no term of H) until it is
+                U[:, k - 2].zero_()
+                V[:, k - 2].zero_()
+            Uu, Vu = U[:, :used], V[:, :used]
+            hg = _apply(Uu, Vu, g) if used else -g  # H g with the current ring
             dx = xa - state["x_prev"]
             dg = g - state["g_prev"]
-            h_dg = _apply(U, V, dg)
-            v = _apply_transposed(U, V, dx)  # Hᵀ Δx
+            h_dg = hg - state["hg_prev"]  # H Δg
+            v = _apply_transposed(Uu, Vu, dx) if used else -dx  # Hᵀ Δx
             denom = (v * dg).sum(dim=1)  # Δxᵀ H Δg
             tiny = denom.abs() <= 1e-30 + torch.finfo(acc).eps * v.norm(dim=1) * dg.norm(dim=1)
             safe = torch.where(tiny, torch.ones_like(denom), denom)
-            u = (dx - h_dg) / safe[:, None]
+            u = torch.sub(dx, h_dg).div_(safe[:, None])
             keep = (~tiny & torch.isfinite(denom))[:, None]
-            slot = state["updates"] % self.m  # (N,) ring position per row (equal across rows)
-            idx = slot[:, None, None].expand(-1, 1, U.shape[2])
-            # a skipped update leaves the ring untouched
-            U.scatter_(1, idx, torch.where(keep, u, U.gather(1, idx).squeeze(1)).unsqueeze(1))
-            V.scatter_(1, idx, torch.where(keep, v, V.gather(1, idx).squeeze(1)).unsqueeze(1))
+            # the ring slot of each row, in the (N·m, D) view; a skipped update leaves it as it
+            # is (zero while the ring is not full)
+            n, m, d = U.shape
+            flat = torch.arange(n, device=U.device) * m + state["updates"] % m
+            U_flat, V_flat = U.view(n * m, d), V.view(n * m, d)
+            if full:
+                u_old, v_old = U_flat.index_select(0, flat), V_flat.index_select(0, flat)
+                U_flat.index_copy_(0, flat, torch.where(keep, u, u_old))
+                V_flat.index_copy_(0, flat, torch.where(keep, v, v_old))
+            else:
+                U_flat.index_copy_(0, flat, torch.where(keep, u, 0.0))
+                V_flat.index_copy_(0, flat, torch.where(keep, v, 0.0))
             state["updates"] = state["updates"] + keep.squeeze(1).long()
-        state["x_prev"], state["g_prev"] = xa, g
-        x_next = xa - _apply(U, V, g)
-        return x_next, state
+            # H⁺ = H + u vᵀ (− u_old v_oldᵀ, the update it overwrote once the ring is full), so
+            # H⁺ g = H g + u (vᵀg) − u_old (v_oldᵀg) for rows that took the update (u, u_old are
+            # finite: ·0 adds nothing)
+            hg = torch.addcmul(hg, u, torch.where(keep, (v * g).sum(dim=1, keepdim=True), 0.0))
+            if full:
+                hg = torch.addcmul(hg, u_old, torch.where(keep, (v_old * g).sum(dim=1, keepdim=True), 0.0), value=-1)
+        state["x_prev"], state["g_prev"], state["hg_prev"] = xa, g, hg
+        return xa - hg, state
+
+    def compact(self, state: State, rows: KeptRows) -> State:
+        # the rings are buffers of its own: move only the rows that change place; the last point
+        # may be the loop's own tensor, so it and the other (N, D) entries are copied
+        return {name: rows.move(v) if name in ("U", "V") else rows.take(v) for name, v in state.items()}

@@ -9,6 +9,14 @@ restricted to a subset of its batch (it has a ``select(index)`` method, e.g.
 :class:`~deqloop.solvers.base.BatchedMap`), frozen samples are then dropped from the solver's
 memory and no longer evaluated, which is where adaptive compute saves time; a plain closure is
 always evaluated on the whole batch, frozen samples held in place by the masks.
+
+Dropping rows is amortised: it happens at a check only once the frozen rows are at least
+``compact_at`` of the rows held (by default a sixteenth; 0: at every check, 1: never); until then
+frozen rows ride along, held by the masks. The solver's large memory (Anderson's window, Broyden's
+ring) is then rearranged in place: only the staying rows beyond the new batch size move, into the
+places of dropped ones (:class:`~deqloop.solvers.base.KeptRows`), not every remaining row.
+Neither cadence changes a sample's answer: everything the loop and the solvers compute is per row
+(for a map that treats its samples independently; up to how f rounds on another batch size).
 """
 
 from __future__ import annotations
@@ -19,11 +27,14 @@ import torch
 
 from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError
-from deqloop.solvers.base import Solver
+from deqloop.solvers.base import KeptRows, Solver
 from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual_norms
 from deqloop.validate import integer, number
 
 Map = Callable[[torch.Tensor], torch.Tensor]
+
+COMPACT_AT = 0.0625  # drop frozen rows once they are this fraction of the rows held
+
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     """Norms and least squares run in float32, or float64 when the state is float64."""
@@ -96,6 +107,7 @@ def run_solver(
     differentiable: bool = False,
     keep: str = "best",
     return_image: bool = False,
+    compact_at: float = COMPACT_AT,
 ) -> Solution:
     """Run ``solver`` on ``f`` from ``z0`` with per-sample convergence (see the module docstring).
 
@@ -106,7 +118,8 @@ def run_solver(
     ``keep="best"`` returns each sample's iterate of smallest residual; ``keep="last"`` its last
     finite one (what backpropagation through the iterations wants). ``return_image=True`` returns
     f(z) of that iterate instead of z (after n evaluations of naive iteration: z_n rather than
-    z_{n-1}); the reported residuals stay those of z.
+    z_{n-1}); the reported residuals stay those of z. ``compact_at`` is the fraction of frozen
+    rows at which a subsettable ``f`` stops evaluating them (see the module docstring).
     """
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
@@ -114,6 +127,7 @@ def run_solver(
     check_every = integer("check_every", check_every or default_check_every(z0.device))
     if not divergence > 1.0:
         raise ValueError(f"divergence must be a factor > 1, got {divergence!r}")
+    compact_at = number("compact_at", compact_at, low=0, high=1)
 
     B = z0.shape[0]
     dtype, device = z0.dtype, z0.device
@@ -189,17 +203,17 @@ def run_solver(
                     break
                 # Dropping frozen rows pays only when f can skip them; for a plain closure the
                 # masks already freeze them and gathering rows for every call would cost more.
-                if evaluate.subsettable and n_active < rows.numel():
-                    stay = active.nonzero().squeeze(1)
-                    leave = (~active).nonzero().squeeze(1)
-                    write_back(leave)
-                    evaluate.restrict(rows.index_select(0, stay))
-                    rows = rows.index_select(0, stay)
-                    x, best_x = x.index_select(0, stay), best_x.index_select(0, stay)
-                    best_rel, best_abs = best_rel.index_select(0, stay), best_abs.index_select(0, stay)
-                    min_abs, iters = min_abs.index_select(0, stay), iters.index_select(0, stay)
-                    status, active = status.index_select(0, stay), active.index_select(0, stay)
-                    state = {name: v.index_select(0, stay) for name, v in state.items()}
+                n_rows = rows.numel()
+                if evaluate.subsettable and n_active < n_rows and n_rows - n_active >= compact_at * n_rows:
+                    write_back((~active).nonzero().squeeze(1))
+                    kept = KeptRows.of(active)
+                    rows = kept.take(rows)
+                    evaluate.restrict(rows)
+                    x, best_x = kept.take(x), kept.take(best_x)
+                    best_rel, best_abs = kept.take(best_rel), kept.take(best_abs)
+                    min_abs, iters = kept.take(min_abs), kept.take(iters)
+                    status, active = kept.take(status), kept.take(active)
+                    state = solver.compact(state, kept)
 
         write_back(torch.arange(rows.numel(), device=device))
 

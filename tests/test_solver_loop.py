@@ -1,0 +1,191 @@
+"""The solver loop's speed-ups change no answer: Anderson and Broyden against the methods written
+out by hand, and the same solutions, per-sample iterations and statuses whether converged samples
+are dropped (a ``BatchedMap``) or held by masks (a closure), whatever the cadence of dropping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import contractive_tanh
+
+from deqloop import SolverStatus, solve
+from deqloop.solvers import Anderson, BatchedMap, Broyden, KeptRows, Picard
+from deqloop.solvers.loop import run_solver
+
+OURS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
+
+
+def one_sample(f, batch, i):
+    """Sample ``i``'s map alone: z ↦ f(Z)[i] with z placed in row i of a zero batch."""
+    def fi(z):
+        Z = torch.zeros(batch, z.numel(), dtype=z.dtype)
+        Z[i] = z
+        return f(Z)[i]
+
+    return fi
+
+
+def reference_anderson(f, x, steps, m, ridge, beta):
+    """Relative residuals of the first ``steps`` evaluations of Anderson type II on one sample,
+    written out: α ∝ (C + ridge·I)⁻¹ (1/‖g_i‖) with C the Gram matrix of unit residuals, then
+    x ← Σ α_i (x_i + β g_i) over the last ``m`` points."""
+    xs, gs, out = [], [], []
+    for _ in range(steps):
+        fx = f(x)
+        g = fx - x
+        out.append(float(g.norm() / fx.norm()))
+        xs, gs = (xs + [x])[-m:], (gs + [g])[-m:]
+        G = torch.stack(gs)  # (n, D)
+        norms = G.norm(dim=1)
+        C = (G @ G.T) / (norms[:, None] * norms[None, :]) + ridge * torch.eye(len(gs), dtype=x.dtype)
+        w = torch.linalg.solve(C, 1.0 / norms) / norms
+        alpha = w / w.sum()
+        x = sum(a * (xi + beta * gi) for a, xi, gi in zip(alpha, xs, gs))
+    return out
+
+
+def reference_broyden(f, x, steps, m):
+    """The same for good Broyden: H = −I + Σ u_i v_iᵀ over the last ``m`` updates, the update
+    u = (Δx − HΔg)/(ΔxᵀHΔg), v = HᵀΔx, and the step x ← x − H g."""
+    D = x.numel()
+    pairs, out, x_prev, g_prev = [], [], None, None
+
+    def H():
+        return -torch.eye(D, dtype=x.dtype) + sum((torch.outer(u, v) for u, v in pairs), torch.zeros(D, D, dtype=x.dtype))
+
+    for _ in range(steps):
+        fx = f(x)
+        g = fx - x
+        out.append(float(g.norm() / fx.norm()))
+        if x_prev is not None:
+            dx, dg = x - x_prev, g - g_prev
+            h = H()
+            v = h.T @ dx
+            pairs = (pairs + [((dx - h @ dg) / (v @ dg), v)])[-m:]
+        x_prev, g_prev = x, g
+        x = x - H() @ g
+    return out
+
+
+@pytest.mark.parametrize("m, ridge, beta", [(6, 1e-6, 1.0), (3, 1e-4, 0.7), (2, 0.0, 1.0)])
+def test_anderson_follows_the_method_written_out(m, ridge, beta):
+    f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=4)
+    steps = 9  # short of the tolerance floor, where the Gram matrix gets ill-conditioned
+    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), "anderson", m=m, ridge=ridge, beta=beta,
+                rtol=1e-300, max_iter=steps, trace=True)
+    for i in range(3):
+        ref = reference_anderson(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m, ridge, beta)
+        torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("m", [12, 3])
+def test_broyden_follows_the_method_written_out(m):
+    f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=5)
+    steps = 9
+    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), "broyden", m=m, rtol=1e-300, max_iter=steps, trace=True)
+    for i in range(3):
+        ref = reference_broyden(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m)
+        torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+def test_anderson_takes_a_plain_step_when_its_least_squares_is_singular():
+    # f(z) = z + 1 repeats one residual: without a ridge the Gram matrix is exactly singular
+    sol = solve(lambda z: z + 1.0, torch.zeros(2, 4), "anderson", ridge=0.0, rtol=1e-6, max_iter=5, keep="last")
+    assert (sol.status == int(SolverStatus.MAX_ITER)).all()
+    torch.testing.assert_close(sol.z, torch.full((2, 4), 4.0))  # x_k = x_{k−1} + g: the fifth point is 4
+
+
+def mixed_problem(batch=12, dim=8, seed=11):
+    """Per-sample contraction 0.05–0.98: samples converge after very different numbers of steps."""
+    order = torch.randperm(batch, generator=torch.Generator().manual_seed(seed))
+    contraction = torch.linspace(0.05, 0.98, batch, dtype=torch.float64)[order]
+    f, (W, U, x, c) = contractive_tanh(batch, dim, contraction, seed=seed)
+
+    def step(z, W, U, x):
+        return torch.tanh(torch.bmm(W, z.unsqueeze(2)).squeeze(2) + torch.bmm(U, x.unsqueeze(2)).squeeze(2) + c)
+
+    return f, BatchedMap(step, W, U, x), torch.zeros(batch, dim, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", list(OURS))
+@pytest.mark.parametrize("compact_at, check_every", [(0.0, 1), (0.125, 1), (0.5, 3), (1.0, 1), (0.25, 8)])
+def test_dropping_converged_samples_changes_no_answer(method, compact_at, check_every):
+    closure, batched, z0 = mixed_problem()
+    kw = {"method": method, "rtol": 1e-10, "max_iter": 400}
+    ref = run_solver(closure, z0, OURS[method](), check_every=1, **kw)
+    sol = run_solver(batched, z0, OURS[method](), check_every=check_every, compact_at=compact_at, **kw)
+    assert ref.converged.all() and len(set(ref.iterations.tolist())) > 4  # a real spread of iteration counts
+    assert torch.equal(sol.iterations, ref.iterations)
+    assert torch.equal(sol.status, ref.status)
+    torch.testing.assert_close(sol.z, ref.z, atol=1e-12, rtol=0)
+    torch.testing.assert_close(sol.residual, ref.residual, atol=1e-12, rtol=1e-6)
+    assert ref.nfe <= sol.nfe < ref.nfe + check_every  # the host notices the end at a check
+    # frozen samples are evaluated until they are dropped, never after; never dropped: every call
+    B = z0.shape[0]
+    assert int(sol.iterations.sum()) <= sol.sample_evals <= sol.nfe * B
+    if compact_at == 0.0 and check_every == 1:
+        assert sol.sample_evals == int(sol.iterations.sum())
+    if compact_at == 1.0:
+        assert sol.sample_evals == sol.nfe * B
+
+
+@pytest.mark.parametrize("method", list(OURS))
+def test_dropping_cadence_keeps_each_samples_outcome(method):
+    """Converged, stopped at max_iter, non-finite and diverged samples in one batch: each keeps its
+    status, its iterations and its iterate whether frozen samples are dropped early, late or never."""
+    scale = torch.tensor([0.3, 0.999, 0.6, 1.5, 0.1, 0.8], dtype=torch.float64)[:, None]  # 1: slow, 3: expanding
+    poison = torch.tensor([False, False, True, False, False, False])[:, None]
+
+    def step(z, scale, poison):
+        out = scale * z + 1.0 + 0.01 * torch.tanh(z)
+        return torch.where(poison & (z.abs().sum(1, keepdim=True) > 0), torch.nan, out)  # 2: NaN after one step
+
+    z0 = torch.zeros(6, 5, dtype=torch.float64)
+    outcomes = []
+    for compact_at, check_every in [(0.0, 1), (0.5, 2), (1.0, 1), (0.2, 5)]:
+        sol = run_solver(BatchedMap(step, scale, poison), z0, OURS[method](), method=method, rtol=1e-12,
+                         max_iter=25, check_every=check_every, compact_at=compact_at)
+        outcomes.append(sol)
+    first = outcomes[0]
+    assert first.status[2] == SolverStatus.NONFINITE and first.status[0] == SolverStatus.CONVERGED
+    if method == "picard":
+        assert first.status[1] == SolverStatus.MAX_ITER and first.status[3] == SolverStatus.DIVERGED
+    for sol in outcomes[1:]:
+        assert torch.equal(sol.status, first.status)
+        assert torch.equal(sol.iterations, first.iterations)
+        torch.testing.assert_close(sol.z, first.z, atol=1e-12, rtol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_moving_rows_in_place_keeps_the_same_rows_as_copying_them(seed):
+    g = torch.Generator().manual_seed(seed)
+    active = torch.rand(9, generator=g) < 0.6
+    active[int(torch.randint(9, (1,), generator=g))] = True
+    kept = KeptRows.of(active)
+    assert sorted(kept.index.tolist()) == active.nonzero().squeeze(1).tolist()  # exactly the active rows
+    assert (kept.holes < len(kept.index)).all() and (kept.donors >= len(kept.index)).all()
+    buffer = torch.randn(9, 3, 4, generator=g)
+    copied = kept.take(buffer)
+    moved = kept.move(buffer.clone())
+    assert torch.equal(moved, copied)
+    # rows that stay within the new size keep their place: only donors are copied
+    assert int((kept.index != torch.arange(len(kept.index))).sum()) == len(kept.holes)
+
+
+def test_compact_at_is_validated():
+    closure, _, z0 = mixed_problem()
+    with pytest.raises(ValueError, match=r"compact_at must be a finite number in \[0, 1\], got 1.5"):
+        run_solver(closure, z0, Anderson(), method="anderson", compact_at=1.5)
+
+
+@pytest.mark.parametrize("cls", [Anderson, Broyden])
+def test_low_precision_states_keep_float32_solver_memory(cls):
+    x = torch.randn(4, 6).to(torch.bfloat16)
+    solver = cls()
+    state = solver.init(x, x, torch.float32)
+    for k in range(1, 4):
+        fx = (0.5 * x.float() + 0.1).to(torch.bfloat16)
+        x_next, state = solver.step(state, x, fx, k)
+        assert x_next.dtype == torch.float32  # the loop casts back to the state's dtype
+        x = x_next.to(torch.bfloat16)
+    assert all(v.dtype == torch.float32 for name, v in state.items() if name != "updates")
