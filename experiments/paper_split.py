@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from experiments import figures
 from experiments.configs import _m
 from experiments.markdown import num, pct, table
 
@@ -62,10 +63,7 @@ def rows(runs: list[dict[str, Any]]) -> list[list[str]]:
 
 def plot(runs: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy against test-time iterations, one line per seed, at the training lengths and at the hard length."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     hard = runs[0]["train_config"]["task_options"]["hard_length"]
@@ -81,11 +79,7 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path:
     ax.set_title("prefix sums, the paper's split")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return figures.save(fig, path)
 
 
 def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:

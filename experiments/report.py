@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments import chess_baselines, paper_split, recipes_report, stability_report
+from experiments import chess_baselines, figures, paper_split, recipes_report, stability_report
 from experiments.claims import Verdict, claim1, claim2, claim3, claim4
 from experiments.configs import LEARNED_MARGIN, Config, _med, group
 from experiments.markdown import _task_key, num, pct, table
@@ -108,10 +108,7 @@ def identity_fixed_points(configs: list[Config]) -> str | None:
 
 def plot_iterations(configs: list[Config], task: str, path: Path) -> Path:
     """Accuracy against test-time iterations of each configuration of ``task``, a panel per test set."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
 
     cs = [c for c in configs if c.task == task]
     # the validation and hard splits, then any more test sets every run was evaluated on (e.g. sudoku's blank bands)
@@ -129,18 +126,11 @@ def plot_iterations(configs: list[Config], task: str, path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("exact-match accuracy (%)")
     axes[1].legend(fontsize=6, ncol=2, loc="best")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return figures.save(fig, path)
 
 
 def plot_rho_vs_accuracy(configs: list[Config], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    plt = figures.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     markers = {"none": "x", "external": "s", "internal": "o"}
@@ -156,11 +146,7 @@ def plot_rho_vs_accuracy(configs: list[Config], path: Path) -> Path:
     ax.set_ylabel("best hard accuracy (%)")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return figures.save(fig, path)
 
 
 # -- the document ------------------------------------------------------------------------------
