@@ -43,8 +43,8 @@ def baselines_for(run: dict[str, Any], stored: dict[str, Any] | None) -> dict[st
     """The baselines per split of a run (a summary or ``result.json``): its own ``eval.baselines``,
     else the stored set evaluated on the same examples (same task, data files, seed and ``n`` per
     split), else None."""
-    own = (run.get("eval") or {}).get("baselines")
-    if own:
+    own = {split: scores for split, scores in ((run.get("eval") or {}).get("baselines") or {}).items() if scores}
+    if own:  # a task without baselines (sudoku, prefix sums) stores an empty dict per split
         return own
     if not stored:
         return None

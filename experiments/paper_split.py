@@ -13,53 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments import figures
-from experiments.configs import _m
-from experiments.markdown import num, pct, table
-
-HEADER = ["seed", "val best", "hard best", "hard@{last}", "adaptive", "solver", "train s", "eval s"]
-
-
-def _curve(run: dict[str, Any], split: str) -> list[float]:
-    return run["eval"]["curves"]["accuracy"][split]
-
-
-def _best(run: dict[str, Any], split: str) -> tuple[float, int]:
-    """The best accuracy over the test-time counts and the first count that reaches it."""
-    curve, iters = _curve(run, split), run["eval"]["curves"]["iters"]
-    best = max(curve)
-    return best, iters[curve.index(best)]
-
-
-def _settle(run: dict[str, Any], key: str) -> float | None:
-    return (run["eval"].get("settling") or {}).get("hard", {}).get(key)
-
-
-def _solver(run: dict[str, Any], key: str) -> float | None:
-    return (run["eval"].get("solver") or {}).get("hard", {}).get(key)
-
-
-def rows(runs: list[dict[str, Any]]) -> list[list[str]]:
-    """One row per run (by seed), then the mean over them."""
-    out = []
-    for r in sorted(runs, key=lambda r: r["spec"]["seed"]):
-        vb, vi = _best(r, "val")
-        hb, hi = _best(r, "hard")
-        sec = r.get("seconds", {})
-        out.append([str(r["spec"]["seed"]), f"{pct(vb)} ({vi})", f"{pct(hb)} ({hi})", pct(_curve(r, "hard")[-1]),
-                    f"{pct(_settle(r, 'accuracy'))} / {num(_settle(r, 'iterations_mean'))}",
-                    f"{pct(_solver(r, 'accuracy'))} / {num(_solver(r, 'iterations_mean'))}",
-                    num(sec.get("train"), 4), num(sec.get("eval"), 4)])
-    if len(runs) > 1:
-        out.append([f"mean of {len(runs)}", pct(_m([_best(r, "val")[0] for r in runs])),
-                    pct(_m([_best(r, "hard")[0] for r in runs])), pct(_m([_curve(r, "hard")[-1] for r in runs])),
-                    f"{pct(_m([_settle(r, 'accuracy') for r in runs]))} / "
-                    f"{num(_m([_settle(r, 'iterations_mean') for r in runs]))}",
-                    f"{pct(_m([_solver(r, 'accuracy') for r in runs]))} / "
-                    f"{num(_m([_solver(r, 'iterations_mean') for r in runs]))}",
-                    num(_m([r.get("seconds", {}).get("train") for r in runs]), 4),
-                    num(_m([r.get("seconds", {}).get("eval") for r in runs]), 4)])
-    return out
-
+from experiments.markdown import table
+from experiments.seed_table import HEADER, curve, rows
 
 def plot(runs: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy against test-time iterations, one line per seed, at the training lengths and at the hard length."""
@@ -70,8 +25,8 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path:
     for r in sorted(runs, key=lambda r: r["spec"]["seed"]):
         iters = r["eval"]["curves"]["iters"]
         seed = r["spec"]["seed"]
-        ax.plot(iters, [100 * a for a in _curve(r, "val")], ":", marker="o", ms=3, label=f"seed {seed}: training lengths")
-        ax.plot(iters, [100 * a for a in _curve(r, "hard")], "-", marker="s", ms=3, label=f"seed {seed}: {hard} bits")
+        ax.plot(iters, [100 * a for a in curve(r, "val")], ":", marker="o", ms=3, label=f"seed {seed}: training lengths")
+        ax.plot(iters, [100 * a for a in curve(r, "hard")], "-", marker="s", ms=3, label=f"seed {seed}: {hard} bits")
     ax.axvline(hard, color="grey", ls="--", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel(f"test-time iterations (dashed: {hard}, the propagation depth at {hard} bits)")

@@ -11,6 +11,14 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from experiments.configs import group
+from experiments.markdown import table
+
+INTRO = ("the hard accuracy (best over the test-time counts) of each seed, then means over the seeds; *solver conv* "
+         "the fraction of hard examples whose Anderson solve converged at evaluation; *train fwd/bwd conv* the "
+         "converged fractions of the training solves over the last quarter of training; *ρ end* the median spectral "
+         "radius at the end (hard examples); *train s* the mean training wall time and its ratio to the progressive "
+         "loss's.")
 HEADER = ["regime", "seeds", "hard best per seed", "val best", "hard best", "hard@500", "adaptive", "solver",
           "solver conv", "train fwd conv", "train bwd conv", "ρ end", "train s", "× progressive"]
 
@@ -55,3 +63,21 @@ def recipe_rows(configs: list[Any], recall: str, norm: str) -> list[list[str]]:
                      _num(c.train("late_backward_converged")), _num(c.stab("spectral_radius_median"), 3),
                      _num(s, 0), _num(s / base if s is not None and base else None)])
     return rows
+
+
+def section(runs: list[dict[str, Any]]) -> list[str]:
+    """The report's section on a recipes sweep kept apart from the main grid (e.g. at another
+    number of steps, ``--steps``): the ablation table of each of its cells."""
+    if not runs:
+        return []
+    steps = sorted({r["train_config"]["steps"] for r in runs})
+    commands = sorted({r.get("command", "") for r in runs})
+    doc = []
+    configs = list(group(runs).values())
+    for task, recall, norm in sorted({(c.task, c.recall, c.norm) for c in configs}):
+        cell = [c for c in configs if (c.task, c.recall, c.norm) == (task, recall, norm)]
+        doc += ["", f"## {task}: fixed-point training recipes at {'/'.join(map(str, steps))} steps "
+                f"({recall} recall, {norm} norm)", "",
+                f"The recipes preset's cell trained longer (runs: {'; '.join(f'`{c}`' for c in commands)}); {INTRO}",
+                "", table(HEADER, recipe_rows(cell, recall, norm) or [])]
+    return doc

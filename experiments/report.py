@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments import chess_baselines, figures, paper_split, recipes_report, stability_report
+from experiments import chess_baselines, chess_long, figures, paper_split, recipes_report, stability_report
 from experiments.claims import Verdict, claim1, claim2, claim3, claim4
 from experiments.configs import LEARNED_MARGIN, Config, _med, group
 from experiments.markdown import _task_key, num, pct, table
@@ -164,12 +164,7 @@ def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) 
             continue
         doc += ["", f"### Fixed-point training recipes ({recall} recall, {norm} norm)", "",
                 "Every regime of this cell (`python -m experiments.sweep --preset recipes`; the regimes are "
-                "defined in `experiments/presets.py` `REGIME_TRAIN`): the hard accuracy (best over the test-time "
-                "counts) of each seed, then means over the seeds; *solver conv* the fraction of hard examples "
-                "whose Anderson solve converged at evaluation; *train fwd/bwd conv* the converged fractions of the "
-                "training solves over the last quarter of training; *ρ end* the median spectral radius at the "
-                "end (hard examples); *train s* the mean training wall time and its ratio to the progressive "
-                "loss's.", "",
+                f"defined in `experiments/presets.py` `REGIME_TRAIN`): {recipes_report.INTRO}", "",
                 table(recipes_report.HEADER, recipes_report.recipe_rows(cs, recall, norm))]
     header, rows = stability_report.when_table(cs)
     if rows:
@@ -186,11 +181,33 @@ def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) 
     return doc
 
 
+SECTIONS = {"paper": "the paper's prefix-sums split (experiments/paper_split.py)",
+            "recipes": "the recipes ablation at another number of steps (experiments/recipes_report.py)",
+            "chess": "the long chess run beside its baselines (experiments/chess_long.py)"}
+"""The presets whose sweeps may be kept apart from the main grid, each drawn as its own section."""
+DEFAULT_SECTIONS = ("results/paper_split", "results/recipes_1500", "results/chess_long")
+
+
+def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
+    """The section of a sweep kept apart from the main grid, chosen by its preset."""
+    if not runs:
+        return []
+    presets = sorted({r["preset"] for r in runs})
+    if len(presets) != 1 or presets[0] not in SECTIONS:
+        raise SummaryError(f"a separate section holds the runs of one preset of {', '.join(SECTIONS)}; "
+                           f"these are of {', '.join(presets)}")
+    if presets[0] == "paper":
+        return paper_split.section(runs, plots, out)
+    if presets[0] == "chess":
+        return chess_long.section(runs, plots, out)
+    return recipes_report.section(runs)
+
+
 def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
-           baselines: dict[str, Any] | None = None, paper_runs: list[dict[str, Any]] = ()) -> str:
+           baselines: dict[str, Any] | None = None, sections: list[list[dict[str, Any]]] = ()) -> str:
     """RESULTS.md's text. ``baselines``: the stored baselines file (:mod:`experiments.chess_baselines`),
-    read for runs whose evaluation predates storing them; ``paper_runs``: the summaries of the
-    paper's prefix-sums split (:mod:`experiments.paper_split`), a section of their own."""
+    read for runs whose evaluation predates storing them; ``sections``: the summaries of each sweep
+    kept apart from the main grid (:data:`SECTIONS`), a section each after the tasks'."""
     configs = list(group(results).values())
     commits = sorted({r["commit"] for r in results})
     presets = sorted({r["preset"] for r in results})
@@ -283,8 +300,8 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
                     table(["regime", "runs", "late loss", "late train acc", "forward conv", "backward conv",
                            "hard best"], [_regime_row(g, [c for c in cs if c.regime == g]) for g in regimes])]
         doc += _recipes_and_stability(cs, task, plots, out)
-        if task == "prefix_sums":
-            doc += paper_split.section(list(paper_runs), plots, out)
+    for runs in sections:
+        doc += section(list(runs), plots, out)
     identity = identity_fixed_points(configs)
     if identity:
         doc += ["", identity]
@@ -302,9 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of the run summaries (default results/runs), or of a sweep (holds */*/result.json)")
     p.add_argument("--out", default="RESULTS.md", help="the document to write (default RESULTS.md)")
     p.add_argument("--plots", default="results", help="folder for the PNG plots (default results/)")
-    p.add_argument("--paper-split", default="results/paper_split",
-                   help="folder of the paper-split run summaries (`--preset paper`; default results/paper_split, "
-                        "skipped when absent)")
+    p.add_argument("--sections", nargs="*", default=list(DEFAULT_SECTIONS),
+                   help="folders of run summaries kept apart from the main grid, a section each "
+                        f"(default {' '.join(DEFAULT_SECTIONS)}; those absent are skipped); one preset per folder, of "
+                        + "; ".join(f"{k}: {v}" for k, v in SECTIONS.items()))
     a = p.parse_args(argv)
     root = Path(a.runs)
     if not root.is_dir():
@@ -316,9 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         p.error(f"no run summaries or result.json under {root}: run `python -m experiments.sweep` first, or "
                 "`python -m experiments.summary import runs/sweep` for an older sweep")
-    paper_root = Path(a.paper_split)
     try:
-        paper_runs = load_summaries(paper_root) if paper_root.is_dir() else []
+        sections = [load_summaries(Path(f)) for f in a.sections if Path(f).is_dir()]
     except SummaryError as err:
         p.error(str(err))
     out = Path(a.out).resolve()
@@ -327,7 +344,10 @@ def main(argv: list[str] | None = None) -> int:
         stored = chess_baselines.load(Path(__file__).resolve().parents[1] / chess_baselines.DEFAULT_PATH)
     except ValueError as err:
         p.error(str(err))
-    text = render(results, Path(a.plots).resolve(), out, command, baselines=stored, paper_runs=paper_runs)
+    try:
+        text = render(results, Path(a.plots).resolve(), out, command, baselines=stored, sections=sections)
+    except SummaryError as err:
+        p.error(str(err))
     out.write_text(text)
     print(f"wrote {out} ({len(results)} runs)")
     return 0
