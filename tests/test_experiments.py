@@ -41,7 +41,7 @@ def test_preset_filters_and_errors():
         cpu.with_(task_grid={"sudoku": {"width": (8,)}})
     with pytest.raises(ValueError, match="names task 'maze'"):
         cpu.with_(task_grid={"maze": {"norm": ("post",)}})
-    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, recipes, paper, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, recipes, paper, chess, gpu"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown filter 'width'"):
         cpu.runs(width=("8",))
@@ -274,6 +274,18 @@ def test_paper_preset_trains_the_papers_split_apart_from_the_cpu_grid():
     # the same run names as the cpu grid, so the summaries go elsewhere
     assert paper.results == "results/paper_split" and get_preset("cpu").results == "results/runs"
     assert max(paper.eval_iters) >= 512
+
+
+def test_the_chess_preset_is_the_cpu_cell_trained_longer():
+    chess, cpu = get_preset("chess"), get_preset("cpu")
+    [spec] = chess.runs()
+    assert spec.name == "chess/internal-post-progressive-s0"
+    fields, base = chess.train_fields(spec), cpu.train_fields(spec)
+    changed = {k for k in fields if fields[k] != base.get(k)}
+    assert changed == {"attention", "max_iter", "steps", "stability_every"}
+    assert fields["steps"] == 3000 and fields["max_iter"] == 12 and fields["attention"] == "full"
+    TrainConfig(**fields, out="unused")
+    assert chess.results == "results/chess_long" and chess.eval_n == 1024
 
 
 def test_a_presets_extra_test_sets_are_evaluated_and_drawn_as_panels(tmp_path):
