@@ -76,6 +76,9 @@ REGIME_TRAIN: dict[str, dict[str, Any]] = {
     # the exact implicit gradient where the solves converged, the Jacobian-free one elsewhere
     "implicit+fallback+budget": {**_EQ, "backward": "implicit", "backward_options": {"fallback": "jfb"},
                                  "max_iter": 40},
+    # ... after a warm start
+    "implicit+fallback+warm+budget": {**_EQ, "backward": "implicit", "backward_options": {"fallback": "jfb"},
+                                      **_WARM, "max_iter": 40},
 }
 REGIMES = tuple(REGIME_TRAIN)
 _AXES: dict[str, tuple[str, ...] | None] = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES, "seed": None}

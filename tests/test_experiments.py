@@ -61,6 +61,9 @@ def test_the_recipes_preset_runs_each_recipe_alone_with_both_gradients():
     assert fields["implicit+budget"]["max_iter"] == 40 and "depth_offset" not in fields["implicit+budget"]
     assert fields["implicit+mixed"]["train_init"] == "mixed" and fields["implicit+fp"]["fp_states"] == 3
     assert fields["neumann+budget"]["backward"] == "neumann"
+    both = fields["implicit+fallback+warm+budget"]
+    assert both["backward_options"] == {"fallback": "jfb"} and both["pretrain_steps"] == 400 and both["max_iter"] == 40
+    TrainConfig(**both, out="unused")
 
 
 @pytest.mark.slow
