@@ -45,8 +45,9 @@ def reference_anderson(f, x, steps, m, ridge, beta):
 
 
 def reference_broyden(f, x, steps, m):
-    """The same for good Broyden: H = −I + Σ u_i v_iᵀ over the last ``m`` updates, the update
-    u = (Δx − HΔg)/(ΔxᵀHΔg), v = HᵀΔx, and the step x ← x − H g."""
+    """The same for good Broyden: H = −I + Σ u_i v_iᵀ over the updates since the last restart (the
+    memory is cleared when it holds ``m``), the update u = (Δx − HΔg)/(ΔxᵀHΔg), v = HᵀΔx, and
+    the step x ← x − H g."""
     D = x.numel()
     pairs, out, x_prev, g_prev = [], [], None, None
 
@@ -59,9 +60,11 @@ def reference_broyden(f, x, steps, m):
         out.append(float(g.norm() / fx.norm()))
         if x_prev is not None:
             dx, dg = x - x_prev, g - g_prev
+            if len(pairs) == m:
+                pairs = []
             h = H()
             v = h.T @ dx
-            pairs = (pairs + [((dx - h @ dg) / (v @ dg), v)])[-m:]
+            pairs = pairs + [((dx - h @ dg) / (v @ dg), v)]
         x_prev, g_prev = x, g
         x = x - H() @ g
     return out

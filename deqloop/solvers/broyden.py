@@ -1,14 +1,17 @@
 """Limited-memory ("good") Broyden's method on g(z) = f(z) − z.
 
 The inverse Jacobian of g is approximated as H = −I + Σ u_i v_iᵀ with at most ``m`` rank-one
-terms (a ring: the oldest is overwritten), so memory is O(m·B·D) regardless of ``max_iter``.
-The first step, with H = −I, is a plain iteration. Updates whose denominator vᵀΔg is tiny are
-skipped. All products run in float32 (float64 for float64 states).
+terms, so memory is O(m·B·D) regardless of ``max_iter``. The first step, with H = −I, is a plain
+iteration. Once ``m`` updates are held the memory *restarts*: H = −I again, and the next update is
+taken against it. (Overwriting only the oldest term instead leaves the later terms, each computed
+against an H that contained it, inconsistent: on a transformer-block map in float32 that made a
+slowly contracting sample stall and then blow up, where restarting converges in fewer steps.)
+Updates whose denominator vᵀΔg is tiny are skipped. All products run in float32 (float64 for
+float64 states).
 
-A step reads the ring four times, not six: after the update H⁺ = H + u vᵀ − u_old v_oldᵀ (the
-update it overwrites once the ring is full) the step H⁺g is H g + u (vᵀg) − u_old (v_oldᵀg), and
-H Δg = H g − H g_prev reuses H g_prev, kept from the previous step (it is H⁺g of that step).
-Only H g and Hᵀ Δx go through the ring, and only through the slots filled so far.
+A step reads the memory four times, not six: after the update H⁺ = H + u vᵀ the step H⁺g is
+H g + u (vᵀg), and H Δg = H g − H g_prev reuses H g_prev, kept from the previous step (it is H⁺g
+of that step). Only H g and Hᵀ Δx go through the memory, and only through the slots filled so far.
 """
 
 from __future__ import annotations
@@ -42,8 +45,8 @@ class Broyden(Solver):
         self.m = integer("m", m)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
-        # Uninitialised: ring slot j is zeroed at step j + 2, the first step that may write it,
-        # and a step reads only the slots zeroed so far; the last point is written at step 1.
+        # Uninitialised: slot j is zeroed at the step that may write it, and a step reads only the
+        # slots zeroed since the last restart; the last point is written at step 1.
         n, d = x.shape
         e = lambda *s: torch.empty(*s, dtype=acc_dtype, device=x.device)  # noqa: E731
         return {
@@ -63,13 +66,15 @@ class Broyden(Solver):
         if k == 1:
             hg = -g  # H = −I
         else:
-            # at most one update per step: before this one, only slots [0, k − 2) can hold any
-            used, full = min(k - 2, self.m), k - 2 >= self.m
-            if not full:  # the slot this step may write, zero (no term of H) until it is
-                U[:, k - 2].zero_()
-                V[:, k - 2].zero_()
+            # step k takes update number k − 2 since the start; the memory restarts every m of them
+            used = (k - 2) % self.m  # the slots filled since the last restart (at most one update a step)
+            if used == 0:
+                state["updates"].zero_()
+                state["hg_prev"] = -state["g_prev"]  # H g_prev with H = −I
+            U[:, used].zero_()  # the slot this step may write, zero (no term of H) until it is
+            V[:, used].zero_()
             Uu, Vu = U[:, :used], V[:, :used]
-            hg = _apply(Uu, Vu, g) if used else -g  # H g with the current ring
+            hg = _apply(Uu, Vu, g) if used else -g  # H g with the current memory
             dx = xa - state["x_prev"]
             dg = g - state["g_prev"]
             h_dg = hg - state["hg_prev"]  # H Δg
@@ -79,29 +84,20 @@ class Broyden(Solver):
             safe = torch.where(tiny, torch.ones_like(denom), denom)
             u = torch.sub(dx, h_dg).div_(safe[:, None])
             keep = (~tiny & torch.isfinite(denom))[:, None]
-            # the ring slot of each row, in the (N·m, D) view; a skipped update leaves it as it
-            # is (zero while the ring is not full)
+            # the slot of each row (its updates so far), in the (N·m, D) view; a skipped update
+            # leaves it zero
             n, m, d = U.shape
-            flat = torch.arange(n, device=U.device) * m + state["updates"] % m
-            U_flat, V_flat = U.view(n * m, d), V.view(n * m, d)
-            if full:
-                u_old, v_old = U_flat.index_select(0, flat), V_flat.index_select(0, flat)
-                U_flat.index_copy_(0, flat, torch.where(keep, u, u_old))
-                V_flat.index_copy_(0, flat, torch.where(keep, v, v_old))
-            else:
-                U_flat.index_copy_(0, flat, torch.where(keep, u, 0.0))
-                V_flat.index_copy_(0, flat, torch.where(keep, v, 0.0))
+            flat = torch.arange(n, device=U.device) * m + state["updates"]
+            U.view(n * m, d).index_copy_(0, flat, torch.where(keep, u, 0.0))
+            V.view(n * m, d).index_copy_(0, flat, torch.where(keep, v, 0.0))
             state["updates"] = state["updates"] + keep.squeeze(1).long()
-            # H⁺ = H + u vᵀ (− u_old v_oldᵀ, the update it overwrote once the ring is full), so
-            # H⁺ g = H g + u (vᵀg) − u_old (v_oldᵀg) for rows that took the update (u, u_old are
-            # finite: ·0 adds nothing)
+            # H⁺ = H + u vᵀ, so H⁺ g = H g + u (vᵀg) for rows that took the update (u is finite: ·0
+            # adds nothing)
             hg = torch.addcmul(hg, u, torch.where(keep, (v * g).sum(dim=1, keepdim=True), 0.0))
-            if full:
-                hg = torch.addcmul(hg, u_old, torch.where(keep, (v_old * g).sum(dim=1, keepdim=True), 0.0), value=-1)
         state["x_prev"], state["g_prev"], state["hg_prev"] = xa, g, hg
         return xa - hg, state
 
     def compact(self, state: State, rows: KeptRows) -> State:
-        # the rings are buffers of its own: move only the rows that change place; the last point
+        # the memories are buffers of their own: move only the rows that change place; the last point
         # may be the loop's own tensor, so it and the other (N, D) entries are copied
         return {name: rows.move(v) if name in ("U", "V") else rows.take(v) for name, v in state.items()}
