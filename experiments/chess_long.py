@@ -16,7 +16,7 @@ from typing import Any
 from experiments import figures
 from experiments.configs import _m
 from experiments.markdown import table
-from experiments.seed_table import HEADER, best, curve, rows
+from experiments.seed_table import HEADER, context, best, draw_seeds, finish, rows
 
 METRIC = "correct"  # the paper's top-2 squares; the model's accuracies are this metric
 
@@ -57,20 +57,12 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path:
     plt = figures.pyplot()
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for r in sorted(runs, key=lambda r: r["spec"]["seed"]):
-        iters, seed = r["eval"]["curves"]["iters"], r["spec"]["seed"]
-        ax.plot(iters, [100 * a for a in curve(r, "val")], ":", marker="o", ms=3, label=f"seed {seed}: val (≤ 1600)")
-        ax.plot(iters, [100 * a for a in curve(r, "hard")], "-", marker="s", ms=3, label=f"seed {seed}: hard")
+    draw_seeds(ax, runs, "val (≤ 1600)", "hard")
     for name, style in (("random", "--"), ("greedy", "-.")):
         value = _m([baseline(r, "hard", name) for r in runs])
         if value is not None:
             ax.axhline(100 * value, color="grey", ls=style, lw=1, label=f"{name} move, hard")
-    ax.set_xscale("log")
-    ax.set_xlabel("test-time iterations")
-    ax.set_ylabel("puzzles solved (%, top-2 squares)")
-    ax.set_title("chess, long CPU run")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    finish(ax, "test-time iterations", "puzzles solved (%, top-2 squares)", "chess, long CPU run")
     return figures.save(fig, path)
 
 
@@ -78,11 +70,7 @@ def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
     """The section's markdown lines (none without runs)."""
     if not runs:
         return []
-    cfg = runs[0]["train_config"]
-    opts = cfg.get("task_options", {})
-    last = runs[0]["eval"]["curves"]["iters"][-1]
-    n = runs[0]["eval"].get("n", {})
-    commands = sorted({r.get("command", "") for r in runs})
+    cfg, opts, last, n, commands = context(runs)
     figure = plot(runs, plots / "chess_long.png")
     return [
         "", "## chess: the long CPU run", "",
@@ -92,7 +80,7 @@ def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
         f"{opts.get('train_max_rating', 1600)} of {', '.join(Path(f).name for f in opts.get('data') or ())}; "
         f"tested on {n.get('hard', '?')} puzzles rated {opts.get('hard_min_rating', 1601)}–"
         f"{opts.get('hard_max_rating', 2000)} (*hard*) and {n.get('val', '?')} held-out ≤ "
-        f"{opts.get('train_max_rating', 1600)} (*val*). Runs: {'; '.join(f'`{c}`' for c in commands)}. Accuracy "
+        f"{opts.get('train_max_rating', 1600)} (*val*). Runs: {commands}. Accuracy "
         "is the paper's metric (the two top-scoring squares are the move's).", "",
         table([h.format(last=last) for h in HEADER], rows(runs)), "",
         "Baselines on the same puzzles, no model (accuracy %, `correct` / `correct_legal`; *random* a uniformly "

@@ -14,7 +14,7 @@ from typing import Any
 
 from experiments import figures
 from experiments.markdown import table
-from experiments.seed_table import HEADER, curve, rows
+from experiments.seed_table import HEADER, context, draw_seeds, finish, rows
 
 def plot(runs: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy against test-time iterations, one line per seed, at the training lengths and at the hard length."""
@@ -22,18 +22,10 @@ def plot(runs: list[dict[str, Any]], path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     hard = runs[0]["train_config"]["task_options"]["hard_length"]
-    for r in sorted(runs, key=lambda r: r["spec"]["seed"]):
-        iters = r["eval"]["curves"]["iters"]
-        seed = r["spec"]["seed"]
-        ax.plot(iters, [100 * a for a in curve(r, "val")], ":", marker="o", ms=3, label=f"seed {seed}: training lengths")
-        ax.plot(iters, [100 * a for a in curve(r, "hard")], "-", marker="s", ms=3, label=f"seed {seed}: {hard} bits")
+    draw_seeds(ax, runs, "training lengths", f"{hard} bits")
     ax.axvline(hard, color="grey", ls="--", lw=1)
-    ax.set_xscale("log")
-    ax.set_xlabel(f"test-time iterations (dashed: {hard}, the propagation depth at {hard} bits)")
-    ax.set_ylabel("exact-match accuracy (%)")
-    ax.set_title("prefix sums, the paper's split")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
+    finish(ax, f"test-time iterations (dashed: {hard}, the propagation depth at {hard} bits)",
+           "exact-match accuracy (%)", "prefix sums, the paper's split")
     return figures.save(fig, path)
 
 
@@ -41,11 +33,7 @@ def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
     """The section's markdown lines (none without runs)."""
     if not runs:
         return []
-    cfg = runs[0]["train_config"]
-    opts = cfg["task_options"]
-    last = runs[0]["eval"]["curves"]["iters"][-1]
-    n = runs[0]["eval"].get("n", {})
-    commands = sorted({r.get("command", "") for r in runs})
+    cfg, opts, last, n, commands = context(runs)
     figure = plot(runs, plots / "prefix_sums_paper_split.png")
     return [
         "", "## prefix_sums: the paper's split", "",
@@ -54,7 +42,7 @@ def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
         f"{cfg['steps']} steps (plain backpropagation through length + {cfg.get('depth_offset')} iterations, width "
         f"{cfg['width']}, local window {cfg['window']}, batch {cfg['batch_size']}); tested on {n.get('hard', '?')} "
         f"strings of {opts['hard_length']} bits (*hard*) and {n.get('val', '?')} of the training lengths (*val*). "
-        f"Runs: {'; '.join(f'`{c}`' for c in commands)}. *adaptive* and *solver* as above (accuracy / mean "
+        f"Runs: {commands}. *adaptive* and *solver* as above (accuracy / mean "
         f"iterations, at {opts['hard_length']} bits); *train s* and *eval s* wall seconds of training and of the "
         "whole evaluation (both splits, every count, adaptive and solver) on one core.", "",
         table([h.format(last=last) for h in HEADER], rows(runs)),

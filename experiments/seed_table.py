@@ -55,3 +55,30 @@ def rows(runs: list[dict[str, Any]]) -> list[list[str]]:
     return out
 
 
+
+
+def draw_seeds(ax: Any, runs: list[dict[str, Any]], val: str, hard: str) -> None:
+    """Accuracy against test-time iterations on matplotlib axes ``ax``, one dotted (val) and one solid
+    (hard) line per seed, labelled ``seed N: {val}`` and ``seed N: {hard}``."""
+    for r in sorted(runs, key=lambda r: r["spec"]["seed"]):
+        iters, seed = r["eval"]["curves"]["iters"], r["spec"]["seed"]
+        ax.plot(iters, [100 * a for a in curve(r, "val")], ":", marker="o", ms=3, label=f"seed {seed}: {val}")
+        ax.plot(iters, [100 * a for a in curve(r, "hard")], "-", marker="s", ms=3, label=f"seed {seed}: {hard}")
+
+
+def finish(ax: Any, xlabel: str, ylabel: str, title: str) -> None:
+    """Log-scaled iterations, the labels, the legend and a light grid."""
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def context(runs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any], int, dict[str, int], str]:
+    """What a section's text names, from its first run: the training config, the task's options,
+    the last test-time count, the examples per split, and the sweep commands as markdown."""
+    cfg = runs[0]["train_config"]
+    commands = "; ".join(f"`{c}`" for c in sorted({r.get("command", "") for r in runs}))
+    return cfg, cfg.get("task_options", {}), runs[0]["eval"]["curves"]["iters"][-1], runs[0]["eval"].get("n", {}), commands
