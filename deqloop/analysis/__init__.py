@@ -17,7 +17,8 @@ The building blocks are public too: :class:`LoopJacobian` (batched JVPs/VJPs of 
 from __future__ import annotations
 
 from deqloop.analysis.analyze import MEASURES, AnalysisOptions, analyze
-from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues, resolvent_norm, sigma_max
+from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues
+from deqloop.analysis.norms import resolvent_norm, sigma_max
 from deqloop.analysis.report import REGIMES, StabilityReport
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness
 

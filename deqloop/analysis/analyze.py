@@ -24,14 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from deqloop.analysis.jacobian import (
-    EIG_METHODS,
-    RESOLVENT_METHODS,
-    LoopJacobian,
-    leading_eigenvalues,
-    resolvent_norm,
-    sigma_max,
-)
+from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues
+from deqloop.analysis.norms import RESOLVENT_METHODS, resolvent_norm, sigma_max
 from deqloop.analysis.reachability import agreement, count_distinct, relative_spread, solve_from
 from deqloop.analysis.report import StabilityReport, regimes
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions

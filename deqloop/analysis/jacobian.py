@@ -8,8 +8,8 @@ them are matrix-free and batched — one call gives every example's product:
     jac.jvp(v), jac.vjp(u)          # J v, Jᵀ u         (B, n) → (B, n)
     jac.jvp_e(v), jac.vjp_e(u)      # J_e v, J_eᵀ u
     est = leading_eigenvalues(jac)  # EigenEstimate: .radius (B,) = ρ(J)
-    sigma_max(jac).value            # (B,) largest singular value of J
-    resolvent_norm(jac).value       # (B,) ‖(I − J)⁻¹‖₂
+
+(σ_max(J) and ‖(I − J)⁻¹‖₂ are in :mod:`deqloop.analysis.norms`.)
 
 All products come from one autograd graph built at construction. Vector–Jacobian products are
 plain backward passes; Jacobian–vector products use the double-backward construction
@@ -20,7 +20,6 @@ CPU attention kernel is not twice differentiable.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -29,24 +28,18 @@ from torch import Tensor
 
 from deqloop.validate import choice
 
-from deqloop.analysis.gmres import gmres
 from deqloop.analysis.krylov import EigenEstimate, block_power, krylov_schur
 
 __all__ = [
     "EIG_METHODS",
     "JacobianOperator",
     "LoopJacobian",
-    "NormEstimate",
     "OPERATOR_KINDS",
-    "RESOLVENT_METHODS",
     "leading_eigenvalues",
-    "resolvent_norm",
-    "sigma_max",
 ]
 
 EIG_METHODS = ("krylov", "arpack", "power")
 OPERATOR_KINDS = ("J", "JT", "JTJ", "I-J", "I-JT", "(I-J)T(I-J)")
-RESOLVENT_METHODS = ("normal", "inverse")
 
 Step = Callable[[Tensor, Tensor], Tensor]
 
@@ -186,7 +179,7 @@ class JacobianOperator:
         return JacobianOperator(self.jac.select(index), self.kind)
 
 
-def _random(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype, device) -> Tensor:
+def random_start(shape: tuple[int, ...], generator: torch.Generator, dtype: torch.dtype, device) -> Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device)
 
 
@@ -219,7 +212,7 @@ def leading_eigenvalues(
     gen = torch.Generator().manual_seed(seed)
     B, n = jac.batch, jac.dim
     if method == "krylov":
-        v0 = _random((B, n), gen, jac.dtype, jac.device)
+        v0 = random_start((B, n), gen, jac.dtype, jac.device)
         return krylov_schur(jac.operator("J"), v0, nev=k, ncv=ncv, tol=tol, maxiter=maxiter, generator=gen)
     if method == "power":
         return _power(jac.operator("J"), B, n, k, tol, maxiter, gen, jac)
@@ -228,7 +221,7 @@ def leading_eigenvalues(
 
 def _power(op, B, n, k, tol, maxiter, gen, jac) -> EigenEstimate:
     p = min(max(k, 2), n)
-    X0 = _random((B, n, p), gen, jac.dtype, jac.device)
+    X0 = random_start((B, n, p), gen, jac.dtype, jac.device)
     return block_power(op, X0, nev=min(k, p), tol=tol, maxiter=maxiter)
 
 
@@ -290,124 +283,4 @@ def _arpack(jac: LoopJacobian, *, k: int, ncv: int, tol: float, maxiter: int, ge
         residual=torch.from_numpy(res),
         matvecs=torch.from_numpy(matvecs),
         method=methods,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Norms: σ_max(J) and ‖(I − J)⁻¹‖
-
-
-@dataclass
-class NormEstimate:
-    """A per-example matrix 2-norm, from the leading eigenvalue of a symmetric operator.
-
-    Attributes:
-        value: ``(B,)`` float64 the norm.
-        converged: ``(B,)`` bool, the eigenpair behind it met its tolerance (and, for the
-            resolvent, every inner linear solve converged).
-        residual: ``(B,)`` float64 relative residual of that eigenpair.
-        matvecs: ``(B,)`` int64 Jacobian products (JVPs and VJPs) spent per example.
-        inner_residual: ``(B,)`` float64 worst relative residual of the inner linear solves
-            (resolvent only; zeros otherwise).
-    """
-
-    value: Tensor
-    converged: Tensor
-    residual: Tensor
-    matvecs: Tensor
-    inner_residual: Tensor
-
-
-def sigma_max(jac: LoopJacobian, *, ncv: int = 20, tol: float = 1e-6, maxiter: int = 100, seed: int = 0) -> NormEstimate:
-    """Largest singular value of each example's ``J``: √λ_max(JᵀJ) by Krylov–Schur."""
-    gen = torch.Generator().manual_seed(seed)
-    v0 = _random((jac.batch, jac.dim), gen, jac.dtype, jac.device)
-    est = krylov_schur(jac.operator("JTJ"), v0, nev=1, ncv=ncv, tol=tol, maxiter=maxiter, generator=gen)
-    lam = est.eigenvalues[:, 0].real.clamp_min(0)
-    return NormEstimate(
-        value=lam.sqrt(),
-        converged=est.converged,
-        residual=est.residual,
-        matvecs=2 * est.matvecs,
-        inner_residual=torch.zeros(jac.batch, dtype=torch.float64),
-    )
-
-
-class _InverseGram:
-    """``y ↦ (I − J)⁻¹ (I − J)⁻ᵀ y`` by two GMRES solves; records inner cost and accuracy."""
-
-    def __init__(self, jac: LoopJacobian, rows: Tensor, stats: dict[str, Tensor], linear: dict):
-        self.jac, self.rows, self.stats, self.linear = jac, rows, stats, linear
-
-    def __call__(self, y: Tensor) -> Tensor:
-        u = gmres(self.jac.operator("I-JT"), y, **self.linear)
-        x = gmres(self.jac.operator("I-J"), u.x, **self.linear)
-        st, rows = self.stats, self.rows
-        st["matvecs"][rows] += u.matvecs + x.matvecs
-        st["inner"][rows] = torch.maximum(st["inner"][rows], torch.maximum(u.residual, x.residual))
-        st["ok"][rows] &= u.converged & x.converged
-        return x.x
-
-    def select(self, index: Tensor) -> _InverseGram:
-        return _InverseGram(self.jac.select(index), self.rows[index.cpu()], self.stats, self.linear)
-
-
-def resolvent_norm(
-    jac: LoopJacobian,
-    *,
-    method: str = "normal",
-    ncv: int = 20,
-    tol: float = 1e-6,
-    maxiter: int = 20,
-    linear_rtol: float = 1e-8,
-    linear_restart: int = 30,
-    linear_maxiter: int = 10,
-    seed: int = 0,
-) -> NormEstimate:
-    """‖(I − J)⁻¹‖₂ = 1 / σ_min(I − J) per example.
-
-    It measures how strongly the implicit backward pass (and the implicit function theorem)
-    amplify their right-hand sides; it is infinite when 1 is an eigenvalue of J. Methods
-    (``RESOLVENT_METHODS``), both Krylov–Schur with ``ncv``, ``tol``, ``maxiter``:
-
-    * ``"normal"`` — the smallest eigenvalue of ``(I − J)ᵀ(I − J)`` (one JVP and one VJP per
-      product, no inner solves). Cheap, but squaring the condition number limits it: an
-      eigenvalue below about ``eps·σ_max(I − J)²`` of the dtype is not resolved (then it stays
-      unconverged and the value is a lower bound, possibly ``inf``).
-    * ``"inverse"`` — the largest eigenvalue of ``(I − J)⁻¹(I − J)⁻ᵀ``, each product being two
-      GMRES solves (``linear_*``) with ``I − Jᵀ`` and then ``I − J``. Accurate for ill-conditioned
-      ``I − J`` (the eigen tolerance cannot beat the inner one) but far more expensive.
-    """
-    choice("resolvent method", method, RESOLVENT_METHODS)
-    gen = torch.Generator().manual_seed(seed)
-    B = jac.batch
-    if method == "normal":
-        v0 = _random((B, jac.dim), gen, jac.dtype, jac.device)
-        est = krylov_schur(jac.operator("(I-J)T(I-J)"), v0, nev=1, ncv=ncv, tol=tol, maxiter=maxiter,
-                           generator=gen, which="SM")
-        mu = est.eigenvalues[:, 0].real
-        value = torch.where(mu > 0, mu.clamp_min(torch.finfo(torch.float64).tiny).rsqrt(), torch.full_like(mu, float("inf")))
-        return NormEstimate(
-            value=value,
-            converged=est.converged & (mu > 0),
-            residual=est.residual,
-            matvecs=2 * est.matvecs,
-            inner_residual=torch.zeros(B, dtype=torch.float64),
-        )
-    stats = {
-        "matvecs": torch.zeros(B, dtype=torch.long),
-        "inner": torch.zeros(B, dtype=torch.float64),
-        "ok": torch.ones(B, dtype=torch.bool),
-    }
-    linear = dict(rtol=linear_rtol, restart=linear_restart, maxiter=linear_maxiter)
-    op = _InverseGram(jac, torch.arange(B), stats, linear)
-    v0 = _random((B, jac.dim), gen, jac.dtype, jac.device)
-    est = krylov_schur(op, v0, nev=1, ncv=ncv, tol=tol, maxiter=maxiter, generator=gen)
-    mu = est.eigenvalues[:, 0].real.clamp_min(0)
-    return NormEstimate(
-        value=mu.sqrt(),
-        converged=est.converged & stats["ok"],
-        residual=est.residual,
-        matvecs=stats["matvecs"],
-        inner_residual=stats["inner"],
     )
