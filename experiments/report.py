@@ -166,6 +166,9 @@ def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) 
                 "Every regime of this cell (`python -m experiments.sweep --preset recipes`; the regimes are "
                 f"defined in `experiments/presets.py` `REGIME_TRAIN`): {recipes_report.INTRO}", "",
                 table(recipes_report.HEADER, recipes_report.recipe_rows(cs, recall, norm))]
+        line = recipes_report.targets(cs, recall, norm)
+        if line:
+            doc += ["", line]
     header, rows = stability_report.when_table(cs)
     if rows:
         doc += ["", "### Stability over training", "",

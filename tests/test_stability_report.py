@@ -77,12 +77,13 @@ def test_recipe_rows_show_every_seed_and_the_time_against_progressive():
     runs = [_run(s, [], regime="progressive", hard=(0.0, h), seconds=10.0) for s, h in enumerate((1.0, 0.5, 0.0))]
     runs += [_run(s, [], regime="phantom", hard=(h, 0.0), seconds=15.0) for s, h in enumerate((0.25, 0.75))]
     runs += [_run(0, [], regime="implicit", hard=(0.0, 0.0), seconds=30.0)]
+    runs[1]["eval"]["solver"]["hard"]["accuracy"] = 0.25  # seed 1's Anderson solve: its own column
     rows = recipes_report.recipe_rows(list(report.group(runs).values()), "internal", "post")
     assert [r[0] for r in rows] == ["progressive", "implicit", "phantom"]
     prog, _, phantom = rows
-    assert prog[1:5] == ["3", "100 / 50 / 0", "100.0", "50.0 (500)"] and prog[-2:] == ["10", "1.00"]
-    assert phantom[1:5] == ["2", "25 / 75", "100.0", "50.0 (10)"] and phantom[-2:] == ["15", "1.50"]
-    assert phantom[5:12] == ["0.0", "0.0 / 40", "100.0 / 30", "0.75", "0.50", "0.25", "0.875"]
+    assert prog[1:6] == ["3", "100 / 50 / 0", "100 / 25 / 100", "100.0", "50.0 (500)"] and prog[-2:] == ["10", "1.00"]
+    assert phantom[1:6] == ["2", "25 / 75", "100 / 100", "100.0", "50.0 (10)"] and phantom[-2:] == ["15", "1.50"]
+    assert phantom[6:13] == ["0.0", "0.0 / 40", "100.0 / 30", "0.75", "0.50", "0.25", "0.875"]
     assert recipes_report.recipe_rows(list(report.group(runs[:2]).values()), "internal", "post") == []
 
 
@@ -91,3 +92,18 @@ def test_the_report_draws_the_traces_and_prints_the_tables(tmp_path):
     path = stability_report.plot_traces(list(report.group(runs).values()), "prefix_sums", tmp_path / "s.png")
     assert path.stat().st_size > 10_000
     assert stability_report.plot_traces(list(report.group([_run(0, [])]).values()), "t", tmp_path / "n.png") is None
+
+
+def test_the_target_line_counts_seeds_and_time_by_hand():
+    prog = [_run(s, [], regime="progressive", hard=(0.0, 1.0), seconds=100.0) for s in range(3)]
+    # phantom: plain iteration 96 / 50 / 99 % in 150 s (1.5×) → met by plain iteration; solver 1.0 each → met
+    phantom = [_run(s, [], regime="phantom", hard=(0.0, h), seconds=150.0) for s, h in enumerate((0.96, 0.5, 0.99))]
+    # implicit: 2 seeds ≥ 95 % but 250 s (2.5× progressive) → met by neither
+    implicit = [_run(s, [], regime="implicit", hard=(0.0, 1.0), seconds=250.0) for s in range(2)]
+    # neumann: one seed at 95 % by iteration; its solver is right in two seeds → met by the solve only
+    neumann = [_run(s, [], regime="neumann+budget", hard=(0.0, h), seconds=120.0) for s, h in enumerate((0.95, 0.2))]
+    neumann[1]["eval"]["solver"]["hard"]["accuracy"] = 0.95
+    line = recipes_report.targets(list(report.group(prog + phantom + implicit + neumann).values()), "internal", "post")
+    assert line == ("Target (≥ 95 % hard accuracy in ≥ 2 seeds, training within 2× the progressive loss's 100 s) met "
+                    "by plain iteration: phantom; by the Anderson solve: neumann+budget, phantom.")
+    assert recipes_report.targets(list(report.group(phantom).values()), "internal", "post") is None
