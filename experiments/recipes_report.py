@@ -75,11 +75,11 @@ def targets(configs: list[Any], recall: str, norm: str) -> str | None:
             f"{TARGET_TIME:g}× the progressive loss's {base:.0f} s) met " + "; ".join(parts) + ".")
 
 
-def recipe_rows(configs: list[Any], recall: str, norm: str) -> list[list[str]]:
+def recipe_rows(configs: list[Any], recall: str, norm: str, minimum: int = 3) -> list[list[str]]:
     """The rows of the (``recall``, ``norm``) cell's regimes, progressive first; [] when that cell has
-    fewer than three regimes (no ablation there)."""
+    fewer than ``minimum`` regimes (no ablation there)."""
     cell = [c for c in configs if c.recall == recall and c.norm == norm]
-    if len(cell) < 3:
+    if len(cell) < minimum:
         return []
 
     base = next((_seconds(c) for c in cell if c.regime == "progressive"), None)
@@ -115,7 +115,7 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
         doc += ["", f"## {task}: fixed-point training recipes at {'/'.join(map(str, steps))} steps "
                 f"({recall} recall, {norm} norm)", "",
                 f"The recipes preset's cell trained longer (runs: {'; '.join(f'`{c}`' for c in commands)}); {INTRO}",
-                "", table(HEADER, recipe_rows(cell, recall, norm) or [])]
+                "", table(HEADER, recipe_rows(cell, recall, norm, minimum=1))]
         line = targets(cell, recall, norm)
         if line:
             doc += ["", line]

@@ -58,6 +58,8 @@ def test_a_recipes_sweep_at_other_steps_gets_its_own_table():
     assert "## prefix_sums: fixed-point training recipes at 1500 steps (internal recall, post norm)" in text
     assert "| progressive | 2 | 100 / 50 |" in text and "--steps 1500" in text
     assert recipes_report.section([]) == []
+    alone = "\n".join(recipes_report.section(runs[:1]))  # a sweep in progress: one regime so far
+    assert "| progressive | 1 | 100 |" in alone
 
 
 def test_sections_are_chosen_by_preset_and_a_mixed_folder_is_an_error(tmp_path):
