@@ -223,6 +223,19 @@ def test_eval_with_a_solver(tmp_path, capsys):
     assert code == 2 and "unknown solver 'newton'" in err
 
 
+def test_eval_solves_a_fixed_point_trained_run_by_default(tmp_path, capsys):
+    out = tmp_path / "run"
+    flags = list(TINY)
+    del flags[flags.index("--depth-offset"):flags.index("--depth-offset") + 2]  # plain depths: progressive only
+    flags[flags.index("--loss") + 1] = "equilibrium"
+    assert run(["train", *flags, "--solver", "picard", "--steps", "1", "--out", str(out)], capsys)[0] == 0
+    assert run(["eval", str(out / "last.pt"), "--iters", "2", "--n", "4"], capsys)[0] == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["solver_name"] == "picard" and set(report["solver"]) == {"val", "hard"}  # the run's own solver
+    assert run(["eval", str(out / "last.pt"), "--iters", "2", "--n", "4", "--solver", "none"], capsys)[0] == 0
+    assert json.loads((out / "eval.json").read_text())["solver"] == {}
+
+
 def test_analyze_a_trained_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     assert run(["train", *TINY, "--steps", "1", "--eval-size", "0", "--out", str(out)], capsys)[0] == 0

@@ -32,8 +32,10 @@ def add(sub: Any) -> None:
     p.add_argument("--rtol", type=float, default=1e-3,
                    help="an input has settled when its state changes by less than this, relative; reported as "
                    "adaptive accuracy and iterations [default: 1e-3]")
-    p.add_argument("--solver", default=None, metavar="S",
-                   help="also solve each split with this fixed-point solver (e.g. anderson) to --solver-rtol")
+    p.add_argument("--solver", default="auto", metavar="S",
+                   help="also solve each split with this fixed-point solver (e.g. anderson) to --solver-rtol; "
+                   "auto: the run's own solver if it was trained at its fixed point (--loss equilibrium), where "
+                   "the solve, not plain iteration, gives the model's answer; none: no solve [default: auto]")
     p.add_argument("--solver-rtol", type=float, default=1e-4, help="tolerance of --solver [default: 1e-4]")
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation sets [default: 12345]")
     p.add_argument("--out", default=None, help="folder for eval.json and iterations.png [default: the checkpoint's]")
@@ -63,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
     integer("--n", args.n)
     number("--rtol", args.rtol, low=0, low_open=True)
     number("--solver-rtol", args.solver_rtol, low=0, low_open=True)
-    if args.solver is not None:
+    if args.solver not in ("auto", "none"):
         choice("solver", args.solver, available_solvers())
     run_ = Run.load(args.checkpoint, device=device)
+    solver = args.solver
+    if solver == "auto":
+        solver = run_.config.solver if run_.config.loss == "equilibrium" else "none"
+    solver = None if solver == "none" else solver
     task = run_.require_task()
     if args.task_option:
         if not dataclasses.is_dataclass(task):
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
         changes = {name: json_or_text(value) for name, value in args.task_option}
         run_.task = get_task(run_.config.task, **{**task.settings(), **changes})
     splits = dict(run_.task.extra_split(spec, args.n, args.seed) for spec in args.extra)
-    report = evaluate_run(run_, iters=args.iters, n=args.n, splits=splits, settle_rtol=args.rtol, solver=args.solver,
+    report = evaluate_run(run_, iters=args.iters, n=args.n, splits=splits, settle_rtol=args.rtol, solver=solver,
                           solver_rtol=args.solver_rtol, cells=args.cells, seed=args.seed, device=device)
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
