@@ -85,7 +85,8 @@ def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
         table([h.format(last=last) for h in HEADER], rows(runs)), "",
         "Baselines on the same puzzles, no model (accuracy %, `correct` / `correct_legal`; *random* a uniformly "
         "random legal move, *greedy* a mate in one, else the most valuable capture, else random; exact "
-        f"expectations): {baselines_text(runs[0])}.", "",
+        "expectations; a baseline marks the squares of a legal move, so its two metrics agree): "
+        f"{baselines_text(runs[0])}.", "",
         verdict(runs), "",
         f"![chess, long run]({os.path.relpath(figure, out.parent)})",
     ]
