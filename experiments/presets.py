@@ -32,7 +32,7 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
   with plain backpropagation through length + 2 iterations (the progressive regime with
   ``alpha = 0``), 3 seeds; about 3.5 min of training a run. Summaries go to
   ``results/paper_split`` (their run names are the cpu grid's).
-* ``chess``: chess at a larger CPU budget, one run of about an hour in the background: the cpu
+* ``chess``: chess at a larger CPU budget, one run of about 45 min in the background: the cpu
   chess cell (internal recall, post norm, width 64) trained for 3,000 steps on the whole ≤ 1600
   Lichess file (batch 64, about 10 passes), tested on 1,024 puzzles rated 1601–2000 beside the
   random-legal and greedy baselines. Summaries go to ``results/chess_long``.
@@ -233,7 +233,7 @@ _PREFIX_PAPER = dict(task_options=dict(length=32, min_length=8, start_length=8, 
                      lr=2e-3, warmup_steps=0, schedule="cosine", threads=1, progress=False, stability_every=50)
 _CHESS_CPU = dict(width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False,
                   stability_every=25)
-# ~1.1 s a step on one core at 12 iterations: about an hour of training
+# ~0.9 s a step on one core at 12 iterations: 45 min of training (measured with another job running)
 _CHESS_LONG = dict(_CHESS_CPU, attention="full", max_iter=12, steps=3000, stability_every=250)
 
 PRESETS: dict[str, Preset] = {

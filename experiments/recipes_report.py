@@ -52,7 +52,13 @@ def _seconds(c: Any) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def _plain_best(run: dict[str, Any]) -> float:
+    """A run's best hard accuracy over the test-time counts of plain iteration."""
+    return max(run["eval"]["curves"]["accuracy"]["hard"])
+
+
 def _solver_accuracy(run: dict[str, Any]) -> float | None:
+    """A run's hard accuracy by the Anderson solve (None when it was not solved)."""
     return ((run["eval"].get("solver") or {}).get("hard") or {}).get("accuracy")
 
 
@@ -65,8 +71,7 @@ def targets(configs: list[Any], recall: str, norm: str) -> str | None:
     if not base:
         return None
     parts = []
-    for how, accuracy in (("by plain iteration", lambda r: max(r["eval"]["curves"]["accuracy"]["hard"])),
-                          ("by the Anderson solve", _solver_accuracy)):
+    for how, accuracy in (("by plain iteration", _plain_best), ("by the Anderson solve", _solver_accuracy)):
         met = [c.regime for c in sorted(cell, key=lambda c: c.regime) if c.regime != "progressive"
                and sum((accuracy(r) or 0.0) >= TARGET for r in c.runs) >= TARGET_SEEDS
                and (_seconds(c) or float("inf")) <= TARGET_TIME * base]
@@ -86,7 +91,7 @@ def recipe_rows(configs: list[Any], recall: str, norm: str, minimum: int = 3) ->
     rows = []
     for c in sorted(cell, key=lambda c: (c.regime != "progressive", c.regime)):
         per_seed = sorted(c.runs, key=lambda r: r["spec"]["seed"])
-        seeds = " / ".join(f"{100 * max(r['eval']['curves']['accuracy']['hard']):.0f}" for r in per_seed)
+        seeds = " / ".join(_pct0(_plain_best(r)) for r in per_seed)
         solved = " / ".join(_pct0(_solver_accuracy(r)) for r in per_seed)
         hb, hi = c.best("hard")
         last = c.iters[-1]
@@ -114,7 +119,7 @@ def section(runs: list[dict[str, Any]]) -> list[str]:
         cell = [c for c in configs if (c.task, c.recall, c.norm) == (task, recall, norm)]
         doc += ["", f"## {task}: fixed-point training recipes at {'/'.join(map(str, steps))} steps "
                 f"({recall} recall, {norm} norm)", "",
-                f"The recipes preset's cell trained longer (runs: {'; '.join(f'`{c}`' for c in commands)}); {INTRO}",
+                f"The recipes preset's cell at another number of steps (runs: {'; '.join(f'`{c}`' for c in commands)}); {INTRO}",
                 "", table(HEADER, recipe_rows(cell, recall, norm, minimum=1))]
         line = targets(cell, recall, norm)
         if line:
