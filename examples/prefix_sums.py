@@ -43,10 +43,10 @@ SPLIT = ["--length", "32", "--min-length", "8", "--start-length", "8", "--start-
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(argv or [])
-    # the progressive loss iterates length + 2 times; fixed-point training solves within --max-iter
-    plain = "--loss" not in argv or argv[argv.index("--loss") + 1] == "progressive"
+    # the progressive loss iterates length + 2 times (fixed-point training solves within --max-iter:
+    # the runner drops --depth-offset for it)
     split = [] if "--length" in argv else SPLIT
-    return run(TRAIN + split + (["--depth-offset", "2"] if plain else []), argv, iters="1,10,34,100,300,600", n=128,
+    return run(TRAIN + split + ["--depth-offset", "2"], argv, iters="1,10,34,100,300,600", n=128,
                out="runs/examples/prefix_sums", extra=["512"], description=__doc__.split("\n\n")[0])
 
 

@@ -120,3 +120,29 @@ def test_chess_example_on_the_shared_puzzles(tmp_path, shared_data):
     data = json.loads((out / "config.json").read_text())["task_options"]["data"]
     assert [p.rsplit("/", 1)[-1] for p in data] == ["lichess_puzzles_rating_0000_1600.csv",
                                                      "lichess_puzzles_rating_1601_2000.csv"]
+
+
+def test_examples_drop_the_progressive_losss_defaults_for_fixed_point_training():
+    recipe = load_example("_recipe")
+    defaults = ["--task", "sudoku", "--loss", "progressive", "--alpha", "0.5", "--max-iter", "16", "--depth-offset=2"]
+    assert recipe.defaults_for(defaults, []) == defaults
+    assert recipe.defaults_for(defaults, ["--loss", "progressive"]) == defaults
+    assert recipe.defaults_for(defaults, ["--loss", "equilibrium"]) == ["--task", "sudoku", "--loss", "progressive",
+                                                                       "--max-iter", "16"]
+    assert recipe.defaults_for(defaults, ["--loss=equilibrium"]) == recipe.defaults_for(defaults, ["--loss", "equilibrium"])
+    # the last --loss wins; a warm start keeps them (it trains with the progressive loss first)
+    assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--loss", "progressive"]) == defaults
+    assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--pretrain-steps", "100"]) == defaults
+    assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--pretrain-steps", "0"])[-2:] == ["--max-iter", "16"]
+
+
+def test_sudoku_example_fixed_point_training(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEQLOOP_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DEQLOOP_SHARED", str(tmp_path / "no-shared"))  # no collections: a quick run
+    out = tmp_path / "sudoku"
+    report = load_example("sudoku").main(
+        ["--loss", "equilibrium", "--backward", "phantom", "--steps", "1", "--batch-size", "4", "--width", "8",
+         "--heads", "1", "--max-iter", "3", "--n", "2", "--iters", "1,3", "--out", str(out), "--no-progress"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["loss"] == "equilibrium" and config["alpha"] != 0.5  # the example's alpha dropped
+    assert report["curves"]["iters"] == [1, 3]
