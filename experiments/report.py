@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from experiments import chess_baselines, chess_long, figures, paper_split, recipes_report, stability_report
+from experiments import chess_baselines, chess_long, examples_report, figures, paper_split, recipes_report, stability_report
 from experiments.claims import Verdict, claim1, claim2, claim3, claim4
 from experiments.configs import LEARNED_MARGIN, Config, _med, group
 from experiments.markdown import _task_key, num, pct, table
@@ -207,10 +207,12 @@ def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
 
 
 def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
-           baselines: dict[str, Any] | None = None, sections: list[list[dict[str, Any]]] = ()) -> str:
+           baselines: dict[str, Any] | None = None, sections: list[list[dict[str, Any]]] = (),
+           examples: dict[str, list[dict[str, Any]]] | None = None) -> str:
     """RESULTS.md's text. ``baselines``: the stored baselines file (:mod:`experiments.chess_baselines`),
     read for runs whose evaluation predates storing them; ``sections``: the summaries of each sweep
-    kept apart from the main grid (:data:`SECTIONS`), a section each after the tasks'."""
+    kept apart from the main grid (:data:`SECTIONS`), a section each after the tasks'; ``examples``:
+    the example runs' records by task (:mod:`experiments.examples_report`), after those."""
     configs = list(group(results).values())
     commits = sorted({r["commit"] for r in results})
     presets = sorted({r["preset"] for r in results})
@@ -305,6 +307,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
         doc += _recipes_and_stability(cs, task, plots, out)
     for runs in sections:
         doc += section(list(runs), plots, out)
+    doc += examples_report.section(examples or {}, plots, out)
     identity = identity_fixed_points(configs)
     if identity:
         doc += ["", identity]
@@ -326,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="folders of run summaries kept apart from the main grid, a section each "
                         f"(default {' '.join(DEFAULT_SECTIONS)}; those absent are skipped); one preset per folder, of "
                         + "; ".join(f"{k}: {v}" for k, v in SECTIONS.items()))
+    p.add_argument("--examples", default=examples_report.DEFAULT_ROOT,
+                   help=f"folder of the example runs' records (default {examples_report.DEFAULT_ROOT}; '' for none)")
     a = p.parse_args(argv)
     root = Path(a.runs)
     if not root.is_dir():
@@ -339,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                 "`python -m experiments.summary import runs/sweep` for an older sweep")
     try:
         sections = [load_summaries(Path(f)) for f in a.sections if Path(f).is_dir()]
+        examples = examples_report.load(Path(a.examples)) if a.examples and Path(a.examples).is_dir() else {}
     except SummaryError as err:
         p.error(str(err))
     out = Path(a.out).resolve()
@@ -348,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         p.error(str(err))
     try:
-        text = render(results, Path(a.plots).resolve(), out, command, baselines=stored, sections=sections)
+        text = render(results, Path(a.plots).resolve(), out, command, baselines=stored, sections=sections,
+                      examples=examples)
     except SummaryError as err:
         p.error(str(err))
     out.write_text(text)

@@ -1,0 +1,75 @@
+"""The report's section on committed example runs: records, their checks, and the figures shown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from experiments import examples_report
+from experiments.summary import SummaryError
+
+
+def fake_run(folder: Path, val: list[float], hard: list[float], iters=(1, 4, 16)) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"loss": "progressive", "alpha": 0.5, "max_iter": 4, "threads": 2}))
+    ev = {"checkpoint": str(folder / "last.pt"), "task": "sudoku", "n": {"val": 8, "hard": 8},
+          "curves": {"iters": list(iters), "train_depth": 4, "accuracy": {"val": val, "hard": hard}},
+          "settling": {"val": {"accuracy": 0.75, "iterations_mean": 12.5}, "hard": {"accuracy": 0.25,
+                                                                                  "iterations_mean": 40.0}}}
+    (folder / "eval.json").write_text(json.dumps(ev))
+    (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        {"step": 10, "loss": 1.5, "time": 30.0}, {"kind": "stability", "step": 10},
+        {"step": 20, "loss": 0.25, "time": 125.0}]) + "\n")
+    return folder
+
+
+def test_record_add_load_and_section(tmp_path):
+    run = fake_run(tmp_path / "run", val=[0.125, 1.0, 0.875], hard=[0.0, 0.5, 0.625])
+    root = tmp_path / "results"
+    assert examples_report.main(["add", str(run), "--name", "default", "--command", "python examples/sudoku.py",
+                                 "--root", str(root)]) == 0
+    stored = json.loads((root / "sudoku" / "default.json").read_text())
+    assert stored["train_seconds"] == 125.0 and stored["steps"] == 20 and stored["final_loss"] == 0.25
+    assert "checkpoint" not in stored["eval"]  # a path on the machine that ran it
+    by_task = examples_report.load(root)
+    assert [r["name"] for r in by_task["sudoku"]] == ["default"]
+    # the training line: best 100 % at 4 iterations, 87.5 % at the last count, -12.5 points; hard best 62.5 % at 16
+    assert examples_report.training_line(by_task["sudoku"][0]) == (
+        "training set (val) best 100.0 % at 4 iterations, 87.5 % at 16 (-12.5 points); hard best 62.5 % at 16")
+    lines = examples_report.section(by_task, tmp_path / "plots", tmp_path / "RESULTS.md")
+    text = "\n".join(lines)
+    assert "| val | 8 | 12.5 | 100.0 | 87.5 | 75.0 / 12.5 |" in text
+    assert "| hard | 8 | 0.0 | 50.0 | 62.5 | 25.0 / 40 |" in text
+    assert "loss progressive (alpha 0.5), training depth 4, 20 steps in 2 min (2 thread(s))" in text
+    assert (tmp_path / "plots" / "sudoku_examples.png").stat().st_size > 1000
+
+
+def test_bad_records_are_named(tmp_path):
+    with pytest.raises(SummaryError, match="missing .*eval.json"):
+        run = tmp_path / "half"
+        run.mkdir()
+        (run / "config.json").write_text("{}")
+        examples_report.record(run, "cmd")
+    root = tmp_path / "results"
+    (root / "sudoku").mkdir(parents=True)
+    (root / "sudoku" / "x.json").write_text("{not json")
+    with pytest.raises(SummaryError, match="x.json: not valid JSON"):
+        examples_report.load(root)
+    (root / "sudoku" / "x.json").write_text(json.dumps({"record_format": 99}))
+    with pytest.raises(SummaryError, match="not an example record of format 1"):
+        examples_report.load(root)
+    r = examples_report.record(fake_run(tmp_path / "ok", [0.5] * 3, [0.0] * 3), "cmd")
+    (root / "chess").mkdir()
+    (root / "sudoku" / "x.json").unlink()
+    (root / "chess" / "y.json").write_text(json.dumps(r))
+    with pytest.raises(SummaryError, match="a 'sudoku' run filed under 'chess'"):
+        examples_report.load(root)
+
+
+def test_add_rejects_a_name_that_is_a_path(tmp_path, capsys):
+    run = fake_run(tmp_path / "run", [0.5] * 3, [0.0] * 3)
+    with pytest.raises(SystemExit):
+        examples_report.main(["add", str(run), "--name", "../x", "--command", "c", "--root", str(tmp_path / "r")])
+    assert "--name must be a plain file name" in capsys.readouterr().err
