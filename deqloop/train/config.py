@@ -78,7 +78,9 @@ class TrainConfig:
     loss: str = setting("training regime: equilibrium (fixed-point gradients) or progressive (deep-thinking "
                         "loss through plain iterations)", default="equilibrium")
     backward: str | None = setting("equilibrium loss: implicit, phantom, unrolled or neumann (default phantom with "
-                                   "5 damped steps, tau 0.8: the default recipe); not used by the progressive loss",
+                                   "5 damped steps, tau 0.8: the default recipe; given explicitly, phantom's options "
+                                   "default to one undamped step, the Jacobian-free gradient); not used by the "
+                                   "progressive loss",
                                    default=None)
     backward_options: dict[str, Any] = setting("options of the backward mode as JSON, e.g. '{\"steps\": 3}' for "
                                                "phantom", default_factory=dict)
