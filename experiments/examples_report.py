@@ -87,6 +87,17 @@ def training_line(r: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def recipe(cfg: dict[str, Any]) -> str:
+    """The loss's settings in a few words: alpha for the progressive loss; the backward mode, its
+    options and the recipes in use for fixed-point training."""
+    if cfg["loss"] == "progressive":
+        return f"alpha {cfg['alpha']}"
+    parts = [f"backward {cfg.get('backward')} {json.dumps(cfg.get('backward_options') or {})}"]
+    unset = {"pretrain_steps": 0, "jac_reg": 0.0, "fp_states": 1, "train_init": None, "gate": None}
+    parts += [f"{k} {cfg[k]}" for k, off in unset.items() if cfg.get(k, off) not in (off, None)]
+    return ", ".join(parts)
+
+
 def plot(task: str, runs: list[dict[str, Any]], path: Path) -> Path:
     """Accuracy against test-time iterations, one panel per run, a line per evaluated set."""
     plt = figures.pyplot()
@@ -115,20 +126,25 @@ def section(by_task: dict[str, list[dict[str, Any]]], plots: Path, out: Path) ->
                 f"`examples/{task}.py` with its defaults or the flags shown (records in `{DEFAULT_ROOT}/{task}`, "
                 "added by `python -m experiments.examples_report add`); exact-match accuracy in % per evaluated set "
                 "and test-time iteration count, then adaptive compute (each example iterated until its state "
-                "changes by less than the relative tolerance: accuracy / mean iterations)."]
+                "changes by less than the relative tolerance: accuracy / mean iterations), and for a run trained at its "
+                "fixed point its own solver's answer (accuracy / mean iterations)."]
         for r in runs:
             ev, cfg = r["eval"], r["config"]
             iters = ev["curves"]["iters"]
+            solved = ev.get("solver") or {}
             rows = []
             for name, acc in ev["curves"]["accuracy"].items():
                 settle = ev.get("settling", {}).get(name, {})
                 rows.append([name, str(ev["n"].get(name, "—"))] + [pct(a) for a in acc]
-                            + [f"{pct(settle.get('accuracy'))} / {num(settle.get('iterations_mean'))}"])
-            doc += ["", f"**{r['name']}** — `{r['command']}`: loss {cfg['loss']}"
-                    + (f" (alpha {cfg['alpha']})" if cfg["loss"] == "progressive" else f" ({cfg.get('backward')})")
+                            + [f"{pct(settle.get('accuracy'))} / {num(settle.get('iterations_mean'))}"]
+                            + ([f"{pct(solved[name]['accuracy'])} / {num(solved[name]['iterations_mean'])}"
+                                if name in solved else "—"] if solved else []))
+            doc += ["", f"**{r['name']}** — `{r['command']}`: loss {cfg['loss']} ({recipe(cfg)})"
                     + f", training depth {cfg['max_iter']}, {r['steps']} steps in {r['train_seconds'] / 60:.0f} min "
                     f"({cfg.get('threads')} thread(s)), final training loss {num(r['final_loss'])}.", "",
-                    table(["set", "n", *map(str, iters), "adaptive"], rows), "", training_line(r) + "."]
+                    table(["set", "n", *map(str, iters), "adaptive"]
+                          + ([f"{ev.get('solver_name')} solve (rtol {num(ev.get('solver_rtol'))})"] if solved else []),
+                          rows), "", training_line(r) + "."]
         path = plot(task, runs, plots / f"{task}_examples.png")
         doc += ["", f"![{task} examples]({os.path.relpath(path, out.parent)})"]
     return doc

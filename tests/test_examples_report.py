@@ -46,6 +46,24 @@ def test_record_add_load_and_section(tmp_path):
     assert (tmp_path / "plots" / "sudoku_examples.png").stat().st_size > 1000
 
 
+def test_a_fixed_point_run_shows_its_solve(tmp_path):
+    run = fake_run(tmp_path / "run", val=[0.125, 1.0, 0.875], hard=[0.0, 0.5, 0.625])
+    ev = json.loads((run / "eval.json").read_text())
+    ev.update(solver_name="anderson", solver_rtol=1e-4,
+              solver={"val": {"accuracy": 0.9375, "iterations_mean": 21.0}})  # no hard entry: a dash
+    (run / "eval.json").write_text(json.dumps(ev))
+    r = {**examples_report.record(run, "cmd"), "name": "eq"}
+    text = "\n".join(examples_report.section({"sudoku": [r]}, tmp_path / "plots", tmp_path / "RESULTS.md"))
+    assert "| 16 | adaptive | anderson solve (rtol 0.0001) |" in text
+    cfg = {"loss": "equilibrium", "backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8},
+           "pretrain_steps": 0, "jac_reg": 0.1, "fp_states": 1, "train_init": None, "gate": None}
+    assert examples_report.recipe(cfg) == 'backward phantom {"steps": 5, "tau": 0.8}, jac_reg 0.1'
+    assert examples_report.recipe({**cfg, "fp_states": 3, "jac_reg": 0.0}) == (
+        'backward phantom {"steps": 5, "tau": 0.8}, fp_states 3')
+    assert "| val | 8 | 12.5 | 100.0 | 87.5 | 75.0 / 12.5 | 93.8 / 21 |" in text
+    assert "| hard | 8 | 0.0 | 50.0 | 62.5 | 25.0 / 40 | — |" in text
+
+
 def test_bad_records_are_named(tmp_path):
     with pytest.raises(SummaryError, match="missing .*eval.json"):
         run = tmp_path / "half"
