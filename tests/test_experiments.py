@@ -98,6 +98,12 @@ def test_tiny_sweep_and_report_end_to_end(tmp_path):
     for claim in ("C1", "C2", "C3", "C4"):
         assert re.search(rf"\*\*{claim} — .*: (supported|contradicted|inconclusive at this scale)\.\*\*", text), claim
     assert "| none | post | progressive | 1 |" in text
+    # beyond the paper: a table of plain iteration's best, then one of each regime's Anderson solve
+    by = {(x["spec"]["recall"], x["spec"]["regime"]): x["eval"]["solver"]["hard"] for x in results}
+    solved = [f"{100 * by['internal', g]['accuracy']:.1f} / {by['internal', g]['iterations_mean']:.3g}"
+              for g in ("progressive", "implicit", "phantom")]
+    assert "| recall | norm | progressive | implicit | phantom |" in text
+    assert f"| internal | post | {' | '.join(solved)} |" in text
     assert (tmp_path / "plots" / "prefix_sums_iterations.png").stat().st_size > 1000
     assert "python -m experiments.sweep" in text
 
