@@ -32,6 +32,7 @@ from experiments.summary import SummaryError
 
 DEFAULT_ROOT = "results/examples"
 RECORD_FORMAT = 1
+PANELS_PER_ROW = 3  # the plot wraps its panels (a run each) onto rows of this many
 
 
 def record(run_dir: Path, command: str) -> dict[str, Any]:
@@ -69,6 +70,12 @@ def load(root: Path) -> dict[str, list[dict[str, Any]]]:
     return by_task
 
 
+def best(curve: list[float], iters: list[int]) -> tuple[float, int]:
+    """The curve's best accuracy and the smallest count that reaches it."""
+    j = max(range(len(curve)), key=lambda i: (curve[i], -i))
+    return curve[j], iters[j]
+
+
 def training_line(r: dict[str, Any]) -> str:
     """The training set's best accuracy, its accuracy at the largest count and the change; the hard
     split's best."""
@@ -77,14 +84,38 @@ def training_line(r: dict[str, Any]) -> str:
     parts = []
     if "val" in acc:
         v = acc["val"]
-        j = max(range(len(v)), key=lambda i: (v[i], -i))
-        parts.append(f"training set (val) best {pct(v[j])} % at {iters[j]} iterations, {pct(v[-1])} % at "
-                     f"{iters[-1]} ({100 * (v[-1] - v[j]):+.1f} points)")
+        top, at = best(v, iters)
+        parts.append(f"training set (val) best {pct(top)} % at {at} iterations, {pct(v[-1])} % at "
+                     f"{iters[-1]} ({100 * (v[-1] - top):+.1f} points)")
     if "hard" in acc:
-        h = acc["hard"]
-        j = max(range(len(h)), key=lambda i: (h[i], -i))
-        parts.append(f"hard best {pct(h[j])} % at {iters[j]}")
+        top, at = best(acc["hard"], iters)
+        parts.append(f"hard best {pct(top)} % at {at}")
     return "; ".join(parts)
+
+
+def overview(runs: list[dict[str, Any]]) -> str:
+    """A table with a row per run, to compare recipes and seeds at a glance: the training set's
+    best accuracy (its count), its accuracy at the largest count, the hard split's best (its count)
+    and, for a run trained at its fixed point, its own solve on the hard split (accuracy / mean
+    iterations)."""
+    rows = []
+    for r in runs:
+        ev, cfg = r["eval"], r["config"]
+        iters, acc = ev["curves"]["iters"], ev["curves"]["accuracy"]
+        cells = []
+        for name in ("val", "hard"):
+            if name in acc:
+                top, at = best(acc[name], iters)
+                cells.append(f"{pct(top)} ({at})")
+            else:
+                cells.append("—")
+        last = pct(acc["val"][-1]) if "val" in acc else "—"
+        solve = (ev.get("solver") or {}).get("hard")
+        rows.append([f"**{r['name']}**", f"{cfg['loss']} ({recipe(cfg)})", str(cfg.get("seed", "—")), str(r["steps"]),
+                     f"{r['train_seconds'] / 60:.0f}", cells[0], last, cells[1],
+                     f"{pct(solve['accuracy'])} / {num(solve['iterations_mean'])}" if solve else "—"])
+    return table(["run", "loss", "seed", "steps", "train min", "val best (count)", "val at last count",
+                  "hard best (count)", "hard: own solve"], rows)
 
 
 def recipe(cfg: dict[str, Any]) -> str:
@@ -99,10 +130,15 @@ def recipe(cfg: dict[str, Any]) -> str:
 
 
 def plot(task: str, runs: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy against test-time iterations, one panel per run, a line per evaluated set."""
+    """Accuracy against test-time iterations, one panel per run (rows of ``PANELS_PER_ROW``), a line
+    per evaluated set."""
     plt = figures.pyplot()
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.2 * len(runs), 3.8), squeeze=False)
-    for ax, r in zip(axes[0], runs):
+    cols = min(PANELS_PER_ROW, len(runs))
+    nrows = -(-len(runs) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, runs):
         curves = r["eval"]["curves"]
         for name, acc in curves["accuracy"].items():
             ax.plot(curves["iters"], [100 * a for a in acc], marker="o", markersize=3, label=name)
@@ -127,7 +163,9 @@ def section(by_task: dict[str, list[dict[str, Any]]], plots: Path, out: Path) ->
                 "added by `python -m experiments.examples_report add`); exact-match accuracy in % per evaluated set "
                 "and test-time iteration count, then adaptive compute (each example iterated until its state "
                 "changes by less than the relative tolerance: accuracy / mean iterations), and for a run trained at its "
-                "fixed point its own solver's answer (accuracy / mean iterations)."]
+                "fixed point its own solver's answer (accuracy / mean iterations). First every run in a line "
+                "(the counts of iterations in parentheses; *val* is the training set's distribution, *hard* the "
+                "harder split), then each run in full.", "", overview(runs)]
         for r in runs:
             ev, cfg = r["eval"], r["config"]
             iters = ev["curves"]["iters"]

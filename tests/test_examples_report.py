@@ -44,6 +44,37 @@ def test_record_add_load_and_section(tmp_path):
     assert "| hard | 8 | 0.0 | 50.0 | 62.5 | 25.0 / 40 |" in text
     assert "loss progressive (alpha 0.5), training depth 4, 20 steps in 2 min (2 thread(s))" in text
     assert (tmp_path / "plots" / "sudoku_examples.png").stat().st_size > 1000
+    # the overview row: no seed in this config; val best 100 % at 4, 87.5 % at the last count; hard best 62.5 % at 16
+    assert "| **default** | progressive (alpha 0.5) | — | 20 | 2 | 100.0 (4) | 87.5 | 62.5 (16) | — |" in text
+    assert text.index("| **default** |") < text.index("| val | 8 |")  # the overview comes before the runs
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_overview_of_several_seeds_and_the_wrapped_plot(tmp_path):
+    runs = []
+    for seed, (val, hard) in enumerate([([0.5, 0.75, 1.0], [0.0, 0.25, 0.25]), ([0.25, 0.5, 0.5], [0.0, 0.0, 0.125]),
+                                        ([1.0, 0.5, 0.25], [0.5, 0.0, 0.0]), ([0.0, 0.0, 0.0], [0.0, 0.0, 0.0])]):
+        run = fake_run(tmp_path / f"s{seed}", val=val, hard=hard)
+        cfg = json.loads((run / "config.json").read_text())
+        (run / "config.json").write_text(json.dumps({**cfg, "seed": seed}))
+        runs.append({**examples_report.record(run, "cmd"), "name": f"s{seed}"})
+    runs[1]["eval"].update(solver_name="anderson", solver_rtol=1e-4,
+                           solver={"hard": {"accuracy": 0.375, "iterations_mean": 33.0}})
+    table = examples_report.overview(runs)
+    # best is the first count that reaches the maximum: s1 val 50 % at 4 (not 16); s2 falls 100 → 25 %
+    assert "| **s0** | progressive (alpha 0.5) | 0 | 20 | 2 | 100.0 (16) | 100.0 | 25.0 (4) | — |" in table
+    assert "| **s1** | progressive (alpha 0.5) | 1 | 20 | 2 | 50.0 (4) | 50.0 | 12.5 (16) | 37.5 / 33 |" in table
+    assert "| **s2** | progressive (alpha 0.5) | 2 | 20 | 2 | 100.0 (1) | 25.0 | 50.0 (1) | — |" in table
+    assert "| **s3** | progressive (alpha 0.5) | 3 | 20 | 2 | 0.0 (1) | 0.0 | 0.0 (1) | — |" in table
+    # four panels wrap onto two rows of three: the figure is about (3 × 5.2) by (2 × 3.8) inches
+    w, h = png_size(examples_report.plot("sudoku", runs, tmp_path / "four.png"))
+    assert abs(w / h - (3 * 5.2) / (2 * 3.8)) < 0.05
+    w, h = png_size(examples_report.plot("sudoku", runs[:2], tmp_path / "two.png"))
+    assert abs(w / h - (2 * 5.2) / 3.8) < 0.05
 
 
 def test_a_fixed_point_run_shows_its_solve(tmp_path):
