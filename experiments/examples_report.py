@@ -28,6 +28,7 @@ from typing import Any
 
 from experiments import figures
 from experiments.markdown import num, pct, table
+from experiments.seed_table import best
 from experiments.summary import SummaryError
 
 DEFAULT_ROOT = "results/examples"
@@ -70,12 +71,6 @@ def load(root: Path) -> dict[str, list[dict[str, Any]]]:
     return by_task
 
 
-def best(curve: list[float], iters: list[int]) -> tuple[float, int]:
-    """The curve's best accuracy and the smallest count that reaches it."""
-    j = max(range(len(curve)), key=lambda i: (curve[i], -i))
-    return curve[j], iters[j]
-
-
 def training_line(r: dict[str, Any]) -> str:
     """The training set's best accuracy, its accuracy at the largest count and the change; the hard
     split's best."""
@@ -84,13 +79,18 @@ def training_line(r: dict[str, Any]) -> str:
     parts = []
     if "val" in acc:
         v = acc["val"]
-        top, at = best(v, iters)
+        top, at = best(r, "val")
         parts.append(f"training set (val) best {pct(top)} % at {at} iterations, {pct(v[-1])} % at "
                      f"{iters[-1]} ({100 * (v[-1] - top):+.1f} points)")
     if "hard" in acc:
-        top, at = best(acc["hard"], iters)
+        top, at = best(r, "hard")
         parts.append(f"hard best {pct(top)} % at {at}")
     return "; ".join(parts)
+
+
+def _best_cell(r: dict[str, Any], split: str) -> str:
+    top, at = best(r, split)
+    return f"{pct(top)} ({at})"
 
 
 def overview(runs: list[dict[str, Any]]) -> str:
@@ -101,14 +101,8 @@ def overview(runs: list[dict[str, Any]]) -> str:
     rows = []
     for r in runs:
         ev, cfg = r["eval"], r["config"]
-        iters, acc = ev["curves"]["iters"], ev["curves"]["accuracy"]
-        cells = []
-        for name in ("val", "hard"):
-            if name in acc:
-                top, at = best(acc[name], iters)
-                cells.append(f"{pct(top)} ({at})")
-            else:
-                cells.append("—")
+        acc = ev["curves"]["accuracy"]
+        cells = [_best_cell(r, name) if name in acc else "—" for name in ("val", "hard")]
         last = pct(acc["val"][-1]) if "val" in acc else "—"
         solve = (ev.get("solver") or {}).get("hard")
         rows.append([f"**{r['name']}**", f"{cfg['loss']} ({recipe(cfg)})", str(cfg.get("seed", "—")), str(r["steps"]),
