@@ -47,7 +47,8 @@ def reference_anderson(f, x, steps, m, ridge, beta):
 def reference_broyden(f, x, steps, m):
     """The same for good Broyden: H = −I + Σ u_i v_iᵀ over the updates since the last restart (the
     memory is cleared when it holds ``m``), the update u = (Δx − HΔg)/(ΔxᵀHΔg), v = HᵀΔx, and
-    the step x ← x − H g."""
+    the step x ← x − H g. An update whose denominator is within rounding of zero,
+    |ΔxᵀHΔg| ≤ ε‖v‖(‖g‖ + ‖g_prev‖), is skipped but counts towards the restart."""
     D = x.numel()
     pairs, out, x_prev, g_prev = [], [], None, None
 
@@ -64,7 +65,10 @@ def reference_broyden(f, x, steps, m):
                 pairs = []
             h = H()
             v = h.T @ dx
-            pairs = pairs + [((dx - h @ dg) / (v @ dg), v)]
+            if abs(v @ dg) > 1e-30 + torch.finfo(x.dtype).eps * v.norm() * (g.norm() + g_prev.norm()):
+                pairs = pairs + [((dx - h @ dg) / (v @ dg), v)]
+            else:
+                pairs = pairs + [(torch.zeros_like(v), torch.zeros_like(v))]
         x_prev, g_prev = x, g
         x = x - H() @ g
     return out
@@ -88,6 +92,34 @@ def test_broyden_follows_the_method_written_out(m):
     sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), "broyden", m=m, rtol=1e-300, max_iter=steps, trace=True)
     for i in range(3):
         ref = reference_broyden(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m)
+        torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+def test_broyden_skips_an_update_with_no_change_in_the_residual_for_that_sample_only():
+    # sample 1's map is z + 1 for its first two calls: g does not change, Δxᵀ H Δg = 0, and its
+    # first update is skipped; sample 0 updates at every step
+    f, _ = contractive_tanh(2, 10, torch.tensor([0.9, 0.9], dtype=torch.float64), seed=6)
+    calls = []
+
+    def g(z):
+        calls.append(1)
+        out = f(z)
+        if len(calls) <= 2:
+            out[1] = z[1] + 1.0
+        return out
+
+    def sample(i):
+        def fi(z):  # sample i alone, with the same call count as the batch
+            calls.append(1)
+            out = f(torch.stack([z, z]))[i]
+            return z + 1.0 if i == 1 and len(calls) <= 2 else out
+        return fi
+
+    steps = 9
+    sol = solve(g, torch.zeros(2, 10, dtype=torch.float64), "broyden", m=4, rtol=1e-300, max_iter=steps, trace=True)
+    for i in range(2):
+        calls.clear()
+        ref = reference_broyden(sample(i), torch.zeros(10, dtype=torch.float64), steps, 4)
         torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
 
 
@@ -188,7 +220,60 @@ def test_low_precision_states_keep_float32_solver_memory(cls):
     state = solver.init(x, x, torch.float32)
     for k in range(1, 4):
         fx = (0.5 * x.float() + 0.1).to(torch.bfloat16)
-        x_next, state = solver.step(state, x, fx, k)
+        x_next, state = solver.step(state, x, fx, fx.float() - x.float(), k)
         assert x_next.dtype == torch.float32  # the loop casts back to the state's dtype
         x = x_next.to(torch.bfloat16)
     assert all(v.dtype == torch.float32 for name, v in state.items() if name != "updates")
+
+
+def rising_and_falling(batch=6, dim=5, seed=2):
+    """z ↦ A_b z + b_b with A_b = 0.6·I + s_b·S (S the shift): for large s_b the residual of
+    plain iteration rises for a few steps before it falls (A_b is far from normal); s_0 = 0 falls
+    from the start."""
+    g = torch.Generator().manual_seed(seed)
+    shift = torch.diag(torch.ones(dim - 1, dtype=torch.float64), 1)
+    A = 0.6 * torch.eye(dim, dtype=torch.float64) + torch.linspace(0, 3, batch, dtype=torch.float64)[:, None, None] * shift
+    b = torch.randn(batch, dim, generator=g, dtype=torch.float64)
+
+    def step(z, A, b):
+        return torch.bmm(A, z.unsqueeze(2)).squeeze(2) + b
+
+    return (lambda z: step(z, A, b)), BatchedMap(step, A, b), torch.zeros(batch, dim, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("method", list(OURS))
+def test_the_returned_iterate_is_the_best_one_when_residuals_rise_and_fall(method):
+    closure, batched, z0 = rising_and_falling()
+    alone = batched.select(torch.tensor([5]))  # the sample that rises most, alone: at times no row improves
+    for f, z in ((closure, z0), (batched, z0), (alone, z0[5:])):
+        sol = solve(f, z, method, rtol=1e-14, max_iter=8, trace=True)
+        image = solve(f, z, method, rtol=1e-14, max_iter=8, return_image=True)
+        last = solve(f, z, method, rtol=1e-14, max_iter=8, keep="last")
+        assert (sol.trace[1:] > sol.trace[:-1]).any()
+        # the best iterate is not always the last one ...
+        assert (sol.abs_residual <= last.abs_residual).all() and (sol.abs_residual < last.abs_residual).any()
+        # ... and the state returned is the one whose residual is reported (not overwritten later)
+        fz = f(sol.z)
+        expected = (fz - sol.z).norm(dim=1) / fz.norm(dim=1)
+        torch.testing.assert_close(sol.residual.double(), expected, rtol=1e-6, atol=0)
+        torch.testing.assert_close(image.z, fz, rtol=0, atol=1e-12)  # f of that same iterate
+
+
+@pytest.mark.parametrize("method", list(OURS))
+@pytest.mark.parametrize("return_image", [False, True])
+def test_a_sample_whose_map_fails_keeps_its_best_iterate_intact(method, return_image):
+    # The map returns NaN at its 5th call: the answer is the best of the first four iterates, and
+    # the solver's step after the failure (which writes the next point) must not overwrite it.
+    calls = []
+
+    def f(z):
+        calls.append(1)
+        out = 0.5 * torch.tanh(z) + 1.0
+        return out * float("nan") if len(calls) == 5 else out
+
+    z0 = torch.zeros(1, 6, dtype=torch.float64)
+    sol = solve(f, z0, method, rtol=1e-14, max_iter=20, return_image=return_image)
+    calls.clear()
+    ref = solve(f, z0, method, rtol=1e-14, max_iter=4, return_image=return_image)
+    assert sol.status.tolist() == [int(SolverStatus.NONFINITE)] and sol.nfe == 5
+    assert torch.equal(sol.z, ref.z) and torch.equal(sol.abs_residual, ref.abs_residual)

@@ -5,6 +5,8 @@ min ‖Σ α_i g_i‖² + λ‖α‖² subject to Σ α_i = 1, i.e. α ∝ (GG�
 Σ α_i x_i + β Σ α_i g_i = Σ α_i y_i with y_i = x_i + β g_i (β = 1: undamped mixing, y_i = f(x_i)).
 The window keeps only the residuals g_i (for the Gram matrix) and the points to mix y_i, so a
 step reads each of them once: one pass for the new row of the Gram matrix, one for the mixing.
+The loop writes g straight into the window (``residual_out``), and the mixing writes the next
+point into one of two buffers taken by turns, so a step allocates nothing large.
 The Gram matrix GGᵀ is updated one row per iteration and solved in float32 (float64 for float64
 states), whatever the state's dtype. ``ridge`` is applied to the Gram matrix of the *normalised*
 residuals g_i/‖g_i‖, so it neither depends on the scale of z nor swamps the small residuals of
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from deqloop.solvers import workspace
 from deqloop.solvers.base import KeptRows, Solver, State
 from deqloop.validate import integer, number
 
@@ -32,24 +35,30 @@ class Anderson(Solver):
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
         # Uninitialised: a step reads only the slots (and Gram entries) written so far.
         n, d = x.shape
+        e = lambda *s: workspace.empty(*s, dtype=acc_dtype, device=x.device)  # noqa: E731
         return {
-            "Y": torch.empty(n, self.m, d, dtype=acc_dtype, device=x.device),  # (N, m, D) points to mix
-            "G": torch.empty(n, self.m, d, dtype=acc_dtype, device=x.device),  # (N, m, D) residuals
-            "GG": torch.empty(n, self.m, self.m, dtype=acc_dtype, device=x.device),  # (N, m, m) Gram
+            "Y": e(n, self.m, d),  # (N, m, D) points to mix
+            "G": e(n, self.m, d),  # (N, m, D) residuals
+            "GG": e(n, self.m, self.m),  # (N, m, m) Gram
+            "X0": e(n, d),  # (N, D) the next point, written by turns into X0 and X1: the point being
+            "X1": e(n, d),  # evaluated is never overwritten by the step that follows it
         }
 
-    def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
+    def residual_out(self, state: State, k: int) -> torch.Tensor:
+        return state["G"][:, (k - 1) % self.m]  # the loop writes g straight into the window
+
+    def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, g: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
         Y, G, GG = state["Y"], state["G"], state["GG"]
         acc = Y.dtype
         slot = (k - 1) % self.m
         n = min(k, self.m)
-        xa = x.to(acc)
-        torch.sub(fx.to(acc), xa, out=G[:, slot])  # g = f(x) − x, written in place
         ga = G[:, slot]
+        if g.data_ptr() != ga.data_ptr():  # not written in place by the loop (residual_out)
+            ga.copy_(g)
         if self.beta == 1.0:
             Y[:, slot] = fx
         else:
-            torch.add(xa, ga, alpha=self.beta, out=Y[:, slot])
+            torch.add(x.to(acc), ga, alpha=self.beta, out=Y[:, slot])
         # ⟨g_i, g_new⟩ as (N, 1, D) @ (N, D, n): the row-times-matrix layout reads G once, fast
         row = torch.bmm(ga.unsqueeze(1), G[:, :n].transpose(1, 2)).squeeze(1)  # (N, n)
         GG[:, slot, :n] = row
@@ -69,9 +78,12 @@ class Anderson(Solver):
         plain = torch.zeros_like(alpha)
         plain[:, slot] = 1.0
         alpha = torch.where(ok, alpha, plain)
-        x_next = torch.bmm(alpha.unsqueeze(1), Y[:, :n]).squeeze(1)  # (N, D)
+        x_next = state[f"X{k % 2}"]
+        torch.bmm(alpha.unsqueeze(1), Y[:, :n], out=x_next.unsqueeze(1))  # (N, 1, D)
         return x_next, state
 
     def compact(self, state: State, rows: KeptRows) -> State:
-        # every entry is a buffer of its own: move only the rows that change place
-        return {name: rows.move(v) for name, v in state.items()}
+        # every entry is a buffer of its own: move only the rows that change place (and none of
+        # the next-point buffers, rewritten before they are read)
+        n = rows.index.numel()
+        return {name: v[:n] if name in ("X0", "X1") else rows.move(v) for name, v in state.items()}

@@ -50,7 +50,11 @@ class KeptRows:
 
     def move(self, v: torch.Tensor) -> torch.Tensor:
         if self.holes.numel():
-            v.index_copy_(0, self.holes, v.index_select(0, self.donors))
+            if v.device.type == "cpu":  # row by row: one copy each, no gathered temporary
+                for hole, donor in zip(self.holes.tolist(), self.donors.tolist()):
+                    v[hole].copy_(v[donor])
+            else:  # two kernels, whatever the number of rows
+                v.index_copy_(0, self.holes, v.index_select(0, self.donors))
         return v[: self.index.numel()]
 
 
@@ -59,11 +63,21 @@ class Solver:
 
     Subclasses validate their options in ``__init__`` and implement:
 
-    * ``init(x, fx, acc_dtype) -> state``: memory after the first evaluation;
-    * ``step(state, x, fx, k) -> (x_next, state)``: the next point to evaluate, given the current
-      point ``x`` and ``fx = f(x)`` (``k`` counts evaluations so far, starting at 1);
+    * ``init(x, fx, acc_dtype) -> state``: memory, after the first evaluation (large buffers from
+      :func:`deqloop.solvers.workspace.empty`, which reuses them across solves on the CPU);
+    * ``step(state, x, fx, g, k) -> (x_next, state)``: the next point to evaluate, given the
+      current point ``x``, ``fx = f(x)`` and the residual ``g = fx − x`` in ``acc_dtype``
+      (``k`` counts evaluations so far, starting at 1);
 
-    and may override ``compact(state, rows)`` (see :class:`KeptRows`).
+    and may override ``residual_out(state, k)`` (where the loop writes ``g``; by default a buffer
+    of the loop's own, overwritten at the next step, so a solver that keeps ``g`` must copy it or
+    name a buffer of its own here) and ``compact(state, rows)`` (see :class:`KeptRows`).
+
+    The loop passes every row, also those of samples already frozen: a frozen sample's answer is
+    kept by the loop, and what the solver does with its row no longer matters (rows never mix).
+    The loop holds on to ``x`` and ``fx`` without copying them, so a step must not write into
+    them, and ``x_next`` may be a buffer of the solver's own only if the step that follows (which
+    receives it as ``x``) writes elsewhere: two buffers taken by turns (see :class:`Anderson`).
     """
 
     name = "solver"
@@ -71,8 +85,13 @@ class Solver:
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
         return {}
 
-    def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
+    def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, g: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
+
+    def residual_out(self, state: State, k: int) -> torch.Tensor | None:
+        """An ``(N, D)`` buffer in ``acc_dtype`` for the loop to write step ``k``'s residual into, or
+        ``None`` (a buffer of the loop's own)."""
+        return None
 
     def compact(self, state: State, rows: KeptRows) -> State:
         """Drop the rows of frozen samples from ``state``. By default every entry is indexed

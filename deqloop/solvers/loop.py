@@ -1,22 +1,30 @@
 """The loop that drives a :class:`~deqloop.solvers.base.Solver` to a fixed point, per sample.
 
-Every sample is judged on its own: it is *frozen* (its iterate stops changing) as soon as
-``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖``, or when its map returns a non-finite value, or when its
-residual grows ``divergence`` times past its smallest one. Freezing happens on the device with
-masks, every iteration, so it needs no host synchronisation. Every ``check_every`` iterations the
-host looks at the masks once (one sync): it stops when no sample is left. When ``f`` can be
-restricted to a subset of its batch (it has a ``select(index)`` method, e.g.
+Every sample is judged on its own: it is *frozen* (its answer, the best iterate so far, is kept)
+as soon as ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖``, or when its map returns a non-finite value, or
+when its residual grows ``divergence`` times past its smallest one. Freezing happens on the device
+with masks, every iteration, so it needs no host synchronisation. Every ``check_every``
+iterations the host looks at the masks once (one sync): it stops when no sample is left. When
+``f`` can be restricted to a subset of its batch (it has a ``select(index)`` method, e.g.
 :class:`~deqloop.solvers.base.BatchedMap`), frozen samples are then dropped from the solver's
 memory and no longer evaluated, which is where adaptive compute saves time; a plain closure is
-always evaluated on the whole batch, frozen samples held in place by the masks.
+always evaluated on the whole batch. Until a frozen row is dropped it steps on with the others
+(holding it in place would cost a masked copy of the whole state every iteration), but nothing
+it computes reaches its answer: rows never mix.
 
 Dropping rows is amortised: it happens at a check only once the frozen rows are at least
 ``compact_at`` of the rows held (by default a sixteenth; 0: at every check, 1: never); until then
-frozen rows ride along, held by the masks. The solver's large memory (Anderson's window, Broyden's
-ring) is then rearranged in place: only the staying rows beyond the new batch size move, into the
-places of dropped ones (:class:`~deqloop.solvers.base.KeptRows`), not every remaining row.
+frozen rows ride along. The solver's large memory (Anderson's window, Broyden's ring) is then
+rearranged in place: only the staying rows beyond the new batch size move, into the places of
+dropped ones (:class:`~deqloop.solvers.base.KeptRows`), not every remaining row.
 Neither cadence changes a sample's answer: everything the loop and the solvers compute is per row
 (for a map that treats its samples independently; up to how f rounds on another batch size).
+
+The loop's own cost is kept to a few passes over the state per iteration: the residual is
+computed once, into the solver's memory where it keeps one (``Solver.residual_out``); the best
+iterate is the current one itself while every row improves (a copy only when some row does not);
+large buffers come from :mod:`deqloop.solvers.workspace`, which on the CPU reuses them from one
+solve to the next instead of faulting in fresh pages.
 """
 
 from __future__ import annotations
@@ -27,8 +35,9 @@ import torch
 
 from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError
+from deqloop.solvers import workspace
 from deqloop.solvers.base import KeptRows, Solver
-from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual_norms
+from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual
 from deqloop.validate import integer, number
 
 Map = Callable[[torch.Tensor], torch.Tensor]
@@ -132,7 +141,9 @@ def run_solver(
     B = z0.shape[0]
     dtype, device = z0.dtype, z0.device
     acc = accumulation_dtype(dtype)
-    with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
+    host_is_free = device.type == "cpu"  # reading a mask on the host costs no synchronisation
+    recording = differentiable and torch.is_grad_enabled()
+    with torch.set_grad_enabled(recording), workspace.scope(enabled=not recording):
         z_init = z0 if differentiable else z0.detach()
         evaluate = _Evaluator(f, z_init)
         x = z_init.reshape(B, -1)
@@ -142,9 +153,11 @@ def run_solver(
         out_abs = out_rel.clone()
         out_iters = torch.zeros(B, dtype=torch.long, device=device)
         out_status = torch.full((B,), int(SolverStatus.MAX_ITER), dtype=torch.long, device=device)
-        # Per-row bookkeeping of the active rows (local index).
+        # Per-row bookkeeping of the active rows (local index). Unless autograd records, best_x is
+        # the iterate itself while every row improves (no copy), else a buffer of the loop's own.
         rows = torch.arange(B, device=device)
-        best_x = x.clone()
+        best_x = x.clone() if recording else x
+        best_buffer = None if recording else workspace.empty(*x.shape, dtype=dtype, device=device)
         best_rel = out_rel.clone()
         best_abs = out_abs.clone()
         min_abs = out_abs.clone()
@@ -152,6 +165,7 @@ def run_solver(
         status = out_status.clone()
         active = torch.ones(B, dtype=torch.bool, device=device)
         state = None
+        g_buffer = None  # the loop's own residual buffer, for solvers that do not name one
         traces: list[torch.Tensor] = []
         code_conv = torch.tensor(int(SolverStatus.CONVERGED), device=device)
         code_nonfinite = torch.tensor(int(SolverStatus.NONFINITE), device=device)
@@ -167,7 +181,16 @@ def run_solver(
 
         for k in range(1, max_iter + 1):
             fx = evaluate(x)
-            abs_r, f_norm = residual_norms(fx, x, acc)
+            if state is None:
+                state = solver.init(x, fx, acc)
+            g_out = None
+            if not recording:
+                g_out = solver.residual_out(state, k)
+                if g_out is None:
+                    if g_buffer is None:
+                        g_buffer = workspace.empty(*x.shape, dtype=acc, device=device)
+                    g_out = g_buffer[: x.shape[0]]
+            g, abs_r, f_norm = residual(fx, x, acc, out=g_out)
             rel = abs_r / (f_norm + EPS)
             finite = torch.isfinite(abs_r) & torch.isfinite(f_norm)
             live = active & finite
@@ -175,7 +198,16 @@ def run_solver(
             improved = live if keep == "last" else live & ((abs_r < best_abs) | conv)
             best_rel = torch.where(improved, rel, best_rel)
             best_abs = torch.where(improved, abs_r, best_abs)
-            best_x = torch.where(improved[:, None], fx if return_image else x, best_x)
+            current = fx if return_image else x
+            if recording:
+                best_x = torch.where(improved[:, None], current, best_x)
+            else:
+                n_improved = int(improved.sum()) if host_is_free else -1
+                if n_improved == improved.numel():
+                    best_x = current  # every row improved: hold the iterate itself (never rewritten)
+                elif n_improved or best_x.data_ptr() != best_buffer.data_ptr():
+                    # into the loop's own buffer, before the solver's next step may reuse the iterate's
+                    best_x = torch.where(improved[:, None], current, best_x, out=best_buffer[: x.shape[0]])
             min_abs = torch.where(live, torch.minimum(min_abs, abs_r), min_abs)
             # growth is judged from a baseline no smaller than the tolerance or the rounding floor,
             # so residuals jittering at machine precision never count as divergence
@@ -192,10 +224,9 @@ def run_solver(
                 traces.append(row)
             if k == max_iter:
                 break
-            if state is None:
-                state = solver.init(x, fx, acc)
-            x_next, state = solver.step(state, x, fx, k)
-            x = torch.where(active[:, None], x_next.to(dtype), x)
+            # frozen rows step on too: their answers are kept above, and rows never mix
+            x_next, state = solver.step(state, x, fx, g, k)
+            x = x_next.to(dtype)
 
             if k % check_every == 0:
                 n_active = int(active.sum())  # the one host synchronisation
@@ -209,7 +240,8 @@ def run_solver(
                     kept = KeptRows.of(active)
                     rows = kept.take(rows)
                     evaluate.restrict(rows)
-                    x, best_x = kept.take(x), kept.take(best_x)
+                    x = kept.take(x)
+                    best_x = kept.take(best_x)
                     best_rel, best_abs = kept.take(best_rel), kept.take(best_abs)
                     min_abs, iters = kept.take(min_abs), kept.take(iters)
                     status, active = kept.take(status), kept.take(active)

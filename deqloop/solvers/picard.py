@@ -16,7 +16,7 @@ class Picard(Solver):
     def __init__(self, damping: float = 1.0):
         self.damping = number("damping", damping, low=0, high=1, low_open=True)
 
-    def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
+    def step(self, state: State, x: torch.Tensor, fx: torch.Tensor, g: torch.Tensor, k: int) -> tuple[torch.Tensor, State]:
         if self.damping == 1.0:
             return fx, state
         return torch.lerp(x, fx, self.damping), state

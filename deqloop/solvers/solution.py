@@ -14,14 +14,23 @@ from deqloop.errors import DeqloopError
 EPS = 1e-12  # guards the relative residual against ‖f(z)‖ = 0
 
 
-def residual_norms(fz: torch.Tensor, z: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(‖f(z) − z‖, ‖f(z)‖)`` per sample, ``(B,)`` float32, computed in ``dtype`` (default:
-    float32, float64 for float64 states). The one residual formula of the library: a sample has
-    converged when ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖``; its relative residual is
-    ``‖f(z) − z‖ / (‖f(z)‖ + EPS)``."""
+def residual(fz: torch.Tensor, z: torch.Tensor, dtype: torch.dtype | None = None,
+             out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(g, ‖g‖, ‖f(z)‖)`` with ``g = f(z) − z`` per sample, flattened to ``(B, D)`` and computed in
+    ``dtype`` (default: float32, float64 for float64 states), written into ``out`` when given; the
+    norms are ``(B,)`` float32. The one residual formula of the library: a sample has converged
+    when ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖``; its relative residual is
+    ``‖f(z) − z‖ / (‖f(z)‖ + EPS)``. Nothing is recorded for autograd."""
     acc = dtype or (torch.float64 if fz.dtype == torch.float64 else torch.float32)
-    fz, z = fz.detach().reshape(fz.shape[0], -1).to(acc), z.detach().reshape(z.shape[0], -1).to(acc)
-    return (fz - z).norm(dim=1).float(), fz.norm(dim=1).float()
+    fz, z = fz.detach().reshape(fz.shape[0], -1), z.detach().reshape(z.shape[0], -1)
+    fz = fz.to(acc)
+    g = torch.sub(fz, z.to(acc), out=out)
+    return g, torch.linalg.vector_norm(g, dim=1).float(), torch.linalg.vector_norm(fz, dim=1).float()
+
+
+def residual_norms(fz: torch.Tensor, z: torch.Tensor, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(‖f(z) − z‖, ‖f(z)‖)`` per sample, ``(B,)`` float32 (see :func:`residual`)."""
+    return residual(fz, z, dtype)[1:]
 
 
 def relative_residual(fz: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
