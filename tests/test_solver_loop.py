@@ -10,6 +10,7 @@ from helpers import contractive_tanh
 
 from deqloop import SolverStatus, solve
 from deqloop.solvers import Anderson, BatchedMap, Broyden, KeptRows, Picard
+from deqloop.solvers import base
 from deqloop.solvers.loop import run_solver
 
 OURS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
@@ -90,6 +91,25 @@ def test_broyden_follows_the_method_written_out(m):
     f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=5)
     steps = 9
     sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), "broyden", m=m, rtol=1e-300, max_iter=steps, trace=True)
+    for i in range(3):
+        ref = reference_broyden(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m)
+        torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
+
+
+class BroydenFromPoints(Broyden):
+    """Broyden taking Δx from the points evaluated, as it does for a lower-precision state."""
+
+    @staticmethod
+    def evaluates_its_own_points(x, acc):
+        return False
+
+
+@pytest.mark.parametrize("m", [12, 3])
+def test_broyden_taking_the_step_from_the_points_follows_the_method_written_out(m):
+    f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=5)
+    steps = 9
+    sol = run_solver(f, torch.zeros(3, 10, dtype=torch.float64), BroydenFromPoints(m), method="broyden",
+                     rtol=1e-300, max_iter=steps, trace=True)
     for i in range(3):
         ref = reference_broyden(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m)
         torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
@@ -277,3 +297,22 @@ def test_a_sample_whose_map_fails_keeps_its_best_iterate_intact(method, return_i
     ref = solve(f, z0, method, rtol=1e-14, max_iter=4, return_image=return_image)
     assert sol.status.tolist() == [int(SolverStatus.NONFINITE)] and sol.nfe == 5
     assert torch.equal(sol.z, ref.z) and torch.equal(sol.abs_residual, ref.abs_residual)
+
+
+@pytest.mark.parametrize("method", list(OURS))
+@pytest.mark.parametrize("keep, return_image", [("best", False), ("best", True), ("last", False)])
+def test_the_branch_free_path_of_accelerators_gives_the_same_answers(monkeypatch, method, keep, return_image):
+    # On the CPU the loop and Broyden read masks on the host to skip work (a copy instead of a
+    # masked one, no zeroing of skipped updates, rows moved one by one); elsewhere they take the
+    # branch-free path. Both must agree exactly, on problems where rows freeze at different times
+    # and where the best iterate is not always the last.
+    problems = [mixed_problem(), rising_and_falling()]
+    kw = {"rtol": 1e-10, "max_iter": 40, "keep": keep, "return_image": return_image, "trace": True}
+    for closure, batched, z0 in problems:
+        for f in (closure, batched):
+            on_cpu = run_solver(f, z0, OURS[method](), method=method, check_every=1, **kw)
+            with monkeypatch.context() as m:
+                m.setattr(base, "host_reads_are_free", lambda device: False)
+                branch_free = run_solver(f, z0, OURS[method](), method=method, check_every=1, **kw)
+            for name in ("z", "residual", "iterations", "status", "trace"):
+                assert torch.equal(getattr(on_cpu, name), getattr(branch_free, name)), name

@@ -20,6 +20,13 @@ from deqloop.validate import known_keys
 State = dict[str, torch.Tensor]
 
 
+def host_reads_are_free(device: torch.device) -> bool:
+    """Whether reading a value computed on ``device`` on the host costs no synchronisation (the
+    CPU): then the loop and the solvers may branch on a mask to skip work; elsewhere they take
+    the branch-free path."""
+    return device.type == "cpu"
+
+
 @dataclass(frozen=True)
 class KeptRows:
     """The rows that stay when frozen ones are dropped: new row i is old row ``index[i]``.
@@ -50,7 +57,7 @@ class KeptRows:
 
     def move(self, v: torch.Tensor) -> torch.Tensor:
         if self.holes.numel():
-            if v.device.type == "cpu":  # row by row: one copy each, no gathered temporary
+            if host_reads_are_free(v.device):  # row by row: one copy each, no gathered temporary
                 for hole, donor in zip(self.holes.tolist(), self.donors.tolist()):
                     v[hole].copy_(v[donor])
             else:  # two kernels, whatever the number of rows

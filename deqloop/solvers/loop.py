@@ -35,7 +35,7 @@ import torch
 
 from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError
-from deqloop.solvers import workspace
+from deqloop.solvers import base, workspace
 from deqloop.solvers.base import KeptRows, Solver
 from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual
 from deqloop.validate import integer, number
@@ -141,7 +141,7 @@ def run_solver(
     B = z0.shape[0]
     dtype, device = z0.dtype, z0.device
     acc = accumulation_dtype(dtype)
-    host_is_free = device.type == "cpu"  # reading a mask on the host costs no synchronisation
+    host_is_free = base.host_reads_are_free(device)
     recording = differentiable and torch.is_grad_enabled()
     with torch.set_grad_enabled(recording), workspace.scope(enabled=not recording):
         z_init = z0 if differentiable else z0.detach()
