@@ -57,10 +57,11 @@ class KeptRows:
 
     def move(self, v: torch.Tensor) -> torch.Tensor:
         if self.holes.numel():
-            if host_reads_are_free(v.device):  # row by row: one copy each, no gathered temporary
+            # a few rows on the CPU: one copy each, no gathered temporary; else two calls in all
+            if host_reads_are_free(v.device) and self.holes.numel() <= 64:
                 for hole, donor in zip(self.holes.tolist(), self.donors.tolist()):
                     v[hole].copy_(v[donor])
-            else:  # two kernels, whatever the number of rows
+            else:
                 v.index_copy_(0, self.holes, v.index_select(0, self.donors))
         return v[: self.index.numel()]
 

@@ -62,8 +62,8 @@ class Broyden(Solver):
             "U": e(n, self.m, d),
             "V": e(n, self.m, d),
             "G": e(n, 2, d),  # residuals by turns: step k's in slot k % 2, the previous one in the other
-            "x_prev": e(n, d),
-            "hg_prev": e(n, d),  # H g_prev with the H that made the previous step
+            "x_prev": e(n, d),  # the last point, for a lower-precision state (see the module docstring)
+            "hg_prev": e(n, d),  # H⁺ g_prev of the last step, which stepped by −hg_prev
             "g_norm": torch.empty(n, 2, dtype=torch.float32, device=x.device),  # ‖g‖ by turns
         }
         # the next point goes to X0 and X1 by turns, so the point being evaluated is never overwritten
