@@ -47,11 +47,14 @@ SCRATCH = ("X0", "X1", "dx", "hg")  # rewritten before read at every step: never
 
 
 class Broyden(Solver):
-    """Limited-memory Broyden. ``m`` rank-one updates kept."""
+    """Limited-memory Broyden. ``m`` rank-one updates kept (6 by default: on the benchmark's
+    transformer-block map, 64 samples, 6 took 561 / 728 / 893 sample evaluations to reach
+    rtol 1e-4 / 1e-5 / 1e-6, where 12 took 568 / 761 / 953, and each step reads the memory
+    through half as many slots)."""
 
     name = "broyden"
 
-    def __init__(self, m: int = 12):
+    def __init__(self, m: int = 6):
         self.m = integer("m", m)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
