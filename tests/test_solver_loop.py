@@ -86,13 +86,14 @@ def test_anderson_follows_the_method_written_out(m, ridge, beta):
         torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("m", [12, 3])
+@pytest.mark.parametrize("m", [12, 3, None])
 def test_broyden_follows_the_method_written_out(m):
     f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=5)
-    steps = 9
-    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), "broyden", m=m, rtol=1e-300, max_iter=steps, trace=True)
+    steps = 11  # the default memory (6 updates) restarts at step 8
+    options = {} if m is None else {"m": m}
+    sol = solve(f, torch.zeros(3, 10, dtype=torch.float64), "broyden", **options, rtol=1e-300, max_iter=steps, trace=True)
     for i in range(3):
-        ref = reference_broyden(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m)
+        ref = reference_broyden(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m or 6)
         torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
 
 
@@ -243,7 +244,7 @@ def test_low_precision_states_keep_float32_solver_memory(cls):
         x_next, state = solver.step(state, x, fx, fx.float() - x.float(), k)
         assert x_next.dtype == torch.float32  # the loop casts back to the state's dtype
         x = x_next.to(torch.bfloat16)
-    assert all(v.dtype == torch.float32 for name, v in state.items() if name != "updates")
+    assert all(v.dtype == torch.float32 for v in state.values())
 
 
 def rising_and_falling(batch=6, dim=5, seed=2):

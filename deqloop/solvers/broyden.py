@@ -65,12 +65,15 @@ class Broyden(Solver):
             "U": e(n, self.m, d),
             "V": e(n, self.m, d),
             "G": e(n, 2, d),  # residuals by turns: step k's in slot k % 2, the previous one in the other
-            "x_prev": e(n, d),  # the last point, for a lower-precision state (see the module docstring)
             "hg_prev": e(n, d),  # H⁺ g_prev of the last step, which stepped by −hg_prev
             "g_norm": torch.empty(n, 2, dtype=torch.float32, device=x.device),  # ‖g‖ by turns
+            "X0": e(n, d),  # the next point, by turns in X0 and X1: the point being evaluated is
+            "X1": e(n, d),  # never overwritten by the step that follows it
+            "hg": e(n, d),
         }
-        # the next point goes to X0 and X1 by turns, so the point being evaluated is never overwritten
-        return state | {name: e(n, d) for name in SCRATCH}
+        if not self.evaluates_its_own_points(x, acc_dtype):  # Δx from the points themselves
+            state |= {"x_prev": e(n, d), "dx": e(n, d)}
+        return state
 
     def residual_out(self, state: State, k: int) -> torch.Tensor:
         return state["G"][:, k % 2]
