@@ -25,6 +25,8 @@ _EXPORTS = {
     "Unrolled": "deqloop.adjoint",
     "Truncated": "deqloop.adjoint",
     "NoGrad": "deqloop.adjoint",
+    "Neumann": "deqloop.adjoint",
+    "BackwardWarning": "deqloop.adjoint",
     "LoopedDEQ": "deqloop.model",
     "LoopOutput": "deqloop.model",
     "Run": "deqloop.run",
@@ -47,7 +49,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from deqloop.adjoint import Backward, BackwardError, Implicit, NoGrad, Phantom, Truncated, Unrolled
+    from deqloop.adjoint import (Backward, BackwardError, BackwardWarning, Implicit, Neumann, NoGrad, Phantom,
+                                  Truncated, Unrolled)
     from deqloop.equilibrium import fixed_point
     from deqloop.run import Run
     from deqloop.model import LoopedDEQ, LoopOutput

@@ -226,6 +226,9 @@ def _power(op, B, n, k, tol, maxiter, gen, jac) -> EigenEstimate:
 
 
 def _arpack(jac: LoopJacobian, *, k: int, ncv: int, tol: float, maxiter: int, generator: torch.Generator) -> EigenEstimate:
+    from deqloop.extras import require
+
+    require("scipy", "eig_method='arpack'")
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
     B, n = jac.batch, jac.dim

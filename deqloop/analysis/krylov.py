@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import numpy as np
-import scipy.linalg
 import torch
 from torch import Tensor
 
+from deqloop.extras import require
 from deqloop.validate import integer, number
 
 __all__ = [
@@ -106,6 +106,11 @@ def _orthogonalize(V: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
     return w, h + h2
 
 
+def _linalg():
+    """``scipy.linalg`` (the ``analysis`` extra), for the small dense eigen- and Schur problems."""
+    return require("scipy.linalg", "krylov_schur (the spectrum of deqloop analyze)")
+
+
 def _check_tol(name: str, value: float) -> float:
     return number(name, value, low=0, high=1, high_open=True)
 
@@ -117,7 +122,7 @@ def _check_tol(name: str, value: float) -> float:
 def _ritz(Hb: np.ndarray, rb: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
     """Ritz values of ``Hb``, wanted ones first (by decreasing modulus for ``"LM"``, increasing
     for ``"SM"``), and the residual norms ``|rbᵀ y|`` of their pairs."""
-    w, Y = scipy.linalg.eig(Hb)
+    w, Y = _linalg().eig(Hb)
     order = np.argsort(-np.abs(w) if which == "LM" else np.abs(w), kind="stable")
     w, Y = w[order], Y[:, order]
     Y = Y / np.linalg.norm(Y, axis=0, keepdims=True)
@@ -250,9 +255,9 @@ def krylov_schur(
                 continue
             thr = 0.5 * (abs(w[s - 1]) + abs(w[s]))
             if which == "LM":
-                T, Z, sdim = scipy.linalg.schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) > thr)
+                T, Z, sdim = _linalg().schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) > thr)
             else:
-                T, Z, sdim = scipy.linalg.schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) < thr)
+                T, Z, sdim = _linalg().schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) < thr)
             if not 0 < sdim < mb:
                 finished[i] = True
                 continue

@@ -23,6 +23,7 @@ import os
 import sys
 from typing import NoReturn
 
+from deqloop import __version__
 from deqloop.errors import DeqloopError
 
 __all__ = ["CLIError", "build_parser", "main"]
@@ -77,6 +78,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = Parser(prog="deqloop", description="Looped transformers as deep equilibrium models: train on easy "
                     "problems, solve harder ones by iterating longer.",
                     epilog="Run 'deqloop COMMAND --help' for a command's options.")
+    parser.add_argument("--version", action="version", version=f"deqloop {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     train.add(sub, task)
     evaluate.add(sub)

@@ -32,7 +32,9 @@ def make_torchdeq_solver(name: str) -> Callable[..., Solution]:
         raise ValueError(f"unknown torchdeq solver {name!r}; known: {', '.join(TORCHDEQ_METHODS)}")
 
     def run(f, z0, *, rtol=1e-4, atol=0.0, max_iter=50, trace=False, **options: Any) -> Solution:
-        from torchdeq.solver import get_solver
+        from deqloop.extras import require
+
+        get_solver = require("torchdeq.solver", f"method 'torchdeq:{name}'").get_solver
 
         rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
         known_keys(options, sorted(_OPTIONS[name]), f"method 'torchdeq:{name}'")

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from deqloop import seeds
+from deqloop.extras import MissingExtraError
 from deqloop.errors import ConfigError
 from deqloop.validate import choice, integer, known_keys
 
@@ -196,6 +197,8 @@ def _import(path: str) -> type[Task]:
         raise ConfigError(f"a task path must look like 'package.module:ClassName', got {path!r}")
     try:
         obj: Any = importlib.import_module(module)
+    except MissingExtraError:
+        raise  # it names the extra to install
     except ImportError as e:
         raise ConfigError(f"cannot import task module {module!r} ({e}); is it on PYTHONPATH?") from e
     for part in qualname.split("."):

@@ -21,7 +21,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
-import chess
+from deqloop.extras import require
+
+require("chess", "the chess task")
+import chess  # noqa: E402
 import torch
 from torch import Tensor
 

@@ -26,7 +26,10 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-import chess
+from deqloop.extras import require
+
+require("chess", "the chess baselines")
+import chess  # noqa: E402
 import torch
 from torch import Tensor
 

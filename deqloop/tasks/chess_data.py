@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-import chess
+from deqloop.extras import require
+
+require("chess", "the chess task")
+import chess  # noqa: E402
 import numpy as np
 import torch
 from torch import Tensor

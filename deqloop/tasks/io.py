@@ -128,7 +128,9 @@ def iter_lines(path: str | Path, rows: Rows) -> Iterator[tuple[int, str]]:
         stream: io.BufferedIOBase = raw
         corrupt: tuple[type[Exception], ...] = ()
         if path.suffix == ".zst":
-            import zstandard
+            from deqloop.extras import require
+
+            zstandard = require("zstandard", f"reading the compressed file {path}")
 
             stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore[arg-type]
             corrupt = (zstandard.ZstdError,)
