@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import math
 
+from deqloop.analysis import WEIGHT_KEYS
 from experiments import recipes_report, report, runlog, stability_report
 
 
 def _stab(step, rho, plain, backward=0.5):
     return {"step": step, "kind": "stability", "probe": 16, "rho": rho, "rho_max": rho + 0.5, "forward_converged": 1.0,
-            "plain_converged": plain, "backward_converged": backward, "init_distance": 0.125, "grad_norm/mlp": 3.0}
+            "plain_converged": plain, "backward_converged": backward, "init_distance": 0.125, "grad_norm/mlp": 3.0,
+            "qk_norm_product": 4.0, "attn_out_norm": 0.25, "mlp_norm_product": 2.5}
 
 
 def test_traces_keep_the_monitor_records_and_the_loss_and_skip_the_rest(tmp_path):
@@ -26,8 +28,10 @@ def test_traces_keep_the_monitor_records_and_the_loss_and_skip_the_rest(tmp_path
     t = runlog.traces(path)
     assert t["loss"] == [[10, 0.6931], [20, 0.5]]
     assert t["stability"]["fields"] == ["step", "rho", "rho_max", "forward_converged", "plain_converged",
-                                        "backward_converged", "init_distance"]
-    assert t["stability"]["rows"] == [[20, 0.9877, 1.488, 1.0, 1.0, 0.5, 0.125], [40, 1.25, 1.75, 1.0, 0.25, 0.5, None]]
+                                        "backward_converged", "init_distance", *WEIGHT_KEYS]
+    weights = [None] * 4 + [4.0, 0.25, 2.5]  # a run without recall: no injection keys
+    assert t["stability"]["rows"] == [[20, 0.9877, 1.488, 1.0, 1.0, 0.5, 0.125, *weights],
+                                      [40, 1.25, 1.75, 1.0, 0.25, 0.5, None, *weights]]
     assert runlog.traces(tmp_path / "absent.jsonl") == {"stability": {"fields": list(runlog.STABILITY_FIELDS),
                                                                       "rows": []}, "loss": []}
 

@@ -154,7 +154,7 @@ def test_a_real_size_summary_is_a_few_kilobytes(tmp_path):
     assert len(config.to_dict()) > 30
     traces = json.loads(path.read_text())["traces"]
     assert len(traces["loss"]) == runlog.TRACE_POINTS and len(traces["stability"]["rows"]) == 40
-    assert 8_000 < path.stat().st_size < 16_000
+    assert 8_000 < path.stat().st_size < 20_000  # 40 monitor records of 14 fields: about 7 kB of it
 
 
 def test_summary_path_names_a_file_per_run():

@@ -11,7 +11,8 @@
 
 The building blocks are public too: :class:`LoopJacobian` (batched JVPs/VJPs of the loop map),
 :func:`leading_eigenvalues`, :func:`sigma_max`, :func:`resolvent_norm`,
-:func:`input_sensitivity`, :func:`local_smoothness`, and :func:`plot_report` for figures.
+:func:`input_sensitivity`, :func:`local_smoothness`, :func:`weight_diagnostics` (the paper's
+ρ(W_x), ‖W_x‖₂, ... of the block's weights), and :func:`plot_report` for figures.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenva
 from deqloop.analysis.norms import resolvent_norm, sigma_max
 from deqloop.analysis.report import REGIMES, StabilityReport
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness
+from deqloop.analysis.weights import WEIGHT_KEYS, weight_diagnostics
 
 __all__ = [
     "EIG_METHODS",
@@ -29,6 +31,7 @@ __all__ = [
     "AnalysisOptions",
     "LoopJacobian",
     "StabilityReport",
+    "WEIGHT_KEYS",
     "analyze",
     "input_sensitivity",
     "leading_eigenvalues",
@@ -36,6 +39,7 @@ __all__ = [
     "plot_report",
     "resolvent_norm",
     "sigma_max",
+    "weight_diagnostics",
 ]
 
 

@@ -11,6 +11,9 @@ Stages, in order (each can be left out through ``measures``, except reachability
 5. ``"sensitivity"`` — ‖∂z*/∂e · v‖ by the implicit function theorem.
 6. ``"smoothness"`` — ‖Δz*‖ / ‖Δe‖ for a small perturbation.
 7. ``"backward"`` — the model's implicit backward solve for a random cotangent.
+
+The paper's weight diagnostics (:func:`deqloop.analysis.weights.weight_diagnostics`) need no
+input and are always included.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from deqloop.analysis.norms import RESOLVENT_METHODS, resolvent_norm, sigma_max
 from deqloop.analysis.reachability import agreement, count_distinct, relative_spread, solve_from
 from deqloop.analysis.report import StabilityReport, regimes
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions
+from deqloop.analysis.weights import weight_diagnostics
 from deqloop import inputs
 from deqloop.errors import ConfigError, InputTypeError
 from deqloop.model import INITS
@@ -247,6 +251,7 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
             converged_fraction=reach[ref].converged_fraction,
             distinct_fixed_points=count_distinct(zc, opts.cluster_rtol),
             fixed_point_spread=relative_spread(zc),
+            weights=weight_diagnostics(model),
         )
 
         if needs_jacobian:

@@ -82,6 +82,8 @@ class StabilityReport:
         local_smoothness: ‖Δz*‖ / ‖Δe‖ for a small random input perturbation.
         backward_converged, backward_iterations, backward_residual: the implicit backward
             solve for a random unit cotangent, with the model's backward options.
+        weights: the paper's weight diagnostics (:func:`deqloop.analysis.weights.weight_diagnostics`:
+            ρ(W_x), ‖W_x‖₂, ..., keys that apply to the model); they need no input.
         timings: seconds per stage.
     """
 
@@ -110,6 +112,7 @@ class StabilityReport:
     backward_converged: Tensor | None = None
     backward_iterations: Tensor | None = None
     backward_residual: Tensor | None = None
+    weights: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     # -- serialization ---------------------------------------------------------------------
@@ -130,7 +133,7 @@ class StabilityReport:
                 out[f.name] = value.tolist()
             elif f.name == "reachability":
                 out[f.name] = {k: r.to_dict() for k, r in value.items()}
-            elif f.name in ("agreement", "timings"):
+            elif f.name in ("agreement", "timings", "weights"):
                 out[f.name] = {k: _f(v) for k, v in value.items()}
             elif isinstance(value, float):
                 out[f.name] = _f(value)
@@ -166,7 +169,7 @@ class StabilityReport:
                 values[name] = torch.tensor(v, dtype=torch.long)
             elif name == "reachability":
                 values[name] = {k: Reachability.from_dict(r) for k, r in v.items()}
-            elif name in ("agreement", "timings"):
+            elif name in ("agreement", "timings", "weights"):
                 values[name] = {k: _nan(x) for k, x in v.items()}
             elif name == "fixed_point_spread" or name == "converged_fraction":
                 values[name] = _nan(v)
@@ -238,9 +241,17 @@ class StabilityReport:
             delta = self.options.get("delta")
             counts = ", ".join(f"{k} {n}" for k, n in self.regime_counts().items())
             lines.append(f"regime (δ = {delta:g}): {counts}")
+        if self.weights:
+            lines.append("weights: " + ", ".join(f"{_WEIGHT_LABELS.get(k, k)} {_fmt(v)}" for k, v in self.weights.items()
+                                                 if "/" not in k))
         if self.timings:
             lines.append("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items()))
         return "\n".join(lines)
+
+
+_WEIGHT_LABELS = {"injection_spectral_radius": "ρ(W_x)", "injection_norm": "‖W_x‖", "injection_norm_ratio": "‖W_x‖/‖W_h‖",
+                  "injection_condition": "σ₁/σ_last(W_x)", "qk_norm_product": "‖W_Q‖‖W_K‖", "attn_out_norm": "‖W_O‖",
+                  "mlp_norm_product": "‖W₁‖‖W₂‖"}
 
 
 def _f(v: float) -> float | None:

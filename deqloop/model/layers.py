@@ -96,6 +96,13 @@ class Block(nn.Module):
         h = self.attn_res(h, e, self.attn, cos, sin, mask)
         return self.mlp_res(h, e, self.mlp)  # (B, N, D)
 
+    def injection_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The recall maps' weights ``(W_x, W_h)`` (on the state, on the input) by where they act:
+        ``{"external": ...}``, ``{"attn": ..., "mlp": ...}`` for internal recall (one pair per
+        sublayer); empty without recall. Read by :mod:`deqloop.analysis.weights`."""
+        maps = {"external": self.inject, "attn": self.attn_res.inject, "mlp": self.mlp_res.inject}
+        return {name: (m.w_z.weight, m.w_e.weight) for name, m in maps.items() if m is not None}
+
 
 class Readout(nn.Module):
     """Per-token head: RMSNorm → Linear → GELU → Linear(num_classes)."""

@@ -18,6 +18,10 @@ split with its own seed stream) each measurement records, with the model's solve
   cotangent (as :func:`deqloop.analysis.analyze` measures it).
 * ``init_distance``: the median over the probe of ‖z*_e − z*_0‖ / max(‖z*_e‖, ‖z*_0‖) between the
   fixed points the solver reaches from z₀ = e and from z₀ = 0.
+* the paper's weight diagnostics (:func:`deqloop.analysis.weights.weight_diagnostics`):
+  ``injection_spectral_radius`` ρ(W_x), ``injection_norm`` ‖W_x‖₂, ``injection_norm_ratio``
+  ‖W_x‖₂/‖W_h‖₂, ``injection_condition`` σ₁/σ_last(W_x) (with recall), ``qk_norm_product``
+  ‖W_Q‖₂‖W_K‖₂, ``attn_out_norm`` ‖W_O‖₂, ``mlp_norm_product`` ‖W₁‖₂‖W₂‖₂.
 * ``grad_norm/<group>``: the gradient norm of each parameter group (:data:`GROUPS`), when given.
 
 Every random draw comes from generators of ``(seed, seeds.MONITOR, step)``; the global RNGs are not
@@ -162,6 +166,7 @@ class StabilityMonitor:
         record of the module docstring (``grad_norms`` are merged in)."""
         from deqloop.analysis.analyze import _backward_stats
         from deqloop.analysis.reachability import solve_from
+        from deqloop.analysis.weights import weight_diagnostics
 
         model, s = self.model, self.model.config.solve
         gen = seeds.generator(self.seed, seeds.MONITOR, step)
@@ -196,6 +201,7 @@ class StabilityMonitor:
             "backward_converged": float(b_conv.double().mean()),
             "backward_iterations": float(b_iters.double().mean()),
             "init_distance": _median(distance),
+            **weight_diagnostics(model),
         }
         record.update(grad_norms or {})
         return record
