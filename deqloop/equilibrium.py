@@ -16,14 +16,16 @@ from typing import Any, Callable
 import torch
 
 from deqloop.adjoint import BACKWARD_MODES, Backward, BackwardError, BackwardWarning, as_backward
+from deqloop import inputs
 from deqloop.solvers import Solution
+from deqloop.solvers.packing import Packing, packed_map
 
 __all__ = ["BACKWARD_MODES", "BackwardError", "BackwardWarning", "fixed_point"]
 
 
 def fixed_point(
-    f: Callable[[torch.Tensor], torch.Tensor],
-    z0: torch.Tensor,
+    f: Callable[[Any], Any],
+    z0: Any,
     method: str | None = None,
     backward: str | Backward = "implicit",
     *,
@@ -35,8 +37,13 @@ def fixed_point(
     check_every: int | None = None,
     trace: bool = False,
     **options: Any,
-) -> tuple[torch.Tensor, Solution]:
+) -> tuple[Any, Solution]:
     """Solve f(z) = z from ``z0`` and return ``(z_star, solution)`` with ``z_star`` differentiable.
+
+    ``z0`` is a batch-first tensor or a tuple, list or dict of them (a multi-branch state, solved
+    as one ``(B, N)`` tensor per sample, see :mod:`deqloop.solvers.packing`); ``z_star`` and
+    ``solution.z`` then have its structure, and every backward mode differentiates through the
+    whole state.
 
     Forward arguments are those of :func:`deqloop.solve` (``method`` defaults to ``"anderson"``;
     the unrolled mode always iterates plainly). ``backward`` is a :class:`~deqloop.adjoint.Backward`
@@ -48,5 +55,13 @@ def fixed_point(
     ``z0`` not a floating-point ``(B, ...)`` tensor with ``B ≥ 1`` and finite entries).
     """
     adjoint = as_backward(backward, backward_options)
+    if not isinstance(z0, torch.Tensor):
+        inputs.callable_map("f", f)
+        packing = Packing.of("z0", z0)
+        z, sol = adjoint.solve(packed_map(f, packing), packing.pack(z0, "z0"), method=method, options=options,
+                               rtol=rtol, atol=atol, max_iter=max_iter, throw=throw, check_every=check_every,
+                               trace=trace)
+        sol.z = packing.unpack(sol.z)
+        return packing.unpack(z), sol
     return adjoint.solve(f, z0, method=method, options=options, rtol=rtol, atol=atol, max_iter=max_iter,
                          throw=throw, check_every=check_every, trace=trace)

@@ -19,6 +19,7 @@ from deqloop.solvers.anderson import Anderson
 from deqloop.solvers.base import BatchedMap, KeptRows, Solver, SubsettableMap
 from deqloop.solvers.broyden import Broyden
 from deqloop.solvers.loop import run_solver
+from deqloop.solvers.packing import Packing, packed_map
 from deqloop.solvers.picard import Picard
 from deqloop.solvers.solution import (
     BackwardStats,
@@ -84,8 +85,8 @@ def get_solver(method: str, **options: Any) -> Solver | SolveFn:
 
 
 def solve(
-    f: Callable[[torch.Tensor], torch.Tensor],
-    z0: torch.Tensor,
+    f: Callable[[Any], Any],
+    z0: Any,
     method: str = "anderson",
     *,
     rtol: float = 1e-4,
@@ -101,6 +102,11 @@ def solve(
     **options: Any,
 ) -> Solution:
     """Find z with f(z) = z for every sample of the batch ``z0`` (shape ``(B, ...)``).
+
+    ``z0`` may also be a tuple, list or dict (nested) of tensors sharing the batch dimension, e.g.
+    the branches of a multi-resolution model; ``f`` then takes and returns that structure, and
+    every per-sample quantity (norms, convergence, the solvers' memory) is over all of a sample's
+    leaves together (see :mod:`deqloop.solvers.packing`). ``Solution.z`` has ``z0``'s structure.
 
     Args:
         f: map from ``(B, ...)`` to the same shape. It may close over parameters; the solve runs
@@ -141,6 +147,15 @@ def solve(
     ``NONFINITE``.
     """
     inputs.callable_map("f", f)
+    if not isinstance(z0, torch.Tensor):  # a tree of tensors: solved as one (B, N) tensor
+        packing = Packing.of("z0", z0)
+        sol = solve(packed_map(f, packing), packing.pack(z0, "z0"), method, rtol=rtol, atol=atol,
+                    max_iter=max_iter, check_every=check_every, divergence=divergence, trace=trace, keep=keep,
+                    return_image=return_image, check_input=check_input, **options)
+        sol.z = packing.unpack(sol.z)
+        if throw:
+            sol.raise_on_failure()
+        return sol
     if check_input:
         inputs.finite("z0", inputs.state("z0", z0))
     solver = get_solver(method, **options)

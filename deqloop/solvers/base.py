@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from deqloop.solvers.packing import map_leaves
 from deqloop.validate import known_keys
 
 State = dict[str, torch.Tensor]
@@ -129,17 +130,20 @@ class SubsettableMap(Protocol):
 class BatchedMap:
     """``z ↦ fn(z, *batched)`` whose extra arguments share the batch dimension of ``z``.
 
+    Each batched argument is a tensor or a tuple, list or dict of tensors (every leaf indexed
+    on its first dimension), as is the state ``z`` (see :mod:`deqloop.solvers.packing`).
+
     Lets :func:`deqloop.solve` evaluate only the samples still being solved: ``select(index)``
     indexes every batched argument. Use it when ``f`` closes over per-sample inputs, e.g.
     ``BatchedMap(model.step, e)`` instead of ``lambda z: model.step(z, e)``.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], *batched: torch.Tensor):
+    def __init__(self, fn: Callable[..., Any], *batched: Any):
         self.fn = fn
         self.batched = batched
 
-    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+    def __call__(self, z: Any) -> Any:
         return self.fn(z, *self.batched)
 
     def select(self, index: torch.Tensor) -> "BatchedMap":
-        return BatchedMap(self.fn, *(b.index_select(0, index) for b in self.batched))
+        return BatchedMap(self.fn, *(map_leaves(lambda t: t.index_select(0, index), b) for b in self.batched))

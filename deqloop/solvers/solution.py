@@ -86,7 +86,8 @@ class Solution:
     """Result of :func:`deqloop.solve`.
 
     Attributes:
-        z: ``(B, ...)`` best iterate per sample (smallest residual ‖f(z) − z‖ seen).
+        z: ``(B, ...)`` best iterate per sample (smallest residual ‖f(z) − z‖ seen); for a state
+            that is a tuple, list or dict of tensors, that structure.
         converged: ``(B,)`` bool, ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖`` reached.
         residual: ``(B,)`` float32 relative residual ``‖f(z) − z‖ / (‖f(z)‖ + ε)`` at ``z``.
         abs_residual: ``(B,)`` float32 ``‖f(z) − z‖`` at ``z``.
@@ -102,7 +103,7 @@ class Solution:
             :class:`~deqloop.adjoint.Implicit` mode's own when it attaches its gradient.
     """
 
-    z: torch.Tensor
+    z: Any  # a tensor, or the tree of tensors the state was given as
     converged: torch.Tensor
     residual: torch.Tensor
     abs_residual: torch.Tensor
@@ -116,7 +117,7 @@ class Solution:
 
     @property
     def batch_size(self) -> int:
-        return int(self.z.shape[0])
+        return int(self.converged.shape[0])
 
     def failures(self) -> dict[int, str]:
         """Map sample index → status name, for samples that did not converge."""
