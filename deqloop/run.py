@@ -23,7 +23,7 @@ from deqloop.checkpoint import CheckpointError, load_checkpoint, load_model
 from deqloop.errors import ConfigError, DeqloopError
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_names
-from deqloop.train.config import TrainConfig
+from deqloop.train.config import TrainConfig, upgrade_stored
 
 __all__ = ["Run"]
 
@@ -57,7 +57,7 @@ class Run:
             values = {**state["train_config"], "resume": False, "overwrite": False}
             _import_task(values.get("task"), state.get("task_class"))
             try:
-                config = TrainConfig.from_dict(values)
+                config = TrainConfig.from_dict(upgrade_stored(values))  # fields it predates: as it ran
             except DeqloopError as e:
                 raise CheckpointError(f"{path}: its training config no longer builds: {e}") from e
         if task is None and config is not None:

@@ -17,6 +17,7 @@ from deqloop.cli import main as deqloop
 # from an example's defaults when the command line asks for another loss without a warm start, so
 # that `--loss equilibrium` works with every example as it stands.
 PROGRESSIVE_ONLY = ("--alpha", "--depth-offset")
+PROGRESSIVE_SWITCHES = ("--detach-z0", "--no-detach-z0")  # the same, flags without a value
 WARM_START = ("--pretrain-steps",)
 
 
@@ -45,6 +46,8 @@ def defaults_for(train_defaults: list[str], argv: list[str]) -> list[str]:
             skip = False
         elif a in PROGRESSIVE_ONLY:
             skip = True  # and its value
+        elif a in PROGRESSIVE_SWITCHES:
+            continue
         elif not a.startswith(tuple(f + "=" for f in PROGRESSIVE_ONLY)):
             kept.append(a)
     return kept

@@ -130,6 +130,8 @@ def test_examples_drop_the_progressive_losss_defaults_for_fixed_point_training()
     assert recipe.defaults_for(defaults, ["--loss", "equilibrium"]) == ["--task", "sudoku", "--loss", "progressive",
                                                                        "--max-iter", "16"]
     assert recipe.defaults_for(defaults, ["--loss=equilibrium"]) == recipe.defaults_for(defaults, ["--loss", "equilibrium"])
+    assert recipe.defaults_for(defaults + ["--detach-z0"], ["--loss", "equilibrium"]) == ["--task", "sudoku", "--loss",
+                                                                                         "progressive", "--max-iter", "16"]
     # the last --loss wins; a warm start keeps them (it trains with the progressive loss first)
     assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--loss", "progressive"]) == defaults
     assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--pretrain-steps", "100"]) == defaults

@@ -21,6 +21,8 @@ from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
 from deqloop.tasks.prefix_sums import PrefixSums
 from deqloop.train import Batches, TrainConfig, Trainer, TrainingError, progressive_draw, read_metrics, train
 from deqloop.train.metrics import TIMING_FIELDS
+from deqloop.train.config import upgrade_stored
+from deqloop.run import Run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,6 +74,8 @@ def test_config_rejects_unknown_keys_and_lists_allowed():
         ({"loss": "progressive", "backward": "implicit"}, "backward and backward_options apply to loss='equilibrium'"),
         ({"alpha": 0.5, "pretrain_steps": 0}, "alpha weighs the progressive loss"),
         ({"loss": "progressive", "alpha": 1.5}, r"alpha must be a finite number in \[0, 1\], got 1.5"),
+        ({"detach_z0": True}, "detach_z0 shapes the progressive loss"),
+        ({"loss": "progressive", "detach_z0": 1}, "detach_z0 must be True or False, got 1"),
         ({"task": "sudoku", "task_options": {"length": 8}},
          r"task 'sudoku' got unknown key\(s\) \['length'\]; allowed: train_band, "),
         ({"task_options": {"length": 8, "min_length": 9}}, r"min_length \(9\) exceeds length \(8\)"),
@@ -96,6 +100,18 @@ def test_config_rejects_unknown_keys_and_lists_allowed():
 def test_config_rejects_impossible_combinations(values, message):
     with pytest.raises(ConfigError, match=message):  # a ValueError (unknown keys also a TypeError)
         TrainConfig(**values)
+
+
+def test_the_progressive_loss_defaults_to_the_papers_form_and_old_configs_keep_theirs():
+    c = TrainConfig(loss="progressive")
+    assert (c.alpha, c.detach_z0) == (1.0, False)  # the paper's: alpha 1, z0's gradient kept at n = 0
+    assert TrainConfig().alpha == 0.0  # the equilibrium loss; its warm start keeps plain backpropagation
+    assert TrainConfig(loss="equilibrium", pretrain_steps=5, steps=10).alpha == 0.0
+    assert TrainConfig(loss="equilibrium", pretrain_steps=5, steps=10, alpha=1.0, detach_z0=True).detach_z0
+    stored = TrainConfig(loss="progressive", alpha=0.5).to_dict()
+    del stored["detach_z0"]  # a config stored before the field existed ran with z0 detached
+    assert upgrade_stored(stored)["detach_z0"] is True and "detach_z0" not in stored
+    assert upgrade_stored({**stored, "detach_z0": False})["detach_z0"] is False
 
 
 def test_unrolled_training_iterates_plainly_whatever_the_solver():
@@ -252,6 +268,18 @@ def test_an_existing_run_is_not_overwritten_without_asking(tmp_path):
     Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, overwrite=True))
     with pytest.raises(TrainingError, match=r"the config differs \(lr: 0.003 → 0.001\)"):
         Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, lr=1e-3, resume=True))
+
+
+def test_a_run_stored_before_detach_z0_existed_resumes_with_z0_detached(tmp_path):
+    train(tiny_config(tmp_path, steps=2, warmup_steps=0, alpha=0.5, detach_z0=True))
+    path = tmp_path / "last.pt"
+    state = torch.load(path, weights_only=True)
+    del state["train_config"]["detach_z0"]
+    torch.save(state, path)
+    with pytest.raises(TrainingError, match=r"the config differs \(detach_z0: True → False\)"):
+        Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, alpha=0.5, resume=True))
+    assert Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, alpha=0.5, detach_z0=True, resume=True)).step_count == 2
+    assert Run.load(path).config.detach_z0 is True
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path):

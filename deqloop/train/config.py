@@ -24,11 +24,12 @@ from deqloop.adjoint import Backward, Implicit, as_backward
 from deqloop.device import check_device
 from deqloop.errors import ConfigError
 from deqloop.model import INITS, Architecture, LoopedDEQConfig, SolveSettings
-from deqloop.tasks import DEFAULT_TASK, Task, get_task
+from deqloop.tasks import DEFAULT_TASK, Task, get_task, task_class
 from deqloop.train.tracking import LOGGERS
 from deqloop.validate import choice, integer, known_keys, number, setting
 
-__all__ = ["AMP_MODES", "DEFAULT_BACKWARD", "LOGGERS", "LOSSES", "RUNTIME_FIELDS", "SCHEDULES", "TrainConfig"]
+__all__ = ["AMP_MODES", "DEFAULT_BACKWARD", "LOGGERS", "LOSSES", "RUNTIME_FIELDS", "SCHEDULES", "STORED_DEFAULTS",
+           "TrainConfig", "upgrade_stored"]
 
 LOSSES = ("equilibrium", "progressive")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -84,8 +85,14 @@ class TrainConfig:
                                    default=None)
     backward_options: dict[str, Any] = setting("options of the backward mode as JSON, e.g. '{\"steps\": 3}' for "
                                                "phantom", default_factory=dict)
-    alpha: float = setting("progressive loss: weight of the truncated (n free + k graded) term; 0 is plain "
-                           "backpropagation through max_iter iterations", default=0.0)
+    alpha: float | None = setting("progressive loss: weight of the truncated term (n ~ U{0..T−1} iterations "
+                                  "without gradient, then k ~ U{1..T−n} graded); 1 - alpha weighs the loss after "
+                                  "all T iterations, backpropagated through them (0: plain backpropagation). Default "
+                                  "1 for loss=progressive (the paper's), 0 for an equilibrium warm start",
+                                  default=None)
+    detach_z0: bool = setting("progressive loss: detach z0 when the draw is n = 0 (deqloop's earlier form); by "
+                              "default the k graded iterations then start from z0 = e with its gradient, so the "
+                              "embedding learns through z0 (the paper's)", default=False)
     solver: str = setting("forward solver (equilibrium loss, adaptive evaluation): anderson, picard, broyden, "
                           "torchdeq:<name>", default="anderson")
     solver_options: dict[str, Any] = setting("solver options as JSON, e.g. '{\"m\": 5}'", default_factory=dict)
@@ -159,7 +166,7 @@ class TrainConfig:
         for name in ("task_options", "solver_options", "backward_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
-        for name in ("qk_norm", "resume", "overwrite", "compile", "progress"):
+        for name in ("qk_norm", "detach_z0", "resume", "overwrite", "compile", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.out, (str, os.PathLike)):
@@ -201,6 +208,8 @@ class TrainConfig:
         self.model_config()  # architecture and solve settings are validated by the model's config
 
     def _check_loss(self) -> None:
+        if self.alpha is None:  # the paper's alpha = 1; a warm start keeps its plain-backpropagation default
+            self.alpha = 1.0 if self.loss == "progressive" else 0.0
         number("alpha", self.alpha, low=0, high=1)
         self._default_recipe()
         if self.depth_offset is not None:
@@ -226,6 +235,9 @@ class TrainConfig:
             if self.alpha != 0.0 and not self.pretrain_steps:
                 raise ConfigError("alpha weighs the progressive loss; it needs loss='progressive' or a warm start "
                                   "(pretrain_steps > 0)")
+            if self.detach_z0 and not self.pretrain_steps:
+                raise ConfigError("detach_z0 shapes the progressive loss; it needs loss='progressive' or a warm "
+                                  "start (pretrain_steps > 0)")
             if self.pretrain_steps >= self.steps:
                 raise ConfigError(f"pretrain_steps ({self.pretrain_steps}) must be below steps ({self.steps}): the "
                                   "equilibrium loss would never train")
@@ -315,3 +327,23 @@ class TrainConfig:
         """Build from a plain dict; unknown keys are an error that lists the allowed ones."""
         known_keys(values, [f.name for f in dataclasses.fields(cls)], "TrainConfig")
         return cls(**values)
+
+
+STORED_DEFAULTS: dict[str, Any] = {"detach_z0": True}
+"""What a stored config that lacks a field ran with: the form before the field existed (a run
+trained before ``detach_z0`` existed detached z₀)."""
+
+
+def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A stored training config (a checkpoint's or ``config.json``'s) with the fields it predates
+    filled in as that run ran them: :data:`STORED_DEFAULTS`, and for the task's settings its class's
+    ``stored_defaults`` (e.g. an earlier chess encoding). A new dict; ``values`` is not changed."""
+    out = {**{k: v for k, v in STORED_DEFAULTS.items() if k not in values}, **values}
+    options = values.get("task_options")
+    if isinstance(options, dict):
+        try:
+            legacy = getattr(task_class(values.get("task", DEFAULT_TASK)), "stored_defaults", {})
+        except ConfigError:  # an unknown task fails where the config is built, with its own message
+            legacy = {}
+        out["task_options"] = {**{k: v for k, v in legacy.items() if k not in options}, **options}
+    return out

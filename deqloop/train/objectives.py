@@ -27,6 +27,14 @@
   followed by ``k ~ U{1..depth−n}`` with gradient. ``alpha=0`` is plain backpropagation through
   the iterations, which are exactly those of :meth:`LoopedDEQ.trajectory` (the evaluation's).
 
+  The paper's form is the default (``--loss progressive``: ``alpha = 1``, training depth 30 in its
+  runs): the draw is ``deepthinking/utils/training.py:118-121`` of the authors' code (``randrange``
+  over the same ranges), and at ``n = 0`` the ``k`` graded iterations start from z₀ = e *with* its
+  gradient (``training.py:154-171``: no interim state is passed, so the model starts from its
+  input projection, ``deepthinking/models/transformer.py:147-151``), so the embedding also learns
+  through z₀ — with recall ``none`` that is its only gradient. ``detach_z0=True`` is deqloop's
+  earlier form: z₀ detached at ``n = 0`` as at every other ``n``.
+
 Objectives are ``nn.Module``\\ s wrapping the model, so DistributedDataParallel can wrap them.
 """
 
@@ -65,7 +73,9 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | No
 
 
 def progressive_draw(seed: int, step: int, depth: int) -> tuple[int, int]:
-    """The progressive loss's ``(n, k)`` of a step: n ~ U{0..depth−1}, k ~ U{1..depth−n}."""
+    """The progressive loss's ``(n, k)`` of a step: n ~ U{0..depth−1}, k ~ U{1..depth−n} (the
+    paper's ``rand_method="basic"``, ``deepthinking/utils/training.py:118-121``), so
+    P(n, k) = 1 / (depth · (depth − n))."""
     g = seeds.generator(seed, seeds.PROGRESSIVE, step)
     n = int(torch.randint(0, depth, (1,), generator=g))
     k = int(torch.randint(1, depth - n + 1, (1,), generator=g))
@@ -168,11 +178,16 @@ class Equilibrium(Objective):
 
 
 class Progressive(Objective):
-    """The deep-thinking loss (see the module docstring), with ``(n, k)`` drawn from ``(seed, step)``."""
+    """The deep-thinking loss (see the module docstring), with ``(n, k)`` drawn from ``(seed, step)``.
 
-    def __init__(self, model: LoopedDEQ, *, alpha: float, seed: int, loss_mask: MaskFn | None = None):
+    ``alpha`` weighs the truncated term (1: the paper's, only it); ``detach_z0`` (default
+    ``False``, the paper's) cuts the gradient through z₀ when the draw is ``n = 0``.
+    """
+
+    def __init__(self, model: LoopedDEQ, *, alpha: float = 1.0, seed: int, detach_z0: bool = False,
+                 loss_mask: MaskFn | None = None):
         super().__init__(model, loss_mask)
-        self.alpha, self.seed = alpha, seed
+        self.alpha, self.seed, self.detach_z0 = alpha, seed, detach_z0
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, depth: int, step: int):
         m, alpha = self.model, self.alpha
@@ -192,7 +207,9 @@ class Progressive(Objective):
             loss = loss + (1.0 - alpha) * cross_entropy(logits, y, mask)
             residual = relative_residual(z, z_prev)
         if alpha > 0.0:  # n iterations without gradient, then k with
-            if z_n is None:
+            if n == 0 and not self.detach_z0:
+                z_n = z0  # the paper's: the graded iterations start from z0 with its gradient
+            elif z_n is None:
                 with torch.no_grad():
                     z_n = m.iterate(z0.detach(), e, n)
             z_prev = z = z_n
@@ -238,11 +255,13 @@ class WarmStart(Objective):
 def build_objective(model: LoopedDEQ, config: Any, loss_mask: MaskFn | None = None) -> Objective:
     """The objective a :class:`~deqloop.train.TrainConfig` asks for; ``loss_mask`` as :class:`Objective`'s."""
     if config.loss == "progressive":
-        return Progressive(model, alpha=config.alpha, seed=config.seed, loss_mask=loss_mask)
+        return Progressive(model, alpha=config.alpha, seed=config.seed, detach_z0=config.detach_z0,
+                           loss_mask=loss_mask)
     equilibrium = Equilibrium(model, seed=config.seed, fp_states=config.fp_states, fp_gamma=config.fp_gamma,
                               jac_reg=config.jac_reg, jac_reg_every=config.jac_reg_every,
                               train_init=config.train_init, warn_unconverged=config.implicit, loss_mask=loss_mask)
     if config.pretrain_steps:
-        warm = Progressive(model, alpha=config.alpha, seed=config.seed, loss_mask=loss_mask)
+        warm = Progressive(model, alpha=config.alpha, seed=config.seed, detach_z0=config.detach_z0,
+                           loss_mask=loss_mask)
         return WarmStart(warm, equilibrium, config.pretrain_steps, config.plain_depth)
     return equilibrium

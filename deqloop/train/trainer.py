@@ -36,7 +36,7 @@ from deqloop.eval.curves import accuracy_by_iterations
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_spec
 from deqloop.train import runtime
-from deqloop.train.config import RUNTIME_FIELDS, TrainConfig
+from deqloop.train.config import RUNTIME_FIELDS, TrainConfig, upgrade_stored
 from deqloop.train.data import Batches
 from deqloop.train.interrupt import StopSignals
 from deqloop.train.metrics import MetricsLog
@@ -173,6 +173,7 @@ class Trainer:
         saved = state.get("train_config")
         if saved is None or "optimizer" not in state:
             raise TrainingError(f"{path} holds model weights only, not a resumable run")
+        saved = upgrade_stored(saved)  # fields the run predates: as it ran them
         ours = self.config.to_dict()
         differ = sorted(k for k in set(saved) | set(ours) if k not in RUNTIME_FIELDS and saved.get(k) != ours.get(k))
         if differ:
