@@ -21,6 +21,7 @@ from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
 from deqloop.tasks.prefix_sums import PrefixSums
 from deqloop.train import Batches, TrainConfig, Trainer, TrainingError, progressive_draw, read_metrics, train
 from deqloop.train.metrics import TIMING_FIELDS
+from deqloop.train import runtime
 from deqloop.train.config import upgrade_stored
 from deqloop.run import Run
 
@@ -112,6 +113,33 @@ def test_the_progressive_loss_defaults_to_the_papers_form_and_old_configs_keep_t
     del stored["detach_z0"]  # a config stored before the field existed ran with z0 detached
     assert upgrade_stored(stored)["detach_z0"] is True and "detach_z0" not in stored
     assert upgrade_stored({**stored, "detach_z0": False})["detach_z0"] is False
+
+
+def test_the_papers_schedule_against_its_formula_at_chosen_steps():
+    """1 − exp(−(t + 1)/P) while t + 1 < P, then 1, ×0.1 from 60 % of training on (P = warm-up)."""
+    f = runtime.lr_schedule("paper", warmup=10, total=100, floor=0.0)
+    expected = {0: 1 - math.exp(-0.1), 4: 1 - math.exp(-0.5), 8: 1 - math.exp(-0.9), 9: 1.0, 59: 1.0, 60: 0.1, 99: 0.1}
+    assert {t: f(t) for t in expected} == pytest.approx(expected, rel=1e-12)
+    # the authors' clock, once per epoch: 100 epochs of 80 steps, warm-up period 10 epochs, ×0.1 at epoch 60
+    g = runtime.lr_schedule("paper", warmup=800, total=8000, floor=0.0, tick=80)
+    epoch = {0: 1 - math.exp(-0.1), 79: 1 - math.exp(-0.1), 80: 1 - math.exp(-0.2), 719: 1 - math.exp(-0.9),
+             720: 1.0, 4799: 1.0, 4800: 0.1, 7999: 0.1}
+    assert {t: g(t) for t in epoch} == pytest.approx(epoch, rel=1e-12)
+    assert runtime.lr_schedule("paper", warmup=0, total=10, floor=0.0)(0) == 1.0  # no warm-up
+    c = TrainConfig(schedule="paper", steps=250)
+    assert c.warmup_steps == 25 and c.schedule_tick() == 1  # a tenth of the steps, not at most 100
+    assert TrainConfig(schedule="paper", steps=250, train_size=640, batch_size=64).schedule_tick() == 10
+    with pytest.raises(ConfigError, match=r"min_lr \(0.0001\) has no place in schedule='paper'"):
+        TrainConfig(schedule="paper", min_lr=1e-4)
+
+
+def test_a_run_with_the_papers_schedule_logs_its_learning_rates(tmp_path):
+    """A pool of 16 at batch 8: the clock ticks every 2 steps; warm-up 4 steps = 2 ticks, ×0.1 from tick 3."""
+    c = tiny_config(tmp_path, steps=10, warmup_steps=4, schedule="paper", train_size=16, eval_size=0)
+    train(c)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
+    warm = 1 - math.exp(-1 / 2)
+    assert lrs == pytest.approx([3e-3 * f for f in (warm, warm, 1, 1, 1, 1, 0.1, 0.1, 0.1, 0.1)], rel=1e-9)
 
 
 def test_unrolled_training_iterates_plainly_whatever_the_solver():

@@ -32,7 +32,7 @@ __all__ = ["AMP_MODES", "DEFAULT_BACKWARD", "LOGGERS", "LOSSES", "RUNTIME_FIELDS
            "TrainConfig", "upgrade_stored"]
 
 LOSSES = ("equilibrium", "progressive")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "paper")
 EQUILIBRIUM_BACKWARDS = ("implicit", "phantom", "unrolled", "neumann")
 AMP_MODES = ("auto", "bf16", "none")
 
@@ -124,9 +124,13 @@ class TrainConfig:
     batch_size: int = setting("global batch size (split across processes)", default=64)
     lr: float = setting("peak learning rate", default=1e-3)
     min_lr: float = setting("learning rate at the end of the decay", default=0.0)
-    warmup_steps: int | None = setting("linear warmup steps (default: a tenth of the steps, at most 100)",
-                                       default=None)
-    schedule: str = setting("decay after warmup: cosine, linear or constant", default="cosine")
+    warmup_steps: int | None = setting("warm-up steps: linear for cosine, linear and constant (default: a tenth of "
+                                       "the steps, at most 100); exponential for paper (default: a tenth of the "
+                                       "steps)", default=None)
+    schedule: str = setting("learning-rate schedule: cosine, linear or constant decay after a linear warm-up; paper: "
+                            "the paper's exponential warm-up 1 − exp(−(t+1)/P) over the first tenth, constant, then "
+                            "×0.1 from six tenths of the steps on (its clock ticks once per epoch with --train-size, else "
+                            "once per step; deqloop/train/runtime.py)", default="cosine")
     weight_decay: float = setting("AdamW weight decay (not applied to norms and biases)", default=0.01)
     grad_clip: float = setting("clip the gradient norm to this (0: no clipping)", default=1.0)
     max_consecutive_skips: int = setting("stop with an error after this many steps in a row skipped for a "
@@ -195,7 +199,9 @@ class TrainConfig:
         number("lr", self.lr, low=0, low_open=True)
         number("min_lr", self.min_lr, low=0, high=self.lr)
         if self.warmup_steps is None:
-            self.warmup_steps = min(100, self.steps // 10)
+            self.warmup_steps = self.steps // 10 if self.schedule == "paper" else min(100, self.steps // 10)
+        if self.schedule == "paper" and self.min_lr:
+            raise ConfigError(f"min_lr ({self.min_lr}) has no place in schedule='paper': it ends at 0.1 × lr")
         integer("warmup_steps", self.warmup_steps, minimum=0)
         if self.warmup_steps >= self.steps:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be below steps ({self.steps})")
@@ -300,6 +306,11 @@ class TrainConfig:
         if self.depth_offset is not None:
             return self._task.propagation_depth(x) + self.depth_offset
         return self.max_iter
+
+    def schedule_tick(self) -> int:
+        """Steps per tick of the ``paper`` schedule's clock: an epoch of the fixed pool (the paper
+        steps its schedulers once per epoch), or 1 without a pool."""
+        return max(1, self.train_size // self.batch_size) if self.train_size else 1
 
     def model_config(self) -> LoopedDEQConfig:
         """The :class:`LoopedDEQConfig` this run trains."""

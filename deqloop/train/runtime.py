@@ -93,9 +93,37 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def lr_schedule(schedule: str, warmup: int, total: int, floor: float) -> Callable[[int], float]:
-    """The learning-rate multiplier of optimizer step ``step`` (0-based): linear warmup over
-    ``warmup`` steps, then ``schedule`` (cosine, linear or constant) down to ``floor``."""
+PAPER_DECAY_AT = 0.6  # the paper's schedule: ×PAPER_DECAY from this fraction of training on
+PAPER_DECAY = 0.1
+
+
+def lr_schedule(schedule: str, warmup: int, total: int, floor: float, tick: int = 1) -> Callable[[int], float]:
+    """The learning-rate multiplier of optimizer step ``step`` (0-based).
+
+    ``cosine``, ``linear``, ``constant``: linear warmup over ``warmup`` steps, then that decay down
+    to ``floor``.
+
+    ``paper``: the schedule of the paper's runs, an exponential warm-up, then constant, ×0.1 from
+    60 % of training on (``deepthinking/utils/warmup.py:115-133``, ``ExponentialWarmup``, and
+    ``MultiStepLR(milestones=[60, 100], gamma=0.1)`` over 100 epochs with ``warmup_period=10``,
+    ``deepthinking/utils/tools.py:205-211`` and ``config/problem/hyp/_default_hyperparameters.yaml``).
+    Its clock ticks once every ``tick`` steps (the authors step both schedulers once per epoch,
+    ``deepthinking/utils/training.py:535-536``; the trainer passes the steps of an epoch for a run
+    over a fixed pool, else 1). With
+    ``u = ⌊step / tick⌋``, ``P = warmup / tick`` and ``M = round(0.6 · total / tick)`` (both in
+    ticks): ``(1 − exp(−(u + 1) / P) if u + 1 < P else 1) × (0.1 if u ≥ M else 1)``.
+    ``floor`` is not used.
+    """
+    if schedule == "paper":
+        period = warmup / tick
+        milestone = round(PAPER_DECAY_AT * total / tick)
+
+        def paper(step: int) -> float:
+            u = step // tick
+            warm = 1.0 - math.exp(-(u + 1) / period) if u + 1 < period else 1.0
+            return warm * (PAPER_DECAY if u >= milestone else 1.0)
+
+        return paper
 
     def factor(step: int) -> float:
         if step < warmup:

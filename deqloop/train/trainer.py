@@ -97,7 +97,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(runtime.param_groups(self.model, c.weight_decay), lr=c.lr,
                                            fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, runtime.lr_schedule(c.schedule, c.warmup_steps, c.steps, c.min_lr / c.lr))
+            self.optimizer, runtime.lr_schedule(c.schedule, c.warmup_steps, c.steps, c.min_lr / c.lr,
+                                                tick=c.schedule_tick()))
         self.batches = Batches(self.task, c.batch_size, c.seed, train_size=c.train_size, rank=self.rank,
                                world=self.world)
         self.step_count = 0
