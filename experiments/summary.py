@@ -27,6 +27,10 @@ from experiments.runlog import traces, training_numbers
 
 SUMMARY_FORMAT = 1
 
+# the paper's number: exact-match accuracy after this many test-time iterations, at the end of
+# training (deqloop.eval.report.PAPER_ITERATIONS, written out: no torch here)
+PAPER_ITERATIONS = 500
+
 # the fields of a run's result.json, in the order a summary stores them
 KEYS = ("spec", "name", "preset", "train_config", "train_depth", "train", "eval", "analysis", "analysis_options",
         "seconds", "commit", "command", "machine", "traces")
@@ -38,16 +42,48 @@ class SummaryError(ValueError):
     """A summary or result file that cannot be read; the message names the file."""
 
 
+def accuracy_at(curves: dict[str, Any], split: str, iterations: int = PAPER_ITERATIONS) -> float | None:
+    """The accuracy on ``split`` after exactly ``iterations`` in an evaluation's ``curves``
+    (``{"iters": [...], "accuracy": {split: [...]}}``); None when that count or split was not scored."""
+    values = curves.get("accuracy", {}).get(split)
+    iters = list(curves.get("iters") or [])
+    return values[iters.index(iterations)] if values is not None and iterations in iters else None
+
+
+def best_accuracy(curves: dict[str, Any], split: str) -> list[Any] | None:
+    """``[iterations, accuracy]`` of the best count on ``split`` (the fewest iterations on ties);
+    None for a split that was not scored."""
+    values = curves.get("accuracy", {}).get(split)
+    if not values:
+        return None
+    top = max(values)
+    return [curves["iters"][values.index(top)], top]
+
+
+def paper_numbers(evaluation: dict[str, Any]) -> dict[str, Any]:
+    """``{"paper": {"iterations": 500, "accuracy": {split: acc@500 or None}}, "best": {split:
+    [iterations, accuracy]}}`` of an evaluation (``deqloop.eval.EvalReport.to_dict()``), from its
+    curves: what ``deqloop eval`` records itself since it reports the paper's number."""
+    curves = evaluation.get("curves") or {}
+    splits = list(curves.get("accuracy") or {})
+    return {"paper": {"iterations": PAPER_ITERATIONS, "accuracy": {k: accuracy_at(curves, k) for k in splits}},
+            "best": {k: best_accuracy(curves, k) for k in splits}}
+
+
 def summarize(result: dict[str, Any], metrics_path: Path | None) -> dict[str, Any]:
     """The summary of one finished run: its ``result.json`` (the fields of ``KEYS`` first, in that
     order, then any others) with the training numbers re-read from its metrics log where that
     exists, its stability and loss traces (:func:`experiments.runlog.traces`) from the same log, and
-    ``summary_format``. JSON values only: what ``json.loads`` of the written file gives."""
+    ``summary_format``. Its ``eval`` holds the paper's number, accuracy at :data:`PAPER_ITERATIONS`
+    per split, and the best over counts (:func:`paper_numbers`; filled in for a result from before
+    ``deqloop eval`` recorded them). JSON values only: what ``json.loads`` of the written file gives."""
     if not isinstance(result, dict):
         raise TypeError(f"a run's result is a dict, not {type(result).__name__}")
     out: dict[str, Any] = {"summary_format": SUMMARY_FORMAT}
     out.update((k, result[k]) for k in KEYS if k in result)
     out.update((k, v) for k, v in result.items() if k not in out)
+    if isinstance(out.get("eval"), dict) and "paper" not in out["eval"]:
+        out["eval"] = {**out["eval"], **paper_numbers(out["eval"])}
     if metrics_path is not None and Path(metrics_path).exists():
         out["train"] = {**result.get("train", {}), **training_numbers(Path(metrics_path))}
         out["traces"] = traces(Path(metrics_path))

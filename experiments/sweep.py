@@ -12,8 +12,8 @@ naming the run and the fields: its results would be reported under the wrong con
 
 Each run measures:
 
-* accuracy on the easy validation split and the hard split after each test-time iteration count,
-  and adaptively (each example iterated until it stops changing, and solved by Anderson to a
+* accuracy on the easy validation split and the hard split after each test-time iteration count
+  (the paper's number, accuracy at 500 iterations, beside the best over counts), and adaptively (each example iterated until it stops changing, and solved by Anderson to a
   tolerance), with the iterations spent;
 * the stability numbers of :func:`deqloop.analysis.analyze` on hard and validation examples,
   from z₀ = e (as the model runs) and from z₀ = 0 (where the paper's claim about recall-free
@@ -39,7 +39,7 @@ from deqloop.tasks.io import shared_data_dir
 from deqloop.train.config import RUNTIME_FIELDS
 from experiments.presets import NORMS, PRESETS, RECALLS, REGIMES, Preset, RunSpec, get_preset
 from experiments.runlog import mean, median, training_numbers
-from experiments.summary import summarize, summary_path, write_summary
+from experiments.summary import PAPER_ITERATIONS, accuracy_at, best_accuracy, summarize, summary_path, write_summary
 
 ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
 
@@ -80,6 +80,18 @@ def stability_numbers(report) -> dict[str, Any]:
         "seconds": sum(report.timings.values()),
     }
     return out
+
+
+def run_line(result: dict[str, Any], split: str = "hard") -> str:
+    """A finished run in a line: the paper's number (accuracy at 500 iterations), the best over the
+    counts, and the accuracy at each count, on ``split``."""
+    curves = result["eval"]["curves"]
+    at, best = accuracy_at(curves, split), best_accuracy(curves, split)
+    if best is None:
+        return f"no {split} split evaluated"
+    at_text = "not scored" if at is None else f"{100 * at:.1f}%"
+    return (f"{split} @{PAPER_ITERATIONS} {at_text}, best {100 * best[1]:.1f}% at {best[0]}; "
+            f"by iterations {curves['accuracy'][split]}")
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -275,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         res = run_one(preset, spec, root, data=data, device=a.device, command=command,
                       results=results)
         done += 1
-        hard = res["eval"]["curves"]["accuracy"].get("hard")
-        bar.write(f"{spec.name}: hard accuracy by iterations {hard}")
+        bar.write(f"{spec.name}: {run_line(res)}")
     return 0
 
 

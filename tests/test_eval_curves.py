@@ -3,6 +3,8 @@ the loop written out by hand, and the summaries' statistics."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -129,6 +131,57 @@ def test_iteration_sweep_settles_at_the_first_small_relative_change():
         "iterations_max": int(at.max()),
         "converged": pytest.approx(settled.double().mean().item()),
     }
+
+
+class LinearLoop(torch.nn.Module):
+    """z ← A z with A = blockdiag(2 R(θ), ½ R(θ)) on 4-dim states (one token), z₀ the input row."""
+
+    theta = 0.3
+
+    def __init__(self):
+        super().__init__()
+        c, s = math.cos(self.theta), math.sin(self.theta)
+        rot = torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+        self.A = torch.nn.Parameter(torch.block_diag(2 * rot, 0.5 * rot), requires_grad=False)
+        self.starts = torch.tensor([[1.0, 0, 0, 0], [0, 0, 1.0, 0], [1.0, 0, 1.0, 0]], dtype=torch.float64)
+
+    def embed(self, x):
+        return self.starts[x][:, None, :]  # (B, 1, 4)
+
+    def initial_state(self, e):
+        return e
+
+    def iterates(self, z, e, steps):
+        for _ in range(steps):
+            z = z @ self.A.T
+            yield z
+
+    def readout(self, z):
+        return z[..., :2]  # (B, 1, 2)
+
+
+def test_state_dynamics_of_a_linear_map_by_hand():
+    """Example 0 grows as 2^t, example 1 shrinks as 2^−t, example 2 is both; R turns each half by θ.
+    ‖z_T‖/‖z_1‖ is the ratio of the mean norms (not the mean of per-example ratios)."""
+    x = torch.tensor([0, 1, 2, 2])
+    y = torch.zeros(4, 1, dtype=torch.long)
+    iters = [1, 2, 5, 9]
+    sweep = iteration_sweep(LinearLoop(), x, y, exact, iters, batch_size=3)
+
+    def norm(i, t):  # ‖z_t‖ of example i (0, 1 or 2)
+        return [2.0**t, 0.5**t, math.hypot(2.0**t, 0.5**t)][i]
+
+    def mean_norm(t):
+        return (norm(0, t) + norm(1, t) + 2 * norm(2, t)) / 4
+
+    assert sweep.norm_ratio == pytest.approx([mean_norm(t) / mean_norm(1) for t in iters], rel=1e-12)
+    c = math.cos(LinearLoop.theta)
+
+    def cos_mixed(t):  # ⟨z_{t−1}, z_t⟩ = (4^t/2 + 4^−t·2) cos θ for example 2
+        return (4.0**t / 2 + 2 * 4.0**-t) * c / (norm(2, t - 1) * norm(2, t))
+
+    assert sweep.cosine == pytest.approx([(2 * c + 2 * cos_mixed(t)) / 4 for t in iters], rel=1e-12)
+    assert sweep.norm_ratio[0] == 1.0
 
 
 # -- the summaries ---------------------------------------------------------------------------------

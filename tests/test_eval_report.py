@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from deqloop.errors import ConfigError
-from deqloop.eval.report import EvalReport, IterationCurves, settle_table
+from deqloop.eval.report import PAPER_ITERATIONS, EvalReport, IterationCurves, dynamics_table, settle_table
 
 
 def test_best_is_the_highest_accuracy_at_the_fewest_iterations():
@@ -83,7 +83,8 @@ def test_eval_report_to_dict():
     assert report.to_dict() == {
         "checkpoint": "runs/x/last.pt", "task": "prefix_sums", "n": {"val": 8}, "curves": curves_dict,
         "cells": None, "settle_rtol": 1e-3, "settling": settling, "solver_name": None, "solver_rtol": None,
-        "solver": {}, "baselines": {},
+        "solver": {}, "baselines": {}, "dynamics": {},
+        "paper": {"iterations": 500, "accuracy": {"val": None}}, "best": {"val": [4, 0.5]},
     }
     cells = IterationCurves([1, 4], train_depth=4)
     cells.add("val", [0.75, 0.875])
@@ -127,6 +128,7 @@ def test_evaluate_model_collects_the_sweep_and_the_solver_numbers():
     assert report.cells.to_dict() == {"iters": [1, 2, 4], "train_depth": 4,
                                       "accuracy": {"val": sweep.cell_accuracy}}
     assert report.settling == {"val": sweep.settle_summary()}
+    assert report.dynamics == {"val": {"norm_ratio": sweep.norm_ratio, "cosine": sweep.cosine}}
     res = adaptive_accuracy(model, x, y, task.correct, solver="picard", max_iter=4, rtol=0.2)
     assert (report.solver_name, report.solver_rtol) == ("picard", 0.2)
     assert report.solver == {"val": res.summary()}
@@ -166,3 +168,41 @@ def test_evaluate_model_stores_the_tasks_baselines_per_split():
     assert "baselines on the same examples (no model):\n  val: zeros/correct 50.0%" in report.text()
     assert evaluate_model(model, {"val": (x, y)}, TaskWithBaselines(), iters=[1], baselines=False).baselines == {}
     assert evaluate_model(model, {"val": (x, y)}, ExactTask(), iters=[1]).baselines == {}
+
+
+def test_the_papers_number_is_the_accuracy_at_500_beside_the_best():
+    assert PAPER_ITERATIONS == 500
+    c = IterationCurves([1, 30, 500, 1000])
+    c.add("val", [0.25, 1.0, 0.75, 0.5])
+    c.add("hard", [0.0, 0.125, 0.5, 0.625])
+    assert c.at("val") == 0.75 and c.at("hard") == 0.5  # not the last count (1000), not the best
+    assert c.at("val", 30) == 1.0 and c.at("val", 2) is None
+    assert c.headline().split("\n") == [
+        "split                   @500      best      at",
+        "-" * 46,
+        "val                    75.0%    100.0%      30",
+        "hard                   50.0%     62.5%    1000",
+    ]
+    short = IterationCurves([1, 10])
+    short.add("val", [0.5, 1.0])
+    assert short.headline(10).split("\n")[2] == "val                   100.0%    100.0%      10"
+    assert short.headline().split("\n")[2] == "val                        —    100.0%      10"
+    report = EvalReport(checkpoint="c", task="t", n={"val": 8, "hard": 8}, curves=c, settle_rtol=1e-3,
+                        settling={k: {"accuracy": 0.0, "iterations_mean": 1.0, "iterations_median": 1.0,
+                                      "iterations_max": 1, "converged": 0.0} for k in ("val", "hard")})
+    d = report.to_dict()
+    assert d["paper"] == {"iterations": 500, "accuracy": {"val": 0.75, "hard": 0.5}}
+    assert d["best"] == {"val": [30, 1.0], "hard": [1000, 0.625]}
+    assert c.headline() in report.text()
+
+
+def test_dynamics_table_numbers():
+    dyn = {"val": {"norm_ratio": [1.0, 0.5], "cosine": [0.25, 1.0]},
+           "hard": {"norm_ratio": [1.0, 12345.0], "cosine": [-0.5, 0.99999]}}
+    assert dynamics_table(dyn, [1, 30]).split("\n") == [
+        "state by test-time iterations: ‖z_T‖/‖z_1‖ | cos(z_T-1, z_T)",
+        "iterations                val               hard",
+        "-" * 48,
+        "         1         1 | 0.2500        1 | -0.5000",
+        "        30       0.5 | 1.0000  1.23e+04 | 1.0000",
+    ]

@@ -99,8 +99,11 @@ def test_summary_round_trip_and_identical_bytes_on_rewrite(tmp_path):
                           "grad_norm_last": 0.25, "final_loss": 0.25, "final_train_accuracy": 0.75,
                           "late_train_accuracy": 0.625, "late_forward_converged": None, "late_backward_converged": None,
                           "skipped_steps": 1}
+    # a result from before eval recorded the paper's number gets it from its curves (no count 500 here)
     assert {k: v for k, v in s.items() if k not in ("summary_format", "train", "traces")} == \
-        {k: v for k, v in result.items() if k != "train"}
+        {**{k: v for k, v in result.items() if k != "train"},
+         "eval": {**result["eval"], "paper": {"iterations": 500, "accuracy": {"val": None, "hard": None}},
+                  "best": {"val": [4, 0.75], "hard": [16, 0.5]}}}
     # without a metrics log the result's numbers stay; tuples become lists, as in a file
     bare = summary.summarize(_result("internal", "progressive", [0.0, 0.25, 0.5], 0.75), None)
     assert bare["train"] == {"grad_norm_median": 99.0, "late_loss": 99.0, "steps": 8, "seconds": 1.5}
@@ -282,3 +285,20 @@ def test_sweep_writes_the_summary_of_a_finished_run_when_it_is_missing(tmp_path,
     assert sweep.run_one(tiny, spec, tmp_path / "runs", data={}, results=tmp_path / "elsewhere") == json.loads(
         (run / "result.json").read_text())
     assert (tmp_path / "elsewhere" / f"{spec.name}.json").read_bytes() == path.read_bytes()
+
+
+def test_the_papers_number_by_hand():
+    curves = {"iters": [1, 30, 500, 1000], "accuracy": {"val": [0.25, 1.0, 0.75, 1.0], "hard": [0.0, 0.0, 0.0, 0.0]}}
+    assert summary.accuracy_at(curves, "val") == 0.75 and summary.accuracy_at(curves, "hard") == 0.0
+    assert summary.accuracy_at(curves, "val", 30) == 1.0 and summary.accuracy_at(curves, "val", 2) is None
+    assert summary.accuracy_at(curves, "test") is None
+    assert summary.best_accuracy(curves, "val") == [30, 1.0]  # the first count that reaches the best
+    assert summary.best_accuracy(curves, "hard") == [1, 0.0] and summary.best_accuracy(curves, "test") is None
+    numbers = summary.paper_numbers({"curves": curves})
+    assert numbers == {"paper": {"iterations": 500, "accuracy": {"val": 0.75, "hard": 0.0}},
+                       "best": {"val": [30, 1.0], "hard": [1, 0.0]}}
+    # a result that records them already keeps its own
+    result = _result("internal", "progressive", [0.0, 0.25, 0.5], 0.75)
+    result["eval"].update(paper={"iterations": 500, "accuracy": {"hard": 0.125}}, best={"hard": [4, 0.25]})
+    s = summary.summarize(result, None)
+    assert s["eval"]["paper"] == {"iterations": 500, "accuracy": {"hard": 0.125}}

@@ -60,10 +60,10 @@ def _injection(w_x: Tensor, w_h: Tensor) -> dict[str, float]:
 
 
 def _first_block(model: nn.Module) -> nn.Module:
+    """The model's block, or the first of its untied blocks (an ``nn.ModuleList``)."""
     block = getattr(model, "block", None)
-    if block is None:
-        blocks = getattr(model, "blocks", None)
-        block = blocks[0] if blocks is not None and len(blocks) else None
+    if isinstance(block, nn.ModuleList):
+        block = block[0] if len(block) else None
     if block is None or not hasattr(block, "injection_weights"):
         raise TypeError(f"{type(model).__name__} has no looped block to read weights from")
     return block

@@ -16,8 +16,10 @@ def add(sub: Any) -> None:
     p = sub.add_parser(
         "eval", help="accuracy vs test-time iterations of a checkpoint",
         description="Evaluate a checkpoint on its task's easy (val) and hard splits at several test-time iteration "
-        "counts, and adaptively (each input iterates until it settles). Prints tables, writes eval.json and "
-        "iterations.png beside the checkpoint (or in --out).")
+        "counts, and adaptively (each input iterates until it settles). Prints tables, among them the paper's number "
+        "(accuracy at 500 iterations) beside the best over counts, and the paper's state diagnostics per count "
+        "(‖z_T‖/‖z_1‖ and the cosine of consecutive states); writes eval.json and iterations.png beside the "
+        "checkpoint (or in --out).")
     p.add_argument("checkpoint", help="a checkpoint written by deqloop train (e.g. runs/NAME/last.pt)")
     p.add_argument("--iters", type=iters_type, default=[1, 2, 5, 10, 30, 100, 300, 500], metavar="N,N,...",
                    help="iteration counts to score [default: 1,2,5,10,30,100,300,500]")

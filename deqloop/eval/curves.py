@@ -12,6 +12,13 @@ count and, in the same pass, records when each example *settles*: the first iter
 with ``‖z_t − z_{t−1}‖ ≤ rtol·‖z_t‖``, and whether its answer there is right. That is adaptive
 compute by Picard iteration at no extra cost. :func:`adaptive_accuracy` instead runs the
 model's fixed-point solver (e.g. Anderson) to a tolerance.
+
+The same pass measures the paper's test-time state diagnostics at each requested count T
+(authors' code ``deepthinking/models/transformer.py:164-263``, repository ashlab11/generalization):
+the hidden-norm ratio ‖z_T‖ / ‖z_1‖ (the mean over examples of ‖z_T‖ over the mean of ‖z_1‖, each
+state flattened per example) and the cosine of consecutive states cos(z_{T−1}, z_T) (the mean over
+examples; z₀ is the initial state). The paper takes both on one batch at its last count; here every
+example counts, at every requested count.
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ class Sweep:
         settled: ``(n,)`` bool, settled within ``max(iters)`` iterations.
         settled_correct: ``(n,)`` bool, right at ``settled_at``.
         cell_accuracy: mean fraction of cells right after each count (with ``cells``).
+        norm_ratio: ‖z_T‖ / ‖z_1‖ at each count T (mean norms over the examples).
+        cosine: mean over the examples of cos(z_{T−1}, z_T) at each count T.
     """
 
     iters: list[int]
@@ -97,6 +106,8 @@ class Sweep:
     settled: torch.Tensor | None = None
     settled_correct: torch.Tensor | None = None
     cell_accuracy: list[float] | None = None
+    norm_ratio: list[float] | None = None
+    cosine: list[float] | None = None
 
     def settle_summary(self) -> dict[str, float]:
         """Adaptive accuracy and iteration statistics (needs ``rtol``)."""
@@ -141,6 +152,8 @@ def iteration_sweep(
     wanted, last = set(iters), iters[-1]
     hits = {t: torch.zeros((), dtype=torch.long, device=device) for t in iters}
     cell_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in iters}
+    norm_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in {1, *iters}}
+    cos_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in iters}
     settled_at, settled, settled_ok = [], [], []
     was_training = model.training
     model.eval()
@@ -155,6 +168,11 @@ def iteration_sweep(
                 if t in wanted or rtol is not None:
                     logits = model.readout(z_next).float()
                     right = correct(logits, yb, xb)  # (B,)
+                if t in norm_sums:
+                    now = z_next.reshape(len(xb), -1).double()  # (B, n)
+                    norm_sums[t] += now.norm(dim=1).sum()
+                    if t in wanted:
+                        cos_sums[t] += torch.cosine_similarity(z.reshape(len(xb), -1).double(), now, dim=1).sum()
                 if t in wanted:
                     hits[t] += right.sum()
                     if cells is not None:
@@ -175,9 +193,13 @@ def iteration_sweep(
         model.train(was_training)
     accuracy = [int(hits[t]) / len(x) for t in iters]
     cell = [float(cell_sums[t]) / len(x) for t in iters] if cells is not None else None
+    first = float(norm_sums[1])
+    ratio = [float(norm_sums[t]) / first if first > 0 else math.nan for t in iters]
+    cosine = [float(cos_sums[t]) / len(x) for t in iters]
     if rtol is None:
-        return Sweep(iters, accuracy, cell_accuracy=cell)
-    return Sweep(iters, accuracy, rtol, torch.cat(settled_at), torch.cat(settled), torch.cat(settled_ok), cell)
+        return Sweep(iters, accuracy, cell_accuracy=cell, norm_ratio=ratio, cosine=cosine)
+    return Sweep(iters, accuracy, rtol, torch.cat(settled_at), torch.cat(settled), torch.cat(settled_ok), cell,
+                 ratio, cosine)
 
 
 def accuracy_by_iterations(

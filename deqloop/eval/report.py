@@ -19,7 +19,12 @@ import torch
 from deqloop.errors import ConfigError
 from deqloop.eval.curves import adaptive_accuracy, check_iters, iteration_sweep
 
-__all__ = ["EvalReport", "IterationCurves", "evaluate_model", "evaluate_run", "settle_table"]
+__all__ = ["PAPER_ITERATIONS", "EvalReport", "IterationCurves", "dynamics_table", "evaluate_model", "evaluate_run",
+           "settle_table"]
+
+# The paper's reported number is exact-match accuracy at this many test-time iterations (the last of
+# its 1…500), with the model as training left it (authors' train_model.py: test_acc[tb_last]).
+PAPER_ITERATIONS = 500
 
 
 @dataclass
@@ -61,6 +66,21 @@ class IterationCurves:
         j = max(range(len(acc)), key=lambda i: (acc[i], -i))
         return self.iters[j], acc[j]
 
+    def at(self, name: str, iterations: int = PAPER_ITERATIONS) -> float | None:
+        """A split's accuracy after exactly ``iterations`` (the paper's ``@500`` by default); None
+        when that count was not scored."""
+        return self.curves[name][self.iters.index(iterations)] if iterations in self.iters else None
+
+    def headline(self, iterations: int = PAPER_ITERATIONS) -> str:
+        """Per split: accuracy ``@iterations`` (the paper's number) beside the best over counts."""
+        head = f"{'split':<18}{f'@{iterations}':>10}{'best':>10}{'at':>8}"
+        lines = [head, "-" * len(head)]
+        for name in self.curves:
+            at, (t, best) = self.at(name, iterations), self.best(name)
+            cell = "—" if at is None else f"{100 * at:.1f}%"
+            lines.append(f"{name:<18}{cell:>10}{100 * best:>9.1f}%{t:>8}")
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         return {"iters": self.iters, "train_depth": self.train_depth, "accuracy": self.curves}
 
@@ -93,6 +113,18 @@ class IterationCurves:
         return path
 
 
+def dynamics_table(dynamics: Mapping[str, Mapping[str, Sequence[float]]], iters: Sequence[int]) -> str:
+    """Per iteration count T and split: ``‖z_T‖/‖z_1‖ | cos(z_{T−1}, z_T)``."""
+    names = list(dynamics)
+    width = max([19, *(len(n) + 2 for n in names)])
+    head = f"{'iterations':>10}" + "".join(f"{n:>{width}}" for n in names)
+    lines = ["state by test-time iterations: ‖z_T‖/‖z_1‖ | cos(z_T-1, z_T)", head, "-" * len(head)]
+    for j, t in enumerate(iters):
+        cells = (f"{dynamics[n]['norm_ratio'][j]:.3g} | {dynamics[n]['cosine'][j]:.4f}" for n in names)
+        lines.append(f"{t:>10}" + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines)
+
+
 def settle_table(settling: Mapping[str, Mapping[str, float]], rtol: float, what: str = "state") -> str:
     """Rows of adaptive results: accuracy, mean/median/max iterations, fraction converged."""
     head = f"{'split':<18}{'accuracy':>10}{'iters mean':>12}{'median':>8}{'max':>6}{'settled':>9}"
@@ -115,6 +147,12 @@ class EvalReport:
         solver: per split, results of the model's solver run to ``solver_rtol`` (optional).
         baselines: per split, the task's model-free baselines on the same examples
             (:meth:`deqloop.tasks.base.Task.baselines`; empty for a task that has none).
+        dynamics: per split, the paper's state diagnostics at each count of ``curves.iters``:
+            ``"norm_ratio"`` ‖z_T‖ / ‖z_1‖ and ``"cosine"`` cos(z_{T−1}, z_T) (see :class:`Sweep`).
+
+    ``to_dict()`` also holds ``"paper"``: the paper's number, accuracy at :data:`PAPER_ITERATIONS`
+    per split (None where that count was not scored), and ``"best"``: ``[iterations, accuracy]``
+    of each split's best count.
     """
 
     checkpoint: str
@@ -128,17 +166,26 @@ class EvalReport:
     solver_rtol: float | None = None
     solver: dict[str, dict[str, float]] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
+    dynamics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"checkpoint": self.checkpoint, "task": self.task, "n": self.n, "curves": self.curves.to_dict(),
+        c = self.curves
+        return {"checkpoint": self.checkpoint, "task": self.task, "n": self.n, "curves": c.to_dict(),
+                "paper": {"iterations": PAPER_ITERATIONS, "accuracy": {k: c.at(k) for k in c.curves}},
+                "best": {k: list(c.best(k)) for k in c.curves},
                 "cells": self.cells.to_dict() if self.cells is not None else None,
                 "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
-                "solver_rtol": self.solver_rtol, "solver": self.solver, "baselines": self.baselines}
+                "solver_rtol": self.solver_rtol, "solver": self.solver, "baselines": self.baselines,
+                "dynamics": self.dynamics}
 
     def text(self) -> str:
         """The tables, as printed by ``deqloop eval``."""
         parts = [f"{self.task}: exact-match accuracy by test-time iterations "
-                 f"({', '.join(f'{k}: {v}' for k, v in self.n.items())} examples)", self.curves.table(), ""]
+                 f"({', '.join(f'{k}: {v}' for k, v in self.n.items())} examples)", self.curves.table(), "",
+                 f"the paper's number (accuracy at {PAPER_ITERATIONS} iterations) and the best over counts",
+                 self.curves.headline(), ""]
+        if self.dynamics:
+            parts += [dynamics_table(self.dynamics, self.curves.iters), ""]
         if self.cells is not None:
             parts += ["fraction of cells right by test-time iterations", self.cells.table(), ""]
         parts.append(settle_table(self.settling, self.settle_rtol))
@@ -190,6 +237,7 @@ def evaluate_model(
         if report.cells is not None and sweep.cell_accuracy is not None:
             report.cells.add(name, sweep.cell_accuracy)
         report.settling[name] = sweep.settle_summary()
+        report.dynamics[name] = {"norm_ratio": sweep.norm_ratio, "cosine": sweep.cosine}
         measure = getattr(task, "baselines", None) if baselines else None
         if measure is not None:
             report.baselines[name] = {k: float(v) for k, v in measure(x, y).items()}

@@ -98,9 +98,9 @@ class Block(nn.Module):
 
     def injection_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The recall maps' weights ``(W_x, W_h)`` (on the state, on the input) by where they act:
-        ``{"external": ...}``, ``{"attn": ..., "mlp": ...}`` for internal recall (one pair per
-        sublayer); empty without recall. Read by :mod:`deqloop.analysis.weights`."""
-        maps = {"external": self.inject, "attn": self.attn_res.inject, "mlp": self.mlp_res.inject}
+        ``{"block": ...}`` for the block's own pair, ``{"attn": ..., "mlp": ...}`` for one pair per
+        sublayer; empty without recall. Read by :mod:`deqloop.analysis.weights`."""
+        maps = {"block": self.inject, "attn": self.attn_res.inject, "mlp": self.mlp_res.inject}
         return {name: (m.w_z.weight, m.w_e.weight) for name, m in maps.items() if m is not None}
 
 

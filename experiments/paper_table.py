@@ -1,0 +1,133 @@
+"""Results in the paper's layout: a row per recall × residual, a column per learning rate, each cell
+the mean ± standard error over seeds of a run's hard accuracy at 500 test-time iterations at the end
+of training (the paper's number; ``metric="best"``: the best over the counts instead).
+
+    python -m experiments.paper_table results/runs --task prefix_sums
+    python -m experiments.paper_table results/runs --task sudoku --metric best --where regime=progressive
+
+    header, rows = paper_table(load_summaries(root), task="prefix_sums")
+    print(table(header, rows))                     # markdown (experiments.markdown.table)
+
+The paper reports one table per learning rate (1e-4, 3e-4, 1e-3; sudoku also 3e-3) with rows
+recall ∈ {none, external, internal, fixed} × residual ∈ {pre, peri, gru, post}; here the learning
+rates are the columns of one table. Rows and columns come from the summaries: the spec fields named
+by ``rows`` (default recall and norm, the residual's placement) and ``train_config["lr"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from experiments.markdown import pct_se, table
+from experiments.stats import mean_se
+from experiments.summary import PAPER_ITERATIONS, SummaryError, accuracy_at, best_accuracy, load_summaries
+
+__all__ = ["METRICS", "ORDER", "paper_table", "run_value"]
+
+METRICS = ("at", "best")
+# the paper's order of rows; values it does not name follow, by name
+ORDER = {"recall": ("none", "external", "internal", "fixed"), "norm": ("pre", "peri", "gru", "post", "sandwich")}
+
+
+def run_value(summary: dict[str, Any], split: str = "hard", metric: str = "at",
+              iterations: int = PAPER_ITERATIONS) -> float | None:
+    """One run's number: accuracy on ``split`` after ``iterations`` (``"at"``) or its best over the
+    counts (``"best"``); None where the run did not score that count or split."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    curves = summary["eval"]["curves"]
+    if metric == "at":
+        return accuracy_at(curves, split, iterations)
+    best = best_accuracy(curves, split)
+    return None if best is None else best[1]
+
+
+def _key(field: str, value: Any) -> tuple[int, str]:
+    order = ORDER.get(field, ())
+    return (order.index(value) if value in order else len(order), str(value))
+
+
+def paper_table(summaries: Sequence[dict[str, Any]], *, task: str, split: str = "hard", metric: str = "at",
+                iterations: int = PAPER_ITERATIONS, rows: Sequence[str] = ("recall", "norm"),
+                where: dict[str, Any] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows (strings, for :func:`experiments.markdown.table`) of the paper's layout for
+    ``task``'s runs that match ``where`` (spec fields → values): a row per combination of the spec
+    fields ``rows``, a column per learning rate, each cell ``mean ± s.e.`` in % over the runs'
+    seeds (:func:`run_value`; ``± —`` for one seed, ``—`` where no run has the number, ``(n of m)``
+    where only n of the cell's m runs have it).
+
+    A cell's runs must differ in their seed alone: runs that differ in another spec field (e.g.
+    two regimes) raise ``ValueError`` naming it; narrow them with ``where``."""
+    run_value({"eval": {"curves": {}}}, split, metric, iterations)  # checks the metric
+    runs = [s for s in summaries if s["spec"].get("task") == task
+            and all(s["spec"].get(k) == v for k, v in (where or {}).items())]
+    if not runs:
+        raise ValueError(f"no runs of task {task!r}" + (f" with {where}" if where else ""))
+    cells: dict[tuple, dict[float, list[dict[str, Any]]]] = {}
+    for s in runs:
+        row = tuple(s["spec"].get(f) for f in rows)
+        cells.setdefault(row, {}).setdefault(float(s["train_config"]["lr"]), []).append(s)
+    lrs = sorted({lr for by_lr in cells.values() for lr in by_lr})
+    header = [*rows, *(f"lr {lr:g}" for lr in lrs)]
+    out = []
+    for row in sorted(cells, key=lambda r: [_key(f, v) for f, v in zip(rows, r)]):
+        line = [str(v) for v in row]
+        for lr in lrs:
+            found = cells[row].get(lr, [])
+            _check_seeds_only(found, row, lr)
+            values = [v for v in (run_value(s, split, metric, iterations) for s in found) if v is not None]
+            if not values:
+                line.append("—")
+                continue
+            cell = pct_se(*mean_se(values))
+            line.append(cell if len(values) == len(found) else f"{cell} ({len(values)} of {len(found)})")
+        out.append(line)
+    return header, out
+
+
+def _check_seeds_only(runs: list[dict[str, Any]], row: tuple, lr: float) -> None:
+    specs = [{k: v for k, v in s["spec"].items() if k != "seed"} for s in runs]
+    for field in sorted({k for spec in specs for k in spec}):
+        values = sorted({str(spec.get(field)) for spec in specs})
+        if len(values) > 1:
+            raise ValueError(f"the cell {row} at lr {lr:g} mixes runs with {field} {', '.join(values)}; "
+                             f"choose one with where={{{field!r}: ...}}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.paper_table", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("summaries", help="folder of run summaries (e.g. results/runs)")
+    p.add_argument("--task", required=True, help="the task whose runs to tabulate")
+    p.add_argument("--split", default="hard", help="evaluation split (default hard)")
+    p.add_argument("--metric", default="at", choices=METRICS,
+                   help=f"at: accuracy at --iterations (the paper's number); best: the best over counts (default at)")
+    p.add_argument("--iterations", type=int, default=PAPER_ITERATIONS,
+                   help=f"the test-time count of --metric at (default {PAPER_ITERATIONS})")
+    p.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                   help="keep runs whose spec has this value (e.g. regime=progressive); repeatable")
+    a = p.parse_args(argv)
+    where = {}
+    for item in a.where:
+        field, sep, value = item.partition("=")
+        if not sep or not field:
+            p.error(f"--where takes FIELD=VALUE, got {item!r}")
+        where[field] = int(value) if field == "seed" and value.lstrip("-").isdigit() else value
+    root = Path(a.summaries)
+    if not root.is_dir():
+        p.error(f"no such folder: {root}")
+    try:
+        header, rows = paper_table(load_summaries(root), task=a.task, split=a.split, metric=a.metric,
+                                   iterations=a.iterations, where=where)
+    except (SummaryError, ValueError) as err:
+        p.error(str(err))
+    print(table(header, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
