@@ -2,7 +2,8 @@
 
 Queries and keys are RMS-normalized per head (optional) and rotated by RoPE over the grid axes.
 ``local`` attention restricts each token to the cells within ``window // 2`` of it along every
-axis (``window`` is the full, odd kernel size), so one model runs on any sequence length.
+axis (``window`` is the full, odd kernel size), so one model runs on any sequence length; its
+pattern is a dense mask or, on large grids, a banded :class:`~deqloop.model.local_attention.LocalWindow`.
 
 Two interchangeable backends compute the same thing:
 
@@ -13,7 +14,6 @@ Two interchangeable backends compute the same thing:
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deqloop.errors import ConfigError
+from deqloop.model.local_attention import LocalWindow, banded_attention, local_mask  # noqa: F401 (re-exported)
 from deqloop.model.norm import RMSNorm
 from deqloop.validate import choice
 from deqloop.model.rope import apply_rope, grid_coordinates
@@ -30,20 +31,6 @@ ATTENTION_BACKENDS = ("sdpa", "math")
 
 def check_backend(backend: str) -> None:
     choice("attention backend", backend, ATTENTION_BACKENDS)
-
-
-@functools.lru_cache(maxsize=64)
-def local_mask(grid: tuple[int, ...], window: int, device: torch.device) -> torch.Tensor:
-    """``(N, N)`` bool, True where token j lies within ``window // 2`` of token i on every axis.
-
-    Tokens are the cells of ``grid`` in row-major order. The result is cached; do not modify it.
-    """
-    if window < 1 or window % 2 == 0:
-        raise ConfigError(f"window must be an odd positive kernel size, got {window}")
-    with torch.inference_mode(False), torch.no_grad():
-        coords = grid_coordinates(grid, device)  # (N, ndim)
-        dist = (coords[:, None, :] - coords[None, :, :]).abs()  # (N, N, ndim)
-        return (dist <= window // 2).all(dim=-1)  # (N, N)
 
 
 def math_attention(
@@ -78,7 +65,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: torch.Tensor | None = None,
+        mask: torch.Tensor | LocalWindow | None = None,
     ) -> torch.Tensor:
         B, N, D = x.shape
         q, k, v = self.qkv(x).split(D, dim=-1)  # (B, N, D) each
@@ -87,7 +74,9 @@ class Attention(nn.Module):
         v = v.view(B, N, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
         q = apply_rope(self.q_norm(q), cos, sin)
         k = apply_rope(self.k_norm(k), cos, sin)
-        if self.backend == "sdpa":
+        if isinstance(mask, LocalWindow):  # banded local attention (plain ops, either backend)
+            y = banded_attention(q, k, v, mask)  # (B, H, N, hd)
+        elif self.backend == "sdpa":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, N, hd)
         else:
             y = math_attention(q, k, v, mask)  # (B, H, N, hd)

@@ -22,7 +22,7 @@ from torch import nn
 
 from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError
-from deqloop.model.attention import check_backend, local_mask
+from deqloop.model.attention import check_backend
 from deqloop.model.config import (
     INITS,
     SOLVE_SETTINGS,
@@ -31,6 +31,7 @@ from deqloop.model.config import (
     SolveSettings,
 )
 from deqloop.model.layers import Block, Readout
+from deqloop.model.local_attention import LocalWindow, local_pattern
 from deqloop.model.rope import rope_table
 from deqloop.solvers import BatchedMap, Solution
 from deqloop.validate import choice, known_keys, number
@@ -190,13 +191,14 @@ class LoopedDEQ(nn.Module):
 
     def _geometry(
         self, grid: tuple[int, ...], device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """RoPE tables ``(N, hd/2)`` and the local-attention mask ``(N, N)`` (or None); cached."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | LocalWindow | None]:
+        """RoPE tables ``(N, hd/2)`` and the local-attention pattern (None for full attention):
+        a dense ``(N, N)`` mask on small grids, a banded :class:`LocalWindow` on large ones."""
         dtype = torch.promote_types(self.embedding.weight.dtype, torch.float32)
         cos, sin = rope_table(grid, self.block.attn.head_dim, self.arch.rope_base, device, dtype)
         mask = None
         if self.arch.attention == "local":
-            mask = local_mask(grid, self.arch.window, device)
+            mask = local_pattern(grid, self.arch.window, device)
         return cos, sin, mask
 
     # -- solving -----------------------------------------------------------------------------
