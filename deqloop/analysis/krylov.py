@@ -216,7 +216,9 @@ def krylov_schur(
             beta = w.norm(dim=1)
             broke = beta <= 10 * eps * w0
             if bool(broke.any()):  # invariant subspace: continue from a fresh orthogonal direction
-                r = torch.randn(b, n, dtype=dtype, device=device, generator=generator)
+                # drawn where the generator lives (the callers' is a CPU one), then moved
+                where = generator.device if generator is not None else device
+                r = torch.randn(b, n, dtype=dtype, device=where, generator=generator).to(device)
                 r, _ = _orthogonalize(V, r)
                 rn = r.norm(dim=1, keepdim=True)
                 r = torch.where(rn > 1e-3, r / rn.clamp_min(eps), torch.zeros_like(r))

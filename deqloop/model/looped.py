@@ -149,7 +149,7 @@ class LoopedDEQ(nn.Module):
         B, *grid, D = z.shape
         cos, sin, mask = self._geometry(tuple(grid), z.device)
         block = self.block
-        if self.arch.compile:
+        if self.arch.compile and self.block.attn.backend != "math":  # math: twice differentiable, so eager
             if self._compiled_block is None:
                 self._compiled_block = torch.compile(self.block.forward)
             block = self._compiled_block
@@ -287,7 +287,9 @@ class LoopedDEQ(nn.Module):
 
     @contextlib.contextmanager
     def use_attention_backend(self, backend: str) -> Iterator[None]:
-        """Temporarily compute attention with ``"sdpa"`` or ``"math"`` (forward-mode AD)."""
+        """Temporarily compute attention with ``"sdpa"`` or ``"math"`` (forward-mode AD, double
+        backward). With ``"math"`` the block also runs eagerly when ``compile`` is set: compiled code
+        (AOTAutograd) has no double backward, which the Jacobian penalty and Jacobian products need."""
         check_backend(backend)
         previous = self.block.attn.backend
         self.block.attn.backend = backend

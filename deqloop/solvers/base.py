@@ -9,6 +9,7 @@ states).
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -26,6 +27,15 @@ def host_reads_are_free(device: torch.device) -> bool:
     CPU): then the loop and the solvers may branch on a mask to skip work; elsewhere they take
     the branch-free path."""
     return device.type == "cpu"
+
+
+def without_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device``'s kind while a solver's own arithmetic runs: under bf16
+    autocast a ``bmm`` would return bf16 (rounding Anderson's Gram matrix, and handing Broyden's
+    ``baddbmm(..., out=float32)`` mixed dtypes); the map ``f`` itself keeps the caller's autocast."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,8 @@ def run_solver(
                     if g_buffer is None:
                         g_buffer = workspace.empty(*x.shape, dtype=acc, device=device)
                     g_out = g_buffer[: x.shape[0]]
-            g, abs_r, f_norm = residual(fx, x, acc, out=g_out)
+            with base.without_autocast(device):  # norms and linear algebra in acc, never autocast's dtype
+                g, abs_r, f_norm = residual(fx, x, acc, out=g_out)
             rel = abs_r / (f_norm + EPS)
             finite = torch.isfinite(abs_r) & torch.isfinite(f_norm)
             live = active & finite
@@ -225,7 +226,8 @@ def run_solver(
             if k == max_iter:
                 break
             # frozen rows step on too: their answers are kept above, and rows never mix
-            x_next, state = solver.step(state, x, fx, g, k)
+            with base.without_autocast(device):
+                x_next, state = solver.step(state, x, fx, g, k)
             x = x_next.to(dtype)
 
             if k % check_every == 0:

@@ -224,9 +224,9 @@ def rate(puzzles: np.ndarray | Tensor) -> Tensor:
 def is_valid_solution(grids: Tensor) -> Tensor:
     """``(n,)`` bool: every row, column and box holds the digits 1-9 once."""
     flat = grids.reshape(-1, 81).long()
-    units = flat[:, torch.from_numpy(_UNITS)]  # (n, 27, 9)
+    units = flat[:, torch.from_numpy(_UNITS).to(flat.device)]  # (n, 27, 9)
     in_range = ((units >= 1) & (units <= 9)).flatten(1).all(dim=1)
-    onehot = torch.zeros(*units.shape[:2], 10, dtype=torch.long).scatter_add_(
+    onehot = torch.zeros(*units.shape[:2], 10, dtype=torch.long, device=flat.device).scatter_add_(
         2, units.clamp(0, 9), torch.ones_like(units)
     )
     return in_range & (onehot[:, :, 1:] == 1).flatten(1).all(dim=1)

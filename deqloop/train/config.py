@@ -158,7 +158,8 @@ class TrainConfig:
     resume: bool = setting("continue the run in --out from its last.pt", default=False)
     overwrite: bool = setting("start afresh even if --out holds a run", default=False)
     device: str = setting("auto, cpu, cuda or cuda:N (under torchrun: the local GPU)", default="auto")
-    amp: str = setting("autocast: auto (bf16 on CUDA), bf16 or none", default="auto")
+    amp: str = setting("autocast: auto (bf16 on a CUDA GPU of compute capability ≥ 8.0, float32 elsewhere), bf16 "
+                       "(also CPU autocast) or none", default="auto")
     compile: bool = setting("compile the block with torch.compile", default=False)
     threads: int = setting("CPU threads for torch (0: torch's default)", default=0)
     progress: bool = setting("show a progress bar", default=True)

@@ -7,13 +7,14 @@ import contextlib
 import math
 import os
 import random
+import warnings
 from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["agree", "autocast", "distributed_env", "lr_schedule", "mean_over_ranks", "param_groups",
+__all__ = ["agree", "amp_dtype", "autocast", "distributed_env", "lr_schedule", "mean_over_ranks", "param_groups",
            "rng_state", "seed_everything", "set_rng_state"]
 
 
@@ -50,9 +51,34 @@ def agree(finite: bool, stop: int, world: int, device: torch.device) -> tuple[bo
     return bad == 0.0, int(signum)
 
 
-def autocast(enabled: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when ``enabled``; a no-op otherwise."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+BF16_CAPABILITY = (8, 0)  # Ampere on: bf16 in hardware
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a run (``None``: float32). ``"none"``: float32. ``"bf16"``: bfloat16 — on
+    the CPU its autocast (useful where the CPU has bf16 units, and to check a GPU run's dtypes), on
+    CUDA only on a GPU of compute capability ≥ 8.0 (an error on older ones, which emulate it).
+    ``"auto"``: bfloat16 on a CUDA GPU of capability ≥ 8.0, float32 on the CPU and, with a warning,
+    on an older GPU (whose fp16 would need loss scaling, which deqloop does not do)."""
+    if amp == "none" or (amp == "auto" and device.type != "cuda"):
+        return None
+    if device.type == "cuda":
+        capability = tuple(torch.cuda.get_device_capability(device))
+        if capability < BF16_CAPABILITY:
+            message = (f"the GPU {device} has compute capability {capability[0]}.{capability[1]}, below "
+                       f"{BF16_CAPABILITY[0]}.{BF16_CAPABILITY[1]}: no bf16 in hardware")
+            if amp == "bf16":
+                from deqloop.errors import ConfigError
+
+                raise ConfigError(f"amp='bf16': {message}; use amp='none' (or 'auto', float32 there)")
+            warnings.warn(f"amp='auto': {message}, so the run trains in float32", stacklevel=2)
+            return None
+    return torch.bfloat16
+
+
+def autocast(dtype: torch.dtype | None, device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast to ``dtype`` on ``device``'s kind; a no-op for ``None``."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -81,7 +107,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss_next = state["python"]
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved, visible = state["cuda"], torch.cuda.device_count()
+        if len(saved) != visible:
+            warnings.warn(f"the checkpoint holds the RNG states of {len(saved)} GPU(s), {visible} are visible: "
+                          f"restoring the first {min(len(saved), visible)}; random draws on the others differ "
+                          "from the uninterrupted run", stacklevel=2)
+        for index, gpu_state in enumerate(saved[:visible]):
+            torch.cuda.set_rng_state(gpu_state, index)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

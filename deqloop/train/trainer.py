@@ -107,9 +107,7 @@ class Trainer:
         self.checkpoint_step: int | None = None
         self._signals = StopSignals(enabled=False)  # replaced by live handlers while run() runs
         self._agreed_signal = 0  # the stop signal all ranks agreed on at the last step (torchrun)
-        self.amp = c.amp == "bf16" or (c.amp == "auto" and self.device.type == "cuda")
-        if self.amp and self.device.type != "cuda":
-            raise ConfigError("amp='bf16' needs a CUDA device; use amp='auto' or 'none' on CPU")
+        self.amp = runtime.amp_dtype(c.amp, self.device)  # the autocast dtype (None: float32)
         self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.metrics = MetricsLog(self.out / "metrics.jsonl")
@@ -215,7 +213,7 @@ class Trainer:
         depth = c.depth(x)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast(self.amp):
+        with runtime.autocast(self.amp, self.device):
             loss, logits, stats = self.objective(x, y, depth, step)
         # Under torchrun one all-reduce tells every rank whether any loss is non-finite and whether any
         # rank was signalled (so all stop after the same step); in one process there is no sync.

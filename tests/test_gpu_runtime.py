@@ -1,0 +1,82 @@
+"""What a GPU run decides before its first step, checked with ``torch.cuda`` mocked: the device of
+each torchrun process, bf16 by compute capability, RNG states restored on fewer GPUs; and the
+Jacobian penalty with a compiled block."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import pytest
+import torch
+
+from deqloop.device import resolve_device
+from deqloop.errors import ConfigError
+from deqloop.train import Trainer, runtime
+from test_train import tiny_config
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """A machine with two visible GPUs of compute capability ``gpus.capability`` (mocked)."""
+
+    class Gpus:
+        capability = (9, 0)
+        rng: dict[int, torch.Tensor] = {}
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: Gpus.capability)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, index: Gpus.rng.__setitem__(index, state))
+    return Gpus
+
+
+def test_each_torchrun_process_takes_its_local_gpu(gpus):
+    assert resolve_device("cuda", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("auto", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1", local_rank=1) == torch.device("cuda", 1)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # one process: any GPU
+    with pytest.raises(ConfigError, match=r"'cuda:0' under torchrun.*cuda:1 here"):
+        resolve_device("cuda:0", local_rank=1)
+
+
+def test_bf16_autocast_by_compute_capability(gpus):
+    gpu = torch.device("cuda", 0)
+    assert runtime.amp_dtype("auto", gpu) is torch.bfloat16
+    assert runtime.amp_dtype("bf16", gpu) is torch.bfloat16
+    assert runtime.amp_dtype("none", gpu) is None
+    assert runtime.amp_dtype("auto", torch.device("cpu")) is None
+    assert runtime.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16  # CPU autocast
+    gpus.capability = (7, 0)  # V100: no bf16 in hardware
+    with pytest.warns(UserWarning, match=r"capability 7\.0.*float32"):
+        assert runtime.amp_dtype("auto", gpu) is None
+    with pytest.raises(ConfigError, match=r"amp='bf16'.*capability 7\.0"):
+        runtime.amp_dtype("bf16", gpu)
+
+
+def test_resuming_with_fewer_gpus_restores_those_visible(gpus):
+    state = runtime.rng_state()
+    saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]  # saved on a 4-GPU machine
+    with pytest.warns(UserWarning, match="4 GPU.*2 are visible"):
+        runtime.set_rng_state({**state, "cuda": saved})
+    assert sorted(gpus.rng) == [0, 1] and all(torch.equal(gpus.rng[i], saved[i]) for i in (0, 1))
+    gpus.rng.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runtime.set_rng_state({**state, "cuda": saved[:2]})
+    assert sorted(gpus.rng) == [0, 1]
+
+
+def test_the_jacobian_penalty_trains_a_compiled_block(tmp_path, monkeypatch):
+    # AOTAutograd (what every torch.compile backend but 'eager' uses) has no double backward: the
+    # penalty's ‖εᵀJ‖² must be taken through the eager block
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    c = tiny_config(tmp_path / "run", loss="equilibrium", depth_offset=None, max_iter=6, jac_reg=0.5,
+                    compile=True, steps=4)
+    trainer = Trainer(c)
+    metrics = trainer.step(0)
+    assert metrics["jac_fro"] > 0 and not metrics.get("skipped")
+    eager = Trainer(tiny_config(tmp_path / "eager", loss="equilibrium", depth_offset=None, max_iter=6,
+                                jac_reg=0.5, steps=4))
+    assert eager.step(0)["loss"] == pytest.approx(metrics["loss"], rel=1e-4)
