@@ -14,13 +14,15 @@ model, its training config and its task.
 from __future__ import annotations
 
 import os
-import tempfile
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from deqloop.errors import DeqloopError
+from deqloop.files import atomic_write
 
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
 
@@ -36,46 +38,19 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically and return the path.
 
     The bytes go to a temporary file in the same folder, are flushed and fsynced, and the file
-    is renamed over ``path`` with :func:`os.replace`; the folder is fsynced too. A process killed
-    at any moment leaves either the old file or the new one, never a torn one.
+    is renamed over ``path`` with :func:`os.replace`; the folder is fsynced too
+    (:func:`deqloop.files.atomic_write`). A process killed at any moment leaves either the old
+    file or the new one, never a torn one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. platforms without directory file descriptors
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return atomic_write(path, writer=lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint`.
 
     Raises :class:`CheckpointError` (one line, naming the file) when the file does not exist, is
-    not a checkpoint, or lacks ``"model_config"`` / ``"model"``.
+    not a checkpoint, is damaged (a zip member fails its CRC check, a weight is NaN or infinite),
+    holds objects other than tensors and plain values, or lacks ``"model_config"`` / ``"model"``.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise CheckpointError(f"path must be a checkpoint file path (str or os.PathLike), got {type(path).__name__}")
@@ -85,11 +60,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"path {str(path)!r} is a folder, not a checkpoint file{hint}")
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {str(path)!r}")
+    _check_archive(path)
     try:
         # Checkpoints hold only tensors and plain values: the safe unpickler suffices.
         state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's advice to load it unsafely is not repeated
+        if "Unsupported global" not in str(e):
+            raise CheckpointError(f"{path}: not a readable checkpoint ({_last_line(e)})") from e
+        raise CheckpointError(f"{path}: refused: it holds objects other than tensors and plain values "
+                              f"({_last_line(e)}); deqloop never loads those, as unpickling them can run code") from e
     except Exception as e:  # torch raises many types for a torn or foreign file
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from e
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_last_line(e)})") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: expected a dict checkpoint, got {type(state).__name__}")
     missing = [k for k in REQUIRED_KEYS if k not in state]
@@ -104,7 +85,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     for key in REQUIRED_KEYS:
         if not isinstance(state[key], dict):
             raise CheckpointError(f"{path}: checkpoint {key!r} must be a dict, got {type(state[key]).__name__}")
+    for name, value in state["model"].items():  # deqloop never saves non-finite weights: a corrupt file
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: tensor model.{name} holds non-finite values (NaN or inf): the file is "
+                                  "corrupt or was not written by deqloop's trainer")
     return state
+
+
+def _last_line(error: BaseException) -> str:
+    """The most specific line of an error message (torch's end with the actual cause), with any
+    advice to load with ``weights_only=False`` left out."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and "weights_only" not in line]
+    cause = [line for line in lines if "Unsupported global" in line or "error:" in line.lower()]
+    return (cause or lines or [type(error).__name__])[-1][:300]
+
+
+def _check_archive(path: Path) -> None:
+    """A zip checkpoint (torch's format since 1.6) whose members fail their CRC-32 is corrupt: torch
+    does not check, so a flipped bit would load as a silently wrong weight."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # torch's legacy format, or not a checkpoint: torch.load says which
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable checkpoint (damaged archive: {e})") from e
+    if bad is not None:
+        raise CheckpointError(f"{path}: corrupt: the CRC check of {bad!r} fails (the file was damaged after it was "
+                              "written)")
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu", *, state: dict[str, Any] | None = None):

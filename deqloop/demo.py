@@ -23,7 +23,9 @@ from typing import Any
 
 import torch
 
+from deqloop.errors import ConfigError
 from deqloop.eval import IterationCurves, iteration_sweep, settle_table
+from deqloop.files import atomic_write, writable_folder
 from deqloop.train import TrainConfig, Trainer
 
 __all__ = ["DemoResult", "demo_config", "run_demo"]
@@ -33,11 +35,14 @@ MIN_LENGTH = 4
 TEST_FACTORS = (4, 8)
 TARGET = 0.95  # exact match at 4x the training length
 SETTLE_RTOL = 1e-3
+OUTPUTS = ("config.json", "metrics.jsonl", "last.pt", "iterations.png", "demo.json")  # what a demo writes
 
 
 def demo_config(*, quick: bool = False, out: str | Path = "runs/demo", seed: int = 0,
-                steps: int | None = None, threads: int = 1, progress: bool = True) -> TrainConfig:
-    """The demo's :class:`TrainConfig`; ``quick`` shrinks it to seconds (same code path)."""
+                steps: int | None = None, threads: int = 1, progress: bool = True,
+                overwrite: bool = False) -> TrainConfig:
+    """The demo's :class:`TrainConfig`; ``quick`` shrinks it to seconds (same code path);
+    ``overwrite`` replaces a run already in ``out`` (refused otherwise)."""
     default_steps = 30 if quick else 800
     return TrainConfig(
         task="prefix_sums",
@@ -64,7 +69,7 @@ def demo_config(*, quick: bool = False, out: str | Path = "runs/demo", seed: int
         checkpoint_every=steps or default_steps,
         seed=seed,
         out=str(out),
-        overwrite=True,
+        overwrite=overwrite,
         threads=threads,
         progress=progress,
     )
@@ -88,17 +93,24 @@ class DemoResult:
 
 
 def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", seed: int = 0, steps: int | None = None,
-             n: int | None = None, threads: int = 1, progress: bool = True, echo: Any = print) -> DemoResult:
+             n: int | None = None, threads: int = 1, progress: bool = True, overwrite: bool = False,
+             echo: Any = print) -> DemoResult:
     """Train the demo model, evaluate it at 1×, 4× and 8× the training length, print and plot.
 
     ``n`` random inputs per length are scored (default 256; 32 with ``quick``). Writes ``out/``
     (``config.json``, ``metrics.jsonl``, ``last.pt``, ``iterations.png``, ``demo.json``) and
-    returns a :class:`DemoResult`.
+    returns a :class:`DemoResult`. A folder that already holds any of these is refused (a
+    :class:`~deqloop.errors.ConfigError`, nothing changed) unless ``overwrite``.
     """
     from deqloop.tasks.prefix_sums import generate
 
-    config = demo_config(quick=quick, out=out, seed=seed, steps=steps, threads=threads, progress=progress)
-    out = Path(config.out)
+    config = demo_config(quick=quick, out=out, seed=seed, steps=steps, threads=threads, progress=progress,
+                         overwrite=overwrite)
+    out = writable_folder(config.out, "out")
+    held = sorted(p.name for p in out.iterdir() if p.name in OUTPUTS or p.name.startswith("step_"))
+    if held and not overwrite:
+        raise ConfigError(f"{out} already holds {', '.join(held)}; choose another --out, or pass --overwrite "
+                          "(overwrite=True) to replace them")
     depth = config.depth()
     echo(f"deqloop demo: prefix sums (running parity of a bit string), trained on {MIN_LENGTH}-{TRAIN_LENGTH} bits "
          f"with length + 2 iterations (at most {depth}), tested at {TRAIN_LENGTH}, "
@@ -145,7 +157,7 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", seed: int = 
     plot = curves.plot(out / "iterations.png",
                        title=f"Prefix sums: trained on ≤{TRAIN_LENGTH} bits, tested longer")
     demo = DemoResult(curves, adaptive, train_seconds, eval_seconds, config.steps, out, headline)
-    (out / "demo.json").write_text(json.dumps(demo.to_dict(), indent=2) + "\n")
+    atomic_write(out / "demo.json", json.dumps(demo.to_dict(), indent=2) + "\n")
     echo(f"{key}: best {100 * best_acc:.1f}% exact match, at {best_t} test-time iteration(s) "
          f"({100 * at_depth:.1f}% at the training depth {depth}); target ≥ {100 * TARGET:.0f}%: "
          + ("reached" if headline["reached"] else "not reached"))

@@ -13,6 +13,8 @@ uses this, so they agree on the task and its data.
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +40,23 @@ class Run:
     state: dict[str, Any]
 
     @classmethod
-    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", task: Task | None = None) -> Run:
+    def load(cls, path: str | Path, *, device: str | torch.device = "cpu", task: Task | None = None,
+             imports: Sequence[str] = ()) -> Run:
         """Read ``path``; ``task`` replaces the stored task (e.g. the same task on other data).
 
-        A task registered in another module is imported again from the ``"module:Class"`` the
-        checkpoint stores. Raises :class:`~deqloop.checkpoint.CheckpointError` naming the file
-        when the checkpoint is missing, foreign or its task cannot be rebuilt.
+        A checkpoint never makes deqloop import a module: its task must be registered (the
+        built-in ones, or one registered by a module you imported), or live in a module already
+        imported, or in one of ``imports`` (modules you name, imported first; ``--import`` on the
+        command line). Raises :class:`~deqloop.checkpoint.CheckpointError` naming the file when
+        the checkpoint is missing, foreign or its task cannot be rebuilt, and naming the module to
+        import when its task lives in one not imported.
         """
         path = Path(path)
+        for module in imports:
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise ConfigError(f"cannot import {module!r} ({e}); is it on PYTHONPATH?") from e
         state = load_checkpoint(path)
         model = load_model(path, state=state).to(device)
         config = None
@@ -55,7 +66,7 @@ class Run:
                                       "training config cannot be read again; its weights can, with "
                                       "deqloop.checkpoint.load_model")
             values = {**state["train_config"], "resume": False, "overwrite": False}
-            _import_task(values.get("task"), state.get("task_class"))
+            _check_task_module(path, values.get("task"), state.get("task_class"))
             try:
                 config = TrainConfig.from_dict(upgrade_stored(values))  # fields it predates: as it ran
             except DeqloopError as e:
@@ -94,12 +105,15 @@ def _check_task(path: Path, task: Any, model: LoopedDEQ) -> None:
                           f"the model of {path} has {len(arch.grid)}: it was trained on another task")
 
 
-def _import_task(name: str | None, spec: str | None) -> None:
-    """Make a task registered by a user's module available again (its module registers it)."""
-    if name is None or name in task_names() or ":" in name or not spec:
+def _check_task_module(path: Path, name: Any, spec: Any) -> None:
+    """Refuse a stored task whose code the user did not load: a name not registered, or a
+    ``"module:Class"`` whose module is not imported (importing it would run its code)."""
+    if not isinstance(name, str) or name in task_names():
+        return  # a registered task (or a malformed name, which TrainConfig names)
+    module = (name if ":" in name else spec if isinstance(spec, str) else "").partition(":")[0]
+    if module and module in sys.modules:  # already imported: nothing runs; TrainConfig names what is missing
         return
-    module = spec.partition(":")[0]
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return  # get_task will name the missing task
+    where = f" (defined in module {module!r})" if module else ""
+    hint = f"--import {module} / Run.load(..., imports=[{module!r}])" if module else "--import MODULE"
+    raise CheckpointError(f"{path}: its task {name!r}{where} is not registered, and a checkpoint never makes "
+                          f"deqloop import code: if you trust that module, import it first ({hint})")

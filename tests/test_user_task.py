@@ -12,6 +12,7 @@ import torch
 from helpers import plain_iteration_scores
 
 from deqloop import seeds
+from deqloop.checkpoint import CheckpointError
 from deqloop.cli import main
 from deqloop.errors import ConfigError, ConfigKeyError
 from deqloop.eval import evaluate_run
@@ -116,7 +117,8 @@ def test_the_cli_offers_the_task_settings_as_flags(capsys):
 
 
 def test_a_checkpoint_of_a_registered_task_loads_in_a_fresh_registry(tmp_path, monkeypatch):
-    """The checkpoint stores where the task class lives, so eval finds it again by importing it."""
+    """The checkpoint stores where the task class lives; it is imported again only when the user
+    names it (a checkpoint never makes deqloop import code)."""
     from deqloop.tasks import base
 
     config = TrainConfig(task="copy_shifted", out=str(tmp_path), **TINY)
@@ -126,5 +128,9 @@ def test_a_checkpoint_of_a_registered_task_loads_in_a_fresh_registry(tmp_path, m
     import sys
 
     monkeypatch.delitem(sys.modules, __name__)  # re-importing this module registers the task again
-    run = Run.load(tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match=rf"task 'copy_shifted' \(defined in module '{__name__}'\) is not "
+                       rf"registered.*--import {__name__}"):
+        Run.load(tmp_path / "last.pt")
+    assert __name__ not in sys.modules
+    run = Run.load(tmp_path / "last.pt", imports=[__name__])
     assert "copy_shifted" in task_names() and run.task.name == "copy_shifted"

@@ -57,13 +57,15 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def run_analyze(args: argparse.Namespace) -> int:
     """Run ``deqloop analyze`` for parsed ``args``: print the summary, write report and plots."""
     from deqloop.device import resolve_device
+    from deqloop.files import atomic_write
     from deqloop.run import Run
     from deqloop.tasks import get_task
     from deqloop.validate import integer
 
     integer("--n", args.n)
     device = resolve_device(args.device)
-    run = Run.load(args.checkpoint, device=device, task=get_task(args.task) if args.task else None)
+    run = Run.load(args.checkpoint, device=device, task=get_task(args.task) if args.task else None,
+                   imports=args.imports)
     model = run.model if args.dtype is None else run.model.to(dtype=DTYPES[args.dtype])
     x, _ = run.require_task().make(args.band, args.n, seed=args.seed)
     overrides: dict[str, Any] = {"seed": args.seed}
@@ -75,7 +77,7 @@ def run_analyze(args: argparse.Namespace) -> int:
     print(report.summary())
     out = args.out if args.out is not None else args.checkpoint.with_name(args.checkpoint.stem + "-analysis")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(report.to_json(indent=1))
+    atomic_write(out / "report.json", report.to_json(indent=1))
     written = [out / "report.json"]
     if not args.no_plots:
         from deqloop.analysis.plots import plot_report

@@ -22,6 +22,8 @@ def add(sub: Any) -> None:
     p.add_argument("--n", type=int, default=None, help="random test inputs per length [default: 256]")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch; the model is tiny, so one is usually fastest [default: 1]")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a run already in --out (without it, such a folder is refused)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar [default: on]")
     p.set_defaults(func=run)
@@ -36,5 +38,5 @@ def run(args: argparse.Namespace) -> int:
     if args.steps is not None:
         integer("--steps", args.steps)
     run_demo(quick=args.quick, out=args.out, seed=args.seed, steps=args.steps, n=args.n, threads=args.threads,
-             progress=args.progress)
+             progress=args.progress, overwrite=args.overwrite)
     return 0

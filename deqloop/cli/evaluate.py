@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from deqloop.cli.flags import json_or_text
     from deqloop.device import resolve_device
     from deqloop.eval.report import evaluate_run
+    from deqloop.files import atomic_write
     from deqloop.run import Run
     from deqloop.solvers import available_solvers
     from deqloop.validate import choice, integer, number
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     number("--solver-rtol", args.solver_rtol, low=0, low_open=True)
     if args.solver not in ("auto", "none"):
         choice("solver", args.solver, available_solvers())
-    run_ = Run.load(args.checkpoint, device=device)
+    run_ = Run.load(args.checkpoint, device=device, imports=args.imports)
     solver = args.solver
     if solver == "auto":
         solver = run_.config.solver if run_.config.loss == "equilibrium" else "none"
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).parent
     out.mkdir(parents=True, exist_ok=True)
     print(report.text())
-    (out / "eval.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    atomic_write(out / "eval.json", json.dumps(report.to_dict(), indent=2) + "\n")
     plot = report.curves.plot(out / "iterations.png", title=f"{report.task}: accuracy vs test-time iterations")
     print(f"wrote {out / 'eval.json'} and {plot}")
     return 0

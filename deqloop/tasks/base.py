@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -145,6 +146,17 @@ class Task:
         """``(name, (x, y))``: a further test set described by ``spec`` (``deqloop eval --extra``:
         e.g. a data file, or a length), ``n`` examples at most."""
         raise ConfigError(f"task {self.name!r} takes no extra test sets (got {spec!r})")
+
+    def data_files(self) -> list[str]:
+        """The files the task reads its examples from; a run stores their sizes and hashes and
+        refuses to resume when one changed. Default: the files its ``data`` setting names (a
+        path or a list of paths), if it has one."""
+        value = getattr(self, "data", None)
+        if isinstance(value, (str, os.PathLike)):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            return []
+        return [os.fspath(p) for p in value if isinstance(p, (str, os.PathLike))]
 
     def settings(self) -> dict[str, Any]:
         """The task's settings as plain values (what a checkpoint stores to rebuild it)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import signal
 import time
 import warnings
@@ -29,10 +30,11 @@ import torch
 from torch import nn
 
 from deqloop import seeds
-from deqloop.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from deqloop.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from deqloop.device import resolve_device
 from deqloop.errors import ConfigError, TrainingError, TrainingInterrupted
 from deqloop.eval.curves import accuracy_by_iterations
+from deqloop.files import RunLock, atomic_write, fingerprint
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_spec
 from deqloop.train import runtime
@@ -73,14 +75,29 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, *, task: Task | None = None):
-        c = self.config = config
-        self.out = Path(c.out)
-        if c.resume and not self.last_path.is_file():
-            raise TrainingError(f"nothing to resume: no checkpoint at {self.last_path}")
-        if not c.resume and self.last_path.exists() and not c.overwrite:
-            raise TrainingError(f"{self.out} already holds a run (last.pt); pass resume to continue it "
-                                "or overwrite to start afresh")
+        self.config = config
+        self.out = Path(config.out)
         self.rank, self.world, local_rank = runtime.distributed_env()
+        # One writer per run folder for the trainer's life (rank 0 holds it for all ranks).
+        self._lock = RunLock(self.out) if self.rank == 0 else None
+        try:
+            self._setup(task, local_rank)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (:meth:`run` does when it ends); closing twice is harmless."""
+        if self._lock is not None:
+            self._lock.release()
+
+    def _setup(self, task: Task | None, local_rank: int) -> None:
+        c = self.config
+        self._resume_from: tuple[Path, dict[str, Any]] | None = self._resume_source() if c.resume else None
+        held = self._existing_run()
+        if not c.resume and held and not c.overwrite:
+            raise TrainingError(f"{self.out} already holds a run ({', '.join(held)}); pass resume to continue it "
+                                "or overwrite to start afresh (which deletes them)")
         self.device = resolve_device(c.device, local_rank=local_rank if self.world > 1 else None)
         if c.batch_size % self.world:
             raise ConfigError(f"batch_size ({c.batch_size}) must be divisible by the {self.world} processes")
@@ -110,7 +127,8 @@ class Trainer:
         self.amp = runtime.amp_dtype(c.amp, self.device)  # the autocast dtype (None: float32)
         self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_eval: dict[str, Any] | None = None
-        self.metrics = MetricsLog(self.out / "metrics.jsonl")
+        self.metrics = MetricsLog(self.metrics_path)
+        self._data_fingerprints: list[dict[str, Any]] | None = None
         self.monitor: StabilityMonitor | None = None  # rank 0 measures stability, when asked
         self.monitor_seconds = 0.0  # time spent in the monitor by this process
         self._grad_groups: dict[str, float] | None = None
@@ -126,19 +144,61 @@ class Trainer:
     def last_path(self) -> Path:
         return self.out / "last.pt"
 
+    def snapshots(self) -> list[tuple[int, Path]]:
+        """The ``step_N.pt`` snapshots in the run folder, as ``(N, path)``, newest first."""
+        found = [(int(m.group(1)), p) for p in self.out.glob("step_*.pt") if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))]
+        return sorted(found, reverse=True)
+
+    def _existing_run(self) -> list[str]:
+        """What of an earlier run the folder holds: checkpoints, snapshots, logged metrics."""
+        held = ["last.pt"] if self.last_path.exists() else []
+        if self.snapshots():
+            held.append(f"{len(self.snapshots())} step_N.pt snapshot(s)")
+        log_path = self.metrics_path
+        if log_path.is_dir() or (log_path.is_file() and log_path.stat().st_size > 0):
+            held.append("metrics.jsonl")
+        return held
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.out / "metrics.jsonl"
+
+    def _resume_source(self) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint of the run: ``last.pt``, or a ``step_N.pt`` snapshot newer than it
+        (or the newest readable one when ``last.pt`` is missing), with its state."""
+        newest: tuple[Path, dict[str, Any]] | None = None
+        done = -1
+        if self.last_path.is_file():
+            newest = (self.last_path, load_checkpoint(self.last_path, map_location="cpu"))
+            done = int(newest[1].get("step", 0))
+        for n, path in self.snapshots():
+            if n <= done:
+                break
+            try:
+                return path, load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
+            except CheckpointError as e:
+                log.warning("not resuming from %s: %s", path, e)
+        if newest is None:
+            raise TrainingError(f"nothing to resume: no checkpoint in {self.out} (neither last.pt nor a readable "
+                                "step_N.pt snapshot)")
+        return newest
+
     def _prepare_out(self) -> None:
         c = self.config
-        if c.resume:
-            self.load(self.last_path)
+        if self._resume_from is not None:
+            self.load(*self._resume_from)
+            self._resume_from = None
+        self._data_files()  # fingerprints of the data as the run starts
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.start(resume_step=self.step_count if c.resume else None)
-            if not c.resume:
-                for old in self.out.glob("step_*.pt"):
+            if not c.resume:  # only with overwrite: a folder holding a run is refused above
+                for _, old in self.snapshots():
                     old.unlink()
-            for torn in self.out.glob(".*.pt.*.tmp"):  # left by a process killed while saving
-                torn.unlink()
-            (self.out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
+            for pattern in (".*.pt.*.tmp", ".config.json.*.tmp", ".metrics.jsonl.*.tmp", ".write-check.*"):
+                for torn in self.out.glob(pattern):  # left by a process killed while writing
+                    torn.unlink()
+            atomic_write(self.out / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
             if c.logger != "jsonl":
                 from deqloop.train.tracking import make_tracker
 
@@ -164,11 +224,20 @@ class Trainer:
             "world_size": self.world,
             "eval": self.last_eval,
             "monitor": None if self.monitor is None else self.monitor.state_dict(),
+            "data_files": self._data_files(),
         }
 
-    def load(self, path: str | Path) -> None:
-        """Restore a checkpoint of this same run (config must match up to runtime fields)."""
-        state = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
+    def _data_files(self) -> list[dict[str, Any]]:
+        """Size and SHA-256 of each file the task reads (computed once per trainer)."""
+        if self._data_fingerprints is None:
+            self._data_fingerprints = [fingerprint(p) for p in self.task.data_files() if Path(p).is_file()]
+        return self._data_fingerprints
+
+    def load(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
+        """Restore a checkpoint of this same run (config must match up to runtime fields, and the
+        task's data files must be the ones it trained on); ``state`` is the checkpoint if already read."""
+        if state is None:
+            state = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
         saved = state.get("train_config")
         if saved is None or "optimizer" not in state:
             raise TrainingError(f"{path} holds model weights only, not a resumable run")
@@ -178,6 +247,13 @@ class Trainer:
         if differ:
             detail = ", ".join(f"{k}: {saved.get(k)!r} → {ours.get(k)!r}" for k in differ)
             raise TrainingError(f"cannot resume {path}: the config differs ({detail})")
+        stored = {d["path"]: d for d in state.get("data_files") or ()}
+        now = {d["path"]: d for d in self._data_files()}
+        for name in sorted(set(stored) | set(now)):
+            if stored.get(name) != now.get(name):
+                raise TrainingError(f"cannot resume {path}: the data file {name} changed since the run started "
+                                    f"(size {stored.get(name, {}).get('size')} → {now.get(name, {}).get('size')}, or "
+                                    "its SHA-256 differs); train afresh, or restore the file")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -309,6 +385,7 @@ class Trainer:
             bar.close()
             if self.is_main:
                 self.metrics.close()
+            self.close()
         return TrainResult(out=self.out, step=self.step_count, skipped=self.skipped, checkpoint=self.last_path,
                            seconds=time.perf_counter() - start, last_metrics=last, eval_metrics=self.last_eval,
                            rank=self.rank)
