@@ -25,8 +25,11 @@ def test_demo_quick_from_the_command_line(tmp_path, capsys):
     assert set(result["adaptive"]) == set(names)
     assert (out / "iterations.png").stat().st_size > 1000
     assert (out / "last.pt").is_file() and (out / "metrics.jsonl").read_text().strip()
-    # running it again starts afresh in the same folder
-    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--steps", "3"]) == 0
+    # running it again is refused (nothing changed); with --overwrite it starts afresh in the same folder
+    before = (out / "last.pt").read_bytes()
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--steps", "3"]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "last.pt").read_bytes() == before
+    assert main(["demo", "--quick", "--out", str(out), "--no-progress", "--steps", "3", "--overwrite"]) == 0
     assert json.loads((out / "demo.json").read_text())["steps"] == 3
 
 
