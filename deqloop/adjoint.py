@@ -21,7 +21,12 @@ forward solve run differently, :meth:`Backward.solve`).
   gᵀ = gᵀJ + vᵀ (J = ∂f/∂z at z*), found by a solver of its own (picard is the Neumann series).
   Each backward solve's convergence is recorded in a :class:`~deqloop.solvers.BackwardStats`
   (``sol.backward``, created with the solution) and passed to ``callback``; a failed solve warns
-  with :class:`BackwardWarning` (or raises :class:`BackwardError` with ``throw=True``).
+  with :class:`BackwardWarning`, aggregated: the first failure in full, then one line with counts
+  every 100 backward passes (:mod:`deqloop.adjoint_warnings`); ``throw=True`` raises
+  :class:`BackwardError` instead.
+* Second-order gradients (``create_graph=True``) through ``Implicit`` or ``Neumann`` raise
+  :class:`BackwardError`: their adjoint is not differentiable. ``Unrolled``, ``Phantom`` and
+  ``Truncated`` are plain autograd and support them.
 * :class:`Unrolled` — backpropagation through every iteration of naive (Picard) iteration; each
   sample stops at its own convergence. It *is* a forward method too: it always iterates plainly.
 """
@@ -29,12 +34,12 @@ forward solve run differently, :meth:`Backward.solve`).
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import torch
 
+from deqloop.adjoint_warnings import BackwardWarning, backward_warnings
 from deqloop.errors import ConfigError, DeqloopError
 from deqloop import inputs
 from deqloop.solvers import BackwardStats, Picard, Solution, solve, solve_unchecked
@@ -47,12 +52,21 @@ __all__ = ["BACKWARD_MODES", "Backward", "BackwardError", "BackwardWarning", "Im
 Map = Callable[[torch.Tensor], torch.Tensor]
 
 
-class BackwardWarning(RuntimeWarning):
-    """The implicit backward solve did not converge for some samples."""
-
-
 class BackwardError(DeqloopError, RuntimeError):
     """The implicit backward solve failed and ``throw`` was set."""
+
+
+def first_order_only(mode: Backward) -> None:
+    """Raise :class:`BackwardError` when called in a backward pass that records a graph
+    (``create_graph=True``): the adjoint computed by ``mode``'s hook is not differentiable, so a
+    second-order gradient through it would be silently wrong."""
+    if torch.is_grad_enabled():  # autograd enables grad mode in a backward pass exactly when create_graph
+        raise BackwardError(
+            f"a second-order gradient (a backward pass with create_graph=True: a gradient penalty, a "
+            f"Hessian-vector product, torch.autograd.grad(..., create_graph=True)) reached the {type(mode).__name__} "
+            "backward mode, whose adjoint is not differentiable: the result would be wrong. Use Unrolled() (exact "
+            "through the iterations) or Phantom / Truncated (plain autograd through steps of f), or differentiate "
+            "f itself at the fixed point (as deqloop.tools.jacobian_penalty does)")
 
 
 @dataclass(frozen=True)
@@ -246,6 +260,7 @@ class Implicit(Backward):
         def hook(v: torch.Tensor) -> torch.Tensor | None:
             if busy[0] or v is None:
                 return None
+            first_order_only(self)
             busy[0] = True
             try:
                 return self._adjoint(fz, z_in, v, stats, sol.converged)
@@ -273,14 +288,14 @@ class Implicit(Backward):
             g = torch.where(bad.reshape(-1, *([1] * (v.dim() - 1))), v, g)
         if self.callback is not None:
             self.callback(stats)
-        if self.fallback == "none" and not bool(bsol.converged.all()):
-            failed = bsol.failures()
-            msg = (f"implicit backward solve ({self.method}, rtol={self.rtol}, max_iter={self.max_iter}) did not "
-                   f"converge for {len(failed)} of {bsol.batch_size} samples; largest relative residual "
-                   f"{float(bsol.residual.max()):.3g}. Gradients for those samples are approximate.")
-            if self.throw:
-                raise BackwardError(msg)
-            warnings.warn(msg, BackwardWarning, stacklevel=3)
+        if self.fallback == "none":
+            what = f"implicit backward solve ({self.method}, rtol={self.rtol}, max_iter={self.max_iter})"
+            failed = int((~bsol.converged).sum())
+            worst = float(bsol.residual.max()) if failed else 0.0
+            if failed and self.throw:
+                raise BackwardError(f"{what} did not converge for {failed} of {bsol.batch_size} samples; largest "
+                                    f"relative residual {worst:.3g}")
+            backward_warnings.warn(what, failed, bsol.batch_size, worst, stacklevel=3)
         return g
 
 
@@ -308,6 +323,7 @@ class Neumann(Backward):
         def hook(v: torch.Tensor) -> torch.Tensor | None:
             if busy[0] or v is None:
                 return None
+            first_order_only(self)
             busy[0] = True
             try:
                 limit = self.clip * v.flatten(1).norm(dim=1) if self.clip > 0 else None

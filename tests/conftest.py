@@ -22,6 +22,15 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _fresh_backward_warnings():
+    """Each test sees the first failed implicit backward solve reported in full."""
+    from deqloop.adjoint_warnings import backward_warnings
+
+    backward_warnings.reset()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _seed_and_one_thread():
     """Every test starts from the same seed, on one thread: the problems are tiny and
     latency-bound, and extra threads only add contention on a small machine."""
