@@ -63,7 +63,7 @@ for name in {OPTIONAL!r}:
 import torch, deqloop
 from deqloop import solve, fixed_point, LoopedDEQ, Implicit
 from deqloop.train import TrainConfig, Trainer
-import deqloop.demo
+import deqloop.demo, deqloop.norm, deqloop.tools
 W = 0.3 * torch.eye(4)
 x = torch.randn(2, 4, requires_grad=True)
 z, sol = fixed_point(lambda z: torch.tanh(z @ W + x), torch.zeros(2, 4), backward=Implicit())

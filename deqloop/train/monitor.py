@@ -37,10 +37,11 @@ import torch
 from torch import Tensor, nn
 
 from deqloop import seeds
+from deqloop.tools.spectral import subspace_radius
 from deqloop.validate import integer, number
 
 __all__ = ["GROUPS", "StabilityMonitor", "grad_norms", "param_group", "probe_batch",
-           "subspace_radius"]
+           "subspace_radius"]  # subspace_radius: deqloop.tools.spectral's, re-exported
 
 GROUPS = ("embedding", "attn", "mlp", "inject", "norms", "head", "other")
 
@@ -77,34 +78,6 @@ def probe_batch(task: Any, size: int, seed: int) -> Tensor:
     the seed stream :data:`deqloop.seeds.MONITOR` of the run's ``seed``."""
     x, _ = task.make("val", integer("stability_size", size), seed=seeds.derive_seed(seed, seeds.MONITOR) % 2**31)
     return x
-
-
-def subspace_radius(op, X: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``iters`` steps of batched subspace iteration for the leading eigenvalue of a block-diagonal
-    operator ``op`` (``(B, n) → (B, n)``) from the basis ``X`` ``(B, n, p)``.
-
-    Each step applies ``op`` to the ``p`` orthonormalised columns and takes the Rayleigh–Ritz
-    eigenvalues of the ``p × p`` projection (``p ≥ 2`` follows a complex-conjugate pair). Returns
-    ``(radius, residual, basis)``: ``(B,)`` float64 |θ| of the leading Ritz value and its relative
-    residual ``‖A y − θ y‖ / |θ|``, and the next basis (orthonormalised ``A X``) to warm-start from.
-    """
-    integer("iters", iters)
-    B, _, p = X.shape
-    X = torch.linalg.qr(X).Q
-    radius = residual = None
-    for _ in range(iters):
-        Y = torch.stack([op(X[:, :, j]) for j in range(p)], dim=2)  # (B, n, p)
-        Xd, Yd = X.double(), Y.double()
-        w, S = torch.linalg.eig(Xd.transpose(1, 2) @ Yd)  # Ritz values and vectors, (B, p), (B, p, p)
-        lead = w.abs().argmax(dim=1)
-        theta = w.gather(1, lead[:, None])[:, 0]
-        s = S.gather(2, lead[:, None, None].expand(B, p, 1))  # (B, p, 1)
-        y, Ay = Xd.to(s.dtype) @ s, Yd.to(s.dtype) @ s
-        radius = theta.abs()
-        tiny = torch.finfo(torch.float64).tiny
-        residual = (Ay - theta[:, None, None] * y).norm(dim=(1, 2)) / (radius * y.norm(dim=(1, 2))).clamp_min(tiny)
-        X = torch.linalg.qr(Y).Q
-    return radius.cpu(), residual.cpu(), X
 
 
 class StabilityMonitor:

@@ -51,6 +51,8 @@ from torch import nn
 from deqloop import seeds
 from deqloop.model import LoopedDEQ
 from deqloop.solvers import relative_residual
+from deqloop.tools.correction import correction_weights, segments
+from deqloop.tools.penalty import jacobian_penalty
 
 __all__ = ["Equilibrium", "Objective", "Progressive", "WarmStart", "build_objective", "cross_entropy",
            "progressive_draw"]
@@ -119,17 +121,16 @@ class Equilibrium(Objective):
         self.warn_unconverged = warn_unconverged
 
     def segment_weights(self) -> list[float]:
-        """The weights of the ``fp_states`` graded states, last (the fixed point) largest; sum 1."""
-        w = [self.fp_gamma ** (self.fp_states - 1 - i) for i in range(self.fp_states)]
-        return [v / sum(w) for v in w]
+        """The weights of the ``fp_states`` graded states, last (the fixed point) largest; sum 1
+        (:func:`deqloop.tools.correction_weights`)."""
+        return correction_weights(self.fp_states, self.fp_gamma)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, depth: int, step: int):
         init = {"init": self.train_init} if self.train_init is not None else {}
-        budget = -(-depth // self.fp_states)  # each segment's share of the solver budget
         loss = x.new_zeros((), dtype=torch.float32)
         mask = self.mask(x, y)
         z0 = None
-        for weight in self.segment_weights():
+        for weight, budget in zip(self.segment_weights(), segments(depth, self.fp_states)):
             out = self.model(x, z0=z0, max_iter=budget, **init)
             loss = loss + weight * cross_entropy(out.logits, y, mask)
             z0 = out.solution.z.detach()
@@ -144,12 +145,9 @@ class Equilibrium(Objective):
         """‖εᵀ ∂f/∂z‖² / numel(ε) at the state ``z`` (detached), ε ~ N(0, I) from ``(seed, step)``:
         an unbiased estimate of ‖∂f/∂z‖²_F / dim, differentiable in the parameters."""
         e = self.model.embed(x)
-        z_in = z.detach().requires_grad_()
         with self.model.use_attention_backend("math"):  # the fused CPU kernels have no double backward
-            fz = self.model.step(z_in, e)
-        eps = torch.randn(fz.shape, generator=seeds.generator(self.seed, seeds.JACOBIAN, step)).to(fz)
-        (vjp,) = torch.autograd.grad(fz, z_in, eps, create_graph=True)
-        return vjp.to(torch.promote_types(vjp.dtype, torch.float32)).pow(2).sum() / eps.numel()
+            return jacobian_penalty(lambda z_in: self.model.step(z_in, e), z,
+                                    generator=seeds.generator(self.seed, seeds.JACOBIAN, step))
 
     def metrics(self, stats: dict[str, Any], mean: Mean) -> dict[str, Any]:
         sol = stats["solution"]

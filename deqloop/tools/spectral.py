@@ -1,0 +1,77 @@
+"""The spectral radius ρ(∂f/∂z) of any map at a state, per sample.
+
+* :func:`spectral_radius` — the leading eigenvalues of each sample's Jacobian by Krylov–Schur
+  (``"krylov"``, the ``analysis`` extra), block power iteration (``"power"``) or ARPACK, through
+  :func:`deqloop.analysis.jacobian.leading_eigenvalues` (what ``deqloop analyze`` reports).
+* :func:`subspace_radius` — a fixed number of warm-startable subspace iterations on any batched
+  operator: the cheap estimate the training-time stability monitor takes every few steps.
+
+Jacobian–vector products come from two reverse-mode passes (:func:`map_jacobian`), so ``f`` must
+be twice differentiable (with attention, use its math backend; no ``torch.compile``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from deqloop.solvers.packing import Packing, packed_map
+from deqloop.validate import integer
+
+__all__ = ["map_jacobian", "spectral_radius", "subspace_radius"]
+
+
+def map_jacobian(f: Callable[[Any], Any], z: Any):
+    """Batched products with J = ∂f/∂z at ``z`` (a :class:`~deqloop.analysis.jacobian.LoopJacobian`:
+    ``jvp``, ``vjp``, ``operator(kind)``, vectors flattened per sample to ``(B, n)``). ``z`` may be a
+    tuple, list or dict of tensors (packed per sample)."""
+    from deqloop.analysis.jacobian import LoopJacobian
+
+    if not isinstance(z, torch.Tensor):
+        packing = Packing.of("z", z)
+        f, z = packed_map(f, packing), packing.pack(z, "z")
+    return LoopJacobian(lambda z_, _e: f(z_), z, z)
+
+
+def spectral_radius(f: Callable[[Any], Any], z: Any, *, method: str = "krylov", k: int = 2, ncv: int = 20,
+                    tol: float = 1e-6, maxiter: int = 100, seed: int = 0):
+    """The ``k`` leading eigenvalues of each sample's ∂f/∂z at ``z``, an
+    :class:`~deqloop.analysis.krylov.EigenEstimate`: ``.radius`` is ρ per sample, ``.converged``
+    and ``.residual`` say how far to trust it. ``method``: ``"krylov"`` (Krylov dimension ``ncv``,
+    ``maxiter`` restarts), ``"power"`` (block power on ``max(k, 2)`` vectors, ``maxiter`` steps)
+    or ``"arpack"``; ``tol`` is the leading Ritz pair's relative residual."""
+    from deqloop.analysis.jacobian import leading_eigenvalues
+
+    with torch.enable_grad():
+        jac = map_jacobian(f, z)
+    return leading_eigenvalues(jac, method=method, k=k, ncv=ncv, tol=tol, maxiter=maxiter, seed=seed)
+
+
+def subspace_radius(op: Callable[[Tensor], Tensor], X: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``iters`` steps of batched subspace iteration for the leading eigenvalue of a block-diagonal
+    operator ``op`` (``(B, n) → (B, n)``) from the basis ``X`` ``(B, n, p)``.
+
+    Each step applies ``op`` to the ``p`` orthonormalised columns and takes the Rayleigh–Ritz
+    eigenvalues of the ``p × p`` projection (``p ≥ 2`` follows a complex-conjugate pair). Returns
+    ``(radius, residual, basis)``: ``(B,)`` float64 |θ| of the leading Ritz value and its relative
+    residual ``‖A y − θ y‖ / |θ|``, and the next basis (orthonormalised ``A X``) to warm-start from.
+    """
+    integer("iters", iters)
+    B, _, p = X.shape
+    X = torch.linalg.qr(X).Q
+    radius = residual = None
+    for _ in range(iters):
+        Y = torch.stack([op(X[:, :, j]) for j in range(p)], dim=2)  # (B, n, p)
+        Xd, Yd = X.double(), Y.double()
+        w, S = torch.linalg.eig(Xd.transpose(1, 2) @ Yd)  # Ritz values and vectors, (B, p), (B, p, p)
+        lead = w.abs().argmax(dim=1)
+        theta = w.gather(1, lead[:, None])[:, 0]
+        s = S.gather(2, lead[:, None, None].expand(B, p, 1))  # (B, p, 1)
+        y, Ay = Xd.to(s.dtype) @ s, Yd.to(s.dtype) @ s
+        radius = theta.abs()
+        tiny = torch.finfo(torch.float64).tiny
+        residual = (Ay - theta[:, None, None] * y).norm(dim=(1, 2)) / (radius * y.norm(dim=(1, 2))).clamp_min(tiny)
+        X = torch.linalg.qr(Y).Q
+    return radius.cpu(), residual.cpu(), X
