@@ -13,11 +13,14 @@ The building blocks are public too: :class:`LoopJacobian` (batched JVPs/VJPs of 
 :func:`leading_eigenvalues`, :func:`sigma_max`, :func:`resolvent_norm`,
 :func:`input_sensitivity`, :func:`local_smoothness`, :func:`weight_diagnostics` (the paper's
 ρ(W_x), ‖W_x‖₂, ... of the block's weights), and :func:`plot_report` for figures.
+:func:`anisotropy_table` and :func:`plot_anisotropy` are the paper's scalar toy of the stable
+gains with internal and external recall (:mod:`deqloop.analysis.anisotropy`).
 """
 
 from __future__ import annotations
 
 from deqloop.analysis.analyze import MEASURES, AnalysisOptions, analyze
+from deqloop.analysis.anisotropy import anisotropy_table, plot_anisotropy
 from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues
 from deqloop.analysis.norms import resolvent_norm, sigma_max
 from deqloop.analysis.report import REGIMES, StabilityReport
@@ -33,9 +36,11 @@ __all__ = [
     "StabilityReport",
     "WEIGHT_KEYS",
     "analyze",
+    "anisotropy_table",
     "input_sensitivity",
     "leading_eigenvalues",
     "local_smoothness",
+    "plot_anisotropy",
     "plot_report",
     "resolvent_norm",
     "sigma_max",
