@@ -34,7 +34,13 @@ from torch.utils._pytree import tree_flatten, tree_map
 CUDA = torch.device("cuda", 0)
 
 
-class OnDevice(torch.Tensor):
+class _Tagged(torch.Tensor):
+    def __reduce_ex__(self, protocol):  # saved as a plain tensor, as a checkpoint loaded on the CPU reads it
+        with torch._C.DisableTorchFunctionSubclass():
+            return torch.Tensor.__reduce_ex__(self.as_subclass(torch.Tensor), protocol)
+
+
+class OnDevice(_Tagged):
     """A CPU tensor standing for one on ``cuda:0``."""
 
     @property
@@ -46,14 +52,14 @@ class OnDevice(torch.Tensor):
         return True
 
 
-class OnHost(torch.Tensor):
+class OnHost(_Tagged):
     """A tensor made on the CPU inside the fake-CUDA context."""
 
 
 # moving or aliasing data between devices, and indexing a device tensor with host indices, are legal
 MIXING_ALLOWED = {"copy_", "to", "cpu", "cuda", "_has_compatible_shallow_copy_type", "__get__", "__set__",
                   "__getitem__", "__setitem__", "swap_tensors", "_make_subclass", "set_", "_parse_to",
-                  "__repr__", "__format__", "__str__"}
+                  "__repr__", "__format__", "__str__", "module_load"}
 MOVES = {"to", "cpu", "cuda"}
 HOST_READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "numpy"}
 
