@@ -116,7 +116,7 @@ def test_solvers_reject_bad_z0_and_bad_f(entry):
         (half, torch.zeros(2, 3, dtype=torch.long), InputTypeError, "z0 must be a floating-point tensor"),
         (half, torch.zeros(0, 3), InputError, r"z0 must be batch-first \(B, ...\) with B ≥ 1 samples, got shape \(0, 3\)"),
         (half, torch.tensor(1.0), InputError, r"got shape \(\)"),
-        (half, [1.0], InputTypeError, "z0 must be a torch.Tensor, got list"),
+        (half, [1.0], InputTypeError, r"z0\[0\] must be a tensor or a tuple, list or dict of tensors, got float"),
         (3, z0, InputTypeError, "f must be callable"),
         (lambda z: z[:, :2], z0, InputError, r"f must return a tensor of the shape of its input \(2, 3\), got \(2, 2\)"),
         (lambda z: z.double(), z0, InputTypeError, r"f must return the dtype of z0 \(torch.float32\), got torch.float64"),
