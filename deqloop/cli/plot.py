@@ -2,10 +2,12 @@
 
     deqloop plot runs/a runs/b runs/c --out stability.png
 
-Four panels over training steps, one line per run (labelled by its folder name): ρ(∂f/∂z) (the
+Six panels over training steps, one line per run (labelled by its folder name): ρ(∂f/∂z) (the
 median over the monitor's probe), the reachable fraction (plain iteration converged), the
-implicit backward solve's converged fraction, and the training loss. The stability records come
-from runs trained with ``--stability-every N`` (see :mod:`deqloop.train.monitor`).
+implicit backward solve's converged fraction, the training loss, and two of the paper's weight
+diagnostics, ρ(W_x) of the state injection and ‖W_Q‖₂‖W_K‖₂ (:mod:`deqloop.analysis.weights`).
+The stability records come from runs trained with ``--stability-every N`` (see
+:mod:`deqloop.train.monitor`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ PANELS = (
     ("stability", "plain_converged", "reachable: plain iteration converged"),
     ("stability", "backward_converged", "implicit backward solve converged"),
     ("train", "loss", "training loss"),
+    ("stability", "injection_spectral_radius", "ρ(W_x): the state injection's weight"),
+    ("stability", "qk_norm_product", "‖W_Q‖₂ ‖W_K‖₂"),
 )
+FRACTIONS = ("plain_converged", "backward_converged")  # panels drawn on [0, 1]
 
 
 def add(sub: Any) -> None:
@@ -32,7 +37,8 @@ def add(sub: Any) -> None:
         "plot", help="stability traces of training runs on one figure",
         description="Draw, for one or more run folders (written by deqloop train --stability-every N), the stability "
         "monitor's traces over training steps: spectral radius of the loop's Jacobian, reachable fraction, backward "
-        "convergence, and the training loss; one panel each, one line per run. Writes a PNG.")
+        "convergence, the training loss, and the paper's rho(W_x) and ‖W_Q‖‖W_K‖; one panel each, one line per run. "
+        "Writes a PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each holds a metrics.jsonl)")
     p.add_argument("--out", default="stability.png", help="the PNG to write [default: stability.png]")
     p.add_argument("--dpi", type=int, default=120, help="resolution [default: 120]")
@@ -77,8 +83,8 @@ def plot_stability(runs: list[str | Path], out: str | Path, *, dpi: int = 120) -
     integer("dpi", dpi)
     folders = [Path(r) for r in runs]
     data = [read_run(f) for f in folders]  # every folder checked before anything is drawn
-    fig = Figure(figsize=(10, 7), layout="constrained")
-    axes = fig.subplots(2, 2).reshape(-1)
+    fig = Figure(figsize=(14, 7), layout="constrained")
+    axes = fig.subplots(2, 3).reshape(-1)
     for label, traces in zip(_labels(folders), data):
         for ax, (kind, field, _) in zip(axes, PANELS):
             points = traces[kind].get(field, [])
@@ -88,9 +94,9 @@ def plot_stability(runs: list[str | Path], out: str | Path, *, dpi: int = 120) -
     for ax, (kind, field, title) in zip(axes, PANELS):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
-        if field == "rho":
+        if field in ("rho", "injection_spectral_radius"):
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        elif kind == "stability":
+        elif field in FRACTIONS:
             ax.set_ylim(-0.05, 1.05)
         if ax.lines:
             ax.legend(fontsize=8)

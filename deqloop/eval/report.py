@@ -184,10 +184,10 @@ class EvalReport:
                  f"({', '.join(f'{k}: {v}' for k, v in self.n.items())} examples)", self.curves.table(), "",
                  f"the paper's number (accuracy at {PAPER_ITERATIONS} iterations) and the best over counts",
                  self.curves.headline(), ""]
-        if self.dynamics:
-            parts += [dynamics_table(self.dynamics, self.curves.iters), ""]
         if self.cells is not None:
             parts += ["fraction of cells right by test-time iterations", self.cells.table(), ""]
+        if self.dynamics:
+            parts += [dynamics_table(self.dynamics, self.curves.iters), ""]
         parts.append(settle_table(self.settling, self.settle_rtol))
         if self.solver:
             rows = {k: {**v} for k, v in self.solver.items()}
