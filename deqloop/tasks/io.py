@@ -5,19 +5,21 @@ plain and ``.zst`` files, and where the project's shared puzzle data lies.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from deqloop.errors import ConfigError, DeqloopError
+from deqloop.tasks.zstd_frames import check_complete
 from deqloop.validate import choice
 
-__all__ = ["ON_ERROR", "DataError", "LoadSummary", "Rows", "check_file", "check_on_error", "iter_lines", "shared_data_dir"]
+__all__ = ["MAX_LINE_BYTES", "ON_ERROR", "DataError", "LoadSummary", "Rows", "check_file", "check_on_error", "iter_lines",
+           "shared_data_dir"]
 
 log = logging.getLogger("deqloop.tasks")
 
@@ -44,12 +46,13 @@ def _short(value: object, width: int = 80) -> str:
 
 
 class DataError(DeqloopError, ValueError):
-    """A malformed row: ``path:line: problem (value ...; expected ...)``."""
+    """A malformed row: ``path:line: problem (value ...; expected ...)`` (``path: problem`` for a
+    problem of the whole file)."""
 
     def __init__(
         self,
         path: str | Path,
-        line: int,
+        line: int | None,
         problem: str,
         value: object = None,
         expected: str | None = None,
@@ -65,7 +68,8 @@ class DataError(DeqloopError, ValueError):
         if expected:
             detail.append(f"expected {expected}")
         suffix = f" ({'; '.join(detail)})" if detail else ""
-        super().__init__(f"{self.path}:{line}: {problem}{suffix}")
+        where = self.path if line is None else f"{self.path}:{line}"  # None: the file as a whole
+        super().__init__(f"{where}: {problem}{suffix}")
 
 
 @dataclass
@@ -107,7 +111,7 @@ class Rows:
         if len(self.summary.first_errors) < LoadSummary.MAX_KEPT_ERRORS:
             self.summary.first_errors.append(error)
 
-    def fatal(self, line: int, problem: str, value: object = None, expected: str | None = None) -> DataError:
+    def fatal(self, line: int | None, problem: str, value: object = None, expected: str | None = None) -> DataError:
         """An error that ends loading whatever ``on_error`` says (a file-level problem)."""
         return DataError(self.summary.path, line, problem, value, expected)
 
@@ -117,34 +121,74 @@ class Rows:
         return self.summary
 
 
-def iter_lines(path: str | Path, rows: Rows) -> Iterator[tuple[int, str]]:
+MAX_LINE_BYTES = 1 << 20  # a puzzle row is under 1 kB; a longer line means a file of another kind
+_BOM = b"\xef\xbb\xbf"
+_NEWLINE = re.compile(rb"\r\n|\r|\n")
+_CHUNK = 1 << 16
+
+
+def _chunks(path: Path) -> Iterator[bytes]:
+    """The bytes of a plain or ``.zst`` file in chunks of at most 64 KiB (decompressed, across frames)."""
+    with path.open("rb") as raw:
+        stream: Any = raw
+        if path.suffix == ".zst":
+            import zstandard
+
+            problem = check_complete(path)
+            if problem:
+                raise DataError(path, None, f"truncated or damaged zstd file: {problem}")
+            stream = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        while chunk := stream.read(_CHUNK):
+            yield chunk
+
+
+def iter_lines(path: str | Path, rows: Rows, *, max_line: int = MAX_LINE_BYTES) -> Iterator[tuple[int, str]]:
     """``(line number, text without line ending)`` of a plain or ``.zst`` text file, streamed.
 
-    Lines that are not UTF-8 go to ``rows.bad``; a corrupt zstd stream raises
-    :class:`DataError` at the line where it broke.
+    Lines end at ``\\n``, ``\\r\\n`` or a lone ``\\r``; a UTF-8 byte order mark at the start is
+    dropped. Lines that are not UTF-8 go to ``rows.bad``. A line longer than ``max_line`` bytes,
+    a ``.zst`` file cut short (checked before reading: it would otherwise read as a shorter file)
+    and a corrupt zstd stream raise :class:`DataError` naming the file.
     """
     path = Path(path)
-    with path.open("rb") as raw:
-        stream: io.BufferedIOBase = raw
-        corrupt: tuple[type[Exception], ...] = ()
-        if path.suffix == ".zst":
-            from deqloop.extras import require
+    number, buffer = 0, b""
+    corrupt: tuple[type[Exception], ...] = ()
+    if path.suffix == ".zst":
+        import zstandard
 
-            zstandard = require("zstandard", f"reading the compressed file {path}")
+        corrupt = (zstandard.ZstdError,)
 
-            stream = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))  # type: ignore[arg-type]
-            corrupt = (zstandard.ZstdError,)
-        number = 0
+    def line(data: bytes) -> tuple[int, str] | None:
+        if number == 1 and data.startswith(_BOM):
+            data = data[len(_BOM):]
         try:
-            for number, data in enumerate(stream, start=1):
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    rows.bad(number, "line is not UTF-8", data[max(0, e.start - 10) : e.end + 10])
-                    continue
-                yield number, text.rstrip("\r\n")
-        except corrupt as e:
-            raise DataError(path, number + 1, f"corrupt zstd stream: {e}") from e
+            return number, data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            rows.bad(number, "line is not UTF-8", data[max(0, e.start - 10) : e.end + 10])
+            return None
+
+    try:
+        for chunk in _chunks(path):
+            buffer += chunk
+            start = 0
+            while (match := _NEWLINE.search(buffer, start)) is not None:
+                if match.group() == b"\r" and match.end() == len(buffer):
+                    break  # a \r\n may be split across chunks
+                number += 1
+                if (item := line(buffer[start : match.start()])) is not None:
+                    yield item
+                start = match.end()
+            buffer = buffer[start:]
+            if len(buffer) > max_line:
+                raise DataError(path, number + 1, f"line longer than {max_line} bytes (not a file of puzzle rows?)")
+    except corrupt as e:
+        raise DataError(path, number + 1, f"corrupt zstd stream: {e}") from e
+    if buffer.endswith(b"\r"):
+        buffer = buffer[:-1]
+    if buffer:
+        number += 1
+        if (item := line(buffer)) is not None:
+            yield item
 
 
 def shared_data_dir() -> Path:

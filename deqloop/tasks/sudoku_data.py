@@ -204,8 +204,9 @@ def load(
 
     Missing answers and ratings are computed by the rating search (:func:`solve`). Given answers
     are checked to be valid and to agree with the givens, but not re-proved unique.
-    Bad rows raise :class:`~deqloop.tasks.base.DataError`; ``on_error="skip"`` drops them and
-    counts them in ``meta.summary``.
+    Bad rows (a puzzle seen on an earlier line among them) raise
+    :class:`~deqloop.tasks.base.DataError`; ``on_error="skip"`` drops them and counts them in
+    ``meta.summary``. A file with no puzzle row, or none left, is a ``DataError`` either way.
     """
     check_file(path)
     rows = Rows(path, on_error)
@@ -273,6 +274,8 @@ def load(
         sources.append(source)
         lines.append(number)
 
+    if not rows.summary.rows:
+        raise rows.fatal(None, "no puzzle rows (the file is empty, or holds only a header, comments or blank lines)")
     grid = np.array(questions, dtype=np.int8).reshape(-1, 81)
     keep = np.ones(len(grid), bool)
     problems: dict[int, tuple[str, str, str | None]] = {}
@@ -309,11 +312,18 @@ def load(
                 if not has_answer[i]:
                     solution[i] = first
                 rating_array[i] = guesses if count == 1 else -1
+    first: dict[bytes, int] = {}  # a good puzzle -> the row it was first read from
+    for i in np.flatnonzero(keep):  # the same puzzle twice would leak between splits
+        if (seen := first.setdefault(grid[i].tobytes(), i)) != i:
+            flag(i, f"duplicate puzzle: the same as line {lines[seen]}", "each puzzle once (on_error='skip' drops "
+                 "the repeats)")
     for i in sorted(problems):
         problem, value, expected = problems[i]
         rows.bad(lines[i], problem, value, expected)
 
     rows.summary.loaded = int(keep.sum())
+    if not rows.summary.loaded:
+        raise rows.fatal(None, f"no puzzle loaded: {rows.summary}")
     summary = rows.finish()
     x = torch.from_numpy(grid[keep].astype(np.int64)).view(-1, 9, 9)
     y = torch.from_numpy(solution[keep].astype(np.int64)).view(-1, 9, 9)
