@@ -78,6 +78,7 @@ def stability_numbers(report) -> dict[str, Any]:
         "backward_converged_fraction": mean(d.get("backward_converged") or []),
         "backward_iterations_median": median([float(v) for v in d.get("backward_iterations") or []]),
         "seconds": sum(report.timings.values()),
+        "weights": dict(report.weights),  # the paper's weight diagnostics (deqloop.analysis.weights)
     }
     return out
 

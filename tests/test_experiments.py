@@ -78,8 +78,11 @@ def test_tiny_sweep_and_report_end_to_end(tmp_path):
     assert [json.dumps(x) for x in summary.load_summaries(summaries)] == [json.dumps(x) for x in results]
     assert {x["train_config"]["backward"] for x in results} == {None, "implicit", "phantom"}
     r = results[0]
-    assert set(r["analysis"]["hard"]) >= {"converged_fraction", "spectral_radius_median", "from_zeros"}
+    assert set(r["analysis"]["hard"]) >= {"converged_fraction", "spectral_radius_median", "from_zeros", "weights"}
+    assert set(r["analysis"]["hard"]["weights"]) >= {"qk_norm_product", "attn_out_norm", "mlp_norm_product"}
     assert r["eval"]["curves"]["iters"] == list(PRESETS["tiny"].eval_iters)
+    assert r["eval"]["paper"] == {"iterations": 500, "accuracy": {"val": None, "hard": None}}  # counts end at 16
+    assert r["eval"]["best"]["hard"][1] == max(r["eval"]["curves"]["accuracy"]["hard"])
     assert r["train"]["steps"] == PRESETS["tiny"].train["prefix_sums"]["steps"]
     # a finished run is not redone
     mtime = (root / r["name"] / "result.json").stat().st_mtime
