@@ -70,7 +70,8 @@ def training_numbers(metrics_path: Path) -> dict[str, Any]:
 # paper's weight diagnostics last (deqloop.analysis.weights.WEIGHT_KEYS, written out: no torch here)
 STABILITY_FIELDS = ("step", "rho", "rho_max", "forward_converged", "plain_converged", "backward_converged",
                     "init_distance", "injection_spectral_radius", "injection_norm", "injection_norm_ratio",
-                    "injection_condition", "qk_norm_product", "attn_out_norm", "mlp_norm_product")
+                    "injection_condition", "injection_condition_11", "qk_norm_product", "attn_out_norm",
+                    "mlp_norm_product")
 TRACE_POINTS = 100  # at most this many points per trace in a summary (evenly thinned, the last one kept)
 
 

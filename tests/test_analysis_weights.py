@@ -14,9 +14,9 @@ from deqloop.model import LoopedDEQ
 from deqloop.train.monitor import StabilityMonitor
 
 
-def tiny_model(recall: str, seed: int = 0) -> LoopedDEQ:
+def tiny_model(recall: str, seed: int = 0, width: int = 8) -> LoopedDEQ:
     torch.manual_seed(seed)
-    return LoopedDEQ(vocab_size=5, num_classes=2, grid=(3,), width=8, heads=2, recall=recall)
+    return LoopedDEQ(vocab_size=5, num_classes=2, grid=(3,), width=width, heads=2, recall=recall)
 
 
 def np_(w: torch.Tensor) -> np.ndarray:
@@ -30,12 +30,15 @@ def norm2(w: np.ndarray) -> float:
 def expected_injection(w_x: torch.Tensor, w_h: torch.Tensor) -> dict[str, float]:
     wx, wh = np_(w_x), np_(w_h)
     s = np.linalg.svd(wx, compute_uv=False)
-    return {
+    out = {
         "injection_spectral_radius": float(np.abs(np.linalg.eigvals(wx)).max()),
         "injection_norm": float(s[0]),
         "injection_norm_ratio": float(s[0]) / norm2(wh),
         "injection_condition": float(s[0] / s[-1]),
     }
+    if len(s) >= 11:  # the authors' code's "condition": σ₁ over the 11th singular value
+        out["injection_condition_11"] = float(s[0] / s[10])
+    return out
 
 
 def expected_block(model: LoopedDEQ) -> dict[str, float]:
@@ -61,17 +64,18 @@ def test_without_recall_only_the_block_keys():
     assert list(got) == [k for k in WEIGHT_KEYS if k in got]
 
 
-def test_external_recall_against_numpy():
-    model = tiny_model("external")
+@pytest.mark.parametrize("width", [8, 12])
+def test_external_recall_against_numpy(width):
+    model = tiny_model("external", width=width)
     inj = model.block.inject
     want = {**expected_injection(inj.w_z.weight, inj.w_e.weight), **expected_block(model)}
     got = weight_diagnostics(model)
     check(got, want)
-    assert list(got) == list(WEIGHT_KEYS)
+    assert list(got) == [k for k in WEIGHT_KEYS if width >= 11 or k != "injection_condition_11"]
 
 
 def test_per_sublayer_pairs_are_each_reported_and_the_bare_key_is_the_largest():
-    model = tiny_model("internal")
+    model = tiny_model("internal", width=12)
     pairs = {"attn": model.block.attn_res.inject, "mlp": model.block.mlp_res.inject}
     per = {where: expected_injection(m.w_z.weight, m.w_e.weight) for where, m in pairs.items()}
     want = expected_block(model)
@@ -104,6 +108,16 @@ def test_known_matrices_by_hand():
         model.block.inject.w_z.weight[1, 1] = 0.0
         model.block.inject.w_z.weight[0, 1] = 0.0
     assert weight_diagnostics(model)["injection_condition"] == math.inf
+
+
+def test_the_authors_condition_divides_by_the_eleventh_singular_value():
+    model = tiny_model("external", width=12)
+    with torch.no_grad():  # singular values 12, 11, ..., 1 (a permuted diagonal: eigenvalues ±)
+        w = torch.diag(torch.arange(12.0, 0.0, -1.0))[torch.randperm(12, generator=torch.Generator().manual_seed(0))]
+        model.block.inject.w_z.weight.copy_(w)
+    got = weight_diagnostics(model)
+    assert got["injection_condition"] == pytest.approx(12.0) and got["injection_condition_11"] == pytest.approx(6.0)
+    assert got["injection_norm"] == pytest.approx(12.0)
 
 
 def test_the_monitor_records_them():

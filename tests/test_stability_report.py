@@ -29,7 +29,7 @@ def test_traces_keep_the_monitor_records_and_the_loss_and_skip_the_rest(tmp_path
     assert t["loss"] == [[10, 0.6931], [20, 0.5]]
     assert t["stability"]["fields"] == ["step", "rho", "rho_max", "forward_converged", "plain_converged",
                                         "backward_converged", "init_distance", *WEIGHT_KEYS]
-    weights = [None] * 4 + [4.0, 0.25, 2.5]  # a run without recall: no injection keys
+    weights = [None] * 5 + [4.0, 0.25, 2.5]  # a run without recall: no injection keys
     assert t["stability"]["rows"] == [[20, 0.9877, 1.488, 1.0, 1.0, 0.5, 0.125, *weights],
                                       [40, 1.25, 1.75, 1.0, 0.25, 0.5, None, *weights]]
     assert runlog.traces(tmp_path / "absent.jsonl") == {"stability": {"fields": list(runlog.STABILITY_FIELDS),

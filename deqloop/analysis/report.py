@@ -250,7 +250,7 @@ class StabilityReport:
 
 
 _WEIGHT_LABELS = {"injection_spectral_radius": "ρ(W_x)", "injection_norm": "‖W_x‖", "injection_norm_ratio": "‖W_x‖/‖W_h‖",
-                  "injection_condition": "σ₁/σ_last(W_x)", "qk_norm_product": "‖W_Q‖‖W_K‖", "attn_out_norm": "‖W_O‖",
+                  "injection_condition": "σ₁/σ_last(W_x)", "injection_condition_11": "σ₁/σ₁₁(W_x)", "qk_norm_product": "‖W_Q‖‖W_K‖", "attn_out_norm": "‖W_O‖",
                   "mlp_norm_product": "‖W₁‖‖W₂‖"}
 
 

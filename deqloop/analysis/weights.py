@@ -3,6 +3,7 @@
     weight_diagnostics(model)
     # {"injection_spectral_radius": ρ(W_x), "injection_norm": ‖W_x‖₂,
     #  "injection_norm_ratio": ‖W_x‖₂ / ‖W_h‖₂, "injection_condition": σ₁(W_x) / σ_last(W_x),
+    #  "injection_condition_11": σ₁(W_x) / σ₁₁(W_x),
     #  "qk_norm_product": ‖W_Q‖₂ ‖W_K‖₂, "attn_out_norm": ‖W_O‖₂, "mlp_norm_product": ‖W₁‖₂ ‖W₂‖₂}
 
 These are what the paper logs once per epoch (authors' code ``train_model.py:243-279``, repository
@@ -12,8 +13,10 @@ are the query and key rows of the block's ``qkv`` projection (all heads together
 attention's output projection, ``W₁``, ``W₂`` the MLP's two layers. They are weights only: no
 input, no fixed point (deqloop's own ρ(∂f/∂z) is :mod:`deqloop.analysis.jacobian`).
 
-The paper's code divides σ₁ by the 11th singular value for its condition number; here it is
-σ₁ / σ_last, the condition number proper (``inf`` for a singular ``W_x``).
+``injection_condition`` is σ₁ / σ_last, the condition number proper (``inf`` for a singular
+``W_x``). The paper's code divides σ₁ by the 11th largest singular value instead (its
+``inject_condition``, ``train_model.py:266-267``); that number is ``injection_condition_11``, for
+widths of 11 and more.
 
 The injection keys are present only for a model with recall. A model with one injection pair
 (external recall, the paper's shared internal recall) reports them as is; with one pair per
@@ -33,7 +36,8 @@ from torch import Tensor, nn
 
 __all__ = ["INJECTION_KEYS", "WEIGHT_KEYS", "weight_diagnostics"]
 
-INJECTION_KEYS = ("injection_spectral_radius", "injection_norm", "injection_norm_ratio", "injection_condition")
+INJECTION_KEYS = ("injection_spectral_radius", "injection_norm", "injection_norm_ratio", "injection_condition",
+                  "injection_condition_11")
 WEIGHT_KEYS = (*INJECTION_KEYS, "qk_norm_product", "attn_out_norm", "mlp_norm_product")
 
 
@@ -47,16 +51,18 @@ def _norm2(w: Tensor) -> float:
 
 
 def _injection(w_x: Tensor, w_h: Tensor) -> dict[str, float]:
-    """The four injection diagnostics of one pair ``(W_x, W_h)``."""
+    """The injection diagnostics of one pair ``(W_x, W_h)``."""
     wx = _host(w_x)
-    sv = torch.linalg.svdvals(wx)  # descending
-    last = float(sv[-1])
-    return {
+    sv = [float(v) for v in torch.linalg.svdvals(wx)]  # descending
+    out = {
         "injection_spectral_radius": float(torch.linalg.eigvals(wx).abs().max()),
-        "injection_norm": float(sv[0]),
-        "injection_norm_ratio": float(sv[0]) / _norm2(w_h),
-        "injection_condition": float(sv[0]) / last if last > 0 else math.inf,
+        "injection_norm": sv[0],
+        "injection_norm_ratio": sv[0] / _norm2(w_h),
+        "injection_condition": sv[0] / sv[-1] if sv[-1] > 0 else math.inf,
     }
+    if len(sv) >= 11:
+        out["injection_condition_11"] = sv[0] / sv[10] if sv[10] > 0 else math.inf
+    return out
 
 
 def _first_block(model: nn.Module) -> nn.Module:
@@ -77,11 +83,11 @@ def weight_diagnostics(model: nn.Module) -> dict[str, float]:
     pairs = {where: _injection(w_x, w_h) for where, (w_x, w_h) in block.injection_weights().items()}
     out: dict[str, float] = {}
     if pairs:
-        out.update({k: max(p[k] for p in pairs.values()) for k in INJECTION_KEYS})
+        out.update({k: max(p[k] for p in pairs.values()) for k in INJECTION_KEYS if k in next(iter(pairs.values()))})
     q, k, _ = block.attn.qkv.weight.chunk(3, dim=0)  # (D, D) each: all heads' query / key rows
     out["qk_norm_product"] = _norm2(q) * _norm2(k)
     out["attn_out_norm"] = _norm2(block.attn.proj.weight)
     out["mlp_norm_product"] = _norm2(block.mlp.fc.weight) * _norm2(block.mlp.proj.weight)
     if len(pairs) > 1:
-        out.update({f"{k}/{where}": p[k] for where, p in pairs.items() for k in INJECTION_KEYS})
+        out.update({f"{k}/{where}": v for where, p in pairs.items() for k, v in p.items()})
     return out
