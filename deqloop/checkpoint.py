@@ -27,7 +27,10 @@ from deqloop.files import atomic_write
 __all__ = ["FORMAT", "CheckpointError", "load_checkpoint", "load_model", "save_checkpoint"]
 
 REQUIRED_KEYS = ("model_config", "model")
-FORMAT = 2  # 2: nested model config (arch/solve), task settings in train_config.task_options
+# 2: nested model config (arch/solve), task settings in train_config.task_options
+# 3: the paper's block forms (recall_maps, norm_weights, bias, qk_norm_order, residual, blocks); an
+#    earlier checkpoint lacks those fields and is read with deqloop's earlier forms (EARLIER_FORMS)
+FORMAT = 3
 
 
 class CheckpointError(DeqloopError, RuntimeError):
@@ -89,6 +92,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise CheckpointError(f"{path}: tensor model.{name} holds non-finite values (NaN or inf): the file is "
                                   "corrupt or was not written by deqloop's trainer")
+    if version < 3:
+        _with_earlier_forms(state)
     return state
 
 
@@ -113,6 +118,20 @@ def _check_archive(path: Path) -> None:
     if bad is not None:
         raise CheckpointError(f"{path}: corrupt: the CRC check of {bad!r} fails (the file was damaged after it was "
                               "written)")
+
+
+def _with_earlier_forms(state: dict[str, Any]) -> None:
+    """A checkpoint from before format 3 holds a model of deqloop's earlier block (per-sublayer
+    recall maps and norms, no biases, QK-norm before RoPE): write those forms into its stored
+    model and training configs where the fields are absent, so they rebuild that model."""
+    from deqloop.model.config import EARLIER_FORMS
+
+    config = state["model_config"]
+    arch = config["arch"] if isinstance(config.get("arch"), dict) else config  # nested, or flat (format 1)
+    train = state.get("train_config")
+    for values in (arch, train if isinstance(train, dict) else {}):
+        for key, value in EARLIER_FORMS.items():
+            values.setdefault(key, value)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu", *, state: dict[str, Any] | None = None):

@@ -385,11 +385,13 @@ def test_num_parameters_and_repr():
     model = tiny(width=16, heads=2, mlp_ratio=2, recall="external", norm="pre", qk_norm=False)
     D, V, C, H = 16, 5, 3, 32
     expected = (V * D  # embedding
-                + 2 * D * D  # external recall W_z, W_e
-                + 3 * D * D + D * D  # attention qkv, proj
-                + D  # attention residual: pre-norm
+                + 2 * D * D + 2 * D  # external recall W_z, b_z, W_e, b_e
+                + 3 * D * D + 3 * D + D * D + D  # attention qkv, proj, with biases
+                + D  # the block's pre-norm, used by both sublayers
                 + D * H + H + H * D + D  # MLP
-                + D  # MLP residual: pre-norm
                 + D + D * D + D + D * C + C)  # readout: norm, fc, out
     assert model.num_parameters() == expected == sum(p.numel() for p in model.parameters())
     assert "recall='external', norm='pre'" in repr(model) and "max_iter=8" in repr(model)
+    earlier = tiny(width=16, heads=2, mlp_ratio=2, recall="external", norm="pre", qk_norm=False, bias=False,
+                   norm_weights="per_sublayer")
+    assert earlier.num_parameters() == expected - 2 * D - 4 * D + D  # no biases, a pre-norm per sublayer

@@ -5,12 +5,16 @@ arithmetic; none of them calls deqloop's modules, norms, RoPE tables or masks. A
 RMSNorm weights and biases included, are set to random values first, so a missing norm cannot
 hide behind a weight of 1 and a missing bias behind a bias of 0.
 
-Formulas (h the residual stream, g a sublayer, n an RMSNorm with its own weight):
+Formulas (h the residual stream, g a sublayer, n an RMSNorm with its own weight, merge(h, y) =
+h + y, or GRUCell(input=y, hidden=h) with ``residual="gru"``):
 
-    pre: h + g(n(h))   peri: h + n2(g(n1(h)))   post: n(h + g(h))   sandwich: n_out(h + g(n_in(h)))
-    recall none: h = z; external: h = W_z z + W_e e; internal: g's input u (after the pre-norm,
-    if any) becomes W_z u + W_e e, one pair of maps per sublayer, added to the plain stream h.
-    block: h = attn_residual(h); h = mlp_residual(h).
+    pre: merge(h, g(n(h)))   peri: merge(h, n2(g(n1(h))))   post: n(merge(h, g(h)))
+    sandwich: n_out(merge(h, g(n_in(h))))
+    recall none: h = z; external: h = W_z z + b_z + W_e e + b_e; internal: g's input u (after the
+    pre-norm, if any) becomes W_z u + b_z + W_e e + b_e, added to the plain stream h.
+    block: h = attn_residual(h); h = mlp_residual(h). The norms and the injection pair are the
+    block's, used by both sublayers (the paper's form), or each sublayer's own (the earlier form,
+    which also has no biases and the QK-norm before RoPE).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import pytest
 import torch
 
 from deqloop.model.attention import Attention, local_mask
-from deqloop.model import NORMS, RECALLS, LoopedDEQ
+from deqloop.model import EARLIER_FORMS, NORMS, RECALLS, LoopedDEQ
 from deqloop.model.layers import MLP, Readout
 from deqloop.model.norm import RMSNorm
 from deqloop.model.rope import rope_table
@@ -124,20 +128,31 @@ def ref_allowed(grid, window):
     )
 
 
-def ref_attention(x, attn, read, grid, base, window, eps, what="attn", qk_norm=True):
-    """proj(concat_h softmax(rope(n_q q_h) rope(n_k k_h)ᵀ / √d + mask) v_h), x (B, N, D); without
-    ``qk_norm`` n_q and n_k are the identity."""
+def ref_attention(x, attn, read, grid, base, window, eps, what="attn", qk_norm=True, bias=True, after_rope=True):
+    """proj(concat_h softmax(q_h k_hᵀ / √d + mask) v_h), x (B, N, D), with q_h = n_q(rope(q_h))
+    (``after_rope``, the paper's) or rope(n_q(q_h)), likewise k_h; qkv and proj with biases when
+    ``bias``; without ``qk_norm`` n_q and n_k are the identity."""
     B, N, D = x.shape
     H = attn.heads
     d = D // H
-    qkv = ref_linear(x, read(attn.qkv, f"{what}.qkv"))
+
+    def linear(layer, name, u):
+        if not bias:
+            assert layer.bias is None, f"{what}.{name} has a bias"
+            return ref_linear(u, read(layer, f"{what}.{name}"))
+        return ref_linear(u, read(layer, f"{what}.{name}"), read(layer, f"{what}.{name}", "bias"))
+
+    qkv = linear(attn.qkv, "qkv", x)
     q, k, v = qkv[..., :D], qkv[..., D : 2 * D], qkv[..., 2 * D :]
     q, k, v = (t.reshape(B, N, H, d).permute(0, 2, 1, 3) for t in (q, k, v))  # (B, H, N, d)
+    angles = ref_angles(grid, d, base)
+    if qk_norm and after_rope:
+        q, k = ref_rotate(q, angles), ref_rotate(k, angles)
     if qk_norm:
         q = ref_rmsnorm(q, read(attn.q_norm, f"{what}.q_norm"), eps)
         k = ref_rmsnorm(k, read(attn.k_norm, f"{what}.k_norm"), eps)
-    angles = ref_angles(grid, d, base)
-    q, k = ref_rotate(q, angles), ref_rotate(k, angles)
+    if not (qk_norm and after_rope):
+        q, k = ref_rotate(q, angles), ref_rotate(k, angles)
     scores = torch.einsum("bhic,bhjc->bhij", q, k) / math.sqrt(d)
     allowed = ref_allowed(grid, window)
     if allowed is not None:
@@ -145,7 +160,7 @@ def ref_attention(x, attn, read, grid, base, window, eps, what="attn", qk_norm=T
     weights = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
     weights = weights / weights.sum(dim=-1, keepdim=True)
     y = torch.einsum("bhij,bhjc->bihc", weights, v).reshape(B, N, D)  # heads side by side
-    return ref_linear(y, read(attn.proj, f"{what}.proj"))
+    return linear(attn.proj, "proj", y)
 
 
 def ref_mlp(x, mlp, read, what="mlp"):
@@ -155,56 +170,89 @@ def ref_mlp(x, mlp, read, what="mlp"):
     return ref_linear(ref_gelu(ref_linear(x, fc_w, fc_b)), proj_w, proj_b)
 
 
-def ref_residual(h, e, res, g, read, norm, recall, eps, what):
-    """One sublayer g with its norms and (internal) recall, from the formula's name alone."""
+def ref_inject(u, e, inj, read, what, bias):
+    """W_z u + b_z + W_e e + b_e (no biases unless ``bias``)."""
+    w_z = read(inj and inj.w_z, f"{what}.w_z")
+    w_e = read(inj and inj.w_e, f"{what}.w_e")
+    if not bias:
+        assert inj.w_z.bias is None and inj.w_e.bias is None, f"{what} has biases"
+        return ref_linear(u, w_z) + ref_linear(e, w_e)
+    return ref_linear(u, w_z, read(inj.w_z, f"{what}.w_z", "bias")) + ref_linear(e, w_e, read(inj.w_e, f"{what}.w_e", "bias"))
+
+
+def ref_gru(y, h, gru, read):
+    """GRUCell(input=y, hidden=h) written out: r, u gates, candidate n, (1 − u) n + u h."""
+    w_ih, w_hh = read(gru, "gru", "weight_ih"), read(gru, "gru", "weight_hh")
+    b_ih, b_hh = read(gru, "gru", "bias_ih"), read(gru, "gru", "bias_hh")
+    gi, gh = ref_linear(y, w_ih, b_ih), ref_linear(h, w_hh, b_hh)
+    D = h.shape[-1]
+    r = torch.sigmoid(gi[..., :D] + gh[..., :D])
+    u = torch.sigmoid(gi[..., D : 2 * D] + gh[..., D : 2 * D])
+    n = torch.tanh(gi[..., 2 * D :] + r * gh[..., 2 * D :])
+    return (1 - u) * n + u * h
+
+
+def ref_residual(h, e, g, read, c, eps, norms, norms_at, inject=None, inject_at="", gru=None):
+    """One sublayer g with its norms, (internal) recall and merge, from the formula's name alone:
+    ``norms`` owns norm_in / norm_branch / norm_out (read at ``norms_at``), ``inject`` is the
+    injection pair internal recall uses, ``gru`` the merge's cell (None: addition)."""
 
     def n(which, x):
-        return ref_rmsnorm(x, read(getattr(res, which), f"{what}.{which}"), eps)
+        return ref_rmsnorm(x, read(getattr(norms, which), f"{norms_at}.{which}"), eps)
 
-    def inject(u):
-        if recall != "internal":
-            return u
-        inj = res.inject
-        w_z = read(inj and inj.w_z, f"{what}.inject.w_z")
-        w_e = read(inj and inj.w_e, f"{what}.inject.w_e")
-        return ref_linear(u, w_z) + ref_linear(e, w_e)
+    def inj(u):
+        return u if c.recall != "internal" else ref_inject(u, e, inject, read, inject_at, c.bias)
 
-    if norm == "pre":
-        return h + g(inject(n("norm_in", h)))
-    if norm == "peri":
-        return h + n("norm_branch", g(inject(n("norm_in", h))))
-    if norm == "post":
-        return n("norm_out", h + g(inject(h)))
-    if norm == "sandwich":
-        return n("norm_out", h + g(inject(n("norm_in", h))))
-    raise AssertionError(f"no formula for norm {norm!r}")
+    def merge(h, y):
+        return h + y if gru is None else ref_gru(y, h, gru, read)
+
+    if c.norm == "pre":
+        return merge(h, g(inj(n("norm_in", h))))
+    if c.norm == "peri":
+        return merge(h, n("norm_branch", g(inj(n("norm_in", h)))))
+    if c.norm == "post":
+        return n("norm_out", merge(h, g(inj(h))))
+    if c.norm == "sandwich":
+        return n("norm_out", merge(h, g(inj(n("norm_in", h)))))
+    raise AssertionError(f"no formula for norm {c.norm!r}")
 
 
-def ref_step(model, z, e, read):
-    """f(z; e) of LoopedDEQ.step, written out: recall, attention residual, MLP residual."""
-    c = model.config.arch
-    block = model.block
-    B, *grid, D = z.shape
-    z, e = z.reshape(B, -1, D), e.reshape(B, -1, D)
+def ref_block(block, c, z, e, grid, read, at="block"):
+    """One block, written out: external recall, attention residual, MLP residual; the norms and
+    the injection pair are the block's (shared) or each sublayer's own, as configured."""
     eps = EPS
     if c.recall == "external":
-        inj = block.inject
-        h = ref_linear(z, read(inj and inj.w_z, "block.inject.w_z")) + ref_linear(
-            e, read(inj and inj.w_e, "block.inject.w_e")
-        )
+        h = ref_inject(z, e, block.inject, read, f"{at}.inject", c.bias)
     else:
         h = z
     window = c.window if c.attention == "local" else None
 
     def attn(u):
-        return ref_attention(u, block.attn, read, tuple(grid), c.rope_base, window, eps, qk_norm=c.qk_norm)
+        return ref_attention(u, block.attn, read, tuple(grid), c.rope_base, window, eps, qk_norm=c.qk_norm,
+                             bias=c.bias, after_rope=c.qk_norm_order == "after_rope", what=f"{at}.attn")
 
     def mlp(u):
-        return ref_mlp(u, block.mlp, read)
+        return ref_mlp(u, block.mlp, read, what=f"{at}.mlp")
 
-    h = ref_residual(h, e, block.attn_res, attn, read, c.norm, c.recall, eps, "attn_res")
-    h = ref_residual(h, e, block.mlp_res, mlp, read, c.norm, c.recall, eps, "mlp_res")
-    return h.reshape(B, *grid, D)
+    gru = block.gru if c.residual == "gru" else None
+    for name, g in (("attn_res", attn), ("mlp_res", mlp)):
+        res = getattr(block, name)
+        norms, norms_at = (block, at) if c.norm_weights == "shared" else (res, f"{at}.{name}")
+        inject, inject_at = ((block.inject, f"{at}.inject") if c.recall_maps == "shared"
+                             else (res.inject, f"{at}.{name}.inject"))
+        h = ref_residual(h, e, g, read, c, eps, norms, norms_at, inject, inject_at, gru)
+    return h
+
+
+def ref_step(model, z, e, read):
+    """f(z; e) of LoopedDEQ.step, written out: each block in order (one unless ``blocks > 1``)."""
+    c = model.config.arch
+    B, *grid, D = z.shape
+    z, e = z.reshape(B, -1, D), e.reshape(B, -1, D)
+    blocks = [model.block] if c.blocks == 1 else list(model.block)
+    for i, block in enumerate(blocks):
+        z = ref_block(block, c, z, e, grid, read, at="block" if c.blocks == 1 else f"block.{i}")
+    return z.reshape(B, *grid, D)
 
 
 # -- the pieces ---------------------------------------------------------------------------------
@@ -249,31 +297,39 @@ def test_readout_formula():
     torch.testing.assert_close(model.readout(z), expected, **TOL)
 
 
+@pytest.mark.parametrize("bias, order", [(True, "after_rope"), (False, "before_rope")], ids=["paper", "earlier"])
 @pytest.mark.parametrize("backend", ["sdpa", "math"])
 @pytest.mark.parametrize(
     "grid, window", [((5,), None), ((5,), 3), ((3, 4), None), ((3, 4), 3)], ids=str
 )
-def test_attention_formula_with_rope_and_mask(grid, window, backend):
+def test_attention_formula_with_rope_and_mask(grid, window, backend, bias, order):
     D, H = 16, 2
-    attn = Attention(D, H, qk_norm=True, backend=backend).double()
+    attn = Attention(D, H, qk_norm=True, backend=backend, bias=bias, qk_norm_order=order).double()
     randomize(attn)
     N = math.prod(grid)
     x = torch.randn(2, N, D, dtype=torch.float64)
     cos, sin = rope_table(grid, D // H, 100.0, CPU, torch.float64)
     mask = None if window is None else local_mask(grid, window, CPU)
     read = Reader()
-    expected = ref_attention(x, attn, read, grid, 100.0, window, EPS)
+    expected = ref_attention(x, attn, read, grid, 100.0, window, EPS, bias=bias, after_rope=order == "after_rope")
     read.check_used_all(attn)
     torch.testing.assert_close(attn(x, cos, sin, mask), expected, **TOL)
+    # The other order gives another map once the q/k norm weights are not all equal.
+    other = ref_attention(x, attn, Reader(), grid, 100.0, window, EPS, bias=bias, after_rope=order != "after_rope")
+    assert not torch.allclose(other, expected)
 
 
 # -- the block, every norm placement × every recall ---------------------------------------------
 
 
+FORMS = {"paper": {}, "earlier": EARLIER_FORMS, "gru": {"residual": "gru"}}
+
+
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("attention", ["full", "local"])
 @pytest.mark.parametrize("recall", RECALLS)
 @pytest.mark.parametrize("norm", NORMS)
-def test_step_matches_the_block_formula(norm, recall, attention):
+def test_step_matches_the_block_formula(norm, recall, attention, form):
     model = LoopedDEQ(
         vocab_size=5,
         num_classes=3,
@@ -286,6 +342,7 @@ def test_step_matches_the_block_formula(norm, recall, attention):
         attention=attention,
         window=3,  # local: each of the 4 tokens sees itself and its neighbours only
         rope_base=100.0,
+        **FORMS[form],
     ).double()
     randomize(model)
     gen = torch.Generator().manual_seed(2)

@@ -156,7 +156,7 @@ def test_the_gate_scales_each_branch_by_its_clamped_value():
     from deqloop.model.layers import Residual
 
     torch.manual_seed(0)
-    res = Residual(6, "pre", "none", gate=0.5, gate_cap=0.75).double()
+    res = Residual(6, "pre", gate=0.5, gate_cap=0.75).double()
     with torch.no_grad():
         res.gate.copy_(torch.tensor([0.1, -0.2, 0.5, 0.9, -2.0, 0.75], dtype=torch.float64))
         res.norm_in.weight.copy_(torch.linspace(0.5, 1.5, 6))

@@ -1,7 +1,8 @@
 """The looped transformer: config (architecture + solve settings), layers, and the model.
 
     deqloop/model/config.py     Architecture, SolveSettings, LoopedDEQConfig
-    deqloop/model/layers.py     MLP, injection (recall), residual sublayer with norms, block, readout
+    deqloop/model/residual.py   around each sublayer: injection (recall), norms, residual merge
+    deqloop/model/layers.py     MLP, the block, a stack of untied blocks, readout
     deqloop/model/looped.py     LoopedDEQ: embed, step, iterate, solve, read out
     attention.py, rope.py, norm.py: the block's parts
 """
@@ -9,9 +10,14 @@
 from deqloop.model.config import (
     ATTENTIONS,
     BACKWARDS,
+    EARLIER_FORMS,
     INITS,
+    NORM_WEIGHTS,
     NORMS,
+    QK_NORM_ORDERS,
+    RECALL_MAPS,
     RECALLS,
+    RESIDUALS,
     SOLVE_SETTINGS,
     Architecture,
     LoopedDEQConfig,
@@ -19,5 +25,6 @@ from deqloop.model.config import (
 )
 from deqloop.model.looped import LoopedDEQ, LoopOutput
 
-__all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "INITS", "LoopOutput", "LoopedDEQ", "LoopedDEQConfig",
-           "NORMS", "RECALLS", "SOLVE_SETTINGS", "SolveSettings"]
+__all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "EARLIER_FORMS", "INITS", "LoopOutput", "LoopedDEQ", "LoopedDEQConfig",
+           "NORMS", "NORM_WEIGHTS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS", "SOLVE_SETTINGS",
+           "SolveSettings"]

@@ -1,6 +1,9 @@
 """Bidirectional multi-head self-attention over a grid of tokens.
 
-Queries and keys are RMS-normalized per head (optional) and rotated by RoPE over the grid axes.
+Queries and keys are rotated by RoPE over the grid axes and RMS-normalized per head (optional).
+The paper's form, the default: qkv and output projections with biases and the QK-norm applied
+after RoPE (``ashlab11/generalization``, ``deepthinking/models/attention.py:76-77`` and
+``:130-133``); ``bias=False`` and ``qk_norm_order="before_rope"`` give deqloop's earlier form.
 ``local`` attention restricts each token to the cells within ``window // 2`` of it along every
 axis (``window`` is the full, odd kernel size), so one model runs on any sequence length; its
 pattern is a dense mask or, on large grids, a banded :class:`~deqloop.model.local_attention.LocalWindow`.
@@ -23,6 +26,7 @@ from torch import nn
 from deqloop.errors import ConfigError
 from deqloop.model.local_attention import LocalWindow, banded_attention, local_mask  # noqa: F401 (re-exported)
 from deqloop.model.norm import RMSNorm
+from deqloop.names import QK_NORM_ORDERS
 from deqloop.validate import choice
 from deqloop.model.rope import apply_rope, grid_coordinates
 
@@ -45,18 +49,25 @@ def math_attention(
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with QK-norm and RoPE; ``(B, N, D) → (B, N, D)``."""
+    """Multi-head self-attention with RoPE and QK-norm; ``(B, N, D) → (B, N, D)``.
 
-    def __init__(self, width: int, heads: int, qk_norm: bool = True, backend: str = "sdpa"):
+    bias: biases on the qkv and output projections (the paper's; ``False``: none).
+    qk_norm_order: ``"after_rope"`` n(rope(q)) (the paper's) or ``"before_rope"`` rope(n(q)).
+    """
+
+    def __init__(self, width: int, heads: int, qk_norm: bool = True, backend: str = "sdpa", *,
+                 bias: bool = True, qk_norm_order: str = "after_rope"):
         super().__init__()
         if width % heads != 0:
             raise ConfigError(f"width ({width}) must be divisible by heads ({heads})")
         check_backend(backend)
+        choice("qk_norm_order", qk_norm_order, QK_NORM_ORDERS)
         self.heads = heads
         self.head_dim = width // heads
         self.backend = backend
-        self.qkv = nn.Linear(width, 3 * width, bias=False)
-        self.proj = nn.Linear(width, width, bias=False)
+        self.norm_after_rope = qk_norm_order == "after_rope"
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.proj = nn.Linear(width, width, bias=bias)
         self.q_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
         self.k_norm = RMSNorm(self.head_dim) if qk_norm else nn.Identity()
 
@@ -72,8 +83,10 @@ class Attention(nn.Module):
         q = q.view(B, N, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
         k = k.view(B, N, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
         v = v.view(B, N, self.heads, self.head_dim).transpose(1, 2)  # (B, H, N, hd)
-        q = apply_rope(self.q_norm(q), cos, sin)
-        k = apply_rope(self.k_norm(k), cos, sin)
+        if self.norm_after_rope:
+            q, k = self.q_norm(apply_rope(q, cos, sin)), self.k_norm(apply_rope(k, cos, sin))
+        else:
+            q, k = apply_rope(self.q_norm(q), cos, sin), apply_rope(self.k_norm(k), cos, sin)
         if isinstance(mask, LocalWindow):  # banded local attention (plain ops, either backend)
             y = banded_attention(q, k, v, mask)  # (B, H, N, hd)
         elif self.backend == "sdpa":

@@ -21,12 +21,13 @@ from deqloop.adjoint import BACKWARD_MODES, Backward, Unrolled, as_backward
 from deqloop.errors import ConfigError, ConfigKeyError
 from deqloop.model.attention import ATTENTION_BACKENDS
 from deqloop.model.rope import check_head_dim
-from deqloop.names import ATTENTIONS, INITS, NORMS, RECALLS
+from deqloop.names import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
+                           RESIDUALS)
 from deqloop.solvers import available_solvers
 from deqloop.validate import choice, integer, known_keys, number
 
-__all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "INITS", "LoopedDEQConfig", "NORMS", "RECALLS",
-           "SOLVE_SETTINGS", "SolveSettings"]
+__all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "EARLIER_FORMS", "INITS", "LoopedDEQConfig", "NORMS",
+           "NORM_WEIGHTS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS", "SOLVE_SETTINGS", "SolveSettings"]
 
 BACKWARDS = BACKWARD_MODES
 
@@ -45,13 +46,27 @@ class Architecture:
         be even on 1-D grids and divisible by 4 on 2-D grids, for RoPE).
     mlp_ratio: the MLP's hidden width is ``round(mlp_ratio · width)``.
     recall: input injection, one of ``RECALLS``: ``"none"`` e enters only through z₀;
-        ``"external"`` h = W_z z + W_e e enters the block; ``"internal"`` every sublayer sees
-        W_z·norm(h) + W_e·e (one pair of maps per sublayer) while the residual stream carries h.
+        ``"external"`` h = W_z z + b_z + W_e e + b_e enters the block; ``"internal"`` every
+        sublayer g sees W_z·Pre(h) + b_z + W_e·e + b_e while the residual stream carries h.
+    recall_maps: internal recall's maps, one of ``RECALL_MAPS``: ``"shared"`` one pair (W_z, W_e)
+        for both sublayers (the paper's: ``ashlab11/generalization``,
+        ``deepthinking/models/attention.py:307-310, 410-415, 430-431``); ``"per_sublayer"`` a pair
+        per sublayer (deqloop's earlier form).
     norm: RMSNorm placement around each sublayer g, one of ``NORMS``: ``"pre"`` h + g(n(h));
         ``"peri"`` h + n(g(n(h))); ``"post"`` n(h + g(h)); ``"sandwich"`` n(h + g(n(h))).
+    norm_weights: ``"shared"`` one RMSNorm per placement used by both sublayers (the paper's,
+        ``attention.py:283-299``) or ``"per_sublayer"`` (deqloop's earlier form).
+    residual: the merge of stream and branch, one of ``RESIDUALS``: ``"add"`` h + y; ``"gru"``
+        GRUCell(input=y, hidden=h), one cell per block (``attention.py:360-366``). The paper's
+        sweep row ``gru`` is ``residual="gru", norm="peri"`` (``experiments/run_all.bash:17-19``).
+    bias: biases on the injection maps and the attention's qkv and output projections (the
+        paper's; the MLP and readout always have them).
+    blocks: different (untied) blocks applied in order per iteration; the paper's "fixed"
+        baseline is ``blocks=15, recall="none"`` run for one iteration (``run_all.bash:71-77``).
     attention: ``"full"`` or ``"local"`` (each token sees the cells within ``window // 2`` on
         every axis; ``window`` is the full, odd kernel size).
-    qk_norm: RMSNorm on queries and keys per head. rope_base: RoPE frequency base.
+    qk_norm: RMSNorm on queries and keys per head; qk_norm_order: ``"after_rope"`` (the paper's,
+        ``attention.py:130-133``) or ``"before_rope"``. rope_base: RoPE frequency base.
     attention_backend: ``"sdpa"`` (fused) or ``"math"`` (supports forward-mode AD).
     compile: compile the block with ``torch.compile``.
     gate: a contractive parameterisation: each sublayer's branch is scaled per channel by a
@@ -66,10 +81,16 @@ class Architecture:
     heads: int = 8
     mlp_ratio: float = 4
     recall: str = "internal"
+    recall_maps: str = "shared"
     norm: str = "post"
+    norm_weights: str = "shared"
+    residual: str = "add"
+    bias: bool = True
+    blocks: int = 1
     attention: str = "full"
     window: int = 5
     qk_norm: bool = True
+    qk_norm_order: str = "after_rope"
     rope_base: float = 10000.0
     attention_backend: str = "sdpa"
     compile: bool = False
@@ -84,7 +105,7 @@ class Architecture:
         self.grid = tuple(int(n) for n in grid)
         if len(self.grid) not in (1, 2) or any(n < 1 for n in self.grid):
             raise ConfigError(f"grid must be (L,) or (H, W) of positive sizes, got {grid!r}")
-        for name in ("vocab_size", "num_classes", "width", "heads"):
+        for name in ("vocab_size", "num_classes", "width", "heads", "blocks"):
             integer(name, getattr(self, name))
         if self.width % self.heads != 0:
             raise ConfigError(f"width ({self.width}) must be divisible by heads ({self.heads})")
@@ -92,18 +113,25 @@ class Architecture:
         number("mlp_ratio", self.mlp_ratio, low=0, low_open=True)
         integer("hidden width round(mlp_ratio · width)", round(self.mlp_ratio * self.width))
         choice("recall", self.recall, RECALLS)
+        choice("recall_maps", self.recall_maps, RECALL_MAPS)
         choice("norm", self.norm, NORMS)
+        choice("norm_weights", self.norm_weights, NORM_WEIGHTS)
+        choice("residual", self.residual, RESIDUALS)
+        choice("qk_norm_order", self.qk_norm_order, QK_NORM_ORDERS)
         choice("attention", self.attention, ATTENTIONS)
         choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1 or self.window % 2 == 0:
             raise ConfigError(f"window must be an odd positive kernel size, got {self.window!r}")
-        for name in ("qk_norm", "compile"):
+        for name in ("qk_norm", "bias", "compile"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         number("rope_base", self.rope_base, low=1, low_open=True)
         number("gate_cap", self.gate_cap, low=0, low_open=True)
         if self.gate is not None:
             number("gate", self.gate, low=0, high=self.gate_cap, low_open=True)
+            if self.residual != "add":
+                raise ConfigError(f"gate scales the branch of the additive residual; residual={self.residual!r} "
+                                  "has no such branch: use residual='add' or no gate")
 
 
 @dataclass
@@ -157,6 +185,11 @@ class SolveSettings:
         """The forward solver actually run (``"picard"`` under the unrolled backward)."""
         return "picard" if isinstance(self.adjoint(), Unrolled) else self.solver
 
+
+# The architecture fields added with the paper's forms, and the values that give the forms every
+# model had before them: a stored config without these fields (checkpoint format < 3) means these.
+EARLIER_FORMS: dict[str, Any] = {"recall_maps": "per_sublayer", "norm_weights": "per_sublayer", "bias": False,
+                                 "qk_norm_order": "before_rope"}
 
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(Architecture))
 SOLVE_SETTINGS = tuple(f.name for f in dataclasses.fields(SolveSettings))

@@ -1,5 +1,5 @@
-"""The pieces of the looped block: MLP, input injection (recall), a residual sublayer with its
-norms, the block itself and the readout head.
+"""The pieces of the looped block: MLP, the block itself (its recall, norms and residual merge
+live in :mod:`deqloop.model.residual`), a stack of untied blocks and the readout head.
 
 Shapes: ``B`` batch, ``N`` tokens (the grid flattened), ``D`` width, ``C`` classes.
 """
@@ -13,8 +13,9 @@ from torch import nn
 from deqloop.model.attention import Attention
 from deqloop.model.config import Architecture
 from deqloop.model.norm import RMSNorm
+from deqloop.model.residual import Injection, Residual, norm_layers
 
-__all__ = ["Block", "Injection", "MLP", "Readout", "Residual"]
+__all__ = ["Block", "Blocks", "Injection", "MLP", "Readout", "Residual"]
 
 
 class MLP(nn.Module):
@@ -29,60 +30,34 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(x)))  # (B, N, D)
 
 
-class Injection(nn.Module):
-    """Input injection (recall): ``W_z h + W_e e``."""
-
-    def __init__(self, width: int):
-        super().__init__()
-        self.w_z = nn.Linear(width, width, bias=False)
-        self.w_e = nn.Linear(width, width, bias=False)
-
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        return self.w_z(h) + self.w_e(e)  # (B, N, D)
-
-
-class Residual(nn.Module):
-    """The norms and (internal) recall around one sublayer g; the sublayer itself lives outside.
-
-    pre: h + g(n(h))   peri: h + n(g(n(h)))   post: n(h + g(h))   sandwich: n(h + g(n(h)))
-    With internal recall, g's input u becomes W_z u + W_e e (after the pre-norm, if any). With a
-    gate (a contractive parameterisation), the branch is scaled per channel by a learnable γ
-    clamped to [−cap, cap] before it is added: h + clamp(γ)·g(·).
-    """
-
-    def __init__(self, width: int, norm: str, recall: str, gate: float | None = None, gate_cap: float = 0.75):
-        super().__init__()
-        self.norm_in = RMSNorm(width) if norm in ("pre", "peri", "sandwich") else None
-        self.norm_branch = RMSNorm(width) if norm == "peri" else None
-        self.norm_out = RMSNorm(width) if norm in ("post", "sandwich") else None
-        self.inject = Injection(width) if recall == "internal" else None
-        self.gate = nn.Parameter(torch.full((width,), float(gate))) if gate is not None else None
-        self.gate_cap = gate_cap
-
-    def forward(self, h: torch.Tensor, e: torch.Tensor, sublayer, *args) -> torch.Tensor:
-        u = h if self.norm_in is None else self.norm_in(h)  # (B, N, D)
-        if self.inject is not None:
-            u = self.inject(u, e)
-        y = sublayer(u, *args)  # (B, N, D)
-        if self.norm_branch is not None:
-            y = self.norm_branch(y)
-        if self.gate is not None:
-            y = self.gate.clamp(-self.gate_cap, self.gate_cap).to(y.dtype) * y
-        h = h + y
-        return h if self.norm_out is None else self.norm_out(h)
-
-
 class Block(nn.Module):
-    """One transformer block with recall: ``(z, e) ↦ f(z; e)``, both ``(B, N, D)``."""
+    """One transformer block with recall: ``(z, e) ↦ f(z; e)``, both ``(B, N, D)``.
+
+    ``h = z`` (no or internal recall) or ``h = W_z z + b_z + W_e e + b_e`` (external recall,
+    before the block: the paper's ``deepthinking/models/attention.py:407-408``), then
+    ``h ← Residual(h; attention)``, ``h ← Residual(h; MLP)`` (:mod:`deqloop.model.residual`).
+
+    By default, as in the paper, the block owns one set of norms (``norm_in``, ``norm_branch``,
+    ``norm_out``), one injection pair ``inject`` (internal or external recall) and one GRU cell
+    ``gru`` (``residual="gru"``), used by both sublayers; ``norm_weights="per_sublayer"`` and
+    ``recall_maps="per_sublayer"`` give each sublayer its own norms and injection pair instead.
+    """
 
     def __init__(self, config: Architecture):
         super().__init__()
-        D = config.width
-        self.inject = Injection(D) if config.recall == "external" else None
-        self.attn = Attention(D, config.heads, config.qk_norm, config.attention_backend)
-        self.attn_res = Residual(D, config.norm, config.recall, config.gate, config.gate_cap)
-        self.mlp = MLP(D, round(config.mlp_ratio * D))
-        self.mlp_res = Residual(D, config.norm, config.recall, config.gate, config.gate_cap)
+        D, c = config.width, config
+        shared_norms = c.norm_weights == "shared"
+        own_maps = c.recall == "internal" and c.recall_maps == "per_sublayer"
+        self.recall = c.recall
+        self.inject = Injection(D, c.bias) if c.recall != "none" and not own_maps else None
+        self.norm_in, self.norm_branch, self.norm_out = norm_layers(D, c.norm) if shared_norms else (None, None, None)
+        # Built in this order so that the earlier form draws the same initial weights from a seed as before.
+        res = dict(own_norms=not shared_norms, inject=own_maps, bias=c.bias, gate=c.gate, gate_cap=c.gate_cap)
+        self.attn = Attention(D, c.heads, c.qk_norm, c.attention_backend, bias=c.bias, qk_norm_order=c.qk_norm_order)
+        self.attn_res = Residual(D, c.norm, **res)
+        self.mlp = MLP(D, round(c.mlp_ratio * D))
+        self.mlp_res = Residual(D, c.norm, **res)
+        self.gru = nn.GRUCell(D, D) if c.residual == "gru" else None
 
     def forward(
         self,
@@ -92,9 +67,26 @@ class Block(nn.Module):
         sin: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        h = z if self.inject is None else self.inject(z, e)  # (B, N, D)
-        h = self.attn_res(h, e, self.attn, cos, sin, mask)
-        return self.mlp_res(h, e, self.mlp)  # (B, N, D)
+        h = self.inject(z, e) if self.recall == "external" else z  # (B, N, D)
+        shared = dict(norms=None if self.attn_res.own_norms else self, gru=self.gru,
+                      inject=self.inject if self.recall == "internal" else None)
+        h = self.attn_res(h, e, self.attn, cos, sin, mask, **shared)
+        return self.mlp_res(h, e, self.mlp, **shared)  # (B, N, D)
+
+
+class Blocks(nn.ModuleList):
+    """``blocks`` different (untied) blocks applied in order: one iteration of a model with
+    ``Architecture.blocks > 1`` (the paper's "fixed" baseline stacks 15 with no recall and runs
+    one iteration: ``experiments/run_all.bash:71-77``, ``deepthinking/models/transformer.py:126-127``)."""
+
+    def __init__(self, config: Architecture):
+        super().__init__(Block(config) for _ in range(config.blocks))
+
+    def forward(self, z: torch.Tensor, e: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        for block in self:
+            z = block(z, e, cos, sin, mask)
+        return z  # (B, N, D)
 
     def injection_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """The recall maps' weights ``(W_x, W_h)`` (on the state, on the input) by where they act:

@@ -22,7 +22,7 @@ from torch import nn
 
 from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError
-from deqloop.model.attention import check_backend
+from deqloop.model.attention import Attention, check_backend
 from deqloop.model.config import (
     INITS,
     SOLVE_SETTINGS,
@@ -30,7 +30,7 @@ from deqloop.model.config import (
     LoopedDEQConfig,
     SolveSettings,
 )
-from deqloop.model.layers import Block, Readout
+from deqloop.model.layers import Block, Blocks, Readout
 from deqloop.model.local_attention import LocalWindow, local_pattern
 from deqloop.model.rope import rope_table
 from deqloop.solvers import BatchedMap, Solution
@@ -70,6 +70,13 @@ class LoopedDEQ(nn.Module):
         out = model(x)                       # LoopOutput: .logits (B, *grid, C), .z, .solution
         out = model(x, max_iter=500, rtol=1e-5)
 
+    The defaults are the paper's block (``ashlab11/generalization``,
+    ``deepthinking/models/attention.py``; see :class:`Architecture`): internal recall through one
+    injection pair with biases shared by the attention and MLP sublayers, one set of norms per
+    block, biased qkv/output projections, QK-norm after RoPE, additive residual. Each variant is
+    one option: ``recall_maps="per_sublayer"``, ``norm_weights="per_sublayer"``, ``bias=False``,
+    ``qk_norm_order="before_rope"``, ``residual="gru"``, ``blocks=15`` (untied blocks).
+
     Inputs may have other grid sizes than ``grid`` (the number of grid axes must match): RoPE and
     local attention are relative, so a 1-D model runs on longer sequences and a 2-D model on other
     board sizes — that is how a looped model extrapolates. The input checks keep it so: they fix
@@ -97,7 +104,7 @@ class LoopedDEQ(nn.Module):
         self.config = config
         arch = config.arch
         self.embedding = nn.Embedding(arch.vocab_size, arch.width)
-        self.block = Block(arch)
+        self.block = Block(arch) if arch.blocks == 1 else Blocks(arch)  # Blocks: untied, applied in order
         self.head = Readout(arch.width, arch.num_classes)
         self._compiled_block = None  # built on first use when arch.compile; never pickled
 
@@ -195,7 +202,7 @@ class LoopedDEQ(nn.Module):
         """RoPE tables ``(N, hd/2)`` and the local-attention pattern (None for full attention):
         a dense ``(N, N)`` mask on small grids, a banded :class:`LocalWindow` on large ones."""
         dtype = torch.promote_types(self.embedding.weight.dtype, torch.float32)
-        cos, sin = rope_table(grid, self.block.attn.head_dim, self.arch.rope_base, device, dtype)
+        cos, sin = rope_table(grid, self.arch.width // self.arch.heads, self.arch.rope_base, device, dtype)
         mask = None
         if self.arch.attention == "local":
             mask = local_pattern(grid, self.arch.window, device)
@@ -291,12 +298,15 @@ class LoopedDEQ(nn.Module):
         backward). With ``"math"`` the block also runs eagerly when ``compile`` is set: compiled code
         (AOTAutograd) has no double backward, which the Jacobian penalty and Jacobian products need."""
         check_backend(backend)
-        previous = self.block.attn.backend
-        self.block.attn.backend = backend
+        layers = [m for m in self.block.modules() if isinstance(m, Attention)]
+        previous = [a.backend for a in layers]
+        for a in layers:
+            a.backend = backend
         try:
             yield
         finally:
-            self.block.attn.backend = previous
+            for a, b in zip(layers, previous):
+                a.backend = b
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -304,6 +314,7 @@ class LoopedDEQ(nn.Module):
     def extra_repr(self) -> str:
         a, s = self.arch, self.config.solve
         return (
-            f"grid={a.grid}, recall={a.recall!r}, norm={a.norm!r}, attention={a.attention!r}, "
+            f"grid={a.grid}, blocks={a.blocks}, recall={a.recall!r}, norm={a.norm!r}, residual={a.residual!r}, "
+            f"attention={a.attention!r}, "
             f"solver={s.solver!r}, backward={s.backward!r}, max_iter={s.max_iter}"
         )

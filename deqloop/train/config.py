@@ -67,10 +67,21 @@ class TrainConfig:
     heads: int = setting("attention heads", default=4)
     mlp_ratio: float = setting("MLP hidden width / model width", default=4.0)
     recall: str = setting("input injection: none, external or internal", default="internal")
+    recall_maps: str = setting("internal recall's maps: shared (one pair W_z, W_e for both sublayers: the paper's) "
+                               "or per_sublayer (a pair per sublayer)", default="shared")
     norm: str = setting("norm placement: pre, peri, post or sandwich", default="post")
+    norm_weights: str = setting("RMSNorm weights: shared by the block's two sublayers (the paper's) or "
+                                "per_sublayer", default="shared")
+    residual: str = setting("residual merge: add (h + y) or gru (GRUCell(input=y, hidden=h); the paper's gru row "
+                            "is --residual gru --norm peri)", default="add")
+    bias: bool = setting("biases on the recall maps and the attention projections (the paper's)", default=True)
+    blocks: int = setting("different (untied) blocks per iteration; the paper's fixed baseline: 15, recall none, "
+                          "trained and tested at 1 iteration", default=1)
     attention: str = setting("attention: full or local", default="full")
     window: int = setting("local attention kernel size (odd)", default=5)
     qk_norm: bool = setting("RMSNorm queries and keys", default=True)
+    qk_norm_order: str = setting("where the QK RMSNorm sits: after_rope (the paper's) or before_rope",
+                                 default="after_rope")
     init: str = setting("initial state z0: embed, zeros, noise or mixed", default="embed")
     gate: float | None = setting("contractive parameterisation: scale each sublayer's branch by a learnable "
                                  "per-channel gate initialised to this, clamped to [-0.75, 0.75] (default: no gate)",
@@ -171,7 +182,7 @@ class TrainConfig:
         for name in ("task_options", "solver_options", "backward_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
-        for name in ("qk_norm", "detach_z0", "resume", "overwrite", "compile", "progress"):
+        for name in ("qk_norm", "bias", "detach_z0", "resume", "overwrite", "compile", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.out, (str, os.PathLike)):
@@ -317,8 +328,10 @@ class TrainConfig:
         """The :class:`LoopedDEQConfig` this run trains."""
         t = self._task
         arch = Architecture(vocab_size=t.vocab_size, num_classes=t.num_classes, grid=t.grid, width=self.width,
-                            heads=self.heads, mlp_ratio=self.mlp_ratio, recall=self.recall, norm=self.norm,
-                            attention=self.attention, window=self.window, qk_norm=self.qk_norm,
+                            heads=self.heads, mlp_ratio=self.mlp_ratio, recall=self.recall,
+                            recall_maps=self.recall_maps, norm=self.norm, norm_weights=self.norm_weights,
+                            residual=self.residual, bias=self.bias, blocks=self.blocks, attention=self.attention,
+                            window=self.window, qk_norm=self.qk_norm, qk_norm_order=self.qk_norm_order,
                             compile=self.compile, gate=self.gate)
         solve = SolveSettings(init=self.init, solver=self.solver, backward=self.backward or "implicit",
                               max_iter=self.depth(), rtol=self.rtol, atol=self.atol,

@@ -50,8 +50,9 @@ def param_group(name: str) -> str:
     """The group of a parameter of a :class:`~deqloop.model.LoopedDEQ` by its name: ``embedding.*``,
     ``head.*`` (the readout, its norm included), ``inject`` (recall maps ``*inject*``), ``norms``
     (the block's RMSNorms, q/k norms included), ``attn`` (``block.attn*``: attention and its
-    residual gate), ``mlp`` (``block.mlp*``), else ``other``."""
-    parts = name.split(".")
+    residual gate), ``mlp`` (``block.mlp*``), else ``other``. The index of an untied block
+    (``block.3.attn...``) is skipped."""
+    parts = [p for p in name.split(".") if not p.isdigit()]
     if parts[0] in ("embedding", "head"):
         return parts[0]
     if "inject" in parts:
