@@ -14,9 +14,9 @@ from deqloop.model import LoopedDEQ
 from deqloop.train.monitor import StabilityMonitor
 
 
-def tiny_model(recall: str, seed: int = 0, width: int = 8) -> LoopedDEQ:
+def tiny_model(recall: str, seed: int = 0, width: int = 8, **kwargs) -> LoopedDEQ:
     torch.manual_seed(seed)
-    return LoopedDEQ(vocab_size=5, num_classes=2, grid=(3,), width=width, heads=2, recall=recall)
+    return LoopedDEQ(vocab_size=5, num_classes=2, grid=(3,), width=width, heads=2, recall=recall, **kwargs)
 
 
 def np_(w: torch.Tensor) -> np.ndarray:
@@ -74,8 +74,15 @@ def test_external_recall_against_numpy(width):
     assert list(got) == [k for k in WEIGHT_KEYS if width >= 11 or k != "injection_condition_11"]
 
 
+def test_the_shared_internal_pair_is_reported_as_is():
+    model = tiny_model("internal")  # the paper's internal recall: one pair for both sublayers
+    inj = model.block.inject
+    assert model.block.attn_res.inject is None and model.block.mlp_res.inject is None
+    check(weight_diagnostics(model), {**expected_injection(inj.w_z.weight, inj.w_e.weight), **expected_block(model)})
+
+
 def test_per_sublayer_pairs_are_each_reported_and_the_bare_key_is_the_largest():
-    model = tiny_model("internal", width=12)
+    model = tiny_model("internal", width=12, recall_maps="per_sublayer")
     pairs = {"attn": model.block.attn_res.inject, "mlp": model.block.mlp_res.inject}
     per = {where: expected_injection(m.w_z.weight, m.w_e.weight) for where, m in pairs.items()}
     want = expected_block(model)

@@ -73,6 +73,13 @@ class Block(nn.Module):
         h = self.attn_res(h, e, self.attn, cos, sin, mask, **shared)
         return self.mlp_res(h, e, self.mlp, **shared)  # (B, N, D)
 
+    def injection_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The recall maps' weights ``(W_x, W_h)`` (on the state, on the input) by where they act:
+        ``{"block": ...}`` for the block's own pair, ``{"attn": ..., "mlp": ...}`` for one pair per
+        sublayer; empty without recall. Read by :mod:`deqloop.analysis.weights`."""
+        maps = {"block": self.inject, "attn": self.attn_res.inject, "mlp": self.mlp_res.inject}
+        return {name: (m.w_z.weight, m.w_e.weight) for name, m in maps.items() if m is not None}
+
 
 class Blocks(nn.ModuleList):
     """``blocks`` different (untied) blocks applied in order: one iteration of a model with
@@ -87,13 +94,6 @@ class Blocks(nn.ModuleList):
         for block in self:
             z = block(z, e, cos, sin, mask)
         return z  # (B, N, D)
-
-    def injection_weights(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """The recall maps' weights ``(W_x, W_h)`` (on the state, on the input) by where they act:
-        ``{"block": ...}`` for the block's own pair, ``{"attn": ..., "mlp": ...}`` for one pair per
-        sublayer; empty without recall. Read by :mod:`deqloop.analysis.weights`."""
-        maps = {"block": self.inject, "attn": self.attn_res.inject, "mlp": self.mlp_res.inject}
-        return {name: (m.w_z.weight, m.w_e.weight) for name, m in maps.items() if m is not None}
 
 
 class Readout(nn.Module):
