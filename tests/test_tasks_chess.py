@@ -69,12 +69,47 @@ def test_mirrored_position_and_move_encode_the_same():
         assert torch.equal(x, xm) and torch.equal(y, ym)
 
 
-def test_decode_inverts_encode():
+def paper_square(black: bool, king: int, square: int) -> int:
+    """A real square in the paper's frame, written out as its loader does on (row, column): black
+    to move rotates the board (both flipped), then a mover's king (on real square ``king``) on
+    columns 0-3 mirrors the columns."""
+    def frame(s: int) -> tuple[int, int]:
+        rank, file = chess.square_rank(s), chess.square_file(s)
+        return (7 - rank, 7 - file) if black else (rank, file)
+    rank, file = frame(square)
+    if frame(king)[1] < 4:
+        file = 7 - file
+    return chess.square(file, rank)
+
+
+def king_square(fen: str, colour: chess.Color) -> int:
+    """The square of ``colour``'s king, read off the FEN's placement field."""
+    rank, file, want = 7, 0, "K" if colour == chess.WHITE else "k"
+    for c in fen.split()[0]:
+        if c == "/":
+            rank, file = rank - 1, 0
+        elif c.isdigit():
+            file += int(c)
+        elif c == want:
+            return chess.square(file, rank)
+        else:
+            file += 1
+    raise AssertionError(f"no king in {fen}")
+
+
+@pytest.mark.parametrize("encoding", ["paper", "rank_flip"])
+def test_decode_inverts_encode(encoding):
     for board, move in random_positions(1, 100):
-        x, _ = tc.encode(board, move)
+        x, _ = tc.encode(board, move, encoding)
         decoded = tc.decode(x)
-        seen = board if board.turn == chess.WHITE else board.mirror()
-        assert decoded.board_fen() == seen.board_fen() and decoded.turn == chess.WHITE
+        if encoding == "paper":
+            black, king = board.turn == chess.BLACK, board.king(board.turn)
+            seen = {paper_square(black, king, s): chess.Piece(p.piece_type, p.color == board.turn)
+                    for s, p in board.piece_map().items()}
+            assert decoded.piece_map() == seen and decoded.turn == chess.WHITE
+        else:
+            seen = board if board.turn == chess.WHITE else board.mirror()
+            assert decoded.board_fen() == seen.board_fen() and decoded.turn == chess.WHITE
     with pytest.raises(ValueError, match="not in 0-12"):
         tc.decode(torch.full((8, 8), 13))
 
@@ -91,11 +126,19 @@ def test_every_shared_row_encodes_and_targets_map_back_to_the_move(shared_data):
         assert x.shape == y.shape == (rows, 8, 8) and (y.flatten(1).sum(1) == 2).all()
         assert int(x.max()) <= 12 and ((x == 6).flatten(1).sum(1) == 1).all() and ((x == 12).flatten(1).sum(1) == 1).all()
         squares = []
-        for fen, uci in zip(meta.puzzle_fens, meta.moves):
-            flip = 56 if " w " in fen else 0  # the setup move is white's: black solves, mirrored
-            squares.append([chess.parse_square(uci[:2]) ^ flip, chess.parse_square(uci[2:4]) ^ flip])
+        for i, (fen, uci) in enumerate(zip(meta.puzzle_fens, meta.moves)):
+            black = " w " in fen  # the setup move is white's: black solves
+            king = king_square(fen, not black)  # the setup move is the opponent's: the mover's king stays
+            squares.append([paper_square(black, king, chess.parse_square(uci[:2])),
+                            paper_square(black, king, chess.parse_square(uci[2:4]))])
+            if i % 25 == 0:  # back on the real board: the puzzle's move (every 25th row: legal moves are slow)
+                board = chess.Board(fen)
+                board.push_uci(meta.setup_moves[i])
+                decoded = tc.decode_move(board, squares[-1])
+                assert decoded is not None and decoded.uci()[:4] == uci[:4]
         expected = torch.zeros(rows, 64, dtype=torch.long).scatter_(1, torch.tensor(squares), 1)
         assert torch.equal(y.flatten(1), expected)
+        assert (torch.nonzero(x == 6)[:, 2] >= 4).all()  # the mover's king on files e–h
         own = (x >= 1) & (x <= 6)
         assert ((own & (y == 1)).flatten(1).sum(1) == 1).all()  # one marked square holds the mover's piece
 
@@ -299,7 +342,7 @@ def test_task_from_shared_files_uses_the_papers_rating_split(shared_data):
     keys = lambda xy: [row.tobytes() for row in torch.cat([xy[0].flatten(1), xy[1].flatten(1)], 1).numpy()]  # noqa: E731
     ratings: dict = {}
     for path in files:  # as load_lichess reads them (the task's cached copy: no second parse)
-        x, y, rating = tc._load_cached(str(path.resolve()), path.stat().st_mtime_ns)
+        x, y, rating = tc._load_cached(str(path.resolve()), path.stat().st_mtime_ns, "paper")
         for key, r in zip(keys((x, y)), rating.tolist()):
             ratings.setdefault(key, set()).add(r)
     assert all(any(r <= 1600 for r in ratings[k]) for k in keys(train) + keys(val))

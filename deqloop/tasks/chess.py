@@ -1,13 +1,17 @@
-"""Chess puzzles: find the move. The task, and its two metrics; the encoding, the Lichess loader
-and the mate-in-1 generator are in :mod:`deqloop.tasks.chess_data`.
+"""Chess puzzles: find the move. The task, and its two metrics; the board encoding is in
+:mod:`deqloop.tasks.chess_encoding`, the Lichess loader and the mate-in-1 generator in
+:mod:`deqloop.tasks.chess_data`.
 
-``x`` is the ``(8, 8)`` board from the side to move's perspective, ``y`` marks the solution's
-from- and to-square (``num_classes = 2``). A model outputs logits ``(n, 8, 8, 2)``; the *score*
-of a square is ``logit[..., 1] - logit[..., 0]``.
+``x`` is the ``(8, 8)`` board in the side to move's frame (by default the paper's: black to move
+rotated by 180° with the colours swapped, then mirrored so the mover's king is on files e–h),
+``y`` marks the solution's from- and to-square (``num_classes = 2``). A model outputs logits
+``(n, 8, 8, 2)``; the *score* of a square is its class-1 logit (the paper's, ``scores="class1"``)
+or ``logit[..., 1] - logit[..., 0]`` (``scores="margin"``, deqloop's earlier choice).
 
 Metrics: :func:`correct` (the paper's) asks that the two highest-scoring squares be exactly
 the target pair; :func:`correct_legal` takes the legal move with the highest from-score plus
-to-score and asks that it be the solution move.
+to-score and asks that it be the solution move. :func:`predicted_moves` turns a prediction's
+two squares back into the real board's move (UCI) for reporting.
 
 A Lichess row's ``FEN`` is the position before the opponent's setup move ``Moves[0]``; the
 example is the position after it, and the target is ``Moves[1]``.
@@ -31,20 +35,14 @@ from torch import Tensor
 from deqloop import seeds
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import Task, check_band, check_count, check_seed
-from deqloop.tasks.chess_data import (
-    GRID,
-    LICHESS_COLUMNS,
-    NUM_CLASSES,
-    VOCAB_SIZE,
-    ChessMeta,
-    decode,
-    encode,
-    generate_mate_in_one,
-    load_lichess,
-)
-from deqloop.validate import setting
+from deqloop.tasks.chess_data import ChessMeta, LICHESS_COLUMNS, generate_mate_in_one, load_lichess
+from deqloop.tasks.chess_encoding import (ENCODINGS, GRID, NUM_CLASSES, VOCAB_SIZE, decode, decode_move, encode,
+                                          frame_mask)
+from deqloop.validate import choice, setting
 
 __all__ = [
+    "ENCODINGS",
+    "SCORES",
     "Chess",
     "ChessMeta",
     "LICHESS_COLUMNS",
@@ -52,21 +50,30 @@ __all__ = [
     "correct",
     "correct_legal",
     "decode",
+    "decode_move",
     "encode",
+    "frame_mask",
     "generate_mate_in_one",
     "load_lichess",
+    "predicted_moves",
     "square_scores",
 ]
+
+SCORES: tuple[str, ...] = ("class1", "margin")
+"""How a square is scored from its two logits: ``"class1"`` the class-1 logit (the paper's,
+``deepthinking/utils/testing.py:142-149``), ``"margin"`` ``logit1 − logit0``."""
 
 # ---------------------------------------------------------------------------------------------
 # Metrics
 
 
-def square_scores(out: Tensor) -> Tensor:
-    """``(n, 64)`` square scores from logits ``(n, 8, 8, 2)`` (``logit1 - logit0``), scores
-    ``(n, 8, 8)``, or 0/1 class ids ``(n, 8, 8)``."""
+def square_scores(out: Tensor, scores: str = "class1") -> Tensor:
+    """``(n, 64)`` square scores from logits ``(n, 8, 8, 2)`` (by ``scores``, :data:`SCORES`),
+    scores ``(n, 8, 8)``, or 0/1 class ids ``(n, 8, 8)``."""
+    choice("scores", scores, SCORES)
     if out.dim() == 4 and out.shape[1:] == (8, 8, 2):
-        return (out[..., 1] - out[..., 0]).flatten(1).float()
+        score = out[..., 1] if scores == "class1" else out[..., 1] - out[..., 0]
+        return score.flatten(1).float()
     if out.dim() == 3 and out.shape[1:] == GRID:
         return out.flatten(1).float()
     raise ConfigError(f"expected logits (n, 8, 8, 2) or scores/class ids (n, 8, 8), got shape {tuple(out.shape)}")
@@ -80,38 +87,54 @@ def _target_pairs(y: Tensor) -> Tensor:
     return flat
 
 
-def correct(out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
-    """``(n,)`` bool, the paper's metric: the two highest-scoring squares are the target pair.
-    For class ids: the squares predicted 1 are exactly the pair."""
+def top_two(out: Tensor, scores: str = "class1") -> Tensor:
+    """``(n, 2)``: the two highest-scoring squares of each example (canonical square indices)."""
+    return square_scores(out, scores).topk(2, dim=1).indices
+
+
+def correct(out: Tensor, y: Tensor, x: Tensor | None = None, *, scores: str = "class1") -> Tensor:
+    """``(n,)`` bool, the paper's metric: the two highest-scoring squares (by ``scores``; the
+    paper's class-1 logit by default) are the target pair. For class ids: the squares predicted 1
+    are exactly the pair."""
     flat = _target_pairs(y)
     if not out.is_floating_point() and out.shape == y.shape:
         return (out.flatten(1) == flat).all(dim=1)
-    top = square_scores(out).topk(2, dim=1).indices  # (n, 2)
-    return flat.gather(1, top).sum(dim=1) == 2
+    return flat.gather(1, top_two(out, scores)).sum(dim=1) == 2
 
 
 def cell_accuracy(out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
-    """``(n,)`` float: the fraction of the 64 squares classified right (score > 0 means marked)."""
+    """``(n,)`` float: the fraction of the 64 squares classified right (the argmax of the two
+    logits, ``logit1 > logit0``, means marked)."""
     if not out.is_floating_point() and out.shape == y.shape:
         pred = out
     else:
-        pred = (square_scores(out) > 0).long().view_as(y)
+        pred = (square_scores(out, "margin") > 0).long().view_as(y)
     return (pred == y).flatten(1).float().mean(dim=1)
 
 
+def _frame(i: int, x: Tensor | None, fens: Sequence[str] | None, encoding: str) -> tuple[chess.Board, int]:
+    """Example ``i``'s real board and its frame mask (the canonical board itself, mask 0, from ``x``)."""
+    if fens is not None:
+        board = chess.Board(fens[i])
+        return board, frame_mask(board, encoding)
+    return decode(x[i]), 0  # type: ignore[index]
+
+
 def correct_legal(
-    out: Tensor, y: Tensor, x: Tensor | None = None, *, fens: Sequence[str] | None = None
+    out: Tensor, y: Tensor, x: Tensor | None = None, *, fens: Sequence[str] | None = None,
+    encoding: str = "paper", scores: str = "class1",
 ) -> Tensor:
     """``(n,)`` bool: the legal move with the highest from-score + to-score has the solution's
     from- and to-square (the promotion piece is not scored).
 
     Positions come from ``fens`` (as :func:`load_lichess` returns them in ``meta.fens``; they keep
-    castling and en-passant rights) or else are decoded from ``x`` (without those rights, so a
-    castling or en-passant solution cannot be found). The solution's from-square is the marked
-    square that holds a piece of the side to move.
+    castling and en-passant rights; ``encoding`` says which frame ``out`` and ``y`` are in) or
+    else are decoded from ``x`` (without those rights, so a castling or en-passant solution
+    cannot be found). The solution's from-square is the marked square that holds a piece of the
+    side to move.
     """
     flat = _target_pairs(y)
-    scores = square_scores(out)
+    score = square_scores(out, scores)
     if fens is None and x is None:
         raise ConfigError("correct_legal needs the positions: pass x or fens")
     n = len(flat)
@@ -119,21 +142,26 @@ def correct_legal(
         raise ConfigError(f"got {len(fens)} FENs for {n} targets")
     result = torch.zeros(n, dtype=torch.bool)
     for i in range(n):
-        if fens is not None:
-            board = chess.Board(fens[i])
-            if board.turn == chess.BLACK:
-                board = board.mirror()
-        else:
-            board = decode(x[i])  # type: ignore[index]
+        board, mask = _frame(i, x, fens, encoding)
         marked = torch.nonzero(flat[i]).flatten().tolist()
-        start = [s for s in marked if board.color_at(s) == chess.WHITE]
+        start = [s for s in marked if board.color_at(s ^ mask) == board.turn]
         if len(start) != 1:
             raise ConfigError(f"example {i}: the target squares {marked} do not mark one move of the side to move")
         end = marked[1] if marked[0] == start[0] else marked[0]
-        row = scores[i].tolist()
-        best = max(board.legal_moves, key=lambda m: row[m.from_square] + row[m.to_square], default=None)
-        result[i] = best is not None and (best.from_square, best.to_square) == (start[0], end)
+        row = score[i].tolist()
+        best = max(board.legal_moves, key=lambda m: row[m.from_square ^ mask] + row[m.to_square ^ mask], default=None)
+        result[i] = best is not None and (best.from_square ^ mask, best.to_square ^ mask) == (start[0], end)
     return result
+
+
+def predicted_moves(out: Tensor, fens: Sequence[str], encoding: str = "paper", scores: str = "class1") -> list[str | None]:
+    """The move each prediction names on the real board, in UCI: its two highest-scoring squares
+    (:func:`correct`'s) decoded out of the ``encoding``'s frame (:func:`decode_move`); ``None``
+    where those squares are not a legal move of the side to move."""
+    if len(fens) != len(out):
+        raise ConfigError(f"got {len(fens)} FENs for {len(out)} predictions")
+    moves = [decode_move(chess.Board(f), pair, encoding) for f, pair in zip(fens, top_two(out, scores).tolist())]
+    return [m.uci() if m is not None else None for m in moves]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,14 +169,14 @@ def correct_legal(
 
 
 @lru_cache(maxsize=8)
-def _load_cached(path: str, mtime_ns: int) -> tuple[Tensor, Tensor, Tensor]:
-    x, y, meta = load_lichess(path, return_meta=True)  # type: ignore[misc]
+def _load_cached(path: str, mtime_ns: int, encoding: str) -> tuple[Tensor, Tensor, Tensor]:
+    x, y, meta = load_lichess(path, return_meta=True, encoding=encoding)  # type: ignore[misc]
     return x, y, meta.ratings
 
 
 @lru_cache(maxsize=8)
-def _generate_cached(n: int, pieces: tuple[int, int], seed: int, stream: int) -> tuple[Tensor, Tensor]:
-    x, y = generate_mate_in_one(n, pieces, seed, stream=stream)  # type: ignore[misc]
+def _generate_cached(n: int, pieces: tuple[int, int], seed: int, stream: int, encoding: str) -> tuple[Tensor, Tensor]:
+    x, y = generate_mate_in_one(n, pieces, seed, stream=stream, encoding=encoding)  # type: ignore[misc]
     return x, y
 
 
@@ -176,8 +204,15 @@ class Chess(Task):
                                             default=(4, 8))
     hard_pieces: tuple[int, int] = setting("generated: pieces on the board of hard positions (low high)",
                                            default=(10, 16))
+    encoding: str = setting("board encoding: paper (black to move rotated 180° with colours swapped, then mirrored "
+                            "so the mover's king is on files e–h; the paper's) or rank_flip (black to move: ranks "
+                            "flipped, colours swapped, no mirror; deqloop's earlier encoding)", default="paper")
+    scores: str = setting("how the metric ranks squares for its top 2: class1 (the class-1 logit, the paper's) or "
+                          "margin (logit1 − logit0)", default="class1")
 
     name: ClassVar[str] = "chess"
+    stored_defaults: ClassVar[dict[str, str]] = {"encoding": "rank_flip", "scores": "margin"}
+    """What a run stored before these settings existed used (see ``deqloop.train.config.upgrade_stored``)."""
     vocab_size: ClassVar[int] = VOCAB_SIZE
     num_classes: ClassVar[int] = NUM_CLASSES
     grid: ClassVar[tuple[int, ...]] = GRID
@@ -194,6 +229,8 @@ class Chess(Task):
                 raise ConfigError(f"Chess.data: no such file {path!r}")
         if self.hard_max_rating is not None and self.hard_max_rating < self.hard_min_rating:
             raise ConfigError(f"Chess.hard_max_rating {self.hard_max_rating} is below hard_min_rating {self.hard_min_rating}")
+        choice("Chess.encoding", self.encoding, ENCODINGS)
+        choice("Chess.scores", self.scores, SCORES)
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"Chess.val_fraction must be in (0, 1), got {self.val_fraction}")
         for name in ("train_pieces", "hard_pieces"):
@@ -202,7 +239,8 @@ class Chess(Task):
                 raise ConfigError(f"Chess.{name} must be (low, high) with 3 <= low <= high <= 32, got {(low, high)}")
 
     def _pool(self, easy: bool) -> tuple[Tensor, Tensor]:
-        parts = [_load_cached(str(Path(p).resolve()), Path(p).stat().st_mtime_ns) for p in self.data or ()]
+        parts = [_load_cached(str(Path(p).resolve()), Path(p).stat().st_mtime_ns, self.encoding)
+                 for p in self.data or ()]
         x, y, rating = (torch.cat(column) for column in zip(*parts))
         if easy:
             keep = rating <= self.train_max_rating
@@ -218,7 +256,7 @@ class Chess(Task):
         check_seed(seed)
         if self.data is None:
             pieces = self.hard_pieces if band == "hard" else self.train_pieces
-            x, y = _generate_cached(n, pieces, seed, _STREAMS[band])
+            x, y = _generate_cached(n, pieces, seed, _STREAMS[band], self.encoding)
             return x.clone(), y.clone()  # the cached tensors stay untouched
         x, y = self._pool(easy=band != "hard")
         order = torch.arange(len(x))
@@ -235,11 +273,11 @@ class Chess(Task):
         """``spec`` is a Lichess puzzle file: its first ``n`` puzzles."""
         if not Path(spec).is_file():
             raise ConfigError(f"no such chess puzzle file: {spec}")
-        x, y = load_lichess(spec, limit=n)[:2]
+        x, y = load_lichess(spec, limit=n, encoding=self.encoding)[:2]
         return Path(spec).stem, (x[:n], y[:n])
 
     def correct(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
-        return correct(out, y, x)
+        return correct(out, y, x, scores=self.scores)
 
     def cell_accuracy(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
         return cell_accuracy(out, y, x)

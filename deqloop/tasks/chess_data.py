@@ -1,15 +1,5 @@
-"""Chess data: the board encoding, the Lichess puzzle loader and a mate-in-1 generator.
-
-Encoding, always from the side to move's perspective: when black is to move the board is
-mirrored (ranks flipped) and the colours swapped, as in the paper, so the side to move plays
-"white" up the board. ``x`` is ``(8, 8)`` tokens indexed ``[rank, file]`` (``a1`` is
-``[0, 0]``; square ``s`` of python-chess is ``[s // 8, s % 8]``):
-
-    0 empty, 1-6 the side to move's pawn, knight, bishop, rook, queen, king,
-    7-12 the opponent's, in the same order.                                  vocab_size = 13
-
-``y`` is ``(8, 8)`` with 1 on the solution's from- and to-square (same perspective), 0
-elsewhere (``num_classes = 2``). Castling and en-passant rights are not encoded.
+"""Chess data: the Lichess puzzle loader and a mate-in-1 generator; the board encoding (the side
+to move's frame, tokens and targets) is :mod:`deqloop.tasks.chess_encoding`.
 
 A Lichess row's ``FEN`` is the position before the opponent's setup move ``Moves[0]``; the
 example is the position after it, and the target is ``Moves[1]``.
@@ -28,21 +18,18 @@ from deqloop.extras import require
 
 require("chess", "the chess task")
 import chess  # noqa: E402
-import numpy as np
 import torch
 from torch import Tensor
 
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import check_count
+from deqloop.tasks.chess_encoding import (ENCODINGS, GRID, NUM_CLASSES, VOCAB_SIZE, Example, decode, decode_move,
+                                          encode, example, frame_mask, tensors)
 from deqloop.tasks.io import check_file, LoadSummary, Rows, iter_lines
-from deqloop.validate import integer
+from deqloop.validate import choice, integer
 
-__all__ = ["ChessMeta", "GRID", "LICHESS_COLUMNS", "NUM_CLASSES", "VOCAB_SIZE", "decode", "encode",
-           "generate_mate_in_one", "load_lichess"]
-
-VOCAB_SIZE = 13
-NUM_CLASSES = 2
-GRID = (8, 8)
+__all__ = ["ChessMeta", "ENCODINGS", "GRID", "LICHESS_COLUMNS", "NUM_CLASSES", "VOCAB_SIZE", "decode", "decode_move",
+           "encode", "frame_mask", "generate_mate_in_one", "load_lichess"]
 
 LICHESS_COLUMNS = (
     "PuzzleId",
@@ -56,63 +43,6 @@ LICHESS_COLUMNS = (
     "GameUrl",
     "OpeningTags",
 )
-_COLOURS = (chess.WHITE, chess.BLACK)
-_PIECE_TYPES = (chess.PAWN, chess.KNIGHT, chess.BISHOP, chess.ROOK, chess.QUEEN, chess.KING)
-_TOKEN = np.arange(1, 13, dtype=np.int64)  # plane k (white pieces, then black) -> token k + 1
-_SWAP_COLOURS = np.array([0, *range(7, 13), *range(1, 7)], dtype=np.int64)
-_SHIFTS = np.arange(64, dtype=np.uint64)
-
-
-@dataclass(frozen=True)
-class _Example:
-    planes: tuple[int, ...]  # 12 bitboards: white P N B R Q K, then black
-    black_to_move: bool
-    from_square: int
-    to_square: int
-
-
-def _example(board: chess.Board, move: chess.Move) -> _Example:
-    planes = tuple(board.pieces_mask(t, c) for c in _COLOURS for t in _PIECE_TYPES)
-    return _Example(planes, board.turn == chess.BLACK, move.from_square, move.to_square)
-
-
-def _tensors(examples: Sequence[_Example]) -> tuple[Tensor, Tensor]:
-    """Encode a batch at once: ``x`` and ``y`` of shape ``(n, 8, 8)``."""
-    n = len(examples)
-    planes = np.array([e.planes for e in examples], dtype=np.uint64).reshape(n, 12)
-    bits = ((planes[:, :, None] >> _SHIFTS) & np.uint64(1)).astype(np.int64)  # (n, 12, 64)
-    tokens = (bits * _TOKEN[None, :, None]).sum(axis=1).reshape(n, 8, 8)  # (n, rank, file)
-    black = np.array([e.black_to_move for e in examples], dtype=bool)
-    tokens[black] = _SWAP_COLOURS[tokens[black][:, ::-1, :]]
-    flip = np.where(black, 56, 0)  # square ^ 56 mirrors the rank
-    squares = np.array([[e.from_square, e.to_square] for e in examples], dtype=np.int64).reshape(n, 2) ^ flip[:, None]
-    target = np.zeros((n, 64), dtype=np.int64)
-    np.put_along_axis(target, squares, 1, axis=1)
-    return torch.from_numpy(tokens), torch.from_numpy(target.reshape(n, 8, 8))
-
-
-def encode(board: chess.Board, move: chess.Move | None = None) -> tuple[Tensor, Tensor]:
-    """One position (and move) as ``x``, ``y`` of shape ``(8, 8)``; ``y`` is zeros without a move."""
-    x, y = _tensors([_example(board, move or chess.Move.null())])
-    return x[0], (y[0] if move else torch.zeros_like(y[0]))
-
-
-def decode(x: Tensor) -> chess.Board:
-    """The board an ``(8, 8)`` encoding shows, the side to move as white, to move, with no
-    castling or en-passant rights (the encoding does not keep them)."""
-    if x.shape != GRID:
-        raise ConfigError(f"decode takes one (8, 8) board, got shape {tuple(x.shape)}")
-    board = chess.Board(None)
-    for square, token in enumerate(x.flatten().tolist()):
-        if not 0 <= token < VOCAB_SIZE:
-            raise ConfigError(f"token {token} at square {chess.square_name(square)} is not in 0-{VOCAB_SIZE - 1}")
-        if token:
-            colour = chess.WHITE if token <= 6 else chess.BLACK
-            board.set_piece_at(square, chess.Piece(_PIECE_TYPES[(token - 1) % 6], colour))
-    board.turn = chess.WHITE
-    return board
-
-
 
 # ---------------------------------------------------------------------------------------------
 # Lichess loader
@@ -129,6 +59,7 @@ class ChessMeta:
     ratings: Tensor  # (n,) long; 0 for generated positions
     lines: list[int]  # line in the file; 0 for generated positions
     summary: LoadSummary | None = None
+    encoding: str = "paper"  # the board encoding of x and y (decode_move turns their squares into moves)
 
     @cached_property
     def fens(self) -> list[str]:
@@ -204,7 +135,7 @@ def _parse_move(board: chess.Board, uci: str, row: _Row, rows: Rows, which: str)
     return move
 
 
-def _parse_row(row: _Row, rows: Rows) -> tuple[_Example, str, str] | None:
+def _parse_row(row: _Row, rows: Rows, encoding: str) -> tuple[Example, str, str] | None:
     """The example, the setup move and the solution, or None after reporting a bad row."""
     try:
         board = chess.Board(row.fen)
@@ -225,7 +156,7 @@ def _parse_row(row: _Row, rows: Rows) -> tuple[_Example, str, str] | None:
     solution = _parse_move(board, moves[1], row, rows, "solution move")
     if solution is None:
         return None
-    return _example(board, solution), moves[0], moves[1]
+    return example(board, solution, encoding), moves[0], moves[1]
 
 
 def load_lichess(
@@ -237,8 +168,10 @@ def load_lichess(
     *,
     shuffle_seed: int | None = None,
     return_meta: bool = False,
+    encoding: str = "paper",
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, ChessMeta]:
-    """Examples ``x``, ``y`` (``(n, 8, 8)`` LongTensors) from a Lichess puzzle CSV.
+    """Examples ``x``, ``y`` (``(n, 8, 8)`` LongTensors) from a Lichess puzzle CSV, in the board
+    ``encoding`` (:data:`~deqloop.tasks.chess_encoding.ENCODINGS`; default the paper's).
 
     Reads the official columns (:data:`LICHESS_COLUMNS`), with or without the header line, from
     a plain file or a streamed ``.csv.zst``. Keeps rows rated in ``[min_rating, max_rating]``;
@@ -252,24 +185,25 @@ def load_lichess(
     for name, value in (("min_rating", min_rating), ("max_rating", max_rating), ("shuffle_seed", shuffle_seed)):
         if value is not None:
             integer(name, value, minimum=0)
+    choice("encoding", encoding, ENCODINGS)
     check_file(path)
     rows = Rows(path, on_error)
     candidates: Iterator[_Row] | list[_Row] = _rows(path, rows, min_rating, max_rating)
     if shuffle_seed is not None:
         candidates = list(candidates)
         random.Random(shuffle_seed).shuffle(candidates)
-    examples: list[_Example] = []
+    examples: list[Example] = []
     kept: list[tuple[_Row, str, str]] = []  # row, setup move, solution move
     for row in candidates:
         if limit is not None and len(examples) >= limit:
             break
-        parsed = _parse_row(row, rows)
+        parsed = _parse_row(row, rows, encoding)
         if parsed is not None:
             examples.append(parsed[0])
             kept.append((row, parsed[1], parsed[2]))
     rows.summary.loaded = len(examples)
     summary = rows.finish()
-    x, y = _tensors(examples)
+    x, y = tensors(examples)
     if not return_meta:
         return x, y
     meta = ChessMeta(
@@ -280,6 +214,7 @@ def load_lichess(
         ratings=torch.tensor([r.rating for r, _, _ in kept], dtype=torch.long),
         lines=[r.line for r, _, _ in kept],
         summary=summary,
+        encoding=encoding,
     )
     return x, y, meta
 
@@ -326,17 +261,19 @@ def generate_mate_in_one(
     *,
     stream: int = 0,
     return_meta: bool = False,
+    encoding: str = "paper",
 ) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, ChessMeta]:
     """``n`` random legal positions, white to move, with exactly one mating move (checked with
     python-chess), encoded like :func:`load_lichess`. The piece count, kings included, is drawn
     uniformly from ``pieces`` (inclusive): more pieces, more distractions. Deterministic in
     ``(seed, stream, pieces)``; about 10-50 positions/s on one core."""
     check_count(n)
+    choice("encoding", encoding, ENCODINGS)
     low, high = pieces
     if not (isinstance(low, int) and isinstance(high, int) and 3 <= low <= high <= 32):
         raise ConfigError(f"pieces must be (low, high) with 3 <= low <= high <= 32, got {pieces!r}")
     rng = random.Random(f"mate-in-one/{seed}/{stream}/{low}-{high}")
-    examples: list[_Example] = []
+    examples: list[Example] = []
     fens: list[str] = []
     moves: list[str] = []
     while len(examples) < n:
@@ -348,10 +285,10 @@ def generate_mate_in_one(
             continue
         start, end = mates.pop()
         move = next(m for m in board.legal_moves if (m.from_square, m.to_square) == (start, end))
-        examples.append(_example(board, move))
+        examples.append(example(board, move, encoding))
         fens.append(board.fen())
         moves.append(move.uci())
-    x, y = _tensors(examples)
+    x, y = tensors(examples)
     if not return_meta:
         return x, y
     meta = ChessMeta(
@@ -361,6 +298,7 @@ def generate_mate_in_one(
         moves=moves,
         ratings=torch.zeros(n, dtype=torch.long),
         lines=[0] * n,
+        encoding=encoding,
     )
     return x, y, meta
 
