@@ -10,30 +10,31 @@ time and the evaluation (``eval.json``), a few kB, no checkpoint::
         --command "python examples/sudoku.py --out runs/sudoku/b"
     python -m experiments.report                      # RESULTS.md gains the section
 
-The section gives, per run, exact-match accuracy on every evaluated set at every test-time
-iteration count, the adaptive accuracy (each example iterated until its state stops changing)
-with its mean iterations, and a line per run on the training set: its best accuracy, its accuracy
-at the largest count and the change between them (does more thinking keep the answer?), and the
-best accuracy on the hard split. A plot per task draws the curves of every run.
+The section gives every run in a line (its recipe, the training set's best accuracy and its
+accuracy at the largest count: does more thinking keep the answer?, the hard split's best), then
+exact-match accuracy on every evaluated set at every test-time iteration count with the adaptive
+accuracy (each example iterated until its state stops changing) and, for a run trained at its
+fixed point, its own solve; a figure per task has a panel per run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from experiments import figures
-from experiments.markdown import num, pct, table
-from experiments.seed_table import best
+import pandas as pd
+
+from experiments.claims import num, pct
+from experiments.figures import facets
 from experiments.summary import SummaryError
 
 DEFAULT_ROOT = "results/examples"
 RECORD_FORMAT = 1
-PANELS_PER_ROW = 3  # the plot wraps its panels (a run each) onto rows of this many
 
 
 def record(run_dir: Path, command: str) -> dict[str, Any]:
@@ -71,47 +72,6 @@ def load(root: Path) -> dict[str, list[dict[str, Any]]]:
     return by_task
 
 
-def training_line(r: dict[str, Any]) -> str:
-    """The training set's best accuracy, its accuracy at the largest count and the change; the hard
-    split's best."""
-    curves = r["eval"]["curves"]
-    iters, acc = curves["iters"], curves["accuracy"]
-    parts = []
-    if "val" in acc:
-        v = acc["val"]
-        top, at = best(r, "val")
-        parts.append(f"training set (val) best {pct(top)} % at {at} iterations, {pct(v[-1])} % at "
-                     f"{iters[-1]} ({100 * (v[-1] - top):+.1f} points)")
-    if "hard" in acc:
-        top, at = best(r, "hard")
-        parts.append(f"hard best {pct(top)} % at {at}")
-    return "; ".join(parts)
-
-
-def _best_cell(r: dict[str, Any], split: str) -> str:
-    top, at = best(r, split)
-    return f"{pct(top)} ({at})"
-
-
-def overview(runs: list[dict[str, Any]]) -> str:
-    """A table with a row per run, to compare recipes and seeds at a glance: the training set's
-    best accuracy (its count), its accuracy at the largest count, the hard split's best (its count)
-    and, for a run trained at its fixed point, its own solve on the hard split (accuracy / mean
-    iterations)."""
-    rows = []
-    for r in runs:
-        ev, cfg = r["eval"], r["config"]
-        acc = ev["curves"]["accuracy"]
-        cells = [_best_cell(r, name) if name in acc else "—" for name in ("val", "hard")]
-        last = pct(acc["val"][-1]) if "val" in acc else "—"
-        solve = (ev.get("solver") or {}).get("hard")
-        rows.append([f"**{r['name']}**", f"{cfg['loss']} ({recipe(cfg)})", str(cfg.get("seed", "—")), str(r["steps"]),
-                     f"{r['train_seconds'] / 60:.0f}", cells[0], last, cells[1],
-                     f"{pct(solve['accuracy'])} / {num(solve['iterations_mean'])}" if solve else "—"])
-    return table(["run", "loss", "seed", "steps", "train min", "val best (count)", "val at last count",
-                  "hard best (count)", "hard: own solve"], rows)
-
-
 def recipe(cfg: dict[str, Any]) -> str:
     """The loss's settings in a few words: alpha for the progressive loss; the backward mode, its
     options and the recipes in use for fixed-point training."""
@@ -123,63 +83,62 @@ def recipe(cfg: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def plot(task: str, runs: list[dict[str, Any]], path: Path) -> Path:
-    """Accuracy against test-time iterations, one panel per run (rows of ``PANELS_PER_ROW``), a line
-    per evaluated set."""
-    plt = figures.pyplot()
-    cols = min(PANELS_PER_ROW, len(runs))
-    nrows = -(-len(runs) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 3.8 * nrows), squeeze=False)
-    for ax in axes.flat[len(runs):]:
-        ax.set_visible(False)
-    for ax, r in zip(axes.flat, runs):
-        curves = r["eval"]["curves"]
-        for name, acc in curves["accuracy"].items():
-            ax.plot(curves["iters"], [100 * a for a in acc], marker="o", markersize=3, label=name)
-        if curves.get("train_depth"):
-            ax.axvline(curves["train_depth"], color="gray", linestyle="--", linewidth=1, label="training depth")
-        ax.set_xscale("log")
-        ax.set_ylim(-2, 102)
-        ax.set_xlabel("test-time iterations")
-        ax.set_ylabel("exact match (%)")
-        ax.set_title(f"{task}: {r['name']}", fontsize=9)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
-    return figures.save(fig, path)
+def curves(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Every record's accuracy curves in long form: a row per run, evaluated set and test-time count."""
+    return pd.DataFrame([{"run": r["name"], "set": name, "iters": t, "accuracy": a}
+                         for r in runs for name, acc in r["eval"]["curves"]["accuracy"].items()
+                         for t, a in zip(r["eval"]["curves"]["iters"], acc)])
 
 
-def section(by_task: dict[str, list[dict[str, Any]]], plots: Path, out: Path) -> list[str]:
-    """RESULTS.md's lines for the example runs."""
-    doc: list[str] = []
-    for task, runs in sorted(by_task.items()):
-        doc += ["", f"## {task}: the example runs", "",
-                f"`examples/{task}.py` with its defaults or the flags shown (records in `{DEFAULT_ROOT}/{task}`, "
-                "added by `python -m experiments.examples_report add`); exact-match accuracy in % per evaluated set "
-                "and test-time iteration count, then adaptive compute (each example iterated until its state "
-                "changes by less than the relative tolerance: accuracy / mean iterations), and for a run trained at its "
-                "fixed point its own solver's answer (accuracy / mean iterations). First every run in a line "
-                "(the counts of iterations in parentheses; *val* is the training set's distribution, *hard* the "
-                "harder split), then each run in full.", "", overview(runs)]
-        for r in runs:
-            ev, cfg = r["eval"], r["config"]
-            iters = ev["curves"]["iters"]
-            solved = ev.get("solver") or {}
-            rows = []
-            for name, acc in ev["curves"]["accuracy"].items():
-                settle = ev.get("settling", {}).get(name, {})
-                rows.append([name, str(ev["n"].get(name, "—"))] + [pct(a) for a in acc]
-                            + [f"{pct(settle.get('accuracy'))} / {num(settle.get('iterations_mean'))}"]
-                            + ([f"{pct(solved[name]['accuracy'])} / {num(solved[name]['iterations_mean'])}"
-                                if name in solved else "—"] if solved else []))
-            doc += ["", f"**{r['name']}** — `{r['command']}`: loss {cfg['loss']} ({recipe(cfg)})"
-                    + f", training depth {cfg['max_iter']}, {r['steps']} steps in {r['train_seconds'] / 60:.0f} min "
-                    f"({cfg.get('threads')} thread(s)), final training loss {num(r['final_loss'])}.", "",
-                    table(["set", "n", *map(str, iters), "adaptive"]
-                          + ([f"{ev.get('solver_name')} solve (rtol {num(ev.get('solver_rtol'))})"] if solved else []),
-                          rows), "", training_line(r) + "."]
-        path = plot(task, runs, plots / f"{task}_examples.png")
-        doc += ["", f"![{task} examples]({os.path.relpath(path, out.parent)})"]
-    return doc
+def overview(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """A row per run: its recipe, seed, steps and time, the training set's best (count) and value at the
+    largest count, the hard split's best (count), and for a run trained at its fixed point its own solve."""
+    def best(r: dict[str, Any], split: str) -> str:
+        acc = r["eval"]["curves"]["accuracy"].get(split)
+        if acc is None:
+            return "—"
+        i = max(range(len(acc)), key=lambda j: (acc[j], -j))
+        return f"{pct(acc[i])} ({r['eval']['curves']['iters'][i]})"
+
+    def solve(r: dict[str, Any]) -> str:
+        s = (r["eval"].get("solver") or {}).get("hard")
+        return f"{pct(s['accuracy'])} / {num(s['iterations_mean'])}" if s else "—"
+
+    return pd.DataFrame([{"run": f"**{r['name']}**", "loss": f"{r['config']['loss']} ({recipe(r['config'])})",
+                          "seed": str(r["config"].get("seed", "—")), "steps": str(r["steps"]),
+                          "train min": f"{r['train_seconds'] / 60:.0f}", "val best (count)": best(r, "val"),
+                          "val at last count": pct((r["eval"]["curves"]["accuracy"].get("val") or [math.nan])[-1]),
+                          "hard best (count)": best(r, "hard"), "hard: own solve": solve(r)} for r in runs])
+
+
+def section(task: str, runs: list[dict[str, Any]], plots: Path, out: Path) -> str:
+    """RESULTS.md's section on the example runs of ``task``: every run in a line, the accuracy of every
+    run on every evaluated set at every count, and a figure with a panel per run."""
+    c = curves(runs)
+    table = c.pivot_table(index=["run", "set"], columns="iters", values="accuracy", sort=False).map(pct)
+    table.insert(0, "n", pd.Series({(r["name"], k): str(v) for r in runs for k, v in r["eval"]["n"].items()}))
+
+    def column(key: str) -> pd.Series:  # accuracy / mean iterations of the adaptive or the solver's answer
+        return pd.Series({(r["name"], k): f"{pct(v.get('accuracy'))} / {num(v.get('iterations_mean'))}"
+                          for r in runs for k, v in (r["eval"].get(key) or {}).items()}, dtype=object)
+
+    table["adaptive"] = column("settling")
+    if any(r["eval"].get("solver") for r in runs):
+        table["own solve"] = column("solver")
+    fig = facets(c, plots / f"{task}_examples.png", x="iters", y="accuracy", facet="run", hue="set", xlog=True,
+                 cols=3, title=f"{task}: the example runs, accuracy against test-time iterations",
+                 xlabel="test-time iterations", ylabel="exact match (%)")
+    commands = "; ".join(f"**{r['name']}** `{r['command']}`" for r in runs)
+    return "\n".join([
+        f"## {task}: the example runs", "",
+        f"`examples/{task}.py` with its defaults or the flags shown (records in `{DEFAULT_ROOT}/{task}`, added by "
+        "`python -m experiments.examples_report add`): exact match in % per evaluated set (*val* is the training "
+        "set's distribution, *hard* the harder split) and test-time iteration count, and adaptive compute (each "
+        "example iterated until its state changes by less than the relative tolerance: accuracy / mean "
+        "iterations); for a run trained at its fixed point, its own solver's answer.", "",
+        overview(runs).to_markdown(index=False, disable_numparse=True), "",
+        table.reset_index().fillna("—").to_markdown(index=False, disable_numparse=True), "",
+        f"Commands: {commands}.", "", f"![{task} examples]({os.path.relpath(fig, out.parent)})"]) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,17 +1,13 @@
-"""Build RESULTS.md (tables, verdicts per claim, plots) from the run summaries, or from a sweep.
+"""RESULTS.md and its figures from the run summaries: one table of runs, a few queries, one template.
 
     python -m experiments.report [results/runs] [--out RESULTS.md] [--plots results]
     python -m experiments.report runs/sweep                # a sweep's result.json files, summarized on the fly
 
-The run summaries (``results/runs/<task>/<run>.json``, committed; see ``experiments/summary.py``)
-hold all the report reads, so RESULTS.md can be regenerated on a fresh clone; a folder that holds
-``result.json`` files is read as a sweep, each run summarized with its ``metrics.jsonl``, and
-gives the same document.
-
-Nothing in RESULTS.md is typed by hand: every number comes from the runs, and each section names
-the command, commit and configuration that produced it. The verdict rules are stated next to
-each verdict; a claim the runs cannot decide (too few runs, or nothing learned) is
-"inconclusive at this scale".
+Every run summary (``results/runs/<task>/<run>.json``, committed; see ``experiments/summary.py``)
+becomes a row of :func:`experiments.table.runs_frame`; the tables are ``groupby``/``pivot_table``
+queries on it written by ``to_markdown``, the verdicts come from :mod:`experiments.claims`, and the
+prose is ``experiments/results_template.md``. Nothing in RESULTS.md is typed by hand, and a fresh
+clone regenerates it byte for byte but for the date.
 """
 
 from __future__ import annotations
@@ -21,304 +17,170 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
+from string import Template
 from typing import Any
 
-from experiments import chess_baselines, chess_long, examples_report, figures, paper_split, recipes_report, stability_report
-from experiments.claims import Verdict, claim1, claim2, claim3, claim4
-from experiments.configs import LEARNED_MARGIN, Config, _med, group
-from experiments.markdown import _task_key, num, pct, table
-from experiments.presets import NORMS, RECALLS, REGIMES
-from experiments.stats import spearman
-from experiments.summary import SummaryError, load_summaries, summarize_sweep
+import pandas as pd
 
-__all__ = ["LEARNED_MARGIN", "Config", "Verdict", "claim1", "claim2", "claim3", "claim4", "group", "load_results",
-           "main", "num", "pct", "render", "spearman", "table"]
+from experiments import chess_baselines, claims, examples_report
+from experiments.claims import mean_se, num, pct
+from experiments.figures import facets
+from experiments.presets import NORMS, RECALLS, REGIMES, TASK_ORDER
+from experiments.summary import SummaryError, load_summaries
+from experiments.table import AT, curves_frame, load_results, runs_frame, traces_frame
 
-
-# -- loading and aggregation -------------------------------------------------------------------
-
-
-def load_results(root: Path) -> list[dict[str, Any]]:
-    """The runs under ``root``, sorted by name: a sweep's runs summarized from their
-    ``result.json`` and ``metrics.jsonl`` where ``root`` holds any ``result.json``, else the run
-    summaries under it. A file that cannot be read raises :class:`SummaryError` naming it."""
-    root = Path(root)
-    if next(root.rglob("result.json"), None) is not None:
-        return summarize_sweep(root)
-    return load_summaries(root)
-
-def _regime_row(regime: str, cs: list[Config]) -> list[str]:
-    runs = [r for c in cs for r in c.runs]
-
-    def med(key: str) -> float | None:
-        return _med([r["train"].get(key) for r in runs])
-
-    return [regime, str(len(runs)), num(med("late_loss")), pct(med("late_train_accuracy")),
-            num(med("late_forward_converged"), 2), num(med("late_backward_converged"), 2),
-            pct(_med([c.best("hard")[0] for c in cs]))]
-
-
-IDENTITY_TOL = 1e-3
-
-
-def identity_fixed_points(configs: list[Config]) -> str | None:
-    """A section on runs whose fixed point is one where the loop does nothing: J ≈ I there.
-
-    A run counts when its median ρ(J) and median σ_max(J) are both within ``IDENTITY_TOL`` of 1.
-    The table counts them per norm and regime, with the median ‖(I − J)⁻¹‖, backward-solve
-    convergence and late training loss of those runs; None when there is no such run.
-    """
-    def near_identity(r: dict[str, Any]) -> bool:
-        a = r["analysis"]["hard"]
-        rho, sigma = a.get("spectral_radius_median"), a.get("sigma_max_median")
-        return rho is not None and sigma is not None and abs(rho - 1) < IDENTITY_TOL and abs(sigma - 1) < IDENTITY_TOL
-
-    runs = [r for c in configs for r in c.runs]
-    if not any(near_identity(r) for r in runs):
-        return None
-    rows = []
-    for norm in NORMS:
-        for regime in REGIMES:
-            cell = [r for r in runs if r["spec"]["norm"] == norm and r["spec"]["regime"] == regime]
-            if not cell:
-                continue
-            hit = [r for r in cell if near_identity(r)]
-            recalls = sorted({r["spec"]["recall"] for r in hit}, key=RECALLS.index)
-            rows.append([norm, regime, f"{len(hit)} of {len(cell)}", ", ".join(recalls) or "—",
-                         num(_med([r["analysis"]["hard"].get("resolvent_norm_median") for r in hit]), 3),
-                         num(_med([r["analysis"]["hard"].get("backward_converged_fraction") for r in hit]), 2),
-                         num(_med([r["train"].get("late_loss") for r in hit]), 3)])
-    return "\n".join([
-        "## Fixed points where the loop does nothing",
-        "",
-        f"Runs whose median ρ(J) and σ_max(J) at z* are both within {IDENTITY_TOL:g} of 1, so that J ≈ I: the loop "
-        "map barely moves the state and (I − J), the matrix the implicit backward inverts, is nearly singular. "
-        "Without an outer norm, and with internal or no recall, the state's residual stream passes through "
-        "unnormalised, f(z) = z + r(z) and J = I + ∂r/∂z, so fixed-point training can meet z* = f(z*) by "
-        "shrinking r; an outer norm (post, sandwich) rescales the stream and removes the identity from J, and "
-        "external recall maps the state by W_z first. All tasks; columns for the runs counted: median "
-        "‖(I − J)⁻¹‖, backward-solve converged fraction and training loss over the last quarter of training.",
-        "",
-        table(["norm", "regime", "runs with J ≈ I", "recalls", "‖(I − J)⁻¹‖", "bwd", "late loss"], rows),
-    ])
-
-
-# -- plots -------------------------------------------------------------------------------------
-
-
-def plot_iterations(configs: list[Config], task: str, path: Path) -> Path:
-    """Accuracy against test-time iterations of each configuration of ``task``, a panel per test set."""
-    plt = figures.pyplot()
-
-    cs = [c for c in configs if c.task == task]
-    # the validation and hard splits, then any more test sets every run was evaluated on (e.g. sudoku's blank bands)
-    splits = ["val", "hard"] + [k for k in cs[0].runs[0]["eval"]["curves"]["accuracy"] if k not in ("val", "hard")
-                                and all(k in r["eval"]["curves"]["accuracy"] for c in cs for r in c.runs)]
-    fig, axes = plt.subplots(1, len(splits), figsize=(6 * len(splits), 4.5), sharey=True)
-    for ax, split in zip(axes, splits):
-        for c in cs:
-            style = "-" if c.regime == "progressive" else "--"
-            ax.plot(c.iters, [100 * a for a in c.curve(split)], style, marker="o", ms=3, label=c.label)
-        ax.axvline(cs[0].train_depth, color="grey", ls=":", lw=1)
-        ax.set_xscale("log")
-        ax.set_xlabel("test-time iterations")
-        ax.set_title(f"{task}: {split} (dotted: training depth)")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("exact-match accuracy (%)")
-    axes[1].legend(fontsize=6, ncol=2, loc="best")
-    return figures.save(fig, path)
-
-
-def plot_rho_vs_accuracy(configs: list[Config], path: Path) -> Path:
-    plt = figures.pyplot()
-
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    markers = {"none": "x", "external": "s", "internal": "o"}
-    for task in sorted({c.task for c in configs}, key=_task_key):
-        cs = [c for c in configs if c.task == task and c.stab("spectral_radius_median") is not None]
-        for recall in RECALLS:
-            sub = [c for c in cs if c.recall == recall]
-            if sub:
-                ax.scatter([c.stab("spectral_radius_median") for c in sub], [100 * c.best("hard")[0] for c in sub],
-                           marker=markers[recall], label=f"{task} / recall {recall}")
-    ax.axvline(1.0, color="grey", ls=":", lw=1)
-    ax.set_xlabel("median spectral radius ρ(J) at z* (hard examples)")
-    ax.set_ylabel("best hard accuracy (%)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return figures.save(fig, path)
-
-
-# -- the document ------------------------------------------------------------------------------
-
-
-def _recipes_and_stability(cs: list[Config], task: str, plots: Path, out: Path) -> list[str]:
-    """The recipe ablation table of each cell trained under three or more regimes no other cell has, and the
-    stability-over-training table and figure of the runs that carry monitor traces."""
-    doc = []
-    cells = sorted({(c.recall, c.norm) for c in cs})
-    for recall, norm in cells:
-        own = {c.regime for c in cs if (c.recall, c.norm) == (recall, norm)}
-        others = {c.regime for c in cs if (c.recall, c.norm) != (recall, norm)}
-        if len(own - others) < 3:  # an ablation: at least three regimes trained in this cell alone
-            continue
-        doc += ["", f"### Fixed-point training recipes ({recall} recall, {norm} norm)", "",
-                "Every regime of this cell (`python -m experiments.sweep --preset recipes`; the regimes are "
-                f"defined in `experiments/presets.py` `REGIME_TRAIN`): {recipes_report.INTRO}", "",
-                table(recipes_report.HEADER, recipes_report.recipe_rows(cs, recall, norm))]
-        line = recipes_report.targets(cs, recall, norm)
-        if line:
-            doc += ["", line]
-    header, rows = stability_report.when_table(cs)
-    if rows:
-        doc += ["", "### Stability over training", "",
-                "From the stability monitor (`stability_every`, a 16-example probe of the validation split): the "
-                "median ρ(∂f/∂z) at the first and last probe, the fraction of training at which it first exceeded 1, "
-                "the fraction at which plain iteration (within the run's own solver budget `max_iter` and tolerance: "
-                "the training depth for the progressive loss, the solver budget for fixed-point training) first converged for fewer "
-                "than 50 % of the probe (*reachable*; a map with ρ ≈ 1 at initialisation starts below it), and the reachable and implicit-backward converged fractions at the last probe; "
-                "medians over seeds (*never*: in most seeds it did not happen).", "", table(header, rows)]
-        plot = stability_report.plot_traces(cs, task, plots / f"{task}_stability.png")
-        if plot is not None:
-            doc += ["", f"![stability over training]({os.path.relpath(plot, out.parent)})"]
-    return doc
-
-
-SECTIONS = {"paper": "the paper's prefix-sums split (experiments/paper_split.py)",
-            "recipes": "the recipes ablation at another number of steps (experiments/recipes_report.py)",
-            "chess": "the long chess run beside its baselines (experiments/chess_long.py)"}
-"""The presets whose sweeps may be kept apart from the main grid, each drawn as its own section."""
+TEMPLATE = Path(__file__).with_name("results_template.md")
+SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test on 512",
+            "recipes": "the fixed-point training recipes at another number of steps",
+            "chess": "the long chess run beside its baselines"}
+"""The presets whose sweeps are kept apart from the main grid, each drawn as a section of its own."""
 DEFAULT_SECTIONS = ("results/paper_split", "results/recipes_1500", "results/chess_long")
+NAMES = {"C1": "without recall, countable fixed points and no strong input dependence",
+         "C2": "recall + outer norm gives reachable, locally smooth, backprop-stable fixed points",
+         "C3": "internal recall ≥ external once the norm is outer; much better on sudoku",
+         "C4": "performance follows the framework: recall + outer > recall + inner > no recall"}
 
 
-def section(runs: list[dict[str, Any]], plots: Path, out: Path) -> list[str]:
-    """The section of a sweep kept apart from the main grid, chosen by its preset."""
-    if not runs:
-        return []
-    presets = sorted({r["preset"] for r in runs})
+def md(frame: pd.DataFrame) -> str:
+    return frame.to_markdown(index=False, missingval="—", disable_numparse=True)
+
+
+def ms(x: pd.Series) -> str:
+    """Mean ± standard error of accuracies, in %."""
+    m, s, _ = mean_se(x)
+    return "—" if m != m else f"{pct(m)} ± {pct(s)}"
+
+
+def ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the order recall, norm, regime of the presets (others after them), then seed."""
+    keys = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES}
+    return frame.sort_values([*keys, "seed"], key=lambda c: c.map(lambda v: keys[c.name].index(v) if v in keys[
+        c.name] else len(keys[c.name])) if c.name in keys else c, kind="stable")
+
+
+def paper_table(runs: pd.DataFrame) -> str:
+    """The paper's regime: a row per recall × norm, accuracy @500 and best (mean ± s.e. over seeds)."""
+    paper = ordered(runs[runs.regime == claims.PAPER_REGIME])
+    rows = paper.groupby(["recall", "norm"], sort=False).agg(
+        seeds=("seed", "count"), hard_at=("hard_at", ms), hard_best=("hard_best", ms), val_at=("val_at", ms),
+        adaptive=("adaptive", ms), solver=("solver", ms), form=("recall_form", "first")).reset_index()
+    return md(rows.rename(columns={"hard_at": f"hard @{AT}", "hard_best": "hard best", "val_at": f"val @{AT}",
+                                   "form": "internal recall"}))
+
+
+STABILITY = {"plain_reach": "plain reach", "anderson_reach": "Anderson", "rho": "ρ", "resolvent": "‖(I−J)⁻¹‖",
+             "ift": "IFT", "fd": "FD", "fd_input": "FD from e", "bwd": "bwd", "grad_spread": "grad spread"}
+
+
+def grid_table(runs: pd.DataFrame) -> str:
+    """Every configuration (recall, norm, regime): accuracy and the stability numbers, over seeds."""
+    g = ordered(runs).groupby(["recall", "norm", "regime"], sort=False)
+    acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", ms), best=("hard_best", ms), solver=("solver", ms))
+    stab = g[list(STABILITY)].mean().map(lambda v: num(v, 2))
+    table = acc.join(stab).reset_index()
+    return md(table.rename(columns={"hard_at": f"hard @{AT}", "best": "hard best", **STABILITY}))
+
+
+def task_section(task: str, runs: pd.DataFrame, curves: pd.DataFrame, traces: pd.DataFrame, plots: Path,
+                 out: Path) -> str:
+    steps = "/".join(str(int(s)) for s in sorted(runs.steps.dropna().unique()))
+    paper = (curves.regime == claims.PAPER_REGIME) & (curves.task == task) & curves.split.isin(["val", "hard"])
+    c = ordered(curves[paper].assign(panel=lambda f: f.recall + " recall, " + f.norm))
+    fig = facets(c, plots / f"{task}_iterations.png", x="iters", y="accuracy", facet="panel", hue="split", xlog=True,
+                 title=f"{task}: accuracy against test-time iterations, the paper's regime (band: seeds' range)",
+                 xlabel="test-time iterations", ylabel="exact match (%)", vline=AT)
+    text = [f"## {task}", "", f"{len(runs)} runs, {steps} training steps, width {num(runs.width.median())}.", "",
+            "### The paper's regime (progressive loss)", "", paper_table(runs), "",
+            f"![{task} accuracy against iterations]({os.path.relpath(fig, out.parent)})", "",
+            "### Every configuration", "", "Accuracy (mean ± s.e. over seeds) and the stability numbers (means over "
+            "seeds) of every recall × norm × training regime; the regimes other than the progressive loss are "
+            "fixed-point training, beyond the paper (`experiments/presets.py` `REGIME_TRAIN`).", "", grid_table(runs)]
+    t = traces[(traces.task == task) & (traces.regime == claims.PAPER_REGIME)] if len(traces) else traces
+    if len(t) and t.rho.notna().any():
+        t = ordered(t.assign(panel=lambda f: f.recall + " recall"))
+        fig = facets(t, plots / f"{task}_stability.png", x="fraction", y="rho", facet="panel", hue="norm",
+                     percent=False, hline=1.0, title=f"{task}: ρ(∂f/∂z) at the probe's fixed points over training, "
+                     "the paper's regime (median over the probe; band: seeds' range)",
+                     xlabel="fraction of training", ylabel="ρ(J)", cols=3)
+        text += ["", f"![{task} ρ over training]({os.path.relpath(fig, out.parent)})"]
+    return "\n".join(text) + "\n"
+
+
+def run_table(runs: pd.DataFrame) -> str:
+    """A row per run of a separate sweep: its regime and seed, accuracies, and times."""
+    rows = ordered(runs).assign(
+        val_best=lambda f: f.val_best.map(pct), hard_best=lambda f: f.hard_best.map(pct) + " (" +
+        f.hard_best_at.map(lambda v: num(v)) + ")", hard_last=lambda f: f.hard_last.map(pct) + " (" +
+        f["last"].map(lambda v: num(v)) + ")",
+        adaptive=lambda f: f.adaptive.map(pct) + " / " + f.adaptive_iters.map(num),
+        solver=lambda f: f.solver.map(pct) + " / " + f.solver_iters.map(num), train_s=lambda f: f.train_s.map(num),
+        seed=lambda f: f.seed.map(lambda v: str(int(v))))
+    cols = {"regime": "regime", "seed": "seed", "val_best": "val best", "hard_best": "hard best (count)",
+            "hard_last": "hard at the last count", "adaptive": "adaptive / iterations", "solver": "solver / iterations",
+            "train_s": "train s"}
+    return md(rows[list(cols)].rename(columns=cols))
+
+
+def section(folder: Path, summaries: list[dict[str, Any]], baselines: Any, plots: Path, out: Path) -> str:
+    """A sweep kept apart from the main grid (one preset of :data:`SECTIONS`): its runs and a figure."""
+    runs = runs_frame(summaries)
+    presets = sorted(runs.preset.unique())
     if len(presets) != 1 or presets[0] not in SECTIONS:
-        raise SummaryError(f"a separate section holds the runs of one preset of {', '.join(SECTIONS)}; "
+        raise SummaryError(f"{folder}: a separate section holds the runs of one preset of {', '.join(SECTIONS)}; "
                            f"these are of {', '.join(presets)}")
-    if presets[0] == "paper":
-        return paper_split.section(runs, plots, out)
-    if presets[0] == "chess":
-        return chess_long.section(runs, plots, out)
-    return recipes_report.section(runs)
+    cfg = summaries[0]["train_config"]
+    c = curves_frame(summaries).assign(panel=lambda f: f.regime)
+    fig = facets(ordered(c), plots / f"{folder.name}.png", x="iters", y="accuracy", facet="panel", hue="split",
+                 xlog=True, title=f"{SECTIONS[presets[0]]} (band: seeds' range)", xlabel="test-time iterations",
+                 ylabel="exact match (%)", cols=3)
+    line = chess_baselines.baseline_line(summaries, baselines)
+    return "\n".join([
+        f"## {runs.task.iloc[0]}: {SECTIONS[presets[0]]}", "",
+        f"`{folder}` (runs: {len(runs)}, by {'; '.join(f'`{x}`' for x in sorted(runs.command.dropna().unique()))}); "
+        f"{cfg['recall']} recall, {cfg['norm']} norm, width {cfg['width']}, {cfg['steps']} steps, task settings "
+        f"{ {k: v for k, v in (cfg.get('task_options') or {}).items() if k != 'data'} }.", "",
+        run_table(runs), *(["", line] if line else []), "",
+        f"![{folder.name}]({os.path.relpath(fig, out.parent)})"]) + "\n"
 
 
-def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
-           baselines: dict[str, Any] | None = None, sections: list[list[dict[str, Any]]] = (),
+def claim_tables(frame: pd.DataFrame) -> str:
+    """The numbers behind C2, C3 and C4 as tables."""
+    c3 = claims.c3_rows(frame)
+    cells = claims.c2_cells(frame)
+    c4 = claims.c4_rows(frame)
+    parts = []
+    if len(c3):
+        parts += [f"C3, per task and outer norm (hard @{AT}, mean ± s.e. (seeds), %):", "", md(c3), ""]
+    if len(cells):
+        c2 = pd.DataFrame({f"{label} ({side})": cells[(axis, side)].map(lambda v: num(v, 2))
+                           for axis, label in (("plain_reach", "plain reach"), ("bwd", "bwd"),
+                                               ("stability", "−log₁₀ grad spread")) for side in ("outer", "inner")})
+        parts += ["C2, the matched cells (means over the cell's runs):", "", md(c2.reset_index()), ""]
+    if len(c4):
+        c4 = c4.assign(value=lambda f: f["mean"].map(pct) + " ± " + f.se.map(pct) + " (" + f.n.astype(str) + ")")
+        parts += [f"C4, hard @{AT} by family in the paper's regime (mean ± s.e. (runs), %):", "",
+                  md(c4.pivot(index="family", columns="task", values="value").fillna("—").reset_index()), ""]
+    return "\n".join(parts)
+
+
+def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str, baselines: Any = None,
+           sections: dict[Path, list[dict[str, Any]]] | None = None,
            examples: dict[str, list[dict[str, Any]]] | None = None) -> str:
-    """RESULTS.md's text. ``baselines``: the stored baselines file (:mod:`experiments.chess_baselines`),
-    read for runs whose evaluation predates storing them; ``sections``: the summaries of each sweep
-    kept apart from the main grid (:data:`SECTIONS`), a section each after the tasks'; ``examples``:
-    the example runs' records by task (:mod:`experiments.examples_report`), after those."""
-    configs = list(group(results).values())
-    commits = sorted({r["commit"] for r in results})
-    presets = sorted({r["preset"] for r in results})
-    sweep_cmds = sorted({r.get("command", "") for r in results})
-    doc = [
-        "# Results",
-        "",
-        f"Generated by `{command}` on {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {len(results)} runs "
-        f"({len(configs)} configurations); do not edit by hand.",
-        "",
-        f"- runs produced by: {'; '.join(f'`{c}`' for c in sweep_cmds)}",
-        f"- preset(s): {', '.join(presets)} (see `experiments/presets.py`); commit(s): {', '.join(commits)}",
-        "- machine(s): " + "; ".join(sorted({", ".join(f"{k} {v}" for k, v in r["machine"].items() if v is not None)
-                                           for r in results})),
-        "- accuracy is exact match of the whole output, in %; *best* is the best over the test-time iteration "
-        "counts, with the count in parentheses; *adaptive* iterates each example until its state stops changing "
-        "(relative change ≤ 1e-3) and *solver* runs Anderson to rtol 1e-4 (iterations spent after the slash); *cells* is the best fraction of "
-        "hard-split cells right (prefix sums: bits; sudoku: blanks only; chess: squares), where the run scored cells.",
-        "- stability numbers are medians over hard examples from `deqloop.analysis.analyze` (z₀ = e; solver "
-        "Anderson, ≤ 100 iterations, rtol 1e-4); *conv* converged fraction, *ρ* spectral radius of ∂f/∂z at z*, "
-        "*contr* fraction with ρ < 0.95, *sens* IFT input sensitivity, *Lip* ‖Δz*‖/‖Δe‖, *bwd* implicit backward "
-        "converged fraction, *grad* median gradient norm in training.",
-        "",
-        "## Verdicts",
-        "",
-    ]
-    verdicts = [claim1(configs), claim2(configs), claim3(configs), claim4(configs)]
-    names = {"C1": "without recall, fixed points are input-independent",
-             "C2": "recall + outer (post) norm gives reachable, smooth, backprop-stable fixed points",
-             "C3": "internal recall ≥ external once outer norm is used; much better on sudoku",
-             "C4": "extrapolation tracks the stability axes"}
-    for v in verdicts:
-        doc += [f"- **{v.claim} — {names[v.claim]}: {v.verdict}.** {v.evidence}.", f"  - rule: {v.rule}."]
-    for task in sorted({c.task for c in configs}, key=_task_key):
-        cs = [c for c in configs if c.task == task]
-        depth = cs[0].train_depth
-        last = cs[0].iters[-1]
-        near = max([t for t in cs[0].iters if t <= depth] or cs[0].iters[:1])  # the count nearest the training depth
-        rows = []
-        for c in cs:
-            vb, vi = c.best("val")
-            hb, hi = c.best("hard")
-            rows.append([c.recall, c.norm, c.regime, str(len(c.runs)), pct(c.at("val", near)), f"{pct(vb)} ({vi})",
-                         f"{pct(hb)} ({hi})", pct(c.at("hard", last)), pct(c.best_cells("hard")),
-                         f"{pct(c.settle('hard', 'accuracy'))} / {num(c.settle('hard', 'iterations_mean'))}",
-                         f"{pct(c.solver('hard', 'accuracy'))} / {num(c.solver('hard', 'iterations_mean'))}",
-                         num(c.stab("converged_fraction"), 2), num(c.stab("spectral_radius_median")),
-                         num(c.stab("contractive_fraction"), 2), num(c.stab("input_sensitivity_median")),
-                         num(c.stab("local_smoothness_median")), num(c.stab("backward_converged_fraction"), 2),
-                         num(c.train("grad_norm_median"))])
-        plot = plot_iterations(cs, task, plots / f"{task}_iterations.png")
-        cfg = cs[0].runs[0]["train_config"]
-        # the task's settings sit in task_options (in older runs' configs, among the trainer's fields)
-        merged = {**cfg, **cfg.get("task_options", {})}
-        shown = {k: merged[k] for k in ("width", "heads", "attention", "window", "max_iter", "steps", "batch_size", "lr",
-                                        "length", "min_length", "hard_length", "depth_offset", "data", "augment")
-                 if merged.get(k) not in (None, (), [], False)}
-        doc += ["", f"## {task}", "", f"Training: {shown}; training depth {depth} (column *val@{near}*: the evaluated count nearest it); "
-                f"hard accuracy at {last} iterations in column *hard@{last}*.", "",
-                table(["recall", "norm", "regime", "seeds", f"val@{near}", "val best", "hard best", f"hard@{last}", "cells",
-                       "adaptive", "solver", "conv", "ρ", "contr", "sens", "Lip", "bwd", "grad"], rows),
-                "", f"![accuracy vs iterations]({os.path.relpath(plot, out.parent)})"]
-        line = chess_baselines.baseline_line([r for c in cs for r in c.runs], baselines)
-        if line:
-            doc[-1:-1] = [line, ""]  # under the table, before the plot
-        # beyond the paper: the training regimes side by side, fixed-count next to adaptive compute
-        regimes = [g for g in REGIMES if any(c.regime == g for c in cs)]
-        # the grid's regimes (trained in more than one cell); a single cell's ablation has its own table
-        grid = [g for g in regimes if sum(c.regime == g for c in cs) > 1]
-        plain, solved = [], []
-        for recall in RECALLS:
-            for norm in NORMS:
-                by = {c.regime: c for c in cs if c.recall == recall and c.norm == norm and c.regime in grid}
-                if len(by) < 2:
-                    continue
-                plain.append([recall, norm] + [f"{pct(by[g].best('hard')[0])} ({by[g].best('hard')[1]})"
-                                               if g in by else "—" for g in grid])
-                solved.append([recall, norm] + [f"{pct(by[g].solver('hard', 'accuracy'))} / "
-                                                f"{num(by[g].solver('hard', 'iterations_mean'))}"
-                                                if g in by else "—" for g in grid])
-        if plain:
-            doc += ["", "Beyond the paper — the same grid trained by the progressive loss (the paper's) and by "
-                    "fixed-point training (exact implicit differentiation or the phantom gradient, alone or with the "
-                    "recipes named in the regime). Hard-split accuracy at the best count of plain iterations (the "
-                    "count in parentheses):", "", table(["recall", "norm", *grid], plain), "",
-                    "and of the Anderson solve to rtol 1e-4, the answer a model trained at its fixed point gives "
-                    "(accuracy / mean iterations; plain iteration until the state stops changing is the main "
-                    "table's *adaptive* column):", "", table(["recall", "norm", *grid], solved)]
-        if len(regimes) > 1:
-            doc += ["", "Training by regime (medians over the runs; *late*: mean over the last quarter of the logged "
-                    "training steps; the solver columns are the fraction of training examples whose forward solve, "
-                    "and implicit backward solve, converged — the progressive loss runs no solver):", "",
-                    table(["regime", "runs", "late loss", "late train acc", "forward conv", "backward conv",
-                           "hard best"], [_regime_row(g, [c for c in cs if c.regime == g]) for g in regimes])]
-        doc += _recipes_and_stability(cs, task, plots, out)
-    for runs in sections:
-        doc += section(list(runs), plots, out)
-    doc += examples_report.section(examples or {}, plots, out)
-    identity = identity_fixed_points(configs)
-    if identity:
-        doc += ["", identity]
-    if configs:
-        plot = plot_rho_vs_accuracy(configs, plots / "rho_vs_hard_accuracy.png")
-        doc += ["", "## ρ(J) against hard accuracy", "",
-                f"![rho vs accuracy]({os.path.relpath(plot, out.parent)})"]
-    return "\n".join(doc) + "\n"
+    """RESULTS.md's text (and its figures under ``plots``)."""
+    frame = runs_frame(results)
+    curves, traces = curves_frame(results), traces_frame(results)
+    verdicts = "\n".join(f"- **{v.claim} — {NAMES[v.claim]}: {v.verdict}.** {v.evidence}.\n  - rule: {v.rule}.\n"
+                         f"  - what would change it: {v.change}." for v in claims.verdicts(frame))
+    tasks = sorted(frame.task.unique(), key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t))
+    machines = sorted({", ".join(f"{k} {v}" for k, v in r["machine"].items() if v is not None) for r in results})
+    return Template(TEMPLATE.read_text()).substitute(
+        command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(results),
+        commands="; ".join(f"`{c}`" for c in sorted(frame.command.dropna().unique())),
+        presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
+        machines="; ".join(machines), verdicts=verdicts, claim_tables=claim_tables(frame),
+        tasks="\n".join(task_section(t, frame[frame.task == t], curves, traces, plots, out) for t in tasks),
+        sections="".join("\n" + section(f, s, baselines, plots, out) for f, s in (sections or {}).items() if s),
+        examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items())))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="?", default="results/runs",
                    help="folder of the run summaries (default results/runs), or of a sweep (holds */*/result.json)")
     p.add_argument("--out", default="RESULTS.md", help="the document to write (default RESULTS.md)")
-    p.add_argument("--plots", default="results", help="folder for the PNG plots (default results/)")
+    p.add_argument("--plots", default="results", help="folder for the PNG figures (default results/)")
     p.add_argument("--sections", nargs="*", default=list(DEFAULT_SECTIONS),
                    help="folders of run summaries kept apart from the main grid, a section each "
                         f"(default {' '.join(DEFAULT_SECTIONS)}; those absent are skipped); one preset per folder, of "
@@ -340,26 +202,17 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"no such folder: {root}")
     try:
         results = load_results(root)
-    except SummaryError as err:
-        p.error(str(err))
-    if not results:
-        p.error(f"no run summaries or result.json under {root}: run `python -m experiments.sweep` first, or "
-                "`python -m experiments.summary import runs/sweep` for an older sweep")
-    try:
-        sections = [load_summaries(Path(f)) for f in a.sections if Path(f).is_dir()]
+        if not results:
+            p.error(f"no run summaries or result.json under {root}: run `python -m experiments.sweep` first, or "
+                    "`python -m experiments.summary import runs/sweep` for an older sweep")
+        sections = {Path(f): load_summaries(Path(f)) for f in a.sections if Path(f).is_dir()}
         examples = examples_report.load(Path(a.examples)) if a.examples and Path(a.examples).is_dir() else {}
-    except SummaryError as err:
-        p.error(str(err))
-    out = Path(a.out).resolve()
-    command = " ".join(["python -m experiments.report", *(argv if argv is not None else sys.argv[1:])])
-    try:
         stored = chess_baselines.load(Path(__file__).resolve().parents[1] / chess_baselines.DEFAULT_PATH)
-    except ValueError as err:
-        p.error(str(err))
-    try:
+        out = Path(a.out).resolve()
+        command = " ".join(["python -m experiments.report", *(argv if argv is not None else sys.argv[1:])])
         text = render(results, Path(a.plots).resolve(), out, command, baselines=stored, sections=sections,
                       examples=examples)
-    except SummaryError as err:
+    except (SummaryError, ValueError) as err:
         p.error(str(err))
     out.write_text(text)
     print(f"wrote {out} ({len(results)} runs)")

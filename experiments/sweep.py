@@ -75,6 +75,7 @@ def stability_numbers(report) -> dict[str, Any]:
         "resolvent_norm_median": median(d.get("resolvent_norm") or []),
         "input_sensitivity_median": median(d.get("input_sensitivity") or []),
         "local_smoothness_median": median(d.get("local_smoothness") or []),
+        "input_fd_median": median(d.get("input_fd") or []),  # C1: from z₀ = e, as the paper's models start
         "backward_converged_fraction": mean(d.get("backward_converged") or []),
         "backward_iterations_median": median([float(v) for v in d.get("backward_iterations") or []]),
         "seconds": sum(report.timings.values()),

@@ -426,3 +426,47 @@ def test_float32_analysis_with_default_options_agrees_with_float64():
     assert torch.allclose(r32.input_sensitivity, r64.input_sensitivity, rtol=1e-3)
     assert r32.regime == r64.regime
     assert r32.backward_converged.all()
+
+
+class _Map:
+    """A loop map ``f(z; e)`` given as a function, with the ``step`` that the analysis calls."""
+
+    def __init__(self, f):
+        self.step = f
+
+
+def test_input_fd_starts_each_solve_at_its_own_input():
+    # e: 2 examples of 3 values; Δe = eps·‖e‖·u with u the first basis vector
+    e = torch.tensor([[1.0, 2.0, 2.0], [0.5, -1.0, 0.25]], dtype=torch.float64)
+    u = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    kw = dict(eps=1e-2, direction=u, solver="anderson", rtol=1e-12, max_iter=200)
+    # the loop that does nothing: every point is fixed, so z* = z₀; from its input it follows e exactly
+    identity = _Map(lambda z, e: z)
+    assert local_smoothness(identity, e, e, start="input", **kw).ratio.tolist() == pytest.approx([1.0, 1.0])
+    assert local_smoothness(identity, e, e, **kw).ratio.tolist() == [0.0, 0.0]  # from z*: 0 by construction
+    # two attracting fixed points ±a per coordinate (a = 3 tanh a), the map blind to e: locally constant
+    wells = _Map(lambda z, e: 3 * torch.tanh(z))
+    a = 2.984704585357887  # 3 tanh(a) = a
+    sm = local_smoothness(wells, e, e, start="input", **kw)
+    assert sm.converged.all() and sm.ratio.tolist() == pytest.approx([0.0, 0.0], abs=1e-8)
+    # with recall, z* = 2e for f(z; e) = z/2 + e from any start: the ratio is ‖2Δe‖/‖Δe‖ = 2
+    assert local_smoothness(_Map(lambda z, e: 0.5 * z + e), e, e, start="input", **kw).ratio.tolist() == \
+        pytest.approx([2.0, 2.0], rel=1e-8)
+    with torch.no_grad():
+        z = solve(BatchedMap(wells.step, e), e, "anderson", rtol=1e-12, max_iter=200).z
+    assert z.abs().reshape(-1).tolist() == pytest.approx([a] * 6, rel=1e-9)  # each coordinate at one of the wells
+    with pytest.raises(ValueError, match="start must be one of fixed_point, input, got 'zeros'"):
+        local_smoothness(identity, e, e, start="zeros", **kw)
+
+
+def test_analyze_reports_the_finite_difference_from_the_input():
+    model = tiny_model("none")
+    x = distinct_inputs(3, (3,))
+    report = analyze(model, x, inits=("embed",), measures=("input_fd",), **EXACT)
+    e = model.embed(x).detach()
+    u = torch.randn(3, e[0].numel(), dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ref = local_smoothness(model, e, e, eps=1e-2, direction=u, start="input", solver="anderson", rtol=1e-13,
+                           max_iter=200)
+    assert report.input_fd.tolist() == pytest.approx(ref.ratio.tolist(), rel=1e-6, abs=1e-9)
+    assert report.local_smoothness is None and report.to_dict()["input_fd"] == pytest.approx(ref.ratio.tolist(),
+                                                                                            rel=1e-6, abs=1e-9)

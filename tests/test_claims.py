@@ -1,207 +1,228 @@
-"""Claims C3 and C4 and the statistics under them, on small constructed run summaries whose figures
-are worked out by hand."""
+"""The claims' rules (experiments/claims.py) on hand-made run summaries: each rule reaches supported,
+contradicted and inconclusive, and its figures are worked out by hand."""
 
 from __future__ import annotations
 
 import math
-import re
 
 import numpy as np
 import pytest
-from scipy.stats import spearmanr
+from scipy.stats import bootstrap, spearmanr
 
 from experiments import claims
-from experiments.configs import group
-from experiments.markdown import pct_se
-from experiments.stats import _rank_corr, binomial_se, mean_se, spearman, spearman_ci
+from experiments.table import runs_frame
 
 
-def run(task, recall, norm, regime, hard, *, seed=0, conv=None, n_hard=256):
-    """A run summary with what the claims read: a hard curve over counts 1 and 10 whose best is
-    ``hard`` (at 10), a learned val curve, stability numbers (both deciding C4 axes = ``conv``)."""
-    conv = hard if conv is None else conv
-    curves = {"iters": [1, 10], "train_depth": 10, "accuracy": {"val": [0.5, 0.9], "hard": [hard / 2, hard]}}
-    return {"spec": {"task": task, "recall": recall, "norm": norm, "regime": regime, "seed": seed},
-            "train_depth": 10, "eval": {"n": {"val": 256, "hard": n_hard}, "curves": curves},
-            "analysis": {"hard": {"converged_fraction": conv, "contractive_fraction": conv}}, "train": {}}
+def run(task="prefix_sums", recall="internal", norm="post", regime="progressive", seed=0, *, hard=0.5,
+        iters=(1, 10, 500), steps=600, **fields):
+    """A run summary: a hard curve ending at ``hard`` at the last count (500), the analysis and
+    training numbers given in ``fields`` under the names of :data:`experiments.table.COLUMNS`."""
+    analysis = {k: fields.pop(k) for k in list(fields) if k in (
+        "converged_fraction", "distinct_fixed_points", "fixed_point_spread", "resolvent_norm_median",
+        "input_sensitivity_median", "local_smoothness_median", "input_fd_median", "backward_converged_fraction",
+        "spectral_radius_median")}
+    train = {k: fields.pop(k) for k in list(fields) if k.startswith("grad_norm") or k.startswith("injection")}
+    settling = {"converged": fields.pop("plain_reach")} if "plain_reach" in fields else {}
+    cfg = {"steps": steps, **fields}
+    curve = [hard / 4, hard / 2, hard][-len(iters):]
+    return {"name": f"{task}/{recall}-{norm}-{regime}-s{seed}", "preset": "cpu",
+            "spec": {"task": task, "recall": recall, "norm": norm, "regime": regime, "seed": seed},
+            "train_config": cfg, "eval": {"curves": {"iters": list(iters), "accuracy": {"hard": curve, "val": curve}},
+                                          "settling": {"hard": settling}},
+            "analysis": {"hard": analysis}, "analysis_options": {"n": 16}, "train": train}
 
 
-def seeds(task, recall, norm, regime, accs, **kw):
-    return [run(task, recall, norm, regime, a, seed=s, **kw) for s, a in enumerate(accs)]
+def frame(runs):
+    return runs_frame(runs)
 
 
-def configs(runs):
-    return list(group(runs).values())
+# -- the table ---------------------------------------------------------------------------------------
 
 
-# -- statistics ------------------------------------------------------------------------------------
+def test_the_table_reads_accuracy_at_500_and_never_invents_it():
+    f = frame([run(hard=0.75), run(seed=1, hard=0.75, iters=(1, 10, 300))])
+    assert f.hard_at.tolist()[0] == 0.75 and math.isnan(f.hard_at.tolist()[1])  # no count 500: NaN
+    assert f.hard_best.tolist() == [0.75, 0.75] and f.hard_best_at.tolist() == [500.0, 300.0]
+    # a summary's own @500 field wins over the curve
+    r = run(hard=0.75)
+    r["eval"]["at"] = {"500": {"hard": 0.5}}
+    assert frame([r]).hard_at.tolist() == [0.5]
+    # the internal recall's form: the paper's shared pair only where the configuration says so
+    # (rows sorted by run name)
+    assert frame([run(seed=0), run(seed=1, recall_maps="shared"), run(recall="external")]).recall_form.tolist() == \
+        ["—", "per_sublayer", "shared"]
+    assert frame([run(norm=n, recall=r) for r, n in (("internal", "post"), ("external", "peri"), ("none", "post"))]
+                 + [run(recall="none", seed=1, blocks=15)]).family.tolist() == \
+        ["recall + inner", "recall + outer", "no recall", "untied"]
 
 
-def test_mean_and_standard_error_by_hand():
-    # 0.9, 1.0, 0.8: mean 0.9, sample std (ddof 1) 0.1, s.e. 0.1 / √3 = 0.0577 (ddof 0 would give 0.0471)
-    mean, se = mean_se([0.9, 1.0, 0.8])
-    assert mean == pytest.approx(0.9) and se == pytest.approx(0.057735, abs=1e-6)
-    assert pct_se(mean, se) == "90.0 ± 5.8"
-    assert mean_se([0.4]) == (0.4, None) and pct_se(0.4, None) == "40.0 ± —"
-    assert mean_se([0.5, 0.5])[1] == 0.0
-    assert binomial_se(0.5, 100) == pytest.approx(0.05) and binomial_se(0.1, 900) == pytest.approx(0.01)
-    with pytest.raises(ValueError):
-        mean_se([])
+def test_mean_se_and_welch_by_hand():
+    import pandas as pd
+
+    m, se, n = claims.mean_se(pd.Series([0.2, 0.4, 0.6, float("nan")]))
+    assert (m, n) == (pytest.approx(0.4), 3) and se == pytest.approx(0.2 / math.sqrt(3))
+    gap, se = claims.welch(pd.Series([0.2, 0.4, 0.6]), pd.Series([0.1, 0.1, 0.4]))
+    # s.d.² of the second: mean 0.2, squares 0.01 + 0.01 + 0.04 = 0.06, / 2 = 0.03
+    assert gap == pytest.approx(0.2) and se == pytest.approx(math.sqrt(0.04 / 3 + 0.03 / 3))
 
 
-def test_a_configuration_gives_each_seed_at_the_count_where_the_seed_mean_is_best():
-    rs = seeds("prefix_sums", "internal", "post", "progressive", [0.9, 1.0, 0.8])
-    rs[2]["eval"]["curves"]["accuracy"]["hard"] = [0.95, 0.8]  # this seed alone is best at count 1
-    (c,) = configs(rs)
-    # mean curve [0.7, 0.9]: best at 10, where the seeds scored 0.9, 1.0, 0.8
-    assert c.seed_best("hard") == [0.9, 1.0, 0.8] and c.best("hard") == (pytest.approx(0.9), 10)
+# -- C1 ------------------------------------------------------------------------------------------------
 
 
-def test_rank_correlation_of_rows_matches_scipy_with_ties():
-    rng = np.random.default_rng(1)
-    x, y = rng.integers(0, 4, size=(5, 9)).astype(float), rng.normal(size=(5, 9))
-    x[:, 0] = 9.0  # no row constant
-    ours = _rank_corr(x, y)
-    for row in range(5):
-        assert ours[row] == pytest.approx(spearmanr(x[row], y[row]).statistic, abs=1e-12)
+def c1_runs(fd, hard=0.0, n=3):
+    free = [run(recall="none", norm=nm, seed=0, hard=hard, converged_fraction=1.0, input_fd_median=fd,
+                distinct_fixed_points=2, resolvent_norm_median=3.0) for nm in ("pre", "peri", "post", "sandwich")[:n]]
+    recall = [run(recall="internal", hard=0.9, input_sensitivity_median=0.5, input_fd_median=0.4)]
+    return free + recall
 
 
-def test_the_bootstrap_interval_holds_the_estimate_and_is_reproducible():
-    rng = np.random.default_rng(2)
-    xs = list(range(20))
-    ys = list(np.arange(20) + rng.normal(scale=6.0, size=20))
-    rho, _ = spearman(xs, ys)
-    lo, hi = spearman_ci(xs, ys)
-    assert -1 < lo < rho < hi < 1
-    assert spearman_ci(xs, ys) == (lo, hi)  # the fixed seed: the same numbers each time
-    assert spearman_ci(xs, ys, seed=1) != (lo, hi)
-    assert spearman_ci(xs, ys, level=0.5)[0] > lo  # a narrower level, a narrower interval
-    assert spearman_ci([1.0, 1.0, 1.0], [1.0, 2.0, 3.0]) is None  # every resample constant: no interval
+def test_c1_supported_contradicted_inconclusive():
+    assert claims.claim1(frame(c1_runs(fd=1e-3))).verdict == claims.SUPPORTED
+    v = claims.claim1(frame(c1_runs(fd=0.9)))  # z* follows e: a continuum of fixed points
+    assert v.verdict == claims.CONTRADICTED and "prefix_sums/none-pre-progressive-s0" in v.evidence
+    assert claims.claim1(frame(c1_runs(fd=1e-3, hard=0.25))).verdict == claims.CONTRADICTED  # passes the hard split
+    v = claims.claim1(frame(c1_runs(fd=None)))  # old summaries: no finite difference from z0 = e
+    assert v.verdict == claims.INCONCLUSIVE and "3 of 3 summaries lack the finite difference" in v.evidence
+    assert claims.claim1(frame(c1_runs(fd=1e-3, n=2))).verdict == claims.INCONCLUSIVE  # fewer than 3 runs
+    assert claims.claim1(frame(c1_runs(fd=0.2))).verdict == claims.INCONCLUSIVE  # between the thresholds
+    # runs that do not converge from z0 = e do not count
+    rs = c1_runs(fd=0.9)
+    for r in rs[:3]:
+        r["analysis"]["hard"]["converged_fraction"] = 0.25
+    v = claims.claim1(frame(rs))
+    assert v.verdict == claims.INCONCLUSIVE and "no recall-free run converges" in v.evidence
+    # accuracy @500 missing from a summary: said, not invented
+    rs = c1_runs(fd=1e-3)
+    rs[0]["eval"]["curves"]["iters"] = [1, 10, 300]
+    v = claims.claim1(frame(rs))
+    assert v.verdict == claims.INCONCLUSIVE and "1 summaries lack accuracy @500" in v.evidence
 
 
-def test_the_bootstrap_interval_is_the_percentiles_of_resampled_correlations():
-    # written out: 2,000 resamples of the pairs from default_rng(0), constant ones skipped, 2.5 and 97.5 percentiles
-    xs, ys = np.array([0, 0, 0, 1, 2.0]), np.array([2, 1, 4, 3, 3.0])
-    idx = np.random.default_rng(0).integers(0, 5, size=(2000, 5))
-    rhos = [spearmanr(xs[i], ys[i]).statistic for i in idx if np.ptp(xs[i]) > 0 and np.ptp(ys[i]) > 0]
-    assert 1500 < len(rhos) < 2000  # some resamples were skipped
-    assert spearman_ci(list(xs), list(ys)) == pytest.approx(tuple(np.percentile(rhos, [2.5, 97.5])), abs=1e-12)
+def test_c1_evidence_gives_the_contrast_by_hand():
+    v = claims.claim1(frame(c1_runs(fd=1e-3)))
+    assert "hard @500: recall-free 0.0 ± 0.0 % (n = 3), recall 90.0 ± — % (n = 1)" in v.evidence
+    assert "median 2 of 16 examples" in v.evidence and "recall 0.5;" in v.evidence
 
 
-# -- C3 --------------------------------------------------------------------------------------------
+# -- C2 ------------------------------------------------------------------------------------------------
 
 
-def c3(internal, external, *, task="prefix_sums", regime="progressive", norm="post"):
-    return seeds(task, "internal", norm, regime, internal) + seeds(task, "external", norm, regime, external)
-
-
-def test_c3_gives_mean_and_standard_error_per_configuration():
-    v = claims.claim3(configs(c3([0.9, 1.0, 0.8], [0.85, 0.85, 0.85])))
-    assert "post norm, progressive: internal 90.0 ± 5.8 % (3 seeds) vs external 85.0 ± 0.0 % (3 seeds)" in v.evidence
-    assert "(3 seeds) — counts toward the verdict" in v.evidence
-    assert v.verdict == "inconclusive at this scale" and "sudoku not decided (no runs)" in v.evidence
-    assert "each of the two post-norm configurations has ≥ 3 seeds" in v.rule
-
-
-def test_c3_verdict_turns_when_internal_trails_by_more_than_five_points():
-    assert claims.claim3(configs(c3([0.50] * 3, [0.54] * 3))).verdict == "inconclusive at this scale"  # 4 points
-    assert claims.claim3(configs(c3([0.50] * 3, [0.56] * 3))).verdict == "contradicted"  # 6 points
-    # sudoku: internal must lead by 5 points
-    assert claims.claim3(configs(c3([0.60] * 3, [0.54] * 3, task="sudoku"))).verdict == "supported"
-    assert claims.claim3(configs(c3([0.58] * 3, [0.54] * 3, task="sudoku"))).verdict == "inconclusive at this scale"
-
-
-def test_c3_a_task_with_fewer_than_three_seeds_is_not_decided():
-    rs = c3([0.1, 0.1, 0.1], [0.9, 0.9])  # internal trails by 80 points, but external has 2 seeds
-    v = claims.claim3(configs(rs))
-    assert v.verdict == "inconclusive at this scale"
-    assert "not decided (internal 3 seeds, external 2 seeds; needs ≥ 3 each)" in v.evidence
-    assert "external 90.0 ± 0.0 % (2 seeds)" in v.evidence
-    v = claims.claim3(configs(rs + [run("prefix_sums", "external", "post", "progressive", 0.9, seed=2)]))
-    assert v.verdict == "contradicted"
-
-
-def test_c3_compares_progressive_runs_and_reports_sandwich_beside():
-    rs = c3([0.6] * 3, [0.6] * 3) + c3([0.0], [0.9], regime="implicit")  # implicit: internal far behind, not used
-    rs += c3([0.1] * 3, [0.9] * 3, norm="sandwich")  # sandwich: far behind, reported only
-    v = claims.claim3(configs(rs))
-    assert v.verdict == "inconclusive at this scale", v.evidence
-    assert "[beside it, not used by the rule: sandwich norm, progressive: internal 10.0 ± 0.0 % (3 seeds)" in v.evidence
-    assert "implicit" not in v.evidence
-    # without progressive runs of both, the regimes both were trained in, said so
-    rs = c3([0.6] * 3, [0.6] * 3, regime="implicit") + c3([0.4] * 3, [0.6] * 3, regime="phantom")
-    rs += seeds("prefix_sums", "internal", "post", "progressive", [0.9] * 3)
-    v = claims.claim3(configs(rs))
-    assert "no progressive runs of both recalls, so the regimes both were trained in (implicit, phantom)" in v.evidence
-    assert "averaged over regimes 50.0 % vs 60.0 %" in v.evidence and v.verdict == "contradicted"
-
-
-# -- C4 --------------------------------------------------------------------------------------------
-
-C4_KEYS = [(r, n) for r in ("external", "internal") for n in ("pre", "peri", "post")]
-
-
-def c4(accs, *, n_seeds=1, n_hard=100):
-    """Six configurations of prefix sums with these mean accuracies, converged and contractive
-    fractions rising with accuracy; with two seeds, each at mean ± 0.05 (seed s.e. 0.05)."""
+def c2_runs(outer, inner, spread_outer=2.0, spread_inner=2.0):
+    """Four matched cells (2 recalls × 2 regimes), each with a post and a sandwich (outer) and a pre and
+    a peri (inner) run: reach and backward convergence ``outer`` / ``inner`` plus a per-cell offset."""
     rs = []
-    for (recall, norm), a in zip(C4_KEYS, accs):
-        spread = [0.0] if n_seeds == 1 else [-0.05, 0.05]
-        rs += seeds("prefix_sums", recall, norm, "progressive", [a + d for d in spread], conv=a, n_hard=n_hard)
-    return configs(rs)
+    for k, (recall, regime) in enumerate((("internal", "progressive"), ("internal", "phantom"),
+                                          ("external", "progressive"), ("external", "phantom"))):
+        for norm in ("post", "sandwich", "pre", "peri"):
+            out = norm in ("post", "sandwich")
+            v = (outer if out else inner) + 0.01 * k
+            rs.append(run(recall=recall, norm=norm, regime=regime, plain_reach=v, backward_converged_fraction=v,
+                          grad_norm_median=1.0, grad_norm_max=(spread_outer if out else spread_inner) * (1 + 0.01 * k)))
+    return rs
 
 
-@pytest.mark.parametrize("n_seeds, n_hard, how", [
-    (1, 100, "binomial s.e. at the median accuracy 50.0 % on 100 hard examples"),
-    (2, 10_000, "seed s.e., median over 6 configurations with ≥ 2 seeds"),  # seeds first; binomial would be 0.5 points
-])
-def test_c4_refuses_a_task_whose_spread_is_within_two_standard_errors(n_seeds, n_hard, how):
-    # single-configuration s.e. 5 points (binomial √(0.5·0.5/100), or seeds ± 5 points: std 0.0707 / √2)
-    narrow = c4([0.45, 0.47, 0.49, 0.51, 0.53, 0.54], n_seeds=n_seeds, n_hard=n_hard)  # spread 9 < 10 points
-    se, text = claims.config_se(narrow)
-    assert se == pytest.approx(0.05) and text == how
-    v = claims.claim4(narrow)
-    assert v.verdict == "inconclusive at this scale"
-    assert f"spread 9.0 points vs 2 s.e. = 10.0 points ({how}) — no verdict, the spread is within the noise" in v.evidence
-    wide = c4([0.44, 0.47, 0.49, 0.51, 0.53, 0.56], n_seeds=n_seeds, n_hard=n_hard)  # spread 12 > 10 (< 3 s.e.)
-    v = claims.claim4(wide)
-    assert v.verdict == "supported", v.evidence
-    assert "spread 12.0 points vs 2 s.e. = 10.0 points" in v.evidence and "no verdict" not in v.evidence
-    assert "converged fraction ρ_s = +1.00 [+1.00, +1.00] (p = " in v.evidence
+def test_c2_pairs_outer_and_inner_within_each_cell():
+    cells = claims.c2_cells(frame(c2_runs(0.8, 0.2)))
+    assert len(cells) == 4
+    # cells sorted by (task, recall, regime): external phantom (k = 3), external progressive (2), internal ...
+    assert cells[("plain_reach", "outer")].tolist() == pytest.approx([0.83, 0.82, 0.81, 0.8])
+    assert cells[("stability", "inner")].tolist() == pytest.approx(
+        [-math.log10(2 * 1.03), -math.log10(2 * 1.02), -math.log10(2 * 1.01), -math.log10(2.0)])
 
 
-def test_c4_single_configuration_se_is_the_median_over_seeded_configurations():
-    cs = c4([0.44, 0.47, 0.49, 0.51, 0.53, 0.56], n_seeds=2)  # seed s.e. 0.05 each
-    for r, acc in zip(cs[0].runs, [0.24, 0.64]):  # this one's seed s.e. 0.2: the median stays 0.05 (the mean would be 0.075)
-        r["eval"]["curves"]["accuracy"]["hard"] = [acc / 2, acc]
-    assert claims.config_se(cs)[0] == pytest.approx(0.05)
+def test_c2_supported_contradicted_inconclusive():
+    v = claims.claim2(frame(c2_runs(0.8, 0.2, spread_outer=2.0, spread_inner=20.0)))
+    assert v.verdict == claims.SUPPORTED, v.evidence
+    assert "reachable by plain iteration: outer 0.815 vs inner 0.215, difference 0.6 [0.6, 0.6]" in v.evidence
+    # outer reaches more, but its gradients spike ten times higher: backprop stability reversed
+    assert claims.claim2(frame(c2_runs(0.8, 0.2, spread_outer=20.0, spread_inner=2.0))).verdict == claims.CONTRADICTED
+    # no difference on reach and backward: inconclusive
+    assert claims.claim2(frame(c2_runs(0.5, 0.5, spread_outer=2.0, spread_inner=20.0))).verdict == claims.INCONCLUSIVE
+    # outer runs with no inner counterpart do not weigh in
+    only_outer = [r for r in c2_runs(0.8, 0.2) if r["spec"]["norm"] in ("post", "sandwich")]
+    v = claims.claim2(frame(only_outer))
+    assert v.verdict == claims.INCONCLUSIVE and v.evidence == "0 matched outer/inner cells"
 
 
-def test_c4_without_seeds_or_an_example_count_gives_no_verdict():
-    v = claims.claim4(c4([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], n_hard=0))
-    assert v.verdict == "inconclusive at this scale"
-    assert "2 s.e. = — points (no configuration with ≥ 2 seeds and no count of hard examples) — no verdict, " \
-           "the noise cannot be estimated" in v.evidence
+def test_c2_interval_is_scipys_percentile_bootstrap():
+    rs = c2_runs(0.8, 0.2, spread_inner=20.0)
+    for i, r in enumerate(rs):  # uneven differences, so the interval has width
+        r["eval"]["settling"]["hard"]["converged"] += 0.05 * (i % 3)
+    cells = claims.c2_cells(frame(rs))
+    d = (cells[("plain_reach", "outer")] - cells[("plain_reach", "inner")]).to_numpy()
+    ci = bootstrap((d,), np.mean, n_resamples=2000, confidence_level=0.95, method="percentile",
+                   random_state=0).confidence_interval
+    v = claims.claim2(frame(rs))
+    assert f"difference {d.mean():.3g} [{ci.low:.3g}, {ci.high:.3g}]" in v.evidence
+    assert claims.claim2(frame(rs)).evidence == v.evidence  # the same on every build
 
 
-def test_c4_needs_the_interval_to_exclude_zero(monkeypatch):
-    wide = c4([0.44, 0.47, 0.49, 0.51, 0.53, 0.56])
-    monkeypatch.setattr(claims, "spearman_ci", lambda xs, ys: (-0.1, 0.9))
-    v = claims.claim4(wide)
-    assert v.verdict == "inconclusive at this scale"  # p < 0.05, but the interval holds 0
-    assert "converged fraction ρ_s = +1.00 [-0.10, +0.90]" in v.evidence
-    falling = c4([0.56, 0.53, 0.51, 0.49, 0.47, 0.44])
-    for c in falling:  # accuracy falls as the fractions rise
-        for r in c.runs:
-            r["analysis"]["hard"].update({k: 1 - r["analysis"]["hard"][k] for k in claims.C4_DECIDING})
-    monkeypatch.setattr(claims, "spearman_ci", lambda xs, ys: (-0.9, -0.2))
-    assert claims.claim4(falling).verdict == "contradicted"
-    monkeypatch.setattr(claims, "spearman_ci", lambda xs, ys: (-0.9, 0.2))
-    assert claims.claim4(falling).verdict == "inconclusive at this scale"
+# -- C3 ------------------------------------------------------------------------------------------------
 
 
-def test_c4_interval_is_printed_with_the_estimate():
-    v = claims.claim4(c4([0.44, 0.47, 0.49, 0.51, 0.53, 0.56]))
-    m = re.search(r"converged fraction ρ_s = ([+-]\d\.\d\d) \[([+-]\d\.\d\d), ([+-]\d\.\d\d)\] \(p = ([\d.e-]+)\)", v.evidence)
-    assert m and float(m[2]) <= float(m[1]) <= float(m[3]) and not math.isnan(float(m[4]))
-    assert claims.claim4(c4([0.44, 0.47, 0.49, 0.51, 0.53, 0.56])).evidence == v.evidence
+def c3_runs(internal, external, task="sudoku", form="shared"):
+    return ([run(task=task, recall="internal", seed=s, hard=a, recall_maps=form) for s, a in enumerate(internal)]
+            + [run(task=task, recall="external", seed=s, hard=a) for s, a in enumerate(external)])
+
+
+def test_c3_supported_contradicted_inconclusive():
+    assert claims.claim3(frame(c3_runs([0.6, 0.7, 0.65], [0.2, 0.3, 0.25]))).verdict == claims.SUPPORTED
+    assert claims.claim3(frame(c3_runs([0.2, 0.3, 0.25], [0.6, 0.7, 0.65]))).verdict == claims.CONTRADICTED
+    # prefix sums decided for internal is not enough: the claim is about sudoku
+    assert claims.claim3(frame(c3_runs([0.6, 0.7, 0.65], [0.2, 0.3, 0.25], task="prefix_sums"))).verdict == \
+        claims.INCONCLUSIVE
+    # both under the floor: inconclusive at this budget, the budget named
+    v = claims.claim3(frame(c3_runs([0.0, 0.01, 0.0], [0.05, 0.1, 0.02])))
+    assert v.verdict == claims.INCONCLUSIVE and "neither reaches 20% @500 at 600 steps (cpu preset)" in v.evidence
+
+
+def test_c3_noise_gate_and_power_by_hand():
+    # gap 0.1; s.e. √(0.01/3 + 0.01/3) = 0.0816: within 2 s.e.; seeds for 2 s.e. = ⌈3·(2·0.0816/0.1)²⌉ = 8
+    v = claims.claim3(frame(c3_runs([0.3, 0.4, 0.5], [0.2, 0.3, 0.4])))
+    assert v.verdict == claims.INCONCLUSIVE
+    assert "gap within 2 s.e.; ≈ 8 seeds per side would make this gap 2 s.e." in v.evidence
+    assert "internal 40.0 ± 5.8 (3) vs external 30.0 ± 5.8 (3) % @500" in v.evidence
+
+
+def test_c3_the_per_sublayer_recall_cannot_decide():
+    v = claims.claim3(frame(c3_runs([0.6, 0.7, 0.65], [0.2, 0.3, 0.25], form=None)))
+    assert v.verdict == claims.INCONCLUSIVE and "per-sublayer recall" in v.evidence
+    rs = c3_runs([0.6, 0.7, 0.65], [0.2, 0.3, 0.25])
+    rs[0]["eval"]["curves"]["iters"] = [1, 10, 300]  # one summary without accuracy @500
+    v = claims.claim3(frame(rs))
+    assert v.verdict == claims.INCONCLUSIVE and "no accuracy @500 in 1 summaries" in v.evidence
+
+
+# -- C4 ------------------------------------------------------------------------------------------------
+
+
+def c4_runs(outer, inner, none, regime="progressive"):
+    rs = [run(recall="internal", norm="post", seed=s, hard=a, regime=regime) for s, a in enumerate(outer)]
+    rs += [run(recall="external", norm="pre", seed=s, hard=a, regime=regime) for s, a in enumerate(inner)]
+    return rs + [run(recall="none", norm="post", seed=s, hard=a, regime=regime) for s, a in enumerate(none)]
+
+
+def test_c4_supported_contradicted_inconclusive():
+    assert claims.claim4(frame(c4_runs([0.9, 0.8, 0.85], [0.5, 0.4, 0.45], [0.0, 0.01, 0.0]))).verdict == \
+        claims.SUPPORTED
+    # inner significantly above outer: a reversal of a predicted pair
+    v = claims.claim4(frame(c4_runs([0.5, 0.4, 0.45], [0.9, 0.8, 0.85], [0.0, 0.01, 0.0])))
+    assert v.verdict == claims.CONTRADICTED
+    assert "recall + outer − recall + inner = -40.0 ± 4.1 points" in v.evidence
+    # the order holds but outer and inner are within noise: inconclusive, not contradicted
+    assert claims.claim4(frame(c4_runs([0.5, 0.9, 0.7], [0.4, 0.8, 0.6], [0.0, 0.01, 0.0]))).verdict == \
+        claims.INCONCLUSIVE
+    # regimes the paper never used do not count
+    assert claims.claim4(frame(c4_runs([0.5, 0.4, 0.45], [0.9, 0.8, 0.85], [0.0, 0.0, 0.0], regime="phantom"))
+                         ).verdict == claims.INCONCLUSIVE
+
+
+def test_c4_reports_the_correlations_within_recall_families():
+    rs = [run(recall="internal", norm=n, seed=s, hard=0.1 * (i + s), spectral_radius_median=0.5 + 0.1 * i,
+              injection_spectral_radius=0.9 - 0.05 * (i + s))
+          for i, n in enumerate(("pre", "peri", "post", "sandwich")) for s in range(2)]
+    f = frame(rs)
+    ref = spearmanr(f.rho, f.hard_at)
+    v = claims.claim4(f)
+    assert f"internal ρ(J): ρ_s = {ref.statistic:+.2f} (p = {ref.pvalue:.2g}, 8 runs)" in v.evidence
+    assert "internal ρ(W_x): ρ_s = -1.00" in v.evidence and "external ρ(J): not recorded" in v.evidence

@@ -9,7 +9,9 @@ Stages, in order (each can be left out through ``measures``, except reachability
 3. ``"sigma_max"`` — σ_max(J).
 4. ``"resolvent"`` — ‖(I − J)⁻¹‖₂.
 5. ``"sensitivity"`` — ‖∂z*/∂e · v‖ by the implicit function theorem.
-6. ``"smoothness"`` — ‖Δz*‖ / ‖Δe‖ for a small perturbation.
+6. ``"smoothness"`` — ‖Δz*‖ / ‖Δe‖ for a small perturbation, both solved from z*.
+   ``"input_fd"`` — the same with each solve started at its own input, z₀ = e and z₀ = e + Δe
+   (the paper's start for every recall mode): 0 where z* is locally constant in e.
 7. ``"backward"`` — the model's implicit backward solve for a random cotangent.
 
 The paper's weight diagnostics (:func:`deqloop.analysis.weights.weight_diagnostics`) need no
@@ -40,7 +42,7 @@ from deqloop.validate import choice, integer, known_keys, number, quoted
 
 __all__ = ["MEASURES", "AnalysisOptions", "analyze"]
 
-MEASURES = ("spectrum", "sigma_max", "resolvent", "sensitivity", "smoothness", "backward")
+MEASURES = ("spectrum", "sigma_max", "resolvent", "sensitivity", "smoothness", "input_fd", "backward")
 
 
 @dataclass
@@ -76,7 +78,8 @@ class AnalysisOptions:
     Sensitivity and smoothness:
         directions: random unit directions per example for ‖∂z*/∂e · v‖.
         smoothness_eps: perturbation size relative to ‖e‖; refine_rtol, refine_max_iter: the
-            tight re-solves of the base and perturbed fixed points.
+            tight re-solves of the base and perturbed fixed points (``"input_fd"`` solves from
+            z₀ = e with at least the solve's ``max_iter``).
 
     Backward:
         backward_options: options of the implicit backward solve; ``None``: the model's
@@ -286,6 +289,11 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
                             seed=opts.seed + 1, solver=solver, rtol=opts.refine_rtol, atol=0.0,
                             max_iter=opts.refine_max_iter, solver_options=solver_options)
             report.local_smoothness = sm.ratio
+        if "input_fd" in measures:
+            fd = stages.run("input_fd", local_smoothness, model, e, z_star, eps=opts.smoothness_eps, start="input",
+                            seed=opts.seed + 1, solver=solver, rtol=opts.refine_rtol, atol=0.0,
+                            max_iter=max(max_iter, opts.refine_max_iter), solver_options=solver_options)
+            report.input_fd = fd.ratio
 
         # 7. backpropagation
         if "backward" in measures:

@@ -45,6 +45,7 @@ _KINDS = {
     "input_sensitivity": "float",
     "sensitivity_converged": "bool",
     "local_smoothness": "float",
+    "input_fd": "float",
     "backward_converged": "bool",
     "backward_iterations": "int",
     "backward_residual": "float",
@@ -79,7 +80,8 @@ class StabilityReport:
         resolvent_norm: ‖(I − J)⁻¹‖₂.
         input_sensitivity: ‖∂z*/∂e · v‖ by the implicit function theorem, root-mean-square
             over random unit directions v.
-        local_smoothness: ‖Δz*‖ / ‖Δe‖ for a small random input perturbation.
+        local_smoothness: ‖Δz*‖ / ‖Δe‖ for a small random input perturbation, both solved from z*.
+        input_fd: the same with each solve started at its own input (z₀ = e, z₀ = e + Δe).
         backward_converged, backward_iterations, backward_residual: the implicit backward
             solve for a random unit cotangent, with the model's backward options.
         weights: the paper's weight diagnostics (:func:`deqloop.analysis.weights.weight_diagnostics`:
@@ -109,6 +111,7 @@ class StabilityReport:
     input_sensitivity: Tensor | None = None
     sensitivity_converged: Tensor | None = None
     local_smoothness: Tensor | None = None
+    input_fd: Tensor | None = None
     backward_converged: Tensor | None = None
     backward_iterations: Tensor | None = None
     backward_residual: Tensor | None = None
@@ -227,6 +230,7 @@ class StabilityReport:
             ("‖(I − J)⁻¹‖", self.resolvent_norm, self.resolvent_converged),
             ("input sensitivity", self.input_sensitivity, self.sensitivity_converged),
             ("local smoothness", self.local_smoothness, None),
+            ("finite difference from z₀ = e", self.input_fd, None),
             ("backward iterations", self.backward_iterations, self.backward_converged),
             ("backward residual", self.backward_residual, None),
         ):

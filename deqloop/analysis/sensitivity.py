@@ -3,7 +3,10 @@
 * :func:`input_sensitivity` — ``‖∂z*/∂e · v‖`` for unit directions v, by the implicit function
   theorem: ``∂z*/∂e · v = (I − J)⁻¹ J_e v`` (one batched GMRES solve per direction).
 * :func:`local_smoothness` — the finite version: ``‖z*(e + Δe) − z*(e)‖ / ‖Δe‖`` for a small
-  perturbation ``Δe``, both fixed points solved again to a tight tolerance.
+  perturbation ``Δe``, both fixed points solved again to a tight tolerance, either from the fixed
+  point found before (``start="fixed_point"``: how z* moves with the map) or each from its own
+  input, z₀ = e and z₀ = e + Δe (``start="input"``: the paper's models start at z₀ = e for every
+  recall mode, so a recall-free block, which never sees e, still depends on it through z₀).
 
 Directions are per example, in the flattened embedding space of dimension ``n = N·D``.
 """
@@ -20,7 +23,9 @@ from deqloop.analysis.jacobian import LoopJacobian
 from deqloop.analysis.gmres import gmres
 from deqloop.solvers import BatchedMap, solve
 
-__all__ = ["Sensitivity", "Smoothness", "input_sensitivity", "local_smoothness", "unit_directions"]
+__all__ = ["STARTS", "Sensitivity", "Smoothness", "input_sensitivity", "local_smoothness", "unit_directions"]
+
+STARTS = ("fixed_point", "input")
 
 
 def unit_directions(batch: int, count: int, dim: int, generator: torch.Generator) -> Tensor:
@@ -108,6 +113,7 @@ def local_smoothness(
     eps: float = 1e-2,
     direction: Tensor | None = None,
     seed: int = 0,
+    start: str = "fixed_point",
     solver: str = "anderson",
     rtol: float = 1e-6,
     atol: float = 0.0,
@@ -117,12 +123,17 @@ def local_smoothness(
     """Perturb each embedding by ``Δe = eps·‖e_b‖·u_b`` (``u_b`` a unit ``direction`` ``(B, n)``,
     random by default) and compare the fixed points.
 
-    Both the base and the perturbed problem are solved from ``z`` (the fixed point found before)
-    with ``rtol`` in one batched solve, so the solver's own error does not enter the ratio
-    (choose ``rtol`` well below ``eps``).
+    The base and the perturbed problem are solved with ``rtol`` in one batched solve, so the
+    solver's own error does not enter the ratio (choose ``rtol`` well below ``eps``), from ``z``
+    (the fixed point found before) with ``start="fixed_point"``, or from z₀ = e and z₀ = e + Δe
+    with ``start="input"``. Where the map ignores e (recall ``"none"``) the first gives 0 by
+    construction, and the second says whether z* is locally constant in e (0) or follows it (a
+    continuum of fixed points: J ≈ I gives 1).
     """
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
     B = e.shape[0]
     n = e[0].numel()
     if direction is None:
@@ -133,7 +144,7 @@ def local_smoothness(
     de = (eps * e.reshape(B, -1).double().norm(dim=1, keepdim=True).cpu() * u).to(dtype=e.dtype, device=e.device)
     de = de.reshape(e.shape)
     E = torch.cat([e, e + de])  # (2B, *grid, D)
-    Z0 = torch.cat([z, z]).detach()
+    Z0 = (torch.cat([z, z]) if start == "fixed_point" else E).detach()
     with torch.no_grad():
         sol = solve(BatchedMap(model.step, E), Z0, solver, rtol=rtol, atol=atol, max_iter=max_iter,
                     **(solver_options or {}))
