@@ -6,7 +6,7 @@ of training (the paper's number; ``metric="best"``: the best over the counts ins
     python -m experiments.paper_table results/runs --task sudoku --metric best --where regime=progressive
 
     header, rows = paper_table(load_summaries(root), task="prefix_sums")
-    print(table(header, rows))                     # markdown (experiments.markdown.table)
+    print(markdown(header, rows))
 
 The paper reports one table per learning rate (1e-4, 3e-4, 1e-3; sudoku also 3e-3) with rows
 recall ∈ {none, external, internal, fixed} × residual ∈ {pre, peri, gru, post}; here the learning
@@ -22,11 +22,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from experiments.markdown import pct_se, table
-from experiments.stats import mean_se
+import pandas as pd
+
+from experiments.claims import mean_se, pct
 from experiments.summary import PAPER_ITERATIONS, SummaryError, accuracy_at, best_accuracy, load_summaries
 
-__all__ = ["METRICS", "ORDER", "paper_table", "run_value"]
+__all__ = ["METRICS", "ORDER", "markdown", "paper_table", "run_value"]
 
 METRICS = ("at", "best")
 # the paper's order of rows; values it does not name follow, by name
@@ -54,7 +55,7 @@ def _key(field: str, value: Any) -> tuple[int, str]:
 def paper_table(summaries: Sequence[dict[str, Any]], *, task: str, split: str = "hard", metric: str = "at",
                 iterations: int = PAPER_ITERATIONS, rows: Sequence[str] = ("recall", "norm"),
                 where: dict[str, Any] | None = None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (strings, for :func:`experiments.markdown.table`) of the paper's layout for
+    """Header and rows (strings, for :func:`markdown`) of the paper's layout for
     ``task``'s runs that match ``where`` (spec fields → values): a row per combination of the spec
     fields ``rows``, a column per learning rate, each cell ``mean ± s.e.`` in % over the runs'
     seeds (:func:`run_value`; ``± —`` for one seed, ``—`` where no run has the number, ``(n of m)``
@@ -83,10 +84,16 @@ def paper_table(summaries: Sequence[dict[str, Any]], *, task: str, split: str = 
             if not values:
                 line.append("—")
                 continue
-            cell = pct_se(*mean_se(values))
+            m, se, _ = mean_se(pd.Series(values, dtype=float))
+            cell = f"{pct(m)} ± {pct(se)}"
             line.append(cell if len(values) == len(found) else f"{cell} ({len(values)} of {len(found)})")
         out.append(line)
     return header, out
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    """The table in Markdown (tabulate's pipe format)."""
+    return pd.DataFrame(rows, columns=header).to_markdown(index=False, disable_numparse=True)
 
 
 def _check_seeds_only(runs: list[dict[str, Any]], row: tuple, lr: float) -> None:
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                    iterations=a.iterations, where=where)
     except (SummaryError, ValueError) as err:
         p.error(str(err))
-    print(table(header, rows))
+    print(markdown(header, rows))
     return 0
 
 

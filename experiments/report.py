@@ -25,6 +25,7 @@ import pandas as pd
 from experiments import chess_baselines, claims, examples_report
 from experiments.claims import mean_se, num, pct
 from experiments.figures import facets
+from experiments.paper_table import markdown, paper_table
 from experiments.presets import NORMS, RECALLS, REGIMES, TASK_ORDER
 from experiments.summary import SummaryError, load_summaries
 from experiments.table import AT, curves_frame, load_results, runs_frame, traces_frame
@@ -58,14 +59,17 @@ def ordered(frame: pd.DataFrame) -> pd.DataFrame:
         c.name] else len(keys[c.name])) if c.name in keys else c, kind="stable")
 
 
-def paper_table(runs: pd.DataFrame) -> str:
-    """The paper's regime: a row per recall × norm, accuracy @500 and best (mean ± s.e. over seeds)."""
-    paper = ordered(runs[runs.regime == claims.PAPER_REGIME])
-    rows = paper.groupby(["recall", "norm"], sort=False).agg(
-        seeds=("seed", "count"), hard_at=("hard_at", ms), hard_best=("hard_best", ms), val_at=("val_at", ms),
-        adaptive=("adaptive", ms), solver=("solver", ms), form=("recall_form", "first")).reset_index()
-    return md(rows.rename(columns={"hard_at": f"hard @{AT}", "hard_best": "hard best", "val_at": f"val @{AT}",
-                                   "form": "internal recall"}))
+def paper_layout(summaries: list[dict[str, Any]], task: str) -> str:
+    """The paper's layout (:func:`experiments.paper_table.paper_table`) in its regime: a row per recall ×
+    norm, per learning rate the hard accuracy @500 and, beside it, the best over counts."""
+    where = {"regime": claims.PAPER_REGIME}
+    try:
+        header, at = paper_table(summaries, task=task, where=where)
+    except ValueError:  # no runs of the paper's regime
+        return "No runs in the paper's regime."
+    best = paper_table(summaries, task=task, where=where, metric="best")[1]
+    return markdown([*header[:2], *(f"{h} @{AT}" for h in header[2:]), *(f"{h} best" for h in header[2:])],
+                    [a + b[2:] for a, b in zip(at, best)])
 
 
 STABILITY = {"plain_reach": "plain reach", "anderson_reach": "Anderson", "rho": "ρ", "resolvent": "‖(I−J)⁻¹‖",
@@ -81,8 +85,8 @@ def grid_table(runs: pd.DataFrame) -> str:
     return md(table.rename(columns={"hard_at": f"hard @{AT}", "best": "hard best", **STABILITY}))
 
 
-def task_section(task: str, runs: pd.DataFrame, curves: pd.DataFrame, traces: pd.DataFrame, plots: Path,
-                 out: Path) -> str:
+def task_section(task: str, summaries: list[dict[str, Any]], runs: pd.DataFrame, curves: pd.DataFrame,
+                 traces: pd.DataFrame, plots: Path, out: Path) -> str:
     steps = "/".join(str(int(s)) for s in sorted(runs.steps.dropna().unique()))
     paper = (curves.regime == claims.PAPER_REGIME) & (curves.task == task) & curves.split.isin(["val", "hard"])
     c = ordered(curves[paper].assign(panel=lambda f: f.recall + " recall, " + f.norm))
@@ -90,7 +94,9 @@ def task_section(task: str, runs: pd.DataFrame, curves: pd.DataFrame, traces: pd
                  title=f"{task}: accuracy against test-time iterations, the paper's regime (band: seeds' range)",
                  xlabel="test-time iterations", ylabel="exact match (%)", vline=AT)
     text = [f"## {task}", "", f"{len(runs)} runs, {steps} training steps, width {num(runs.width.median())}.", "",
-            "### The paper's regime (progressive loss)", "", paper_table(runs), "",
+            "### The paper's regime (progressive loss)", "", "Hard accuracy, mean ± s.e. over seeds, %, in the "
+            "paper's layout (`experiments/paper_table.py`); the internal recall of these runs is the "
+            f"{'/'.join(sorted(set(runs.recall_form) - {'—'})) or '—'} form.", "", paper_layout(summaries, task), "",
             f"![{task} accuracy against iterations]({os.path.relpath(fig, out.parent)})", "",
             "### Every configuration", "", "Accuracy (mean ± s.e. over seeds) and the stability numbers (means over "
             "seeds) of every recall × norm × training regime; the regimes other than the progressive loss are "
@@ -178,7 +184,8 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str, 
         commands="; ".join(f"`{c}`" for c in sorted(frame.command.dropna().unique())),
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
         machines="; ".join(machines), verdicts=verdicts, claim_tables=claim_tables(frame),
-        tasks="\n".join(task_section(t, frame[frame.task == t], curves, traces, plots, out) for t in tasks),
+        tasks="\n".join(task_section(t, [r for r in results if r["spec"]["task"] == t], frame[frame.task == t], curves,
+                                      traces, plots, out) for t in tasks),
         sections="".join("\n" + section(f, s, baselines, plots, out) for f, s in (sections or {}).items() if s),
         examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items())))
 

@@ -74,10 +74,12 @@ def _curve(run: dict[str, Any], split: str) -> tuple[list[int], list[float]]:
 
 def accuracy_at(run: dict[str, Any], split: str, iters: int = AT) -> float:
     """Accuracy on ``split`` after ``iters`` test-time iterations: the summary's own field where it has
-    one (``eval.at.<iters>.<split>``), else the curve's value at that count; NaN where neither holds it."""
-    stored = get(run, f"eval.at.{iters}.{split}")
-    if stored is not None:
-        return float(stored)
+    one (``eval.paper``, :func:`experiments.summary.paper_numbers`), else the curve's value at that
+    count; NaN where neither holds it."""
+    paper = get(run, "eval.paper") or {}
+    if paper.get("iterations") == iters and split in (paper.get("accuracy") or {}):
+        stored = paper["accuracy"][split]
+        return math.nan if stored is None else float(stored)
     counts, acc = _curve(run, split)
     return float(acc[counts.index(iters)]) if iters in counts and len(acc) == len(counts) else math.nan
 

@@ -45,8 +45,8 @@ def test_the_table_reads_accuracy_at_500_and_never_invents_it():
     assert f.hard_best.tolist() == [0.75, 0.75] and f.hard_best_at.tolist() == [500.0, 300.0]
     # a summary's own @500 field wins over the curve
     r = run(hard=0.75)
-    r["eval"]["at"] = {"500": {"hard": 0.5}}
-    assert frame([r]).hard_at.tolist() == [0.5]
+    r["eval"]["paper"] = {"iterations": 500, "accuracy": {"hard": 0.5, "val": None}}
+    assert frame([r]).hard_at.tolist() == [0.5] and math.isnan(frame([r]).val_at.tolist()[0])
     # the internal recall's form: the paper's shared pair only where the configuration says so
     # (rows sorted by run name)
     assert frame([run(seed=0), run(seed=1, recall_maps="shared"), run(recall="external")]).recall_form.tolist() == \

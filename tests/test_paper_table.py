@@ -8,7 +8,6 @@ import json
 import pytest
 
 from experiments import paper_table as pt
-from experiments.markdown import table
 
 
 def run(recall, norm, lr, seed, hard, regime="progressive", iters=(1, 30, 500)):
@@ -81,7 +80,8 @@ def test_command_line_prints_the_markdown_table(tmp_path, capsys):
         (root / "prefix_sums" / f"r{i}.json").write_text(json.dumps(s))
     assert pt.main([str(root), "--task", "prefix_sums", "--where", "regime=progressive"]) == 0
     header, rows = pt.paper_table(RUNS[:6], task="prefix_sums")
-    assert capsys.readouterr().out == table(header, rows) + "\n"
+    assert capsys.readouterr().out == pt.markdown(header, rows) + "\n"
+    assert "| none     | pre    | —           | 25.0 ± 25.0 |" in pt.markdown(header, rows)
     with pytest.raises(SystemExit):
         pt.main([str(root), "--task", "prefix_sums", "--where", "regime"])
 
