@@ -42,7 +42,7 @@ COLUMNS = {
     "resolvent": "analysis.hard.resolvent_norm_median", "ift": "analysis.hard.input_sensitivity_median",
     "fd": "analysis.hard.local_smoothness_median", "fd_input": "analysis.hard.input_fd_median",
     "bwd": "analysis.hard.backward_converged_fraction", "probe_n": "analysis_options.n",
-    "rho_wx": "train.injection_spectral_radius",
+    "rho_wx": "analysis.hard.weights.injection_spectral_radius",  # ρ(W_x), the paper's diagnostic
     "grad_median": "train.grad_norm_median", "grad_max": "train.grad_norm_max", "late_loss": "train.late_loss",
     "train_s": "seconds.train",
 }

@@ -21,7 +21,8 @@ def run(task="prefix_sums", recall="internal", norm="post", regime="progressive"
         "converged_fraction", "distinct_fixed_points", "fixed_point_spread", "resolvent_norm_median",
         "input_sensitivity_median", "local_smoothness_median", "input_fd_median", "backward_converged_fraction",
         "spectral_radius_median")}
-    train = {k: fields.pop(k) for k in list(fields) if k.startswith("grad_norm") or k.startswith("injection")}
+    train = {k: fields.pop(k) for k in list(fields) if k.startswith("grad_norm")}
+    analysis["weights"] = {k: fields.pop(k) for k in list(fields) if k.startswith("injection")}
     settling = {"converged": fields.pop("plain_reach")} if "plain_reach" in fields else {}
     cfg = {"steps": steps, **fields}
     curve = [hard / 4, hard / 2, hard][-len(iters):]
