@@ -63,3 +63,42 @@ def test_a_training_step_under_bf16_autocast(tmp_path, method):
     assert trainer.amp is torch.bfloat16
     metrics = trainer.step(0)
     assert not metrics.get("skipped") and math.isfinite(metrics["loss"])
+
+
+def contracting_model(**solve):
+    """A float32 model whose loop map contracts (a large MLP output bias, as tests/test_analysis.py)."""
+    from deqloop import LoopedDEQ
+
+    torch.manual_seed(0)
+    model = LoopedDEQ(vocab_size=5, num_classes=3, grid=(6,), width=16, heads=2, recall="internal", max_iter=60,
+                      rtol=1e-5, **solve)
+    with torch.no_grad():
+        model.block.mlp.proj.bias.normal_(0, 1.0)
+    return model, torch.randint(0, 5, (8, 6), generator=torch.Generator().manual_seed(0))
+
+
+def test_solves_run_their_map_in_float32_under_bf16_autocast_by_default():
+    model, x = contracting_model()
+    with torch.no_grad():
+        plain = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed = model(x)
+            with pytest.warns(UserWarning, match=r"rtol 1e-05 raised to 0\.01"):
+                rounded = model(x, precision="autocast")
+    assert plain.solution.converged.all()
+    assert torch.equal(mixed.z, plain.z) and torch.equal(mixed.solution.iterations, plain.solution.iterations)
+    assert mixed.logits.dtype == torch.bfloat16  # the readout is the caller's autocast
+    # in bf16 the map's rounding floors the residual far above 1e-5: only the raised rtol is reached
+    assert rounded.solution.converged.all() and (rounded.solution.residual > 1e-4).all()
+    assert (rounded.solution.residual <= 1e-2).all()
+
+
+def test_evaluations_that_carry_gradients_keep_the_callers_autocast():
+    model, x = contracting_model(backward="phantom", backward_options={"steps": 2})
+    plain, plain_solved = model(x).z, model(x, backward="none").z
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model(x).z
+        solved = model(x, backward="none").z  # no gradient step: the float32 solve itself
+    assert torch.equal(solved, plain_solved)
+    assert mixed.requires_grad and not torch.allclose(mixed, plain, rtol=1e-5, atol=1e-6)  # phantom steps in bf16
+    torch.testing.assert_close(mixed, plain, rtol=0.05, atol=0.05)

@@ -17,12 +17,13 @@ __all__ = ["add", "run"]
 def _choices() -> dict[str, tuple[str, ...]]:
     from deqloop.model import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                                RESIDUALS)
+    from deqloop.model.config import PRECISIONS
     from deqloop.train.config import AMP_MODES, EQUILIBRIUM_BACKWARDS, LOGGERS, LOSSES, SCHEDULES
 
     return {"recall": RECALLS, "recall_maps": RECALL_MAPS, "norm": NORMS, "norm_weights": NORM_WEIGHTS,
             "residual": RESIDUALS, "qk_norm_order": QK_NORM_ORDERS, "attention": ATTENTIONS, "init": INITS,
             "train_init": INITS, "loss": LOSSES, "backward": EQUILIBRIUM_BACKWARDS, "schedule": SCHEDULES,
-            "amp": AMP_MODES, "logger": LOGGERS}
+            "amp": AMP_MODES, "logger": LOGGERS, "solve_precision": PRECISIONS}
 
 
 def add(sub: Any, task: str | None) -> None:

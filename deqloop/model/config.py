@@ -26,12 +26,15 @@ from deqloop.names import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDER
 from deqloop.solvers import available_solvers
 from deqloop.validate import choice, integer, known_keys, number
 
-__all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "EARLIER_FORMS", "INITS", "LoopedDEQConfig", "NORMS",
-           "NORM_WEIGHTS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS", "SOLVE_SETTINGS", "SolveSettings"]
+__all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "BF16_RTOL", "EARLIER_FORMS", "INITS", "LoopedDEQConfig",
+           "NORMS", "NORM_WEIGHTS", "PRECISIONS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS",
+           "SOLVE_SETTINGS", "SolveSettings"]
 
 BACKWARDS = BACKWARD_MODES
 
 # Arguments of fixed_point that the solve settings set from their own fields, not from solver_options.
+PRECISIONS = ("float32", "autocast")
+BF16_RTOL = 1e-2  # a solve whose map runs in bf16 stops at 1.4e-3 (benchmarks/bf16_policy.py): about 7× that
 _FIXED_POINT_ARGS = {"method", "backward", "rtol", "atol", "max_iter", "backward_options", "throw"}
 
 
@@ -147,6 +150,13 @@ class SolveSettings:
         naive iteration, so it solves by Picard iteration whatever ``solver`` says.
     max_iter, rtol, atol: the stopping rule ``‖f(z) − z‖ ≤ atol + rtol·‖f(z)‖`` per example.
     throw: raise when some example does not converge.
+    precision: the map's precision in the solver's own evaluations (those that record no
+        gradient) when the call runs under autocast, one of ``PRECISIONS``: ``"float32"`` (autocast
+        off for them: under bf16 the map's rounding floors the relative residual at 1e-3 to 1e-2,
+        above the default ``rtol``, so no example would converge; evaluations that carry gradients —
+        phantom steps, BPTT, the implicit backward's products — keep the caller's autocast) or
+        ``"autocast"`` (every evaluation in the caller's autocast; ``rtol`` is then raised to
+        ``BF16_RTOL`` with a warning). Without autocast both are the same.
     """
 
     init: str = "embed"
@@ -159,9 +169,11 @@ class SolveSettings:
     solver_options: dict[str, Any] = field(default_factory=dict)
     backward_options: dict[str, Any] = field(default_factory=dict)
     throw: bool = False
+    precision: str = "float32"
 
     def __post_init__(self) -> None:
         choice("init", self.init, INITS)
+        choice("precision", self.precision, PRECISIONS)
         integer("max_iter", self.max_iter)
         if not isinstance(self.throw, bool):
             raise ConfigError(f"throw must be True or False, got {self.throw!r}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError
 from deqloop.model.attention import Attention, check_backend
 from deqloop.model.config import (
+    BF16_RTOL,
     INITS,
     SOLVE_SETTINGS,
     Architecture,
@@ -34,6 +36,7 @@ from deqloop.model.layers import Block, Blocks, Readout
 from deqloop.model.local_attention import LocalWindow, local_pattern
 from deqloop.model.rope import rope_table
 from deqloop.solvers import BatchedMap, Solution
+from deqloop.solvers.base import without_autocast
 from deqloop.validate import choice, known_keys, number
 
 __all__ = ["LoopOutput", "LoopedDEQ"]
@@ -216,7 +219,7 @@ class LoopedDEQ(nn.Module):
         ``z0`` ``(B, *grid, D)`` starts the solve from a given state instead of ``init``'s.
         Keyword arguments override the configured :class:`SolveSettings` for this call only;
         allowed: ``solver, backward, max_iter, rtol, atol, init, init_scale, solver_options,
-        backward_options, throw``.
+        backward_options, throw, precision``.
         """
         s = self.solve_settings(**overrides)
         e = self.embed(x)  # (B, *grid, D)
@@ -224,18 +227,34 @@ class LoopedDEQ(nn.Module):
             z0 = self.initial_state(e, s.init, scale=s.init_scale)  # (B, *grid, D)
         else:
             self._check_z0(z0, e)
+        step, rtol = self.step, s.rtol
+        if s.precision == "float32":
+            step = self._solver_step
+        elif torch.is_autocast_enabled(e.device.type) and rtol < BF16_RTOL:
+            if torch.get_autocast_dtype(e.device.type) in (torch.bfloat16, torch.float16):
+                warnings.warn(f"precision='autocast': the map runs in {torch.get_autocast_dtype(e.device.type)}, "
+                              f"whose rounding floors the residual; rtol {rtol:g} raised to {BF16_RTOL:g}", stacklevel=2)
+                rtol = BF16_RTOL
         z, solution = s.adjoint().solve(
-            BatchedMap(self.step, e),  # lets the solver stop evaluating converged examples
+            BatchedMap(step, e),  # lets the solver stop evaluating converged examples
             z0,
             method=s.method,
             options=s.solver_options,
-            rtol=s.rtol,
+            rtol=rtol,
             atol=s.atol,
             max_iter=s.max_iter,
             throw=s.throw,
             check=False,  # x and z0 were checked above; the model's own initial states are finite
         )
         return LoopOutput(logits=self.readout(z), z=z, solution=solution)
+
+    def _solver_step(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """:meth:`step` in float32 (autocast off) when no gradient is recorded, i.e. in the solver's
+        own evaluations; under the caller's autocast when one is (``precision="float32"``)."""
+        if torch.is_grad_enabled():
+            return self.step(z, e)
+        with without_autocast(z.device):
+            return self.step(z, e)
 
     def _check_z0(self, z0: Any, e: torch.Tensor) -> None:
         """A given initial state: of the state's shape, dtype and device, and finite (one sync)."""

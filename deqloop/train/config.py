@@ -24,6 +24,7 @@ from deqloop.adjoint import Backward, Implicit, as_backward
 from deqloop.device import check_device
 from deqloop.errors import ConfigError
 from deqloop.model import INITS, Architecture, LoopedDEQConfig, SolveSettings
+from deqloop.model.config import PRECISIONS
 from deqloop.tasks import DEFAULT_TASK, Task, get_task, task_class
 from deqloop.train.tracking import LOGGERS
 from deqloop.validate import choice, integer, known_keys, number, setting
@@ -169,6 +170,10 @@ class TrainConfig:
     resume: bool = setting("continue the run in --out from its last.pt", default=False)
     overwrite: bool = setting("start afresh even if --out holds a run", default=False)
     device: str = setting("auto, cpu, cuda or cuda:N (under torchrun: the local GPU)", default="auto")
+    solve_precision: str = setting("under amp: the precision of the solver's own evaluations of the map (no "
+                                   "gradient): float32 (autocast off there: solves still converge) or autocast "
+                                   "(bf16 too; rtol raised to what bf16 reaches, with a warning)",
+                                   default="float32")
     amp: str = setting("autocast: auto (bf16 on a CUDA GPU of compute capability ≥ 8.0, float32 elsewhere), bf16 "
                        "(also CPU autocast) or none", default="auto")
     compile: bool = setting("compile the block with torch.compile", default=False)
@@ -204,6 +209,7 @@ class TrainConfig:
         choice("loss", self.loss, LOSSES)
         choice("schedule", self.schedule, SCHEDULES)
         choice("amp", self.amp, AMP_MODES)
+        choice("solve_precision", self.solve_precision, PRECISIONS)
         choice("logger", self.logger, LOGGERS)
         check_device(self.device)
         self._check_steps()
@@ -335,7 +341,8 @@ class TrainConfig:
                             compile=self.compile, gate=self.gate)
         solve = SolveSettings(init=self.init, solver=self.solver, backward=self.backward or "implicit",
                               max_iter=self.depth(), rtol=self.rtol, atol=self.atol,
-                              solver_options=dict(self.solver_options), backward_options=dict(self.backward_options))
+                              solver_options=dict(self.solver_options), backward_options=dict(self.backward_options),
+                              precision=self.solve_precision)
         return LoopedDEQConfig(arch, solve)
 
     @property
@@ -354,9 +361,10 @@ class TrainConfig:
         return cls(**values)
 
 
-STORED_DEFAULTS: dict[str, Any] = {"detach_z0": True}
+STORED_DEFAULTS: dict[str, Any] = {"detach_z0": True, "solve_precision": "float32"}
 """What a stored config that lacks a field ran with: the form before the field existed (a run
-trained before ``detach_z0`` existed detached z₀)."""
+trained before ``detach_z0`` existed detached z₀; one before ``solve_precision`` solved in float32,
+since autocast then ran on CUDA alone and no run had used it)."""
 
 
 def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
