@@ -32,7 +32,8 @@ from deqloop import seeds
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import Task, as_predictions, check_band, check_count, check_seed
 from deqloop.tasks.sudoku_blanks import blanks_band, generate_blanks
-from deqloop.tasks.sudoku_data import SudokuMeta, _band_range, cache_root, generate, load, split_by_rating
+from deqloop.tasks.sudoku_data import (SudokuMeta, _band_range, cache_root, generate, load, paper_split,
+                                       split_by_rating)
 from deqloop.tasks.sudoku_solver import (
     GENERATOR_BANDS,
     GRID,
@@ -60,6 +61,7 @@ __all__ = [
     "is_valid_solution",
     "load",
     "naked_singles_depth",
+    "paper_split",
     "rate",
     "solve",
     "split_by_rating",
@@ -146,6 +148,8 @@ def _band(value: str | tuple[int, int | None] | list | None) -> str | tuple[int,
 
 
 LOSS_CELLS = ("all", "blanks")
+SPLITS = ("quantiles", "paper")
+_PAPER_VAL_SEED = 42  # the paper's train/val split: torch's random_split with this seed, 80 / 20
 
 
 @dataclass(frozen=True)
@@ -156,10 +160,16 @@ class Sudoku(Task):
     (a rating band, ``easy`` by default) or, with ``blanks``, by number of blanks
     (:func:`generate_blanks`); ``hard`` likewise from ``hard_band`` (``hard`` by default) or
     ``hard_blanks``. A split takes its puzzles from one source: setting a rating band and a
-    blanks band for the same split is an error. With ``data`` (a file :func:`load` reads):
-    puzzles are split by rating quantiles (:func:`split_by_rating`); ``val`` is a fixed
-    ``val_fraction`` of the easy part and ``train`` the rest; each ``make`` draws ``n`` of a part
-    without replacement. With ``augment`` every training batch gets random validity-preserving
+    blanks band for the same split is an error. With ``data`` (a file :func:`load` reads) and
+    ``split="quantiles"`` (the default): puzzles are split by rating quantiles
+    (:func:`split_by_rating`); ``val`` is a fixed ``val_fraction`` (0.1) of the easy part and
+    ``train`` the rest. With ``split="paper"``, ``data`` and ``test_data`` are Sudoku-Extreme's
+    ``train.csv`` and ``test.csv`` split as the paper does (:func:`paper_split`): train and val
+    from the first 50,000 training rows rated below the training file's 80th percentile, 80 / 20
+    (``val_fraction`` 0.2) by the paper's own permutation (``torch.randperm`` seeded 42, as its
+    ``random_split``), ``hard`` the first 10,000 test rows rated at or above it; the loss grades
+    all 81 cells (``loss_cells="all"``, the default). Each ``make`` draws ``n`` of a part without
+    replacement. With ``augment`` every training batch gets random validity-preserving
     symmetries. ``loss_cells="blanks"`` grades only the blanks in the training loss
     (:meth:`loss_mask`); ``"all"`` grades all 81 cells.
     """
@@ -171,9 +181,17 @@ class Sudoku(Task):
         "rating band of generated hard puzzles (default hard, unless hard_blanks is set)", default=None)
     data: str | None = setting("a puzzle file (Sudoku-Extreme CSV or 81-character lines), split easy/hard by "
                                "rating, instead of generated puzzles", default=None)
-    easy_quantile: float = setting("with data: puzzles rated at most this quantile are easy", default=0.5)
-    hard_quantile: float = setting("with data: puzzles rated above this quantile are hard", default=0.9)
-    val_fraction: float = setting("with data: the fraction of easy puzzles kept for validation", default=0.1)
+    test_data: str | None = setting("with split=paper: Sudoku-Extreme's test.csv (data is its train.csv)",
+                                    default=None)
+    split: str = setting("with data: quantiles (easy/hard by the rating quantiles below) or paper (Sudoku-Extreme "
+                         "as the paper splits it: train on the first 50k rows of data rated below its 80th "
+                         "percentile, test on the first 10k rows of test_data at or above it)", default="quantiles")
+    easy_quantile: float = setting("with data, split=quantiles: puzzles rated at most this quantile are easy",
+                                   default=0.5)
+    hard_quantile: float = setting("with data, split=quantiles: puzzles rated above this quantile are hard",
+                                   default=0.9)
+    val_fraction: float | None = setting("with data: the fraction of the easy (training) puzzles kept for "
+                                         "validation (default 0.1; 0.2 with split=paper, the paper's)", default=None)
     cache_dir: str | None = setting("where generated puzzles are cached (default $DEQLOOP_CACHE or "
                                     "~/.cache/deqloop)", default=None)
     augment: bool = setting("apply random validity-preserving symmetries to each training batch", default=False)
@@ -192,7 +210,7 @@ class Sudoku(Task):
     def __post_init__(self) -> None:
         object.__setattr__(self, "train_band", _band(self.train_band))
         object.__setattr__(self, "hard_band", _band(self.hard_band))
-        for name in ("data", "cache_dir"):
+        for name in ("data", "test_data", "cache_dir"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, str(getattr(self, name)))
         for band, blanks, which in (("train_band", "blanks", "training"), ("hard_band", "hard_blanks", "hard")):
@@ -207,14 +225,23 @@ class Sudoku(Task):
                     raise ConfigError(f"Sudoku.data and Sudoku.{blanks} both choose the {which} puzzles (from a "
                                       f"file and by blanks); set one of them")
         choice("Sudoku.loss_cells", self.loss_cells, LOSS_CELLS)
+        choice("Sudoku.split", self.split, SPLITS)
+        if self.split == "paper" and (self.data is None or self.test_data is None):
+            raise ConfigError("Sudoku.split='paper' needs data (Sudoku-Extreme's train.csv) and test_data (its "
+                              "test.csv)")
+        if self.test_data is not None and self.split != "paper":
+            raise ConfigError("Sudoku.test_data is the paper's test file: it needs split='paper'")
+        if self.val_fraction is None:
+            object.__setattr__(self, "val_fraction", 0.2 if self.split == "paper" else 0.1)
         if not 0.0 <= self.easy_quantile <= self.hard_quantile <= 1.0:
             raise ConfigError(
                 f"Sudoku needs 0 <= easy_quantile <= hard_quantile <= 1, got {self.easy_quantile}, {self.hard_quantile}"
             )
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"Sudoku.val_fraction must be in (0, 1), got {self.val_fraction}")
-        if self.data is not None and not Path(self.data).is_file():
-            raise ConfigError(f"Sudoku.data: no such file {str(self.data)!r}")
+        for name in ("data", "test_data"):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).is_file():
+                raise ConfigError(f"Sudoku.{name}: no such file {str(getattr(self, name))!r}")
 
     def make(self, split: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         check_band(split)
@@ -228,16 +255,30 @@ class Sudoku(Task):
             source = band if band is not None else ("hard" if split == "hard" else "easy")
             x, y = generate(n, source, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)  # type: ignore[misc]
             return x, y
-        path = Path(self.data)
-        x, y, ratings = _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
-        easy, hard = split_by_rating(ratings, self.easy_quantile, self.hard_quantile)
-        easy = easy[torch.randperm(len(easy), generator=seeds.generator(0, 1))]
-        n_val = max(1, round(self.val_fraction * len(easy)))
-        pool = {"train": easy[n_val:], "val": easy[:n_val], "hard": hard}[split]
+        x, y, pool = self._pool(split)
         if n > len(pool):
-            raise ConfigError(f"{path}: the {split!r} split has {len(pool)} puzzles, {n} requested")
+            files = self.data if split != "hard" or self.test_data is None else self.test_data
+            raise ConfigError(f"{files}: the {split!r} split has {len(pool)} puzzles, {n} requested")
         pick = pool[torch.randperm(len(pool), generator=seeds.generator(seed, 2, _STREAMS[split]))[:n]]
         return x[pick], y[pick]
+
+    def _pool(self, split: str) -> tuple[Tensor, Tensor, Tensor]:
+        """The puzzles ``x``, ``y`` a split draws from (a file's, whole) and the indices of its part."""
+        path = Path(self.data)  # type: ignore[arg-type]
+        x, y, ratings = _load_cached(str(path.resolve()), path.stat().st_mtime_ns)
+        if self.split == "paper":
+            test = Path(self.test_data)  # type: ignore[arg-type]
+            xt, yt, test_ratings = _load_cached(str(test.resolve()), test.stat().st_mtime_ns)
+            easy, hard, _ = paper_split(ratings, test_ratings)
+            if split == "hard":
+                return xt, yt, hard
+            n_train = int((1 - self.val_fraction) * len(easy))  # type: ignore[operator]
+            easy = easy[torch.randperm(len(easy), generator=torch.Generator().manual_seed(_PAPER_VAL_SEED))]
+            return x, y, easy[:n_train] if split == "train" else easy[n_train:]
+        easy, hard = split_by_rating(ratings, self.easy_quantile, self.hard_quantile)
+        easy = easy[torch.randperm(len(easy), generator=seeds.generator(0, 1))]
+        n_val = max(1, round(self.val_fraction * len(easy)))  # type: ignore[operator]
+        return x, y, {"train": easy[n_val:], "val": easy[:n_val], "hard": hard}[split]
 
     def augment_batch(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         return augment(x, y, generator=generator) if self.augment else (x, y)

@@ -26,7 +26,8 @@ from deqloop.tasks.sudoku_solver import (
     is_valid_solution,
 )
 
-__all__ = ["SudokuMeta", "cache_root", "generate", "load", "split_by_rating"]
+__all__ = ["PAPER_QUANTILE", "PAPER_TEST_ROWS", "PAPER_TRAIN_ROWS", "SudokuMeta", "cache_root", "generate", "load",
+           "paper_split", "split_by_rating"]
 
 log = logging.getLogger("deqloop.tasks.sudoku")
 
@@ -356,3 +357,29 @@ def split_by_rating(
     return easy, hard
 
 
+PAPER_QUANTILE = 0.8  # Sudoku-Extreme as the paper splits it: train below, test at or above q80 ...
+PAPER_TRAIN_ROWS = 50_000  # ... the first 50,000 training rows below it ...
+PAPER_TEST_ROWS = 10_000  # ... and the first 10,000 test rows at or above it
+
+
+def paper_split(
+    train_ratings: Tensor, test_ratings: Tensor, *, quantile: float = PAPER_QUANTILE,
+    train_rows: int = PAPER_TRAIN_ROWS, test_rows: int = PAPER_TEST_ROWS,
+) -> tuple[Tensor, Tensor, float]:
+    """The paper's Sudoku-Extreme split of a train and a test file (``deepthinking/utils/sudoku_data.py``
+    of the authors' code, lines 45-63 and 103-143, with ``train_data: expert``, ``test_data:
+    extreme``, ``max_train_samples: 50000``, ``max_test_samples: 10000`` in
+    ``config/problem/sudoku.yaml``): the threshold is the ``quantile`` (0.8) of the training file's
+    ratings (linear interpolation); the training puzzles are the first ``train_rows`` rows of the
+    training file, in file order, rated below it, the test puzzles the first ``test_rows`` rows of
+    the test file rated at or above it. Returns ``(train indices, test indices, threshold)``;
+    unrated rows (rating -1) are in neither."""
+    if not 0.0 <= quantile <= 1.0:
+        raise ConfigError(f"quantile must be in [0, 1], got {quantile}")
+    rated = train_ratings[train_ratings >= 0].double().numpy()
+    if rated.size == 0:
+        raise ConfigError("no training puzzle has a known rating (all are -1): the paper's split needs ratings")
+    threshold = float(np.quantile(rated, quantile))
+    train = torch.nonzero((train_ratings >= 0) & (train_ratings.double() < threshold)).flatten()[:train_rows]
+    test = torch.nonzero(test_ratings.double() >= threshold).flatten()[:test_rows]
+    return train, test, threshold
