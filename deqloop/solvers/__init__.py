@@ -116,9 +116,10 @@ def solve(
         z0: initial state, batch-first. Any float dtype; norms and least squares run in float32
             (float64 for float64 states).
         method: a name from :func:`available_solvers`.
-        rtol, atol: sample ``i`` converges when ``‖f(z_i) − z_i‖ ≤ atol + rtol·‖f(z_i)‖``
-            (2-norm over all of the sample's entries). It is then frozen: its answer is what
-            solving it alone would give.
+        rtol: relative tolerance: sample ``i`` converges when
+            ``‖f(z_i) − z_i‖ ≤ atol + rtol·‖f(z_i)‖`` (2-norm over all of the sample's entries).
+            It is then frozen: its answer is what solving it alone would give.
+        atol: absolute tolerance (see ``rtol``).
         max_iter: most evaluations of ``f`` per sample.
         throw: raise :class:`SolverError` (naming the failed samples and why) if any sample
             did not converge, instead of returning it with its status.

@@ -17,22 +17,48 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from deqloop.analysis.jacobian import LoopJacobian, leading_eigenvalues
 from deqloop.solvers.packing import Packing, packed_map
 from deqloop.validate import integer
 
 __all__ = ["map_jacobian", "spectral_radius", "subspace_radius"]
 
 
-def map_jacobian(f: Callable[[Any], Any], z: Any):
+class _Padded:
+    """``f`` on the rows ``index`` of the batch ``z``, for a map without ``select``: the other rows
+    are held at ``z`` (a map that treats samples independently gives them no influence)."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor], z: Tensor, index: Tensor):
+        self.f, self.z, self.index = f, z, index
+
+    def __call__(self, v: Tensor) -> Tensor:
+        return self.f(self.z.index_copy(0, self.index, v)).index_select(0, self.index)
+
+    def select(self, index: Tensor) -> _Padded:
+        return _Padded(self.f, self.z, self.index[index])
+
+
+class _MapJacobian(LoopJacobian):
+    """A :class:`LoopJacobian` of a map of the state alone; ``select`` keeps to ``f``'s samples."""
+
+    def __init__(self, f: Callable[[Tensor], Tensor], z: Tensor):
+        self.f = f
+        super().__init__(lambda z_, _e: f(z_), z, z)
+
+    def select(self, index: Tensor) -> _MapJacobian:
+        index = torch.as_tensor(index, device=self.device)
+        sub = getattr(self.f, "select", None)
+        return _MapJacobian(sub(index) if callable(sub) else _Padded(self.f, self.z, index), self.z[index])
+
+
+def map_jacobian(f: Callable[[Any], Any], z: Any) -> LoopJacobian:
     """Batched products with J = ∂f/∂z at ``z`` (a :class:`~deqloop.analysis.jacobian.LoopJacobian`:
     ``jvp``, ``vjp``, ``operator(kind)``, vectors flattened per sample to ``(B, n)``). ``z`` may be a
     tuple, list or dict of tensors (packed per sample)."""
-    from deqloop.analysis.jacobian import LoopJacobian
-
     if not isinstance(z, torch.Tensor):
         packing = Packing.of("z", z)
         f, z = packed_map(f, packing), packing.pack(z, "z")
-    return LoopJacobian(lambda z_, _e: f(z_), z, z)
+    return _MapJacobian(f, z)
 
 
 def spectral_radius(f: Callable[[Any], Any], z: Any, *, method: str = "krylov", k: int = 2, ncv: int = 20,
@@ -42,8 +68,6 @@ def spectral_radius(f: Callable[[Any], Any], z: Any, *, method: str = "krylov", 
     and ``.residual`` say how far to trust it. ``method``: ``"krylov"`` (Krylov dimension ``ncv``,
     ``maxiter`` restarts), ``"power"`` (block power on ``max(k, 2)`` vectors, ``maxiter`` steps)
     or ``"arpack"``; ``tol`` is the leading Ritz pair's relative residual."""
-    from deqloop.analysis.jacobian import leading_eigenvalues
-
     with torch.enable_grad():
         jac = map_jacobian(f, z)
     return leading_eigenvalues(jac, method=method, k=k, ncv=ncv, tol=tol, maxiter=maxiter, seed=seed)
