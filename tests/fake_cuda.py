@@ -161,6 +161,9 @@ class FakeCuda(TorchFunctionMode):
         self._patch(c, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
         self._patch(c, "set_rng_state_all", lambda states: None)
         self._patch(c, "manual_seed_all", lambda seed: None)
+        # page-locked host memory needs the CUDA driver; patched on the class, since the mode is per
+        # thread and batches are pinned in background threads
+        self._patch(torch.Tensor, "pin_memory", lambda t, device=None: t.clone())
         super().__enter__()
         return self
 

@@ -247,13 +247,23 @@ class Sudoku(Task):
         check_band(split)
         check_count(n)
         check_seed(seed)
+        return self._draw(split, n, seed, use_cache=True)
+
+    def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
+        """``make("train", n)`` from a seed of ``(seed, step)``, as :meth:`Task.train_batch`, but never
+        cached on disk: each step's puzzles are drawn once, so a cache would write a file a step."""
+        return self._draw("train", check_count(n), seeds.derive_seed(seed, seeds.BATCH, step) % 2**31, use_cache=False)
+
+    def _draw(self, split: str, n: int, seed: int, *, use_cache: bool) -> tuple[Tensor, Tensor]:
         if self.data is None:
             blanks = self.hard_blanks if split == "hard" else self.blanks
             if blanks is not None:
-                return generate_blanks(n, blanks, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)
+                return generate_blanks(n, blanks, seed, stream=_STREAMS[split], cache_dir=self.cache_dir,
+                                       use_cache=use_cache)
             band = self.hard_band if split == "hard" else self.train_band
             source = band if band is not None else ("hard" if split == "hard" else "easy")
-            x, y = generate(n, source, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)  # type: ignore[misc]
+            x, y = generate(n, source, seed, stream=_STREAMS[split], cache_dir=self.cache_dir,  # type: ignore[misc]
+                            use_cache=use_cache)
             return x, y
         x, y, pool = self._pool(split)
         if n > len(pool):

@@ -42,7 +42,7 @@ AMP_MODES = ("auto", "bf16", "none")
 # The equilibrium loss's default recipe (see TrainConfig._default_recipe): the phantom gradient
 # through 5 damped steps, no warm start.
 DEFAULT_BACKWARD: tuple[str, dict[str, Any]] = ("phantom", {"steps": 5, "tau": 0.8})
-RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger",
+RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger", "prefetch",
                             "stability_every", "stability_size",  # the monitor measures, never trains
                             "max_consecutive_skips"})  # only decides when a failing run gives up
 
@@ -178,6 +178,8 @@ class TrainConfig:
                        "(also CPU autocast) or none", default="auto")
     compile: bool = setting("compile the block with torch.compile", default=False)
     threads: int = setting("CPU threads for torch (0: torch's default)", default=0)
+    prefetch: int = setting("training batches made ahead by as many background threads while a step trains "
+                            "(0: each batch in its step); the batches are the same either way", default=2)
     progress: bool = setting("show a progress bar", default=True)
 
     def __post_init__(self) -> None:
@@ -197,7 +199,7 @@ class TrainConfig:
         self.task_options = self._task.settings() or dict(self.task_options)  # every setting, as plain values
         for name in ("width", "heads", "max_iter", "batch_size", "log_every", "checkpoint_every"):
             integer(name, getattr(self, name))
-        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "seed", "stability_every",
+        for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "prefetch", "seed", "stability_every",
                      "max_consecutive_skips"):
             integer(name, getattr(self, name), minimum=0)
         if self.eval_every and not self.eval_size:

@@ -1,13 +1,16 @@
-"""The training batch of each step, a pure function of ``(seed, step)``."""
+"""The training batch of each step, a pure function of ``(seed, step)``, and the threads that make
+the coming steps' batches while the current one trains."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
 from deqloop import seeds
 from deqloop.tasks import Task
 
-__all__ = ["Batches"]
+__all__ = ["Batches", "Prefetcher"]
 
 
 class Batches:
@@ -42,3 +45,52 @@ class Batches:
         x, y = self.task.augment_batch(x, y, seeds.generator(self.seed, seeds.AUGMENT, step))
         share = B // self.world
         return x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
+
+
+class Prefetcher:
+    """``batches(step)`` of the coming steps, made ahead by ``depth`` background threads.
+
+    ``prefetcher(step)`` returns exactly ``batches(step)`` (a batch is a pure function of the step,
+    so making it early or in another thread changes nothing, and a resumed run continues the same
+    stream); steps asked in order find their batch made while the previous steps trained, and the
+    next ``depth`` steps are queued. A step out of order (a test calling ``Trainer.step(i)``, a
+    resume) is made at once and the queue restarts after it. On CUDA the batches are pinned, so the
+    copy to the GPU can overlap the step. An exception while making a batch is raised by the call
+    that asks for it. ``close()`` stops the threads (the object is also a context manager).
+    """
+
+    def __init__(self, batches: Batches, depth: int, *, pin: bool = False):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.batches, self.depth, self.pin = batches, depth, pin
+        self.pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="deqloop-batches") if depth else None
+        self.queue: dict[int, Any] = {}  # step -> future
+
+    def _make(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = self.batches(step)
+        return (x.pin_memory(), y.pin_memory()) if self.pin else (x, y)
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pool is None:
+            return self._make(step)
+        future = self.queue.pop(step, None)
+        if future is None:  # out of order: drop what was queued for other steps
+            for pending in self.queue.values():
+                pending.cancel()
+            self.queue.clear()
+        for ahead in range(step + 1, step + 1 + self.depth):
+            if ahead not in self.queue:
+                self.queue[ahead] = self.pool.submit(self._make, ahead)
+        return future.result() if future is not None else self._make(step)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.queue.clear()
+            self.pool = None
+
+    def __enter__(self) -> Prefetcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -39,7 +39,7 @@ from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_spec
 from deqloop.train import runtime
 from deqloop.train.config import RUNTIME_FIELDS, TrainConfig, upgrade_stored
-from deqloop.train.data import Batches
+from deqloop.train.data import Batches, Prefetcher
 from deqloop.train.interrupt import StopSignals
 from deqloop.train.metrics import MetricsLog
 from deqloop.train.monitor import StabilityMonitor, grad_norms, probe_batch
@@ -118,6 +118,7 @@ class Trainer:
                                                 tick=c.schedule_tick()))
         self.batches = Batches(self.task, c.batch_size, c.seed, train_size=c.train_size, rank=self.rank,
                                world=self.world)
+        self._prefetch: Prefetcher | None = None  # while run() runs: the coming steps' batches, made ahead
         self.step_count = 0
         self.skipped = 0
         self.skipped_in_a_row = 0
@@ -284,7 +285,7 @@ class Trainer:
         """Run training step ``step`` (0-based) and return its metrics."""
         c = self.config
         self.model.train()
-        x, y = self.batches(step)
+        x, y = (self._prefetch or self.batches)(step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         depth = c.depth(x)
         lr = self.optimizer.param_groups[0]["lr"]
@@ -343,6 +344,7 @@ class Trainer:
         last: dict[str, Any] = {}
         window_examples = 0
         self._signals = StopSignals()
+        self._prefetch = Prefetcher(self.batches, c.prefetch, pin=self.device.type == "cuda")
         try:
             with self._signals:
                 for step in range(self.step_count, c.steps):
@@ -381,6 +383,8 @@ class Trainer:
                     if signum and done < c.steps:
                         self._interrupted(signum, saved=saving)
         finally:
+            self._prefetch.close()
+            self._prefetch = None
             self._signals, self._agreed_signal = StopSignals(enabled=False), 0
             bar.close()
             if self.is_main:
