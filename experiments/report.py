@@ -90,14 +90,17 @@ def task_section(task: str, summaries: list[dict[str, Any]], runs: pd.DataFrame,
     steps = "/".join(str(int(s)) for s in sorted(runs.steps.dropna().unique()))
     paper = (curves.regime == claims.PAPER_REGIME) & (curves.task == task) & curves.split.isin(["val", "hard"])
     c = ordered(curves[paper].assign(panel=lambda f: f.recall + " recall, " + f.norm))
-    fig = facets(c, plots / f"{task}_iterations.png", x="iters", y="accuracy", facet="panel", hue="split", xlog=True,
-                 title=f"{task}: accuracy against test-time iterations, the paper's regime (band: seeds' range)",
-                 xlabel="test-time iterations", ylabel="exact match (%)", vline=AT)
+    figure = []
+    if not c.empty:
+        fig = facets(c, plots / f"{task}_iterations.png", x="iters", y="accuracy", facet="panel", hue="split",
+                     xlog=True, title=f"{task}: accuracy against test-time iterations, the paper's regime (band: "
+                     "seeds' range)", xlabel="test-time iterations", ylabel="exact match (%)", vline=AT)
+        figure = [f"![{task} accuracy against iterations]({os.path.relpath(fig, out.parent)})", ""]
     text = [f"## {task}", "", f"{len(runs)} runs, {steps} training steps, width {num(runs.width.median())}.", "",
             "### The paper's regime (progressive loss)", "", "Hard accuracy, mean ± s.e. over seeds, %, in the "
             "paper's layout (`experiments/paper_table.py`); the internal recall of these runs is the "
             f"{'/'.join(sorted(set(runs.recall_form) - {'—'})) or '—'} form.", "", paper_layout(summaries, task), "",
-            f"![{task} accuracy against iterations]({os.path.relpath(fig, out.parent)})", "",
+            *figure,
             "### Every configuration", "", "Accuracy (mean ± s.e. over seeds) and the stability numbers (means over "
             "seeds) of every recall × norm × training regime; the regimes other than the progressive loss are "
             "fixed-point training, beyond the paper (`experiments/presets.py` `REGIME_TRAIN`).", "", grid_table(runs)]
@@ -149,6 +152,17 @@ def section(folder: Path, summaries: list[dict[str, Any]], baselines: Any, plots
         f"![{folder.name}]({os.path.relpath(fig, out.parent)})"]) + "\n"
 
 
+def runs_note(frame: pd.DataFrame) -> str:
+    """What the runs are, for the paragraph on the rules: the internal recall's forms, the progressive
+    loss's α, and what a verdict does where the runs cannot decide it."""
+    forms = frame[frame.recall == "internal"].recall_form.value_counts()
+    alphas = sorted(frame[frame.regime == claims.PAPER_REGIME].alpha.dropna().unique())
+    return (f"Of these {len(frame)} runs, {forms.get('shared', 0)} with internal recall use the paper's shared "
+            f"injection pair and {forms.get('per_sublayer', 0)} the per-sublayer form; the progressive loss ran with "
+            f"α = {', '.join(f'{a:g}' for a in alphas) or '—'} (the paper's is 1). Where the runs cannot decide a "
+            "claim, its verdict is \"inconclusive at this budget\", with the reason and what would decide it.")
+
+
 def claim_tables(frame: pd.DataFrame) -> str:
     """The numbers behind C2, C3 and C4 as tables."""
     c3 = claims.c3_rows(frame)
@@ -183,7 +197,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str, 
         command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(results),
         commands="; ".join(f"`{c}`" for c in sorted(frame.command.dropna().unique())),
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
-        machines="; ".join(machines), verdicts=verdicts, claim_tables=claim_tables(frame),
+        machines="; ".join(machines), verdicts=verdicts, runs_note=runs_note(frame), claim_tables=claim_tables(frame),
         tasks="\n".join(task_section(t, [r for r in results if r["spec"]["task"] == t], frame[frame.task == t], curves,
                                       traces, plots, out) for t in tasks),
         sections="".join("\n" + section(f, s, baselines, plots, out) for f, s in (sections or {}).items() if s),

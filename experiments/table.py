@@ -31,7 +31,7 @@ INNER = ("pre", "peri")
 COLUMNS = {
     "task": "spec.task", "recall": "spec.recall", "norm": "spec.norm", "regime": "spec.regime", "seed": "spec.seed",
     "preset": "preset", "commit": "commit", "command": "command", "steps": "train_config.steps",
-    "lr": "train_config.lr", "width": "train_config.width",
+    "lr": "train_config.lr", "width": "train_config.width", "alpha": "train_config.alpha",
     "n_hard": "eval.n.hard",
     "adaptive": "eval.settling.hard.accuracy", "adaptive_iters": "eval.settling.hard.iterations_mean",
     "plain_reach": "eval.settling.hard.converged",  # plain iteration's state stopped changing (the paper's reach)
