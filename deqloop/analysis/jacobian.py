@@ -91,12 +91,9 @@ class LoopJacobian:
 
     @classmethod
     def from_model(cls, model, z: Tensor, e: Tensor) -> LoopJacobian:
-        """The Jacobians of ``model.step`` (a :class:`~deqloop.model.LoopedDEQ`) at ``(z, e)``."""
-        if model.config.arch.compile:
-            raise ValueError(
-                "Jacobian products need double backward, which torch.compile does not provide; "
-                "rebuild the model with compile=False (the state dict is the same)"
-            )
+        """The Jacobians of ``model.step`` (a :class:`~deqloop.model.LoopedDEQ`) at ``(z, e)``, through
+        the uncompiled block with the math attention backend (twice differentiable), also when the
+        model is compiled."""
         return cls(_MathStep(model), z, e)
 
     @property

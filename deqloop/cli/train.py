@@ -14,6 +14,14 @@ from deqloop.cli.flags import add_dataclass_flags, iters_type
 __all__ = ["add", "run"]
 
 
+def compile_mode(text: str) -> bool | str:
+    """``--compile`` [auto|true|false]."""
+    value = {"auto": "auto", "true": True, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"--compile takes auto, true or false, got {text!r}")
+    return value
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
     from deqloop.model import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                                RESIDUALS)
@@ -40,6 +48,7 @@ def add(sub: Any, task: str | None) -> None:
                    help="import MODULE first (it may register tasks with deqloop.tasks.register_task)")
     add_dataclass_flags(p, TrainConfig, choices=_choices(), skip=("task_options",),
                         special={"eval_iters": dict(type=iters_type, metavar="N,N,..."),
+                                 "compile": dict(nargs="?", const=True, type=compile_mode, metavar="auto|true|false"),
                                  "task": dict(type=str, metavar="{" + ",".join(task_names()) + "}|module:Class")})
     cls = task_class(task or TrainConfig.task)
     if dataclasses.is_dataclass(cls):

@@ -312,6 +312,18 @@ class LoopedDEQ(nn.Module):
         return state
 
     @contextlib.contextmanager
+    def eager(self) -> Iterator[None]:
+        """Run the block uncompiled inside this context (e.g. probes on another batch, which would
+        compile the block anew); the model's config is restored after."""
+        previous = self.config
+        if previous.arch.compile:
+            self.config = previous.replace(compile=False)
+        try:
+            yield
+        finally:
+            self.config = previous
+
+    @contextlib.contextmanager
     def use_attention_backend(self, backend: str) -> Iterator[None]:
         """Temporarily compute attention with ``"sdpa"`` or ``"math"`` (forward-mode AD, double
         backward). With ``"math"`` the block also runs eagerly when ``compile`` is set: compiled code

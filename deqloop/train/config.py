@@ -44,7 +44,8 @@ AMP_MODES = ("auto", "bf16", "none")
 DEFAULT_BACKWARD: tuple[str, dict[str, Any]] = ("phantom", {"steps": 5, "tau": 0.8})
 RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger", "prefetch",
                             "stability_every", "stability_size",  # the monitor measures, never trains
-                            "max_consecutive_skips"})  # only decides when a failing run gives up
+                            "max_consecutive_skips",  # only decides when a failing run gives up
+                            "compile"})  # the same function, compiled or not
 
 
 @dataclass
@@ -176,7 +177,9 @@ class TrainConfig:
                                    default="float32")
     amp: str = setting("autocast: auto (bf16 on a CUDA GPU of compute capability ≥ 8.0, float32 elsewhere), bf16 "
                        "(also CPU autocast) or none", default="auto")
-    compile: bool = setting("compile the block with torch.compile", default=False)
+    compile: bool | str = setting("compile the block with torch.compile: true, false, or auto (after timing the "
+                                  "first steps, when it pays for itself over the run: deqloop/train/autocompile.py)",
+                                  default="auto")
     threads: int = setting("CPU threads for torch (0: torch's default)", default=0)
     prefetch: int = setting("training batches made ahead by as many background threads while a step trains "
                             "(0: each batch in its step); the batches are the same either way", default=2)
@@ -189,7 +192,9 @@ class TrainConfig:
         for name in ("task_options", "solver_options", "backward_options"):
             if not isinstance(getattr(self, name), dict):
                 raise ConfigError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
-        for name in ("qk_norm", "bias", "detach_z0", "resume", "overwrite", "compile", "progress"):
+        if self.compile not in (True, False, "auto"):
+            raise ConfigError(f"compile must be True, False or 'auto', got {self.compile!r}")
+        for name in ("qk_norm", "bias", "detach_z0", "resume", "overwrite", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.out, (str, os.PathLike)):
@@ -205,9 +210,6 @@ class TrainConfig:
         if self.eval_every and not self.eval_size:
             raise ConfigError("eval_every needs eval_size > 0")
         integer("stability_size", self.stability_size)
-        if self.stability_every and self.compile:
-            raise ConfigError("stability_every needs compile=False: the monitor's Jacobian products need double "
-                              "backward, which torch.compile does not provide")
         choice("loss", self.loss, LOSSES)
         choice("schedule", self.schedule, SCHEDULES)
         choice("amp", self.amp, AMP_MODES)
@@ -340,7 +342,7 @@ class TrainConfig:
                             recall_maps=self.recall_maps, norm=self.norm, norm_weights=self.norm_weights,
                             residual=self.residual, bias=self.bias, blocks=self.blocks, attention=self.attention,
                             window=self.window, qk_norm=self.qk_norm, qk_norm_order=self.qk_norm_order,
-                            compile=self.compile, gate=self.gate)
+                            compile=self.compile is True, gate=self.gate)
         solve = SolveSettings(init=self.init, solver=self.solver, backward=self.backward or "implicit",
                               max_iter=self.depth(), rtol=self.rtol, atol=self.atol,
                               solver_options=dict(self.solver_options), backward_options=dict(self.backward_options),

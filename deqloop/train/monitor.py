@@ -86,8 +86,8 @@ class StabilityMonitor:
     docstring).
 
     Args:
-        model: a :class:`~deqloop.model.LoopedDEQ` (not modified; ``compile=False``, since the
-            Jacobian products need double backward).
+        model: a :class:`~deqloop.model.LoopedDEQ` (not modified; compiled or not: the probes run
+            through the uncompiled block, :meth:`~deqloop.model.LoopedDEQ.eager`).
         probe_x: token ids ``(P, *grid)``, the same for every measurement.
         seed: the run's seed; measurement ``step`` draws from ``(seed, seeds.MONITOR, step)``.
         power_iters: subspace iterations per measurement (``block`` JVPs each).
@@ -101,10 +101,6 @@ class StabilityMonitor:
         self.power_iters, self.block = integer("power_iters", power_iters), integer("block", block, 2)
         self.rtol = None if rtol is None else number("rtol", rtol, low=0, low_open=True)
         self.max_iter = None if max_iter is None else integer("max_iter", max_iter)
-        if model.config.arch.compile:
-            from deqloop.errors import ConfigError
-
-            raise ConfigError("the stability monitor needs compile=False (Jacobian products need double backward)")
         self.probe_x = probe_x
         self.basis: Tensor | None = None  # (P, n, block) warm start: the last measurement's subspace
 
@@ -137,7 +133,12 @@ class StabilityMonitor:
 
     def measure(self, step: int, grad_norms: dict[str, float] | None = None) -> dict[str, Any]:
         """One measurement after training step ``step``: the ``{"step", "kind": "stability", ...}``
-        record of the module docstring (``grad_norms`` are merged in)."""
+        record of the module docstring (``grad_norms`` are merged in). The probes run through the
+        uncompiled block (double backward, and a probe batch of its own size)."""
+        with self.model.eager():
+            return self._measure(step, grad_norms)
+
+    def _measure(self, step: int, grad_norms: dict[str, float] | None) -> dict[str, Any]:
         from deqloop.analysis.analyze import _backward_stats
         from deqloop.analysis.reachability import solve_from
         from deqloop.analysis.weights import weight_diagnostics

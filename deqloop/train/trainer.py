@@ -38,6 +38,7 @@ from deqloop.files import RunLock, atomic_write, fingerprint
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_spec
 from deqloop.train import runtime
+from deqloop.train.autocompile import AutoCompile
 from deqloop.train.config import RUNTIME_FIELDS, TrainConfig, upgrade_stored
 from deqloop.train.data import Batches, Prefetcher
 from deqloop.train.interrupt import StopSignals
@@ -126,6 +127,7 @@ class Trainer:
         self._signals = StopSignals(enabled=False)  # replaced by live handlers while run() runs
         self._agreed_signal = 0  # the stop signal all ranks agreed on at the last step (torchrun)
         self.amp = runtime.amp_dtype(c.amp, self.device)  # the autocast dtype (None: float32)
+        self.auto_compile = AutoCompile.for_run(c, self.world)
         self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.metrics = MetricsLog(self.metrics_path)
@@ -284,6 +286,7 @@ class Trainer:
     def step(self, step: int) -> dict[str, Any]:
         """Run training step ``step`` (0-based) and return its metrics."""
         c = self.config
+        started = time.perf_counter()
         self.model.train()
         x, y = (self._prefetch or self.batches)(step)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
@@ -314,6 +317,8 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
             self.scheduler.step()
         self.step_count = step + 1
+        if self.auto_compile.observe(step, c.steps, time.perf_counter() - started, tuple(x.shape)):
+            self.model.config = self.model.config.replace(compile=True)  # the block compiles on its next call
         metrics: dict[str, Any] = {"step": step + 1, "lr": lr}
         if reason is not None:
             metrics.update(skipped=True, reason=reason, skipped_total=self.skipped)

@@ -1,0 +1,96 @@
+"""``compile="auto"``: compile the block when it pays for itself over the rest of the run.
+
+Compiling the block (``torch.compile``) costs a one-off compilation and then saves a fraction of
+every step. The rule, measured by ``benchmarks/throughput.py`` on the 2-core CPU (README,
+"Throughput"):
+
+    compile  ⇔  steps_left · COMPILE_SAVING · t_step  >  COMPILE_SECONDS
+
+with ``t_step`` the median wall time of the run's own first eager steps (after one warm-up step).
+The trainer times :data:`PROBE_STEPS` steps eagerly, then decides once. It does not compile (and
+says why in the log) when the probed batches differ in shape (a length curriculum: every new
+shape would compile again), when the loss is not the progressive one (a solver evaluates a
+varying number of rows per call), or with the Jacobian penalty (double backward runs eagerly).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+from dataclasses import dataclass, field
+
+__all__ = ["COMPILE_SAVING", "COMPILE_SECONDS", "PROBE_STEPS", "AutoCompile", "compile_pays"]
+
+log = logging.getLogger("deqloop.train")
+
+COMPILE_SECONDS = 30.0  # compiling the block: its training graph (10–18 s of CPU measured) and its no-grad one
+COMPILE_SAVING = 0.25  # the fraction of an eager step saved (sudoku cell, CPU: 0.27 measured)
+PROBE_STEPS = 3  # eager steps timed (after one warm-up step) before deciding
+
+
+def compile_pays(step_seconds: float, steps_left: int, *, saving: float | None = None,
+                 compile_seconds: float | None = None) -> bool:
+    """True when ``steps_left`` steps of ``step_seconds`` save more than compiling costs
+    (``saving``, ``compile_seconds``: :data:`COMPILE_SAVING`, :data:`COMPILE_SECONDS` unless given)."""
+    saving = COMPILE_SAVING if saving is None else saving
+    compile_seconds = COMPILE_SECONDS if compile_seconds is None else compile_seconds
+    return steps_left * saving * step_seconds > compile_seconds
+
+
+@dataclass
+class AutoCompile:
+    """Watches the first steps of a run and decides, once, whether to compile the block.
+
+    ``eligible`` is False (with ``reason``) where the rule does not apply (see the module docstring).
+    :meth:`observe` takes each step's wall time and batch shape; it returns True exactly once, at
+    the step after which the block should be compiled.
+    """
+
+    eligible: bool
+    reason: str = ""
+    seconds: list[float] = field(default_factory=list)
+    shapes: set[tuple[int, ...]] = field(default_factory=set)
+    warmed: bool = False
+    decided: bool = False
+    decision: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_run(cls, config, world: int = 1) -> AutoCompile:
+        """The watcher of a :class:`~deqloop.train.TrainConfig`'s run over ``world`` processes;
+        already decided (silently) unless ``compile="auto"``."""
+        if config.compile != "auto":
+            return cls(eligible=False, decided=True, decision={"compile": config.compile, "reason": "set explicitly"})
+        if world > 1:
+            return cls(eligible=False, reason="several processes would each decide on their own timings")
+        if config.loss != "progressive":
+            return cls(eligible=False, reason=f"the {config.loss} loss calls the block on a varying number of rows")
+        return cls(eligible=True)
+
+    def observe(self, step: int, total_steps: int, seconds: float, shape: tuple[int, ...]) -> bool:
+        if self.decided:
+            return False
+        if not self.eligible:
+            self._decide(False, self.reason)
+            return False
+        self.shapes.add(tuple(shape))
+        if not self.warmed:
+            self.warmed = True  # the first step (of a run or a resumption) warms caches: not timed
+            return False
+        self.seconds.append(seconds)
+        if len(self.seconds) < PROBE_STEPS:
+            return False
+        t = statistics.median(self.seconds)
+        left = total_steps - (step + 1)
+        if len(self.shapes) > 1:
+            return self._decide(False, f"the training batches change shape ({len(self.shapes)} shapes in "
+                                       f"{step + 1} steps)", t, left)
+        pays = compile_pays(t, left)
+        why = (f"{left} steps × {COMPILE_SAVING:.2f} × {t:.3f} s = {left * COMPILE_SAVING * t:.0f} s "
+               f"{'>' if pays else '≤'} {COMPILE_SECONDS:.0f} s of compilation")
+        return self._decide(pays, why, t, left)
+
+    def _decide(self, compile: bool, why: str, step_seconds: float | None = None, left: int | None = None) -> bool:
+        self.decided = True
+        self.decision = {"compile": compile, "reason": why, "step_seconds": step_seconds, "steps_left": left}
+        log.info("compile=auto: %s (%s)", "compiling the block" if compile else "not compiling", why)
+        return compile

@@ -1,0 +1,138 @@
+"""compile="auto": the rule, the decision from a run's own step times, and the compiled step giving
+the eager step's losses and gradients; the stability monitor on a compiled model."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+
+from deqloop.errors import ConfigError
+from deqloop.train import Trainer
+from deqloop.train import autocompile as ac
+from deqloop.train.autocompile import AutoCompile, compile_pays
+from deqloop.train.monitor import StabilityMonitor, probe_batch
+
+from test_train import tiny_config
+
+
+def test_the_rule_is_steps_times_saving_against_compile_time():
+    # 1,500 steps × 0.25 × 1 s = 375 s > 30 s; 100 × 0.25 × 1 s = 25 s ≤ 30 s
+    assert compile_pays(1.0, 1500, saving=0.25, compile_seconds=30.0)
+    assert not compile_pays(1.0, 100, saving=0.25, compile_seconds=30.0)
+    assert not compile_pays(1.0, 120, saving=0.25, compile_seconds=30.0)  # 30 s is not more than 30 s
+    assert compile_pays(1.0, 121, saving=0.25, compile_seconds=30.0)
+
+
+def observe_all(watch: AutoCompile, seconds, shapes, total):
+    return [watch.observe(i, total, t, s) for i, (t, s) in enumerate(zip(seconds, shapes))]
+
+
+def test_the_decision_comes_once_after_the_probe_steps():
+    shape = (64, 9, 9)
+    # a warm-up step (untimed, 9 s), then 3 probes with median 1 s: 1,496 steps left × 0.25 × 1 s > 30 s
+    watch = AutoCompile(eligible=True)
+    assert observe_all(watch, [9.0, 1.0, 2.0, 0.5, 1.0, 1.0], [shape] * 6, 1500) == [False, False, False, True,
+                                                                                        False, False]
+    assert watch.decision["compile"] and watch.decision["step_seconds"] == 1.0 and watch.decision["steps_left"] == 1496
+    short = AutoCompile(eligible=True)
+    assert not any(observe_all(short, [1.0] * 5, [shape] * 5, 100)) and short.decision["compile"] is False
+    varying = AutoCompile(eligible=True)
+    assert not any(observe_all(varying, [1.0] * 5, [(8, 5), (8, 6), (8, 5), (8, 5), (8, 5)], 10**6))
+    assert "change shape" in varying.decision["reason"]
+
+
+def test_who_is_eligible(tmp_path):
+    assert AutoCompile.for_run(tiny_config(tmp_path)).eligible
+    assert not AutoCompile.for_run(tiny_config(tmp_path), world=2).eligible
+    eq = AutoCompile.for_run(tiny_config(tmp_path, loss="equilibrium", depth_offset=None, max_iter=6))
+    assert not eq.eligible and "varying number of rows" in eq.reason
+    explicit = AutoCompile.for_run(tiny_config(tmp_path, compile=False))
+    assert explicit.decided and not explicit.observe(0, 10, 1.0, (1,))
+    with pytest.raises(ConfigError, match="compile must be True, False or 'auto', got 'yes'"):
+        tiny_config(tmp_path, compile="yes")
+
+
+def fast_compile(monkeypatch):
+    """torch.compile through AOTAutograd without code generation: the compiled path, in seconds."""
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+
+
+def test_a_run_that_pays_compiles_and_trains_as_the_eager_one(tmp_path, monkeypatch):
+    compiled = []  # the block's forward as torch.compile receives it (returned as is: numerics are tested below)
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: compiled.append(fn) or fn)
+    monkeypatch.setattr(ac, "COMPILE_SECONDS", 0.0)  # any saving pays
+    fixed = dict(min_length=6, steps=6, eval_size=0)  # one shape, so the rule applies
+    auto = Trainer(tiny_config(tmp_path / "auto", **fixed))
+    eager = Trainer(tiny_config(tmp_path / "eager", compile=False, **fixed))
+    for step in range(6):
+        a, b = auto.step(step), eager.step(step)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
+        assert auto.model.config.arch.compile == (step >= ac.PROBE_STEPS)  # decided after 1 + 3 steps
+    assert len(compiled) == 1 and eager.model._compiled_block is None
+    for p, q in zip(auto.model.parameters(), eager.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+def compiled_and_eager_grads(tmp_path, **overrides):
+    c = tiny_config(tmp_path / "c", compile=True, min_length=6, eval_size=0, **overrides)
+    e = tiny_config(tmp_path / "e", compile=False, min_length=6, eval_size=0, **overrides)
+    out = []
+    for config in (c, e):
+        trainer = Trainer(config)
+        x, y = trainer.batches(0)
+        loss, _, _ = trainer.objective(x, y, config.depth(x), 0)
+        loss.backward()
+        out.append((loss.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    return out
+
+
+def test_the_compiled_step_gives_the_eager_loss_and_gradients(tmp_path, monkeypatch):
+    fast_compile(monkeypatch)
+    (lc, gc), (le, ge) = compiled_and_eager_grads(tmp_path, alpha=0.5)
+    torch.testing.assert_close(lc, le, rtol=1e-5, atol=1e-7)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_inductor_compiled_step_gives_the_eager_loss_and_gradients(tmp_path):
+    torch._dynamo.reset()
+    (lc, gc), (le, ge) = compiled_and_eager_grads(tmp_path, alpha=0.5)
+    torch.testing.assert_close(lc, le, rtol=1e-4, atol=1e-6)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_the_monitor_measures_a_compiled_model_through_the_eager_block(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: calls.append(fn) or fn)
+    trainer = Trainer(tiny_config(tmp_path, compile=True, stability_every=2, min_length=6))
+    eager = Trainer(tiny_config(tmp_path / "eager", compile=False, min_length=6))
+    eager.model.load_state_dict(trainer.model.state_dict())
+    probe = probe_batch(trainer.task, 4, 0)
+    compiled = StabilityMonitor(trainer.model, probe, seed=0).measure(1)
+    assert trainer.model.config.arch.compile and not calls  # measured, and nothing compiled for it
+    reference = StabilityMonitor(eager.model, probe, seed=0).measure(1)
+    assert compiled.keys() == reference.keys()
+    for key, value in reference.items():
+        if isinstance(value, float):
+            assert compiled[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+        else:
+            assert compiled[key] == value, key
+
+
+def test_the_command_line_flag(capsys):
+    import argparse
+
+    from deqloop.cli.train import add
+
+    parser = argparse.ArgumentParser()
+    add(parser.add_subparsers(), "prefix_sums")
+    for argv, expected in ((["--compile"], True), (["--compile", "auto"], "auto"), (["--compile", "false"], False)):
+        assert parser.parse_args(["train", *argv]).compile == expected
+    assert not hasattr(parser.parse_args(["train"]), "compile")  # absent: the config's default, auto
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--compile", "maybe"])
+    assert "--compile takes auto, true or false, got 'maybe'" in capsys.readouterr().err
