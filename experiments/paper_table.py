@@ -25,7 +25,8 @@ from typing import Any
 import pandas as pd
 
 from experiments.claims import mean_se, pct
-from experiments.summary import PAPER_ITERATIONS, SummaryError, accuracy_at, best_accuracy, load_summaries
+from experiments.summary import (PAPER_ITERATIONS, SummaryError, accuracy_at, best_accuracy, load_summaries,
+                                 paper_iterations)
 
 __all__ = ["METRICS", "ORDER", "markdown", "paper_table", "run_value"]
 
@@ -42,6 +43,8 @@ def run_value(summary: dict[str, Any], split: str = "hard", metric: str = "at",
         raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     curves = summary["eval"]["curves"]
     if metric == "at":
+        if iterations == PAPER_ITERATIONS:  # the untied baseline's number is at its one iteration
+            iterations = paper_iterations(summary.get("train_config"))
         return accuracy_at(curves, split, iterations)
     best = best_accuracy(curves, split)
     return None if best is None else best[1]

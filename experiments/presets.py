@@ -37,7 +37,20 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
   chess cell (internal recall, post norm, width 64) trained for 3,000 steps on the whole ≤ 1600
   Lichess file (batch 64, about 10 passes), tested on 1,024 puzzles rated 1601–2000 beside the
   random-legal and greedy baselines. Summaries go to ``results/chess_long``.
-* ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA).
+* ``seed-gpu``: the paper's own grid, as its authors ran it (``experiments/run_all.bash``): recall
+  internal / external / none / fixed (the untied baseline: 15 different blocks, no recall, one
+  iteration) × residual peri / pre / gru (GRU-cell merge, peri norm) / post × prefix sums (32 → 512
+  bits, local attention of kernel 5), sudoku (Sudoku-Extreme split at its 80th rating percentile:
+  ``--sudoku-extreme DIR`` with its ``train.csv`` and ``test.csv``) and chess (Lichess ≤ 1600 →
+  1601–2000) × lr 1e-4, 3e-4, 1e-3 (sudoku also 3e-3) × seeds 0, 1, 2, in the ``paper`` regime
+  (progressive loss, alpha 1, z₀'s gradient kept at n = 0, training depth 30, the paper's
+  schedule), width 256, 8 heads, batch 500, bf16, tested at 1…500 iterations; summaries go to
+  ``results/seed_gpu``. ``benchmarks/gpu.sh`` runs it on a GPU.
+* ``seed-cpu``: the same grid and regime scaled to 2 CPU cores: width 32 (64 on boards), 4 heads,
+  batch 64, 600 steps on prefix sums (1,500 on boards), sudoku by blanks (4–24 → 25–35, since
+  Sudoku-Extreme is not bundled), 128 test examples; every other setting the paper's. Summaries go
+  to ``results/seed_cpu``.
+* ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA) on deqloop's cpu grid.
 
 The cpu, recipes and gpu presets run the stability monitor (``stability_every``: every 25 steps
 on CPU, about 5 % of a prefix-sums run's training time by ``benchmarks/monitor.py``); its traces
@@ -65,6 +78,9 @@ _WARM = {"pretrain_fraction": 2 / 3, "alpha": 0.5, "detach_z0": True}  # the fir
 _RECIPES = {"budget": {"max_iter": 40}, "warm": _WARM, "jac": {"jac_reg": 0.1}, "fp": {"fp_states": 3},
             "mixed": {"train_init": "mixed"}, "gate": {"gate": 0.5}}
 REGIME_TRAIN: dict[str, dict[str, Any]] = {
+    # the paper's regime: the progressive loss with alpha 1 and z0's gradient kept at n = 0, the
+    # paper's learning-rate schedule (deepthinking/utils/training.py, train_model.py)
+    "paper": {"loss": "progressive", "alpha": 1.0, "detach_z0": False, "schedule": "paper"},
     "progressive": {"loss": "progressive", "alpha": 0.5, "detach_z0": True},
     "implicit": {**_EQ, "backward": "implicit"},
     "phantom": {**_EQ, **_PHANTOM},
@@ -84,18 +100,37 @@ REGIME_TRAIN: dict[str, dict[str, Any]] = {
                                       **_WARM, "max_iter": 40},
 }
 REGIMES = tuple(REGIME_TRAIN)
-_AXES: dict[str, tuple[str, ...] | None] = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES, "seed": None}
+
+# The paper's sweep has two more rows than deqloop's recall × norm (experiments/run_all.bash:17-19,
+# 57-77 of the authors' code): the recall "fixed" (the untied baseline: 15 different blocks, no
+# recall, trained and tested at one iteration) and the residual row "gru" (a GRU-cell merge with
+# peri norm). A run spec names them as its recall and its norm; ``Preset.train_fields`` turns them
+# into the model's settings (PAPER_ROWS).
+FIXED_BLOCKS = 15
+PAPER_ROWS: dict[str, dict[str, Any]] = {
+    "fixed": {"recall": "none", "blocks": FIXED_BLOCKS, "max_iter": 1},
+    "gru": {"residual": "gru", "norm": "peri"},
+}
+SPEC_RECALLS = (*RECALLS, "fixed")
+SPEC_NORMS = (*NORMS, "gru")
+_AXES: dict[str, tuple[str, ...] | None] = {"recall": SPEC_RECALLS, "norm": SPEC_NORMS, "regime": REGIMES,
+                                            "lr": None, "seed": None}
 
 
 def _outside(axis: str, values: tuple) -> list:
-    """The values not allowed on ``axis`` (seeds: anything but a non-negative integer)."""
+    """The values not allowed on ``axis`` (seeds: anything but a non-negative integer; learning
+    rates: anything but a positive number)."""
     allowed = _AXES[axis]
+    if axis == "lr":
+        return [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0]
     if allowed is None:
         return [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 0]
     return [v for v in values if v not in allowed]
 
 
 def _allowed(axis: str) -> str:
+    if axis == "lr":
+        return "positive numbers"
     return ", ".join(_AXES[axis]) if _AXES[axis] is not None else "non-negative integers"
 
 
@@ -108,15 +143,19 @@ class RunSpec:
     norm: str
     regime: str
     seed: int
+    lr: float | None = None
+    """The learning rate, where the preset sweeps it (None: the task's own, and no ``-lr`` in the name)."""
 
     @property
     def name(self) -> str:
-        return f"{self.task}/{self.recall}-{self.norm}-{self.regime}-s{self.seed}"
+        lr = f"-lr{self.lr:g}" if self.lr is not None else ""
+        return f"{self.task}/{self.recall}-{self.norm}-{self.regime}{lr}-s{self.seed}"
 
     @property
-    def config_key(self) -> tuple[str, str, str, str]:
+    def config_key(self) -> tuple:
         """The configuration without the seed (seeds are averaged)."""
-        return (self.task, self.recall, self.norm, self.regime)
+        key = (self.task, self.recall, self.norm, self.regime)
+        return key if self.lr is None else (*key, self.lr)
 
 
 @dataclass(frozen=True)
@@ -135,6 +174,8 @@ class Preset:
     recalls: tuple[str, ...] = RECALLS
     norms: tuple[str, ...] = NORMS
     regimes: tuple[str, ...] = ("progressive", "implicit", "phantom")
+    lrs: tuple[float, ...] | None = None
+    """Learning rates to sweep (each run's ``lr``); None: one run per cell at the task's ``lr``."""
     task_grid: dict[str, dict[str, tuple]] = field(default_factory=dict)
     regime_train: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(REGIME_TRAIN))
     eval_iters: tuple[int, ...] = (1, 2, 5, 10, 30, 100, 300, 500)
@@ -151,11 +192,10 @@ class Preset:
     def __post_init__(self) -> None:
         if not self.tasks:
             raise ValueError(f"preset {self.name!r} names no tasks")
-        for name, allowed, values in (("recalls", RECALLS, self.recalls), ("norms", NORMS, self.norms),
-                                      ("regimes", REGIMES, self.regimes)):
-            bad = [v for v in values if v not in allowed]
-            if bad or not values:
-                raise ValueError(f"preset {self.name!r}: {name} {list(values)} — allowed: {', '.join(allowed)}")
+        for name, axis, values in (("recalls", "recall", self.recalls), ("norms", "norm", self.norms),
+                                   ("regimes", "regime", self.regimes), ("lrs", "lr", self.lrs or (1.0,))):
+            if _outside(axis, values) or not values:
+                raise ValueError(f"preset {self.name!r}: {name} {list(values)} — allowed: {_allowed(axis)}")
         missing = [t for t in self.tasks if t not in self.train]
         if missing:
             raise ValueError(f"preset {self.name!r} has no training settings for task(s) {missing}")
@@ -173,13 +213,14 @@ class Preset:
 
     def grid(self, task: str) -> dict[str, tuple]:
         """The default grid of ``task``: the preset's axes, narrowed by ``task_grid`` where it names them."""
-        base = {"recall": self.recalls, "norm": self.norms, "regime": self.regimes, "seed": self.seeds}
+        base = {"recall": self.recalls, "norm": self.norms, "regime": self.regimes, "lr": self.lrs or (None,),
+                "seed": self.seeds}
         return {**base, **self.task_grid.get(task, {})}
 
     def runs(self, **only: tuple | None) -> list[RunSpec]:
         """The runs of the grid, tasks first (so a partial sweep finishes whole tasks).
 
-        Each keyword (``task``, ``recall``, ``norm``, ``regime``, ``seed``) that is given replaces
+        Each keyword (``task``, ``recall``, ``norm``, ``regime``, ``lr``, ``seed``) that is given replaces
         that axis for every task: it may name any allowed value, also one outside the preset's
         default grid (``runs(task=("sudoku",), norm=("pre",))`` trains sudoku with pre norm at this
         preset's scale). Axes not given keep the default :meth:`grid` of each task.
@@ -198,8 +239,8 @@ class Preset:
         specs = []
         for task in tasks:
             grid = {**self.grid(task), **{k: v for k, v in only.items() if v and k != "task"}}
-            specs += [RunSpec(task, r, n, g, s) for r, n, g, s in
-                      itertools.product(grid["recall"], grid["norm"], grid["regime"], grid["seed"])]
+            specs += [RunSpec(task, r, n, g, s, lr) for r, n, g, s, lr in
+                      itertools.product(grid["recall"], grid["norm"], grid["regime"], grid["seed"], grid["lr"])]
         return specs
 
     def train_fields(self, spec: RunSpec) -> dict[str, Any]:
@@ -207,12 +248,27 @@ class Preset:
         train = self.train[spec.task]
         fields = {"task": spec.task, **train, "task_options": dict(train.get("task_options", {})),
                   **self.regime_train[spec.regime], "recall": spec.recall, "norm": spec.norm, "seed": spec.seed}
+        for row in (spec.recall, spec.norm):  # the paper's rows "fixed" and "gru" as model settings
+            fields.update(PAPER_ROWS.get(row, {}))
+        if spec.recall == "fixed":
+            fields.pop("depth_offset", None)  # one iteration, whatever the input's length
+        if spec.lr is not None:
+            fields["lr"] = spec.lr
         fraction = fields.pop("pretrain_fraction", None)
         if fraction is not None:  # a warm start for a fraction of this task's steps
             fields["pretrain_steps"] = max(1, round(fraction * fields.get("steps", 1000)))
         if fields["loss"] == "equilibrium" and not fields.get("pretrain_steps"):
             fields.pop("depth_offset", None)  # plain-iteration depths belong to the progressive loss
         return fields
+
+    def solves(self, spec: RunSpec) -> bool:
+        """Whether ``spec``'s model is a loop to solve and analyse (not the paper's untied baseline)."""
+        return spec.recall != "fixed"
+
+    def eval_iters_for(self, spec: RunSpec) -> tuple[int, ...]:
+        """The test-time counts of ``spec``: the preset's, or 1 alone for the untied baseline (the
+        paper tests it at its one iteration, ``run_all.bash:71-77``)."""
+        return self.eval_iters if self.solves(spec) else (1,)
 
     def with_(self, **changes: Any) -> "Preset":
         return dataclasses.replace(self, **changes)
@@ -241,6 +297,41 @@ _CHESS_CPU = dict(task_options=_CHESS_EARLIER, width=64, heads=4, max_iter=16, s
                   threads=1, progress=False, stability_every=25)
 # ~0.9 s a step on one core at 12 iterations: 45 min of training (measured with another job running)
 _CHESS_LONG = dict(_CHESS_CPU, attention="full", max_iter=12, steps=3000, stability_every=250)
+
+# The paper's grid (experiments/run_all.bash of the authors' code): recall internal / external /
+# none / fixed × residual peri / pre / gru / post × prefix sums, sudoku, chess × lr 1e-4, 3e-4, 1e-3
+# × seeds 0, 1, 2, trained by the progressive loss (alpha 1, z0's gradient at n = 0) at 30
+# iterations with the paper's schedule, AdamW (weight decay 0.01, clip 1), width 256, 8 heads,
+# local attention of kernel 5 on prefix sums and full attention on boards, batch 500, bf16, and
+# tested at 1…500 iterations. The sudoku grid also runs lr 3e-3 (the paper's sudoku tables).
+_SEED_GRID = dict(recalls=("internal", "external", "none", "fixed"), norms=("peri", "pre", "gru", "post"),
+                  regimes=("paper",), lrs=(1e-4, 3e-4, 1e-3), seeds=(0, 1, 2))
+_SEED_LRS = {"sudoku": {"lr": (1e-4, 3e-4, 1e-3, 3e-3)}}
+_SEED_EVAL = (1, 2, 5, 10, 20, 30, 50, 100, 200, 300, 400, 500)
+_SEED_GPU_MODEL = dict(width=256, heads=8, max_iter=30, batch_size=500, amp="auto", progress=False)
+_SEED_GPU = {
+    # 100 epochs of the paper's prefix-sums pool (10,000 strings at batch 500): 2,000 steps
+    "prefix_sums": dict(_SEED_GPU_MODEL, task_options=dict(length=32, min_length=32, hard_length=512),
+                        attention="local", window=5, steps=2000, stability_every=100),
+    # Sudoku-Extreme split at its 80th rating percentile (needs its train.csv and test.csv:
+    # python -m experiments.sweep --sudoku-extreme DIR); 100 epochs of 40,000 puzzles at batch 500
+    "sudoku": dict(_SEED_GPU_MODEL, task_options=dict(split="paper"), attention="full", steps=8000,
+                   stability_every=250),
+    # the Lichess puzzles rated ≤ 1600 (train) and 1601–2000 (hard), 10,000 of each at most
+    "chess": dict(_SEED_GPU_MODEL, attention="full", steps=8000, stability_every=250),
+}
+# The same grid and regime on 2 CPU cores: width 32 (4 heads), batch 64 and fewer steps; sudoku by
+# blanks (4–24 train, 25–35 hard) since Sudoku-Extreme is not bundled; every other setting the
+# paper's. Measured on the 2-core machine with other jobs running (one thread a run): see the
+# ``seed-cpu`` entry of the module docstring.
+_SEED_CPU_MODEL = dict(width=32, heads=4, max_iter=30, batch_size=64, threads=1, progress=False, stability_every=50)
+_SEED_CPU = {
+    "prefix_sums": dict(_SEED_CPU_MODEL, task_options=dict(length=32, min_length=32, hard_length=512),
+                        attention="local", window=5, steps=600),
+    "sudoku": dict(_SEED_CPU_MODEL, width=64, task_options=dict(augment=True, blanks=(4, 24), hard_blanks=(25, 35)),
+                   attention="full", steps=1500),
+    "chess": dict(_SEED_CPU_MODEL, width=64, attention="full", steps=1500),
+}
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -311,6 +402,30 @@ PRESETS: dict[str, Preset] = {
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
         results="results/chess_long",
+    ),
+    "seed-gpu": Preset(
+        name="seed-gpu",
+        tasks=("prefix_sums", "sudoku", "chess"),
+        train=_SEED_GPU,
+        task_grid=_SEED_LRS,
+        eval_iters=_SEED_EVAL,
+        eval_n=1000,
+        analyze_n=64,
+        analysis=dict(progress=False),
+        results="results/seed_gpu",
+        **_SEED_GRID,
+    ),
+    "seed-cpu": Preset(
+        name="seed-cpu",
+        tasks=("prefix_sums", "sudoku", "chess"),
+        train=_SEED_CPU,
+        task_grid=_SEED_LRS,
+        eval_iters=_SEED_EVAL,
+        eval_n=128,
+        analyze_n=8,
+        analysis=dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3, progress=False),
+        results="results/seed_cpu",
+        **_SEED_GRID,
     ),
     "gpu": Preset(
         name="gpu",

@@ -60,13 +60,22 @@ def best_accuracy(curves: dict[str, Any], split: str) -> list[Any] | None:
     return [curves["iters"][values.index(top)], top]
 
 
-def paper_numbers(evaluation: dict[str, Any]) -> dict[str, Any]:
+def paper_iterations(train_config: dict[str, Any] | None) -> int:
+    """The test-time count of a run's paper number: 500, or 1 for the untied baseline (more than one
+    block per iteration), which the paper trains and tests at one iteration (its ``fixed`` recall,
+    ``experiments/run_all.bash:71-77`` of the authors' code)."""
+    blocks = (train_config or {}).get("blocks") or 1
+    return 1 if blocks > 1 else PAPER_ITERATIONS
+
+
+def paper_numbers(evaluation: dict[str, Any], iterations: int = PAPER_ITERATIONS) -> dict[str, Any]:
     """``{"paper": {"iterations": 500, "accuracy": {split: acc@500 or None}}, "best": {split:
     [iterations, accuracy]}}`` of an evaluation (``deqloop.eval.EvalReport.to_dict()``), from its
-    curves: what ``deqloop eval`` records itself since it reports the paper's number."""
+    curves: what ``deqloop eval`` records itself since it reports the paper's number. ``iterations``:
+    the count of the paper's number (:func:`paper_iterations`)."""
     curves = evaluation.get("curves") or {}
     splits = list(curves.get("accuracy") or {})
-    return {"paper": {"iterations": PAPER_ITERATIONS, "accuracy": {k: accuracy_at(curves, k) for k in splits}},
+    return {"paper": {"iterations": iterations, "accuracy": {k: accuracy_at(curves, k, iterations) for k in splits}},
             "best": {k: best_accuracy(curves, k) for k in splits}}
 
 
@@ -82,8 +91,9 @@ def summarize(result: dict[str, Any], metrics_path: Path | None) -> dict[str, An
     out: dict[str, Any] = {"summary_format": SUMMARY_FORMAT}
     out.update((k, result[k]) for k in KEYS if k in result)
     out.update((k, v) for k, v in result.items() if k not in out)
-    if isinstance(out.get("eval"), dict) and "paper" not in out["eval"]:
-        out["eval"] = {**out["eval"], **paper_numbers(out["eval"])}
+    iterations = paper_iterations(out.get("train_config"))
+    if isinstance(out.get("eval"), dict) and (out["eval"].get("paper") or {}).get("iterations") != iterations:
+        out["eval"] = {**out["eval"], **paper_numbers(out["eval"], iterations)}
     if metrics_path is not None and Path(metrics_path).exists():
         out["train"] = {**result.get("train", {}), **training_numbers(Path(metrics_path))}
         out["traces"] = traces(Path(metrics_path))

@@ -37,7 +37,7 @@ import torch
 
 from deqloop.tasks.io import shared_data_dir
 from deqloop.train.config import RUNTIME_FIELDS
-from experiments.presets import NORMS, PRESETS, RECALLS, REGIMES, Preset, RunSpec, get_preset
+from experiments.presets import PRESETS, REGIMES, SPEC_NORMS, SPEC_RECALLS, Preset, RunSpec, get_preset
 from experiments.runlog import mean, median, training_numbers
 from experiments.summary import PAPER_ITERATIONS, accuracy_at, best_accuracy, summarize, summary_path, write_summary
 
@@ -154,14 +154,15 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
     run = Run.load(trained.checkpoint, device=resolve_device(device))
     extra = dict(run.require_task().extra_split(spec_, preset.eval_n, EVAL_SEED)
                  for spec_ in preset.extra_sets.get(spec.task, ()))
-    report = evaluate_run(run, iters=preset.eval_iters, n=preset.eval_n, splits=extra, solver="anderson",
+    report = evaluate_run(run, iters=preset.eval_iters_for(spec), n=preset.eval_n, splits=extra,
+                          solver="anderson" if preset.solves(spec) else None,
                           solver_rtol=1e-4, seed=EVAL_SEED, device=resolve_device(device))
     eval_seconds = time.perf_counter() - t1
 
     model, task = run.model.cpu().eval(), run.require_task()
     analysis = {}
     t2 = time.perf_counter()
-    for band in ("hard", "val"):
+    for band in ("hard", "val") if preset.solves(spec) else ():  # the untied baseline has no loop to analyse
         x, _ = task.make(band, preset.analyze_n, seed=999)
         full = analyze(model, x, inits=("embed", "zeros", "noise"), **ANALYSIS_SOLVE, **preset.analysis)
         analysis[band] = stability_numbers(full)
@@ -175,7 +176,8 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
     analysis_seconds = time.perf_counter() - t2
 
     result = {
-        "spec": {"task": spec.task, "recall": spec.recall, "norm": spec.norm, "regime": spec.regime, "seed": spec.seed},
+        "spec": {"task": spec.task, "recall": spec.recall, "norm": spec.norm, "regime": spec.regime, "seed": spec.seed,
+                 **({"lr": spec.lr} if spec.lr is not None else {})},
         "name": spec.name,
         "preset": preset.name,
         "train_config": config.to_dict(),
@@ -197,14 +199,34 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
     return result
 
 
-def default_data(shared: Path | None) -> dict[str, dict[str, Any]]:
-    """Task settings that point at the shared data: the Lichess files for chess (train ≤ 1600,
-    hard 1601–2000) when present."""
-    if shared is None:
-        return {}
-    chess_dir = shared / "chess"
-    files = sorted(str(p) for p in chess_dir.glob("lichess_puzzles_rating_*.csv")) if chess_dir.is_dir() else []
-    return {"chess": {"data": files}} if files else {}
+def default_data(shared: Path | None, sudoku_extreme: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Task settings that point at data files: the shared Lichess files for chess (train ≤ 1600,
+    hard 1601–2000) when present; Sudoku-Extreme's ``train.csv`` and ``test.csv`` in
+    ``sudoku_extreme`` when given (for the presets that split it as the paper does)."""
+    data: dict[str, dict[str, Any]] = {}
+    chess_dir = shared / "chess" if shared is not None else None
+    files = sorted(str(p) for p in chess_dir.glob("lichess_puzzles_rating_*.csv")) if chess_dir and chess_dir.is_dir() else []
+    if files:
+        data["chess"] = {"data": files}
+    if sudoku_extreme is not None:
+        data["sudoku"] = {"data": str(sudoku_extreme / "train.csv"), "test_data": str(sudoku_extreme / "test.csv")}
+    return data
+
+
+def missing_data(preset: Preset, tasks: set[str], data: dict[str, dict[str, Any]]) -> list[str]:
+    """The tasks of ``tasks`` whose settings in ``preset`` (with ``data``) the task rejects, each as
+    ``"task: reason"`` (e.g. the paper's sudoku split without its files), found before any run starts."""
+    from deqloop.errors import ConfigError
+    from deqloop.tasks import get_task
+
+    bad = []
+    for task in sorted(tasks):
+        options = {**preset.train[task].get("task_options", {}), **data.get(task, {})}
+        try:
+            get_task(task, **options)
+        except ConfigError as err:
+            bad.append(f"{task}: {err}")
+    return bad
 
 
 def _csv(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...] | None:
@@ -226,13 +248,19 @@ def main(argv: list[str] | None = None) -> int:
                    help="folder of the committed run summaries (default: the preset's, results/runs for all "
                         "but the paper preset; '' writes none)")
     p.add_argument("--tasks", help="comma-separated subset of the preset's tasks")
-    p.add_argument("--recalls", help=f"comma-separated, of {', '.join(RECALLS)} (default: the preset's grid per task)")
-    p.add_argument("--norms", help=f"comma-separated, of {', '.join(NORMS)} (default: the preset's grid per task)")
+    p.add_argument("--recalls", help=f"comma-separated, of {', '.join(SPEC_RECALLS)} (default: the preset's grid per "
+                                     "task; fixed: the paper's untied baseline)")
+    p.add_argument("--norms", help=f"comma-separated, of {', '.join(SPEC_NORMS)} (default: the preset's grid per task; "
+                                   "gru: the paper's GRU residual with peri norm)")
+    p.add_argument("--lrs", help="comma-separated learning rates (default: the preset's)")
     p.add_argument("--regimes", help=f"comma-separated, of {', '.join(REGIMES)} (default: the preset's grid per task)")
     p.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     p.add_argument("--steps", type=int, help="override training steps of every run")
     p.add_argument("--shared", default=str(shared_data_dir()),
                    help="folder of the shared puzzle data (chess trains on its Lichess files when present)")
+    p.add_argument("--sudoku-extreme", default=None,
+                   help="folder holding Sudoku-Extreme's train.csv and test.csv (the seed presets split them as the "
+                        "paper does)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop starting new runs after this many seconds (0: none)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
@@ -245,12 +273,18 @@ def main(argv: list[str] | None = None) -> int:
             seeds = tuple(int(s) for s in a.seeds.split(","))
         except ValueError:
             p.error(f"--seeds takes comma-separated integers, got {a.seeds!r}")
+    lrs = None
+    if a.lrs:
+        try:
+            lrs = tuple(float(v) for v in a.lrs.split(","))
+        except ValueError:
+            p.error(f"--lrs takes comma-separated numbers, got {a.lrs!r}")
     if a.steps:
         preset = preset.with_(train={t: {**v, "steps": a.steps} for t, v in preset.train.items()})
     try:
-        specs = preset.runs(task=_csv(a.tasks, preset.tasks, "task"), recall=_csv(a.recalls, RECALLS, "recall"),
-                            norm=_csv(a.norms, NORMS, "norm"), regime=_csv(a.regimes, REGIMES, "regime"),
-                            seed=seeds)
+        specs = preset.runs(task=_csv(a.tasks, preset.tasks, "task"), recall=_csv(a.recalls, SPEC_RECALLS, "recall"),
+                            norm=_csv(a.norms, SPEC_NORMS, "norm"), regime=_csv(a.regimes, REGIMES, "regime"),
+                            seed=seeds, lr=lrs)
     except ValueError as err:
         p.error(str(err))
     root = Path(a.out)
@@ -273,7 +307,10 @@ def main(argv: list[str] | None = None) -> int:
             print(s.name, "(done)" if (root / s.name / "result.json").exists() else "")
         return 0
     shared = Path(a.shared)
-    data = default_data(shared if shared.is_dir() else None)
+    data = default_data(shared if shared.is_dir() else None, Path(a.sudoku_extreme) if a.sudoku_extreme else None)
+    bad = missing_data(preset, {s.task for s in specs}, data)
+    if bad:
+        p.error("these tasks cannot run with the data given (nothing was started):\n  " + "\n  ".join(bad))
     command = "python -m experiments.sweep " + " ".join(argv if argv is not None else sys.argv[1:])
     from tqdm.auto import tqdm
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from experiments.summary import load_summaries, summarize_sweep
+from experiments.summary import load_summaries, paper_iterations, summarize_sweep
 
 AT = 500
 """The paper's number: accuracy after this many test-time iterations, at the last training step."""
@@ -75,7 +75,10 @@ def _curve(run: dict[str, Any], split: str) -> tuple[list[int], list[float]]:
 def accuracy_at(run: dict[str, Any], split: str, iters: int = AT) -> float:
     """Accuracy on ``split`` after ``iters`` test-time iterations: the summary's own field where it has
     one (``eval.paper``, :func:`experiments.summary.paper_numbers`), else the curve's value at that
-    count; NaN where neither holds it."""
+    count; NaN where neither holds it. The untied baseline's paper number is taken at its one
+    iteration (:func:`experiments.summary.paper_iterations`)."""
+    if iters == AT:
+        iters = paper_iterations(get(run, "train_config"))
     paper = get(run, "eval.paper") or {}
     if paper.get("iterations") == iters and split in (paper.get("accuracy") or {}):
         stored = paper["accuracy"][split]

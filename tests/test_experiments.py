@@ -14,11 +14,65 @@ from deqloop.train import TrainConfig
 
 
 def test_every_preset_run_is_a_valid_training_config(tmp_path):
+    # the paper's sudoku split reads Sudoku-Extreme's two files (given to the sweep by --sudoku-extreme)
+    for name in ("train.csv", "test.csv"):
+        (tmp_path / name).write_text("source,question,answer,rating\n")
+    data = sweep.default_data(None, tmp_path)
     for preset in PRESETS.values():
         runs = preset.runs()
         assert len(runs) == len(set(r.name for r in runs))
         for spec in runs:
-            TrainConfig(**preset.train_fields(spec), out=str(tmp_path))
+            fields = preset.train_fields(spec)
+            if fields["task_options"].get("split") == "paper":
+                fields["task_options"].update(data["sudoku"])
+            TrainConfig(**fields, out=str(tmp_path))
+
+
+def test_the_seed_presets_are_the_papers_grid_with_its_rows_as_model_settings(tmp_path):
+    for name in ("seed-gpu", "seed-cpu"):
+        preset = get_preset(name)
+        # 4 recalls × 4 residual rows × 3 learning rates × 3 seeds (sudoku: 4 learning rates)
+        assert len(preset.runs(task=("prefix_sums",))) == 4 * 4 * 3 * 3
+        assert len(preset.runs(task=("sudoku",))) == 4 * 4 * 4 * 3
+        assert {r.lr for r in preset.runs(task=("chess",))} == {1e-4, 3e-4, 1e-3}
+        assert {r.regime for r in preset.runs()} == {"paper"}
+    cpu = get_preset("seed-cpu")
+    by_name = {r.name: r for r in cpu.runs(task=("prefix_sums",))}
+    internal = by_name["prefix_sums/internal-post-paper-lr0.0003-s1"]
+    fields = cpu.train_fields(internal)
+    assert (fields["recall"], fields["norm"], fields["lr"], fields["seed"], fields["max_iter"]) == (
+        "internal", "post", 3e-4, 1, 30)
+    assert (fields["loss"], fields["alpha"], fields["detach_z0"], fields["schedule"]) == (
+        "progressive", 1.0, False, "paper")
+    assert "blocks" not in fields and "residual" not in fields  # the model's defaults: one block, add
+    # the gru row is the GRU residual with peri norm; fixed is 15 untied blocks, no recall, one iteration
+    gru = cpu.train_fields(by_name["prefix_sums/external-gru-paper-lr0.001-s0"])
+    assert (gru["recall"], gru["residual"], gru["norm"]) == ("external", "gru", "peri")
+    fixed_spec = by_name["prefix_sums/fixed-pre-paper-lr0.0001-s2"]
+    fixed = cpu.train_fields(fixed_spec)
+    assert (fixed["recall"], fixed["blocks"], fixed["max_iter"], fixed["norm"]) == ("none", 15, 1, "pre")
+    assert cpu.eval_iters_for(fixed_spec) == (1,) and not cpu.solves(fixed_spec)
+    assert cpu.eval_iters_for(internal)[-1] == 500 and cpu.solves(internal)
+    config = TrainConfig(**fixed, out=str(tmp_path))
+    assert config.depth() == 1 and config.model_config().arch.blocks == 15
+    # a preset without learning rates keeps its run names
+    assert get_preset("cpu").runs(task=("prefix_sums",))[0].name == "prefix_sums/none-pre-progressive-s0"
+    with pytest.raises(ValueError, match=r"lr \[0\.0\]; allowed: positive numbers"):
+        cpu.runs(lr=(0.0,))
+
+
+def test_the_sweep_refuses_the_papers_sudoku_split_without_its_files(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        sweep.main(["--preset", "seed-gpu", "--tasks", "sudoku", "--recalls", "internal", "--norms", "post",
+                    "--lrs", "0.001", "--seeds", "0", "--out", str(tmp_path / "runs"), "--shared", str(tmp_path)])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "cannot run with the data given (nothing was started)" in err and "sudoku: Sudoku.split='paper'" in err
+    assert not (tmp_path / "runs").exists()
+    preset = get_preset("seed-gpu")
+    assert sweep.missing_data(preset, {"prefix_sums"}, {}) == []
+    bad = sweep.missing_data(preset, {"sudoku"}, {})
+    assert len(bad) == 1 and bad[0].startswith("sudoku: Sudoku.split='paper' needs data")
 
 
 def test_preset_filters_and_errors():
@@ -42,7 +96,7 @@ def test_preset_filters_and_errors():
         cpu.with_(task_grid={"sudoku": {"width": (8,)}})
     with pytest.raises(ValueError, match="names task 'maze'"):
         cpu.with_(task_grid={"maze": {"norm": ("post",)}})
-    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, recipes, paper, chess, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'huge'; known: tiny, cpu, recipes, paper, chess, seed-gpu, seed-cpu, gpu"):
         get_preset("huge")
     with pytest.raises(ValueError, match="unknown filter 'width'"):
         cpu.runs(width=("8",))
