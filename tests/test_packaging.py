@@ -84,6 +84,21 @@ except Exception as e:
     assert "pip install 'deqloop[chess]'" in out.stdout
 
 
+def test_every_optional_import_in_the_package_goes_through_require():
+    """An optional package imported in deqloop/ without ``extras.require`` first would fail with a
+    bare ModuleNotFoundError instead of naming the extra."""
+    import re
+
+    bad = []
+    for path in sorted((ROOT / "deqloop").rglob("*.py")):
+        lines = path.read_text().splitlines()
+        for i, line in enumerate(lines):
+            m = re.match(r"\s*(?:import|from) (scipy|chess|zstandard|torchdeq|sklearn)\b", line)
+            if m and not any(f'require("{m.group(1)}' in before for before in lines[:i]):
+                bad.append(f"{path.relative_to(ROOT)}:{i + 1}: {line.strip()}")
+    assert bad == []
+
+
 @pytest.mark.parametrize("module, extra", [("scipy.linalg", "analysis"), ("zstandard", "chess"),
                                            ("torchdeq.solver", "torchdeq")])
 def test_a_missing_extra_names_what_to_install(monkeypatch, module, extra):

@@ -30,10 +30,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import chess
-import numpy as np
-import torch
-from torch import Tensor
+from deqloop.extras import require
+
+require("chess", "the chess task")
+import chess  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 from deqloop.errors import ConfigError
 from deqloop.validate import choice

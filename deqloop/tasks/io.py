@@ -132,7 +132,9 @@ def _chunks(path: Path) -> Iterator[bytes]:
     with path.open("rb") as raw:
         stream: Any = raw
         if path.suffix == ".zst":
-            import zstandard
+            from deqloop.extras import require
+
+            zstandard = require("zstandard", f"reading the compressed file {path}")
 
             problem = check_complete(path)
             if problem:
@@ -154,7 +156,9 @@ def iter_lines(path: str | Path, rows: Rows, *, max_line: int = MAX_LINE_BYTES) 
     number, buffer = 0, b""
     corrupt: tuple[type[Exception], ...] = ()
     if path.suffix == ".zst":
-        import zstandard
+        from deqloop.extras import require
+
+        zstandard = require("zstandard", f"reading the compressed file {path}")
 
         corrupt = (zstandard.ZstdError,)
 
