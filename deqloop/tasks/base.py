@@ -92,6 +92,10 @@ class Task:
     vocab_size: ClassVar[int]
     num_classes: ClassVar[int]
     grid: tuple[int, ...]
+    stored_defaults: ClassVar[dict[str, Any]] = {}
+    """Settings added after runs were stored, with the value those runs used: a checkpoint whose
+    settings lack one is read with it (``deqloop.train.config.upgrade_stored``), so an old run is
+    evaluated and resumed as it trained while new runs get the setting's default."""
 
     def make(self, split: str, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
         """``(x, y)`` LongTensors of shape ``(n, *grid)`` for a split in :data:`BANDS`.

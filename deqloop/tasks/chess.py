@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from deqloop.extras import require
 
@@ -211,8 +211,7 @@ class Chess(Task):
                           "margin (logit1 − logit0)", default="class1")
 
     name: ClassVar[str] = "chess"
-    stored_defaults: ClassVar[dict[str, str]] = {"encoding": "rank_flip", "scores": "margin"}
-    """What a run stored before these settings existed used (see ``deqloop.train.config.upgrade_stored``)."""
+    stored_defaults: ClassVar[dict[str, Any]] = {"encoding": "rank_flip", "scores": "margin"}  # before they existed
     vocab_size: ClassVar[int] = VOCAB_SIZE
     num_classes: ClassVar[int] = NUM_CLASSES
     grid: ClassVar[tuple[int, ...]] = GRID

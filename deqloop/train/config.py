@@ -379,7 +379,7 @@ def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
     options = values.get("task_options")
     if isinstance(options, dict):
         try:
-            legacy = getattr(task_class(values.get("task", DEFAULT_TASK)), "stored_defaults", {})
+            legacy = task_class(values.get("task", DEFAULT_TASK)).stored_defaults
         except ConfigError:  # an unknown task fails where the config is built, with its own message
             legacy = {}
         out["task_options"] = {**{k: v for k, v in legacy.items() if k not in options}, **options}
