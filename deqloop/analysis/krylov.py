@@ -8,7 +8,8 @@ with its own convergence test:
 * :func:`krylov_schur` — leading eigenvalues (largest modulus) by the Krylov–Schur method
   (Stewart 2002), the restarted Arnoldi iteration ARPACK's implicit restart is equivalent to.
 * :func:`block_power` — subspace (block power) iteration with Rayleigh–Ritz; slow but simple, the
-  fallback when ARPACK does not converge.
+  fallback when ARPACK does not converge. :func:`subspace_radius` is the same step
+  (:func:`ritz_step`) a fixed number of times, warm-startable (the training-time monitor's).
 * :func:`~deqloop.analysis.gmres.gmres` (its own module) — restarted GMRES for A x = b.
 
 An operator may have a ``select(index)`` method returning the same operator for the rows
@@ -36,6 +37,8 @@ __all__ = [
     "block_power",
     "krylov_schur",
     "restrict",
+    "ritz_step",
+    "subspace_radius",
 ]
 
 
@@ -293,6 +296,40 @@ def krylov_schur(
 # Eigenvalues: block power iteration
 
 
+def ritz_step(op: BatchedOperator, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of subspace iteration with Rayleigh–Ritz from the orthonormal basis ``X`` ``(b, n, p)``:
+    ``Y = A X``, the eigenvalues ``w`` ``(b, p)`` of ``XᵀY`` (float64, complex) by decreasing modulus,
+    and the leading pair's relative residual ``‖A y − θ y‖ / (|θ|‖y‖)`` ``(b,)``. Returns ``(w, residual, Y)``."""
+    B, _, p = X.shape
+    Y = torch.stack([op(X[:, :, j]) for j in range(p)], dim=2)  # (b, n, p)
+    Xd, Yd = X.double(), Y.double()
+    w, S = torch.linalg.eig(Xd.transpose(1, 2) @ Yd)  # Ritz values and vectors, (b, p), (b, p, p)
+    order = torch.argsort(-w.abs(), dim=1, stable=True)
+    w = w.gather(1, order)
+    s = S.gather(2, order[:, :1, None].expand(B, p, 1))  # the leading Ritz vector, (b, p, 1)
+    y, Ay = Xd.to(s.dtype) @ s, Yd.to(s.dtype) @ s
+    theta = w[:, 0]
+    tiny = torch.finfo(torch.float64).tiny
+    residual = (Ay - theta[:, None, None] * y).norm(dim=(1, 2)) / (theta.abs() * y.norm(dim=(1, 2))).clamp_min(tiny)
+    return w, residual, Y
+
+
+def subspace_radius(op: BatchedOperator, X: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``iters`` steps of :func:`ritz_step` for the leading eigenvalue of every example's operator from
+    the basis ``X`` ``(B, n, p)`` (``p ≥ 2`` follows a complex-conjugate pair), all examples for
+    every step: the cheap, warm-startable estimate of the training-time stability monitor.
+    Returns ``(radius, residual, basis)``: ``(B,)`` float64 |θ| of the leading Ritz value and its
+    relative residual, and the next basis (orthonormalised ``A X``) to warm-start from."""
+    integer("iters", iters)
+    X = torch.linalg.qr(X).Q
+    radius = residual = None
+    for _ in range(iters):
+        w, residual, Y = ritz_step(op, X)
+        radius = w[:, 0].abs()
+        X = torch.linalg.qr(Y).Q
+    return radius.cpu(), residual.cpu(), X
+
+
 def block_power(
     op: BatchedOperator,
     X0: Tensor,
@@ -301,12 +338,12 @@ def block_power(
     tol: float = 1e-6,
     maxiter: int = 1000,
 ) -> EigenEstimate:
-    """Leading eigenvalues by subspace iteration on ``p`` vectors with Rayleigh–Ritz.
+    """Leading eigenvalues by subspace iteration on ``p`` vectors with Rayleigh–Ritz (:func:`ritz_step`).
 
     ``X0`` is ``(B, n, p)``; ``p ≥ 2`` captures a dominant complex-conjugate pair. Each iteration
     applies ``op`` to the ``p`` columns, takes the eigenvalues of the ``p × p`` projection and
-    re-orthonormalizes. It converges at the rate ``|λ_{p+1}| / |λ_1|``; an example stops when its
-    leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|``.
+    re-orthonormalizes. It converges at the rate ``|λ_{p+1}| / |λ_1|``; an example stops (and is
+    no longer evaluated) when its leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|·‖y‖``.
     """
     integer("nev", nev, 1)
     integer("maxiter", maxiter, 1)
@@ -323,22 +360,12 @@ def block_power(
     A = op
     X = torch.linalg.qr(X0).Q  # (b, n, p)
     for it in range(maxiter):
-        Y = torch.stack([A(X[:, :, j]) for j in range(p)], dim=2)  # (b, n, p)
+        w, r, Y = ritz_step(A, X)
         matvecs[rows] += p
-        R = torch.bmm(X.transpose(1, 2), Y).double().cpu().numpy()  # (b, p, p)
-        Xd, Yd = X.double().cpu().numpy(), Y.double().cpu().numpy()
-        finished = np.zeros(len(rows), dtype=bool)
-        for i, g in enumerate(rows):
-            w, S = np.linalg.eig(R[i])
-            order = np.argsort(-np.abs(w), kind="stable")
-            w, S = w[order], S[:, order]
-            y = Xd[i] @ S[:, 0]
-            r = np.linalg.norm(Yd[i] @ S[:, 0] - w[0] * y) / max(np.linalg.norm(y), np.finfo(float).tiny)
-            lead = max(abs(w[0]), np.finfo(float).tiny)
-            vals[g] = w[:nev]
-            res[g] = r / lead
-            conv[g] = r <= tol * lead
-            finished[i] = conv[g]
+        vals[rows] = w[:, :nev].cpu().numpy()
+        res[rows] = r.cpu().numpy()
+        finished = res[rows] <= tol
+        conv[rows] = finished
         if finished.all() or it == maxiter - 1:
             break
         X = torch.linalg.qr(Y).Q

@@ -4,7 +4,8 @@
   (``"krylov"``, the ``analysis`` extra), block power iteration (``"power"``) or ARPACK, through
   :func:`deqloop.analysis.jacobian.leading_eigenvalues` (what ``deqloop analyze`` reports).
 * :func:`subspace_radius` — a fixed number of warm-startable subspace iterations on any batched
-  operator: the cheap estimate the training-time stability monitor takes every few steps.
+  operator: the cheap estimate the training-time stability monitor takes every few steps (the
+  step :func:`~deqloop.analysis.krylov.block_power` repeats until it converges).
 
 Jacobian–vector products come from two reverse-mode passes (:func:`map_jacobian`), so ``f`` must
 be twice differentiable (with attention, use its math backend; no ``torch.compile``).
@@ -18,8 +19,8 @@ import torch
 from torch import Tensor
 
 from deqloop.analysis.jacobian import LoopJacobian, leading_eigenvalues
+from deqloop.analysis.krylov import subspace_radius
 from deqloop.solvers.packing import Packing, packed_map
-from deqloop.validate import integer
 
 __all__ = ["map_jacobian", "spectral_radius", "subspace_radius"]
 
@@ -71,31 +72,3 @@ def spectral_radius(f: Callable[[Any], Any], z: Any, *, method: str = "krylov", 
     with torch.enable_grad():
         jac = map_jacobian(f, z)
     return leading_eigenvalues(jac, method=method, k=k, ncv=ncv, tol=tol, maxiter=maxiter, seed=seed)
-
-
-def subspace_radius(op: Callable[[Tensor], Tensor], X: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``iters`` steps of batched subspace iteration for the leading eigenvalue of a block-diagonal
-    operator ``op`` (``(B, n) → (B, n)``) from the basis ``X`` ``(B, n, p)``.
-
-    Each step applies ``op`` to the ``p`` orthonormalised columns and takes the Rayleigh–Ritz
-    eigenvalues of the ``p × p`` projection (``p ≥ 2`` follows a complex-conjugate pair). Returns
-    ``(radius, residual, basis)``: ``(B,)`` float64 |θ| of the leading Ritz value and its relative
-    residual ``‖A y − θ y‖ / |θ|``, and the next basis (orthonormalised ``A X``) to warm-start from.
-    """
-    integer("iters", iters)
-    B, _, p = X.shape
-    X = torch.linalg.qr(X).Q
-    radius = residual = None
-    for _ in range(iters):
-        Y = torch.stack([op(X[:, :, j]) for j in range(p)], dim=2)  # (B, n, p)
-        Xd, Yd = X.double(), Y.double()
-        w, S = torch.linalg.eig(Xd.transpose(1, 2) @ Yd)  # Ritz values and vectors, (B, p), (B, p, p)
-        lead = w.abs().argmax(dim=1)
-        theta = w.gather(1, lead[:, None])[:, 0]
-        s = S.gather(2, lead[:, None, None].expand(B, p, 1))  # (B, p, 1)
-        y, Ay = Xd.to(s.dtype) @ s, Yd.to(s.dtype) @ s
-        radius = theta.abs()
-        tiny = torch.finfo(torch.float64).tiny
-        residual = (Ay - theta[:, None, None] * y).norm(dim=(1, 2)) / (radius * y.norm(dim=(1, 2))).clamp_min(tiny)
-        X = torch.linalg.qr(Y).Q
-    return radius.cpu(), residual.cpu(), X
