@@ -40,7 +40,7 @@ from typing import Any, Callable, ClassVar
 import torch
 
 from deqloop.adjoint_warnings import BackwardWarning, backward_warnings
-from deqloop.errors import ConfigError, DeqloopError
+from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
 from deqloop import inputs
 from deqloop.solvers import BackwardStats, Picard, Solution, solve, solve_unchecked
 from deqloop.solvers.loop import run_solver
@@ -235,10 +235,20 @@ class Implicit(Backward):
         number("implicit rtol", self.rtol, low=0)
         number("implicit atol", self.atol, low=0)
         integer("implicit max_iter", self.max_iter)
+        if not isinstance(self.solver_options, dict):
+            raise ConfigError(f"implicit solver_options must be a dict, got {type(self.solver_options).__name__}")
+        from deqloop.solvers import get_solver  # the options are checked now, not at the first backward
+
+        try:
+            get_solver(self.method, **self.solver_options)
+        except ConfigKeyError as e:
+            own = [f.name for f in dataclasses.fields(self) if f.name not in ("solver_options", "callback")]
+            raise ConfigKeyError(f"backward='implicit': {e}; the backward's own options are {', '.join(own)}") from None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Backward:
-        """Known fields by name; any other key is an option of the backward solver (e.g. ``m``)."""
+        """Known fields by name; any other key is an option of the backward solver (e.g. ``m``),
+        checked against that solver's options at once."""
         own = {f.name for f in dataclasses.fields(cls)} - {"solver_options", "callback"}
         kw = {k: v for k, v in options.items() if k in own}
         return cls(**kw, solver_options={k: v for k, v in options.items() if k not in own})

@@ -12,12 +12,22 @@ The config errors also derive from the built-in type a Python user would expect
   one for a wrong type or dtype (also a ``TypeError``).
 * :class:`TrainingError` — a run cannot start or continue; :class:`TrainingInterrupted` — it
   stopped cleanly on SIGINT/SIGTERM with a checkpoint to resume from.
+* :class:`ResourceError` — what was asked for does not fit in memory (a width, a batch, a
+  solver's memory); :func:`allocating` turns the allocator's error into one naming the setting.
+
+Other modules define the errors of their own kind on this base: ``CheckpointError``
+(:mod:`deqloop.checkpoint`), ``DataError`` (:mod:`deqloop.tasks.io`), ``MetricsError``
+(:mod:`deqloop.train.metrics`), ``OutputError`` and ``RunLocked`` (:mod:`deqloop.files`).
 """
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "ConfigKeyError", "DeqloopError", "InputError", "InputTypeError", "TrainingError",
-           "TrainingInterrupted"]
+import contextlib
+import re
+from collections.abc import Iterator
+
+__all__ = ["ConfigError", "ConfigKeyError", "DeqloopError", "InputError", "InputTypeError", "ResourceError",
+           "TrainingError", "TrainingInterrupted", "allocating"]
 
 
 class DeqloopError(Exception):
@@ -64,3 +74,27 @@ class TrainingInterrupted(TrainingError):
     @property
     def exit_status(self) -> int:
         return 128 + self.signal
+
+
+class ResourceError(DeqloopError, MemoryError):
+    """What was asked for does not fit in memory; the message names the setting to lower."""
+
+
+_ALLOCATION_FAILED = ("can't allocate memory", "out of memory", "not enough memory")
+
+
+@contextlib.contextmanager
+def allocating(what: str) -> Iterator[None]:
+    """Turn an allocation failure inside the block (``MemoryError``, ``torch.OutOfMemoryError``,
+    the CPU allocator's ``RuntimeError``) into a :class:`ResourceError` naming ``what`` (e.g.
+    ``"the model's weights (width 10000000)"``); other errors pass through."""
+    try:
+        yield
+    except ResourceError:
+        raise
+    except (MemoryError, RuntimeError) as e:
+        if not isinstance(e, MemoryError) and not any(s in str(e) for s in _ALLOCATION_FAILED):
+            raise
+        asked = re.search(r"tried to allocate [^.(;]*", str(e))
+        reason = asked.group(0).strip() if asked else (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ResourceError(f"not enough memory for {what} ({reason})") from e

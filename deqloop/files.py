@@ -5,6 +5,7 @@ checked before any work, fingerprints of data files.
     atomic_write(path, writer=torch.save)  # or a function that writes to a binary file object
     with RunLock(out): ...                 # one writer per run folder (fcntl.flock on OUT/.lock)
     out = writable_folder(out, "--out")    # created if missing; OutputError if it cannot be written
+    save_figure(fig, "runs/x/plot.png")    # a matplotlib figure, atomically
     fingerprint("puzzles.csv")             # size and SHA-256, to notice a changed data file
 
 A process killed at any moment during :func:`atomic_write` leaves the old file or the new one,
@@ -23,7 +24,8 @@ from typing import IO, Any
 
 from deqloop.errors import DeqloopError
 
-__all__ = ["LOCK_NAME", "OutputError", "RunLock", "RunLocked", "atomic_write", "fingerprint", "writable_folder"]
+__all__ = ["LOCK_NAME", "OutputError", "RunLock", "RunLocked", "atomic_write", "fingerprint", "save_figure",
+           "writable_folder"]
 
 LOCK_NAME = ".lock"
 
@@ -169,6 +171,14 @@ class RunLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """``fig.savefig`` through :func:`atomic_write`, in the format the suffix names (PNG when
+    ``path`` has none: the file written is then ``path`` itself, not ``path.png``)."""
+    path = Path(path)
+    fmt = path.suffix[1:].lower() or "png"
+    return atomic_write(path, writer=lambda f: fig.savefig(f, format=fmt, **kwargs))
 
 
 def fingerprint(path: str | Path) -> dict[str, Any]:

@@ -42,6 +42,8 @@ def float_tensor(name: str, value: Any) -> torch.Tensor:
 def state(name: str, value: Any) -> torch.Tensor:
     """A solver's state: a floating-point tensor, batch-first, with at least one sample."""
     tensor(name, value)
+    if value.device.type == "meta":
+        raise InputError(f"{name} is on the meta device (a shape without values); create it on the device to solve on")
     if value.dim() < 1 or value.shape[0] == 0:
         raise InputError(f"{name} must be batch-first (B, ...) with B ≥ 1 samples, got shape {tuple(value.shape)}")
     return float_tensor(name, value)

@@ -84,7 +84,8 @@ class Run:
 
     def require_task(self) -> Task:
         if self.task is None:
-            raise CheckpointError(f"{self.path} has no training config, so no task: name one explicitly")
+            raise CheckpointError(f"{self.path} holds weights only (no training config, so no task): name a task "
+                                  "(--task NAME on the command line, Run.load(..., task=...) in Python)")
         return self.task
 
 

@@ -167,4 +167,4 @@ def test_cli_main_and_its_errors(tmp_path, capsys):
     assert "unknown task 'tic_tac_toe'" in err and len(err.strip().splitlines()) == 1
     # a weights-only checkpoint has no task of its own: --task is needed
     assert main(["analyze", str(path), "--n", "2"]) == 2
-    assert "has no training config, so no task" in capsys.readouterr().err
+    assert "holds weights only (no training config, so no task)" in capsys.readouterr().err

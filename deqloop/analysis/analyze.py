@@ -36,7 +36,7 @@ from deqloop.analysis.report import StabilityReport, regimes
 from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions
 from deqloop.analysis.weights import weight_diagnostics
 from deqloop import inputs
-from deqloop.errors import ConfigError, InputTypeError
+from deqloop.errors import ConfigError, InputError, InputTypeError
 from deqloop.model import INITS
 from deqloop.validate import choice, integer, known_keys, number, quoted
 
@@ -207,6 +207,10 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
 
     if not isinstance(model, LoopedDEQ):
         raise InputTypeError(f"model must be a LoopedDEQ, got {type(model).__name__}")
+    bad = [name for name, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad:
+        raise InputError(f"model has non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+                         f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}: there is no map to analyze")
     inputs.tensor("x", x)
     opts = _options(options, overrides)
     cfg = model.config.solve

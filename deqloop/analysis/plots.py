@@ -94,5 +94,6 @@ def plot_report(report: StabilityReport, out_dir: str | Path, *, prefix: str = "
 
 
 def _save(fig, path: Path, dpi: int) -> Path:
-    fig.savefig(path, dpi=dpi)
-    return path
+    from deqloop.files import save_figure
+
+    return save_figure(fig, path, dpi=dpi)

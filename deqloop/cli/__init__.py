@@ -9,8 +9,9 @@
 
 Every ``train`` flag is a field of :class:`deqloop.train.TrainConfig` (``--max-iter`` is
 ``max_iter``) or of the chosen task's settings (``--length`` for prefix sums). The library's own
-errors (bad settings, data, checkpoints) are reported in one line on stderr with exit status 2;
-anything else is a bug and keeps its traceback (``DEQLOOP_DEBUG=1`` shows it for all). A
+errors (bad settings, data, checkpoints, memory) and the system's (``OSError``: a full disk, no
+permission) are reported in one line on stderr with exit status 2; anything else is a bug and
+keeps its traceback (``DEQLOOP_DEBUG=1`` shows it for all). A
 ``train`` stopped by SIGINT or SIGTERM checkpoints the step it finished, prints the command that
 resumes it and exits with 128 + the signal's number (130 for SIGINT, 143 for SIGTERM).
 """
@@ -21,7 +22,7 @@ import argparse
 import importlib
 import os
 import sys
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from deqloop import __version__
 from deqloop.errors import DeqloopError
@@ -36,7 +37,12 @@ class CLIError(DeqloopError):
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line: ``deqloop train: error: ... (see --help)``."""
+    """An ArgumentParser whose errors are one line: ``deqloop train: error: ... (see --help)``.
+    Abbreviated flags are not accepted (``--step 5`` is an error, not ``--steps 5``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("deqloop: interrupted", file=sys.stderr)
         return 130
-    except DeqloopError as e:  # the library's own errors are one line; anything else is a bug
+    except (DeqloopError, OSError) as e:  # the library's own errors and the system's are one line; others are bugs
         if os.environ.get("DEQLOOP_DEBUG"):
             raise
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from deqloop.analysis.analyze import MEASURES, analyze
+from deqloop.cli.flags import nonempty
 from deqloop.analysis.jacobian import EIG_METHODS
 from deqloop.model import INITS
 
@@ -35,7 +36,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
     parser.add_argument("--band", default="val", choices=BANDS, help="difficulty band (default: val)")
     parser.add_argument("--n", type=int, default=64, help="number of examples (default: 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the examples and of the analysis (default: 0)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=nonempty, default=None,
                         help="directory for report.json and the plots (default: CKPT's stem + '-analysis' beside it)")
     parser.add_argument("--no-plots", action="store_true", help="write report.json only")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: cpu)")
@@ -57,7 +58,7 @@ def add_analyze_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 def run_analyze(args: argparse.Namespace) -> int:
     """Run ``deqloop analyze`` for parsed ``args``: print the summary, write report and plots."""
     from deqloop.device import resolve_device
-    from deqloop.files import atomic_write
+    from deqloop.files import atomic_write, writable_folder
     from deqloop.run import Run
     from deqloop.tasks import get_task
     from deqloop.validate import integer
@@ -66,8 +67,11 @@ def run_analyze(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     run = Run.load(args.checkpoint, device=device, task=get_task(args.task) if args.task else None,
                    imports=args.imports)
+    task = run.require_task()
+    default_out = args.checkpoint.with_name(args.checkpoint.stem + "-analysis")
+    out = writable_folder(Path(args.out) if args.out is not None else default_out, "--out")  # before any work
     model = run.model if args.dtype is None else run.model.to(dtype=DTYPES[args.dtype])
-    x, _ = run.require_task().make(args.band, args.n, seed=args.seed)
+    x, _ = task.make(args.band, args.n, seed=args.seed)
     overrides: dict[str, Any] = {"seed": args.seed}
     for name in ("inits", "measures", "solver", "max_iter", "rtol", "eig_method", "directions", "delta"):
         value = getattr(args, name)
@@ -75,8 +79,6 @@ def run_analyze(args: argparse.Namespace) -> int:
             overrides[name] = tuple(value) if isinstance(value, list) else value
     report = analyze(model, x, progress=sys.stderr.isatty(), **overrides)
     print(report.summary())
-    out = args.out if args.out is not None else args.checkpoint.with_name(args.checkpoint.stem + "-analysis")
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.json", report.to_json(indent=1))
     written = [out / "report.json"]
     if not args.no_plots:

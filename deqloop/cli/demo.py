@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from deqloop.cli.flags import nonempty
+
 __all__ = ["add", "run"]
 
 
@@ -16,7 +18,7 @@ def add(sub: Any) -> None:
         "minutes on 2 CPU cores. Prints the tables and writes OUT/iterations.png, OUT/demo.json and the training "
         "run (OUT/last.pt, OUT/metrics.jsonl).")
     p.add_argument("--quick", action="store_true", help="a seconds-long run of the same code (for tests)")
-    p.add_argument("--out", default="runs/demo", help="output folder [default: runs/demo]")
+    p.add_argument("--out", default="runs/demo", type=nonempty, help="output folder [default: runs/demo]")
     p.add_argument("--seed", type=int, default=0, help="seed [default: 0]")
     p.add_argument("--steps", type=int, default=None, help="training steps [default: the recipe's]")
     p.add_argument("--n", type=int, default=None, help="random test inputs per length [default: 256]")

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deqloop.cli.flags import iters_type
+from deqloop.cli.flags import iters_type, nonempty
 
 __all__ = ["add", "run"]
 
@@ -24,6 +24,9 @@ def add(sub: Any) -> None:
     p.add_argument("--iters", type=iters_type, default=[1, 2, 5, 10, 30, 100, 300, 500], metavar="N,N,...",
                    help="iteration counts to score [default: 1,2,5,10,30,100,300,500]")
     p.add_argument("--n", type=int, default=512, help="examples per split [default: 512]")
+    p.add_argument("--task", default=None, metavar="NAME",
+                   help="evaluate on this task (with its default settings and --task-option changes) instead of the "
+                   "checkpoint's own; needed for a weights-only checkpoint")
     p.add_argument("--task-option", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                    help="change one of the task's settings for this evaluation (e.g. --task-option data FILE); "
                    "VALUE is read as JSON when it parses, else as text")
@@ -40,7 +43,7 @@ def add(sub: Any) -> None:
                    "the solve, not plain iteration, gives the model's answer; none: no solve [default: auto]")
     p.add_argument("--solver-rtol", type=float, default=1e-4, help="tolerance of --solver [default: 1e-4]")
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation sets [default: 12345]")
-    p.add_argument("--out", default=None, help="folder for eval.json and iterations.png [default: the checkpoint's]")
+    p.add_argument("--out", default=None, type=nonempty, help="folder for eval.json and iterations.png [default: the checkpoint's]")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N [default: auto]")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
@@ -57,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
     from deqloop.cli.flags import json_or_text
     from deqloop.device import resolve_device
     from deqloop.eval.report import evaluate_run
-    from deqloop.files import atomic_write
+    from deqloop.files import atomic_write, writable_folder
     from deqloop.run import Run
     from deqloop.solvers import available_solvers
+    from deqloop.tasks import get_task
     from deqloop.validate import choice, integer, number
 
     if args.threads:
@@ -70,24 +74,23 @@ def run(args: argparse.Namespace) -> int:
     number("--solver-rtol", args.solver_rtol, low=0, low_open=True)
     if args.solver not in ("auto", "none"):
         choice("solver", args.solver, available_solvers())
-    run_ = Run.load(args.checkpoint, device=device, imports=args.imports)
-    solver = args.solver
-    if solver == "auto":
-        solver = run_.config.solver if run_.config.loss == "equilibrium" else "none"
-    solver = None if solver == "none" else solver
+    changes = {name: json_or_text(value) for name, value in args.task_option}
+    named = get_task(args.task, **changes) if args.task else None
+    run_ = Run.load(args.checkpoint, device=device, task=named, imports=args.imports)
     task = run_.require_task()
-    if args.task_option:
+    if changes and named is None:
         if not dataclasses.is_dataclass(task):
             raise ConfigError(f"task {task.name!r} has no settings to change")
-        from deqloop.tasks import get_task
-
-        changes = {name: json_or_text(value) for name, value in args.task_option}
         run_.task = get_task(run_.config.task, **{**task.settings(), **changes})
+    out = writable_folder(args.out if args.out else Path(args.checkpoint).parent, "--out")  # before any work
+    solver = args.solver
+    if solver == "auto":  # the run's own solver when it trained at its fixed point
+        config = run_.config
+        solver = config.solver if config is not None and config.loss == "equilibrium" else "none"
+    solver = None if solver == "none" else solver
     splits = dict(run_.task.extra_split(spec, args.n, args.seed) for spec in args.extra)
     report = evaluate_run(run_, iters=args.iters, n=args.n, splits=splits, settle_rtol=args.rtol, solver=solver,
                           solver_rtol=args.solver_rtol, cells=args.cells, seed=args.seed, device=device)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent
-    out.mkdir(parents=True, exist_ok=True)
     print(report.text())
     atomic_write(out / "eval.json", json.dumps(report.to_dict(), indent=2) + "\n")
     plot = report.curves.plot(out / "iterations.png", title=f"{report.task}: accuracy vs test-time iterations")

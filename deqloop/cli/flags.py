@@ -10,11 +10,19 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["IntPair", "add_dataclass_flags", "flag_name", "iters_type", "json_object", "json_or_text", "int_pair"]
+__all__ = ["IntPair", "add_dataclass_flags", "flag_name", "int_pair", "iters_type", "json_object", "json_or_text",
+           "nonempty"]
 
 
 def flag_name(field: str) -> str:
     return "--" + field.replace("_", "-")
+
+
+def nonempty(text: str) -> str:
+    """A path argument that names something: ``--out ''`` is an error, not the default folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
 
 
 def json_object(text: str) -> dict[str, Any]:

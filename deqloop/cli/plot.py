@@ -13,12 +13,14 @@ The stability records come from runs trained with ``--stability-every N`` (see
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PANELS", "add", "plot_stability", "read_run", "run"]
+from deqloop.cli.flags import nonempty
+from deqloop.files import OutputError
+
+__all__ = ["PANELS", "add", "figure_path", "plot_stability", "read_run", "run"]
 
 # (record kind, field, panel title): "train" is a training step's line, "stability" the monitor's.
 PANELS = (
@@ -40,32 +42,46 @@ def add(sub: Any) -> None:
         "convergence, the training loss, and the paper's rho(W_x) and ‖W_Q‖‖W_K‖; one panel each, one line per run. "
         "Writes a PNG.")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders (each holds a metrics.jsonl)")
-    p.add_argument("--out", default="stability.png", help="the PNG to write [default: stability.png]")
+    p.add_argument("--out", default="stability.png", type=nonempty, help="the PNG to write [default: stability.png]")
     p.add_argument("--dpi", type=int, default=120, help="resolution [default: 120]")
     p.set_defaults(func=run)
 
 
 def read_run(folder: str | Path) -> dict[str, dict[str, list[tuple[int, float]]]]:
     """``{"train": {field: [(step, value), ...]}, "stability": {...}}`` from ``folder/metrics.jsonl``;
-    lines torn by a kill are skipped. A folder without metrics is a :class:`ConfigError`."""
+    a last line torn by a kill is skipped. A folder without metrics is a :class:`ConfigError`, a
+    malformed log a :class:`~deqloop.train.metrics.MetricsError` naming the file and line."""
     from deqloop.errors import ConfigError
+    from deqloop.train.metrics import read_metrics
 
     path = Path(folder) / "metrics.jsonl"
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{folder}: no metrics.jsonl there (not a training run folder)")
     traces: dict[str, dict[str, list[tuple[int, float]]]] = {"train": {}, "stability": {}}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for record in read_metrics(path):
         kind = record.get("kind", "train")
-        if kind not in traces or "step" not in record:
+        if kind not in traces:
             continue
         for key, value in record.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "step":
-                traces[kind].setdefault(key, []).append((int(record["step"]), float(value)))
+                traces[kind].setdefault(key, []).append((record["step"], float(value)))
     return traces
+
+
+def figure_path(out: str | Path) -> Path:
+    """Where ``--out`` puts the figure: ``out/stability.png`` for an existing folder, ``out.png``
+    for a name without a suffix, else ``out``; its folder is created and checked writable."""
+    from deqloop.files import writable_folder
+
+    if not isinstance(out, (str, Path)) or not str(out):
+        raise OutputError(f"--out must name a PNG file, got {out!r}")
+    out = Path(out)
+    if out.is_dir():
+        out = out / "stability.png"
+    elif not out.suffix:
+        out = out.with_name(out.name + ".png")
+    writable_folder(out.parent, "the folder of --out")
+    return out
 
 
 def _labels(folders: list[Path]) -> list[str]:
@@ -75,12 +91,16 @@ def _labels(folders: list[Path]) -> list[str]:
 
 
 def plot_stability(runs: list[str | Path], out: str | Path, *, dpi: int = 120) -> Path:
-    """Write the figure of :data:`PANELS` for the run folders ``runs`` to ``out`` (a PNG); returns it."""
+    """Write the figure of :data:`PANELS` for the run folders ``runs`` to ``out`` (a PNG; see
+    :func:`figure_path`) atomically; returns the path written."""
     from matplotlib.figure import Figure
+
+    from deqloop.files import save_figure
 
     from deqloop.validate import integer
 
     integer("dpi", dpi)
+    out = figure_path(out)
     folders = [Path(r) for r in runs]
     data = [read_run(f) for f in folders]  # every folder checked before anything is drawn
     fig = Figure(figsize=(14, 7), layout="constrained")
@@ -100,10 +120,7 @@ def plot_stability(runs: list[str | Path], out: str | Path, *, dpi: int = 120) -
             ax.set_ylim(-0.05, 1.05)
         if ax.lines:
             ax.legend(fontsize=8)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=dpi)
-    return out
+    return save_figure(fig, out, dpi=dpi)
 
 
 def run(args: argparse.Namespace) -> int:

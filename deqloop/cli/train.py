@@ -9,7 +9,7 @@ import signal
 import sys
 from typing import Any
 
-from deqloop.cli.flags import add_dataclass_flags, iters_type
+from deqloop.cli.flags import add_dataclass_flags, iters_type, nonempty
 
 __all__ = ["add", "run"]
 
@@ -49,6 +49,7 @@ def add(sub: Any, task: str | None) -> None:
     add_dataclass_flags(p, TrainConfig, choices=_choices(), skip=("task_options",),
                         special={"eval_iters": dict(type=iters_type, metavar="N,N,..."),
                                  "compile": dict(nargs="?", const=True, type=compile_mode, metavar="auto|true|false"),
+                                 "out": dict(type=nonempty, metavar="DIR"),
                                  "task": dict(type=str, metavar="{" + ",".join(task_names()) + "}|module:Class")})
     cls = task_class(task or TrainConfig.task)
     if dataclasses.is_dataclass(cls):

@@ -91,6 +91,8 @@ class IterationCurves:
         matplotlib.use("Agg", force=False)
         import matplotlib.pyplot as plt
 
+        from deqloop.files import save_figure
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -108,7 +110,7 @@ class IterationCurves:
         ax.grid(True, alpha=0.3)
         ax.legend(loc="best", fontsize=8)
         fig.tight_layout()
-        fig.savefig(path)
+        save_figure(fig, path)
         plt.close(fig)
         return path
 

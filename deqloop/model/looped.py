@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from deqloop import inputs
-from deqloop.errors import InputError, InputTypeError
+from deqloop.errors import InputError, InputTypeError, allocating
 from deqloop.model.attention import Attention, check_backend
 from deqloop.model.config import (
     BF16_RTOL,
@@ -106,9 +106,10 @@ class LoopedDEQ(nn.Module):
             config = config.replace(**kwargs)
         self.config = config
         arch = config.arch
-        self.embedding = nn.Embedding(arch.vocab_size, arch.width)
-        self.block = Block(arch) if arch.blocks == 1 else Blocks(arch)  # Blocks: untied, applied in order
-        self.head = Readout(arch.width, arch.num_classes)
+        with allocating(f"the model's weights (width {arch.width}, vocab_size {arch.vocab_size})"):
+            self.embedding = nn.Embedding(arch.vocab_size, arch.width)
+            self.block = Block(arch) if arch.blocks == 1 else Blocks(arch)  # Blocks: untied, applied in order
+            self.head = Readout(arch.width, arch.num_classes)
         self._compiled_block = None  # built on first use when arch.compile; never pickled
 
     @property

@@ -29,12 +29,13 @@ solve to the next instead of faulting in fresh pages.
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
 
 from deqloop import inputs
-from deqloop.errors import InputError, InputTypeError
+from deqloop.errors import InputError, InputTypeError, allocating
 from deqloop.solvers import base, workspace
 from deqloop.solvers.base import KeptRows, Solver
 from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual
@@ -43,6 +44,32 @@ from deqloop.validate import integer, number
 Map = Callable[[torch.Tensor], torch.Tensor]
 
 COMPACT_AT = 0.0625  # drop frozen rows once they are this fraction of the rows held
+
+
+class PrecisionWarning(UserWarning):
+    """A tolerance finer than the precision ``f`` computes in can resolve: the solve will use its
+    whole budget (raised once per dtype and tolerance in a process)."""
+
+
+_WARNED: set[tuple[torch.dtype, float]] = set()
+
+
+def warn_unreachable(rtol: float, atol: float, dtype: torch.dtype, device: torch.device) -> None:
+    """Warn (once per ``(dtype, rtol)``) when ``rtol`` is below what the dtype ``f`` computes in
+    resolves (the state's, or autocast's on ``device`` when lower): a quarter of its machine
+    epsilon, 2.0e-3 for bf16 (a transformer block's residual in bf16 stops near 1.4e-3, so a solve
+    to rtol 1e-3 uses its whole budget) and 2.4e-4 for float16."""
+    low = dtype if dtype in (torch.bfloat16, torch.float16) else None
+    if low is None and torch.is_autocast_enabled(device.type):
+        low = torch.get_autocast_dtype(device.type)
+    if low not in (torch.bfloat16, torch.float16) or atol > 0:
+        return
+    floor = torch.finfo(low).eps / 4
+    if rtol < floor and (low, rtol) not in _WARNED:
+        _WARNED.add((low, rtol))
+        warnings.warn(f"rtol={rtol:g} is below what {str(low).removeprefix('torch.')}, which f computes in, resolves "
+                      f"(about {floor:.1e}): its rounding keeps the relative residual above rtol, and solves then use "
+                      "their whole max_iter; use a larger rtol, or compute f in float32", PrecisionWarning, stacklevel=4)
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -77,6 +104,14 @@ def check_image(z: torch.Tensor, out: object, dtype: torch.dtype) -> torch.Tenso
     return out
 
 
+def _version(z: torch.Tensor) -> int | None:
+    """Autograd's count of in-place writes to ``z`` (``None`` for inference tensors, which keep none)."""
+    try:
+        return z._version
+    except RuntimeError:
+        return None
+
+
 class _Evaluator:
     """Calls ``f`` on the active rows, counting calls and checking its output's shape and dtype."""
 
@@ -95,7 +130,11 @@ class _Evaluator:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         z = x.view(x.shape[0], *self.shape[1:])
+        version = _version(z)
         out = check_image(z, self.f_active(z), self.dtype)
+        if version is not None and _version(z) != version:  # the solver keeps z: f must leave it as it was
+            raise InputError("f modified its input in place (e.g. z.mul_(...)), so the solver's iterate changed "
+                             "under it; return a new tensor instead (z * 0.5 + 1, or z.clone() first)")
         self.nfe += 1
         self.sample_evals += x.shape[0]
         return out.reshape(x.shape[0], -1)
@@ -133,6 +172,7 @@ def run_solver(
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
+    warn_unreachable(rtol, atol, z0.dtype, z0.device)
     check_every = integer("check_every", check_every or default_check_every(z0.device))
     if not divergence > 1.0:
         raise ValueError(f"divergence must be a factor > 1, got {divergence!r}")
@@ -182,7 +222,10 @@ def run_solver(
         for k in range(1, max_iter + 1):
             fx = evaluate(x)
             if state is None:
-                state = solver.init(x, fx, acc)
+                m = getattr(solver, "m", None)
+                with allocating(f"the {method} solver's memory ({B} samples × {x.shape[1]} values"
+                                + (f", m={m})" if m is not None else ")")):
+                    state = solver.init(x, fx, acc)
             g_out = None
             if not recording:
                 g_out = solver.residual_out(state, k)

@@ -207,6 +207,8 @@ class TrainConfig:
         for name in ("train_size", "eval_size", "eval_every", "keep_every", "threads", "prefetch", "seed", "stability_every",
                      "max_consecutive_skips"):
             integer(name, getattr(self, name), minimum=0)
+        if self.seed >= 2**64:
+            raise ConfigError(f"seed must be an integer in [0, 2**64) (torch's generators take 64 bits), got {self.seed}")
         if self.eval_every and not self.eval_size:
             raise ConfigError("eval_every needs eval_size > 0")
         integer("stability_size", self.stability_size)

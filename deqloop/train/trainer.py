@@ -32,9 +32,9 @@ from torch import nn
 from deqloop import seeds
 from deqloop.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
 from deqloop.device import resolve_device
-from deqloop.errors import ConfigError, TrainingError, TrainingInterrupted
+from deqloop.errors import ConfigError, TrainingError, TrainingInterrupted, allocating
 from deqloop.eval.curves import accuracy_by_iterations
-from deqloop.files import RunLock, atomic_write, fingerprint
+from deqloop.files import RunLock, atomic_write, fingerprint, writable_folder
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_spec
 from deqloop.train import runtime
@@ -79,8 +79,9 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         self.rank, self.world, local_rank = runtime.distributed_env()
-        # One writer per run folder for the trainer's life (rank 0 holds it for all ranks).
-        self._lock = RunLock(self.out) if self.rank == 0 else None
+        # One writer per run folder for the trainer's life (rank 0 holds it for all ranks), checked
+        # writable before any work.
+        self._lock = RunLock(writable_folder(self.out, "out")) if self.rank == 0 else None
         try:
             self._setup(task, local_rank)
         except BaseException:
@@ -288,13 +289,14 @@ class Trainer:
         c = self.config
         started = time.perf_counter()
         self.model.train()
-        x, y = (self._prefetch or self.batches)(step)
-        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        depth = c.depth(x)
-        lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.zero_grad(set_to_none=True)
-        with runtime.autocast(self.amp, self.device):
-            loss, logits, stats = self.objective(x, y, depth, step)
+        with allocating(f"a training step (batch_size {c.batch_size}, width {c.width})"):
+            x, y = (self._prefetch or self.batches)(step)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            depth = c.depth(x)
+            lr = self.optimizer.param_groups[0]["lr"]
+            self.optimizer.zero_grad(set_to_none=True)
+            with runtime.autocast(self.amp, self.device):
+                loss, logits, stats = self.objective(x, y, depth, step)
         # Under torchrun one all-reduce tells every rank whether any loss is non-finite and whether any
         # rank was signalled (so all stop after the same step); in one process there is no sync.
         finite, self._agreed_signal = runtime.agree(bool(torch.isfinite(loss)), self._signals.signal or 0,
