@@ -143,3 +143,20 @@ def test_analyze_reports_them_and_they_survive_json():
     back = StabilityReport.from_json(report.to_json())
     assert back.weights == pytest.approx(report.weights)
     assert "ρ(W_x)" in report.summary()
+
+
+def test_untied_blocks_are_read_at_the_first_block_as_the_paper_does():
+    model = tiny_model("none", blocks=3)  # the paper's "fixed" baseline, with 3 blocks instead of 15
+    first = model.block[0]
+    assert first.attn.qkv.weight is not model.block[1].attn.qkv.weight
+    D = model.arch.width
+    qkv = np_(first.attn.qkv.weight)
+    want = {"qk_norm_product": norm2(qkv[:D]) * norm2(qkv[D:2 * D]), "attn_out_norm": norm2(np_(first.attn.proj.weight)),
+            "mlp_norm_product": norm2(np_(first.mlp.fc.weight)) * norm2(np_(first.mlp.proj.weight))}
+    check(weight_diagnostics(model), want)
+
+
+def test_the_gru_residual_reports_the_same_keys():
+    model = tiny_model("internal", residual="gru", norm="peri")
+    inj = model.block.inject
+    check(weight_diagnostics(model), {**expected_injection(inj.w_z.weight, inj.w_e.weight), **expected_block(model)})
