@@ -247,7 +247,7 @@ def check_command(template: Path, argv: list[str]) -> None:
         elif argv[0] == "eval":
             assert "wrote" in out and "eval.json" in out
         elif argv[0] == "plot":
-            assert Path(out.strip().splitlines()[-1]).is_file()
+            assert (root / out.strip().splitlines()[-1]).is_file()  # a relative path is the sandbox's
         else:
             assert "report.json" in out
         kept = {k: v for k, v in before.items() if written is None or not str(root / k).startswith(written)}
