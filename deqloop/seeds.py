@@ -28,6 +28,8 @@ def derive_seed(*keys: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
-def generator(*keys: int) -> torch.Generator:
-    """A CPU ``torch.Generator`` seeded by :func:`derive_seed` of ``keys``."""
-    return torch.Generator().manual_seed(derive_seed(*keys))
+def generator(*keys: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` (the CPU by default) seeded by :func:`derive_seed` of ``keys``.
+    A device's generator draws other numbers than the CPU's from the same seed, equally a function
+    of the keys; it draws there, without a copy from the host."""
+    return torch.Generator(device=device).manual_seed(derive_seed(*keys))

@@ -159,11 +159,11 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
                           solver_rtol=1e-4, seed=EVAL_SEED, device=resolve_device(device))
     eval_seconds = time.perf_counter() - t1
 
-    model, task = run.model.cpu().eval(), run.require_task()
+    model, task = run.model.eval(), run.require_task()  # analysed on the run's device
     analysis = {}
     t2 = time.perf_counter()
     for band in ("hard", "val") if preset.solves(spec) else ():  # the untied baseline has no loop to analyse
-        x, _ = task.make(band, preset.analyze_n, seed=999)
+        x = task.make(band, preset.analyze_n, seed=999)[0].to(next(model.parameters()).device)
         full = analyze(model, x, inits=("embed", "zeros", "noise"), **ANALYSIS_SOLVE, **preset.analysis)
         analysis[band] = stability_numbers(full)
         # from z₀ = 0 every input starts at the same state: the paper's setting for recall "none"

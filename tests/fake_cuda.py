@@ -15,7 +15,8 @@ with where it would live:
   operands on CUDA, as are copies between devices and host indices into a device tensor); a CPU
   generator given to a CUDA factory raises as on CUDA; ``.numpy()`` of a device tensor raises.
 * Host reads of device tensors (``item``, ``bool``, ``int``, ``float``, ``tolist``, ``nonzero``)
-  are counted in ``FakeCuda.reads``: on a GPU each is a synchronisation.
+  are counted in ``FakeCuda.reads``: on a GPU each is a synchronisation; copies from the host to
+  the device (``.to(cuda)``, ``torch.tensor(..., device=cuda)``) in ``FakeCuda.copies``.
 
 Tensors made before the context (module-level constants) stay untagged and mix with either side.
 ``torch.cuda.is_available`` and the few ``torch.cuda`` functions deqloop calls are patched while
@@ -56,6 +57,23 @@ class OnHost(_Tagged):
     """A tensor made on the CPU inside the fake-CUDA context."""
 
 
+class Generator(torch.Generator):
+    """``torch.Generator(device="cuda")`` inside the context: a CPU generator reporting ``cuda:0``."""
+
+    def __new__(cls, device: Any = "cpu"):
+        fake = torch.device(device).type == "cuda"
+        g = super().__new__(cls, "cpu" if fake else device)
+        g.fake = fake
+        return g
+
+    def __init__(self, device: Any = "cpu") -> None:
+        pass
+
+    @property
+    def device(self) -> torch.device:  # type: ignore[override]
+        return CUDA if self.fake else torch.device("cpu")
+
+
 # moving or aliasing data between devices, and indexing a device tensor with host indices, are legal
 MIXING_ALLOWED = {"copy_", "to", "cpu", "cuda", "_has_compatible_shallow_copy_type", "__get__", "__set__",
                   "__getitem__", "__setitem__", "swap_tensors", "_make_subclass", "set_", "_parse_to",
@@ -81,6 +99,7 @@ class FakeCuda(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.reads = 0
+        self.copies = 0
         self._patched: list[tuple[Any, str, Any]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -108,6 +127,8 @@ class FakeCuda(TorchFunctionMode):
                         break
             if dst is not None:
                 target = OnDevice if dst.type == "cuda" else OnHost
+                if target is OnDevice and not isinstance(args[0], OnDevice):  # the source is the tensor moved
+                    self.copies += 1
                 if name == "to":
                     args = tuple("cpu" if _device(a) is not None and _device(a).type == "cuda" else a for a in args)
                     if "device" in kwargs:
@@ -124,6 +145,8 @@ class FakeCuda(TorchFunctionMode):
                                        f"'{generator.device.type}' (fake CUDA)")
                 kwargs["device"] = "cpu"
                 target = OnDevice
+                if name in ("tensor", "as_tensor"):  # host data copied to the device
+                    self.copies += 1
             else:
                 target = OnHost
         if target is None:
@@ -161,6 +184,8 @@ class FakeCuda(TorchFunctionMode):
         self._patch(c, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
         self._patch(c, "set_rng_state_all", lambda states: None)
         self._patch(c, "manual_seed_all", lambda seed: None)
+        self._patch(c, "get_device_name", lambda device=None: "fake cuda:0")
+        self._patch(torch, "Generator", Generator)
         # page-locked host memory needs the CUDA driver; patched on the class, since the mode is per
         # thread and batches are pinned in background threads
         self._patch(torch.Tensor, "pin_memory", lambda t, device=None: t.clone())

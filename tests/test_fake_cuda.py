@@ -197,3 +197,70 @@ def test_analyze_on_the_device():
     assert on_device.spectral_radius == pytest.approx(on_cpu.spectral_radius, rel=1e-6)
     assert on_device.input_sensitivity == pytest.approx(on_cpu.input_sensitivity, rel=1e-6)
     assert on_device.distinct_fixed_points == on_cpu.distinct_fixed_points
+
+
+@pytest.mark.slow  # about 30 s
+def test_a_sweep_run_trains_evaluates_and_analyses_on_the_device(tmp_path, monkeypatch):
+    from experiments import sweep
+    from experiments.presets import get_preset
+
+    devices = []
+
+    def analyze_where(model, x, *args, **kwargs):
+        devices.append((model.embedding.weight.device, x.device))
+        return analyze(model, x, *args, **kwargs)
+
+    monkeypatch.setattr("deqloop.analysis.analyze", analyze_where)
+
+    tiny = get_preset("tiny").with_(regimes=("progressive",))
+    spec = tiny.runs(recall=("internal",))[0]
+    with fake_cuda() as gpu:
+        result = sweep.run_one(tiny, spec, tmp_path / "runs", data={}, results=None, device="cuda:0")
+    assert gpu.reads > 0
+    assert devices and set(devices) == {(CUDA, CUDA)}  # not copied to the CPU (45 min a run at 512 tokens)
+    assert set(result["analysis"]) == {"hard", "val"}
+    assert result["analysis"]["hard"]["from_zeros"]["converged_fraction"] >= 0
+
+
+@pytest.mark.parametrize("method", ("picard", "anderson", "broyden"))
+def test_a_solve_on_the_device_reads_the_host_once_per_check_and_copies_nothing(method):
+    from deqloop.solvers import BatchedMap, solve
+
+    torch.manual_seed(0)
+    model = LoopedDEQ(vocab_size=5, num_classes=3, grid=(6,), width=16, heads=2, recall="internal")
+    with torch.no_grad():
+        model.block.mlp.proj.bias.normal_(0, 1.0)  # a contraction: examples converge at different counts
+    x = torch.randint(0, 5, (16, 6), generator=torch.Generator().manual_seed(0))
+    with fake_cuda() as gpu, torch.no_grad():
+        model.to(CUDA)
+        e = model.embed(x.to(CUDA))
+        z0 = model.initial_state(e)
+        reads, copies = gpu.reads, gpu.copies
+        sol = solve(BatchedMap(model.step, e), z0, method=method, rtol=1e-4, max_iter=40)
+        reads, copies = gpu.reads - reads, gpu.copies - copies
+        iterations = sol.iterations.cpu()
+    assert sol.converged.cpu().all() and iterations.min() < iterations.max()  # rows were dropped on the way
+    # one read for z0's finiteness, one per check (every 8 iterations) until none is left; dropping
+    # converged rows reads nothing, and the status codes are no device tensors made from numbers
+    assert reads == 1 + math.ceil(int(iterations.max()) / 8)
+    assert copies == 0
+
+
+def test_the_jacobian_penalty_draws_its_probe_on_the_device():
+    from deqloop.train.objectives import Equilibrium
+
+    torch.manual_seed(0)
+    model = LoopedDEQ(vocab_size=5, num_classes=3, grid=(6,), width=16, heads=2)
+    x = torch.randint(0, 5, (4, 6), generator=torch.Generator().manual_seed(0))
+    z = torch.randn(4, 6, 16, generator=torch.Generator().manual_seed(1))
+    on_cpu = Equilibrium(model, seed=3, jac_reg=0.1).jacobian_penalty(x, z, step=7).detach()
+    with fake_cuda() as gpu:
+        model.to(CUDA)
+        xd, zd = x.to(CUDA), z.to(CUDA)
+        copies = gpu.copies
+        on_device = Equilibrium(model, seed=3, jac_reg=0.1).jacobian_penalty(xd, zd, step=7)
+        assert gpu.copies == copies  # ε is drawn there, not copied from the host every step
+        assert on_device.device == CUDA
+        on_device = on_device.detach().cpu()
+    # the fake device's generator is the CPU's, so the numbers agree (on a GPU: another draw)
+    torch.testing.assert_close(on_device, on_cpu)

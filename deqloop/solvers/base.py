@@ -51,22 +51,34 @@ class KeptRows:
     index: torch.Tensor  # (n_keep,) long
     holes: torch.Tensor  # (n_moved,) long, ascending, < n_keep
     donors: torch.Tensor  # (n_moved,) long, ascending, ≥ n_keep
+    dropped: torch.Tensor  # (N − n_keep,) long: the rows that leave
+    gather: bool = False  # move() gathers every kept row (no holes and donors: see of())
 
     @classmethod
-    def of(cls, active: torch.Tensor) -> KeptRows:
-        """The plan that keeps the rows where ``active`` (an (N,) bool mask) is true."""
+    def of(cls, active: torch.Tensor, n_keep: int | None = None) -> KeptRows:
+        """The plan that keeps the rows where ``active`` (an (N,) bool mask) is true.
+
+        Given ``n_keep`` (the number of true entries, already read by the caller) on an
+        accelerator, the plan takes no host read: a stable sort puts the kept rows first, and
+        :meth:`move` gathers them all (finding holes and donors would read their number)."""
+        if n_keep is not None and not host_reads_are_free(active.device):
+            order = torch.argsort((~active).to(torch.uint8), stable=True)  # kept rows first, in order
+            return cls(order[:n_keep], order[:0], order[:0], order[n_keep:], gather=True)
         stay = active.nonzero().squeeze(1)
         n_keep = stay.numel()
         leave = (~active[:n_keep]).nonzero().squeeze(1)
         donors = stay[stay >= n_keep]
         index = torch.arange(n_keep, device=active.device)
         index[leave] = donors
-        return cls(index, leave, donors)
+        return cls(index, leave, donors, (~active).nonzero().squeeze(1))
 
     def take(self, v: torch.Tensor) -> torch.Tensor:
         return v.index_select(0, self.index)
 
     def move(self, v: torch.Tensor) -> torch.Tensor:
+        if self.gather:
+            n = self.index.numel()
+            return v[:n].copy_(v.index_select(0, self.index))
         if self.holes.numel():
             # a few rows on the CPU: one copy each, no gathered temporary; else two calls in all
             if host_reads_are_free(v.device) and self.holes.numel() <= 64:

@@ -207,9 +207,9 @@ def run_solver(
         state = None
         g_buffer = None  # the loop's own residual buffer, for solvers that do not name one
         traces: list[torch.Tensor] = []
-        code_conv = torch.tensor(int(SolverStatus.CONVERGED), device=device)
-        code_nonfinite = torch.tensor(int(SolverStatus.NONFINITE), device=device)
-        code_div = torch.tensor(int(SolverStatus.DIVERGED), device=device)
+        # status codes as Python numbers: a device tensor made from one is a blocking copy
+        code_conv, code_nonfinite, code_div = (int(c) for c in (SolverStatus.CONVERGED, SolverStatus.NONFINITE,
+                                                                  SolverStatus.DIVERGED))
 
         def write_back(local: torch.Tensor) -> None:
             g = rows.index_select(0, local)
@@ -281,8 +281,8 @@ def run_solver(
                 # masks already freeze them and gathering rows for every call would cost more.
                 n_rows = rows.numel()
                 if evaluate.subsettable and n_active < n_rows and n_rows - n_active >= compact_at * n_rows:
-                    write_back((~active).nonzero().squeeze(1))
-                    kept = KeptRows.of(active)
+                    kept = KeptRows.of(active, n_active)  # no host read on an accelerator
+                    write_back(kept.dropped)
                     rows = kept.take(rows)
                     evaluate.restrict(rows)
                     x = kept.take(x)

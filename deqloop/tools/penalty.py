@@ -17,7 +17,8 @@ def jacobian_penalty(f: Callable[[Any], Any], z: Any, *, generator: torch.Genera
     ‖∂f/∂z‖²_F / dim over the batch, differentiable in what ``f`` closes over (one
     vector-Jacobian product with ``create_graph=True``; ``f`` must be twice differentiable).
 
-    ``generator`` draws ε (on the CPU, then moved to ``z``'s device and dtype); ``eps`` gives it
+    ``generator`` draws ε (where it lives, then moved to ``z``'s device and dtype: a generator on
+    ``z``'s device draws without a copy, see :func:`deqloop.seeds.generator`); ``eps`` gives it
     instead, shaped as ``f(z)`` (packed to ``(B, N)`` when ``z`` is a tuple, list or dict). A
     scalar, at least float32. Add it to the loss with a weight (deq-seq uses 0.1).
     """
@@ -26,8 +27,8 @@ def jacobian_penalty(f: Callable[[Any], Any], z: Any, *, generator: torch.Genera
         f, z = packed_map(f, packing), packing.pack(z, "z")
     z_in = z.detach().requires_grad_()
     fz = f(z_in)
-    if eps is None:
-        eps = torch.randn(fz.shape, generator=generator)
+    if eps is None:  # drawn where the generator lives, then given fz's device and dtype
+        eps = torch.randn(fz.shape, generator=generator, device=generator.device if generator is not None else fz.device)
     eps = eps.to(fz)
     (vjp,) = torch.autograd.grad(fz, z_in, eps, create_graph=True)
     return vjp.to(torch.promote_types(vjp.dtype, torch.float32)).pow(2).sum() / eps.numel()

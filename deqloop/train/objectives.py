@@ -142,12 +142,13 @@ class Equilibrium(Objective):
         return loss, out.logits, stats
 
     def jacobian_penalty(self, x: torch.Tensor, z: torch.Tensor, step: int) -> torch.Tensor:
-        """‖εᵀ ∂f/∂z‖² / numel(ε) at the state ``z`` (detached), ε ~ N(0, I) from ``(seed, step)``:
+        """‖εᵀ ∂f/∂z‖² / numel(ε) at the state ``z`` (detached), ε ~ N(0, I) from ``(seed, step)``
+        drawn on ``z``'s device:
         an unbiased estimate of ‖∂f/∂z‖²_F / dim, differentiable in the parameters."""
         e = self.model.embed(x)
         with self.model.use_attention_backend("math"):  # the fused CPU kernels have no double backward
             return jacobian_penalty(lambda z_in: self.model.step(z_in, e), z,
-                                    generator=seeds.generator(self.seed, seeds.JACOBIAN, step))
+                                    generator=seeds.generator(self.seed, seeds.JACOBIAN, step, device=z.device))
 
     def metrics(self, stats: dict[str, Any], mean: Mean) -> dict[str, Any]:
         sol = stats["solution"]
