@@ -206,3 +206,21 @@ def test_dynamics_table_numbers():
         "         1         1 | 0.2500        1 | -0.5000",
         "        30       0.5 | 1.0000  1.23e+04 | 1.0000",
     ]
+
+
+def test_the_untied_baselines_paper_number_is_at_one_iteration():
+    import torch
+
+    from deqloop.eval.report import evaluate_model, paper_iterations
+    from deqloop.model import LoopedDEQ
+
+    torch.manual_seed(0)
+    looped = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, mlp_ratio=2.0)
+    untied = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, mlp_ratio=2.0, blocks=2, recall="none")
+    assert paper_iterations(looped) == 500 and paper_iterations(untied) == 1
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 3, (6, 4), generator=gen), torch.randint(0, 2, (6, 4), generator=gen)
+    report = evaluate_model(untied, {"val": (x, y)}, ExactTask(), iters=[1, 500])
+    d = report.to_dict()
+    assert d["paper"] == {"iterations": 1, "accuracy": {"val": report.curves.curves["val"][0]}}
+    assert "accuracy at 1 iteration)" in report.text() and "@1 " in report.text()

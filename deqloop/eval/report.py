@@ -20,11 +20,19 @@ from deqloop.errors import ConfigError
 from deqloop.eval.curves import adaptive_accuracy, check_iters, iteration_sweep
 
 __all__ = ["PAPER_ITERATIONS", "EvalReport", "IterationCurves", "dynamics_table", "evaluate_model", "evaluate_run",
-           "settle_table"]
+           "paper_iterations", "settle_table"]
 
 # The paper's reported number is exact-match accuracy at this many test-time iterations (the last of
 # its 1…500), with the model as training left it (authors' train_model.py: test_acc[tb_last]).
 PAPER_ITERATIONS = 500
+
+
+def paper_iterations(model: torch.nn.Module) -> int:
+    """The count of a model's paper number: :data:`PAPER_ITERATIONS`, or 1 for a model with several
+    untied blocks per iteration, the paper's "fixed" baseline, which it trains and tests at one
+    iteration (authors' ``experiments/run_all.bash:71-77``)."""
+    arch = getattr(getattr(model, "config", None), "arch", None)
+    return 1 if (getattr(arch, "blocks", 1) or 1) > 1 else PAPER_ITERATIONS
 
 
 @dataclass
@@ -152,9 +160,9 @@ class EvalReport:
         dynamics: per split, the paper's state diagnostics at each count of ``curves.iters``:
             ``"norm_ratio"`` ‖z_T‖ / ‖z_1‖ and ``"cosine"`` cos(z_{T−1}, z_T) (see :class:`Sweep`).
 
-    ``to_dict()`` also holds ``"paper"``: the paper's number, accuracy at :data:`PAPER_ITERATIONS`
-    per split (None where that count was not scored), and ``"best"``: ``[iterations, accuracy]``
-    of each split's best count.
+    ``to_dict()`` also holds ``"paper"``: the paper's number, accuracy at ``paper_iterations``
+    (:func:`paper_iterations`: 500, or 1 for the untied baseline) per split (None where that count
+    was not scored), and ``"best"``: ``[iterations, accuracy]`` of each split's best count.
     """
 
     checkpoint: str
@@ -169,11 +177,13 @@ class EvalReport:
     solver: dict[str, dict[str, float]] = field(default_factory=dict)
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     dynamics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    paper_iterations: int = PAPER_ITERATIONS
 
     def to_dict(self) -> dict[str, Any]:
         c = self.curves
         return {"checkpoint": self.checkpoint, "task": self.task, "n": self.n, "curves": c.to_dict(),
-                "paper": {"iterations": PAPER_ITERATIONS, "accuracy": {k: c.at(k) for k in c.curves}},
+                "paper": {"iterations": self.paper_iterations,
+                          "accuracy": {k: c.at(k, self.paper_iterations) for k in c.curves}},
                 "best": {k: list(c.best(k)) for k in c.curves},
                 "cells": self.cells.to_dict() if self.cells is not None else None,
                 "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
@@ -184,8 +194,9 @@ class EvalReport:
         """The tables, as printed by ``deqloop eval``."""
         parts = [f"{self.task}: exact-match accuracy by test-time iterations "
                  f"({', '.join(f'{k}: {v}' for k, v in self.n.items())} examples)", self.curves.table(), "",
-                 f"the paper's number (accuracy at {PAPER_ITERATIONS} iterations) and the best over counts",
-                 self.curves.headline(), ""]
+                 f"the paper's number (accuracy at {self.paper_iterations} iteration"
+                 f"{'s' if self.paper_iterations != 1 else ''}) and the best over counts",
+                 self.curves.headline(self.paper_iterations), ""]
         if self.cells is not None:
             parts += ["fraction of cells right by test-time iterations", self.cells.table(), ""]
         if self.dynamics:
@@ -228,7 +239,7 @@ def evaluate_model(
         raise ConfigError("nothing to evaluate: no splits")
     curves = IterationCurves(list(iters), train_depth=train_depth)
     report = EvalReport(checkpoint="", task=task.name, n={k: len(v[0]) for k, v in splits.items()},
-                        curves=curves, settle_rtol=settle_rtol)
+                        curves=curves, settle_rtol=settle_rtol, paper_iterations=paper_iterations(model))
     cell_accuracy = task.cell_accuracy if cells else None
     if cell_accuracy is not None:
         report.cells = IterationCurves(list(iters), train_depth=train_depth)
