@@ -87,6 +87,21 @@ def baseline_line(runs: list[dict[str, Any]], stored: dict[str, Any] | None) -> 
             "`correct`): " + "; ".join(parts) + ".")
 
 
+def versus(runs: list[dict[str, Any]], stored: dict[str, Any] | None = None, target: float = 3.0) -> str | None:
+    """The runs' mean best hard accuracy against the hard split's baselines: its multiple of the
+    random-legal baseline (against ``target``) and whether it beats the greedy one; None without them."""
+    found = [(max(r["eval"]["curves"]["accuracy"]["hard"]), (baselines_for(r, stored) or {}).get("hard") or {})
+             for r in runs]
+    if not found or not all("random/correct" in b and "greedy/correct" in b for _, b in found):
+        return None
+    model = sum(m for m, _ in found) / len(found)
+    random = sum(b["random/correct"] for _, b in found) / len(found)
+    greedy = sum(b["greedy/correct"] for _, b in found) / len(found)
+    return (f"Hard (mean best over seeds): {100 * model:.1f} % = {model / random:.1f}× the random-legal baseline "
+            f"({100 * random:.1f} %; target ≥ {target:g}×: {'met' if model / random >= target else 'not met'}); the "
+            f"greedy baseline scores {100 * greedy:.1f} %: the model {'beats' if model > greedy else 'does not beat'} it.")
+
+
 def compute(shared: Path, sizes: list[int], seed: int) -> list[dict[str, Any]]:
     """The baselines of the chess task on the shared Lichess files, per ``n`` in ``sizes``."""
     from deqloop.tasks import get_task

@@ -55,14 +55,20 @@ def _key(field: str, value: Any) -> tuple[int, str]:
     return (order.index(value) if value in order else len(order), str(value))
 
 
+def _cell(values: pd.Series) -> str:
+    """``mean ± s.e.`` in % of a cell's numbers; ``(n of m)`` where only n of its m runs have one."""
+    m, se, n = mean_se(values)
+    return "—" if n == 0 else f"{pct(m)} ± {pct(se)}" + (f" ({n} of {len(values)})" if n < len(values) else "")
+
+
 def paper_table(summaries: Sequence[dict[str, Any]], *, task: str, split: str = "hard", metric: str = "at",
                 iterations: int = PAPER_ITERATIONS, rows: Sequence[str] = ("recall", "norm"),
                 where: dict[str, Any] | None = None) -> tuple[list[str], list[list[str]]]:
-    """Header and rows (strings, for :func:`markdown`) of the paper's layout for
-    ``task``'s runs that match ``where`` (spec fields → values): a row per combination of the spec
-    fields ``rows``, a column per learning rate, each cell ``mean ± s.e.`` in % over the runs'
-    seeds (:func:`run_value`; ``± —`` for one seed, ``—`` where no run has the number, ``(n of m)``
-    where only n of the cell's m runs have it).
+    """Header and rows (strings, for :func:`markdown`) of the paper's layout for ``task``'s runs that
+    match ``where`` (spec fields → values): a row per combination of the spec fields ``rows``, a
+    column per learning rate, each cell ``mean ± s.e.`` in % over the runs' seeds (:func:`run_value`;
+    ``± —`` for one seed, ``—`` where no run has the number, ``(n of m)`` where only n of the cell's m
+    runs have it).
 
     A cell's runs must differ in their seed alone: runs that differ in another spec field (e.g.
     two regimes) raise ``ValueError`` naming it; narrow them with ``where``."""
@@ -71,41 +77,27 @@ def paper_table(summaries: Sequence[dict[str, Any]], *, task: str, split: str = 
             and all(s["spec"].get(k) == v for k, v in (where or {}).items())]
     if not runs:
         raise ValueError(f"no runs of task {task!r}" + (f" with {where}" if where else ""))
-    cells: dict[tuple, dict[float, list[dict[str, Any]]]] = {}
-    for s in runs:
-        row = tuple(s["spec"].get(f) for f in rows)
-        cells.setdefault(row, {}).setdefault(float(s["train_config"]["lr"]), []).append(s)
-    lrs = sorted({lr for by_lr in cells.values() for lr in by_lr})
-    header = [*rows, *(f"lr {lr:g}" for lr in lrs)]
-    out = []
-    for row in sorted(cells, key=lambda r: [_key(f, v) for f, v in zip(rows, r)]):
-        line = [str(v) for v in row]
-        for lr in lrs:
-            found = cells[row].get(lr, [])
-            _check_seeds_only(found, row, lr)
-            values = [v for v in (run_value(s, split, metric, iterations) for s in found) if v is not None]
-            if not values:
-                line.append("—")
-                continue
-            m, se, _ = mean_se(pd.Series(values, dtype=float))
-            cell = f"{pct(m)} ± {pct(se)}"
-            line.append(cell if len(values) == len(found) else f"{cell} ({len(values)} of {len(found)})")
-        out.append(line)
-    return header, out
+    frame = pd.DataFrame([{**{k: str(v) for k, v in s["spec"].items() if k != "seed"}, "lr": float(s["train_config"]["lr"]),
+                           "value": run_value(s, split, metric, iterations)} for s in runs])
+    frame["value"] = frame["value"].astype(float)
+    keys = [*rows, "lr"]
+    for (*row, lr), cell in frame.groupby(keys, sort=False):
+        for field in sorted(set(frame.columns) - {*keys, "value"}):
+            values = sorted(cell[field].dropna().unique())
+            if len(values) > 1:
+                raise ValueError(f"the cell {tuple(row)} at lr {lr:g} mixes runs with {field} {', '.join(values)}; "
+                                 f"choose one with where={{{field!r}: ...}}")
+    table = frame.pivot_table(index=list(rows), columns="lr", values="value", aggfunc=_cell)
+    ordered = sorted(table.index, key=lambda r: [_key(f, v) for f, v in zip(rows, r if len(rows) > 1 else (r,))])
+    table = table.loc[ordered].fillna("—")
+    header = [*rows, *(f"lr {lr:g}" for lr in table.columns)]
+    return header, [[*(str(v) for v in (r if len(rows) > 1 else (r,))), *line] for r, line in
+                    zip(table.index, table.to_numpy().tolist())]
 
 
 def markdown(header: list[str], rows: list[list[str]]) -> str:
     """The table in Markdown (tabulate's pipe format)."""
     return pd.DataFrame(rows, columns=header).to_markdown(index=False, disable_numparse=True)
-
-
-def _check_seeds_only(runs: list[dict[str, Any]], row: tuple, lr: float) -> None:
-    specs = [{k: v for k, v in s["spec"].items() if k != "seed"} for s in runs]
-    for field in sorted({k for spec in specs for k in spec}):
-        values = sorted({str(spec.get(field)) for spec in specs})
-        if len(values) > 1:
-            raise ValueError(f"the cell {row} at lr {lr:g} mixes runs with {field} {', '.join(values)}; "
-                             f"choose one with where={{{field!r}: ...}}")
 
 
 def main(argv: list[str] | None = None) -> int:

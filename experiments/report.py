@@ -142,13 +142,14 @@ def section(folder: Path, summaries: list[dict[str, Any]], baselines: Any, plots
     fig = facets(ordered(c), plots / f"{folder.name}.png", x="iters", y="accuracy", facet="panel", hue="split",
                  xlog=True, title=f"{SECTIONS[presets[0]]} (band: seeds' range)", xlabel="test-time iterations",
                  ylabel="exact match (%)", cols=3)
-    line = chess_baselines.baseline_line(summaries, baselines)
+    lines = [x for x in (chess_baselines.baseline_line(summaries, baselines),
+                         chess_baselines.versus(summaries, baselines)) if x]
     return "\n".join([
         f"## {runs.task.iloc[0]}: {SECTIONS[presets[0]]}", "",
         f"`{folder}` (runs: {len(runs)}, by {'; '.join(f'`{x}`' for x in sorted(runs.command.dropna().unique()))}); "
         f"{cfg['recall']} recall, {cfg['norm']} norm, width {cfg['width']}, {cfg['steps']} steps, task settings "
         f"{ {k: v for k, v in (cfg.get('task_options') or {}).items() if k != 'data'} }.", "",
-        run_table(runs), *(["", line] if line else []), "",
+        run_table(runs), *(x for line in lines for x in ("", line)), "",
         f"![{folder.name}]({os.path.relpath(fig, out.parent)})"]) + "\n"
 
 

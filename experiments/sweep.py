@@ -16,8 +16,8 @@ Each run measures:
   (the paper's number, accuracy at 500 iterations, beside the best over counts), and adaptively (each example iterated until it stops changing, and solved by Anderson to a
   tolerance), with the iterations spent;
 * the stability numbers of :func:`deqloop.analysis.analyze` on hard and validation examples,
-  from z₀ = e (as the model runs) and from z₀ = 0 (where the paper's claim about recall-free
-  fixed points applies);
+  from z₀ = e, as the paper's models start for every recall mode (so a recall-free block sees its
+  input through z₀ alone), with the finite difference of z* in e from there (claim C1);
 * gradient norms and skipped steps over training (from the run's metrics log).
 """
 
@@ -166,13 +166,6 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
         x = task.make(band, preset.analyze_n, seed=999)[0].to(next(model.parameters()).device)
         full = analyze(model, x, inits=("embed", "zeros", "noise"), **ANALYSIS_SOLVE, **preset.analysis)
         analysis[band] = stability_numbers(full)
-        # from z₀ = 0 every input starts at the same state: the paper's setting for recall "none"
-        zeros = analyze(model, x, inits=("zeros",), measures=(), **ANALYSIS_SOLVE, **preset.analysis)
-        analysis[band]["from_zeros"] = {
-            "converged_fraction": zeros.converged_fraction,
-            "distinct_fixed_points": zeros.distinct_fixed_points,
-            "fixed_point_spread": zeros.fixed_point_spread,
-        }
     analysis_seconds = time.perf_counter() - t2
 
     result = {
