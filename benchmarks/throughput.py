@@ -187,6 +187,29 @@ def local_crossover(repeats: int, quick: bool) -> None:
         chosen = "banded" if isinstance(local_pattern(grid, w, torch.device("cpu")), LocalWindow) else "dense"
         print(f"{str(grid):<10}{w:>7}{B:>7}{N / w ** len(grid):>12.1f}{1e3 * dense.cpu:>9.2f}"
               f"{1e3 * banded.cpu:>9.2f}{banded.cpu / dense.cpu:>7.2f}  {chosen}")
+    paper_split_iteration(repeats, quick)
+
+
+def paper_split_iteration(repeats: int, quick: bool) -> None:
+    """One loop iteration of the paper-split model (width 32, 4 heads, window 3, internal recall, post
+    norm) on 128 strings of 512 bits, no gradient, with either local-attention form: the unit of its
+    evaluation (a plain-iteration sweep to 600 and a solve of up to 600 evaluations)."""
+    from deqloop import LoopedDEQ
+
+    bits, batch = (64, 8) if quick else (512, 128)
+    model = LoopedDEQ(vocab_size=2, num_classes=2, grid=(32,), width=32, heads=4, attention="local", window=3,
+                      recall="internal", norm="post").eval()
+    x = torch.randint(0, 2, (batch, bits))
+    with torch.no_grad():
+        e = model.embed(x)
+        cos, sin, _ = model._geometry((bits,), torch.device("cpu"))
+        z = e.reshape(batch, bits, -1)
+        t = {name: timed(lambda: model.block(z, z, cos, sin, pattern), 1, repeats).cpu
+             for name, pattern in (("dense", local_mask((bits,), 3, torch.device("cpu"))),
+                                   ("banded", LocalWindow((bits,), 3)))}
+    print(f"\npaper split, one iteration at {bits} bits, batch {batch}, no gradient: dense {1e3 * t['dense']:.0f} ms, "
+          f"banded {1e3 * t['banded']:.0f} ms ({t['banded'] / t['dense']:.2f}×); a sweep to 600 and a 600-evaluation "
+          f"solve: {1200 * t['dense']:.0f} s dense, {1200 * t['banded']:.0f} s banded")
 
 
 def main(argv: list[str] | None = None) -> int:

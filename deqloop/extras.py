@@ -26,6 +26,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "zstandard": ("zstandard", "chess"),
     "torchdeq": ("torchdeq", "torchdeq"),
     "sklearn": ("scikit-learn", "examples"),
+    "submitit": ("submitit", "cluster"),
 }
 
 

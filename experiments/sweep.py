@@ -4,11 +4,16 @@
     python -m experiments.sweep --preset cpu --tasks sudoku --norms pre,peri  # other cells of it
     python -m experiments.sweep --preset cpu --tasks prefix_sums --seeds 1    # another seed
     python -m experiments.report runs/sweep                                   # RESULTS.md
+    python -m experiments.sweep --preset cpu --jobs 2                         # two runs at a time
+    python -m experiments.sweep --preset gpu --launcher slurm --slurm-partition gpu  # a cluster
 
 A finished run (its ``result.json`` exists) is skipped, and an interrupted one resumes from its
 ``last.pt``, so the same command continues a sweep. A finished run whose training settings differ
 from what the preset gives now (a changed preset, or ``--steps``) stops the sweep before it starts,
 naming the run and the fields: its results would be reported under the wrong configuration.
+``--jobs N`` runs N runs side by side in local processes, ``--launcher slurm`` submits one Slurm
+job per run through submitit (:mod:`experiments.executor`); each run's line is printed, and its
+summary written, as it finishes.
 
 Each run measures:
 
@@ -37,6 +42,7 @@ import torch
 
 from deqloop.tasks.io import shared_data_dir
 from deqloop.train.config import RUNTIME_FIELDS
+from experiments.executor import LAUNCHERS, RunJob, SlurmOptions, run_all
 from experiments.presets import PRESETS, REGIMES, SPEC_NORMS, SPEC_RECALLS, Preset, RunSpec, get_preset
 from experiments.runlog import mean, median, training_numbers
 from experiments.summary import PAPER_ITERATIONS, accuracy_at, best_accuracy, summarize, summary_path, write_summary
@@ -232,6 +238,14 @@ def _csv(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ..
     return values
 
 
+def _until(jobs: list[tuple[str, RunJob]], start: float, limit: float):
+    """The jobs, lazily, until ``limit`` seconds have passed since ``start``."""
+    for job in jobs:
+        if time.perf_counter() - start > limit:
+            return
+        yield job
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -257,7 +271,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda")
     p.add_argument("--time-limit", type=float, default=0.0, help="stop starting new runs after this many seconds (0: none)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    g = p.add_argument_group("executor", "where the runs execute (experiments/executor.py)")
+    g.add_argument("--jobs", type=int, default=1, help="local processes running runs side by side (default 1: "
+                   "one after another in this process)")
+    g.add_argument("--launcher", default="local", choices=LAUNCHERS,
+                   help="local (--jobs processes), slurm (one job per run, through submitit), or submitit's local "
+                        "and debug executors (the same submission path without a cluster)")
+    g.add_argument("--slurm-partition", help="Slurm partition")
+    g.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per run (default 1)")
+    g.add_argument("--slurm-cpus", type=int, default=8, help="CPU cores per run (default 8)")
+    g.add_argument("--slurm-mem-gb", type=int, help="memory per run in GB")
+    g.add_argument("--slurm-time", type=int, default=240, help="time limit per job in minutes (default 240); a run "
+                   "cut off is requeued and resumes from its last checkpoint")
+    g.add_argument("--slurm-parallel", type=int, default=64, help="at most this many runs at once (default 64)")
+    g.add_argument("--slurm-extra", type=json.loads, default={}, metavar="JSON",
+                   help='other sbatch options as a JSON object, e.g. \'{"account": "lab", "qos": "high"}\'')
     a = p.parse_args(argv)
+    if a.jobs < 1:
+        p.error(f"--jobs must be ≥ 1, got {a.jobs}")
+    if a.time_limit and (a.jobs > 1 or a.launcher != "local"):
+        p.error("--time-limit stops a sweep that runs one run at a time (--jobs 1, --launcher local)")
+    if not isinstance(a.slurm_extra, dict):
+        p.error(f"--slurm-extra takes a JSON object, got {a.slurm_extra!r}")
 
     preset = get_preset(a.preset)
     seeds = None
@@ -310,16 +345,19 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     done = 0
     results = Path(preset.results if a.results is None else a.results) if a.results != "" else None
-    bar = tqdm(specs, desc=f"sweep {preset.name}", unit="run")
-    for spec in bar:
-        if a.time_limit and time.perf_counter() - start > a.time_limit:
-            bar.write(f"time limit reached after {done} runs; run the same command to continue")
-            break
-        bar.set_postfix_str(spec.name)
-        res = run_one(preset, spec, root, data=data, device=a.device, command=command,
-                      results=results)
+    jobs = [(spec.name, RunJob(run_one, preset, spec, root, data=data, device=a.device, command=command,
+                               results=results)) for spec in specs]
+    if a.time_limit:  # one at a time, in this process: stop starting new runs after the limit
+        jobs = _until(jobs, start, a.time_limit)
+    slurm = SlurmOptions(partition=a.slurm_partition, gpus=a.slurm_gpus, cpus=a.slurm_cpus, mem_gb=a.slurm_mem_gb,
+                         time_min=a.slurm_time, parallel=a.slurm_parallel, extra=a.slurm_extra)
+    bar = tqdm(total=len(specs), desc=f"sweep {preset.name}", unit="run")
+    for name, res in run_all(jobs, launcher=a.launcher, workers=a.jobs, folder=root / ".submitit", slurm=slurm):
         done += 1
-        bar.write(f"{spec.name}: {run_line(res)}")
+        bar.update()
+        bar.write(f"{name}: {run_line(res)}")
+    if done < len(specs):
+        bar.write(f"time limit reached after {done} runs; run the same command to continue")
     return 0
 
 
