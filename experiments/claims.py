@@ -80,7 +80,7 @@ def claim1(frame: pd.DataFrame) -> Verdict:
             f"split (@{AT} < {FLOOR:.0%}); contradicted by one whose z* follows e (finite difference ≥ {FD_MOVES}) or "
             "that passes the hard split; the number of clusters over the probe and the recall runs' IFT sensitivity "
             "are reported as the contrast")
-    none, rec = frame[frame.recall == "none"], frame[frame.recall != "none"]
+    none, rec = frame[frame.family == "no recall"], frame[frame.family.isin(["recall + outer", "recall + inner"])]
     usable = none[none.anderson_reach >= CONVERGED]
     measured = usable.dropna(subset=["fd_input"])
     evidence = (f"{len(none)} recall-free runs ({budget(none) if len(none) else 'none'}), {len(usable)} converge "
@@ -122,7 +122,7 @@ C2_AXES = {"plain_reach": "reachable by plain iteration", "bwd": "implicit backw
 def c2_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (task, recall, regime) cell with both an outer-norm and an inner-norm run (recall runs only):
     the mean of each C2 axis and of the measures reported beside them, for outer and inner."""
-    rec = frame[frame.recall != "none"].assign(
+    rec = frame[frame.family.isin(["recall + outer", "recall + inner"])].assign(
         side=lambda f: np.where(f.norm.isin(["post", "sandwich"]), "outer", "inner"),
         stability=lambda f: -np.log10(f.grad_spread),
         fd_ift=lambda f: (np.log(f.fd / f.ift).abs() <= math.log(2)).where(f.fd.notna() & f.ift.notna()))
@@ -166,7 +166,7 @@ def claim2(frame: pd.DataFrame) -> Verdict:
     beside = ", ".join(f"{label} outer {num(cells[(c, 'outer')].mean())} vs inner {num(cells[(c, 'inner')].mean())}"
                        for c, label in (("anderson_reach", "Anderson converged"), ("resolvent", "‖(I − J)⁻¹‖"),
                                         ("fd_ift", "FD agrees with IFT")))
-    matched = frame.set_index(["task", "recall", "regime"]).index.isin(cells.index) & (frame.recall != "none")
+    matched = frame.set_index(["task", "recall", "regime"]).index.isin(cells.index) & frame.family.str.startswith("recall")
     evidence = f"{len(cells)} matched cells ({budget(frame[matched])}) — " + "; ".join(parts) + f"; beside it: {beside}"
     verdict = SUPPORTED if all(above) else CONTRADICTED if any(below) else INCONCLUSIVE
     if verdict == CONTRADICTED:

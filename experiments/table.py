@@ -72,13 +72,17 @@ def _curve(run: dict[str, Any], split: str) -> tuple[list[int], list[float]]:
     return curves.get("iters") or [], (curves.get("accuracy") or {}).get(split) or []
 
 
-def accuracy_at(run: dict[str, Any], split: str, iters: int = AT) -> float:
-    """Accuracy on ``split`` after ``iters`` test-time iterations: the summary's own field where it has
-    one (``eval.paper``, :func:`experiments.summary.paper_numbers`), else the curve's value at that
-    count; NaN where neither holds it. The untied baseline's paper number is taken at its one
-    iteration (:func:`experiments.summary.paper_iterations`)."""
-    if iters == AT:
-        iters = paper_iterations(get(run, "train_config"))
+def paper_count(run: dict[str, Any]) -> int:
+    """The test-time count of a run's paper number: :data:`AT`, or 1 for a model of several untied blocks
+    (the paper's "fixed" baseline, trained and tested at one iteration)."""
+    return 1 if (get(run, "train_config.blocks") or 1) > 1 else AT
+
+
+def accuracy_at(run: dict[str, Any], split: str, iters: int | None = None) -> float:
+    """Accuracy on ``split`` after ``iters`` test-time iterations (default :func:`paper_count`): the
+    summary's own field where it has one (``eval.paper``, :func:`experiments.summary.paper_numbers`),
+    else the curve's value at that count; NaN where neither holds it."""
+    iters = paper_count(run) if iters is None else iters
     paper = get(run, "eval.paper") or {}
     if paper.get("iterations") == iters and split in (paper.get("accuracy") or {}):
         stored = paper["accuracy"][split]
@@ -116,7 +120,8 @@ def family(recall: str, norm: str, blocks: Any) -> str:
 
 
 def runs_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per run: :data:`COLUMNS` and ``hard_at``/``val_at`` (accuracy @:data:`AT`), ``hard_best``
+    """One row per run: :data:`COLUMNS` and ``hard_at``/``val_at`` (the paper's number: accuracy @:data:`AT`,
+    @1 for the untied baseline, :func:`paper_count`), ``hard_best``
     (with ``hard_best_at``, the count), ``hard_last`` (at ``last``, the largest count), ``val_best``, ``recall_form``, ``family``, ``grad_spread``
     (max / median gradient norm over training), ``name``; sorted by name."""
     rows = []

@@ -48,6 +48,8 @@ def test_the_table_reads_accuracy_at_500_and_never_invents_it():
     r = run(hard=0.75)
     r["eval"]["paper"] = {"iterations": 500, "accuracy": {"hard": 0.5, "val": None}}
     assert frame([r]).hard_at.tolist() == [0.5] and math.isnan(frame([r]).val_at.tolist()[0])
+    # the untied baseline's paper number is at one iteration (its curve: 0.1875 at 1)
+    assert frame([run(recall="none", blocks=15, hard=0.75)]).hard_at.tolist() == [0.1875]
     # the internal recall's form: the paper's shared pair only where the configuration says so
     # (rows sorted by run name)
     assert frame([run(seed=0), run(seed=1, recall_maps="shared"), run(recall="external")]).recall_form.tolist() == \
@@ -97,6 +99,14 @@ def test_c1_supported_contradicted_inconclusive():
     rs[0]["eval"]["curves"]["iters"] = [1, 10, 300]
     v = claims.claim1(frame(rs))
     assert v.verdict == claims.INCONCLUSIVE and "1 summaries lack accuracy @500" in v.evidence
+
+
+def test_the_untied_baseline_is_placed_not_counted():
+    # 15 untied blocks and no recall (the spec's recall "fixed"): neither a recall-free loop (C1) nor a recall run
+    untied = run(recall="fixed", norm="post", blocks=15, hard=0.75, converged_fraction=1.0, input_fd_median=0.9)
+    assert claims.claim1(frame(c1_runs(fd=1e-3) + [untied])).verdict == claims.SUPPORTED
+    v = claims.claim4(frame(c4_runs([0.9, 0.8, 0.85], [0.5, 0.4, 0.45], [0.0, 0.01, 0.0]) + [untied]))
+    assert v.verdict == claims.SUPPORTED and "untied 18.8 ± — % (n = 1)" in v.evidence  # its number at 1 iteration
 
 
 def test_c1_evidence_gives_the_contrast_by_hand():
