@@ -107,14 +107,16 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(sandbox, monkeypatch, 
     assert files(sandbox) == before
 
 
-def test_a_full_disk_is_found_before_training_and_named(sandbox, monkeypatch):
-    def full(fd, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
+@pytest.mark.parametrize("number, reason", [(errno.ENOSPC, "No space left on device"),
+                                            (errno.EACCES, "Permission denied")])
+def test_a_full_disk_or_a_read_only_folder_is_found_before_training_and_named(sandbox, monkeypatch, number, reason):
+    def refuse(fd, data):  # what writing into the folder meets (as root, chmod cannot make one read-only)
+        raise OSError(number, reason)
 
-    monkeypatch.setattr("deqloop.files.os.write", full)
+    monkeypatch.setattr("deqloop.files.os.write", refuse)
     code, _, err = run_cli(["train", *TRAIN, "--steps", "1", "--out", str(sandbox / "new")])
     assert code == 2
-    one_line_error(err, "out", "is not writable: No space left on device")
+    one_line_error(err, "out", f"is not writable: {reason}")
     assert not (sandbox / "new" / "config.json").exists()
 
 
@@ -189,7 +191,10 @@ TRAIN_FLAGS = st.one_of(
     _flag("--backward-options", ['{"rtoll": 1}', "{", "[]", '{"m": 3}']),
     _flag("--keep-every", ["1", "-1"]),
     _flag("--step", ["5"]),
+    _flag("--logger", ["jsonl", "x"]),
+    _flag("--eval-iters", ["1", "0"]),
     st.sampled_from([["--resume"], ["--overwrite"], ["--resume", "--overwrite"]]),
+    st.sampled_from([["--task", "sudoku", "--data", "{root}/" + name] for name in ("junk.pt", "afile", "missing")]),
 )
 EVAL_FLAGS = st.one_of(
     _flag("--iters", ["1,2", "0", "a", "3"]),

@@ -6,7 +6,9 @@ checkpoint, ``resume=True`` continues a run exactly where it stopped. A step who
 gradient is not finite is skipped (no update), logged and counted, and writes no checkpoint (but
 the last step's); ``max_consecutive_skips`` skipped steps in a row stop the run with a
 :class:`TrainingError`, ``last.pt`` still holding the last checkpoint of a good step. Checkpoints
-are written atomically and never from non-finite parameters. SIGINT or SIGTERM stops the run
+are written atomically and never from non-finite parameters; the trainer holds the run folder's
+lock while it lives, refuses a folder holding another run unless ``overwrite``, and resumes from the
+newest readable checkpoint (:mod:`deqloop.train.run_folder`). SIGINT or SIGTERM stops the run
 after the step in progress, with a checkpoint of it (:mod:`deqloop.train.interrupt`,
 :class:`TrainingInterrupted`). Under ``torchrun`` the same code trains with
 DistributedDataParallel (the global batch is split across ranks; rank 0 logs and evaluates;
@@ -18,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import signal
 import time
 import warnings
@@ -30,11 +31,11 @@ import torch
 from torch import nn
 
 from deqloop import seeds
-from deqloop.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from deqloop.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 from deqloop.device import resolve_device
 from deqloop.errors import ConfigError, TrainingError, TrainingInterrupted, allocating
 from deqloop.eval.curves import accuracy_by_iterations
-from deqloop.files import RunLock, atomic_write, fingerprint, writable_folder
+from deqloop.files import atomic_write, fingerprint
 from deqloop.model import LoopedDEQ
 from deqloop.tasks import Task, task_spec
 from deqloop.train import runtime
@@ -44,6 +45,7 @@ from deqloop.train.data import Batches, Prefetcher
 from deqloop.train.interrupt import StopSignals
 from deqloop.train.metrics import MetricsLog
 from deqloop.train.monitor import StabilityMonitor, grad_norms, probe_batch
+from deqloop.train.run_folder import RunFolder, check_data_files
 from deqloop.train.objectives import build_objective
 
 __all__ = ["TrainResult", "Trainer", "train"]
@@ -81,7 +83,7 @@ class Trainer:
         self.rank, self.world, local_rank = runtime.distributed_env()
         # One writer per run folder for the trainer's life (rank 0 holds it for all ranks), checked
         # writable before any work.
-        self._lock = RunLock(writable_folder(self.out, "out")) if self.rank == 0 else None
+        self.folder = RunFolder(self.out, lock=self.rank == 0)
         try:
             self._setup(task, local_rank)
         except BaseException:
@@ -90,13 +92,12 @@ class Trainer:
 
     def close(self) -> None:
         """Release the run folder's lock (:meth:`run` does when it ends); closing twice is harmless."""
-        if self._lock is not None:
-            self._lock.release()
+        self.folder.release()
 
     def _setup(self, task: Task | None, local_rank: int) -> None:
         c = self.config
-        self._resume_from: tuple[Path, dict[str, Any]] | None = self._resume_source() if c.resume else None
-        held = self._existing_run()
+        self._resume_from: tuple[Path, dict[str, Any]] | None = self.folder.resume_source() if c.resume else None
+        held = self.folder.held()
         if not c.resume and held and not c.overwrite:
             raise TrainingError(f"{self.out} already holds a run ({', '.join(held)}); pass resume to continue it "
                                 "or overwrite to start afresh (which deletes them)")
@@ -131,7 +132,7 @@ class Trainer:
         self.auto_compile = AutoCompile.for_run(c, self.world)
         self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_eval: dict[str, Any] | None = None
-        self.metrics = MetricsLog(self.metrics_path)
+        self.metrics = MetricsLog(self.folder.metrics_path)
         self._data_fingerprints: list[dict[str, Any]] | None = None
         self.monitor: StabilityMonitor | None = None  # rank 0 measures stability, when asked
         self.monitor_seconds = 0.0  # time spent in the monitor by this process
@@ -148,45 +149,6 @@ class Trainer:
     def last_path(self) -> Path:
         return self.out / "last.pt"
 
-    def snapshots(self) -> list[tuple[int, Path]]:
-        """The ``step_N.pt`` snapshots in the run folder, as ``(N, path)``, newest first."""
-        found = [(int(m.group(1)), p) for p in self.out.glob("step_*.pt") if (m := re.fullmatch(r"step_(\d+)\.pt", p.name))]
-        return sorted(found, reverse=True)
-
-    def _existing_run(self) -> list[str]:
-        """What of an earlier run the folder holds: checkpoints, snapshots, logged metrics."""
-        held = ["last.pt"] if self.last_path.exists() else []
-        if self.snapshots():
-            held.append(f"{len(self.snapshots())} step_N.pt snapshot(s)")
-        log_path = self.metrics_path
-        if log_path.is_dir() or (log_path.is_file() and log_path.stat().st_size > 0):
-            held.append("metrics.jsonl")
-        return held
-
-    @property
-    def metrics_path(self) -> Path:
-        return self.out / "metrics.jsonl"
-
-    def _resume_source(self) -> tuple[Path, dict[str, Any]]:
-        """The newest checkpoint of the run: ``last.pt``, or a ``step_N.pt`` snapshot newer than it
-        (or the newest readable one when ``last.pt`` is missing), with its state."""
-        newest: tuple[Path, dict[str, Any]] | None = None
-        done = -1
-        if self.last_path.is_file():
-            newest = (self.last_path, load_checkpoint(self.last_path, map_location="cpu"))
-            done = int(newest[1].get("step", 0))
-        for n, path in self.snapshots():
-            if n <= done:
-                break
-            try:
-                return path, load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
-            except CheckpointError as e:
-                log.warning("not resuming from %s: %s", path, e)
-        if newest is None:
-            raise TrainingError(f"nothing to resume: no checkpoint in {self.out} (neither last.pt nor a readable "
-                                "step_N.pt snapshot)")
-        return newest
-
     def _prepare_out(self) -> None:
         c = self.config
         if self._resume_from is not None:
@@ -196,12 +158,7 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             self.metrics.start(resume_step=self.step_count if c.resume else None)
-            if not c.resume:  # only with overwrite: a folder holding a run is refused above
-                for _, old in self.snapshots():
-                    old.unlink()
-            for pattern in (".*.pt.*.tmp", ".config.json.*.tmp", ".metrics.jsonl.*.tmp", ".write-check.*"):
-                for torn in self.out.glob(pattern):  # left by a process killed while writing
-                    torn.unlink()
+            self.folder.clean(snapshots=not c.resume)  # fresh: only with overwrite, a run is refused above
             atomic_write(self.out / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
             if c.logger != "jsonl":
                 from deqloop.train.tracking import make_tracker
@@ -251,13 +208,7 @@ class Trainer:
         if differ:
             detail = ", ".join(f"{k}: {saved.get(k)!r} → {ours.get(k)!r}" for k in differ)
             raise TrainingError(f"cannot resume {path}: the config differs ({detail})")
-        stored = {d["path"]: d for d in state.get("data_files") or ()}
-        now = {d["path"]: d for d in self._data_files()}
-        for name in sorted(set(stored) | set(now)):
-            if stored.get(name) != now.get(name):
-                raise TrainingError(f"cannot resume {path}: the data file {name} changed since the run started "
-                                    f"(size {stored.get(name, {}).get('size')} → {now.get(name, {}).get('size')}, or "
-                                    "its SHA-256 differs); train afresh, or restore the file")
+        check_data_files(path, state, self._data_files())
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
