@@ -158,6 +158,13 @@ def test_the_untied_baseline_applies_its_different_blocks_in_order():
         h = ref_block(block, model.arch, h, e, (4,), read, at=f"block.{i}")
     read.check_used_all(model.block)
     torch.testing.assert_close(model.step(z, e), h, **TOL)
+    # every block's attention switches backend together (a compiled model runs eagerly under "math")
+    compiled = LoopedDEQ(model.config.replace(compile=True)).double()
+    compiled.load_state_dict(model.state_dict())
+    with compiled.use_attention_backend("math"):
+        assert {b.attn.backend for b in compiled.block} == {"math"}
+        torch.testing.assert_close(compiled.step(z, e), h, **TOL)
+    assert {b.attn.backend for b in compiled.block} == {"sdpa"} and compiled._compiled_block is None
     fresh = LoopedDEQ(vocab_size=5, num_classes=3, grid=(4,), width=D, heads=2, recall="none", blocks=15)
     assert fresh.block[0].attn.qkv.weight.data_ptr() != fresh.block[1].attn.qkv.weight.data_ptr()
     assert not torch.equal(fresh.block[0].attn.qkv.weight, fresh.block[1].attn.qkv.weight)

@@ -160,7 +160,7 @@ class LoopedDEQ(nn.Module):
         B, *grid, D = z.shape
         cos, sin, mask = self._geometry(tuple(grid), z.device)
         block = self.block
-        if self.arch.compile and self.block.attn.backend != "math":  # math: twice differentiable, so eager
+        if self.arch.compile and self._attentions()[0].backend != "math":  # math: twice differentiable, so eager
             if self._compiled_block is None:
                 self._compiled_block = torch.compile(self.block.forward)
             block = self._compiled_block
@@ -330,7 +330,7 @@ class LoopedDEQ(nn.Module):
         backward). With ``"math"`` the block also runs eagerly when ``compile`` is set: compiled code
         (AOTAutograd) has no double backward, which the Jacobian penalty and Jacobian products need."""
         check_backend(backend)
-        layers = [m for m in self.block.modules() if isinstance(m, Attention)]
+        layers = self._attentions()
         previous = [a.backend for a in layers]
         for a in layers:
             a.backend = backend
@@ -339,6 +339,10 @@ class LoopedDEQ(nn.Module):
         finally:
             for a, b in zip(layers, previous):
                 a.backend = b
+
+    def _attentions(self) -> list[Attention]:
+        """The attention layers of the block (of each untied block, in order)."""
+        return [m for m in self.block.modules() if isinstance(m, Attention)]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
