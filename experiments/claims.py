@@ -200,20 +200,12 @@ def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
         (mi, si, ni), (me, sx, ne) = mean_se(i.hard_at), mean_se(e.hard_at)
         forms = sorted(set(i.recall_form))
         significant = abs(gap) > 2 * se
-        if i.hard_at.isna().any() or e.hard_at.isna().any():
-            status = f"no accuracy @{AT} in {int(i.hard_at.isna().sum() + e.hard_at.isna().sum())} summaries"
-        elif forms != ["shared"]:
-            status = "the internal runs use the per-sublayer recall, not the paper's shared pair: cannot decide"
-        elif max(mi, me) < FLOOR:
-            status = f"neither reaches {FLOOR:.0%} @{AT} at {budget(g)}"
-        elif significant:
-            status = "internal ahead" if gap > 0 else "external ahead"
-        else:
-            status = "gap within 2 s.e."
-        if not significant and status != "gap within 2 s.e." and "summaries" not in status:
-            status += f" (and the gap is within 2 s.e.: {_power(gap, se, min(ni, ne))})"
-        elif status == "gap within 2 s.e.":
-            status += f"; {_power(gap, se, min(ni, ne))}"
+        missing = int(i.hard_at.isna().sum() + e.hard_at.isna().sum())
+        reasons = [f"no accuracy @{AT} in {missing} summaries"] if missing else [
+            *(["the internal runs use the per-sublayer recall, not the paper's shared pair"] if forms != ["shared"] else []),
+            *([f"neither reaches {FLOOR:.0%} @{AT} at {budget(g)}"] if max(mi, me) < FLOOR else []),
+            *([f"the gap is within 2 s.e. ({_power(gap, se, min(ni, ne))})"] if not significant else [])]
+        status = "cannot decide: " + "; ".join(reasons) if reasons else "internal ahead" if gap > 0 else "external ahead"
         rows.append({"task": task, "norm": norm, "internal": f"{pct(mi)} ± {pct(si)} ({ni})",
                      "external": f"{pct(me)} ± {pct(sx)} ({ne})", "gap": pct(gap), "2 s.e.": pct(2 * se),
                      "internal best": pct(i.hard_best.mean()), "external best": pct(e.hard_best.mean()),

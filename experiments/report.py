@@ -180,7 +180,8 @@ def claim_tables(frame: pd.DataFrame) -> str:
     if len(c4):
         c4 = c4.assign(value=lambda f: f["mean"].map(pct) + " ± " + f.se.map(pct) + " (" + f.n.astype(str) + ")")
         parts += [f"C4, hard @{AT} by family in the paper's regime (mean ± s.e. (runs), %):", "",
-                  md(c4.pivot(index="family", columns="task", values="value").fillna("—").reset_index()), ""]
+                  md(c4.pivot(index="family", columns="task", values="value").reindex(
+                      [f for f in (*claims.ORDER, "untied") if f in set(c4.family)]).fillna("—").reset_index()), ""]
     return "\n".join(parts)
 
 

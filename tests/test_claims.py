@@ -184,24 +184,24 @@ def test_c3_supported_contradicted_inconclusive():
         claims.INCONCLUSIVE
     # both under the floor: inconclusive at this budget, the budget named
     v = claims.claim3(frame(c3_runs([0.0, 0.01, 0.0], [0.05, 0.1, 0.02])))
-    assert v.verdict == claims.INCONCLUSIVE and "neither reaches 20% @500 at 600 steps (cpu preset)" in v.evidence
+    assert v.verdict == claims.INCONCLUSIVE and "cannot decide: neither reaches 20% @500 at 600 steps (cpu preset)" in v.evidence
 
 
 def test_c3_noise_gate_and_power_by_hand():
     # gap 0.1; s.e. √(0.01/3 + 0.01/3) = 0.0816: within 2 s.e.; seeds for 2 s.e. = ⌈3·(2·0.0816/0.1)²⌉ = 8
     v = claims.claim3(frame(c3_runs([0.3, 0.4, 0.5], [0.2, 0.3, 0.4])))
     assert v.verdict == claims.INCONCLUSIVE
-    assert "gap within 2 s.e.; ≈ 8 seeds per side would make this gap 2 s.e." in v.evidence
+    assert "cannot decide: the gap is within 2 s.e. (≈ 8 seeds per side would make this gap 2 s.e.)" in v.evidence
     assert "internal 40.0 ± 5.8 (3) vs external 30.0 ± 5.8 (3) % @500" in v.evidence
 
 
 def test_c3_the_per_sublayer_recall_cannot_decide():
     v = claims.claim3(frame(c3_runs([0.6, 0.7, 0.65], [0.2, 0.3, 0.25], form=None)))
-    assert v.verdict == claims.INCONCLUSIVE and "per-sublayer recall" in v.evidence
+    assert v.verdict == claims.INCONCLUSIVE and "cannot decide: the internal runs use the per-sublayer recall" in v.evidence
     rs = c3_runs([0.6, 0.7, 0.65], [0.2, 0.3, 0.25])
     rs[0]["eval"]["curves"]["iters"] = [1, 10, 300]  # one summary without accuracy @500
     v = claims.claim3(frame(rs))
-    assert v.verdict == claims.INCONCLUSIVE and "no accuracy @500 in 1 summaries" in v.evidence
+    assert v.verdict == claims.INCONCLUSIVE and "cannot decide: no accuracy @500 in 1 summaries" in v.evidence
 
 
 # -- C4 ------------------------------------------------------------------------------------------------
