@@ -3,12 +3,12 @@ the eager step's losses and gradients; the stability monitor on a compiled model
 
 from __future__ import annotations
 
-import functools
 
 import pytest
 import torch
 
 from deqloop.errors import ConfigError
+from deqloop.model.compiled import CompiledBlock
 from deqloop.train import Trainer
 from deqloop.train import autocompile as ac
 from deqloop.train.autocompile import AutoCompile, compile_pays
@@ -56,7 +56,7 @@ def test_who_is_eligible(tmp_path):
 
 def fast_compile(monkeypatch):
     """torch.compile through AOTAutograd without code generation: the compiled path, in seconds."""
-    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    monkeypatch.setattr(CompiledBlock, "backend", "aot_eager")
 
 
 def test_a_run_that_pays_compiles_and_trains_as_the_eager_one(tmp_path, monkeypatch):

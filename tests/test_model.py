@@ -353,7 +353,7 @@ def test_forward_passes_atol_and_throw_to_the_solver():
 def test_compiled_step_goes_through_torch_compile_once(monkeypatch):
     compiled = []
 
-    def fake_compile(fn):
+    def fake_compile(fn, **options):
         compiled.append(fn)
         return lambda *args: fn(*args) + 1.0  # recognisably not the eager block
 

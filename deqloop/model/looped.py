@@ -24,6 +24,7 @@ from torch import nn
 from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError, allocating
 from deqloop.model.attention import Attention, check_backend
+from deqloop.model.compiled import CompiledBlock
 from deqloop.model.config import (
     BF16_RTOL,
     INITS,
@@ -162,7 +163,7 @@ class LoopedDEQ(nn.Module):
         block = self.block
         if self.arch.compile and self._attentions()[0].backend != "math":  # math: twice differentiable, so eager
             if self._compiled_block is None:
-                self._compiled_block = torch.compile(self.block.forward)
+                self._compiled_block = CompiledBlock(self.block.forward)
             block = self._compiled_block
         out = block(z.reshape(B, -1, D), e.reshape(B, -1, D), cos, sin, mask)  # (B, N, D)
         return out.reshape(z.shape).to(z.dtype)
