@@ -150,6 +150,7 @@ def iteration_sweep(
     device = torch.device(device) if device is not None else _device_of(model)
     batch_size = batch_size or auto_batch_size(x)
     wanted, last = set(iters), iters[-1]
+    lazy = device.type == "cpu"
     hits = {t: torch.zeros((), dtype=torch.long, device=device) for t in iters}
     cell_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in iters}
     norm_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in {1, *iters}}
@@ -165,7 +166,13 @@ def iteration_sweep(
             at = torch.full((len(xb),), last, dtype=torch.long, device=device)
             ok = torch.zeros(len(xb), dtype=torch.bool, device=device)
             for t, z_next in enumerate(model.iterates(z, e, last), start=1):
-                if t in wanted or rtol is not None:
+                if rtol is not None:
+                    change, size = residual_norms(z_next, z)
+                    newly = ~done & (change <= rtol * size)
+                # the answer is read at the counts asked for and where an example settles (on the
+                # CPU only then: an accelerator reads it every iteration rather than sync to ask)
+                read = t in wanted or (rtol is not None and (t == last or not lazy or bool(newly.any())))
+                if read:
                     logits = model.readout(z_next).float()
                     right = correct(logits, yb, xb)  # (B,)
                 if t in norm_sums:
@@ -178,10 +185,9 @@ def iteration_sweep(
                     if cells is not None:
                         cell_sums[t] += cells(logits, yb, xb).double().sum()
                 if rtol is not None:
-                    change, size = residual_norms(z_next, z)
-                    newly = ~done & (change <= rtol * size)
                     at = torch.where(newly, t, at)
-                    ok = torch.where(newly, right, ok)
+                    if read:  # (where the answer was not read, no example settled)
+                        ok = torch.where(newly, right, ok)
                     done = done | newly
                     if t == last:
                         ok = torch.where(done, ok, right)
