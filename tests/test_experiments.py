@@ -170,14 +170,36 @@ def test_gpu_script_runs_on_cpu_with_the_tiny_preset(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PRESET": "tiny", "DEVICE": "cpu", "STEPS": "2", "BUDGET": "600", "OUT": str(tmp_path / "gpu"),
+    env = {**os.environ, "PRESET": "tiny", "DEVICE": "cpu", "STEPS": "2", "BUDGET": "1500", "OUT": str(tmp_path / "gpu"),
            "PYTHON": sys.executable, "REGIMES": "progressive,phantom"}
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], cwd=root, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "grid cell prefix_sums/internal-post-progressive-s0" in done.stdout  # the gpu check ran
     assert "token·iterations/s" in done.stdout
     assert "## Verdicts" in (tmp_path / "gpu" / "RESULTS.md").read_text()
     assert len(list((tmp_path / "gpu").rglob("result.json"))) == 4
+
+
+@pytest.mark.slow
+def test_gpu_script_ends_within_its_budget(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PRESET": "tiny", "DEVICE": "cpu", "STEPS": "2", "BUDGET": "25", "REPORT_SECONDS": "0",
+           "OUT": str(tmp_path / "gpu"), "PYTHON": sys.executable}
+    start = time.monotonic()
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=600)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stderr[-2000:]
+    # each step is cut at the budget (TERM, then KILL 20 s later): well under a run's own length
+    assert seconds < 25 + 20 + 15, done.stdout[-2000:]
+    assert "of a 25 s budget" in done.stdout
 
 
 def test_mfu_flop_count():

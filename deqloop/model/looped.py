@@ -237,8 +237,11 @@ class LoopedDEQ(nn.Module):
                 warnings.warn(f"precision='autocast': the map runs in {torch.get_autocast_dtype(e.device.type)}, "
                               f"whose rounding floors the residual; rtol {rtol:g} raised to {BF16_RTOL:g}", stacklevel=2)
                 rtol = BF16_RTOL
+        f = BatchedMap(step, e)  # lets the solver stop evaluating converged examples
+        if s.precision == "float32":
+            f.compute_dtype = torch.promote_types(e.dtype, torch.float32)  # what the solver's evaluations use
         z, solution = s.adjoint().solve(
-            BatchedMap(step, e),  # lets the solver stop evaluating converged examples
+            f,
             z0,
             method=s.method,
             options=s.solver_options,

@@ -54,13 +54,18 @@ class PrecisionWarning(UserWarning):
 _WARNED: set[tuple[torch.dtype, float]] = set()
 
 
-def warn_unreachable(rtol: float, atol: float, dtype: torch.dtype, device: torch.device) -> None:
+def warn_unreachable(rtol: float, atol: float, dtype: torch.dtype, device: torch.device,
+                     computes_in: torch.dtype | None = None) -> None:
     """Warn (once per ``(dtype, rtol)``) when ``rtol`` is below what the dtype ``f`` computes in
-    resolves (the state's, or autocast's on ``device`` when lower): a quarter of its machine
-    epsilon, 2.0e-3 for bf16 (a transformer block's residual in bf16 stops near 1.4e-3, so a solve
-    to rtol 1e-3 uses its whole budget) and 2.4e-4 for float16."""
+    resolves (the state's, or autocast's on ``device`` when lower, unless ``f`` says it computes in
+    ``computes_in``: its ``compute_dtype`` attribute, e.g. a model's solve map, which switches
+    autocast off): a quarter of its machine epsilon, 2.0e-3 for bf16 (a transformer block's
+    residual in bf16 stops near 1.4e-3, so a solve to rtol 1e-3 uses its whole budget) and 2.4e-4
+    for float16."""
     low = dtype if dtype in (torch.bfloat16, torch.float16) else None
-    if low is None and torch.is_autocast_enabled(device.type):
+    if low is None and computes_in is not None:
+        low = computes_in
+    elif low is None and torch.is_autocast_enabled(device.type):
         low = torch.get_autocast_dtype(device.type)
     if low not in (torch.bfloat16, torch.float16) or atol > 0:
         return
@@ -172,7 +177,7 @@ def run_solver(
     if keep not in ("best", "last"):
         raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
     rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
-    warn_unreachable(rtol, atol, z0.dtype, z0.device)
+    warn_unreachable(rtol, atol, z0.dtype, z0.device, getattr(f, "compute_dtype", None))
     check_every = integer("check_every", check_every or default_check_every(z0.device))
     if not divergence > 1.0:
         raise ValueError(f"divergence must be a factor > 1, got {divergence!r}")
