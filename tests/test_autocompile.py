@@ -136,3 +136,27 @@ def test_the_command_line_flag(capsys):
     with pytest.raises(SystemExit):
         parser.parse_args(["train", "--compile", "maybe"])
     assert "--compile takes auto, true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_evaluation_compiles_its_plain_iterations_where_it_pays(monkeypatch):
+    from deqloop.eval.report import evaluate_model
+    from deqloop.model import LoopedDEQ
+    from deqloop.tasks import get_task
+
+    task = get_task("prefix_sums", length=6)
+    model = LoopedDEQ(vocab_size=task.vocab_size, num_classes=task.num_classes, grid=task.grid, width=16, heads=2)
+    splits = {"val": task.make("val", 8, seed=1), "hard": task.make("hard", 8, seed=1)}
+    states = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **k: (lambda *a: states.append(model.config.arch.compile)
+                                                            or fn(*a)))
+    eager = evaluate_model(model, splits, task, iters=[1, 4], solver="anderson", compile=False)
+    assert not states
+    monkeypatch.setattr(ac, "COMPILE_SECONDS", 0.0)  # any saving pays
+    auto = evaluate_model(model, splits, task, iters=[1, 4], solver="anderson")
+    assert len(states) == 2 * 4 and all(states)  # 2 splits × 4 iterations through the compiled block, not the solves
+    assert not model.config.arch.compile  # restored
+    assert auto.to_dict() == eager.to_dict()
+    monkeypatch.setattr(ac, "COMPILE_SECONDS", 1e9)
+    states.clear()
+    evaluate_model(model, splits, task, iters=[1, 4], compile="auto")
+    assert not states
