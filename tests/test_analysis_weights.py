@@ -160,3 +160,17 @@ def test_the_gru_residual_reports_the_same_keys():
     model = tiny_model("internal", residual="gru", norm="peri")
     inj = model.block.inject
     check(weight_diagnostics(model), {**expected_injection(inj.w_z.weight, inj.w_e.weight), **expected_block(model)})
+
+
+def test_a_zero_input_map_and_non_finite_weights():
+    model = tiny_model("external")
+    with torch.no_grad():
+        model.block.inject.w_e.weight.zero_()
+    assert weight_diagnostics(model)["injection_norm_ratio"] == math.inf
+    with torch.no_grad():
+        model.block.inject.w_z.weight[0, 0] = float("nan")
+        model.block.attn.proj.weight[1, 1] = float("inf")
+    got = weight_diagnostics(model)
+    assert all(math.isnan(got[k]) for k in ("injection_spectral_radius", "injection_norm", "injection_norm_ratio",
+                                            "injection_condition", "attn_out_norm"))
+    assert math.isfinite(got["qk_norm_product"]) and math.isfinite(got["mlp_norm_product"])

@@ -46,22 +46,31 @@ def _host(w: Tensor) -> Tensor:
 
 
 def _norm2(w: Tensor) -> float:
-    """‖w‖₂, the largest singular value."""
-    return float(torch.linalg.matrix_norm(_host(w), 2))
+    """‖w‖₂, the largest singular value (NaN for a weight with a non-finite entry)."""
+    w = _host(w)
+    return float(torch.linalg.matrix_norm(w, 2)) if torch.isfinite(w).all() else math.nan
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, ``inf`` for b = 0 (NaN stays NaN)."""
+    return a / b if b != 0 else (math.nan if math.isnan(a) else math.inf)
 
 
 def _injection(w_x: Tensor, w_h: Tensor) -> dict[str, float]:
-    """The injection diagnostics of one pair ``(W_x, W_h)``."""
+    """The injection diagnostics of one pair ``(W_x, W_h)``; NaN where ``W_x`` is not finite."""
     wx = _host(w_x)
+    keys = INJECTION_KEYS if wx.shape[0] >= 11 else INJECTION_KEYS[:-1]
+    if not torch.isfinite(wx).all():
+        return dict.fromkeys(keys, math.nan)
     sv = [float(v) for v in torch.linalg.svdvals(wx)]  # descending
     out = {
         "injection_spectral_radius": float(torch.linalg.eigvals(wx).abs().max()),
         "injection_norm": sv[0],
-        "injection_norm_ratio": sv[0] / _norm2(w_h),
-        "injection_condition": sv[0] / sv[-1] if sv[-1] > 0 else math.inf,
+        "injection_norm_ratio": _ratio(sv[0], _norm2(w_h)),
+        "injection_condition": _ratio(sv[0], sv[-1]),
     }
-    if len(sv) >= 11:
-        out["injection_condition_11"] = sv[0] / sv[10] if sv[10] > 0 else math.inf
+    if "injection_condition_11" in keys:
+        out["injection_condition_11"] = _ratio(sv[0], sv[10])
     return out
 
 
