@@ -52,6 +52,16 @@ TARGETS: dict[type[nn.Module], int] = {
 }
 
 
+def _kind(m: nn.Module) -> type[nn.Module] | None:
+    """The type of :data:`TARGETS` that ``m`` is (a parametrised module's class derives from it)."""
+    return next((t for t in type(m).__mro__ if t in TARGETS), None)
+
+
+def _has(m: nn.Module, name: str) -> bool:
+    """``m`` has the parameter ``name`` of its own, plain or already parametrised."""
+    return isinstance(m._parameters.get(name), nn.Parameter) or parametrize.is_parametrized(m, name)
+
+
 def _targets(module: nn.Module, names: Sequence[str] | None, skip: Sequence[str]) -> list[tuple[nn.Module, str, int]]:
     """``(submodule, parameter name, output dim)`` to normalise: the given ``names`` of ``module``
     itself, or else the ``weight`` of every submodule of a type in :data:`TARGETS`."""
@@ -62,19 +72,23 @@ def _targets(module: nn.Module, names: Sequence[str] | None, skip: Sequence[str]
             names = (names,)
         out = []
         for name in names:
-            param = module._parameters.get(name)
-            if not isinstance(param, nn.Parameter):
+            if not _has(module, name):
                 own = ", ".join(module._parameters) or "none"
                 raise ConfigError(f"{type(module).__name__} has no parameter {name!r} of its own to normalise "
                                   f"(its parameters: {own})")
-            out.append((module, name, TARGETS.get(type(module), 0)))
+            kind = _kind(module)
+            out.append((module, name, 0 if kind is None else TARGETS[kind]))
         return out
-    out = [(m, "weight", TARGETS[type(m)]) for qual, m in module.named_modules()
-           if type(m) in TARGETS and isinstance(m._parameters.get("weight"), nn.Parameter)
+    out = [(m, "weight", TARGETS[kind]) for qual, m in module.named_modules()
+           if (kind := _kind(m)) is not None and _has(m, "weight")
            and not any(qual == s or qual.startswith(s + ".") for s in skip)]
     if not out:
         raise ConfigError(f"{type(module).__name__} holds no {', '.join(t.__name__ for t in TARGETS)} to normalise; "
                           "pass names=(...) to normalise parameters of a module of another type")
+    for m, name, _ in out:
+        if parametrize.is_parametrized(m, name):
+            raise ConfigError(f"{type(m).__name__}.{name} is already parametrised (normalised twice?); "
+                              "deqloop.norm.remove(module) first to change its normalisation")
     return out
 
 

@@ -140,3 +140,6 @@ def test_names_skip_and_remove():
         norm.weight_norm(Gate(), names=("bias",))
     with pytest.raises(ConfigError, match="holds no Linear"):
         norm.weight_norm(nn.ReLU())
+    lin = norm.weight_norm(nn.Linear(2, 2))
+    with pytest.raises(ConfigError, match=r"Linear.weight is already parametrised"):
+        norm.spectral_norm(lin)
