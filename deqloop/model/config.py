@@ -54,9 +54,10 @@ class Architecture:
     recall_maps: internal recall's maps, one of ``RECALL_MAPS``: ``"shared"`` one pair (W_z, W_e)
         for both sublayers (the paper's: ``ashlab11/generalization``,
         ``deepthinking/models/attention.py:307-310, 410-415, 430-431``); ``"per_sublayer"`` a pair
-        per sublayer (deqloop's earlier form).
+        per sublayer (deqloop's earlier form). Read only with internal recall.
     norm: RMSNorm placement around each sublayer g, one of ``NORMS``: ``"pre"`` h + g(n(h));
-        ``"peri"`` h + n(g(n(h))); ``"post"`` n(h + g(h)); ``"sandwich"`` n(h + g(n(h))).
+        ``"peri"`` h + n(g(n(h))); ``"post"`` n(h + g(h)); ``"sandwich"`` n(h + g(n(h))) (with
+        ``residual="gru"`` each ``+`` is the GRU merge; :mod:`deqloop.model.residual`).
     norm_weights: ``"shared"`` one RMSNorm per placement used by both sublayers (the paper's,
         ``attention.py:283-299``) or ``"per_sublayer"`` (deqloop's earlier form).
     residual: the merge of stream and branch, one of ``RESIDUALS``: ``"add"`` h + y; ``"gru"``
