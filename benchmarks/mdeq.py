@@ -2,7 +2,7 @@
 accuracy, side by side (``examples/mdeq_digits.py``: scikit-learn's digits, weight norm, Broyden
 22 iterations, phantom gradient 5 steps τ 0.5, fixed-point correction over 2 states).
 
-    python benchmarks/mdeq.py                     # 6 epochs, seeds 0 and 1, one thread
+    python benchmarks/mdeq.py                     # 6 epochs, seeds 0 and 1, one thread (about 20 min)
     python benchmarks/mdeq.py --epochs 2 --seeds 0
 
 torchdeq's version of the model (:class:`TorchdeqMDEQ`) is written here with torchdeq's own API

@@ -6,7 +6,7 @@ injected into the fine branch only. The recipe is deq-zoo's small MDEQ (``run_sm
 weight norm on f, Broyden with 22 iterations, a 5-step phantom gradient with τ = 0.5; plus
 fixed-point correction over 2 states (γ = 0.8):
 
-    python examples/mdeq_digits.py                # 6 epochs, about a minute on one CPU core
+    python examples/mdeq_digits.py     # 6 epochs; 16–58 s each measured on one CPU core shared with other jobs
 
 ``benchmarks/mdeq.py`` trains this model and torchdeq's version of it side by side. Needs the
 ``examples`` extra (scikit-learn).
