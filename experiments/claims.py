@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import bootstrap, spearmanr
 
-from experiments.table import AT, FLOOR
+from experiments.table import AT, FLOOR, OUTER
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this budget"
 PAPER_REGIME = "progressive"  # the paper trains by the progressive loss only
@@ -123,7 +123,7 @@ def c2_cells(frame: pd.DataFrame) -> pd.DataFrame:
     """Per (task, recall, regime) cell with both an outer-norm and an inner-norm run (recall runs only):
     the mean of each C2 axis and of the measures reported beside them, for outer and inner."""
     rec = frame[frame.family.isin(["recall + outer", "recall + inner"])].assign(
-        side=lambda f: np.where(f.norm.isin(["post", "sandwich"]), "outer", "inner"),
+        side=lambda f: np.where(f.norm.isin(OUTER), "outer", "inner"),
         stability=lambda f: -np.log10(f.grad_spread),
         fd_ift=lambda f: (np.log(f.fd / f.ift).abs() <= math.log(2)).where(f.fd.notna() & f.ift.notna()))
     cols = [*C2_AXES, "anderson_reach", "resolvent", "fd_ift"]
@@ -191,7 +191,7 @@ def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Per task and outer norm in the paper's regime: internal and external hard accuracy @500 (mean,
     s.e., n; best over counts beside it), the Welch gap, the internal recall form, and the decision."""
     rows = []
-    paper = frame[(frame.regime == PAPER_REGIME) & frame.norm.isin(["post", "sandwich"])]
+    paper = frame[(frame.regime == PAPER_REGIME) & frame.norm.isin(OUTER)]
     for (task, norm), g in paper.groupby(["task", "norm"], sort=False):
         i, e = g[g.recall == "internal"], g[g.recall == "external"]
         if i.empty or e.empty:

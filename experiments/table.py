@@ -24,8 +24,7 @@ AT = 500
 """The paper's number: accuracy after this many test-time iterations, at the last training step."""
 FLOOR = 0.20
 """A claim about accuracy is decided only where one of the compared sides reaches this on the hard split."""
-OUTER = ("post", "sandwich")  # the norm on the stream after the add (the paper's outer norm)
-INNER = ("pre", "peri")
+OUTER = ("post", "sandwich")  # the norm on the stream after the add (the paper's outer norm); the rest are inner
 
 # column -> path of the value in a run summary
 COLUMNS = {
