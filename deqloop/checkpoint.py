@@ -126,11 +126,12 @@ def _with_earlier_forms(state: dict[str, Any]) -> None:
     model and training configs where the fields are absent, so they rebuild that model."""
     from deqloop.model.config import EARLIER_FORMS
 
+    earlier = {**EARLIER_FORMS, "residual": "add", "blocks": 1}  # the two other new fields: the only form there was
     config = state["model_config"]
     arch = config["arch"] if isinstance(config.get("arch"), dict) else config  # nested, or flat (format 1)
     train = state.get("train_config")
     for values in (arch, train if isinstance(train, dict) else {}):
-        for key, value in EARLIER_FORMS.items():
+        for key, value in earlier.items():
             values.setdefault(key, value)
 
 

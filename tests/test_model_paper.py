@@ -212,6 +212,9 @@ def test_a_checkpoint_of_the_earlier_format_loads_with_the_earlier_forms(tmp_pat
     run = Run.load(path)
     assert run.model.config == c.model_config() == run.config.model_config()
     assert {k: getattr(run.config, k) for k in EARLIER_FORMS} == EARLIER_FORMS
+    stored = load_checkpoint(path)["train_config"]  # what a resume compares with: every new field filled in
+    assert {k: stored[k] for k in (*EARLIER_FORMS, "residual", "blocks")} == {**EARLIER_FORMS, "residual": "add",
+                                                                               "blocks": 1}
     assert load_checkpoint(path)["model_config"]["arch"]["bias"] is False
     # the same config stored as the current format means the current defaults: those weights do not fit
     state = torch.load(path, weights_only=True)
