@@ -98,11 +98,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def _last_line(error: BaseException) -> str:
-    """The most specific line of an error message (torch's end with the actual cause), with any
-    advice to load with ``weights_only=False`` left out."""
+    """The most specific line of an error message (torch's end with the actual cause), without
+    torch's advice to load with ``weights_only=False`` or to allow-list the unsafe global."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and "weights_only" not in line]
     cause = [line for line in lines if "Unsupported global" in line or "error:" in line.lower()]
-    return (cause or lines or [type(error).__name__])[-1][:300]
+    return (cause or lines or [type(error).__name__])[-1].split(" Please use ")[0][:300]
 
 
 def _check_archive(path: Path) -> None:

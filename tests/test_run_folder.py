@@ -103,6 +103,30 @@ def test_a_second_process_gets_a_one_line_error_and_changes_nothing(tmp_path, ca
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
+def test_a_double_launch_of_deqloop_train_runs_once(tmp_path):
+    """Two ``deqloop train`` processes into one folder: the second stops in one line, the first's
+    metrics hold each step once."""
+    flags = ("--task prefix_sums --length 6 --hard-length 8 --width 8 --heads 2 --attention local --window 3 "
+             "--batch-size 4 --no-progress --checkpoint-every 50 --log-every 1 --eval-size 0 --threads 1 "
+             f"--steps 300 --out {tmp_path}").split()
+    command = [sys.executable, "-m", "deqloop.cli", "train", *flags]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "metrics.jsonl"
+    for _ in range(600):  # until the first one trains
+        if log.is_file() and log.stat().st_size:
+            break
+        subprocess.run(["sleep", "0.1"])
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert first.wait(timeout=300) == 0
+    assert second.returncode == 2
+    assert second.stderr.strip().splitlines() == [
+        f"deqloop train: error: {tmp_path} is in use by another deqloop process (pid {first.pid}); wait for it to "
+        "finish or choose another --out"]
+    steps = [r["step"] for r in read_metrics(log)]
+    assert steps == list(range(1, 301))
+
+
 def test_the_lock_is_dropped_when_its_holder_is_killed(tmp_path):
     child = subprocess.run([sys.executable, "-c", "import os, sys; from deqloop.files import RunLock; "
                             f"RunLock({str(tmp_path)!r}); os.kill(os.getpid(), 9)"], cwd=REPO, timeout=120)
