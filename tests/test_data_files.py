@@ -112,3 +112,10 @@ def test_iter_lines_numbers_lines_across_chunk_boundaries(tmp_path):
     got = list(iter_lines(path, Rows(path, "raise")))
     assert [n for n, _ in got] == list(range(1, 201))
     assert [t for _, t in got] == text.split("\r\n")[:-1]
+
+
+def test_the_line_cap_holds_for_lines_inside_one_chunk(tmp_path):
+    path = tmp_path / "x.txt"
+    path.write_text("short\n" + "y" * 200 + "\nshort\n")
+    with pytest.raises(DataError, match=r"x.txt:2: line longer than 100 bytes"):
+        list(iter_lines(path, Rows(path, "skip"), max_line=100))

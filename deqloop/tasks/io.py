@@ -162,6 +162,9 @@ def iter_lines(path: str | Path, rows: Rows, *, max_line: int = MAX_LINE_BYTES) 
 
         corrupt = (zstandard.ZstdError,)
 
+    def too_long(at: int) -> DataError:
+        return DataError(path, at, f"line longer than {max_line} bytes (not a file of puzzle rows?)")
+
     def line(data: bytes) -> tuple[int, str] | None:
         if number == 1 and data.startswith(_BOM):
             data = data[len(_BOM):]
@@ -179,12 +182,14 @@ def iter_lines(path: str | Path, rows: Rows, *, max_line: int = MAX_LINE_BYTES) 
                 if match.group() == b"\r" and match.end() == len(buffer):
                     break  # a \r\n may be split across chunks
                 number += 1
+                if match.start() - start > max_line:
+                    raise too_long(number)
                 if (item := line(buffer[start : match.start()])) is not None:
                     yield item
                 start = match.end()
             buffer = buffer[start:]
             if len(buffer) > max_line:
-                raise DataError(path, number + 1, f"line longer than {max_line} bytes (not a file of puzzle rows?)")
+                raise too_long(number + 1)
     except corrupt as e:
         raise DataError(path, number + 1, f"corrupt zstd stream: {e}") from e
     if buffer.endswith(b"\r"):
