@@ -14,8 +14,6 @@ where the norm placement has none.) The GRU residual replaces each ``+`` by
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -241,6 +239,8 @@ def test_every_form_is_a_training_flag_and_the_untied_baseline_trains_and_evalua
     capsys.readouterr()
     assert main([*argv[:-1], str(tmp_path / "maps"), "--recall", "internal", "--recall-maps", "per_sublayer",
                  "--blocks", "1", "--residual", "add"]) == 0
-    arch = Run.load(tmp_path / "maps" / "last.pt").model.arch
+    model = Run.load(tmp_path / "maps" / "last.pt").model
+    arch = model.arch
     assert (arch.recall, arch.recall_maps, arch.blocks, arch.residual) == ("internal", "per_sublayer", 1, "add")
-    assert math.isfinite(sum(float(p.sum()) for p in Run.load(tmp_path / "maps" / "last.pt").model.parameters()))
+    assert model.block.inject is None and model.block.attn_res.inject is not model.block.mlp_res.inject
+    assert model.block.gru is None and model.block.attn_res.inject.w_z.bias is None  # --no-bias kept
