@@ -120,14 +120,14 @@ C2_AXES = {"plain_reach": "reachable by plain iteration", "bwd": "implicit backw
 
 
 def c2_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, recall, regime) cell with both an outer-norm and an inner-norm run (recall runs only):
+    """Per (task, recall, regime, learning rate) cell with both an outer-norm and an inner-norm run (recall runs only):
     the mean of each C2 axis and of the measures reported beside them, for outer and inner."""
     rec = frame[frame.family.isin(["recall + outer", "recall + inner"])].assign(
         side=lambda f: np.where(f.norm.isin(OUTER), "outer", "inner"),
         stability=lambda f: -np.log10(f.grad_spread),
         fd_ift=lambda f: (np.log(f.fd / f.ift).abs() <= math.log(2)).where(f.fd.notna() & f.ift.notna()))
     cols = [*C2_AXES, "anderson_reach", "resolvent", "fd_ift"]
-    cells = rec.pivot_table(index=["task", "recall", "regime"], columns="side", values=cols, aggfunc="mean",
+    cells = rec.pivot_table(index=["task", "recall", "regime", "lr"], columns="side", values=cols, aggfunc="mean",
                             dropna=False)
     have = cells.columns.get_level_values(1)
     if "outer" not in have or "inner" not in have:
@@ -143,8 +143,8 @@ def _ci(d: np.ndarray) -> tuple[float, float]:
 
 
 def claim2(frame: pd.DataFrame) -> Verdict:
-    rule = ("outer norm {post, sandwich} against inner {pre, peri}, paired within each (task, recall family, regime) "
-            "cell where both were run: per cell the outer mean minus the inner mean of (a) the fraction of hard "
+    rule = ("outer norm {post, sandwich} against inner {pre, peri}, paired within each (task, recall family, regime, "
+            "learning rate) cell where both were run: per cell the outer mean minus the inner mean of (a) the fraction of hard "
             "examples whose plain iteration settles (the paper's reachability; Anderson's converged fraction beside "
             "it), (b) the implicit backward solve's converged fraction (smoothness as conditioning: it converges "
             "when I − J is well conditioned; ‖(I − J)⁻¹‖ and whether finite differences agree with the IFT within "
@@ -166,7 +166,7 @@ def claim2(frame: pd.DataFrame) -> Verdict:
     beside = ", ".join(f"{label} outer {num(cells[(c, 'outer')].mean())} vs inner {num(cells[(c, 'inner')].mean())}"
                        for c, label in (("anderson_reach", "Anderson converged"), ("resolvent", "‖(I − J)⁻¹‖"),
                                         ("fd_ift", "FD agrees with IFT")))
-    matched = frame.set_index(["task", "recall", "regime"]).index.isin(cells.index) & frame.family.str.startswith("recall")
+    matched = frame.set_index(["task", "recall", "regime", "lr"]).index.isin(cells.index) & frame.family.str.startswith("recall")
     evidence = f"{len(cells)} matched cells ({budget(frame[matched])}) — " + "; ".join(parts) + f"; beside it: {beside}"
     verdict = SUPPORTED if all(above) else CONTRADICTED if any(below) else INCONCLUSIVE
     if verdict == CONTRADICTED:
@@ -192,7 +192,7 @@ def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
     s.e., n; best over counts beside it), the Welch gap, the internal recall form, and the decision."""
     rows = []
     paper = frame[(frame.regime == PAPER_REGIME) & frame.norm.isin(OUTER)]
-    for (task, norm), g in paper.groupby(["task", "norm"], sort=False):
+    for (task, norm, lr), g in paper.groupby(["task", "norm", "lr"], sort=False):
         i, e = g[g.recall == "internal"], g[g.recall == "external"]
         if i.empty or e.empty:
             continue
@@ -206,7 +206,7 @@ def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
             *([f"neither reaches {FLOOR:.0%} @{AT} at {budget(g)}"] if max(mi, me) < FLOOR else []),
             *([f"the gap is within 2 s.e. ({_power(gap, se, min(ni, ne))})"] if not significant else [])]
         status = "cannot decide: " + "; ".join(reasons) if reasons else "internal ahead" if gap > 0 else "external ahead"
-        rows.append({"task": task, "norm": norm, "internal": f"{pct(mi)} ± {pct(si)} ({ni})",
+        rows.append({"task": task, "norm": norm, "lr": f"{lr:g}", "internal": f"{pct(mi)} ± {pct(si)} ({ni})",
                      "external": f"{pct(me)} ± {pct(sx)} ({ne})", "gap": pct(gap), "2 s.e.": pct(2 * se),
                      "internal best": pct(i.hard_best.mean()), "external best": pct(e.hard_best.mean()),
                      "recall form": "/".join(forms), "budget": budget(g), "status": status})
@@ -214,7 +214,7 @@ def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def claim3(frame: pd.DataFrame) -> Verdict:
-    rule = (f"in the paper's regime with an outer norm, per task: internal against external recall by hard accuracy "
+    rule = (f"in the paper's regime with an outer norm, per task and learning rate: internal against external recall by hard accuracy "
             f"@{AT} at the last step (best over counts beside it), decided only where one of them reaches {FLOOR:.0%} "
             "and the gap exceeds 2 standard errors (Welch, over seeds) and the internal runs use the paper's shared "
             "injection pair; supported when sudoku is decided for internal and no task for external; contradicted when "
@@ -224,7 +224,7 @@ def claim3(frame: pd.DataFrame) -> Verdict:
               f"reaches {FLOOR:.0%} on the hard split (sudoku by blanks at ≥ 1,500 steps)")
     if rows.empty:
         return Verdict("C3", INCONCLUSIVE, rule, "no task has internal and external runs with an outer norm", change)
-    evidence = "; ".join(f"{r.task}, {r.norm}: internal {r.internal} vs external {r.external} % @{AT} (best "
+    evidence = "; ".join(f"{r.task}, {r.norm}, lr {r.lr}: internal {r.internal} vs external {r.external} % @{AT} (best "
                          f"{r['internal best']} vs {r['external best']}; {r.budget}) — {r.status}"
                          for _, r in rows.iterrows())
     if (rows.status == "external ahead").any():
@@ -238,9 +238,9 @@ ORDER = ("recall + outer", "recall + inner", "no recall")
 
 
 def c4_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per task in the paper's regime: each family's hard accuracy @500 (mean, s.e., runs)."""
+    """Per task and learning rate in the paper's regime: each family's hard accuracy @500 (mean, s.e., runs)."""
     paper = frame[frame.regime == PAPER_REGIME]
-    agg = paper.groupby(["task", "family"], sort=False)["hard_at"].agg(
+    agg = paper.groupby(["task", "lr", "family"], sort=False)["hard_at"].agg(
         mean="mean", se=lambda x: mean_se(x)[1], n="count")
     return agg.reset_index()
 
@@ -260,16 +260,16 @@ def _correlations(paper: pd.DataFrame) -> str:
 
 
 def claim4(frame: pd.DataFrame) -> Verdict:
-    rule = (f"in the paper's regime, per task, hard accuracy @{AT} by family (mean ± s.e. over the family's runs): "
+    rule = (f"in the paper's regime, per task and learning rate, hard accuracy @{AT} by family (mean ± s.e. over the family's runs): "
             "the framework predicts recall + outer > recall + inner > no recall (the untied baseline is placed by its "
             "accuracy); contradicted when a predicted pair is reversed by more than 2 s.e. (Welch) on some task; "
-            "supported when on every task with all three families both pairs are in the predicted order by more than "
+            "supported when on every task and learning rate with all three families both pairs are in the predicted order by more than "
             "2 s.e.; the Spearman correlation of ρ(J) and of ρ(W_x) with accuracy within each recall family is "
             "reported beside it")
     rows = c4_rows(frame)
     paper = frame[frame.regime == PAPER_REGIME]
     parts, reversed_, complete, ordered = [], False, 0, True
-    for task, g in paper.groupby("task", sort=False):
+    for (task, lr), g in paper.groupby(["task", "lr"], sort=False):
         fam = {f: g[g.family == f].hard_at for f in (*ORDER, "untied") if (g.family == f).any()}
         text, signs = ", ".join(f"{f} {_ms(x)}" for f, x in fam.items()), []
         for hi, lo in zip(ORDER, ORDER[1:]):
@@ -284,7 +284,7 @@ def claim4(frame: pd.DataFrame) -> Verdict:
         if all(f in fam for f in ORDER):
             complete += 1
             ordered &= signs == [1, 1]
-        parts.append(f"{task} ({budget(g)}): {text}")
+        parts.append(f"{task}, lr {lr:g} ({budget(g)}): {text}")
     evidence = "; ".join(parts) + f". Within recall families: {_correlations(paper)}"
     change = ("3 seeds a cell of the paper's grid (recall × residual) at a budget where the recall models learn; a "
               "significant reversal of a predicted pair would contradict the claim")

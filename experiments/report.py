@@ -77,8 +77,8 @@ STABILITY = {"plain_reach": "plain reach", "anderson_reach": "Anderson", "rho": 
 
 
 def grid_table(runs: pd.DataFrame) -> str:
-    """Every configuration (recall, norm, regime): accuracy and the stability numbers, over seeds."""
-    g = ordered(runs).groupby(["recall", "norm", "regime"], sort=False)
+    """Every configuration (recall, norm, regime, learning rate): accuracy and the stability numbers, over seeds."""
+    g = ordered(runs).groupby(["recall", "norm", "regime", "lr"], sort=False)
     acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", ms), best=("hard_best", ms), solver=("solver", ms))
     stab = g[list(STABILITY)].mean().map(lambda v: num(v, 2))
     table = acc.join(stab).reset_index()
@@ -178,7 +178,8 @@ def claim_tables(frame: pd.DataFrame) -> str:
                                                ("stability", "−log₁₀ grad spread")) for side in ("outer", "inner")})
         parts += ["C2, the matched cells (means over the cell's runs):", "", md(c2.reset_index()), ""]
     if len(c4):
-        c4 = c4.assign(value=lambda f: f["mean"].map(pct) + " ± " + f.se.map(pct) + " (" + f.n.astype(str) + ")")
+        c4 = c4.assign(value=lambda f: f["mean"].map(pct) + " ± " + f.se.map(pct) + " (" + f.n.astype(str) + ")",
+                       task=lambda f: f.task + ", lr " + f.lr.map(lambda v: f"{v:g}"))
         parts += [f"C4, hard @{AT} by family in the paper's regime (mean ± s.e. (runs), %):", "",
                   md(c4.pivot(index="family", columns="task", values="value").reindex(
                       [f for f in (*claims.ORDER, "untied") if f in set(c4.family)]).fillna("—").reset_index()), ""]

@@ -24,7 +24,7 @@ def run(task="prefix_sums", recall="internal", norm="post", regime="progressive"
     train = {k: fields.pop(k) for k in list(fields) if k.startswith("grad_norm")}
     analysis["weights"] = {k: fields.pop(k) for k in list(fields) if k.startswith("injection")}
     settling = {"converged": fields.pop("plain_reach")} if "plain_reach" in fields else {}
-    cfg = {"steps": steps, **fields}
+    cfg = {"steps": steps, "lr": 1e-3, **fields}
     curve = [hard / 4, hard / 2, hard][-len(iters):]
     return {"name": f"{task}/{recall}-{norm}-{regime}-s{seed}", "preset": "cpu",
             "spec": {"task": task, "recall": recall, "norm": norm, "regime": regime, "seed": seed},
@@ -193,6 +193,19 @@ def test_c3_noise_gate_and_power_by_hand():
     assert v.verdict == claims.INCONCLUSIVE
     assert "cannot decide: the gap is within 2 s.e. (≈ 8 seeds per side would make this gap 2 s.e.)" in v.evidence
     assert "internal 40.0 ± 5.8 (3) vs external 30.0 ± 5.8 (3) % @500" in v.evidence
+
+
+def test_c3_compares_within_a_learning_rate():
+    # internal far ahead at 1e-3, far behind at 3e-4: pooled they would be within noise; apart, 3e-4 contradicts
+    rs = c3_runs([0.6, 0.7, 0.65], [0.2, 0.3, 0.25])
+    for seed, (i, e) in enumerate(zip([0.2, 0.3, 0.25], [0.6, 0.7, 0.65])):
+        rs += [run(task="sudoku", recall="internal", seed=seed, hard=i, recall_maps="shared", lr=3e-4),
+               run(task="sudoku", recall="external", seed=seed, hard=e, lr=3e-4)]
+    for r in rs:
+        r["name"] += f"-lr{r['train_config']['lr']:g}"
+    v = claims.claim3(frame(rs))
+    assert v.verdict == claims.CONTRADICTED
+    assert "sudoku, post, lr 0.001: internal 65.0 ± 2.9 (3)" in v.evidence and "lr 0.0003" in v.evidence
 
 
 def test_c3_the_per_sublayer_recall_cannot_decide():
