@@ -157,7 +157,8 @@ def test_tiny_sweep_and_report_end_to_end(tmp_path):
     internal = {x["spec"]["regime"]: x for x in results if x["spec"]["recall"] == "internal"}
     solver = internal["implicit"]["eval"]["solver"]["hard"]["accuracy"]
     best = max(internal["implicit"]["eval"]["curves"]["accuracy"]["hard"])
-    assert f"| internal | post | implicit | 1 | — | {100 * best:.1f} ± — | {100 * solver:.1f} ± — |" in text
+    lr = internal["implicit"]["train_config"]["lr"]
+    assert f"| internal | post | implicit | {lr:g} | 1 | — | {100 * best:.1f} ± — | {100 * solver:.1f} ± — |" in text
     assert (tmp_path / "plots" / "prefix_sums_iterations.png").stat().st_size > 1000
     assert "python -m experiments.sweep" in text
 

@@ -221,9 +221,10 @@ def test_report_from_summaries_is_the_report_from_the_sweep(tmp_path):
     text = re.sub(r" +", " ", "".join(b))  # the tables' cells without their padding
     # the training numbers come from the metrics logs, through the summaries: gradient spread 4 / 1 = 4 and 2 / 2 = 1;
     # no count 500 among 1, 4, 16, so no accuracy @500
-    assert "| internal | post | progressive | 1 | — | 50.0 ± — | 25.0 ± — | 1 | 0.75 | 0.88 | 2 | 0.25 | 0.5 | — | 0.75 | 4 |" \
-        in text
-    assert "| internal | post | implicit | 1 | — | 25.0 ± — | 12.5 ± — | 1 | 0.5 | 0.88 | 2 | 0.25 | 0.5 | — | 0.5 | 1 |" in text
+    assert ("| internal | post | progressive | 0.002 | 1 | — | 50.0 ± — | 25.0 ± — | 1 | 0.75 | 0.88 | 2 | 0.25 | 0.5 | — "
+            "| 0.75 | 4 |") in text
+    assert ("| internal | post | implicit | 0.002 | 1 | — | 25.0 ± — | 12.5 ± — | 1 | 0.5 | 0.88 | 2 | 0.25 | 0.5 | — "
+            "| 0.5 | 1 |") in text
 
 
 def test_report_defaults_to_results_runs(tmp_path, monkeypatch, capsys):
