@@ -14,8 +14,8 @@ with where it would live:
   raises CUDA's "Expected all tensors to be on the same device" (0-dim host tensors are legal
   operands on CUDA, as are copies between devices and host indices into a device tensor); a CPU
   generator given to a CUDA factory raises as on CUDA; ``.numpy()`` of a device tensor raises.
-* Host reads of device tensors (``item``, ``bool``, ``int``, ``float``, ``tolist``, ``nonzero``)
-  are counted in ``FakeCuda.reads``: on a GPU each is a synchronisation; copies from the host to
+* Host reads of device tensors (``item``, ``bool``, ``int``, ``float``, ``tolist``, ``nonzero``,
+  ``.cpu()``) are counted in ``FakeCuda.reads``: on a GPU each is a synchronisation; copies from the host to
   the device (``.to(cuda)``, ``torch.tensor(..., device=cuda)``) in ``FakeCuda.copies``.
 
 Tensors made before the context (module-level constants) stay untagged and mix with either side.
@@ -129,6 +129,8 @@ class FakeCuda(TorchFunctionMode):
                 target = OnDevice if dst.type == "cuda" else OnHost
                 if target is OnDevice and not isinstance(args[0], OnDevice):  # the source is the tensor moved
                     self.copies += 1
+                elif target is OnHost and isinstance(args[0], OnDevice):  # a copy to the host waits for the device
+                    self.reads += 1
                 if name == "to":
                     args = tuple("cpu" if _device(a) is not None and _device(a).type == "cuda" else a for a in args)
                     if "device" in kwargs:

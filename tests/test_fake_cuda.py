@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from deqloop import LoopedDEQ
 from deqloop.analysis import analyze
+from deqloop.errors import ConfigError
 from deqloop.analysis.krylov import krylov_schur
 from deqloop.eval.curves import adaptive_accuracy, iteration_sweep
 from deqloop.tasks import get_task
@@ -31,10 +32,11 @@ def test_the_fake_device_enforces_cudas_rules_and_counts_host_reads():
         with pytest.raises(TypeError, match="numpy"):
             d.numpy()
         assert (torch.tensor(2.0) * d).device == CUDA  # a 0-dim host tensor is a legal operand
+        assert gpu.reads == 0 and gpu.copies == 0
         assert torch.zeros(3).to(CUDA).device == CUDA and d.cpu().device.type == "cpu"
-        assert gpu.reads == 0
+        assert gpu.reads == 1 and gpu.copies == 1
         assert float(d.sum()) == 3.0 and bool(d.all()) and d.tolist() == [1.0, 1.0, 1.0]
-        assert gpu.reads == 3
+        assert gpu.reads == 4
         model = torch.nn.Linear(3, 2).to(CUDA)
         assert model.weight.device == CUDA and isinstance(model.weight, torch.nn.Parameter)
         model(d).sum().backward()
@@ -264,3 +266,20 @@ def test_the_jacobian_penalty_draws_its_probe_on_the_device():
         on_device = on_device.detach().cpu()
     # the fake device's generator is the CPU's, so the numbers agree (on a GPU: another draw)
     torch.testing.assert_close(on_device, on_cpu)
+
+
+def test_chess_evaluation_reads_the_targets_once_per_batch():
+    pytest.importorskip("chess")
+    t = get_task("chess", **TASKS["chess"]["task_options"])
+    x, y = t.make("val", 6, seed=3)
+    logits = torch.randn(*y.shape, t.num_classes, generator=torch.Generator().manual_seed(0))
+    with fake_cuda() as gpu:
+        yd, out = y.to(CUDA), logits.to(CUDA)
+        first = t.correct(out, yd)
+        reads = gpu.reads
+        again = [t.correct(out, yd) for _ in range(5)]  # as at every iteration count of an evaluation
+        assert gpu.reads == reads  # yd is not read again
+        assert all(torch.equal(a.cpu(), first.cpu()) for a in again)
+        yd[0] = 0  # changed targets are checked again
+        with pytest.raises(ConfigError, match="exactly two squares"):
+            t.correct(out, yd)
