@@ -143,7 +143,8 @@ def grid_cell(device: torch.device, steps: int, out: Path, tiny: bool) -> dict[s
     train = {task: {**fields, "steps": steps, "stability_every": max(1, steps // 2)}
              for task, fields in preset.train.items()}
     preset = preset.with_(train=train, eval_n=64 if not tiny else preset.eval_n, analyze_n=8,
-                          eval_iters=(1, 8, 32) if not tiny else preset.eval_iters)
+                          eval_iters=(1, 8, 32) if not tiny else preset.eval_iters,
+                          analysis={**preset.analysis, "eig_maxiter": 5, "resolvent_maxiter": 2, "directions": 2})
     [spec] = [s for s in preset.runs(recall=("internal",)) if s.task == "prefix_sums" and s.norm == "post"
               and s.regime == "progressive" and s.seed == 0][:1]
     start = time.perf_counter()
