@@ -188,6 +188,9 @@ class FakeCuda(TorchFunctionMode):
         self._patch(c, "manual_seed_all", lambda seed: None)
         self._patch(c, "get_device_name", lambda device=None: "fake cuda:0")
         self._patch(torch, "Generator", Generator)
+        self._patch(c, "set_sync_debug_mode", lambda mode: None)
+        self._patch(c, "reset_peak_memory_stats", lambda device=None: None)
+        self._patch(c, "max_memory_allocated", lambda device=None: 0)
         # page-locked host memory needs the CUDA driver; patched on the class, since the mode is per
         # thread and batches are pinned in background threads
         self._patch(torch.Tensor, "pin_memory", lambda t, device=None: t.clone())

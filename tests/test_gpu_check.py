@@ -25,3 +25,18 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     bf16 = report["bf16"]
     assert bf16["float32 map"] >= bf16["bf16 map"]  # bf16's rounding can only keep solves from rtol 1e-4
     assert report["cell"]["analysed"] == ["hard", "val"]
+
+
+@pytest.mark.slow  # a minute or more
+def test_gpu_check_takes_its_cuda_paths_on_a_fake_device(tmp_path):
+    from fake_cuda import fake_cuda
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    with fake_cuda():
+        report = gpu_check.main(["--tiny", "--device", "cuda:0", "--steps", "1", "--cell-steps", "2",
+                                 "--out", str(tmp_path)])
+    assert report["device"] == "cuda:0" and report["name"] == "fake cuda:0" and report["amp"] == "torch.bfloat16"
+    assert all(r["peak_mib"] == 0 and r["syncs_per_step"] == 0 for r in report["training"])  # mocked counters
+    assert report["cell"]["analysed"] == ["hard", "val"]
