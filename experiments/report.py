@@ -33,9 +33,13 @@ from experiments.table import AT, curves_frame, load_results, runs_frame, traces
 TEMPLATE = Path(__file__).with_name("results_template.md")
 SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test on 512",
             "recipes": "the fixed-point training recipes at another number of steps",
-            "chess": "the long chess run beside its baselines"}
+            "chess": "the long chess run beside its baselines",
+            "seed-cpu": "the paper's grid and regime at CPU scale",
+            "seed-gpu": "the paper's grid and regime at its own scale"}
 """The presets whose sweeps are kept apart from the main grid, each drawn as a section of its own."""
-DEFAULT_SECTIONS = ("results/paper_split", "results/recipes_1500", "results/chess_long")
+DEFAULT_SECTIONS = ("results/paper_split", "results/recipes_1500", "results/chess_long", "results/seed_cpu",
+                    "results/seed_gpu")
+SEED_REGIME = "paper"  # the regime of the seed presets' runs (experiments.presets.REGIME_TRAIN)
 NAMES = {"C1": "without recall, countable fixed points and no strong input dependence",
          "C2": "recall + outer norm gives reachable, locally smooth, backprop-stable fixed points",
          "C3": "internal recall ≥ external once the norm is outer; much better on sudoku",
@@ -59,10 +63,10 @@ def ordered(frame: pd.DataFrame) -> pd.DataFrame:
         c.name] else len(keys[c.name])) if c.name in keys else c, kind="stable")
 
 
-def paper_layout(summaries: list[dict[str, Any]], task: str) -> str:
+def paper_layout(summaries: list[dict[str, Any]], task: str, regime: str = claims.PAPER_REGIME) -> str:
     """The paper's layout (:func:`experiments.paper_table.paper_table`) in its regime: a row per recall ×
     norm, per learning rate the hard accuracy @500 and, beside it, the best over counts."""
-    where = {"regime": claims.PAPER_REGIME}
+    where = {"regime": regime}
     try:
         header, at = paper_table(summaries, task=task, where=where)
     except ValueError:  # no runs of the paper's regime
@@ -137,6 +141,8 @@ def section(folder: Path, summaries: list[dict[str, Any]], baselines: Any, plots
     if len(presets) != 1 or presets[0] not in SECTIONS:
         raise SummaryError(f"{folder}: a separate section holds the runs of one preset of {', '.join(SECTIONS)}; "
                            f"these are of {', '.join(presets)}")
+    if presets[0].startswith("seed-"):
+        return seed_section(folder, summaries, plots, out, presets[0])
     cfg = summaries[0]["train_config"]
     c = curves_frame(summaries).assign(panel=lambda f: f.regime)
     fig = facets(ordered(c), plots / f"{folder.name}.png", x="iters", y="accuracy", facet="panel", hue="split",
@@ -151,6 +157,35 @@ def section(folder: Path, summaries: list[dict[str, Any]], baselines: Any, plots
         f"{ {k: v for k, v in (cfg.get('task_options') or {}).items() if k != 'data'} }.", "",
         run_table(runs), *(x for line in lines for x in ("", line)), "",
         f"![{folder.name}]({os.path.relpath(fig, out.parent)})"]) + "\n"
+
+
+def seed_section(folder: Path, summaries: list[dict[str, Any]], plots: Path, out: Path, preset: str) -> str:
+    """A seed preset's sweep: per task, the paper's table (a row per recall × residual, per learning rate
+    the hard accuracy @500 and the best over counts, mean ± s.e. over seeds), how many of the grid's
+    runs are done, and hard accuracy against test-time iterations per recall × residual."""
+    from experiments.presets import get_preset
+
+    grid = get_preset(preset)
+    parts = [f"## {SECTIONS[preset]} (`{preset}`)", ""]
+    for task in [t for t in TASK_ORDER if any(s["spec"]["task"] == t for s in summaries)]:
+        mine = [s for s in summaries if s["spec"]["task"] == task]
+        cfg = mine[0]["train_config"]
+        c = curves_frame(mine)
+        c = c[c.split == "hard"].assign(panel=lambda f: f.recall + " · " + f.norm,
+                                         lr=lambda f: f["name"].map({s["name"]: s["train_config"]["lr"] for s in mine}))
+        fig = facets(ordered(c), plots / f"{folder.name}_{task}.png", x="iters", y="accuracy", facet="panel",
+                     hue="lr", xlog=True, title=f"{task}, {preset}: hard split (band: seeds' range)",
+                     xlabel="test-time iterations", ylabel="exact match (%)", cols=4)
+        options = {k: v for k, v in (cfg.get("task_options") or {}).items() if k not in ("data", "test_data")}
+        parts += [f"### {task}", "",
+                  f"`{folder}`: {len(mine)} of the grid's {len(grid.runs(task=(task,)))} runs (by "
+                  f"{'; '.join(f'`{x}`' for x in sorted({s.get('command') or '' for s in mine} - {''}))}); width "
+                  f"{cfg['width']}, {cfg['steps']} steps of batch {cfg['batch_size']}, training depth {cfg['max_iter']}, "
+                  f"task settings {options}. Rows are recall × residual as the paper names them (`fixed`: 15 untied "
+                  f"blocks at one iteration, scored there; `gru`: the GRU residual with peri norm).", "",
+                  paper_layout(mine, task, regime=SEED_REGIME), "",
+                  f"![{folder.name} {task}]({os.path.relpath(fig, out.parent)})", ""]
+    return "\n".join(parts)
 
 
 def runs_note(frame: pd.DataFrame) -> str:

@@ -309,3 +309,28 @@ def test_a_presets_extra_test_sets_are_evaluated_and_kept_in_the_table(tmp_path)
     c = curves_frame([result])
     extra = c[c.split == "16 bits"]
     assert extra.iters.tolist() == list(tiny.eval_iters) and extra.accuracy.tolist() == curves["16 bits"]
+
+
+def test_a_seed_preset_section_is_the_papers_table_over_seeds(tmp_path):
+    """The seed presets' section of RESULTS.md: a row per recall × residual, per learning rate the hard
+    accuracy @500 and the best over counts as mean ± s.e. over seeds (checked by hand), the runs done."""
+    from pathlib import Path
+
+    base = json.loads(Path("results/seed_cpu/prefix_sums/internal-post-paper-lr0.001-s0.json").read_text())
+    runs = []
+    for seed, at500, best in ((0, 0.25, 0.5), (1, 0.75, 0.75)):
+        run = json.loads(json.dumps(base))
+        iters = run["eval"]["curves"]["iters"]
+        hard = [0.0] * len(iters)
+        hard[iters.index(300)], hard[iters.index(500)] = best, at500
+        run["eval"]["curves"]["accuracy"]["hard"] = hard
+        run["spec"]["seed"], run["train_config"]["seed"] = seed, seed
+        run["name"] = f"prefix_sums/internal-post-paper-lr0.001-s{seed}"
+        run["eval"] = {k: v for k, v in run["eval"].items() if k not in ("paper", "best")}
+        runs.append(summary.summarize(run, None))
+    text = report.section(tmp_path / "seed_cpu", runs, None, tmp_path, tmp_path / "RESULTS.md")
+    assert "2 of the grid's 144 runs" in text
+    # @500: mean (25 + 75) / 2 = 50, s.e. = sd / √2 = 35.36 / 1.414 = 25.0; best: (50 + 75) / 2 = 62.5 ± 12.5
+    row = next(line for line in text.splitlines() if line.startswith("| internal"))
+    assert [c.strip() for c in row.strip("|").split("|")] == ["internal", "post", "50.0 ± 25.0", "62.5 ± 12.5"]
+    assert (tmp_path / "seed_cpu_prefix_sums.png").stat().st_size > 0
