@@ -43,11 +43,16 @@ def test_the_decision_comes_once_after_the_probe_steps():
     assert "change shape" in varying.decision["reason"]
 
 
-def test_who_is_eligible(tmp_path):
+def test_who_is_eligible(tmp_path, monkeypatch):
     assert AutoCompile.for_run(tiny_config(tmp_path)).eligible
     assert not AutoCompile.for_run(tiny_config(tmp_path), world=2).eligible
     eq = AutoCompile.for_run(tiny_config(tmp_path, loss="equilibrium", depth_offset=None, max_iter=6))
     assert not eq.eligible and "varying number of rows" in eq.reason
+    monkeypatch.setenv("PATH", str(tmp_path))  # no C++ compiler to be found
+    monkeypatch.delenv("CXX", raising=False)
+    bare = AutoCompile.for_run(tiny_config(tmp_path))
+    assert not bare.eligible and "no C++ compiler" in bare.reason
+    monkeypatch.undo()
     explicit = AutoCompile.for_run(tiny_config(tmp_path, compile=False))
     assert explicit.decided and not explicit.observe(0, 10, 1.0, (1,))
     with pytest.raises(ConfigError, match="compile must be True, False or 'auto', got 'yes'"):

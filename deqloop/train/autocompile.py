@@ -10,12 +10,16 @@ with ``t_step`` the median wall time of the run's own first eager steps (after o
 The trainer times :data:`PROBE_STEPS` steps eagerly, then decides once. It does not compile (and
 says why in the log) when the probed batches differ in shape (a length curriculum: every new
 shape would compile again), when the loss is not the progressive one (a solver evaluates a
-varying number of rows per call), or with the Jacobian penalty (double backward runs eagerly).
+varying number of rows per call), with the Jacobian penalty (double backward runs eagerly), or
+where torch.compile cannot build code (no C++ compiler for the CPU, no Triton for a GPU).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import os
+import shutil
 import statistics
 from dataclasses import dataclass, field
 
@@ -37,6 +41,15 @@ def compile_pays(step_seconds: float, steps_left: int, *, saving: float | None =
     return steps_left * saving * step_seconds > compile_seconds
 
 
+def compiler_missing(device_type: str) -> str:
+    """Why ``torch.compile``'s default backend cannot build code here ("" when it can): it needs a
+    C++ compiler for the CPU and Triton for a GPU."""
+    if device_type == "cuda":
+        return "" if importlib.util.find_spec("triton") is not None else "Triton is not installed"
+    names = [c for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c]
+    return "" if any(shutil.which(c) for c in names) else "no C++ compiler on the PATH (g++, clang++ or c++)"
+
+
 @dataclass
 class AutoCompile:
     """Watches the first steps of a run and decides, once, whether to compile the block.
@@ -55,11 +68,14 @@ class AutoCompile:
     decision: dict = field(default_factory=dict)
 
     @classmethod
-    def for_run(cls, config, world: int = 1) -> AutoCompile:
-        """The watcher of a :class:`~deqloop.train.TrainConfig`'s run over ``world`` processes;
-        already decided (silently) unless ``compile="auto"``."""
+    def for_run(cls, config, world: int = 1, device_type: str = "cpu") -> AutoCompile:
+        """The watcher of a :class:`~deqloop.train.TrainConfig`'s run over ``world`` processes on
+        ``device_type``; already decided (silently) unless ``compile="auto"``."""
         if config.compile != "auto":
             return cls(eligible=False, decided=True, decision={"compile": config.compile, "reason": "set explicitly"})
+        missing = compiler_missing(device_type)
+        if missing:
+            return cls(eligible=False, reason=missing)
         if world > 1:
             return cls(eligible=False, reason="several processes would each decide on their own timings")
         if config.loss != "progressive":

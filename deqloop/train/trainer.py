@@ -129,7 +129,7 @@ class Trainer:
         self._signals = StopSignals(enabled=False)  # replaced by live handlers while run() runs
         self._agreed_signal = 0  # the stop signal all ranks agreed on at the last step (torchrun)
         self.amp = runtime.amp_dtype(c.amp, self.device)  # the autocast dtype (None: float32)
-        self.auto_compile = AutoCompile.for_run(c, self.world)
+        self.auto_compile = AutoCompile.for_run(c, self.world, self.device.type)
         self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_eval: dict[str, Any] | None = None
         self.metrics = MetricsLog(self.folder.metrics_path)
