@@ -11,7 +11,8 @@
 # Environment knobs (for a CPU check: PRESET=tiny DEVICE=cpu STEPS=4 BUDGET=240 bash benchmarks/gpu.sh):
 #   PRESET (gpu), DEVICE (cuda), STEPS (300 per run), BUDGET (600 s for everything), OUT (runs/gpu), MFU_BATCH (512),
 #   REGIMES (progressive,phantom,implicit), RESULTS ($OUT/summaries: the run summaries, kept apart from the cpu
-#   preset's committed results/runs, whose run names they share), REPORT_SECONDS (60: kept for step 4)
+#   preset's committed results/runs, whose run names they share), REPORT_SECONDS (60: kept for step 4),
+#   CHECK_OUT (${OUT}_check: the gpu check's runs and gpu_check.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -24,6 +25,7 @@ RESULTS=${RESULTS:-$OUT/summaries}
 MFU_BATCH=${MFU_BATCH:-512}
 REGIMES=${REGIMES:-progressive,phantom,implicit}
 REPORT_SECONDS=${REPORT_SECONDS:-60}
+CHECK_OUT=${CHECK_OUT:-${OUT}_check}  # beside OUT: the check's runs are not the sweep's
 mkdir -p "$OUT"
 start=$SECONDS
 left() { echo $((BUDGET - REPORT_SECONDS - (SECONDS - start))); }
@@ -32,7 +34,7 @@ bounded() { local limit=$1; shift; [ "$limit" -gt 0 ] || return 0; timeout --sig
 
 echo "== gpu check =="
 if [ "$PRESET" = "tiny" ]; then CHECK="--tiny --steps 1 --cell-steps 2"; else CHECK=""; fi
-bounded "$(left)" $PY benchmarks/gpu_check.py --device "$DEVICE" $CHECK --out "$OUT/check" | tee "$OUT/gpu_check.txt"
+bounded "$(left)" $PY benchmarks/gpu_check.py --device "$DEVICE" $CHECK --out "$CHECK_OUT" | tee "$OUT/gpu_check.txt"
 
 echo "== forward-iteration throughput (bf16 autocast) =="
 if [ "$DEVICE" = "cpu" ]; then

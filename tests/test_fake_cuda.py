@@ -221,7 +221,6 @@ def test_a_sweep_run_trains_evaluates_and_analyses_on_the_device(tmp_path, monke
     assert gpu.reads > 0
     assert devices and set(devices) == {(CUDA, CUDA)}  # not copied to the CPU (45 min a run at 512 tokens)
     assert set(result["analysis"]) == {"hard", "val"}
-    assert result["analysis"]["hard"]["from_zeros"]["converged_fraction"] >= 0
 
 
 @pytest.mark.parametrize("method", ("picard", "anderson", "broyden"))
