@@ -295,18 +295,14 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--slurm-extra takes a JSON object, got {a.slurm_extra!r}")
 
     preset = get_preset(a.preset)
-    seeds = None
-    if a.seeds:
+    def numbers(flag: str, text: str | None, kind: type, what: str) -> tuple | None:
         try:
-            seeds = tuple(int(s) for s in a.seeds.split(","))
+            return tuple(kind(v) for v in text.split(",")) if text else None
         except ValueError:
-            p.error(f"--seeds takes comma-separated integers, got {a.seeds!r}")
-    lrs = None
-    if a.lrs:
-        try:
-            lrs = tuple(float(v) for v in a.lrs.split(","))
-        except ValueError:
-            p.error(f"--lrs takes comma-separated numbers, got {a.lrs!r}")
+            p.error(f"{flag} takes comma-separated {what}, got {text!r}")
+
+    seeds = numbers("--seeds", a.seeds, int, "integers")
+    lrs = numbers("--lrs", a.lrs, float, "numbers")
     if a.steps:
         preset = preset.with_(train={t: {**v, "steps": a.steps} for t, v in preset.train.items()})
     try:
