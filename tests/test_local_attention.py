@@ -137,3 +137,19 @@ def test_the_model_step_is_the_same_with_either_pattern(grid):
     for a, b in zip(ga, gb):
         if a is not None:
             torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+def test_banded_attention_compiles_without_tracing_its_cache():
+    """Under torch.compile the window mask is computed in the graph, not read from the eager cache
+    (dynamo warns on a call to an lru_cache-wrapped function); the values stay the dense ones."""
+    import warnings
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 40, 8) for _ in range(3))
+    compiled = torch.compile(lambda q, k, v: banded_attention(q, k, v, LocalWindow((40,), 5)), backend="eager")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = compiled(q, k, v)
+    assert not [w for w in caught if "lru_cache" in str(w.message)]
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=local_mask((40,), 5, CPU))
+    torch.testing.assert_close(y, ref, atol=1e-6, rtol=1e-5)

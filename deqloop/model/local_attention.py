@@ -122,7 +122,8 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pattern:
     scores = torch.stack([(qg * kp[idx]).sum(-1) for idx in offsets], dim=-1)  # (BH, *grid, K)
     scores = scores * (1.0 / math.sqrt(d))
     acc = torch.promote_types(scores.dtype, torch.float32)  # bf16 scores softmax in float32
-    inside = _inside(grid, w, q.device)  # (N, K)
+    # the cache is for eager calls; a compiled graph computes the mask once, as a constant of its own
+    inside = (_inside.__wrapped__ if torch.compiler.is_compiling() else _inside)(grid, w, q.device)  # (N, K)
     scores = scores.reshape(B * H, N, -1).to(acc).masked_fill(~inside, float("-inf"))
     p = torch.softmax(scores, dim=-1).to(v.dtype).reshape(B * H, *grid, -1)  # (BH, *grid, K)
     y = p[..., 0:1] * vp[offsets[0]]
