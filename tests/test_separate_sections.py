@@ -80,7 +80,7 @@ def test_a_recipes_sweep_at_other_steps_gets_its_own_table(tmp_path):
 def test_sections_are_chosen_by_preset_and_a_mixed_folder_is_an_error(tmp_path):
     chess = [_chess(0, [0, .1, .2, .1])]
     other = dict(_chess(1, [0, 0, 0, 0]), preset="cpu")
-    with pytest.raises(SummaryError, match="one preset of paper, recipes, chess; these are of chess, cpu"):
+    with pytest.raises(SummaryError, match="one preset of paper, recipes, chess, seed-cpu, seed-gpu; these are of chess, cpu"):
         report.section(Path("x"), chess + [other], None, tmp_path, tmp_path / "R.md")
 
 
