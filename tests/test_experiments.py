@@ -275,16 +275,19 @@ def test_paper_preset_trains_the_papers_split_apart_from_the_cpu_grid():
     assert [(s.recall, s.norm, s.regime, s.seed) for s in specs] == [("internal", "post", "progressive", s)
                                                                      for s in (0, 1, 2)]
     fields = paper.train_fields(specs[0])
-    # plain backpropagation through length + 2 iterations, lengths 4-8 bits growing to 8-32, tested at 512
-    assert fields["alpha"] == 0.0 and fields["loss"] == "progressive" and fields["depth_offset"] == 2
+    # the paper's regime: its progressive loss through 30 iterations and its schedule, lengths 4-8 bits
+    # growing to 8-32, tested at 512
+    assert fields["loss"] == "progressive" and "alpha" not in fields and "detach_z0" not in fields
+    assert (fields["max_iter"], fields["schedule"], fields["window"]) == (30, "paper", 5) and "depth_offset" not in fields
     assert fields["task_options"] == dict(length=32, min_length=8, start_length=8, start_min_length=4,
                                           ramp_steps=900, hard_length=512)
     task = PrefixSums(**fields["task_options"])
     assert task.length_range(0) == (4, 8) and task.length_range(450) == (6, 20) and task.length_range(900) == (8, 32)
-    TrainConfig(**fields, out="unused")  # valid as a whole
+    c = TrainConfig(**fields, out="unused")  # valid as a whole
+    assert (c.alpha, c.detach_z0, c.depth(), c.warmup_steps) == (1.0, False, 30, 150)
     # the same run names as the cpu grid, so the summaries go elsewhere
     assert paper.results == "results/paper_split" and get_preset("cpu").results == "results/runs"
-    assert max(paper.eval_iters) >= 512
+    assert max(paper.eval_iters) >= 512 and 500 in paper.eval_iters
 
 
 def test_the_chess_preset_is_the_cpu_cell_trained_longer():
