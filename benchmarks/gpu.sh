@@ -9,28 +9,37 @@
 #      run cut short resumes when the same command is run again;
 #   4. RESULTS.md-style tables for the runs finished.
 # Environment knobs (for a CPU check: PRESET=tiny DEVICE=cpu STEPS=4 BUDGET=240 bash benchmarks/gpu.sh):
-#   PRESET (gpu), DEVICE (cuda), STEPS (300 per run), BUDGET (600 s for everything), OUT (runs/gpu), MFU_BATCH (512),
-#   REGIMES (progressive,phantom,implicit), RESULTS ($OUT/summaries: the run summaries, kept apart from the cpu
+#   PRESET (seed-gpu; gpu: deqloop's own grid), DEVICE (cuda), STEPS (300 per run), BUDGET (600 s for everything),
+#   OUT (runs/gpu), MFU_BATCH (512), REGIMES (paper for the seed presets, else progressive,phantom,implicit),
+#   LRS (0.001, the seed presets' learning rates to run), SUDOKU_EXTREME (a folder with train.csv and test.csv), RESULTS ($OUT/summaries: the run summaries, kept apart from the cpu
 #   preset's committed results/runs, whose run names they share), REPORT_SECONDS (60: kept for step 4),
 #   CHECK_OUT (${OUT}_check: the gpu check's runs and gpu_check.json)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
-PRESET=${PRESET:-gpu}
+PRESET=${PRESET:-seed-gpu}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-300}
 BUDGET=${BUDGET:-600}
 OUT=${OUT:-runs/gpu}
 RESULTS=${RESULTS:-$OUT/summaries}
 MFU_BATCH=${MFU_BATCH:-512}
-REGIMES=${REGIMES:-progressive,phantom,implicit}
+case "$PRESET" in
+  seed-*) REGIMES=${REGIMES:-paper}; LRS=${LRS:-0.001} ;;
+  *) REGIMES=${REGIMES:-progressive,phantom,implicit}; LRS=${LRS:-} ;;
+esac
 REPORT_SECONDS=${REPORT_SECONDS:-60}
 CHECK_OUT=${CHECK_OUT:-${OUT}_check}  # beside OUT: the check's runs are not the sweep's
 mkdir -p "$OUT"
 start=$SECONDS
 left() { echo $((BUDGET - REPORT_SECONDS - (SECONDS - start))); }
-# run "$@" for at most $1 seconds; a timeout (exit 124) is expected and does not stop the script
-bounded() { local limit=$1; shift; [ "$limit" -gt 0 ] || return 0; timeout --signal=TERM --kill-after=20 "$limit" "$@" || [ $? -eq 124 ]; }
+# run "$@" for at most $1 seconds; a timeout (exit 124, or 137 when a step outlived TERM by 20 s and
+# was killed: its run resumes from its last checkpoint) is expected and does not stop the script
+bounded() {
+  local limit=$1 rc=0; shift; [ "$limit" -gt 0 ] || return 0
+  timeout --signal=TERM --kill-after=20 "$limit" "$@" || rc=$?
+  [ "$rc" -eq 0 ] || [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]
+}
 
 echo "== gpu check =="
 if [ "$PRESET" = "tiny" ]; then CHECK="--tiny --steps 1 --cell-steps 2"; else CHECK=""; fi
@@ -47,7 +56,14 @@ else
 fi
 
 echo "== sweep: preset $PRESET, $STEPS steps per run, until $((BUDGET - REPORT_SECONDS)) s =="
-TASKS=${TASKS:-sudoku,prefix_sums}
+case "$PRESET" in
+  seed-*) DEFAULT_TASKS=prefix_sums; [ -n "${SUDOKU_EXTREME:-}" ] && DEFAULT_TASKS=sudoku,prefix_sums ;;
+  *) DEFAULT_TASKS=sudoku,prefix_sums ;;
+esac
+TASKS=${TASKS:-$DEFAULT_TASKS}
+EXTRA=()
+[ -n "$LRS" ] && EXTRA+=(--lrs "$LRS")
+[ -n "${SUDOKU_EXTREME:-}" ] && EXTRA+=(--sudoku-extreme "$SUDOKU_EXTREME")
 SPECS=${SPECS:-"none,external,internal:post internal:pre"}   # recalls:norms groups, most informative first
 if [ "$PRESET" = "tiny" ]; then TASKS=prefix_sums; SPECS="none,internal:post"; fi
 for spec in $SPECS; do
@@ -55,7 +71,8 @@ for spec in $SPECS; do
   limit=$(left)
   [ "$limit" -gt 0 ] || break
   bounded "$limit" $PY -m experiments.sweep --preset "$PRESET" --tasks "$TASKS" --seeds 0 --recalls "$1" --norms "$2" \
-    --regimes "$REGIMES" --steps "$STEPS" --device "$DEVICE" --out "$OUT" --results "$RESULTS" --time-limit "$limit"
+    --regimes "$REGIMES" --steps "$STEPS" --device "$DEVICE" --out "$OUT" --results "$RESULTS" --time-limit "$limit" \
+    "${EXTRA[@]}"
 done
 
 echo "== results =="

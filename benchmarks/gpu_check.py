@@ -14,12 +14,12 @@ Prints, and writes to ``OUT/gpu_check.json``:
 3. bf16: the fraction of forward solves (Anderson, rtol 1e-4, 100 iterations) that converge under
    autocast with the solver's map in float32 (the default), in bf16, and in bf16 at the rtol
    ``precision="autocast"`` raises to;
-4. one cell of the paper-style grid (``experiments.sweep.run_one`` with the ``gpu`` preset,
-   prefix sums, internal recall, post norm, progressive) for a few steps: train, evaluate,
-   analyse on the device, end to end.
+4. the first cell of the paper's grid (``experiments.sweep.run_one`` with the ``seed-gpu`` preset,
+   prefix sums, internal recall, peri residual, the paper regime, lr 1e-4) for a few steps: train,
+   evaluate, analyse on the device, end to end.
 
-``--tiny`` runs the same code with the ``tiny`` preset's sizes (seconds on a CPU; the test suite
-runs it). Sections that need CUDA (memory, sync counts) print ``n/a`` elsewhere.
+``--tiny`` runs the same code with the ``tiny`` preset's sizes and the grid cell shrunk (width 16,
+batch 16, tested at 64 bits): seconds on a CPU; the test suite runs it. Sections that need CUDA (memory, sync counts) print ``n/a`` elsewhere.
 """
 
 from __future__ import annotations
@@ -135,18 +135,21 @@ def bf16_convergence(trainer: Trainer, n: int, amp: torch.dtype | None) -> dict[
 
 
 def grid_cell(device: torch.device, steps: int, out: Path, tiny: bool) -> dict[str, Any]:
-    """One cell of the gpu preset (prefix sums, internal, post, progressive) trained ``steps`` steps, end to end."""
+    """The first cell of the ``seed-gpu`` preset (the paper's grid: prefix sums, internal recall, peri
+    residual, the paper regime, lr 1e-4, seed 0) trained ``steps`` steps, then evaluated and analysed
+    as the sweep does; ``tiny`` shrinks the model, batch and test length to seconds on a CPU."""
     from experiments import sweep
     from experiments.presets import get_preset
 
-    preset = get_preset("tiny" if tiny else "gpu")
-    train = {task: {**fields, "steps": steps, "stability_every": max(1, steps // 2)}
-             for task, fields in preset.train.items()}
-    preset = preset.with_(train=train, eval_n=64 if not tiny else preset.eval_n, analyze_n=8,
-                          eval_iters=(1, 8, 32) if not tiny else preset.eval_iters,
+    preset = get_preset("seed-gpu")
+    spec = preset.runs(task=("prefix_sums",))[0]
+    fields = {**preset.train["prefix_sums"], "steps": steps, "stability_every": max(1, steps // 2)}
+    if tiny:
+        fields |= dict(width=16, heads=2, batch_size=16, amp="auto",
+                       task_options={**fields["task_options"], "hard_length": 64})
+    preset = preset.with_(tasks=("prefix_sums",), task_grid={}, train={"prefix_sums": fields},
+                          eval_n=16 if tiny else 64, analyze_n=8, eval_iters=(1, 8, 32),
                           analysis={**preset.analysis, "eig_maxiter": 5, "resolvent_maxiter": 2, "directions": 2})
-    [spec] = [s for s in preset.runs(recall=("internal",)) if s.task == "prefix_sums" and s.norm == "post"
-              and s.regime == "progressive" and s.seed == 0][:1]
     start = time.perf_counter()
     result = sweep.run_one(preset, spec, out, data={}, device=str(device), results=None)
     acc = result["eval"]["curves"]["accuracy"]

@@ -176,7 +176,7 @@ def test_gpu_script_runs_on_cpu_with_the_tiny_preset(tmp_path):
     done = subprocess.run(["bash", str(root / "benchmarks" / "gpu.sh")], cwd=root, env=env, capture_output=True,
                           text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "grid cell prefix_sums/internal-post-progressive-s0" in done.stdout  # the gpu check ran
+    assert "grid cell prefix_sums/internal-peri-paper-lr0.0001-s0" in done.stdout  # the seed-gpu cell ran
     assert "token·iterations/s" in done.stdout
     assert "## Verdicts" in (tmp_path / "gpu" / "RESULTS.md").read_text()
     assert len(list((tmp_path / "gpu").rglob("result.json"))) == 4

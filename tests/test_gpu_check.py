@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,10 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     bf16 = report["bf16"]
     assert bf16["float32 map"] >= bf16["bf16 map"]  # bf16's rounding can only keep solves from rtol 1e-4
     assert report["cell"]["analysed"] == ["hard", "val"]
+    assert report["cell"]["cell"] == "prefix_sums/internal-peri-paper-lr0.0001-s0"  # seed-gpu's first cell
+    stored = json.loads((tmp_path / "cell" / "prefix_sums" / "internal-peri-paper-lr0.0001-s0" / "config.json").read_text())
+    assert (stored["width"], stored["max_iter"], stored["schedule"], stored["alpha"], stored["lr"]) == (
+        16, 30, "paper", 1.0, 1e-4)
 
 
 @pytest.mark.slow  # a minute or more
