@@ -169,7 +169,8 @@ def seed_section(folder: Path, summaries: list[dict[str, Any]], plots: Path, out
     parts = [f"## {SECTIONS[preset]} (`{preset}`)", ""]
     for task in [t for t in TASK_ORDER if any(s["spec"]["task"] == t for s in summaries)]:
         mine = [s for s in summaries if s["spec"]["task"] == task]
-        cfg = mine[0]["train_config"]
+        looped = [s for s in mine if (s["train_config"].get("blocks") or 1) == 1]  # not the untied baseline
+        cfg = (looped or mine)[0]["train_config"]
         c = curves_frame(mine)
         c = c[c.split == "hard"].assign(panel=lambda f: f.recall + " · " + f.norm,
                                          lr=lambda f: f["name"].map({s["name"]: s["train_config"]["lr"] for s in mine}))
