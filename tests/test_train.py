@@ -66,6 +66,13 @@ def test_config_rejects_unknown_keys_and_lists_allowed():
         TrainConfig.from_dict({"length": 8})
 
 
+def test_from_flat_takes_flag_names_as_a_dict_and_keywords():
+    c = TrainConfig.from_flat({"width": 32, "heads": 2}, max_iter=7)
+    assert (c.width, c.heads, c.max_iter) == (32, 2, 7)
+    with pytest.raises(ConfigKeyError, match=r"unknown key\(s\) \['widht'\]"):
+        TrainConfig.from_flat(widht=3)
+
+
 @pytest.mark.parametrize(
     "values, message",
     [

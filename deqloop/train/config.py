@@ -366,6 +366,13 @@ class TrainConfig:
         known_keys(values, [f.name for f in dataclasses.fields(cls)], "TrainConfig")
         return cls(**values)
 
+    @classmethod
+    def from_flat(cls, values: dict[str, Any] | None = None, /, **more: Any) -> TrainConfig:
+        """Build from flat setting names (those of ``deqloop train``'s flags, ``max_iter`` for
+        ``--max-iter``) given as a dict and/or keywords; unknown names are an error that lists the
+        allowed ones. The stable way to build a config from name → value pairs."""
+        return cls.from_dict({**(values or {}), **more})
+
 
 STORED_DEFAULTS: dict[str, Any] = {"detach_z0": True, "solve_precision": "float32"}
 """What a stored config that lacks a field ran with: the form before the field existed (a run
