@@ -9,6 +9,12 @@ The paper (Labovich 2026, "Stability and Generalization in Looped Transformers")
   iteration, locally smooth (well conditioned) and stable to backpropagate through;
 * C3 — with an outer norm, internal recall is at least as good as external, much better on sudoku;
 * C4 — performance follows the framework: recall + outer > recall + inner > no recall.
+
+The rules read the runs of the paper's regime of one seed preset (:func:`paper_runs`). Accuracies
+and stability numbers are compared between groups of cells (a cell: one recall × residual at one
+task and learning rate, its seeds), each group the mean of its cells' means, its standard error
+from the seeds alone (:func:`compare`): a gap decides only beyond 2 s.e., and a cell with one seed
+has none, so that one seed a cell is "inconclusive", with the seeds it needs.
 """
 
 from __future__ import annotations
@@ -18,17 +24,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import bootstrap, spearmanr
+from scipy.stats import spearmanr
 
 from experiments.table import AT, FLOOR, OUTER
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this budget"
-PAPER_REGIME = "progressive"  # the paper trains by the progressive loss only
-MIN_RUNS = 3  # recall-free runs C1 needs
-CONVERGED = 0.5  # a run's probe counts as converged from z0 = e when at least this fraction converged
+PAPER_REGIME = "paper"  # α = 1 progressive loss with z0's gradient, the paper's schedule (experiments/presets.py)
+PRESETS = ("seed-gpu", "seed-cpu")  # the verdicts read the first of these that has runs in the paper's regime
+MIN_RUNS = 3  # recall-free runs at fixed points C1 needs
+REACHED = 0.5  # a probe counts as at fixed points when at least this fraction converged (Anderson and plain iteration)
 FD_CONSTANT, FD_MOVES = 0.05, 0.5  # ‖Δz*‖/‖Δe‖ from z0 = e: locally constant below, following the input above
-MIN_CELLS = 4  # matched (task, recall, regime) cells C2 needs
-BOOTSTRAP = dict(n_resamples=2000, confidence_level=0.95, method="percentile", random_state=0)
+ORDER = ("recall + outer", "recall + inner", "no recall")
+RECALL_FAMILIES = ("internal", "external")
 
 
 @dataclass(frozen=True)
@@ -55,178 +62,220 @@ def mean_se(x: pd.Series) -> tuple[float, float, int]:
     return (float(x.mean()) if n else math.nan, float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, n)
 
 
-def welch(a: pd.Series, b: pd.Series) -> tuple[float, float]:
-    """The gap mean(a) − mean(b) and its Welch standard error √(s_a²/n_a + s_b²/n_b)."""
-    (ma, sa, _), (mb, sb, _) = mean_se(a), mean_se(b)
-    return ma - mb, math.sqrt(sa ** 2 + sb ** 2)
-
-
-def _ms(x: pd.Series) -> str:
-    m, s, n = mean_se(x)
-    return f"{pct(m)} ± {pct(s)} % (n = {n})"
-
-
 def budget(runs: pd.DataFrame) -> str:
     """The training budget of ``runs`` in words: steps and presets."""
     steps = "/".join(str(int(s)) for s in sorted(runs["steps"].dropna().unique()))
     return f"{steps} steps ({', '.join(sorted(runs['preset'].dropna().unique()))} preset)"
 
 
+def paper_runs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The runs the verdicts read: the paper's regime, of the first of :data:`PRESETS` that has any."""
+    paper = frame[frame.regime == PAPER_REGIME]
+    for preset in PRESETS:
+        if (paper.preset == preset).any():
+            return paper[paper.preset == preset]
+    return paper.iloc[:0]
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Two groups of cells compared on one column: each side the mean of its cells' means over seeds,
+    its s.e. √(Σ s_c²/n_c)/k over its k cells (NaN where a cell has fewer than two seeds)."""
+
+    hi: float
+    lo: float
+    se: float
+    seeds: int  # the fewest seeds of a cell on either side
+
+    @property
+    def gap(self) -> float:
+        return self.hi - self.lo
+
+    @property
+    def sign(self) -> int:
+        """+1 or −1 where the gap exceeds 2 s.e., else 0."""
+        return 0 if not (math.isfinite(self.se) and abs(self.gap) > 2 * self.se) else 1 if self.gap > 0 else -1
+
+    def why(self) -> str:
+        """Why the gap decides nothing (empty when it does): too few seeds, or within 2 s.e. with the
+        seeds a cell at which it would be 2 s.e. (the s.e. shrinking as 1/√n)."""
+        if self.seeds < 2:
+            return NEEDS_SEEDS.format(self.seeds)
+        if self.sign or not math.isfinite(self.gap):
+            return ""
+        if self.gap == 0:
+            return "no gap"
+        return f"within 2 s.e.: ≈ {math.ceil(round(self.seeds * (2 * self.se / abs(self.gap)) ** 2, 6))} seeds a cell would make it 2 s.e."
+
+    def text(self, fmt=pct, unit: str = "", why: bool = True) -> str:
+        """``hi vs lo, gap g, 2-s.e. interval [a, b]`` and, with ``why`` and two seeds a cell or more, why it
+        decides nothing."""
+        interval = (f", 2-s.e. interval [{fmt(self.gap - 2 * self.se)}, {fmt(self.gap + 2 * self.se)}]{unit}"
+                    if math.isfinite(self.se) else "")
+        why = self.why() if why and self.seeds >= 2 else ""
+        return f"{fmt(self.hi)} vs {fmt(self.lo)}{unit}, gap {fmt(self.gap)}{unit}{interval}" + (f" ({why})" if why else "")
+
+
+NEEDS_SEEDS = "{} seed a cell: no seed s.e., so nothing is decided; needs ≥ 2 seeds a cell (the preset runs 3)"
+
+
+def side(runs: pd.DataFrame, col: str) -> tuple[float, float, int]:
+    """``col`` over the cells (recall × norm) of ``runs``: the mean of the cells' means over seeds, its s.e.
+    √(Σ s_c²/n_c)/k over the k cells (NaN where a cell has fewer than two seeds), and the fewest seeds of a cell."""
+    s = runs.dropna(subset=[col]).groupby(["recall", "norm"])[col].agg(["mean", "var", "count"])
+    if s.empty:
+        return math.nan, math.nan, 0
+    return s["mean"].mean(), math.sqrt((s["var"] / s["count"]).sum(min_count=len(s))) / len(s), int(s["count"].min())
+
+
+def compare(hi: pd.DataFrame, lo: pd.DataFrame, col: str) -> Gap:
+    """:class:`Gap` of ``col`` between the runs ``hi`` and ``lo`` (:func:`side`)."""
+    (mh, sh, nh), (ml, sl, nl) = side(hi, col), side(lo, col)
+    return Gap(mh, ml, math.sqrt(sh ** 2 + sl ** 2), min(nh, nl))
+
+
 def claim1(frame: pd.DataFrame) -> Verdict:
-    rule = (f"recall-free runs whose probe converges from z₀ = e (Anderson, ≥ {CONVERGED:.0%} of examples; the paper's "
-            "models start there): supported when ≥ 3 of them are all locally constant in e — the finite difference "
-            f"‖z*(e + εu) − z*(e)‖/‖εu‖ with each solve started at its own z₀ = e is ≤ {FD_CONSTANT} (the implicit "
-            "function theorem gives the same at an isolated fixed point, finite ‖(I − J)⁻¹‖) — and all fail the hard "
-            f"split (@{AT} < {FLOOR:.0%}); contradicted by one whose z* follows e (finite difference ≥ {FD_MOVES}) or "
-            "that passes the hard split; the number of clusters over the probe and the recall runs' IFT sensitivity "
-            "are reported as the contrast")
-    none, rec = frame[frame.family == "no recall"], frame[frame.family.isin(["recall + outer", "recall + inner"])]
-    usable = none[none.anderson_reach >= CONVERGED]
+    rule = ("recall-free loops at fixed points from z₀ = e (the paper's start): the probe converges by Anderson and "
+            f"plain iteration settles on the hard split (each ≥ {REACHED:.0%}; an Anderson \"solution\" that plain "
+            "iteration never reaches is a drift where ρ(J) ≈ 1, not a fixed point); supported when ≥ "
+            f"{MIN_RUNS} such runs are all locally constant in e — ‖z*(e + εu) − z*(e)‖/‖εu‖ with each solve from "
+            f"its own z₀ = e ≤ {FD_CONSTANT} — and no recall-free loop reaches {FLOOR:.0%} @{AT} on the hard split; "
+            f"contradicted by one whose z* follows e (≥ {FD_MOVES}) or that passes the hard split; the clusters of "
+            "z* over the probe and the recall runs' IFT sensitivity ‖∂z*/∂e·v‖ are reported as the contrast")
+    runs = paper_runs(frame)
+    none, rec = runs[runs.family == "no recall"], runs[runs.family.isin(ORDER[:2])]
+    usable = none[(none.anderson_reach >= REACHED) & (none.plain_reach >= REACHED)]
+    drift = none[(none.anderson_reach >= REACHED) & ~(none.plain_reach >= REACHED)]
     measured = usable.dropna(subset=["fd_input"])
-    evidence = (f"{len(none)} recall-free runs ({budget(none) if len(none) else 'none'}), {len(usable)} converge "
-                f"from z₀ = e on the probe; clusters of their fixed "
-                f"points over the probe: median {num(usable.clusters.median())} of {num(usable.probe_n.median())} "
-                f"examples (spread {num(usable.spread.median())}); ‖(I − J)⁻¹‖ median {num(usable.resolvent.median())}; "
-                f"finite difference from z₀ = e measured in {len(measured)} (median {num(measured.fd_input.median())}); "
-                f"hard @{AT}: recall-free {_ms(none.hard_at)}, recall {_ms(rec.hard_at)}; IFT sensitivity "
-                f"‖∂z*/∂e·v‖ median: recall-free {num(none.ift.median())} (0 by construction: the block never sees e), "
-                f"recall {num(rec.ift.median())}; finite difference from z₀ = e, recall runs: "
-                f"{num(rec.fd_input.median())}")
-    change = (f"runs of the paper's recall-free models analysed with the finite difference from z₀ = e "
-              f"(`deqloop.analysis.analyze` measure `input_fd`, stored by the sweep as `input_fd_median`); one that "
-              f"reaches {FLOOR:.0%} @{AT} on the hard split would contradict the claim")
-    if usable.empty:
-        return Verdict("C1", INCONCLUSIVE, rule, evidence + "; no recall-free run converges from z₀ = e", change)
-    passes = usable[usable.hard_at >= FLOOR]
+    evidence = (f"{len(none)} recall-free runs ({budget(none) if len(none) else 'none'}), {len(usable)} at fixed "
+                f"points ({', '.join(usable.name) or 'none'}): clusters over the probe "
+                f"{', '.join(f'{num(c)} of {num(n)}' for c, n in zip(usable.clusters, usable.probe_n)) or '—'}, "
+                f"finite difference from z₀ = e {', '.join(num(v) for v in measured.fd_input) or '—'}, "
+                f"‖(I − J)⁻¹‖ {', '.join(num(v) for v in usable.resolvent) or '—'}"
+                + (f"; not counted, Anderson converging where plain iteration does not settle: "
+                   + ", ".join(f"{n} (ρ(J) {num(r)}, ‖(I − J)⁻¹‖ {num(s)}, finite difference {num(f)})"
+                               for n, r, s, f in zip(drift.name, drift.rho, drift.resolvent, drift.fd_input))
+                   if len(drift) else "")
+                + f"; hard @{AT}: recall-free at most {pct(none.hard_at.max())} %, recall runs up to "
+                f"{pct(rec.hard_at.max())} %; IFT sensitivity, recall runs: median {num(rec.ift.median())} "
+                "(0 by construction without recall: the block never sees e)")
+    change = (f"{MIN_RUNS} or more recall-free runs at fixed points (the grid's other seeds); one whose z* follows e "
+              f"or that reaches {FLOOR:.0%} @{AT} on the hard split would contradict the claim")
+    passes = none[none.hard_at >= FLOOR]
     moves = measured[measured.fd_input >= FD_MOVES]
     if not passes.empty or not moves.empty:
         return Verdict("C1", CONTRADICTED, rule, evidence + f"; against it: {', '.join([*passes.name, *moves.name])}",
                        change)
-    if usable.hard_at.isna().any():
-        return Verdict("C1", INCONCLUSIVE, rule, evidence + f"; {usable.hard_at.isna().sum()} summaries lack "
-                       f"accuracy @{AT}", change)
-    if len(measured) < len(usable) or len(usable) < MIN_RUNS:
-        why = (f"{len(usable) - len(measured)} of {len(usable)} summaries lack the finite difference from z₀ = e "
-               "(made before the analysis measured it)" if len(measured) < len(usable) else f"fewer than {MIN_RUNS} runs")
-        return Verdict("C1", INCONCLUSIVE, rule, evidence + f"; {why}", change)
+    missing = [f"{none.hard_at.isna().sum()} summaries lack accuracy @{AT}"] * bool(none.hard_at.isna().any())
+    missing += [f"{len(usable) - len(measured)} lack the finite difference from z₀ = e"] * (len(measured) < len(usable))
+    missing += [f"{len(usable)} recall-free runs at fixed points, the rule needs {MIN_RUNS}"] * (len(usable) < MIN_RUNS)
+    if missing:
+        return Verdict("C1", INCONCLUSIVE, rule, evidence + "; " + "; ".join(missing), change)
     if (measured.fd_input <= FD_CONSTANT).all():
         return Verdict("C1", SUPPORTED, rule, evidence, change)
     return Verdict("C1", INCONCLUSIVE, rule, evidence + f"; finite differences between {FD_CONSTANT} and {FD_MOVES}",
                    change)
 
 
-C2_AXES = {"plain_reach": "reachable by plain iteration", "bwd": "implicit backward solve converged",
+C2_AXES = {"plain_reach": "reachable by plain iteration (hard split, 500 iterations)",
+           "bwd": "implicit backward solve converged (probe)",
            "stability": "−log₁₀ gradient-norm spread (max/median over training)"}
+C2_BESIDE = {"anderson_reach": "Anderson converged", "resolvent": "‖(I − J)⁻¹‖", "rho": "ρ(J)"}
 
 
-def c2_cells(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, recall, regime, learning rate) cell with both an outer-norm and an inner-norm run (recall runs only):
-    the mean of each C2 axis and of the measures reported beside them, for outer and inner."""
-    rec = frame[frame.family.isin(["recall + outer", "recall + inner"])].assign(
-        side=lambda f: np.where(f.norm.isin(OUTER), "outer", "inner"),
-        stability=lambda f: -np.log10(f.grad_spread),
-        fd_ift=lambda f: (np.log(f.fd / f.ift).abs() <= math.log(2)).where(f.fd.notna() & f.ift.notna()))
-    cols = [*C2_AXES, "anderson_reach", "resolvent", "fd_ift"]
-    cells = rec.pivot_table(index=["task", "recall", "regime", "lr"], columns="side", values=cols, aggfunc="mean",
-                            dropna=False)
-    have = cells.columns.get_level_values(1)
-    if "outer" not in have or "inner" not in have:
-        return pd.DataFrame()
-    return cells.dropna(subset=[(c, s) for c in C2_AXES for s in ("outer", "inner")], how="any")
+def _groups(runs: pd.DataFrame, by: list[str]):
+    return runs.groupby(by, sort=True) if len(runs) else []
 
 
-def _ci(d: np.ndarray) -> tuple[float, float]:
-    if len(d) < 2 or np.ptp(d) == 0:
-        return float(d.mean()), float(d.mean())
-    ci = bootstrap((d,), np.mean, **BOOTSTRAP).confidence_interval
-    return float(ci.low), float(ci.high)
+def c2_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per task, learning rate and recall family of the paper's runs, each C2 axis and the measures beside
+    them: outer {post, sandwich} against inner (every other norm, the GRU row with its peri norm), :class:`Gap`s."""
+    runs = paper_runs(frame)
+    rec = runs[runs.family.isin(ORDER[:2])].assign(stability=lambda f: -np.log10(f.grad_spread))
+    rows = []
+    for (task, lr, recall), g in _groups(rec, ["task", "lr", "recall"]):
+        outer, inner = g[g.family == ORDER[0]], g[g.family == ORDER[1]]
+        if len(outer) and len(inner):
+            gaps = {axis: compare(outer, inner, axis) for axis in (*C2_AXES, *C2_BESIDE)}
+            rows += [{"task": task, "lr": lr, "recall": recall, "axis": axis, "gap": gap,
+                      "outer": "/".join(sorted(set(outer.norm))), "inner": "/".join(sorted(set(inner.norm)))}
+                     for axis, gap in gaps.items() if axis in C2_AXES or gap.seeds]
+    return pd.DataFrame(rows, columns=["task", "lr", "recall", "axis", "gap", "outer", "inner"])
 
 
 def claim2(frame: pd.DataFrame) -> Verdict:
-    rule = ("outer norm {post, sandwich} against inner {pre, peri}, paired within each (task, recall family, regime, "
-            "learning rate) cell where both were run: per cell the outer mean minus the inner mean of (a) the fraction of hard "
-            "examples whose plain iteration settles (the paper's reachability; Anderson's converged fraction beside "
-            "it), (b) the implicit backward solve's converged fraction (smoothness as conditioning: it converges "
-            "when I − J is well conditioned; ‖(I − J)⁻¹‖ and whether finite differences agree with the IFT within "
-            "2× beside it), (c) −log₁₀ of the gradient-norm spread over training (backprop stability); a 95 % "
-            f"bootstrap interval of the mean difference over ≥ {MIN_CELLS} cells; supported when every axis's "
-            "interval lies above 0, contradicted when one lies below 0; a lower Lipschitz constant is not scored")
-    cells = c2_cells(frame)
-    change = "more matched outer/inner cells (each recall family, regime and task), seeds to narrow the intervals"
-    if len(cells) < MIN_CELLS:
-        return Verdict("C2", INCONCLUSIVE, rule, f"{len(cells)} matched outer/inner cells", change)
-    parts, above, below = [], [], []
-    for axis, label in C2_AXES.items():
-        d = (cells[(axis, "outer")] - cells[(axis, "inner")]).to_numpy()
-        lo, hi = _ci(d)
-        above.append(lo > 0)
-        below.append(hi < 0)
-        parts.append(f"{label}: outer {num(cells[(axis, 'outer')].mean())} vs inner {num(cells[(axis, 'inner')].mean())}, "
-                     f"difference {num(d.mean())} [{num(lo)}, {num(hi)}]")
-    beside = ", ".join(f"{label} outer {num(cells[(c, 'outer')].mean())} vs inner {num(cells[(c, 'inner')].mean())}"
-                       for c, label in (("anderson_reach", "Anderson converged"), ("resolvent", "‖(I − J)⁻¹‖"),
-                                        ("fd_ift", "FD agrees with IFT")))
-    matched = frame.set_index(["task", "recall", "regime", "lr"]).index.isin(cells.index) & frame.family.str.startswith("recall")
-    evidence = f"{len(cells)} matched cells ({budget(frame[matched])}) — " + "; ".join(parts) + f"; beside it: {beside}"
-    verdict = SUPPORTED if all(above) else CONTRADICTED if any(below) else INCONCLUSIVE
-    if verdict == CONTRADICTED:
-        against = [label for (axis, label), b in zip(C2_AXES.items(), below) if b]
-        change = (f"the verdict rests on {', '.join(against)} alone"
-                  + (" (the other axes favour the outer norm)" if sum(above) == len(above) - len(against) else "")
-                  + "; it would turn with matched runs in the paper's regime and recall (most of these cells are "
-                  "fixed-point regimes, and their internal recall is the per-sublayer form) in which it favours the "
-                  "outer norm, or if a spread measured on per-step gradient norms (the summaries keep only the median "
-                  "and largest) told spikes apart from a run's loss falling")
-    return Verdict("C2", verdict, rule, evidence, change)
-
-
-def _power(gap: float, se: float, n: int) -> str:
-    """Seeds per side at which the observed gap would be 2 s.e. (the s.e. shrinking as 1/√n)."""
-    if not (math.isfinite(gap) and math.isfinite(se)) or gap == 0:
-        return "the seed spread cannot be estimated"
-    return f"≈ {math.ceil(round(n * (2 * se / abs(gap)) ** 2, 6))} seeds per side would make this gap 2 s.e."
+    rule = ("in the paper's regime, within each recall family (internal, external), task and learning rate: the "
+            "outer-norm cells {post, sandwich} against the inner ones (pre, peri, and the GRU row, whose norm is the "
+            "paper's peri: nothing normalises the stream after the merge) on (a) the fraction of hard examples whose "
+            "plain iteration settles (the paper's reachability), (b) the implicit backward solve's converged "
+            "fraction on the probe (smoothness as conditioning: it converges where I − J is well conditioned), (c) "
+            "−log₁₀ of the gradient-norm spread over training (backprop stability); supported when every axis favours "
+            "the outer cells by more than 2 seed s.e. in every family; contradicted when one axis favours the inner "
+            "cells by more than 2 s.e. in a family; Anderson's converged fraction, ‖(I − J)⁻¹‖ and ρ(J) beside it")
+    rows = c2_rows(frame)
+    change = ("3 seeds a cell, so that each gap has a seed s.e.; for (c), a spread measured on per-step gradient "
+              "norms (a summary keeps the median and the largest only, and a run's largest gradient can be the "
+              "step its loss leaves the plateau, which a run that never learns does not have)")
+    if rows.empty:
+        return Verdict("C2", INCONCLUSIVE, rule, "no recall family has both outer- and inner-norm runs in the "
+                       "paper's regime", change)
+    parts, spent = [], budget(paper_runs(frame))
+    for (task, lr, recall), g in rows.groupby(["task", "lr", "recall"], sort=False):
+        r0 = g.iloc[0]
+        axes = "; ".join(f"{C2_AXES.get(r.axis) or C2_BESIDE[r.axis]} {r.gap.text(num)}" for r in g.itertuples())
+        seeds = min(r.gap.seeds for r in g.itertuples() if r.axis in C2_AXES)
+        parts.append(f"{task}, lr {lr:g}, {recall} recall ({r0.outer} against {r0.inner}; {spent}): " + axes
+                     + (f" — {NEEDS_SEEDS.format(seeds)}" if seeds < 2 else ""))
+    decided = rows[rows.axis.isin(list(C2_AXES))]
+    signs = decided.gap.map(lambda x: x.sign)
+    evidence = "; ".join(parts)
+    if (signs < 0).any():
+        against = decided[signs < 0]
+        return Verdict("C2", CONTRADICTED, rule, evidence, change + "; it rests on " + ", ".join(
+            f"{C2_AXES[a]} ({r})" for a, r in zip(against.axis, against.recall)))
+    return Verdict("C2", SUPPORTED if (signs > 0).all() else INCONCLUSIVE, rule, evidence, change)
 
 
 def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per task and outer norm in the paper's regime: internal and external hard accuracy @500 (mean,
-    s.e., n; best over counts beside it), the Welch gap, the internal recall form, and the decision."""
+    """Per task and learning rate of the paper's runs: internal against external recall with an outer norm,
+    hard accuracy @500 (:class:`Gap`; the best over counts beside it), and the status."""
+    runs = paper_runs(frame)
+    runs = runs[runs.norm.isin(OUTER) & runs.recall.isin(RECALL_FAMILIES)]
     rows = []
-    paper = frame[(frame.regime == PAPER_REGIME) & frame.norm.isin(OUTER)]
-    for (task, norm, lr), g in paper.groupby(["task", "norm", "lr"], sort=False):
+    for (task, lr), g in _groups(runs, ["task", "lr"]):
         i, e = g[g.recall == "internal"], g[g.recall == "external"]
         if i.empty or e.empty:
             continue
-        gap, se = welch(i.hard_at, e.hard_at)
-        (mi, si, ni), (me, sx, ne) = mean_se(i.hard_at), mean_se(e.hard_at)
-        forms = sorted(set(i.recall_form))
-        significant = abs(gap) > 2 * se
-        missing = int(i.hard_at.isna().sum() + e.hard_at.isna().sum())
+        gap, best = compare(i, e, "hard_at"), compare(i, e, "hard_best")
+        missing = int(g.hard_at.isna().sum())
         reasons = [f"no accuracy @{AT} in {missing} summaries"] if missing else [
-            *(["the internal runs use the per-sublayer recall, not the paper's shared pair"] if forms != ["shared"] else []),
-            *([f"neither reaches {FLOOR:.0%} @{AT} at {budget(g)}"] if max(mi, me) < FLOOR else []),
-            *([f"the gap is within 2 s.e. ({_power(gap, se, min(ni, ne))})"] if not significant else [])]
-        status = "cannot decide: " + "; ".join(reasons) if reasons else "internal ahead" if gap > 0 else "external ahead"
-        rows.append({"task": task, "norm": norm, "lr": f"{lr:g}", "internal": f"{pct(mi)} ± {pct(si)} ({ni})",
-                     "external": f"{pct(me)} ± {pct(sx)} ({ne})", "gap": pct(gap), "2 s.e.": pct(2 * se),
-                     "internal best": pct(i.hard_best.mean()), "external best": pct(e.hard_best.mean()),
-                     "recall form": "/".join(forms), "budget": budget(g), "status": status})
-    return pd.DataFrame(rows)
+            *(["the internal runs use the per-sublayer recall, not the paper's shared pair"]
+              if set(i.recall_form) != {"shared"} else []),
+            *([f"neither reaches {FLOOR:.0%} @{AT} at {budget(g)}"] if max(gap.hi, gap.lo) < FLOOR else []),
+            *([gap.why()] if gap.why() else [])]
+        status = "cannot decide: " + "; ".join(reasons) if reasons else "internal ahead" if gap.sign > 0 else \
+            "external ahead"
+        rows.append({"task": task, "lr": f"{lr:g}", "norm": "/".join(sorted(set(g.norm))), "gap": gap,
+                     "best": best, "budget": budget(g), "status": status})
+    return pd.DataFrame(rows, columns=["task", "lr", "norm", "gap", "best", "budget", "status"])
 
 
 def claim3(frame: pd.DataFrame) -> Verdict:
-    rule = (f"in the paper's regime with an outer norm, per task and learning rate: internal against external recall by hard accuracy "
-            f"@{AT} at the last step (best over counts beside it), decided only where one of them reaches {FLOOR:.0%} "
-            "and the gap exceeds 2 standard errors (Welch, over seeds) and the internal runs use the paper's shared "
-            "injection pair; supported when sudoku is decided for internal and no task for external; contradicted when "
-            "a task is decided for external; otherwise inconclusive at this budget")
+    rule = (f"in the paper's regime with an outer norm, per task and learning rate: internal (the paper's shared "
+            f"injection pair) against external recall by hard accuracy @{AT} at the last step (best over counts "
+            f"beside it), decided only where one side reaches {FLOOR:.0%} and the gap exceeds 2 seed s.e.; "
+            "supported when sudoku is decided for internal and no task for external; contradicted when a task is "
+            "decided for external; otherwise inconclusive at this budget")
     rows = c3_rows(frame)
-    change = ("runs of the paper's shared internal recall against external, 3 seeds a side, at budgets where one side "
-              f"reaches {FLOOR:.0%} on the hard split (sudoku by blanks at ≥ 1,500 steps)")
+    change = (f"3 seeds a side of the paper's internal and external recall with post norm at a budget where one side "
+              f"reaches {FLOOR:.0%} on the hard split; sudoku (by blanks at ≥ 1,500 steps), which the claim is about")
     if rows.empty:
-        return Verdict("C3", INCONCLUSIVE, rule, "no task has internal and external runs with an outer norm", change)
-    evidence = "; ".join(f"{r.task}, {r.norm}, lr {r.lr}: internal {r.internal} vs external {r.external} % @{AT} (best "
-                         f"{r['internal best']} vs {r['external best']}; {r.budget}) — {r.status}"
-                         for _, r in rows.iterrows())
+        return Verdict("C3", INCONCLUSIVE, rule, "no task has internal and external runs with an outer norm in the "
+                       "paper's regime", change)
+    evidence = "; ".join(f"{r.task}, {r.norm}, lr {r.lr} ({r.budget}): internal vs external @{AT} "
+                         f"{r.gap.text(unit=' %', why=False)} "
+                         f"(best over counts {pct(r.best.hi)} vs {pct(r.best.lo)}) — {r.status}"
+                         for r in rows.itertuples())
     if (rows.status == "external ahead").any():
         return Verdict("C3", CONTRADICTED, rule, evidence, change)
     if ((rows.task == "sudoku") & (rows.status == "internal ahead")).any():
@@ -234,21 +283,21 @@ def claim3(frame: pd.DataFrame) -> Verdict:
     return Verdict("C3", INCONCLUSIVE, rule, evidence, change)
 
 
-ORDER = ("recall + outer", "recall + inner", "no recall")
-
-
 def c4_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per task and learning rate in the paper's regime: each family's hard accuracy @500 (mean, s.e., runs)."""
-    paper = frame[frame.regime == PAPER_REGIME]
-    agg = paper.groupby(["task", "lr", "family"], sort=False)["hard_at"].agg(
-        mean="mean", se=lambda x: mean_se(x)[1], n="count")
-    return agg.reset_index()
+    """Per task, learning rate and family of the paper's runs: hard accuracy @500, mean of the family's cells'
+    means (``mean``), its seed s.e. (``se``), its cells and runs."""
+    rows = []
+    for (task, lr, fam), g in _groups(paper_runs(frame), ["task", "lr", "family"]):
+        m, se, _ = side(g, "hard_at")
+        rows.append({"task": task, "lr": lr, "family": fam, "mean": m, "se": se,
+                     "cells": g.groupby(["recall", "norm"]).ngroups, "runs": int(g.hard_at.notna().sum())})
+    return pd.DataFrame(rows, columns=["task", "lr", "family", "mean", "se", "cells", "runs"])
 
 
-def _correlations(paper: pd.DataFrame) -> str:
+def _correlations(runs: pd.DataFrame) -> str:
     parts = []
-    for recall in ("internal", "external"):
-        g = paper[paper.recall == recall]
+    for recall in RECALL_FAMILIES:
+        g = runs[runs.recall == recall]
         for col, label in (("rho", "ρ(J)"), ("rho_wx", "ρ(W_x)")):
             pair = g[[col, "hard_at"]].dropna()
             if len(pair) < 4 or pair[col].nunique() < 2 or pair.hard_at.nunique() < 2:
@@ -260,42 +309,38 @@ def _correlations(paper: pd.DataFrame) -> str:
 
 
 def claim4(frame: pd.DataFrame) -> Verdict:
-    rule = (f"in the paper's regime, per task and learning rate, hard accuracy @{AT} by family (mean ± s.e. over the family's runs): "
-            "the framework predicts recall + outer > recall + inner > no recall (the untied baseline is placed by its "
-            "accuracy); contradicted when a predicted pair is reversed by more than 2 s.e. (Welch) on some task; "
-            "supported when on every task and learning rate with all three families both pairs are in the predicted order by more than "
-            "2 s.e.; the Spearman correlation of ρ(J) and of ρ(W_x) with accuracy within each recall family is "
-            "reported beside it")
-    rows = c4_rows(frame)
-    paper = frame[frame.regime == PAPER_REGIME]
-    parts, reversed_, complete, ordered = [], False, 0, True
-    for (task, lr), g in paper.groupby(["task", "lr"], sort=False):
-        fam = {f: g[g.family == f].hard_at for f in (*ORDER, "untied") if (g.family == f).any()}
-        text, signs = ", ".join(f"{f} {_ms(x)}" for f, x in fam.items()), []
+    rule = (f"in the paper's regime, per task and learning rate, hard accuracy @{AT} by family (each the mean of its "
+            "cells' means, recall × residual, the GRU row with the inner norms; s.e. from the seeds): the framework "
+            "predicts recall + outer > recall + inner > no recall (the untied baseline placed by its accuracy); "
+            "contradicted only when a predicted pair is reversed by more than 2 s.e.; supported when both pairs are "
+            "in the predicted order by more than 2 s.e. wherever all three families ran; the Spearman correlation of "
+            "ρ(J) and of ρ(W_x) with accuracy within each recall family beside it")
+    runs = paper_runs(frame)
+    change = ("3 seeds a cell of the paper's grid at a budget where the recall models learn; a significant reversal "
+              "of a predicted pair would contradict the claim")
+    if runs.empty or runs.hard_at.isna().all():
+        return Verdict("C4", INCONCLUSIVE, rule, f"no runs in the paper's regime with accuracy @{AT}", change)
+    parts, signs, complete = [], [], []
+    for (task, lr), g in _groups(runs, ["task", "lr"]):
+        fam = {f: g[g.family == f] for f in (*ORDER, "untied") if (g.family == f).any()}
+        text = ", ".join(f"{f} {pct(side(x, 'hard_at')[0])} %" for f, x in fam.items())
+        mine, seeds = [], 2
         for hi, lo in zip(ORDER, ORDER[1:]):
             if hi in fam and lo in fam:
-                gap, se = welch(fam[hi], fam[lo])
-                signs.append(0 if not (math.isfinite(se) and abs(gap) > 2 * se) else 1 if gap > 0 else -1)
-                text += f"; {hi} − {lo} = {pct(gap)} ± {pct(se)} points"
-                if signs[-1] == 0:
-                    n = min(len(fam[hi].dropna()), len(fam[lo].dropna()))
-                    text += f" (within 2 s.e.: {_power(gap, se, n).replace('seeds per side', 'runs a family')})"
-        reversed_ |= -1 in signs
-        if all(f in fam for f in ORDER):
-            complete += 1
-            ordered &= signs == [1, 1]
+                gap = compare(fam[hi], fam[lo], "hard_at")
+                mine.append(gap.sign)
+                seeds = min(seeds, gap.seeds)
+                text += f"; {hi} − {lo}: {gap.text(unit=' %')}"
+        text += f" — {NEEDS_SEEDS.format(seeds)}" if seeds < 2 else ""
+        signs += mine
+        complete.append(all(f in fam for f in ORDER) and mine == [1, 1])
         parts.append(f"{task}, lr {lr:g} ({budget(g)}): {text}")
-    evidence = "; ".join(parts) + f". Within recall families: {_correlations(paper)}"
-    change = ("3 seeds a cell of the paper's grid (recall × residual) at a budget where the recall models learn; a "
-              "significant reversal of a predicted pair would contradict the claim")
-    if rows.empty or rows["mean"].isna().all():
-        return Verdict("C4", INCONCLUSIVE, rule, (evidence if len(paper) else "no runs in the paper's regime")
-                       + f"; no accuracy @{AT}" * (not rows.empty), change)
-    if reversed_:
+    evidence = "; ".join(parts) + f". Within recall families: {_correlations(runs)}"
+    if -1 in signs:
         return Verdict("C4", CONTRADICTED, rule, evidence, change)
-    return Verdict("C4", SUPPORTED if complete and ordered else INCONCLUSIVE, rule, evidence, change)
+    return Verdict("C4", SUPPORTED if complete and all(complete) else INCONCLUSIVE, rule, evidence, change)
 
 
 def verdicts(frame: pd.DataFrame) -> list[Verdict]:
-    """The four verdicts on the runs of ``frame``."""
+    """The four verdicts on the runs of ``frame`` (read through :func:`paper_runs`)."""
     return [claim1(frame), claim2(frame), claim3(frame), claim4(frame)]

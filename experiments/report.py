@@ -28,7 +28,7 @@ from experiments.figures import facets
 from experiments.paper_table import markdown, paper_table
 from experiments.presets import NORMS, RECALLS, REGIMES, TASK_ORDER
 from experiments.summary import SummaryError, load_summaries
-from experiments.table import AT, curves_frame, load_results, runs_frame, traces_frame
+from experiments.table import AT, curves_frame, load_results, runs_frame
 
 TEMPLATE = Path(__file__).with_name("results_template.md")
 SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test on 512",
@@ -37,9 +37,8 @@ SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test 
             "seed-cpu": "the paper's grid and regime at CPU scale",
             "seed-gpu": "the paper's grid and regime at its own scale"}
 """The presets whose sweeps are kept apart from the main grid, each drawn as a section of its own."""
-DEFAULT_SECTIONS = ("results/paper_split", "results/recipes_1500", "results/chess_long", "results/seed_cpu",
-                    "results/seed_gpu")
-SEED_REGIME = "paper"  # the regime of the seed presets' runs (experiments.presets.REGIME_TRAIN)
+DEFAULT_SECTIONS = ("results/seed_gpu", "results/seed_cpu", "results/paper_split", "results/recipes_1500",
+                    "results/chess_long")
 NAMES = {"C1": "without recall, countable fixed points and no strong input dependence",
          "C2": "recall + outer norm gives reachable, locally smooth, backprop-stable fixed points",
          "C3": "internal recall ≥ external once the norm is outer; much better on sudoku",
@@ -89,34 +88,17 @@ def grid_table(runs: pd.DataFrame) -> str:
     return md(table.rename(columns={"hard_at": f"hard @{AT}", "best": "hard best", **STABILITY}))
 
 
-def task_section(task: str, summaries: list[dict[str, Any]], runs: pd.DataFrame, curves: pd.DataFrame,
-                 traces: pd.DataFrame, plots: Path, out: Path) -> str:
+def grid_section(task: str, runs: pd.DataFrame) -> str:
+    """A task of deqloop's own cpu grid (``results/runs``): every recall × norm × training regime, no verdict."""
     steps = "/".join(str(int(s)) for s in sorted(runs.steps.dropna().unique()))
-    paper = (curves.regime == claims.PAPER_REGIME) & (curves.task == task) & curves.split.isin(["val", "hard"])
-    c = ordered(curves[paper].assign(panel=lambda f: f.recall + " recall, " + f.norm))
-    figure = []
-    if not c.empty:
-        fig = facets(c, plots / f"{task}_iterations.png", x="iters", y="accuracy", facet="panel", hue="split",
-                     xlog=True, title=f"{task}: accuracy against test-time iterations, the paper's regime (band: "
-                     "seeds' range)", xlabel="test-time iterations", ylabel="exact match (%)", vline=AT)
-        figure = [f"![{task} accuracy against iterations]({os.path.relpath(fig, out.parent)})", ""]
-    text = [f"## {task}", "", f"{len(runs)} runs, {steps} training steps, width {num(runs.width.median())}.", "",
-            "### The paper's regime (progressive loss)", "", "Hard accuracy, mean ± s.e. over seeds, %, in the "
-            "paper's layout (`experiments/paper_table.py`); the internal recall of these runs is the "
-            f"{'/'.join(sorted(set(runs.recall_form) - {'—'})) or '—'} form.", "", paper_layout(summaries, task), "",
-            *figure,
-            "### Every configuration", "", "Accuracy (mean ± s.e. over seeds) and the stability numbers (means over "
-            "seeds) of every recall × norm × training regime; the regimes other than the progressive loss are "
-            "fixed-point training, beyond the paper (`experiments/presets.py` `REGIME_TRAIN`).", "", grid_table(runs)]
-    t = traces[(traces.task == task) & (traces.regime == claims.PAPER_REGIME)] if len(traces) else traces
-    if len(t) and t.rho.notna().any():
-        t = ordered(t.assign(panel=lambda f: f.recall + " recall"))
-        fig = facets(t, plots / f"{task}_stability.png", x="fraction", y="rho", facet="panel", hue="norm",
-                     percent=False, hline=1.0, title=f"{task}: ρ(∂f/∂z) at the probe's fixed points over training, "
-                     "the paper's regime (median over the probe; band: seeds' range)",
-                     xlabel="fraction of training", ylabel="ρ(J)", cols=3)
-        text += ["", f"![{task} ρ over training]({os.path.relpath(fig, out.parent)})"]
-    return "\n".join(text) + "\n"
+    return "\n".join([
+        f"## {task}: deqloop's cpu grid", "", f"{len(runs)} runs, {steps} training steps, width "
+        f"{num(runs.width.median())}: accuracy (mean ± s.e. over seeds) and the stability numbers (means over seeds) "
+        "of every recall × norm × training regime. None of it is the paper's regime (its progressive loss here has "
+        f"α = {'/'.join(f'{a:g}' for a in sorted(runs[runs.regime == 'progressive'].alpha.dropna().unique())) or '—'}, "
+        "z₀ detached, and the internal recall is the "
+        f"{'/'.join(sorted(set(runs.recall_form) - {'—'})) or '—'} form; the other regimes are fixed-point "
+        "training, `experiments/presets.py` `REGIME_TRAIN`), so no verdict reads it.", "", grid_table(runs)]) + "\n"
 
 
 def run_table(runs: pd.DataFrame) -> str:
@@ -184,39 +166,50 @@ def seed_section(folder: Path, summaries: list[dict[str, Any]], plots: Path, out
                   f"{cfg['width']}, {cfg['steps']} steps of batch {cfg['batch_size']}, training depth {cfg['max_iter']}, "
                   f"task settings {options}. Rows are recall × residual as the paper names them (`fixed`: 15 untied "
                   f"blocks at one iteration, scored there; `gru`: the GRU residual with peri norm).", "",
-                  paper_layout(mine, task, regime=SEED_REGIME), "",
+                  paper_layout(mine, task), "",
                   f"![{folder.name} {task}]({os.path.relpath(fig, out.parent)})", ""]
     return "\n".join(parts)
 
 
 def runs_note(frame: pd.DataFrame) -> str:
-    """What the runs are, for the paragraph on the rules: the internal recall's forms, the progressive
-    loss's α, and what a verdict does where the runs cannot decide it."""
-    forms = frame[frame.recall == "internal"].recall_form.value_counts()
-    alphas = sorted(frame[frame.regime == claims.PAPER_REGIME].alpha.dropna().unique())
-    return (f"Of these {len(frame)} runs, {forms.get('shared', 0)} with internal recall use the paper's shared "
-            f"injection pair and {forms.get('per_sublayer', 0)} the per-sublayer form; the progressive loss ran with "
-            f"α = {', '.join(f'{a:g}' for a in alphas) or '—'} (the paper's is 1). Where the runs cannot decide a "
-            "claim, its verdict is \"inconclusive at this budget\", with the reason and what would decide it.")
+    """What the verdicts read: the preset, its runs in the paper's regime, the internal recall's form, the
+    seeds a cell."""
+    runs = claims.paper_runs(frame)
+    if runs.empty:
+        return "No runs in the paper's regime yet: every verdict is inconclusive."
+    seeds = runs.groupby(["task", "lr", "recall", "norm"]).seed.nunique()
+    forms = "/".join(sorted(set(runs[runs.recall == "internal"].recall_form))) or "—"
+    return (f"The verdicts read the {len(runs)} runs of the `{runs.preset.iloc[0]}` preset in the paper's regime "
+            f"(`{claims.PAPER_REGIME}`: the progressive loss with α = "
+            f"{'/'.join(f'{a:g}' for a in sorted(runs.alpha.dropna().unique()))} and z₀'s gradient, depth 30, the "
+            f"paper's schedule; internal recall in the {forms} form), {len(seeds)} cells (task × learning rate × "
+            f"recall × residual) with {seeds.min()}" + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
+            + f" seed{'s' * int(seeds.max() > 1)} each; no other run decides a verdict.")
 
 
 def claim_tables(frame: pd.DataFrame) -> str:
     """The numbers behind C2, C3 and C4 as tables."""
-    c3 = claims.c3_rows(frame)
-    cells = claims.c2_cells(frame)
-    c4 = claims.c4_rows(frame)
     parts = []
+    c3 = claims.c3_rows(frame)
     if len(c3):
-        parts += [f"C3, per task and outer norm (hard @{AT}, mean ± s.e. (seeds), %):", "", md(c3), ""]
-    if len(cells):
-        c2 = pd.DataFrame({f"{label} ({side})": cells[(axis, side)].map(lambda v: num(v, 2))
-                           for axis, label in (("plain_reach", "plain reach"), ("bwd", "bwd"),
-                                               ("stability", "−log₁₀ grad spread")) for side in ("outer", "inner")})
-        parts += ["C2, the matched cells (means over the cell's runs):", "", md(c2.reset_index()), ""]
+        c3 = c3.assign(**{"internal @500": c3.gap.map(lambda g: pct(g.hi)), "external @500": c3.gap.map(
+            lambda g: pct(g.lo)), "gap ± s.e.": c3.gap.map(lambda g: f"{pct(g.gap)} ± {pct(g.se)}"),
+            "seeds": c3.gap.map(lambda g: str(g.seeds)), "best (internal / external)": c3.best.map(
+            lambda g: f"{pct(g.hi)} / {pct(g.lo)}")}).drop(columns=["gap", "best"])
+        parts += [f"C3, internal against external recall with an outer norm (hard @{AT}, %):", "", md(c3), ""]
+    c2 = claims.c2_rows(frame)
+    if len(c2):
+        c2 = c2.assign(lr=c2.lr.map(lambda v: f"{v:g}"), axis=c2.axis.map({**claims.C2_AXES, **claims.C2_BESIDE}),
+                       **{"outer (mean)": c2.gap.map(lambda g: num(g.hi)), "inner (mean)": c2.gap.map(
+                           lambda g: num(g.lo)), "gap ± s.e.": c2.gap.map(lambda g: f"{num(g.gap)} ± {num(g.se)}"),
+                          "seeds": c2.gap.map(lambda g: str(g.seeds))}).drop(columns=["gap"])
+        parts += ["C2, outer against inner norms within each recall family (means of the cells' seed means):", "",
+                  md(c2), ""]
+    c4 = claims.c4_rows(frame)
     if len(c4):
-        c4 = c4.assign(value=lambda f: f["mean"].map(pct) + " ± " + f.se.map(pct) + " (" + f.n.astype(str) + ")",
-                       task=lambda f: f.task + ", lr " + f.lr.map(lambda v: f"{v:g}"))
-        parts += [f"C4, hard @{AT} by family in the paper's regime (mean ± s.e. (runs), %):", "",
+        c4 = c4.assign(value=c4["mean"].map(pct) + " ± " + c4.se.map(pct) + " (" + c4.cells.astype(str) + " cells, "
+                       + c4.runs.astype(str) + " runs)", task=c4.task + ", lr " + c4.lr.map(lambda v: f"{v:g}"))
+        parts += [f"C4, hard @{AT} by family (mean of the cells' means ± seed s.e., %):", "",
                   md(c4.pivot(index="family", columns="task", values="value").reindex(
                       [f for f in (*claims.ORDER, "untied") if f in set(c4.family)]).fillna("—").reset_index()), ""]
     return "\n".join(parts)
@@ -225,20 +218,20 @@ def claim_tables(frame: pd.DataFrame) -> str:
 def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str, baselines: Any = None,
            sections: dict[Path, list[dict[str, Any]]] | None = None,
            examples: dict[str, list[dict[str, Any]]] | None = None) -> str:
-    """RESULTS.md's text (and its figures under ``plots``)."""
+    """RESULTS.md's text (and its figures under ``plots``): the verdicts on every run given, read through
+    :func:`experiments.claims.paper_runs`."""
     frame = runs_frame(results)
-    curves, traces = curves_frame(results), traces_frame(results)
+    every = runs_frame([*results, *(s for ss in (sections or {}).values() for s in ss)])
     verdicts = "\n".join(f"- **{v.claim} — {NAMES[v.claim]}: {v.verdict}.** {v.evidence}.\n  - rule: {v.rule}.\n"
-                         f"  - what would change it: {v.change}." for v in claims.verdicts(frame))
+                         f"  - what would change it: {v.change}." for v in claims.verdicts(every))
     tasks = sorted(frame.task.unique(), key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t))
     machines = sorted({", ".join(f"{k} {v}" for k, v in r["machine"].items() if v is not None) for r in results})
     return Template(TEMPLATE.read_text()).substitute(
         command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(results),
         commands="; ".join(f"`{c}`" for c in sorted(frame.command.dropna().unique())),
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
-        machines="; ".join(machines), verdicts=verdicts, runs_note=runs_note(frame), claim_tables=claim_tables(frame),
-        tasks="\n".join(task_section(t, [r for r in results if r["spec"]["task"] == t], frame[frame.task == t], curves,
-                                      traces, plots, out) for t in tasks),
+        machines="; ".join(machines), verdicts=verdicts, runs_note=runs_note(every), claim_tables=claim_tables(every),
+        tasks="\n".join(grid_section(t, frame[frame.task == t]) for t in tasks),
         sections="".join("\n" + section(f, s, baselines, plots, out) for f, s in (sections or {}).items() if s),
         examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items())))
 
