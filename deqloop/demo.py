@@ -27,12 +27,14 @@ from deqloop.errors import ConfigError
 from deqloop.eval import IterationCurves, iteration_sweep, settle_table
 from deqloop.files import atomic_write, writable_folder
 from deqloop.train import TrainConfig, Trainer
+from deqloop.train.recipes import recipe, recipe_values
 
 __all__ = ["DemoResult", "demo_config", "run_demo"]
 
-TRAIN_LENGTH = 12
-MIN_LENGTH = 4
-TEST_FACTORS = (4, 8)
+RECIPE = recipe_values("demo")
+TRAIN_LENGTH: int = RECIPE["length"]
+MIN_LENGTH: int = RECIPE["min_length"]
+TEST_FACTORS = (RECIPE["hard_length"] // TRAIN_LENGTH, 8)  # the hard split is 4x
 TARGET = 0.95  # exact match at 4x the training length
 SETTLE_RTOL = 1e-3
 OUTPUTS = ("config.json", "metrics.jsonl", "last.pt", "iterations.png", "demo.json")  # what a demo writes
@@ -41,38 +43,13 @@ OUTPUTS = ("config.json", "metrics.jsonl", "last.pt", "iterations.png", "demo.js
 def demo_config(*, quick: bool = False, out: str | Path = "runs/demo", seed: int = 0,
                 steps: int | None = None, threads: int = 1, progress: bool = True,
                 overwrite: bool = False) -> TrainConfig:
-    """The demo's :class:`TrainConfig`; ``quick`` shrinks it to seconds (same code path);
-    ``overwrite`` replaces a run already in ``out`` (refused otherwise)."""
-    default_steps = 30 if quick else 800
-    return TrainConfig(
-        task="prefix_sums",
-        task_options=dict(length=TRAIN_LENGTH, min_length=MIN_LENGTH, hard_length=TEST_FACTORS[0] * TRAIN_LENGTH),
-        depth_offset=2,
-        width=32,
-        heads=4,
-        mlp_ratio=4.0,
-        recall="internal",
-        norm="post",
-        attention="local",
-        window=3,
-        loss="progressive",
-        alpha=0.0,
-        steps=steps or default_steps,
-        batch_size=32 if quick else 64,
-        lr=2e-3,
-        warmup_steps=0,
-        schedule="cosine",
-        weight_decay=0.01,
-        grad_clip=1.0,
-        eval_size=0,  # evaluated below, at several lengths
-        log_every=10 if quick else 50,
-        checkpoint_every=steps or default_steps,
-        seed=seed,
-        out=str(out),
-        overwrite=overwrite,
-        threads=threads,
-        progress=progress,
-    )
+    """The demo's :class:`TrainConfig`: the ``demo`` recipe (:mod:`deqloop.train.recipes`);
+    ``quick`` shrinks it to seconds (same code path); ``overwrite`` replaces a run already in
+    ``out`` (refused otherwise)."""
+    steps = steps or (30 if quick else RECIPE["steps"])
+    shrink = dict(batch_size=32, log_every=10) if quick else {}
+    return recipe("demo", **shrink, steps=steps, checkpoint_every=steps, seed=seed, out=str(out),
+                  overwrite=overwrite, threads=threads, progress=progress)
 
 
 @dataclass

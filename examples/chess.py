@@ -7,7 +7,7 @@ files when found (``$DEQLOOP_SHARED/data/chess`` or ``../shared/data/chess``): e
 ≤ 1600, hard = 1601–2000; otherwise on generated mate-in-one positions (``--data FILE...`` names
 other Lichess files; ``--synthetic`` uses the generator).
 
-CPU defaults (a few minutes on 2 cores):
+CPU defaults (the recipe ``examples/chess``; a few minutes on 2 cores):
 
     python examples/chess.py
 
@@ -16,6 +16,7 @@ Any ``deqloop train`` flag overrides a default (``--width 256 --heads 8 --device
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -28,23 +29,19 @@ from _recipe import run  # noqa: E402
 
 from deqloop.tasks.io import shared_data_dir  # noqa: E402
 
-TRAIN = ["--task", "chess", "--train-size", "2000", "--epochs", "2", "--width", "32", "--heads", "4",
-         "--attention", "full", "--recall", "internal", "--norm", "post", "--loss", "progressive", "--alpha", "0.5",
-         "--max-iter", "12", "--batch-size", "32", "--lr", "1e-3", "--log-every", "20", "--checkpoint-every", "200",
-         "--eval-size", "0", "--threads", "1"]
 SHARED_FILES = ("lichess_puzzles_rating_0000_1600.csv", "lichess_puzzles_rating_1601_2000.csv")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(argv or [])
-    synthetic = "--synthetic" in argv  # generated mate-in-one positions even where the shared files lie
-    argv = [a for a in argv if a != "--synthetic"]
+    own = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    own.add_argument("--synthetic", action="store_true")  # generated mate-in-one positions even where files lie
+    args, rest = own.parse_known_args(list(argv or []))
     shared = [shared_data_dir() / "chess" / name for name in SHARED_FILES]
-    found = all(p.is_file() for p in shared) and not synthetic
-    data = ["--data", *map(str, shared)] if "--data" not in argv and found else []
+    found = all(f.is_file() for f in shared) and not args.synthetic
+    data = ["--data", *map(str, shared)] if found else []  # a --data given comes later and wins
     # Squares right would be ~97% for any model that marks nothing: report exact match only.
-    return run(TRAIN + data, argv + ["--no-cells"], iters="1,2,5,10,12,20,30,50", n=300, out="runs/examples/chess",
-               description=__doc__.split("\n\n")[0])
+    return run("examples/chess", rest, train=data, cells=False, iters="1,2,5,10,12,20,30,50", n=300,
+               out="runs/examples/chess", description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The target at position i is the parity of the first i + 1 bits. With local atten
 block can only move information a few cells per iteration, so an L-bit string needs about L
 iterations: a model that learned the *algorithm* extrapolates when given more iterations.
 
-CPU defaults: the paper's split. Train on strings of 8–32 bits, reached by a difficulty schedule
+CPU defaults (the recipe ``examples/prefix_sums``: ``deqloop train --list-recipes``): the paper's split. Train on strings of 8–32 bits, reached by a difficulty schedule
 from 4–8 bits over the first 900 of 1,500 steps (about 3.5 min on one core), then test on 128 and
 512 bits with up to 600 iterations (a 512-bit string needs about 512):
 
@@ -33,20 +33,10 @@ sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # finds _recipe whe
 
 from _recipe import run  # noqa: E402
 
-TRAIN = ["--task", "prefix_sums", "--hard-length", "128",
-         "--width", "32", "--heads", "4", "--attention", "local", "--window", "3",
-         "--recall", "internal", "--norm", "post", "--loss", "progressive", "--alpha", "0", "--steps", "1500", "--batch-size", "64",
-         "--lr", "2e-3", "--warmup-steps", "0", "--log-every", "50", "--eval-size", "0", "--threads", "1"]
-# the paper's training lengths and their schedule, when --length is not given
-SPLIT = ["--length", "32", "--min-length", "8", "--start-length", "8", "--start-min-length", "4", "--ramp-steps", "900"]
-
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(argv or [])
-    # the progressive loss iterates length + 2 times (fixed-point training solves within --max-iter:
-    # the runner drops --depth-offset for it)
-    split = [] if "--length" in argv else SPLIT
-    return run(TRAIN + split + ["--depth-offset", "2"], argv, iters="1,10,34,100,300,600", n=128,
+    # the recipe "examples/prefix_sums" (deqloop/train/recipes.py); a --length given drops its schedule
+    return run("examples/prefix_sums", list(argv or []), iters="1,10,34,100,300,600", n=128,
                out="runs/examples/prefix_sums", extra=["512"], description=__doc__.split("\n\n")[0])
 
 

@@ -10,7 +10,7 @@ propagation depth), on 36–45 and 46–55 blanks, and on the shared collections
 ``magictour_top1465`` and ``sudoku17_1500`` when found (``$DEQLOOP_SHARED/data`` or
 ``../shared/data`` beside this checkout), each after 1 to 500 iterations.
 
-CPU defaults (1,500 steps, about 30 min of training on 2 cores, then a few minutes of evaluation):
+CPU defaults (the recipe ``examples/sudoku``; 1,500 steps, about 30 min of training on 2 cores, then a few minutes of evaluation):
 
     python examples/sudoku.py
 
@@ -32,24 +32,16 @@ from _recipe import run  # noqa: E402
 
 from deqloop.tasks.io import shared_data_dir  # noqa: E402
 
-TRAIN = ["--task", "sudoku", "--augment", "--width", "64", "--heads", "4",
-         "--attention", "full", "--recall", "internal", "--norm", "post", "--loss", "progressive", "--alpha", "0.5",
-         "--detach-z0",  # the form README's figures were measured with; the paper's keeps z0's gradient
-         "--max-iter", "16", "--batch-size", "64", "--lr", "1e-3", "--steps", "1500", "--log-every", "50",
-         "--checkpoint-every", "250", "--eval-size", "0", "--threads", "2"]
-TRAIN_BLANKS = ["--blanks", "4-24"]  # unless the training puzzles are chosen otherwise
-HARD_BLANKS = ["--hard-blanks", "25-35"]
 BANDS = ("blanks:36-45", "blanks:46-55")
 COLLECTIONS = ("magictour_top1465.csv", "sudoku17_1500.csv")
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = list(argv or [])
+    # the recipe "examples/sudoku" (deqloop/train/recipes.py): the form README's figures were measured
+    # with (z0 detached; the paper's keeps z0's gradient)
     files = [str(p) for p in (shared_data_dir() / "sudoku" / name for name in COLLECTIONS) if p.is_file()]
-    train = (TRAIN + ([] if {"--train-band", "--data"} & set(argv) else TRAIN_BLANKS)
-             + ([] if {"--hard-band", "--data"} & set(argv) else HARD_BLANKS))
-    return run(train, argv, iters="1,2,4,8,16,32,64,128,256,500", n=256, out="runs/examples/sudoku",
-               extra=[*BANDS, *files], description=__doc__.split("\n\n")[0])
+    return run("examples/sudoku", list(argv or []), iters="1,2,4,8,16,32,64,128,256,500", n=256,
+               out="runs/examples/sudoku", extra=[*BANDS, *files], description=__doc__.split("\n\n")[0])
 
 
 if __name__ == "__main__":

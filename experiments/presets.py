@@ -72,6 +72,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deqloop.names import NORMS, RECALLS
+from deqloop.train.recipes import EARLIER_PROGRESSIVE, PAPER_PROGRESSIVE, get_recipe, nested
 
 # the regimes name their recipes explicitly: no warm start unless a regime asks for one (the
 # equilibrium loss's default recipe would otherwise add it; deqloop.train.config.DEFAULT_BACKWARD)
@@ -87,8 +88,8 @@ _RECIPES = {"budget": {"max_iter": 40}, "warm": _WARM, "jac": {"jac_reg": 0.1}, 
 REGIME_TRAIN: dict[str, dict[str, Any]] = {
     # the paper's regime: the progressive loss with alpha 1 and z0's gradient kept at n = 0, the
     # paper's learning-rate schedule (deepthinking/utils/training.py, train_model.py)
-    "paper": {"loss": "progressive", "alpha": 1.0, "detach_z0": False, "schedule": "paper"},
-    "progressive": {"loss": "progressive", "alpha": 0.5, "detach_z0": True},
+    "paper": dict(PAPER_PROGRESSIVE),
+    "progressive": dict(EARLIER_PROGRESSIVE),
     "implicit": {**_EQ, "backward": "implicit"},
     "phantom": {**_EQ, **_PHANTOM},
     **{f"implicit+{name}": {**_EQ, "backward": "implicit", **r} for name, r in _RECIPES.items()},
@@ -281,65 +282,31 @@ class Preset:
         return dataclasses.replace(self, **changes)
 
 
-_PREFIX_CPU = dict(task_options=dict(length=12, min_length=4, hard_length=48), depth_offset=2, width=32, heads=4,
-                   attention="local", window=3, max_iter=14, steps=600, batch_size=128, lr=2e-3,
-                   warmup_steps=0, schedule="cosine", threads=1, progress=False, stability_every=25)
-# sudoku by blanks: train on 4-24 (about 2 rounds of naked singles), hard 25-35 (about twice that)
-_SUDOKU_CPU = dict(task_options=dict(augment=True, blanks=(4, 24), hard_blanks=(25, 35)), width=64, heads=4,
-                   attention="full", max_iter=16, steps=500, batch_size=64, lr=1e-3, threads=1, progress=False,
-                   stability_every=25)
+def _cell(name: str) -> dict[str, Any]:
+    """The TrainConfig fields a preset's runs of one task share: recipe ``name``'s settings
+    (deqloop/train/recipes.py), the task's own under ``task_options``; the cell adds its regime."""
+    return {k: v for k, v in nested(get_recipe(name).settings).items() if k != "task"}
+
+
 # A sudoku or chess run takes 15–30 min on one core, so their default CPU grid is post and
 # sandwich norm under the progressive regime; other cells are one flag away (--norms, --regimes).
 _SMALL_GRID: dict[str, tuple] = {"norm": ("post", "sandwich"), "regime": ("progressive",)}
-# The paper's split in the paper's regime: train on ≤ 32 bits (a difficulty schedule grows them),
-# test on 512 bits; the progressive loss as the paper's (alpha 1, z0's gradient kept at n = 0)
-# through 30 iterations, local attention over 5 cells (its kernel_size), its schedule.
-_PREFIX_PAPER = dict(task_options=dict(length=32, min_length=8, start_length=8, start_min_length=4, ramp_steps=900,
-                                       hard_length=512),
-                     max_iter=30, width=32, heads=4, attention="local", window=5, steps=1500, batch_size=64,
-                     lr=2e-3, schedule="paper", threads=1, progress=False, stability_every=50)
-# chess as its committed results were measured: the earlier encoding (ranks flipped for black, no
-# king mirror) and top 2 by logit1 − logit0; the paper's (the task's default) is one option away
-_CHESS_EARLIER = dict(encoding="rank_flip", scores="margin")
-_CHESS_CPU = dict(task_options=_CHESS_EARLIER, width=64, heads=4, max_iter=16, steps=500, batch_size=64, lr=1e-3,
-                  threads=1, progress=False, stability_every=25)
-# ~0.9 s a step on one core at 12 iterations: 45 min of training (measured with another job running)
-_CHESS_LONG = dict(_CHESS_CPU, attention="full", max_iter=12, steps=3000, stability_every=250)
 
 # The paper's grid (experiments/run_all.bash of the authors' code): recall internal / external /
 # none / fixed × residual peri / pre / gru / post × prefix sums, sudoku, chess × lr 1e-4, 3e-4, 1e-3
 # × seeds 0, 1, 2, trained by the progressive loss (alpha 1, z0's gradient at n = 0) at 30
 # iterations with the paper's schedule, AdamW (weight decay 0.01, clip 1), width 256, 8 heads,
 # local attention of kernel 5 on prefix sums and full attention on boards, batch 500, bf16, and
-# tested at 1…500 iterations. The sudoku grid also runs lr 3e-3 (the paper's sudoku tables).
+# tested at 1…500 iterations (recipes seed-gpu/*). The sudoku grid also runs lr 3e-3 (the paper's
+# sudoku tables). seed-cpu/* are the same grid and regime on 2 CPU cores: width 32 (4 heads), batch
+# 64 and fewer steps; sudoku by blanks since Sudoku-Extreme is not bundled (see the ``seed-cpu``
+# entry of the module docstring for what it costs).
 _SEED_GRID = dict(recalls=("internal", "external", "none", "fixed"), norms=("peri", "pre", "gru", "post"),
                   regimes=("paper",), lrs=(1e-4, 3e-4, 1e-3), seeds=(0, 1, 2))
 _SEED_LRS = {"sudoku": {"lr": (1e-4, 3e-4, 1e-3, 3e-3)}}
 _SEED_EVAL = (1, 2, 5, 10, 20, 30, 50, 100, 200, 300, 400, 500)
-_SEED_GPU_MODEL = dict(width=256, heads=8, max_iter=30, batch_size=500, amp="auto", progress=False)
-_SEED_GPU = {
-    # 100 epochs of the paper's prefix-sums pool (10,000 strings at batch 500): 2,000 steps
-    "prefix_sums": dict(_SEED_GPU_MODEL, task_options=dict(length=32, min_length=32, hard_length=512),
-                        attention="local", window=5, steps=2000, stability_every=100),
-    # Sudoku-Extreme split at its 80th rating percentile (needs its train.csv and test.csv:
-    # python -m experiments.sweep --sudoku-extreme DIR); 100 epochs of 40,000 puzzles at batch 500
-    "sudoku": dict(_SEED_GPU_MODEL, task_options=dict(split="paper"), attention="full", steps=8000,
-                   stability_every=250),
-    # the Lichess puzzles rated ≤ 1600 (train) and 1601–2000 (hard), 10,000 of each at most
-    "chess": dict(_SEED_GPU_MODEL, attention="full", steps=8000, stability_every=250),
-}
-# The same grid and regime on 2 CPU cores: width 32 (4 heads), batch 64 and fewer steps; sudoku by
-# blanks (4–24 train, 25–35 hard) since Sudoku-Extreme is not bundled; every other setting the
-# paper's. Measured on the 2-core machine with other jobs running (one thread a run): see the
-# ``seed-cpu`` entry of the module docstring.
-_SEED_CPU_MODEL = dict(width=32, heads=4, max_iter=30, batch_size=64, threads=1, progress=False, stability_every=50)
-_SEED_CPU = {
-    "prefix_sums": dict(_SEED_CPU_MODEL, task_options=dict(length=32, min_length=32, hard_length=512),
-                        attention="local", window=5, steps=600),
-    "sudoku": dict(_SEED_CPU_MODEL, width=64, task_options=dict(augment=True, blanks=(4, 24), hard_blanks=(25, 35)),
-                   attention="full", steps=1500),
-    "chess": dict(_SEED_CPU_MODEL, width=64, attention="full", steps=1500),
-}
+_TASKS = ("prefix_sums", "sudoku", "chess")
+
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
@@ -348,10 +315,7 @@ PRESETS: dict[str, Preset] = {
         seeds=(0,),
         recalls=("none", "internal"),
         norms=("post",),
-        train={"prefix_sums": dict(task_options=dict(length=6, min_length=4, hard_length=12), depth_offset=2,
-                                   width=16, heads=2,
-                                   attention="local", window=3, max_iter=8, steps=8, batch_size=16, lr=2e-3,
-                                   warmup_steps=0, threads=1, progress=False)},
+        train={"prefix_sums": _cell("tiny/prefix_sums")},
         eval_iters=(1, 4, 8, 16),
         eval_n=32,
         analyze_n=4,
@@ -362,7 +326,7 @@ PRESETS: dict[str, Preset] = {
         name="cpu",
         tasks=("prefix_sums", "sudoku", "chess"),
         seeds=(0,),
-        train={"prefix_sums": _PREFIX_CPU, "sudoku": _SUDOKU_CPU, "chess": _CHESS_CPU},
+        train={"prefix_sums": _cell("cpu/prefix_sums"), "sudoku": _cell("cpu/sudoku"), "chess": _cell("cpu/chess")},
         task_grid={"prefix_sums": {"regime": ("progressive", "phantom+budget", "implicit+fallback+warm+budget")},
                    "sudoku": _SMALL_GRID, "chess": _SMALL_GRID},
         extra_sets={"sudoku": ("blanks:36-45", "blanks:46-55")},
@@ -377,7 +341,7 @@ PRESETS: dict[str, Preset] = {
         recalls=("internal",),
         norms=("post",),
         regimes=REGIMES,
-        train={"prefix_sums": _PREFIX_CPU},
+        train={"prefix_sums": _cell("cpu/prefix_sums")},
         eval_n=256,
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
@@ -389,7 +353,7 @@ PRESETS: dict[str, Preset] = {
         recalls=("internal",),
         norms=("post",),
         regimes=("progressive",),
-        train={"prefix_sums": _PREFIX_PAPER},
+        train={"prefix_sums": _cell("paper/prefix_sums")},
         regime_train={**REGIME_TRAIN, "progressive": {"loss": "progressive"}},  # the paper's form, its defaults
         eval_iters=(1, 10, 30, 100, 300, 500, 600),
         eval_n=128,
@@ -404,34 +368,24 @@ PRESETS: dict[str, Preset] = {
         recalls=("internal",),
         norms=("post",),
         regimes=("progressive",),
-        train={"chess": _CHESS_LONG},
+        train={"chess": _cell("chess/chess")},
         eval_iters=(1, 2, 4, 8, 12, 16, 24, 48),
         eval_n=1024,
         analyze_n=16,
         analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
         results="results/chess_long",
     ),
-    **{name: Preset(name=name, tasks=("prefix_sums", "sudoku", "chess"), train=train, task_grid=_SEED_LRS,
+    **{name: Preset(name=name, tasks=_TASKS, train={t: _cell(f"{name}/{t}") for t in _TASKS}, task_grid=_SEED_LRS,
                     eval_iters=_SEED_EVAL, eval_n=eval_n, analyze_n=analyze_n, analysis=dict(analysis, progress=False),
                     results=f"results/{name.replace('-', '_')}", **_SEED_GRID)
-       for name, train, eval_n, analyze_n, analysis in (
-           ("seed-gpu", _SEED_GPU, 1000, 64, {}),
-           ("seed-cpu", _SEED_CPU, 128, 8, dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3)))},
+       for name, eval_n, analyze_n, analysis in (
+           ("seed-gpu", 1000, 64, {}),
+           ("seed-cpu", 128, 8, dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3)))},
     "gpu": Preset(
         name="gpu",
-        tasks=("prefix_sums", "sudoku", "chess"),
+        tasks=_TASKS,
         seeds=(0, 1, 2),
-        train={
-            "prefix_sums": dict(task_options=dict(length=32, min_length=8, hard_length=512), depth_offset=4,
-                                width=256, heads=8,
-                                attention="local", window=5, max_iter=36, steps=4000, batch_size=256,
-                                lr=1e-3, amp="auto", progress=False, stability_every=100),
-            "sudoku": dict(task_options=dict(augment=True), width=256, heads=8, max_iter=32, steps=10000,
-                           batch_size=256, lr=5e-4,
-                           amp="auto", progress=False, stability_every=250),
-            "chess": dict(width=256, heads=8, max_iter=32, steps=10000, batch_size=256, lr=5e-4, amp="auto",
-                          progress=False, stability_every=250),
-        },
+        train={t: _cell(f"gpu/{t}") for t in _TASKS},
         eval_n=2048,
         analyze_n=64,
         analysis=dict(progress=False),

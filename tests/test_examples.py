@@ -122,22 +122,6 @@ def test_chess_example_on_the_shared_puzzles(tmp_path, shared_data):
                                                      "lichess_puzzles_rating_1601_2000.csv"]
 
 
-def test_examples_drop_the_progressive_losss_defaults_for_fixed_point_training():
-    recipe = load_example("_recipe")
-    defaults = ["--task", "sudoku", "--loss", "progressive", "--alpha", "0.5", "--max-iter", "16", "--depth-offset=2"]
-    assert recipe.defaults_for(defaults, []) == defaults
-    assert recipe.defaults_for(defaults, ["--loss", "progressive"]) == defaults
-    assert recipe.defaults_for(defaults, ["--loss", "equilibrium"]) == ["--task", "sudoku", "--loss", "progressive",
-                                                                       "--max-iter", "16"]
-    assert recipe.defaults_for(defaults, ["--loss=equilibrium"]) == recipe.defaults_for(defaults, ["--loss", "equilibrium"])
-    assert recipe.defaults_for(defaults + ["--detach-z0"], ["--loss", "equilibrium"]) == ["--task", "sudoku", "--loss",
-                                                                                         "progressive", "--max-iter", "16"]
-    # the last --loss wins; a warm start keeps them (it trains with the progressive loss first)
-    assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--loss", "progressive"]) == defaults
-    assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--pretrain-steps", "100"]) == defaults
-    assert recipe.defaults_for(defaults, ["--loss", "equilibrium", "--pretrain-steps", "0"])[-2:] == ["--max-iter", "16"]
-
-
 def test_sudoku_example_fixed_point_training(tmp_path, monkeypatch):
     monkeypatch.setenv("DEQLOOP_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("DEQLOOP_SHARED", str(tmp_path / "no-shared"))  # no collections: a quick run

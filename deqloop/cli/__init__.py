@@ -2,6 +2,7 @@
 
     deqloop train --task NAME --recall internal --norm post --backward implicit --width 128
     deqloop train --import mypackage.tasks --task copy_shifted ...   # a task of your own
+    deqloop train --recipe demo --steps 200        # a named recipe, flags on top (--list-recipes)
     deqloop eval runs/NAME/last.pt --iters 1,10,30,100,500
     deqloop analyze runs/NAME/last.pt
     deqloop plot runs/A runs/B --out stability.png   # stability traces (train --stability-every N)
@@ -48,23 +49,29 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _prescan(argv: list[str]) -> tuple[str | None, list[str]]:
-    """``--task`` and every ``--import`` value, read before the parser is built (the task's own
-    flags depend on them)."""
-    task, imports = None, []
-    for i, arg in enumerate(argv):
-        for flag in ("--task", "--import"):
-            value = None
-            if arg == flag and i + 1 < len(argv):
-                value = argv[i + 1]
-            elif arg.startswith(flag + "="):
-                value = arg[len(flag) + 1 :]
-            if value is not None:
-                if flag == "--task":
-                    task = value
-                else:
-                    imports.append(value)
-    return task, imports
+class _Unparsed(Exception):
+    pass
+
+
+class _Prescan(argparse.ArgumentParser):
+    """Reads ``--task``, ``--recipe`` and every ``--import`` before the real parser is built (the
+    task's own flags depend on them); anything it cannot read is left to the real parser."""
+
+    def __init__(self) -> None:
+        super().__init__(add_help=False, allow_abbrev=False)
+        self.add_argument("--task")
+        self.add_argument("--recipe")
+        self.add_argument("--import", dest="imports", action="append", default=[])
+
+    def error(self, message: str) -> NoReturn:
+        raise _Unparsed(message)
+
+
+def _prescan(argv: list[str]) -> argparse.Namespace:
+    try:
+        return _Prescan().parse_known_args(argv)[0]
+    except _Unparsed:
+        return argparse.Namespace(task=None, recipe=None, imports=[])
 
 
 def import_modules(modules: list[str]) -> None:
@@ -80,7 +87,12 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     """The ``deqloop`` parser; ``argv`` tells ``train`` which task's flags to offer."""
     from deqloop.cli import analyze, demo, evaluate, plot, train
 
-    task, _ = _prescan(list(argv or []))
+    pre = _prescan(list(argv or []))
+    task = pre.task
+    if task is None and pre.recipe is not None:  # the recipe's task, unless --task names another
+        from deqloop.train.recipes import recipe_values
+
+        task = recipe_values(pre.recipe).get("task")
     parser = Parser(prog="deqloop", description="Looped transformers as deep equilibrium models: train on easy "
                     "problems, solve harder ones by iterating longer.",
                     epilog="Run 'deqloop COMMAND --help' for a command's options.")
@@ -98,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``deqloop``; returns the exit status (0 on success, 2 on a user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        import_modules(_prescan(argv)[1])
+        import_modules(_prescan(argv).imports)
         parser = build_parser(argv)
     except DeqloopError as e:
         print(f"deqloop: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)

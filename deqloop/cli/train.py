@@ -1,4 +1,5 @@
-"""``deqloop train``: a flag per TrainConfig field and per setting of the chosen task."""
+"""``deqloop train``: a flag per TrainConfig field and per setting of the chosen task, on top of a
+named recipe (``--recipe NAME``, :mod:`deqloop.train.recipes`) when one is given."""
 
 from __future__ import annotations
 
@@ -34,10 +35,26 @@ def _choices() -> dict[str, tuple[str, ...]]:
             "amp": AMP_MODES, "logger": LOGGERS, "solve_precision": PRECISIONS}
 
 
+class ListRecipes(argparse.Action):
+    """``--list-recipes``: print each recipe's name and what it is for, then exit."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from deqloop.train.recipes import RECIPES
+
+        width = max(map(len, RECIPES))
+        print("".join(f"{name:<{width}}  {r.about}\n" for name, r in RECIPES.items()), end="")
+        parser.exit(0)
+
+
 def add(sub: Any, task: str | None) -> None:
     from deqloop.errors import ConfigError
     from deqloop.tasks import task_class, task_names
     from deqloop.train import TrainConfig
+    from deqloop.train.recipes import recipe_names
 
     p = sub.add_parser(
         "train", help="train a looped model on a task",
@@ -46,6 +63,10 @@ def add(sub: Any, task: str | None) -> None:
         "The task's own settings are flags too (see them with --task NAME --help).")
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register tasks with deqloop.tasks.register_task)")
+    p.add_argument("--recipe", metavar="NAME", default=argparse.SUPPRESS,
+                   help="start from a named recipe; the flags given set what differs (they win). One of: "
+                   + ", ".join(recipe_names()) + " (--list-recipes says what each is for)")
+    p.add_argument("--list-recipes", action=ListRecipes, help="list the named recipes and exit")
     add_dataclass_flags(p, TrainConfig, choices=_choices(), skip=("task_options",),
                         special={"eval_iters": dict(type=iters_type, metavar="N,N,..."),
                                  "compile": dict(nargs="?", const=True, type=compile_mode, metavar="auto|true|false"),
@@ -65,16 +86,17 @@ def add(sub: Any, task: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train; on SIGINT/SIGTERM print how to resume and return 128 + the signal's number."""
     from deqloop.errors import TrainingInterrupted
-    from deqloop.train import TrainConfig, train
+    from deqloop.train import train
     from deqloop.train.interrupt import resume_command
+    from deqloop.train.recipes import config_from_flat, recipe
 
     values = dict(vars(args))
-    task_fields = values.pop("task_fields", [])
+    values.pop("task_fields", None)
     argv = values.pop("argv", None)
     for key in ("command", "func", "imports"):
         values.pop(key, None)
-    options = {k: values.pop(k) for k in task_fields if k in values}
-    config = TrainConfig.from_dict({**values, "task_options": options})
+    name = values.pop("recipe", None)
+    config = recipe(name, **values) if name is not None else config_from_flat(values)
     try:
         result = train(config)
     except TrainingInterrupted as e:

@@ -1,6 +1,7 @@
 """Training a :class:`~deqloop.model.LoopedDEQ` on a task, top to bottom:
 
     deqloop/train/config.py      TrainConfig: task + its settings, model, objective, optimisation, run
+    deqloop/train/recipes.py     named configs as data: recipe("demo", steps=100) -> TrainConfig
     deqloop/train/data.py        Batches: the batch of each step, a pure function of (seed, step)
     deqloop/train/objectives.py  Equilibrium (fixed-point gradients) and Progressive (deep-thinking loss)
     deqloop/train/trainer.py     Trainer: the loop (step, log, evaluate, checkpoint, resume)
@@ -19,8 +20,9 @@ from deqloop.train.config import AMP_MODES, LOGGERS, LOSSES, SCHEDULES, TrainCon
 from deqloop.train.data import Batches
 from deqloop.train.metrics import read_metrics
 from deqloop.train.objectives import Equilibrium, Objective, Progressive, progressive_draw
+from deqloop.train.recipes import recipe, recipe_names
 from deqloop.train.trainer import TrainResult, Trainer, train
 
 __all__ = ["AMP_MODES", "Batches", "Equilibrium", "LOGGERS", "LOSSES", "Objective", "Progressive", "SCHEDULES",
            "TrainConfig", "TrainResult", "Trainer", "TrainingError", "TrainingInterrupted", "progressive_draw",
-           "read_metrics", "train"]
+           "read_metrics", "recipe", "recipe_names", "train"]
