@@ -212,7 +212,7 @@ def recipe_values(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def nested(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat settings as :meth:`TrainConfig.from_dict` takes them: the task's own settings (the
+    """Flat settings as :meth:`TrainConfig.from_flat` takes them: the task's own settings (the
     fields of its dataclass) under ``task_options`` (merged into one given there)."""
     out = dict(values)
     cls = task_class(out.get("task", DEFAULT_TASK))
@@ -225,9 +225,10 @@ def nested(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def config_from_flat(values: Mapping[str, Any]) -> TrainConfig:
-    """A :class:`TrainConfig` from flat settings (the task's beside the training ones); unknown
-    names are an error that lists the allowed ones."""
-    return TrainConfig.from_dict(nested(values))
+    """A :class:`TrainConfig` from flat settings (the task's beside the training ones:
+    :meth:`TrainConfig.from_flat` after :func:`nested`); unknown names are an error that lists the
+    allowed ones."""
+    return TrainConfig.from_flat(nested(values))
 
 
 def recipe(name: str, **overrides: Any) -> TrainConfig:
