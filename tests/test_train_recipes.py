@@ -169,3 +169,17 @@ def test_recipe_through_the_command_line(tmp_path):
     expected = recipe("tiny/prefix_sums", steps=2, hard_length=10, out=str(out), eval_size=0)
     assert config == plain(expected.to_dict())
     assert (config["width"], config["steps"], config["task_options"]["hard_length"]) == (16, 2, 10)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(about=" ", settings={"task": "prefix_sums"}), "what it is for"),
+    (dict(about="x", settings={"width": 8}), "name no task"),
+    (dict(about="x", settings={"task": "prefix_sums", "loss": "progressive"}, regime={"loss": "progressive"}),
+     "both set loss"),
+    (dict(about="x", settings={"task": "prefix_sums"}, unless={"length": ("length",)}), "names length"),
+])
+def test_a_malformed_recipe_is_refused(kwargs, message):
+    from deqloop.train.recipes import Recipe
+
+    with pytest.raises(ConfigError, match=message):
+        Recipe(**kwargs)

@@ -30,8 +30,8 @@ __all__ = ["EARLIER_PROGRESSIVE", "PAPER_PROGRESSIVE", "RECIPES", "Recipe", "con
 # The regimes the recipes below train in (a sweep preset swaps them per cell: experiments/presets.py).
 PAPER_PROGRESSIVE: dict[str, Any] = {"loss": "progressive", "alpha": 1.0, "detach_z0": False, "schedule": "paper"}
 """The paper's regime: the progressive loss with alpha 1 (experiments/run_all.bash:92 of the authors'
-code, ``problem.hyp.alpha=1``), z0's gradient kept at n = 0 and the paper's learning-rate schedule
-(deepthinking/utils/training.py, train_model.py)."""
+code, ``problem.hyp.alpha=1``), z0's gradient kept at n = 0 (deepthinking/utils/training.py:154-171)
+and the paper's learning-rate schedule (deepthinking/utils/training.py, train_model.py)."""
 EARLIER_PROGRESSIVE: dict[str, Any] = {"loss": "progressive", "alpha": 0.5, "detach_z0": True}
 """The progressive loss as deqloop's committed cpu-preset results were measured: alpha 0.5, z0
 detached at n = 0 (the paper's form keeps z0's gradient)."""
@@ -55,6 +55,18 @@ class Recipe:
     regime: Mapping[str, Any] = field(default_factory=dict)
     unless: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not self.about.strip():
+            raise ConfigError("a recipe needs a line saying what it is for and where its numbers come from")
+        if "task" not in self.settings:
+            raise ConfigError(f"recipe settings {dict(self.settings)} name no task")
+        both = sorted(set(self.settings) & set(self.regime))
+        if both:
+            raise ConfigError(f"recipe settings and regime both set {', '.join(both)}; set each once")
+        stray = sorted(set(self.unless) - set(self.settings))
+        if stray:
+            raise ConfigError(f"recipe 'unless' names {', '.join(stray)}, not among its settings")
+
     def values(self) -> dict[str, Any]:
         """Settings and regime, flat (a deep copy)."""
         return copy.deepcopy({**self.settings, **self.regime})
@@ -73,7 +85,8 @@ _CHESS_EARLIER = dict(encoding="rank_flip", scores="margin")
 
 RECIPES: dict[str, Recipe] = {
     "demo": Recipe(
-        "deqloop demo: prefix sums on 4-12 bits, tested at 48 and 96, a few minutes on 2 CPU cores (README's figures)",
+        "deqloop demo: prefix sums on 4-12 bits, tested at 48 and 96, a few minutes on 2 CPU cores (README's "
+        "figures); lr 2e-3 with cosine decay, the length curriculum measured in ../shared/NOTES.md",
         dict(task="prefix_sums", length=12, min_length=4, hard_length=48, depth_offset=2, width=32, heads=4,
              mlp_ratio=4.0, recall="internal", norm="post", attention="local", window=3, loss="progressive",
              alpha=0.0, steps=800, batch_size=64, lr=2e-3, warmup_steps=0, schedule="cosine", weight_decay=0.01,
@@ -86,8 +99,9 @@ RECIPES: dict[str, Recipe] = {
              log_every=50, eval_size=0, threads=1, **_PREFIX_SPLIT, depth_offset=2),
         unless={k: ("length",) for k in _PREFIX_SPLIT}),
     "examples/sudoku": Recipe(
-        "examples/sudoku.py: train on 4-24 blanks, hard 25-35, about 30 min on 2 CPU cores (README's figures); "
-        "--train-band/--hard-band/--data drop the blank bands",
+        "examples/sudoku.py: train on 4-24 blanks, hard 25-35 (blanks: the difficulty axis a CPU can climb, "
+        "../shared/NOTES.md), about 30 min on 2 CPU cores (README's figures); --train-band/--hard-band/--data "
+        "drop the blank bands",
         dict(task="sudoku", augment=True, width=64, heads=4, attention="full", recall="internal", norm="post",
              loss="progressive", alpha=0.5, detach_z0=True, max_iter=16, batch_size=64, lr=1e-3, steps=1500,
              log_every=50, checkpoint_every=250, eval_size=0, threads=2, blanks=(4, 24), hard_blanks=(25, 35)),
