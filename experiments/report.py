@@ -3,11 +3,11 @@
     python -m experiments.report [results/runs] [--out RESULTS.md] [--plots results]
     python -m experiments.report runs/sweep                # a sweep's result.json files, summarized on the fly
 
-Every run summary (``results/runs/<task>/<run>.json``, committed; see ``experiments/summary.py``)
-becomes a row of :func:`experiments.table.runs_frame`; the tables are ``groupby``/``pivot_table``
-queries on it written by ``to_markdown``, the verdicts come from :mod:`experiments.claims`, and the
-prose is ``experiments/results_template.md``. Nothing in RESULTS.md is typed by hand, and a fresh
-clone regenerates it byte for byte but for the date.
+Every run summary (``results/*/<task>/<run>.json``, committed; ``experiments/summary.py``) becomes a
+row of :func:`experiments.table.runs_frame`; the tables are ``groupby``/``pivot_table`` queries on it
+written by ``to_markdown``, the verdicts come from :mod:`experiments.claims`, and the prose is
+``experiments/results_template.md``. Nothing in RESULTS.md is typed by hand, and a fresh clone
+regenerates it byte for byte but for the date.
 """
 
 from __future__ import annotations
@@ -22,13 +22,13 @@ from typing import Any
 
 import pandas as pd
 
-from experiments import chess_baselines, claims, examples_report
+from experiments import claims, examples_report
 from experiments.claims import mean_se, num, pct
 from experiments.figures import facets
-from experiments.paper_table import markdown, paper_table
-from experiments.presets import NORMS, RECALLS, REGIMES, TASK_ORDER
+from experiments.presets import REGIMES, TASK_ORDER, get_preset
 from experiments.summary import SummaryError, load_summaries
-from experiments.table import AT, curves_frame, load_results, runs_frame
+from experiments.table import AT, ROW_ORDER, curves_frame, load_results, paper_layout, runs_frame, traces_frame
+from experiments.table import ordered as _ordered
 
 TEMPLATE = Path(__file__).with_name("results_template.md")
 SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test on 512",
@@ -43,6 +43,7 @@ NAMES = {"C1": "without recall, countable fixed points and no strong input depen
          "C2": "recall + outer norm gives reachable, locally smooth, backprop-stable fixed points",
          "C3": "internal recall ≥ external once the norm is outer; much better on sudoku",
          "C4": "performance follows the framework: recall + outer > recall + inner > no recall"}
+ITERS = dict(x="iters", y="accuracy", xlog=True, xlabel="test-time iterations", ylabel="exact match (%)")
 
 
 def md(frame: pd.DataFrame) -> str:
@@ -55,68 +56,71 @@ def ms(x: pd.Series) -> str:
     return "—" if m != m else f"{pct(m)} ± {pct(s)}"
 
 
-def ordered(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows in the order recall, norm, regime of the presets (others after them), then seed."""
-    keys = {"recall": RECALLS, "norm": NORMS, "regime": REGIMES}
-    return frame.sort_values([*keys, "seed"], key=lambda c: c.map(lambda v: keys[c.name].index(v) if v in keys[
-        c.name] else len(keys[c.name])) if c.name in keys else c, kind="stable")
+def ordered(frame: pd.DataFrame, by: tuple[str, ...] = ("recall", "norm", "regime", "seed")) -> pd.DataFrame:
+    """Rows in the paper's order of recall and norm, the presets' order of regimes, then ``by``'s other columns."""
+    return _ordered(frame, by, {**ROW_ORDER, "regime": REGIMES})
 
 
-def paper_layout(summaries: list[dict[str, Any]], task: str, regime: str = claims.PAPER_REGIME) -> str:
-    """The paper's layout (:func:`experiments.paper_table.paper_table`) in its regime: a row per recall ×
-    norm, per learning rate the hard accuracy @500 and, beside it, the best over counts."""
-    where = {"regime": regime}
-    try:
-        header, at = paper_table(summaries, task=task, where=where)
-    except ValueError:  # no runs of the paper's regime
-        return "No runs in the paper's regime."
-    best = paper_table(summaries, task=task, where=where, metric="best")[1]
-    return markdown([*header[:2], *(f"{h} @{AT}" for h in header[2:]), *(f"{h} best" for h in header[2:])],
-                    [a + b[2:] for a, b in zip(at, best)])
+def figure(data: pd.DataFrame, name: str, plots: Path, out: Path, alt: str, **kw: Any) -> str:
+    """:func:`experiments.figures.facets` of ``data`` to ``plots/name.png``, as a Markdown image line."""
+    return f"![{alt}]({os.path.relpath(facets(data, plots / f'{name}.png', **kw), out.parent)})"
 
 
 STABILITY = {"plain_reach": "plain reach", "anderson_reach": "Anderson", "rho": "ρ", "resolvent": "‖(I−J)⁻¹‖",
              "ift": "IFT", "fd": "FD", "fd_input": "FD from e", "bwd": "bwd", "grad_spread": "grad spread"}
 
 
-def grid_table(runs: pd.DataFrame) -> str:
-    """Every configuration (recall, norm, regime, learning rate): accuracy and the stability numbers, over seeds."""
-    g = ordered(runs).groupby(["recall", "norm", "regime", "lr"], sort=False)
-    acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", ms), best=("hard_best", ms), solver=("solver", ms))
-    stab = g[list(STABILITY)].mean().map(lambda v: num(v, 2))
-    table = acc.join(stab).reset_index()
-    return md(table.rename(columns={"hard_at": f"hard @{AT}", "best": "hard best", **STABILITY}))
-
-
 def grid_section(task: str, runs: pd.DataFrame) -> str:
     """A task of deqloop's own cpu grid (``results/runs``): every recall × norm × training regime, no verdict."""
-    steps = "/".join(str(int(s)) for s in sorted(runs.steps.dropna().unique()))
+    g = ordered(runs).groupby(["recall", "norm", "regime", "lr"], sort=False)
+    acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", ms), best=("hard_best", ms), solver=("solver", ms))
+    table = acc.join(g[list(STABILITY)].mean().map(lambda v: num(v, 2))).reset_index()
+    alphas = "/".join(f"{a:g}" for a in sorted(runs[runs.regime == "progressive"].alpha.dropna().unique())) or "—"
     return "\n".join([
-        f"## {task}: deqloop's cpu grid", "", f"{len(runs)} runs, {steps} training steps, width "
+        f"## {task}: deqloop's cpu grid", "", f"{len(runs)} runs, {claims.budget(runs)}, width "
         f"{num(runs.width.median())}: accuracy (mean ± s.e. over seeds) and the stability numbers (means over seeds) "
-        "of every recall × norm × training regime. None of it is the paper's regime (its progressive loss here has "
-        f"α = {'/'.join(f'{a:g}' for a in sorted(runs[runs.regime == 'progressive'].alpha.dropna().unique())) or '—'}, "
-        "z₀ detached, and the internal recall is the "
-        f"{'/'.join(sorted(set(runs.recall_form) - {'—'})) or '—'} form; the other regimes are fixed-point "
-        "training, `experiments/presets.py` `REGIME_TRAIN`), so no verdict reads it.", "", grid_table(runs)]) + "\n"
+        f"of every recall × norm × training regime. None of it is the paper's regime (its progressive loss here has "
+        f"α = {alphas}, z₀ detached, and the internal recall is the {'/'.join(sorted(set(runs.recall_form) - {'—'}))} "
+        "form; the other regimes are fixed-point training, `experiments/presets.py` `REGIME_TRAIN`), so no verdict "
+        "reads it.", "", md(table.rename(columns={"hard_at": f"hard @{AT}", "best": "hard best", **STABILITY}))]) + "\n"
+
+
+def baselines(runs: list[dict[str, Any]], target: float = 3.0) -> list[str]:
+    """The lines on the model-free baselines the runs were evaluated beside (their ``eval.baselines``, per
+    split), and the runs' mean best hard accuracy against the hard split's: its multiple of the random-legal
+    baseline (against ``target``) and whether it beats the greedy one; none for a task without baselines."""
+    found = [{k: v for k, v in ((r.get("eval") or {}).get("baselines") or {}).items() if v} for r in runs]
+    if not found or not all(found):
+        return []
+    names = sorted({k.split("/")[0] for s in found[0].values() for k in s}, key=lambda b: (b != "random", b))
+    metrics = sorted({k.split("/", 1)[1] for s in found[0].values() for k in s})
+    per_split = "; ".join(f"{split}: " + ", ".join(f"{b} " + " / ".join(f"{100 * s[f'{b}/{m}']:.1f}" for m in metrics)
+                                                   for b in names) for split, s in found[0].items())
+    lines = [f"Baselines on the same examples, no model (accuracy %, {' / '.join(f'`{m}`' for m in metrics)}; exact "
+             "expectations over their random choices; chess: *random* a uniformly random legal move, *greedy* a mate in "
+             f"one, else the most valuable capture, else random; the table's accuracies are `correct`): {per_split}."]
+    hard = [s.get("hard") or {} for s in found]
+    if all("random/correct" in h and "greedy/correct" in h for h in hard):
+        model = sum(max(r["eval"]["curves"]["accuracy"]["hard"]) for r in runs) / len(runs)
+        random, greedy = (sum(h[k] for h in hard) / len(hard) for k in ("random/correct", "greedy/correct"))
+        lines.append(f"Hard (mean best over seeds): {100 * model:.1f} % = {model / random:.1f}× the random-legal "
+                     f"baseline ({100 * random:.1f} %; target ≥ {target:g}×: {'met' if model / random >= target else 'not met'}); "
+                     f"the greedy baseline scores {100 * greedy:.1f} %: the model "
+                     f"{'beats' if model > greedy else 'does not beat'} it.")
+    return lines
 
 
 def run_table(runs: pd.DataFrame) -> str:
     """A row per run of a separate sweep: its regime and seed, accuracies, and times."""
-    rows = ordered(runs).assign(
-        val_best=lambda f: f.val_best.map(pct), hard_best=lambda f: f.hard_best.map(pct) + " (" +
-        f.hard_best_at.map(lambda v: num(v)) + ")", hard_last=lambda f: f.hard_last.map(pct) + " (" +
-        f["last"].map(lambda v: num(v)) + ")",
-        adaptive=lambda f: f.adaptive.map(pct) + " / " + f.adaptive_iters.map(num),
-        solver=lambda f: f.solver.map(pct) + " / " + f.solver_iters.map(num), train_s=lambda f: f.train_s.map(num),
-        seed=lambda f: f.seed.map(lambda v: str(int(v))))
-    cols = {"regime": "regime", "seed": "seed", "val_best": "val best", "hard_best": "hard best (count)",
-            "hard_last": "hard at the last count", "adaptive": "adaptive / iterations", "solver": "solver / iterations",
-            "train_s": "train s"}
-    return md(rows[list(cols)].rename(columns=cols))
+    f = ordered(runs)
+    return md(pd.DataFrame({
+        "regime": f.regime, "seed": f.seed.map(lambda v: str(int(v))), "val best": f.val_best.map(pct),
+        "hard best (count)": f.hard_best.map(pct) + " (" + f.hard_best_at.map(num) + ")", f"hard @{AT}": f.hard_at.map(pct),
+        "adaptive / iterations": f.adaptive.map(pct) + " / " + f.adaptive_iters.map(num),
+        "solver / iterations": f.solver.map(pct) + " / " + f.solver_iters.map(num), "train s": f.train_s.map(num)}))
 
 
-def section(folder: Path, summaries: list[dict[str, Any]], baselines: Any, plots: Path, out: Path) -> str:
+def section(folder: Path, summaries: list[dict[str, Any]], plots: Path, out: Path) -> str:
     """A sweep kept apart from the main grid (one preset of :data:`SECTIONS`): its runs and a figure."""
     runs = runs_frame(summaries)
     presets = sorted(runs.preset.unique())
@@ -124,50 +128,48 @@ def section(folder: Path, summaries: list[dict[str, Any]], baselines: Any, plots
         raise SummaryError(f"{folder}: a separate section holds the runs of one preset of {', '.join(SECTIONS)}; "
                            f"these are of {', '.join(presets)}")
     if presets[0].startswith("seed-"):
-        return seed_section(folder, summaries, plots, out, presets[0])
+        return seed_section(folder, summaries, runs, plots, out, presets[0])
     cfg = summaries[0]["train_config"]
-    c = curves_frame(summaries).assign(panel=lambda f: f.regime)
-    fig = facets(ordered(c), plots / f"{folder.name}.png", x="iters", y="accuracy", facet="panel", hue="split",
-                 xlog=True, title=f"{SECTIONS[presets[0]]} (band: seeds' range)", xlabel="test-time iterations",
-                 ylabel="exact match (%)", cols=3)
-    lines = [x for x in (chess_baselines.baseline_line(summaries, baselines),
-                         chess_baselines.versus(summaries, baselines)) if x]
+    fig = figure(ordered(curves_frame(summaries)), folder.name, plots, out, folder.name, facet="regime", hue="split",
+                 title=f"{SECTIONS[presets[0]]} (band: seeds' range)", cols=3, **ITERS)
     return "\n".join([
         f"## {runs.task.iloc[0]}: {SECTIONS[presets[0]]}", "",
         f"`{folder}` (runs: {len(runs)}, by {'; '.join(f'`{x}`' for x in sorted(runs.command.dropna().unique()))}); "
         f"{cfg['recall']} recall, {cfg['norm']} norm, width {cfg['width']}, {cfg['steps']} steps, task settings "
         f"{ {k: v for k, v in (cfg.get('task_options') or {}).items() if k != 'data'} }.", "",
-        run_table(runs), *(x for line in lines for x in ("", line)), "",
-        f"![{folder.name}]({os.path.relpath(fig, out.parent)})"]) + "\n"
+        run_table(runs), *(x for line in baselines(summaries) for x in ("", line)), "", fig]) + "\n"
 
 
-def seed_section(folder: Path, summaries: list[dict[str, Any]], plots: Path, out: Path, preset: str) -> str:
-    """A seed preset's sweep: per task, the paper's table (a row per recall × residual, per learning rate
-    the hard accuracy @500 and the best over counts, mean ± s.e. over seeds), how many of the grid's
-    runs are done, and hard accuracy against test-time iterations per recall × residual."""
-    from experiments.presets import get_preset
-
-    grid = get_preset(preset)
+def seed_section(folder: Path, summaries: list[dict[str, Any]], runs: pd.DataFrame, plots: Path, out: Path,
+                 preset: str) -> str:
+    """A seed preset's sweep: per task, the paper's table (:func:`experiments.table.paper_layout`), how many of
+    the grid's runs are done, hard accuracy against test-time iterations per recall × residual, and ρ(J) at
+    the probe's fixed points over training per recall."""
     parts = [f"## {SECTIONS[preset]} (`{preset}`)", ""]
-    for task in [t for t in TASK_ORDER if any(s["spec"]["task"] == t for s in summaries)]:
-        mine = [s for s in summaries if s["spec"]["task"] == task]
-        looped = [s for s in mine if (s["train_config"].get("blocks") or 1) == 1]  # not the untied baseline
-        cfg = (looped or mine)[0]["train_config"]
-        c = curves_frame(mine)
-        c = c[c.split == "hard"].assign(panel=lambda f: f.recall + " · " + f.norm,
-                                         lr=lambda f: f["name"].map({s["name"]: s["train_config"]["lr"] for s in mine}))
-        fig = facets(ordered(c), plots / f"{folder.name}_{task}.png", x="iters", y="accuracy", facet="panel",
-                     hue="lr", xlog=True, title=f"{task}, {preset}: hard split (band: seeds' range)",
-                     xlabel="test-time iterations", ylabel="exact match (%)", cols=4)
+    lrs = dict(zip(runs.name, runs.lr))
+    for task in [t for t in TASK_ORDER if (runs.task == t).any()]:
+        mine = runs[runs.task == task]
+        cfg = next(s["train_config"] for s in sorted(summaries, key=lambda s: (s["train_config"].get("blocks") or 1) > 1)
+                   if s["spec"]["task"] == task)  # a looped run's, not the untied baseline's, where there is one
+        c = curves_frame([s for s in summaries if s["spec"]["task"] == task])
+        c = ordered(c[c.split == "hard"].assign(panel=lambda f: f.recall + " · " + f.norm, lr=c.name.map(lrs)))
+        t = traces_frame([s for s in summaries if s["spec"]["task"] == task and (s["train_config"].get("blocks") or 1) == 1])
         options = {k: v for k, v in (cfg.get("task_options") or {}).items() if k not in ("data", "test_data")}
         parts += [f"### {task}", "",
-                  f"`{folder}`: {len(mine)} of the grid's {len(grid.runs(task=(task,)))} runs (by "
-                  f"{'; '.join(f'`{x}`' for x in sorted({s.get('command') or '' for s in mine} - {''}))}); width "
-                  f"{cfg['width']}, {cfg['steps']} steps of batch {cfg['batch_size']}, training depth {cfg['max_iter']}, "
-                  f"task settings {options}. Rows are recall × residual as the paper names them (`fixed`: 15 untied "
-                  f"blocks at one iteration, scored there; `gru`: the GRU residual with peri norm).", "",
-                  paper_layout(mine, task), "",
-                  f"![{folder.name} {task}]({os.path.relpath(fig, out.parent)})", ""]
+                  f"`{folder}`: {len(mine)} of the grid's {len(get_preset(preset).runs(task=(task,)))} runs (by "
+                  f"{'; '.join(f'`{x}`' for x in sorted(mine.command.dropna().unique()))}); width {cfg['width']}, "
+                  f"{cfg['steps']} steps of batch {cfg['batch_size']}, training depth {cfg['max_iter']}, task settings "
+                  f"{options}. Rows are recall × residual as the paper names them (`fixed`: 15 untied blocks at one "
+                  "iteration, scored there; `gru`: the GRU residual with peri norm).", "",
+                  md(paper_layout(mine[mine.regime == claims.PAPER_REGIME])), "",
+                  figure(c, f"{folder.name}_{task}", plots, out, f"{folder.name} {task}", facet="panel", hue="lr",
+                         title=f"{task}, {preset}: hard split (band: seeds' range)", cols=4, **ITERS), ""]
+        if len(t) and t.rho.notna().any():
+            parts += [figure(ordered(t, ("recall", "norm", "seed")), f"{folder.name}_{task}_rho", plots, out,
+                             f"{folder.name} {task} ρ over training", x="fraction", y="rho", facet="recall", hue="norm",
+                             percent=False, hline=1.0, cols=3, xlabel="fraction of training", ylabel="ρ(J)",
+                             title=f"{task}, {preset}: ρ(∂f/∂z) at the probe's fixed points over training (median "
+                                   "over the probe; band: seeds' range)"), ""]
     return "\n".join(parts)
 
 
@@ -178,31 +180,34 @@ def runs_note(frame: pd.DataFrame) -> str:
     if runs.empty:
         return "No runs in the paper's regime yet: every verdict is inconclusive."
     seeds = runs.groupby(["task", "lr", "recall", "norm"]).seed.nunique()
-    forms = "/".join(sorted(set(runs[runs.recall == "internal"].recall_form))) or "—"
+    alphas = "/".join(f"{a:g}" for a in sorted(runs.alpha.dropna().unique()))
     return (f"The verdicts read the {len(runs)} runs of the `{runs.preset.iloc[0]}` preset in the paper's regime "
-            f"(`{claims.PAPER_REGIME}`: the progressive loss with α = "
-            f"{'/'.join(f'{a:g}' for a in sorted(runs.alpha.dropna().unique()))} and z₀'s gradient, depth 30, the "
-            f"paper's schedule; internal recall in the {forms} form), {len(seeds)} cells (task × learning rate × "
-            f"recall × residual) with {seeds.min()}" + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
+            f"(`{claims.PAPER_REGIME}`: the progressive loss with α = {alphas} and z₀'s gradient, depth 30, the paper's "
+            "schedule; internal recall in the "
+            f"{'/'.join(sorted(set(runs[runs.recall == 'internal'].recall_form))) or '—'} form), {len(seeds)} cells "
+            f"(task × learning rate × recall × residual) with {seeds.min()}"
+            + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
             + f" seed{'s' * int(seeds.max() > 1)} each; no other run decides a verdict.")
 
 
 def claim_tables(frame: pd.DataFrame) -> str:
     """The numbers behind C2, C3 and C4 as tables."""
+    def written(rows: pd.DataFrame, fmt, hi: str, lo: str) -> pd.DataFrame:
+        gap = rows.pop("gap")
+        return rows.assign(**{hi: gap.map(lambda g: fmt(g.hi)), lo: gap.map(lambda g: fmt(g.lo)),
+                              "gap ± s.e.": gap.map(lambda g: f"{fmt(g.gap)} ± {fmt(g.se)}"),
+                              "seeds": gap.map(lambda g: str(g.seeds))})
+
     parts = []
     c3 = claims.c3_rows(frame)
     if len(c3):
-        c3 = c3.assign(**{"internal @500": c3.gap.map(lambda g: pct(g.hi)), "external @500": c3.gap.map(
-            lambda g: pct(g.lo)), "gap ± s.e.": c3.gap.map(lambda g: f"{pct(g.gap)} ± {pct(g.se)}"),
-            "seeds": c3.gap.map(lambda g: str(g.seeds)), "best (internal / external)": c3.best.map(
-            lambda g: f"{pct(g.hi)} / {pct(g.lo)}")}).drop(columns=["gap", "best"])
+        c3 = written(c3.assign(best=c3.best.map(lambda g: f"{pct(g.hi)} / {pct(g.lo)}")), pct, f"internal @{AT}",
+                     f"external @{AT}").rename(columns={"best": "best (internal / external)"})
         parts += [f"C3, internal against external recall with an outer norm (hard @{AT}, %):", "", md(c3), ""]
     c2 = claims.c2_rows(frame)
     if len(c2):
-        c2 = c2.assign(lr=c2.lr.map(lambda v: f"{v:g}"), axis=c2.axis.map({**claims.C2_AXES, **claims.C2_BESIDE}),
-                       **{"outer (mean)": c2.gap.map(lambda g: num(g.hi)), "inner (mean)": c2.gap.map(
-                           lambda g: num(g.lo)), "gap ± s.e.": c2.gap.map(lambda g: f"{num(g.gap)} ± {num(g.se)}"),
-                          "seeds": c2.gap.map(lambda g: str(g.seeds))}).drop(columns=["gap"])
+        c2 = written(c2.assign(lr=c2.lr.map(lambda v: f"{v:g}"), axis=c2.axis.map({**claims.C2_AXES, **claims.C2_BESIDE})),
+                     num, "outer (mean)", "inner (mean)")
         parts += ["C2, outer against inner norms within each recall family (means of the cells' seed means):", "",
                   md(c2), ""]
     c4 = claims.c4_rows(frame)
@@ -215,7 +220,7 @@ def claim_tables(frame: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str, baselines: Any = None,
+def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
            sections: dict[Path, list[dict[str, Any]]] | None = None,
            examples: dict[str, list[dict[str, Any]]] | None = None) -> str:
     """RESULTS.md's text (and its figures under ``plots``): the verdicts on every run given, read through
@@ -232,7 +237,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str, 
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
         machines="; ".join(machines), verdicts=verdicts, runs_note=runs_note(every), claim_tables=claim_tables(every),
         tasks="\n".join(grid_section(t, frame[frame.task == t]) for t in tasks),
-        sections="".join("\n" + section(f, s, baselines, plots, out) for f, s in (sections or {}).items() if s),
+        sections="".join("\n" + section(f, s, plots, out) for f, s in (sections or {}).items() if s),
         examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items())))
 
 
@@ -260,11 +265,9 @@ def main(argv: list[str] | None = None) -> int:
                     "`python -m experiments.summary import runs/sweep` for an older sweep")
         sections = {Path(f): load_summaries(Path(f)) for f in a.sections if Path(f).is_dir()}
         examples = examples_report.load(Path(a.examples)) if a.examples and Path(a.examples).is_dir() else {}
-        stored = chess_baselines.load(Path(__file__).resolve().parents[1] / chess_baselines.DEFAULT_PATH)
         out = Path(a.out).resolve()
         command = " ".join(["python -m experiments.report", *(argv if argv is not None else sys.argv[1:])])
-        text = render(results, Path(a.plots).resolve(), out, command, baselines=stored, sections=sections,
-                      examples=examples)
+        text = render(results, Path(a.plots).resolve(), out, command, sections=sections, examples=examples)
     except (SummaryError, ValueError) as err:
         p.error(str(err))
     out.write_text(text)

@@ -4,34 +4,37 @@ claims' rules query.
     frame = runs_frame(load_results(Path("results/runs")))
     frame.groupby(["task", "recall", "norm"])["hard_at"].mean()
 
-One row per run (:data:`COLUMNS` read from the summary, plus the derived columns below); a value a
-summary does not hold is NaN, never filled in. :func:`curves_frame` and :func:`traces_frame` give
-the long forms of the accuracy curves and of the stability monitor's traces, for the figures.
+One row per run (:data:`COLUMNS` read from the summary, plus the derived columns of :func:`runs_frame`);
+a value a summary does not hold is NaN, never filled in. :func:`curves_frame` and :func:`traces_frame`
+give the long forms of the accuracy curves and of the stability monitor's traces, for the figures;
+:func:`paper_layout` the paper's table.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
-from experiments.summary import load_summaries, paper_iterations, summarize_sweep
+from experiments.summary import load_summaries, paper_iterations, paper_numbers, summarize_sweep
 
 AT = 500
 """The paper's number: accuracy after this many test-time iterations, at the last training step."""
 FLOOR = 0.20
 """A claim about accuracy is decided only where one of the compared sides reaches this on the hard split."""
 OUTER = ("post", "sandwich")  # the norm on the stream after the add (the paper's outer norm); the rest are inner
+ROW_ORDER = {"recall": ("none", "external", "internal", "fixed"), "norm": ("pre", "peri", "gru", "post", "sandwich")}
+"""The paper's order of rows (``experiments/run_all.bash`` of its code); other values follow."""
+SPEC = ("task", "recall", "norm", "regime", "seed")
 
 # column -> path of the value in a run summary
 COLUMNS = {
-    "task": "spec.task", "recall": "spec.recall", "norm": "spec.norm", "regime": "spec.regime", "seed": "spec.seed",
-    "preset": "preset", "commit": "commit", "command": "command", "steps": "train_config.steps",
-    "lr": "train_config.lr", "width": "train_config.width", "alpha": "train_config.alpha",
-    "n_hard": "eval.n.hard",
+    **{k: f"spec.{k}" for k in SPEC}, "preset": "preset", "commit": "commit", "command": "command",
+    "steps": "train_config.steps", "lr": "train_config.lr", "width": "train_config.width",
+    "alpha": "train_config.alpha", "blocks": "train_config.blocks", "recall_maps": "train_config.recall_maps",
+    "hard_at": "eval.paper.accuracy.hard", "val_at": "eval.paper.accuracy.val",  # @500 (@1 untied), the paper's number
+    "hard_best_at": "eval.best.hard.0", "hard_best": "eval.best.hard.1", "val_best": "eval.best.val.1",
     "adaptive": "eval.settling.hard.accuracy", "adaptive_iters": "eval.settling.hard.iterations_mean",
     "plain_reach": "eval.settling.hard.converged",  # plain iteration's state stopped changing (the paper's reach)
     "solver": "eval.solver.hard.accuracy", "solver_iters": "eval.solver.hard.iterations_mean",
@@ -45,14 +48,18 @@ COLUMNS = {
     "grad_median": "train.grad_norm_median", "grad_max": "train.grad_norm_max", "late_loss": "train.late_loss",
     "train_s": "seconds.train",
 }
+TEXT = ("name", "task", "recall", "norm", "regime", "preset", "commit", "command", "recall_maps")
 
 
 def get(d: Any, path: str) -> Any:
-    """The value at a dotted ``path`` of nested dicts; None where any key is missing."""
+    """The value at a dotted ``path`` of nested dicts (a number indexes a list); None where any step is missing."""
     for key in path.split("."):
-        if not isinstance(d, dict) or key not in d:
+        if isinstance(d, list) and key.isdigit() and int(key) < len(d):
+            d = d[int(key)]
+        elif isinstance(d, dict) and key in d:
+            d = d[key]
+        else:
             return None
-        d = d[key]
     return d
 
 
@@ -66,46 +73,12 @@ def load_results(root: Path) -> list[dict[str, Any]]:
     return load_summaries(root)
 
 
-def _curve(run: dict[str, Any], split: str) -> tuple[list[int], list[float]]:
-    curves = get(run, "eval.curves") or {}
-    return curves.get("iters") or [], (curves.get("accuracy") or {}).get(split) or []
-
-
-def paper_count(run: dict[str, Any]) -> int:
-    """The test-time count of a run's paper number: :data:`AT`, or 1 for a model of several untied blocks
-    (the paper's "fixed" baseline, trained and tested at one iteration)."""
-    return 1 if (get(run, "train_config.blocks") or 1) > 1 else AT
-
-
-def accuracy_at(run: dict[str, Any], split: str, iters: int | None = None) -> float:
-    """Accuracy on ``split`` after ``iters`` test-time iterations (default :func:`paper_count`): the
-    summary's own field where it has one (``eval.paper``, :func:`experiments.summary.paper_numbers`),
-    else the curve's value at that count; NaN where neither holds it."""
-    iters = paper_count(run) if iters is None else iters
-    paper = get(run, "eval.paper") or {}
-    if paper.get("iterations") == iters and split in (paper.get("accuracy") or {}):
-        stored = paper["accuracy"][split]
-        return math.nan if stored is None else float(stored)
-    counts, acc = _curve(run, split)
-    return float(acc[counts.index(iters)]) if iters in counts and len(acc) == len(counts) else math.nan
-
-
-def best(run: dict[str, Any], split: str) -> tuple[float, float]:
-    """The best accuracy on ``split`` over the test-time counts and the first count reaching it (NaN, NaN without a curve)."""
-    counts, acc = _curve(run, split)
-    if not acc:
-        return math.nan, math.nan
-    i = int(np.argmax(acc))
-    return float(acc[i]), float(counts[i])
-
-
-def recall_form(run: dict[str, Any]) -> str:
-    """Which internal recall a run used: ``"shared"`` (the paper's one injection pair in both
-    sublayers) or ``"per_sublayer"``; a run whose configuration predates the option used the
-    per-sublayer form. ``"—"`` for the other recalls."""
-    if get(run, "spec.recall") != "internal":
-        return "—"
-    return get(run, "train_config.recall_maps") or "per_sublayer"
+def _with_paper_numbers(run: dict[str, Any]) -> dict[str, Any]:
+    """``run`` with its evaluation's paper number and best over counts (:func:`experiments.summary.paper_numbers`)
+    where the summary predates them: the summary's own fields win."""
+    ev, iterations = run.get("eval") or {}, paper_iterations(run.get("train_config"))
+    own = {k: ev[k] for k in ("paper", "best") if k in ev and (k == "best" or ev[k].get("iterations") == iterations)}
+    return run if len(own) == 2 else {**run, "eval": {**ev, **paper_numbers(ev, iterations), **own}}
 
 
 def family(recall: str, norm: str, blocks: Any) -> str:
@@ -119,53 +92,94 @@ def family(recall: str, norm: str, blocks: Any) -> str:
 
 
 def runs_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per run: :data:`COLUMNS` and ``hard_at``/``val_at`` (the paper's number: accuracy @:data:`AT`,
-    @1 for the untied baseline, :func:`paper_count`), ``hard_best``
-    (with ``hard_best_at``, the count), ``hard_last`` (at ``last``, the largest count), ``val_best``, ``recall_form``, ``family``, ``grad_spread``
-    (max / median gradient norm over training), ``name``; sorted by name."""
-    rows = []
-    for r in runs:
-        row = {"name": r.get("name")}
-        row.update({col: get(r, path) for col, path in COLUMNS.items()})
-        row["hard_at"], row["val_at"] = accuracy_at(r, "hard"), accuracy_at(r, "val")
-        row["hard_best"], row["hard_best_at"] = best(r, "hard")
-        counts, acc = _curve(r, "hard")
-        row["last"], row["hard_last"] = (counts[-1], acc[-1]) if acc else (math.nan, math.nan)
-        row["val_best"] = best(r, "val")[0]
-        row["recall_form"] = recall_form(r)
-        row["family"] = family(row["recall"], row["norm"], get(r, "train_config.blocks"))
-        rows.append(row)
-    frame = pd.DataFrame(rows, columns=["name", *COLUMNS, "hard_at", "val_at", "hard_best", "hard_best_at", "last",
-                                        "hard_last", "val_best", "recall_form", "family"])
-    numeric = [c for c in frame.columns if c not in ("name", "task", "recall", "norm", "regime", "preset", "commit",
-                                                     "command", "recall_form", "family")]
+    """One row per run, sorted by name: ``name``, :data:`COLUMNS` (accuracy @500 and the best over counts with
+    its count from the summary's ``eval.paper``/``eval.best``), ``recall_form`` (which internal recall:
+    the paper's ``"shared"`` pair or, also for a run whose configuration predates the option, ``"per_sublayer"``;
+    ``"—"`` for the other recalls), ``family`` (:func:`family`) and ``grad_spread`` (max / median
+    gradient norm over training)."""
+    frame = pd.DataFrame([{"name": r.get("name"), **{c: get(_with_paper_numbers(r), p) for c, p in COLUMNS.items()}}
+                          for r in runs], columns=["name", *COLUMNS])
+    numeric = [c for c in frame.columns if c not in TEXT]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
-    frame["grad_spread"] = frame["grad_max"] / frame["grad_median"]
+    internal = frame.recall == "internal"
+    frame["recall_form"] = frame.recall_maps.where(frame.recall_maps.notna(), "per_sublayer").where(internal, "—")
+    frame["family"] = [family(*x) for x in zip(frame.recall, frame.norm, frame.blocks.fillna(1))]
+    frame["grad_spread"] = frame.grad_max / frame.grad_median
     return frame.sort_values("name", kind="stable").reset_index(drop=True)
+
+
+def _long(runs: list[dict[str, Any]], rows) -> pd.DataFrame:
+    """A long-form table: a row per item of ``rows(run)`` (dicts), with the run's name and spec."""
+    return pd.DataFrame([{"name": r.get("name"), **{k: get(r, f"spec.{k}") for k in SPEC}, **row}
+                         for r in runs for row in rows(r)])
 
 
 def curves_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """The accuracy curves in long form: one row per run, split and test-time count."""
-    rows = []
-    for r in runs:
-        counts = get(r, "eval.curves.iters") or []
-        for split, acc in (get(r, "eval.curves.accuracy") or {}).items():
-            rows += [{"name": r.get("name"), "task": get(r, "spec.task"), "recall": get(r, "spec.recall"),
-                      "norm": get(r, "spec.norm"), "regime": get(r, "spec.regime"), "seed": get(r, "spec.seed"),
-                      "split": split, "iters": t, "accuracy": a} for t, a in zip(counts, acc)]
-    return pd.DataFrame(rows, columns=["name", "task", "recall", "norm", "regime", "seed", "split", "iters", "accuracy"])
+    return _long(runs, lambda r: [{"split": split, "iters": t, "accuracy": a}
+                                  for split, acc in (get(r, "eval.curves.accuracy") or {}).items()
+                                  for t, a in zip(get(r, "eval.curves.iters") or [], acc)])
 
 
 def traces_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """The stability monitor's records over training in long form (``fraction``: the probe's step over
     the run's steps), one row per run and probe; empty for runs trained without the monitor."""
-    rows = []
-    for r in runs:
-        stab = get(r, "traces.stability") or {}
-        steps = get(r, "train.steps") or get(r, "train_config.steps")
-        for values in stab.get("rows") or []:
-            rec = dict(zip(stab.get("fields") or [], values))
-            rows.append({"name": r.get("name"), "task": get(r, "spec.task"), "recall": get(r, "spec.recall"),
-                         "norm": get(r, "spec.norm"), "regime": get(r, "spec.regime"), "seed": get(r, "spec.seed"),
-                         "fraction": rec["step"] / steps, **{k: v for k, v in rec.items() if k != "step"}})
-    return pd.DataFrame(rows)
+    def rows(r):
+        stab, steps = get(r, "traces.stability") or {}, get(r, "train.steps") or get(r, "train_config.steps")
+        return [{"fraction": rec["step"] / steps, **rec} for rec in
+                (dict(zip(stab.get("fields") or [], values)) for values in stab.get("rows") or [])]
+
+    return _long(runs, rows)
+
+
+def ordered(frame: pd.DataFrame, by: tuple[str, ...] = ("recall", "norm", "seed"),
+            order: dict[str, tuple[str, ...]] = ROW_ORDER) -> pd.DataFrame:
+    """Rows sorted by the columns ``by``: those named in ``order`` in its order (values it lacks after them,
+    by name; default the paper's rows, :data:`ROW_ORDER`), the others by value."""
+    def key(values: pd.Series) -> pd.Series:
+        if values.name not in order:
+            return values
+        known = order[values.name]
+        return values.map(lambda v: f"{known.index(v) if v in known else len(known):03d} {v}")
+
+    return frame.sort_values(list(by), key=key, kind="stable")
+
+
+def paper_layout(frame: pd.DataFrame) -> pd.DataFrame:
+    """The paper's table of ``frame``'s runs: a row per recall × norm in the paper's order, per learning rate
+    the hard accuracy @:data:`AT` and, beside it, the best over counts: ``mean ± s.e.`` in % over seeds
+    (``± —`` for one seed; ``(n of m)`` where only n of the cell's m runs have the number)."""
+    def cell(x: pd.Series) -> str:
+        n, m = x.notna().sum(), len(x)
+        se = x.std(ddof=1) / n ** 0.5 if n > 1 else float("nan")
+        return "—" if n == 0 else f"{100 * x.mean():.1f} ± {'—' if se != se else f'{100 * se:.1f}'}" + (
+            f" ({n} of {m})" if n < m else "")
+
+    table = frame.pivot_table(index=["recall", "norm"], columns="lr", values=["hard_at", "hard_best"], aggfunc=cell)
+    table.columns = [f"lr {lr:g} {'@' + str(AT) if v == 'hard_at' else 'best'}" for v, lr in table.columns]
+    table = table.reset_index()
+    return ordered(table, ("recall", "norm"))[["recall", "norm", *sorted(table.columns[2:], key=lambda c: (
+        "best" in c, float(c.split()[1])))]].fillna("—")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m experiments.table", description="Print the paper's table "
+                                "(paper_layout) of the run summaries under a folder, for one task and regime.")
+    p.add_argument("summaries", help="folder of run summaries (e.g. results/seed_cpu), or of a sweep")
+    p.add_argument("--task", default="prefix_sums", help="the task whose runs to tabulate (default prefix_sums)")
+    p.add_argument("--regime", default="paper", help="the training regime (default paper, the paper's)")
+    a = p.parse_args(argv)
+    if not Path(a.summaries).is_dir():
+        p.error(f"no such folder: {a.summaries}")
+    frame = runs_frame(load_results(Path(a.summaries)))
+    frame = frame[(frame.task == a.task) & (frame.regime == a.regime)]
+    if frame.empty:
+        p.error(f"no runs of task {a.task!r} in regime {a.regime!r} under {a.summaries}")
+    print(paper_layout(frame).to_markdown(index=False, disable_numparse=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,5 +1,5 @@
 """The report's sections on sweeps kept apart from the main grid (experiments/report.py): the long
-chess run beside its baselines (experiments/chess_baselines.py), the recipes at another number of
+chess run beside its baselines, the recipes at another number of
 steps, the choice by preset, and the baselines line that a task without baselines must not print."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments import chess_baselines, report
+from experiments import report
 from experiments.summary import SummaryError
 
 
@@ -47,32 +47,32 @@ def squeeze(text: str) -> str:
 def test_the_model_against_both_baselines_by_hand():
     runs = [_chess(0, [0, .1, .2, .1]), _chess(1, [0, .05, .1, .1])]
     # mean best (0.2 + 0.1) / 2 = 15 % = 3.0× the 5 % random baseline; greedy 30 % is not beaten
-    assert chess_baselines.versus(runs) == (
+    assert report.baselines(runs)[1] == (
         "Hard (mean best over seeds): 15.0 % = 3.0× the random-legal baseline (5.0 %; target ≥ 3×: met); the greedy "
         "baseline scores 30.0 %: the model does not beat it.")
-    assert "2.0×" in chess_baselines.versus([_chess(0, [0, .1, .1, .1])])
-    assert "not met" in chess_baselines.versus([_chess(0, [0, .1, .1, .1])])
-    assert "beats it" in chess_baselines.versus([_chess(0, [0, .4, .4, .4])])
+    assert "2.0×" in report.baselines([_chess(0, [0, .1, .1, .1])])[1]
+    assert "not met" in report.baselines([_chess(0, [0, .1, .1, .1])])[1]
+    assert "beats it" in report.baselines([_chess(0, [0, .4, .4, .4])])[1]
     bare = _chess(0, [0, .1, .2, .1])
     bare["eval"]["baselines"] = {"val": {}, "hard": {}}
-    assert chess_baselines.versus([bare]) is None
+    assert report.baselines([bare]) == []
 
 
 def test_the_chess_section_prints_both_metrics_the_verdict_and_a_figure(tmp_path):
-    text = squeeze(report.section(Path("results/chess_long"), [_chess(0, [0, .1, .2, .1])], None, tmp_path / "plots",
+    text = squeeze(report.section(Path("results/chess_long"), [_chess(0, [0, .1, .2, .1])], tmp_path / "plots",
                                   tmp_path / "RESULTS.md"))
     assert "hard: random 5.0 / 6.0, greedy 30.0 / 32.0" in text and "20.0 % = 4.0× the random-legal" in text
-    # seed 0: val best 50 % (first at 12), hard best 20 % at 12, 10 % at the last count (48)
-    assert "| progressive | 0 | 50.0 | 20.0 (12) | 10.0 (48) |" in text
+    # seed 0: val best 50 % (first at 12), hard best 20 % at 12, no count 500: no paper number
+    assert "| progressive | 0 | 50.0 | 20.0 (12) | — |" in text
     assert "3000 steps" in text and "lichess" not in text  # where the data lay on one machine is not shown
     assert (tmp_path / "plots" / "chess_long.png").stat().st_size > 10_000
 
 
 def test_a_recipes_sweep_at_other_steps_gets_its_own_table(tmp_path):
     runs = [_recipe(s, g, h) for s, h in enumerate((1.0, 0.5)) for g in ("progressive", "phantom")]
-    text = squeeze(report.section(Path("results/recipes_1500"), runs, None, tmp_path, tmp_path / "R.md"))
+    text = squeeze(report.section(Path("results/recipes_1500"), runs, tmp_path, tmp_path / "R.md"))
     assert text.startswith("## prefix_sums: the fixed-point training recipes at another number of steps")
-    assert "| progressive | 0 | 100.0 | 100.0 (500) | 100.0 (500) | 100.0 / 40 | 100.0 / 30 | 10 |" in text
+    assert "| progressive | 0 | 100.0 | 100.0 (500) | 100.0 | 100.0 / 40 | 100.0 / 30 | 10 |" in text
     assert "| phantom | 1 | 100.0 | 50.0 (500) |" in text and "--steps 1500" in text
     assert text.index("| progressive | 1 |") < text.index("| phantom | 0 |")  # the presets' order of regimes
 
@@ -81,13 +81,13 @@ def test_sections_are_chosen_by_preset_and_a_mixed_folder_is_an_error(tmp_path):
     chess = [_chess(0, [0, .1, .2, .1])]
     other = dict(_chess(1, [0, 0, 0, 0]), preset="cpu")
     with pytest.raises(SummaryError, match="one preset of paper, recipes, chess, seed-cpu, seed-gpu; these are of chess, cpu"):
-        report.section(Path("x"), chess + [other], None, tmp_path, tmp_path / "R.md")
+        report.section(Path("x"), chess + [other], tmp_path, tmp_path / "R.md")
 
 
 def test_a_task_without_baselines_prints_no_baselines_line():
     sudoku = {"spec": {"task": "sudoku"}, "eval": {"baselines": {"val": {}, "hard": {}}, "n": {"val": 8}}}
-    assert chess_baselines.baselines_for(sudoku, None) is None
-    assert chess_baselines.baseline_line([sudoku], None) is None
+    assert report.baselines([sudoku]) == [] and report.baselines([{"eval": {}}]) == []
     chess = _chess(0, [0, 0, 0, 0])
-    chess["eval"]["baselines"]["hard"] = {}
-    assert chess_baselines.baselines_for(chess, None) == {"val": chess["eval"]["baselines"]["val"]}
+    chess["eval"]["baselines"]["hard"] = {}  # val only: its line, and no comparison on the hard split
+    lines = report.baselines([chess])
+    assert len(lines) == 1 and "val: random 5.0 / 6.0, greedy 30.0 / 32.0." in lines[0]
