@@ -4,7 +4,7 @@
 
 For each regime (the cpu preset's training fields, internal recall, post norm) and each
 ``--stability-every`` N: one training run of ``--steps`` steps with the monitor on (its default
-probe of 16 val examples, 4 subspace iterations) and one run with it off per regime. Printed side by side: the
+probe of 16 val examples, ρ to a residual of 1e-3 in at most 24 products, warm-started) and one run with it off per regime. Printed side by side: the
 training time (the monitored run's wall time minus the monitor's own time), the monitor's time,
 their ratio, and the wall-time ratio of the monitored run to the unmonitored one (noisier: two
 runs). No evaluation, no checkpoints; one torch thread.

@@ -130,7 +130,7 @@ def test_the_authors_condition_divides_by_the_eleventh_singular_value():
 def test_the_monitor_records_them():
     model = tiny_model("external").double()
     x = torch.randint(0, 5, (2, 3), generator=torch.Generator().manual_seed(1))
-    record = StabilityMonitor(model, x, seed=0, power_iters=1, max_iter=5).measure(3)
+    record = StabilityMonitor(model, x, seed=0, eig_matvecs=3, max_iter=5).measure(3)
     want = weight_diagnostics(model)
     assert {k: record[k] for k in want} == want
 

@@ -67,17 +67,17 @@ def dense_radius(model, z, e) -> np.ndarray:
 
 
 @pytest.mark.parametrize("recall", RECALLS)
-def test_subspace_iteration_matches_the_dense_spectral_radius(recall):
+def test_the_estimate_matches_the_dense_spectral_radius(recall):
     model = tiny_model(recall)
     x = inputs()
     z, e = fixed_point(model, x)
     exact = dense_radius(model, z, e)
-    monitor = StabilityMonitor(model, x, seed=0, block=4)
-    radius, residual = monitor.spectral_radius(z, e, torch.Generator().manual_seed(0), iters=300)
-    # enough iterations: within 1e-4 relative of the dense ρ, and the Ritz pair says so too
-    np.testing.assert_allclose(radius.numpy(), exact, rtol=1e-4)
-    assert float(residual.max()) < 1e-3
-    assert monitor.basis.shape == (4, z[0].numel(), 4)  # the warm start for the next measurement
+    monitor = StabilityMonitor(model, x, seed=0)
+    est = monitor.spectral_radius(z, e, seed=0, tol=1e-10, max_matvecs=300)
+    # to a tight tolerance: within 1e-8 relative of the dense ρ, and the Ritz pair says so too
+    np.testing.assert_allclose(est.radius.numpy(), exact, rtol=1e-8)
+    assert est.converged.all() and float(est.residual.max()) < 1e-10
+    assert monitor.basis.shape == (4, z[0].numel(), 2)  # the warm start for the next measurement
 
 
 def _perturb(model, seed: int, scale: float = 1e-3) -> None:
@@ -89,21 +89,22 @@ def _perturb(model, seed: int, scale: float = 1e-3) -> None:
 
 
 @pytest.mark.parametrize("recall", RECALLS)
-def test_the_warm_start_gives_a_better_estimate_for_the_same_work(recall):
+def test_the_warm_start_reaches_the_tolerance_in_fewer_products(recall):
     model = tiny_model(recall)
     x = inputs()
     warm = StabilityMonitor(model, x, seed=0)
-    warm.measure(1)  # the previous probe: 4 iterations from a random start
+    warm.measure(1)  # the previous probe, from a random start
     _perturb(model, seed=7)
     z, e = fixed_point(model, x)
     exact = dense_radius(model, z, e)
     cold = StabilityMonitor(model, x, seed=0)
-    gen = lambda: torch.Generator().manual_seed(9)
-    (rho_w, res_w), (rho_c, res_c) = warm.spectral_radius(z, e, gen()), cold.spectral_radius(z, e, gen())
-    err_warm, err_cold = np.abs(rho_w.numpy() - exact), np.abs(rho_c.numpy() - exact)
-    assert err_cold.mean() > 1e-2  # a meaningful comparison: 4 cold iterations have not converged
-    assert err_warm.mean() < 0.5 * err_cold.mean()  # the same 4 iterations (8 JVPs), warm: a better estimate
-    assert (res_w < res_c).all()
+    est_w, est_c = warm.spectral_radius(z, e, seed=9), cold.spectral_radius(z, e, seed=9)
+    assert est_w.converged.all() and est_c.converged.all()  # both to the monitor's eig_tol (1e-3)
+    np.testing.assert_allclose(est_w.radius.numpy(), exact, rtol=1e-2)
+    np.testing.assert_allclose(est_c.radius.numpy(), exact, rtol=1e-2)
+    # the same answer for less work (measured, recall none / external / internal: 44 / 48 / 53
+    # products cold, 32 / 23 / 25 warm)
+    assert int(est_w.matvecs.sum()) <= 0.8 * int(est_c.matvecs.sum())
 
 
 def test_a_resumed_monitor_continues_from_its_saved_basis():

@@ -63,10 +63,9 @@ class AnalysisOptions:
 
     Eigenvalues and norms (J's spectrum, σ_max, ‖(I − J)⁻¹‖):
         eig_method: one of ``EIG_METHODS`` (``"krylov"`` batched Krylov–Schur, ``"arpack"``
-            per example with a power-iteration fallback, ``"power"``).
+            per example with a Krylov–Schur fallback).
         eig_k: leading eigenvalues kept per example; eig_ncv: Krylov dimension;
-        eig_tol: relative residual of the leading eigenpair; eig_maxiter: restarts (power
-            iterations for ``"power"``).
+        eig_tol: relative residual of the leading eigenpair; eig_maxiter: restarts.
         resolvent_method: one of ``RESOLVENT_METHODS``: ``"normal"`` (smallest eigenvalue of
             (I − J)ᵀ(I − J); cheap, limited to moderate condition numbers in float32) or
             ``"inverse"`` (largest of (I − J)⁻¹(I − J)⁻ᵀ; two linear solves per product).

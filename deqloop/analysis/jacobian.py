@@ -28,7 +28,7 @@ from torch import Tensor
 
 from deqloop.validate import choice
 
-from deqloop.analysis.krylov import EigenEstimate, block_power, krylov_schur
+from deqloop.analysis.krylov import EigenEstimate, krylov_schur, real_basis, warm_start
 
 __all__ = [
     "EIG_METHODS",
@@ -38,7 +38,7 @@ __all__ = [
     "leading_eigenvalues",
 ]
 
-EIG_METHODS = ("krylov", "arpack", "power")
+EIG_METHODS = ("krylov", "arpack")
 OPERATOR_KINDS = ("J", "JT", "JTJ", "I-J", "I-JT", "(I-J)T(I-J)")
 
 Step = Callable[[Tensor, Tensor], Tensor]
@@ -192,6 +192,8 @@ def leading_eigenvalues(
     ncv: int = 20,
     tol: float = 1e-6,
     maxiter: int = 100,
+    max_matvecs: int | None = None,
+    start: Tensor | None = None,
     seed: int = 0,
 ) -> EigenEstimate:
     """The ``k`` eigenvalues of largest modulus of each example's ``J``; ``.radius`` is ρ(J).
@@ -199,34 +201,35 @@ def leading_eigenvalues(
     Methods (``EIG_METHODS``):
 
     * ``"krylov"`` — batched Krylov–Schur over all examples at once (:func:`krylov_schur`):
-      Krylov dimension ``ncv``, at most ``maxiter`` restarts, leading Ritz pair residual ``tol``.
+      Krylov dimension ``ncv``, at most ``maxiter`` restarts and ``max_matvecs`` products per
+      example, leading Ritz pair residual ``tol``.
     * ``"arpack"`` — ``scipy.sparse.linalg.eigs`` per example (``k``, ``ncv``, ``tol``,
       ``maxiter`` are ARPACK's); examples where ARPACK does not converge fall back to
-      ``"power"``.
-    * ``"power"`` — batched block power iteration on ``max(k, 2)`` vectors, ``maxiter`` steps.
+      ``"krylov"`` (Krylov dimension at least 20, at least 100 restarts).
+
+    ``start``: ``(B, n, k')`` the ``vectors`` of an earlier estimate at a nearby point, a warm start
+    (see :func:`~deqloop.analysis.krylov.warm_start`); ``None``: random start vectors drawn from
+    ``seed``.
     """
     choice("eigenvalue method", method, EIG_METHODS)
     gen = torch.Generator().manual_seed(seed)
     B, n = jac.batch, jac.dim
+    if start is not None and tuple(start.shape[:2]) != (B, n):
+        raise ValueError(f"warm-start vectors of shape {tuple(start.shape)} do not fit {B} examples of dimension {n}")
+    v0 = random_start((B, n), gen, jac.dtype, jac.device) if start is None else start.to(jac.dtype).to(jac.device)
     if method == "krylov":
-        v0 = random_start((B, n), gen, jac.dtype, jac.device)
-        return krylov_schur(jac.operator("J"), v0, nev=k, ncv=ncv, tol=tol, maxiter=maxiter, generator=gen)
-    if method == "power":
-        return _power(jac.operator("J"), B, n, k, tol, maxiter, gen, jac)
-    return _arpack(jac, k=k, ncv=ncv, tol=tol, maxiter=maxiter, generator=gen)
+        return krylov_schur(jac.operator("J"), v0, nev=k, ncv=ncv, tol=tol, maxiter=maxiter,
+                            max_matvecs=max_matvecs, generator=gen)
+    return _arpack(jac, v0, k=k, ncv=ncv, tol=tol, maxiter=maxiter, generator=gen)
 
 
-def _power(op, B, n, k, tol, maxiter, gen, jac) -> EigenEstimate:
-    p = min(max(k, 2), n)
-    X0 = random_start((B, n, p), gen, jac.dtype, jac.device)
-    return block_power(op, X0, nev=min(k, p), tol=tol, maxiter=maxiter)
-
-
-def _arpack(jac: LoopJacobian, *, k: int, ncv: int, tol: float, maxiter: int, generator: torch.Generator) -> EigenEstimate:
+def _arpack(jac: LoopJacobian, start: Tensor, *, k: int, ncv: int, tol: float, maxiter: int,
+            generator: torch.Generator) -> EigenEstimate:
     from deqloop.extras import require
 
     require("scipy", "eig_method='arpack'")
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
+
 
     B, n = jac.batch, jac.dim
     if n < 3:
@@ -237,7 +240,9 @@ def _arpack(jac: LoopJacobian, *, k: int, ncv: int, tol: float, maxiter: int, ge
     conv = np.zeros(B, dtype=bool)
     res = np.full(B, np.inf)
     matvecs = np.zeros(B, dtype=np.int64)
+    vectors = torch.zeros(B, n, k, dtype=jac.dtype, device=jac.device)
     methods = ["arpack"] * B
+    v0s = (warm_start(start, generator) if start.dim() == 3 else start).double().cpu().numpy()
     for b in range(B):
         sub = jac.select(torch.tensor([b]))
         count = [0]
@@ -248,9 +253,8 @@ def _arpack(jac: LoopJacobian, *, k: int, ncv: int, tol: float, maxiter: int, ge
             return sub.jvp(t.to(dtype=jac.dtype, device=jac.device))[0].double().cpu().numpy()
 
         op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-        v0 = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
         try:
-            w, Y = eigs(op, k=k_eff, which="LM", ncv=ncv_eff, tol=tol, maxiter=maxiter, v0=v0)
+            w, Y = eigs(op, k=k_eff, which="LM", ncv=ncv_eff, tol=tol, maxiter=maxiter, v0=v0s[b])
             ok = True
         except ArpackNoConvergence as err:
             w, Y, ok = err.eigenvalues, err.eigenvectors, False
@@ -262,25 +266,26 @@ def _arpack(jac: LoopJacobian, *, k: int, ncv: int, tol: float, maxiter: int, ge
             lead = max(abs(w[0]), np.finfo(float).tiny)
             vals[b, : len(w)] = w[:k]
             res[b] = np.linalg.norm(Jy - w[0] * y) / lead
+            vectors[b] = torch.from_numpy(real_basis(Y, k)).to(vectors)
         conv[b] = ok and len(w) > 0
         matvecs[b] = count[0]
     failed = np.flatnonzero(~conv)
     if len(failed):
         idx = torch.as_tensor(failed)
-        sub = jac.select(idx)
-        fb = _power(sub.operator("J"), len(failed), n, k, tol, max(maxiter, 1000), generator, jac)
-        kk = fb.eigenvalues.shape[1]
-        vals[failed] = np.nan + 1j * np.nan
-        vals[failed, :kk] = fb.eigenvalues.numpy()
+        fb = krylov_schur(jac.select(idx).operator("J"), start[idx.to(start.device)], nev=k, ncv=max(ncv, k + 1, 20),
+                          tol=tol, maxiter=max(maxiter, 100), generator=generator)
+        vals[failed] = fb.eigenvalues.numpy()
         conv[failed] = fb.converged.numpy()
         res[failed] = fb.residual.numpy()
         matvecs[failed] += fb.matvecs.numpy()
+        vectors[idx.to(vectors.device)] = fb.vectors
         for b in failed:
-            methods[b] = "arpack→power"
+            methods[b] = "arpack→krylov"
     return EigenEstimate(
         eigenvalues=torch.from_numpy(vals),
         converged=torch.from_numpy(conv),
         residual=torch.from_numpy(res),
         matvecs=torch.from_numpy(matvecs),
         method=methods,
+        vectors=vectors,
     )

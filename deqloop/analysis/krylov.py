@@ -5,11 +5,12 @@ loop's Jacobian mixes tokens within an example but never across examples). One c
 gives every example's product at once, and the methods here run all examples in lockstep, each
 with its own convergence test:
 
-* :func:`krylov_schur` — leading eigenvalues (largest modulus) by the Krylov–Schur method
-  (Stewart 2002), the restarted Arnoldi iteration ARPACK's implicit restart is equivalent to.
-* :func:`block_power` — subspace (block power) iteration with Rayleigh–Ritz; slow but simple, the
-  fallback when ARPACK does not converge. :func:`subspace_radius` is the same step
-  (:func:`ritz_step`) a fixed number of times, warm-startable (the training-time monitor's).
+* :func:`krylov_schur` — leading eigenvalues (largest or smallest modulus) by the Krylov–Schur
+  method (Stewart 2002), the restarted Arnoldi iteration ARPACK's implicit restart is equivalent
+  to. It is the library's one eigenvalue estimator: ρ(∂f/∂z) for ``deqloop analyze``, the
+  training-time stability monitor and :func:`deqloop.tools.spectral_radius`, and σ_max and
+  ‖(I − J)⁻¹‖ (:mod:`deqloop.analysis.norms`). Its result carries the vectors to warm-start the
+  next call from (the monitor's estimate every few training steps starts from the last one).
 * :func:`~deqloop.analysis.gmres.gmres` (its own module) — restarted GMRES for A x = b.
 
 An operator may have a ``select(index)`` method returning the same operator for the rows
@@ -31,15 +32,7 @@ from torch import Tensor
 from deqloop.extras import require
 from deqloop.validate import integer, number
 
-__all__ = [
-    "BatchedOperator",
-    "EigenEstimate",
-    "block_power",
-    "krylov_schur",
-    "restrict",
-    "ritz_step",
-    "subspace_radius",
-]
+__all__ = ["BatchedOperator", "EigenEstimate", "krylov_schur", "restrict", "warm_start"]
 
 
 class BatchedOperator(Protocol):
@@ -81,7 +74,11 @@ class EigenEstimate:
         converged: ``(B,)`` bool, the leading pair met the tolerance.
         residual: ``(B,)`` float64 ``‖A y − θ y‖ / |θ|`` of the leading Ritz pair (‖y‖ = 1).
         matvecs: ``(B,)`` int64 operator applications spent on each example.
-        method: which method produced each example's answer (``"krylov"``, ``"arpack"``, ...).
+        method: which method produced each example's answer (``"krylov"``, ``"arpack"``,
+            ``"arpack→krylov"``).
+        vectors: ``(B, n, k)`` orthonormal columns spanning the wanted eigenvectors' real and
+            imaginary parts (zero columns where fewer were found): the ``start`` that warm-starts
+            the next estimate of a nearby operator.
     """
 
     eigenvalues: Tensor
@@ -89,6 +86,7 @@ class EigenEstimate:
     residual: Tensor
     matvecs: Tensor
     method: list[str]
+    vectors: Tensor
 
     @property
     def radius(self) -> Tensor:
@@ -118,18 +116,20 @@ def _check_tol(name: str, value: float) -> float:
     return number(name, value, low=0, high=1, high_open=True)
 
 
+
+
 # ----------------------------------------------------------------------------------------------
 # Eigenvalues: Krylov–Schur
 
 
-def _ritz(Hb: np.ndarray, rb: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray]:
+def _ritz(Hb: np.ndarray, rb: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Ritz values of ``Hb``, wanted ones first (by decreasing modulus for ``"LM"``, increasing
-    for ``"SM"``), and the residual norms ``|rbᵀ y|`` of their pairs."""
+    for ``"SM"``), the residual norms ``|rbᵀ y|`` of their pairs and the unit vectors ``y``."""
     w, Y = _linalg().eig(Hb)
     order = np.argsort(-np.abs(w) if which == "LM" else np.abs(w), kind="stable")
     w, Y = w[order], Y[:, order]
     Y = Y / np.linalg.norm(Y, axis=0, keepdims=True)
-    return w, np.abs(rb @ Y)
+    return w, np.abs(rb @ Y), Y
 
 
 def _keep_count(mods: np.ndarray, target: int) -> int:
@@ -146,34 +146,79 @@ def _keep_count(mods: np.ndarray, target: int) -> int:
     return s
 
 
+def real_basis(Y: np.ndarray, k: int) -> np.ndarray:
+    """``(n, k)`` orthonormal columns spanning the real and imaginary parts of the first ``k``
+    (complex) eigenvectors ``Y`` ``(n, ≥k)`` (a conjugate pair gives its real and imaginary part
+    once); zero columns beyond the rank."""
+    n = Y.shape[0]
+    cols = []
+    for y in Y[:, :k].T:
+        cols.append(y.real)
+        if np.abs(y.imag).max() > 1e-12 * np.abs(y).max():
+            cols.append(y.imag)
+    out = np.zeros((n, k))
+    if not cols:
+        return out
+    Q, R = np.linalg.qr(np.stack(cols, axis=1))
+    d = np.abs(np.diag(R))
+    keep = np.flatnonzero(d > 1e-10 * max(d.max(), np.finfo(float).tiny))[:k]
+    out[:, : len(keep)] = Q[:, keep]
+    return out
+
+
+def warm_start(vectors: Tensor, generator: torch.Generator | None = None, mix: float = 1e-2) -> Tensor:
+    """One start vector per example ``(B, n)`` from a previous estimate's ``vectors`` ``(B, n, k)``:
+    their sum (a vector in the previous leading invariant subspace, touching every wanted
+    direction) plus a random part of relative size ``mix``, so that no direction is missing from the
+    start (an eigenvalue that overtakes the previous leading ones is found as the iteration
+    amplifies its component). An all-zero ``vectors`` row gives a random start."""
+    if vectors.dim() != 3:
+        raise ValueError(f"warm-start vectors must be (B, n, k), got shape {tuple(vectors.shape)}")
+    number("mix", mix, low=0, low_open=True)
+    B, n, _ = vectors.shape
+    where = generator.device if generator is not None else vectors.device
+    r = torch.randn(B, n, dtype=torch.float64, device=where, generator=generator).to(vectors)
+    v = _unit(vectors.sum(dim=2))
+    return v + mix * _unit(r)
+
+
 def krylov_schur(
     op: BatchedOperator,
-    v0: Tensor,
+    start: Tensor,
     *,
     nev: int = 6,
     ncv: int = 20,
     tol: float = 1e-6,
     maxiter: int = 100,
+    max_matvecs: int | None = None,
     generator: torch.Generator | None = None,
     which: str = "LM",
 ) -> EigenEstimate:
     """The ``nev`` eigenvalues of largest (``which="LM"``) or smallest (``"SM"``) modulus of every
     example's operator.
 
-    Each example keeps a Krylov–Schur decomposition ``A V = V S + v bᵀ`` of size up to ``ncv``;
-    a cycle extends it by Arnoldi steps (one batched ``op`` call per step for all examples), takes
-    the eigenvalues of ``S`` (Ritz values) and, unless converged, restarts by keeping the Schur
-    vectors of the wanted Ritz values (complex pairs are never split). An example has
-    converged when its leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|``; it then leaves the batch.
+    Each example keeps a Krylov–Schur decomposition ``A V = V S + v bᵀ`` of size up to ``ncv``,
+    extended by one Arnoldi step (one batched ``op`` call for all examples) at a time. After each
+    step from ``nev + 1`` columns on, the eigenvalues of ``S`` (Ritz values) are taken, and an
+    example has converged when its leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|`` and, before the
+    basis is full, θ has moved by at most ``tol·|θ|`` since the previous step (a non-normal
+    operator's θ can be far off at a small residual); it then leaves the batch. A full decomposition restarts by keeping the Schur vectors of the wanted Ritz values
+    (complex pairs are never split). After an exact invariant subspace (breakdown) the iteration
+    goes on from a random direction, and convergence is judged only when the basis is full.
 
     Args:
         op: batched operator ``(b, n) → (b, n)``.
-        v0: ``(B, n)`` start vectors (need not be normalized).
+        start: ``(B, n)`` start vectors (need not be normalized), or ``(B, n, k)`` a previous
+            result's ``vectors``: a warm start (:func:`warm_start`), which reaches the tolerance in
+            fewer products when the operator has changed little since.
         nev: eigenvalues to return (the leading one decides convergence).
         ncv: Krylov dimension (``> nev``; capped at ``n``).
         tol: relative residual of the leading Ritz pair.
         maxiter: restart cycles at most.
-        generator: random vectors that replace the basis after an (exact) invariant subspace.
+        max_matvecs: products per example at most (``None``: no limit but ``maxiter``); an example
+            that spends them stops with its current estimate, unconverged unless within ``tol``.
+        generator: random vectors (a warm start's random part; a fresh direction after a
+            breakdown).
         which: ``"LM"`` largest modulus; ``"SM"`` smallest modulus, which Krylov methods find
             reliably only at the edge of a real spectrum (e.g. the bottom of a symmetric positive
             semi-definite operator's).
@@ -181,107 +226,121 @@ def krylov_schur(
     integer("nev", nev, 1)
     integer("ncv", ncv, 2)
     integer("maxiter", maxiter, 1)
+    if max_matvecs is not None:
+        integer("max_matvecs", max_matvecs, 1)
     tol = _check_tol("tol", tol)
     if ncv <= nev:
         raise ValueError(f"ncv ({ncv}) must exceed nev ({nev})")
     if which not in ("LM", "SM"):
         raise ValueError(f"which must be 'LM' or 'SM', got {which!r}")
-    B, n = v0.shape
-    dtype, device = v0.dtype, v0.device
+    if start.dim() == 3:
+        start = warm_start(start, generator)
+    elif start.dim() != 2:
+        raise ValueError(f"start must be (B, n) vectors or (B, n, k) warm-start vectors, got shape {tuple(start.shape)}")
+    B, n = start.shape
+    dtype, device = start.dtype, start.device
     m = min(ncv, n)
     nev_out = nev
     nev = min(nev, m)
     target = min(m - 1, max(nev + 1, (m + nev) // 2))
+    check_from = min(m, nev + 1)
     eps = torch.finfo(dtype).eps
 
     vals = np.full((B, nev_out), np.nan + 1j * np.nan, dtype=np.complex128)
     conv = np.zeros(B, dtype=bool)
     res = np.full(B, np.inf)
     matvecs = np.zeros(B, dtype=np.int64)
+    vectors = torch.zeros(B, n, nev_out, dtype=dtype, device=device)
 
     rows = np.arange(B)  # original index of each active example
     A = op
     V = torch.zeros(B, m + 1, n, dtype=dtype, device=device)  # (b, m+1, n) basis, zero beyond use
-    V[:, 0] = _unit(v0)
+    V[:, 0] = _unit(start)
     H = np.zeros((B, m + 1, m))  # (b, m+1, m) Rayleigh quotient S on top, bᵀ in the row below
-    start = np.zeros(B, dtype=np.int64)  # kept vectors; the next column to expand
+    size = np.zeros(B, dtype=np.int64)  # columns of the decomposition; the next column to expand
+    cycle = np.zeros(B, dtype=np.int64)  # restarts so far
+    broke = np.zeros(B, dtype=bool)  # a breakdown in this cycle: judged only when the basis is full
+    last = np.full(B, np.nan, dtype=np.complex128)  # the leading Ritz value at the last check
 
-    for cycle in range(maxiter):
-        steps = m - int(start.max())
+    while len(rows):
         b = len(rows)
         ar = torch.arange(b, device=device)
-        for t in range(steps):
-            col = torch.as_tensor(start + t, device=device)
-            w = A(V[ar, col])  # (b, n)
-            matvecs[rows] += 1
-            w0 = w.norm(dim=1)
-            w, h = _orthogonalize(V, w)
-            beta = w.norm(dim=1)
-            broke = beta <= 10 * eps * w0
-            if bool(broke.any()):  # invariant subspace: continue from a fresh orthogonal direction
-                # drawn where the generator lives (the callers' is a CPU one), then moved
-                where = generator.device if generator is not None else device
-                r = torch.randn(b, n, dtype=dtype, device=where, generator=generator).to(device)
-                r, _ = _orthogonalize(V, r)
-                rn = r.norm(dim=1, keepdim=True)
-                r = torch.where(rn > 1e-3, r / rn.clamp_min(eps), torch.zeros_like(r))
-                w = torch.where(broke[:, None], r, w / beta[:, None].clamp_min(torch.finfo(dtype).tiny))
-                beta = torch.where(broke, torch.zeros_like(beta), beta)
-            else:
-                w = w / beta[:, None]
-            V[ar, col + 1] = w
-            hc = h.double().cpu().numpy()
-            cols = start + t
-            H[np.arange(b), :, cols] = hc
-            H[np.arange(b), cols + 1, cols] = beta.double().cpu().numpy()
+        col = torch.as_tensor(size, device=device)
+        w = A(V[ar, col])  # (b, n)
+        matvecs[rows] += 1
+        w0 = w.norm(dim=1)
+        w, h = _orthogonalize(V, w)
+        beta = w.norm(dim=1)
+        brk = beta <= 10 * eps * w0
+        if bool(brk.any()):  # invariant subspace: continue from a fresh orthogonal direction
+            # drawn where the generator lives (the callers' is a CPU one), then moved
+            where = generator.device if generator is not None else device
+            r = torch.randn(b, n, dtype=dtype, device=where, generator=generator).to(device)
+            r, _ = _orthogonalize(V, r)
+            rn = r.norm(dim=1, keepdim=True)
+            r = torch.where(rn > 1e-3, r / rn.clamp_min(eps), torch.zeros_like(r))
+            w = torch.where(brk[:, None], r, w / beta[:, None].clamp_min(torch.finfo(dtype).tiny))
+            beta = torch.where(brk, torch.zeros_like(beta), beta)
+            broke |= brk.cpu().numpy()
+        else:
+            w = w / beta[:, None]
+        V[ar, col + 1] = w
+        H[np.arange(b), :, size] = h.double().cpu().numpy()
+        H[np.arange(b), size + 1, size] = beta.double().cpu().numpy()
+        size += 1
 
-        size = start + steps
-        last = cycle == maxiter - 1
         finished = np.zeros(b, dtype=bool)
-        P = np.zeros((b, m + 1, m + 1))  # restart map: new basis = Pᵀ · old basis
-        H_next = np.zeros_like(H)
-        start_next = start.copy()
+        restarted = []
+        P = np.zeros((b, m + 1, m + 1))  # restart map of the restarted rows: new basis = Pᵀ · old basis
         for i in range(b):
-            mb = int(size[i])
-            Hb, rb = H[i, :mb, :mb], H[i, mb, :mb]
-            w, rr = _ritz(Hb, rb, which)
+            mb, g = int(size[i]), rows[i]
+            full = mb == m
+            spent = max_matvecs is not None and matvecs[g] >= max_matvecs
+            if not (full or spent or (mb >= check_from and not broke[i])):
+                continue
+            Hb, rb = H[i, :mb, :mb].copy(), H[i, mb, :mb].copy()
+            w, rr, Y = _ritz(Hb, rb, which)
             k = min(nev, mb)
-            g = rows[i]
+            vals[g] = np.nan + 1j * np.nan
             vals[g, :k] = w[:k]
             lead = max(abs(w[0]), np.finfo(float).tiny)
             res[g] = rr[0] / lead
-            conv[g] = rr[0] <= tol * lead
-            if conv[g] or last:
-                finished[i] = True
+            # before the basis is full, the leading Ritz value must also have settled since the last
+            # step: a small residual alone can stop early at an inaccurate θ of a non-normal operator
+            settled = full or abs(w[0] - last[g]) <= tol * lead
+            conv[g] = rr[0] <= tol * lead and settled
+            last[g] = w[0]
+            if not (conv[g] or spent or full):
                 continue
             s = _keep_count(np.abs(w), max(1, min(target, mb - 1)))
-            if s >= mb:
-                finished[i] = True  # nothing left to restart with
-                continue
-            thr = 0.5 * (abs(w[s - 1]) + abs(w[s]))
-            if which == "LM":
-                T, Z, sdim = _linalg().schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) > thr)
-            else:
-                T, Z, sdim = _linalg().schur(Hb, output="real", sort=lambda re, im: np.hypot(re, im) < thr)
-            if not 0 < sdim < mb:
+            sdim = 0
+            if not (conv[g] or spent or cycle[i] == maxiter - 1 or s >= mb):
+                thr = 0.5 * (abs(w[s - 1]) + abs(w[s]))
+                keep = (lambda re, im: np.hypot(re, im) > thr) if which == "LM" else (lambda re, im: np.hypot(re, im) < thr)
+                T, Z, sdim = _linalg().schur(Hb, output="real", sort=keep)
+            if not 0 < sdim < mb:  # converged, out of products or restarts, or nothing to restart with
                 finished[i] = True
+                basis = torch.from_numpy(real_basis(Y, min(nev_out, mb))).to(dtype=dtype, device=device)
+                vectors[g, :, : basis.shape[1]] = V[i, :mb].T @ basis
                 continue
             Q = Z[:, :sdim]
-            H_next[i, :sdim, :sdim] = T[:sdim, :sdim]
-            H_next[i, sdim, :sdim] = rb @ Q
+            H[i] = 0.0
+            H[i, :sdim, :sdim] = T[:sdim, :sdim]
+            H[i, sdim, :sdim] = rb @ Q
             P[i, :mb, :sdim] = Q
             P[i, mb, sdim] = 1.0
-            start_next[i] = sdim
-        if finished.all():
-            break
-        Pt = torch.from_numpy(P).to(device=device, dtype=dtype).transpose(1, 2)
-        V = torch.bmm(Pt, V)  # (b, m+1, n)
-        H, start = H_next, start_next
+            size[i], cycle[i], broke[i] = sdim, cycle[i] + 1, False
+            restarted.append(i)
+        if restarted:
+            idx = torch.as_tensor(restarted, device=device)
+            Pt = torch.from_numpy(P[restarted]).to(device=device, dtype=dtype).transpose(1, 2)
+            V[idx] = torch.bmm(Pt, V[idx])  # (r, m+1, n)
         if finished.any():
             keep = np.flatnonzero(~finished)
             index = torch.as_tensor(keep, device=device)
-            A = restrict(A, index, b)
-            V, H, start, rows = V[index], H[keep], start[keep], rows[keep]
+            if len(keep):
+                A = restrict(A, index, b)
+            V, H, size, cycle, broke, rows = V[index], H[keep], size[keep], cycle[keep], broke[keep], rows[keep]
 
     return EigenEstimate(
         eigenvalues=torch.from_numpy(vals),
@@ -289,95 +348,5 @@ def krylov_schur(
         residual=torch.from_numpy(res),
         matvecs=torch.from_numpy(matvecs),
         method=["krylov"] * B,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# Eigenvalues: block power iteration
-
-
-def ritz_step(op: BatchedOperator, X: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """One step of subspace iteration with Rayleigh–Ritz from the orthonormal basis ``X`` ``(b, n, p)``:
-    ``Y = A X``, the eigenvalues ``w`` ``(b, p)`` of ``XᵀY`` (float64, complex) by decreasing modulus,
-    and the leading pair's relative residual ``‖A y − θ y‖ / (|θ|‖y‖)`` ``(b,)``. Returns ``(w, residual, Y)``."""
-    B, _, p = X.shape
-    Y = torch.stack([op(X[:, :, j]) for j in range(p)], dim=2)  # (b, n, p)
-    Xd, Yd = X.double(), Y.double()
-    w, S = torch.linalg.eig(Xd.transpose(1, 2) @ Yd)  # Ritz values and vectors, (b, p), (b, p, p)
-    order = torch.argsort(-w.abs(), dim=1, stable=True)
-    w = w.gather(1, order)
-    s = S.gather(2, order[:, :1, None].expand(B, p, 1))  # the leading Ritz vector, (b, p, 1)
-    y, Ay = Xd.to(s.dtype) @ s, Yd.to(s.dtype) @ s
-    theta = w[:, 0]
-    tiny = torch.finfo(torch.float64).tiny
-    residual = (Ay - theta[:, None, None] * y).norm(dim=(1, 2)) / (theta.abs() * y.norm(dim=(1, 2))).clamp_min(tiny)
-    return w, residual, Y
-
-
-def subspace_radius(op: BatchedOperator, X: Tensor, iters: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``iters`` steps of :func:`ritz_step` for the leading eigenvalue of every example's operator from
-    the basis ``X`` ``(B, n, p)`` (``p ≥ 2`` follows a complex-conjugate pair), all examples for
-    every step: the cheap, warm-startable estimate of the training-time stability monitor.
-    Returns ``(radius, residual, basis)``: ``(B,)`` float64 |θ| of the leading Ritz value and its
-    relative residual, and the next basis (orthonormalised ``A X``) to warm-start from."""
-    integer("iters", iters)
-    X = torch.linalg.qr(X).Q
-    radius = residual = None
-    for _ in range(iters):
-        w, residual, Y = ritz_step(op, X)
-        radius = w[:, 0].abs()
-        X = torch.linalg.qr(Y).Q
-    return radius.cpu(), residual.cpu(), X
-
-
-def block_power(
-    op: BatchedOperator,
-    X0: Tensor,
-    *,
-    nev: int = 1,
-    tol: float = 1e-6,
-    maxiter: int = 1000,
-) -> EigenEstimate:
-    """Leading eigenvalues by subspace iteration on ``p`` vectors with Rayleigh–Ritz (:func:`ritz_step`).
-
-    ``X0`` is ``(B, n, p)``; ``p ≥ 2`` captures a dominant complex-conjugate pair. Each iteration
-    applies ``op`` to the ``p`` columns, takes the eigenvalues of the ``p × p`` projection and
-    re-orthonormalizes. It converges at the rate ``|λ_{p+1}| / |λ_1|``; an example stops (and is
-    no longer evaluated) when its leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|·‖y‖``.
-    """
-    integer("nev", nev, 1)
-    integer("maxiter", maxiter, 1)
-    tol = _check_tol("tol", tol)
-    B, n, p = X0.shape
-    if nev > p:
-        raise ValueError(f"nev ({nev}) must not exceed the block size ({p})")
-    device = X0.device
-    vals = np.full((B, nev), np.nan + 1j * np.nan, dtype=np.complex128)
-    conv = np.zeros(B, dtype=bool)
-    res = np.full(B, np.inf)
-    matvecs = np.zeros(B, dtype=np.int64)
-    rows = np.arange(B)
-    A = op
-    X = torch.linalg.qr(X0).Q  # (b, n, p)
-    for it in range(maxiter):
-        w, r, Y = ritz_step(A, X)
-        matvecs[rows] += p
-        vals[rows] = w[:, :nev].cpu().numpy()
-        res[rows] = r.cpu().numpy()
-        finished = res[rows] <= tol
-        conv[rows] = finished
-        if finished.all() or it == maxiter - 1:
-            break
-        X = torch.linalg.qr(Y).Q
-        if finished.any():
-            keep = np.flatnonzero(~finished)
-            index = torch.as_tensor(keep, device=device)
-            A = restrict(A, index, len(rows))
-            X, rows = X[index], rows[keep]
-    return EigenEstimate(
-        eigenvalues=torch.from_numpy(vals),
-        converged=torch.from_numpy(conv),
-        residual=torch.from_numpy(res),
-        matvecs=torch.from_numpy(matvecs),
-        method=["power"] * B,
+        vectors=vectors,
     )

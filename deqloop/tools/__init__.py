@@ -14,7 +14,7 @@ or tuples, lists and dicts of them (as for :func:`deqloop.solve`).
 
 from deqloop.tools.correction import correction_weights, fixed_point_states, segments
 from deqloop.tools.penalty import jacobian_penalty
-from deqloop.tools.spectral import map_jacobian, spectral_radius, subspace_radius
+from deqloop.tools.spectral import map_jacobian, spectral_radius
 
 __all__ = ["correction_weights", "fixed_point_states", "jacobian_penalty", "map_jacobian", "segments",
-           "spectral_radius", "subspace_radius"]
+           "spectral_radius"]

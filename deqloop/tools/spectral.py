@@ -1,11 +1,14 @@
 """The spectral radius ρ(∂f/∂z) of any map at a state, per sample.
 
-* :func:`spectral_radius` — the leading eigenvalues of each sample's Jacobian by Krylov–Schur
-  (``"krylov"``, the ``analysis`` extra), block power iteration (``"power"``) or ARPACK, through
-  :func:`deqloop.analysis.jacobian.leading_eigenvalues` (what ``deqloop analyze`` reports).
-* :func:`subspace_radius` — a fixed number of warm-startable subspace iterations on any batched
-  operator: the cheap estimate the training-time stability monitor takes every few steps (the
-  step :func:`~deqloop.analysis.krylov.block_power` repeats until it converges).
+:func:`spectral_radius` gives the leading eigenvalues of each sample's Jacobian by Krylov–Schur
+(the ``analysis`` extra) or ARPACK, through :func:`deqloop.analysis.jacobian.leading_eigenvalues`:
+the estimator ``deqloop analyze`` reports and the training-time stability monitor takes every few
+steps. Pass the previous result's ``.vectors`` as ``start`` to warm-start the next estimate at a
+nearby point (it then needs fewer products):
+
+    est = spectral_radius(f, z_star)
+    est.radius, est.converged, est.residual, est.matvecs
+    est = spectral_radius(f_after_an_update, z_star_after, start=est.vectors, tol=1e-3)
 
 Jacobian–vector products come from two reverse-mode passes (:func:`map_jacobian`), so ``f`` must
 be twice differentiable (with attention, use its math backend; no ``torch.compile``).
@@ -19,10 +22,10 @@ import torch
 from torch import Tensor
 
 from deqloop.analysis.jacobian import LoopJacobian, leading_eigenvalues
-from deqloop.analysis.krylov import subspace_radius
+from deqloop.analysis.krylov import EigenEstimate
 from deqloop.solvers.packing import Packing, packed_map
 
-__all__ = ["map_jacobian", "spectral_radius", "subspace_radius"]
+__all__ = ["map_jacobian", "spectral_radius"]
 
 
 class _Padded:
@@ -63,12 +66,15 @@ def map_jacobian(f: Callable[[Any], Any], z: Any) -> LoopJacobian:
 
 
 def spectral_radius(f: Callable[[Any], Any], z: Any, *, method: str = "krylov", k: int = 2, ncv: int = 20,
-                    tol: float = 1e-6, maxiter: int = 100, seed: int = 0):
+                    tol: float = 1e-6, maxiter: int = 100, max_matvecs: int | None = None,
+                    start: Tensor | None = None, seed: int = 0) -> EigenEstimate:
     """The ``k`` leading eigenvalues of each sample's ∂f/∂z at ``z``, an
     :class:`~deqloop.analysis.krylov.EigenEstimate`: ``.radius`` is ρ per sample, ``.converged``
-    and ``.residual`` say how far to trust it. ``method``: ``"krylov"`` (Krylov dimension ``ncv``,
-    ``maxiter`` restarts), ``"power"`` (block power on ``max(k, 2)`` vectors, ``maxiter`` steps)
-    or ``"arpack"``; ``tol`` is the leading Ritz pair's relative residual."""
+    and ``.residual`` say how far to trust it, ``.matvecs`` what it cost, ``.vectors`` the warm
+    start for the next call (``start``). ``method``: ``"krylov"`` (Krylov dimension ``ncv``,
+    ``maxiter`` restarts, ``max_matvecs`` products per sample at most) or ``"arpack"``; ``tol`` is
+    the leading Ritz pair's relative residual."""
     with torch.enable_grad():
         jac = map_jacobian(f, z)
-    return leading_eigenvalues(jac, method=method, k=k, ncv=ncv, tol=tol, maxiter=maxiter, seed=seed)
+    return leading_eigenvalues(jac, method=method, k=k, ncv=ncv, tol=tol, maxiter=maxiter,
+                               max_matvecs=max_matvecs, start=start, seed=seed)

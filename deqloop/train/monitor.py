@@ -7,10 +7,12 @@ On a small fixed probe batch (drawn once; :func:`probe_batch` takes it from the 
 split with its own seed stream) each measurement records, with the model's solver settings:
 
 * ``rho``, ``rho_max``: the median and the largest over the probe of the spectral radius ρ(∂f/∂z)
-  at the forward solve's fixed point, estimated by ``power_iters`` steps of batched subspace
-  iteration (``block`` vectors, Rayleigh–Ritz) with Jacobian–vector products, warm-started from
-  the previous measurement's subspace; ``rho_residual``: the median relative residual
-  ``‖J y − θ y‖ / |θ|`` of the leading Ritz pair (how far the estimate is from converged).
+  at the forward solve's fixed point, by the library's one estimator
+  (:func:`deqloop.analysis.leading_eigenvalues`, Krylov–Schur on Jacobian–vector products) to
+  the relative residual ``eig_tol`` within ``eig_matvecs`` products per example, warm-started
+  from the previous measurement's leading vectors (a slowly changing Jacobian then needs fewer
+  products); ``rho_residual``: the median relative residual ``‖J y − θ y‖ / |θ|`` of the leading
+  Ritz pair (how far the estimate is from converged); ``rho_matvecs``: the mean products spent.
 * ``forward_converged``, ``forward_iterations``: converged fraction and mean iterations of the
   model's solver from the model's initial state; ``plain_converged``, ``plain_iterations``: the
   same for plain iteration z ← f(z) (reachability).
@@ -37,11 +39,11 @@ import torch
 from torch import Tensor, nn
 
 from deqloop import seeds
-from deqloop.tools.spectral import subspace_radius
+from deqloop.analysis.jacobian import LoopJacobian, leading_eigenvalues
+from deqloop.analysis.krylov import EigenEstimate
 from deqloop.validate import integer, number
 
-__all__ = ["GROUPS", "StabilityMonitor", "grad_norms", "param_group", "probe_batch",
-           "subspace_radius"]  # subspace_radius: deqloop.tools.spectral's, re-exported
+__all__ = ["GROUPS", "StabilityMonitor", "grad_norms", "param_group", "probe_batch"]
 
 GROUPS = ("embedding", "attn", "mlp", "inject", "norms", "head", "other")
 
@@ -90,19 +92,21 @@ class StabilityMonitor:
             through the uncompiled block, :meth:`~deqloop.model.LoopedDEQ.eager`).
         probe_x: token ids ``(P, *grid)``, the same for every measurement.
         seed: the run's seed; measurement ``step`` draws from ``(seed, seeds.MONITOR, step)``.
-        power_iters: subspace iterations per measurement (``block`` JVPs each).
-        block: subspace size (≥ 2, to capture a complex pair).
+        eig_tol: relative residual of the leading Ritz pair at which the ρ estimate stops.
+        eig_matvecs: Jacobian–vector products per probe example at most (the estimate stops there,
+            unconverged, with its residual recorded).
         rtol, max_iter: the solves' tolerance and budget (``None``: the model's own).
     """
 
-    def __init__(self, model: nn.Module, probe_x: Tensor, *, seed: int, power_iters: int = 4, block: int = 2,
+    def __init__(self, model: nn.Module, probe_x: Tensor, *, seed: int, eig_tol: float = 1e-3, eig_matvecs: int = 24,
                  rtol: float | None = None, max_iter: int | None = None):
         self.model, self.seed = model, integer("seed", seed, 0)
-        self.power_iters, self.block = integer("power_iters", power_iters), integer("block", block, 2)
+        self.eig_tol = number("eig_tol", eig_tol, low=0, low_open=True, high=1, high_open=True)
+        self.eig_matvecs = integer("eig_matvecs", eig_matvecs, 3)
         self.rtol = None if rtol is None else number("rtol", rtol, low=0, low_open=True)
         self.max_iter = None if max_iter is None else integer("max_iter", max_iter)
         self.probe_x = probe_x
-        self.basis: Tensor | None = None  # (P, n, block) warm start: the last measurement's subspace
+        self.basis: Tensor | None = None  # (P, n, 2) warm start: the last estimate's leading vectors
 
     # -- state -----------------------------------------------------------------------------------
 
@@ -116,20 +120,20 @@ class StabilityMonitor:
 
     # -- measuring -------------------------------------------------------------------------------
 
-    def _start(self, shape: tuple[int, ...], gen: torch.Generator, like: Tensor) -> Tensor:
-        if self.basis is not None and tuple(self.basis.shape) == shape:
-            return self.basis.to(dtype=like.dtype, device=like.device)
-        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype=like.dtype, device=like.device)
-
-    def spectral_radius(self, z: Tensor, e: Tensor, gen: torch.Generator, iters: int | None = None):
-        """``(radius, residual)`` ``(P,)`` of ρ(∂f/∂z) at ``(z, e)``; advances the warm start."""
-        from deqloop.analysis.jacobian import LoopJacobian
-
+    def spectral_radius(self, z: Tensor, e: Tensor, seed: int, *, tol: float | None = None,
+                        max_matvecs: int | None = None) -> EigenEstimate:
+        """The leading eigenvalues of ∂f/∂z at ``(z, e)`` (``.radius`` ``(P,)``), warm-started from the
+        last call's vectors when they fit; advances the warm start. ``tol``, ``max_matvecs``:
+        ``None``, the monitor's ``eig_tol`` and ``eig_matvecs``."""
         jac = LoopJacobian.from_model(self.model, z, e)
-        X = self._start((jac.batch, jac.dim, self.block), gen, z)
-        radius, residual, self.basis = subspace_radius(jac.jvp, X, self.power_iters if iters is None else iters)
-        self.basis = self.basis.detach()
-        return radius, residual
+        start = self.basis
+        if start is not None and tuple(start.shape[:2]) != (jac.batch, jac.dim):
+            start = None
+        budget = self.eig_matvecs if max_matvecs is None else max_matvecs
+        est = leading_eigenvalues(jac, k=2, ncv=min(budget, 20), tol=self.eig_tol if tol is None else tol,
+                                  maxiter=budget, max_matvecs=budget, start=start, seed=seed)
+        self.basis = est.vectors.detach()
+        return est
 
     def measure(self, step: int, grad_norms: dict[str, float] | None = None) -> dict[str, Any]:
         """One measurement after training step ``step``: the ``{"step", "kind": "stability", ...}``
@@ -165,12 +169,14 @@ class StabilityMonitor:
         scale = torch.maximum(za.norm(dim=1), zb.norm(dim=1)).clamp_min(torch.finfo(torch.float64).tiny)
         distance = ((za - zb).norm(dim=1) / scale).cpu()
         z_star = sol.z.detach()
-        radius, residual = self.spectral_radius(z_star, e, gen)
+        est = self.spectral_radius(z_star, e, int(torch.randint(0, 2**31 - 3, (1,), generator=gen)))
+        radius, residual = est.radius, est.residual
         b_conv, b_iters, _ = _backward_stats(model, e, z_star, solver=s.solver, solver_options=s.solver_options,
                                              options=None, seed=int(torch.randint(0, 2**31 - 3, (1,), generator=gen)))
         record: dict[str, Any] = {
             "step": int(step), "kind": "stability", "probe": len(e),
             "rho": _median(radius), "rho_max": float(radius.max()), "rho_residual": _median(residual),
+            "rho_matvecs": float(est.matvecs.double().mean()),
             "forward_converged": fwd.converged_fraction, "forward_iterations": float(fwd.iterations.double().mean()),
             "plain_converged": plain.converged_fraction, "plain_iterations": float(plain.iterations.double().mean()),
             "backward_converged": float(b_conv.double().mean()),
