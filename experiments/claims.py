@@ -183,17 +183,13 @@ C2_AXES = {"plain_reach": "reachable by plain iteration (hard split, 500 iterati
 C2_BESIDE = {"anderson_reach": "Anderson converged", "resolvent": "‖(I − J)⁻¹‖", "rho": "ρ(J)"}
 
 
-def _groups(runs: pd.DataFrame, by: list[str]):
-    return runs.groupby(by, sort=True) if len(runs) else []
-
-
 def c2_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Per task, learning rate and recall family of the paper's runs, each C2 axis and the measures beside
     them: outer {post, sandwich} against inner (every other norm, the GRU row with its peri norm), :class:`Gap`s."""
     runs = paper_runs(frame)
     rec = runs[runs.family.isin(ORDER[:2])].assign(stability=lambda f: -np.log10(f.grad_spread))
     rows = []
-    for (task, lr, recall), g in _groups(rec, ["task", "lr", "recall"]):
+    for (task, lr, recall), g in rec.groupby(["task", "lr", "recall"]):
         outer, inner = g[g.family == ORDER[0]], g[g.family == ORDER[1]]
         if len(outer) and len(inner):
             gaps = {axis: compare(outer, inner, axis) for axis in (*C2_AXES, *C2_BESIDE)}
@@ -242,7 +238,7 @@ def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
     runs = paper_runs(frame)
     runs = runs[runs.norm.isin(OUTER) & runs.recall.isin(RECALL_FAMILIES)]
     rows = []
-    for (task, lr), g in _groups(runs, ["task", "lr"]):
+    for (task, lr), g in runs.groupby(["task", "lr"]):
         i, e = g[g.recall == "internal"], g[g.recall == "external"]
         if i.empty or e.empty:
             continue
@@ -287,7 +283,7 @@ def c4_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Per task, learning rate and family of the paper's runs: hard accuracy @500, mean of the family's cells'
     means (``mean``), its seed s.e. (``se``), its cells and runs."""
     rows = []
-    for (task, lr, fam), g in _groups(paper_runs(frame), ["task", "lr", "family"]):
+    for (task, lr, fam), g in paper_runs(frame).groupby(["task", "lr", "family"]):
         m, se, _ = side(g, "hard_at")
         rows.append({"task": task, "lr": lr, "family": fam, "mean": m, "se": se,
                      "cells": g.groupby(["recall", "norm"]).ngroups, "runs": int(g.hard_at.notna().sum())})
@@ -321,7 +317,7 @@ def claim4(frame: pd.DataFrame) -> Verdict:
     if runs.empty or runs.hard_at.isna().all():
         return Verdict("C4", INCONCLUSIVE, rule, f"no runs in the paper's regime with accuracy @{AT}", change)
     parts, signs, complete = [], [], []
-    for (task, lr), g in _groups(runs, ["task", "lr"]):
+    for (task, lr), g in runs.groupby(["task", "lr"]):
         fam = {f: g[g.family == f] for f in (*ORDER, "untied") if (g.family == f).any()}
         text = ", ".join(f"{f} {pct(side(x, 'hard_at')[0])} %" for f, x in fam.items())
         mine, seeds = [], 2

@@ -31,6 +31,7 @@ import pandas as pd
 
 from experiments.claims import num, pct
 from experiments.figures import facets
+from experiments.runlog import records
 from experiments.summary import SummaryError
 
 DEFAULT_ROOT = "results/examples"
@@ -45,8 +46,7 @@ def record(run_dir: Path, command: str) -> dict[str, Any]:
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise SummaryError(f"{run_dir}: not a finished, evaluated example run (missing {', '.join(missing)})")
-    lines = [json.loads(line) for line in files["metrics.jsonl"].read_text().splitlines() if line.strip()]
-    train = [r for r in lines if "loss" in r and "time" in r]
+    train = [r for r in records(files["metrics.jsonl"]) if "loss" in r and "time" in r]
     if not train:
         raise SummaryError(f"{files['metrics.jsonl']}: no training lines (with 'loss' and 'time')")
     ev = json.loads(files["eval.json"].read_text())

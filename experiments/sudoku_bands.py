@@ -16,6 +16,8 @@ import statistics
 import time
 from typing import Any
 
+import pandas as pd
+
 from deqloop.cli.flags import int_pair
 from deqloop.tasks.sudoku_blanks import generate_blanks
 from deqloop.tasks.sudoku_solver import naked_singles_depth
@@ -47,16 +49,13 @@ def band_row(band: tuple[int, int], n: int, seed: int = 0, cache_dir: str | None
 
 def table(rows: list[dict[str, Any]]) -> str:
     """A Markdown table of :func:`band_row` results."""
-    def num(v: Any, fmt: str) -> str:
-        return "–" if v is None else format(v, fmt)
-
-    lines = ["| blanks | puzzles | mean blanks | depth mean | depth median | depth max | stuck | draw s |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['band']} | {r['n']} | {r['blanks_mean']:.1f} | {num(r['depth_mean'], '.2f')} | "
-                     f"{num(r['depth_median'], 'g')} | {num(r['depth_max'], 'd')} | {100 * r['stuck']:.1f}% | "
-                     f"{r['seconds']:.1f} |")
-    return "\n".join(lines)
+    f = pd.DataFrame(rows)
+    return pd.DataFrame({"blanks": f.band, "puzzles": f.n, "mean blanks": f.blanks_mean.map("{:.1f}".format),
+                         "depth mean": f.depth_mean.map(lambda v: "–" if v != v else f"{v:.2f}"),
+                         "depth median": f.depth_median.map(lambda v: "–" if v != v else f"{v:g}"),
+                         "depth max": f.depth_max.map(lambda v: "–" if v != v else f"{int(v)}"),
+                         "stuck": f.stuck.map("{:.1%}".format), "draw s": f.seconds.map("{:.1f}".format)}
+                        ).to_markdown(index=False, disable_numparse=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
+from deqloop.files import atomic_write
 from experiments.runlog import traces, training_numbers
 
 SUMMARY_FORMAT = 1
@@ -118,36 +118,31 @@ def dumps(summary: dict[str, Any]) -> str:
     return json.dumps(summary, indent=1, default=float) + "\n"
 
 
-def write_summary(summary: dict[str, Any], root: Path) -> Path:
+def write_summary(summary: dict[str, Any], root: Path, *, verbose: bool = False) -> Path:
     """Write ``summary`` to ``summary_path(root, summary["name"])`` atomically and return the path;
-    a file that already holds the same bytes is left alone."""
-    return _write(summary, root)[0]
-
-
-def _write(summary: dict[str, Any], root: Path) -> tuple[Path, bool]:
-    """The path, and whether the file changed."""
+    a file that already holds the same bytes is left alone (``verbose`` prints which: wrote or unchanged)."""
     missing = _missing(summary)
     if missing:
         raise ValueError(f"summary of {summary.get('name', '?')!r} lacks {', '.join(missing)}")
     path = summary_path(root, summary["name"])
     text = dumps(summary)
-    if path.exists() and path.read_text() == text:
-        return path, False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path, True
+    changed = not (path.exists() and path.read_text() == text)
+    if changed:
+        atomic_write(path, text)
+    if verbose:
+        print(f"{'wrote' if changed else 'unchanged'} {path}")
+    return path
 
 
-def _read_result(path: Path) -> dict[str, Any]:
+def _read(path: Path, what: str = "JSON object") -> dict[str, Any]:
+    """The JSON object in ``path``; :class:`SummaryError` naming the file where it is none."""
     try:
-        result = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SummaryError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(result, dict):
-        raise SummaryError(f"{path}: not a JSON object")
-    return result
+    if not isinstance(value, dict):
+        raise SummaryError(f"{path}: not a {what} (a JSON {type(value).__name__}, not an object)")
+    return value
 
 
 def summarize_sweep(sweep_root: Path) -> list[dict[str, Any]]:
@@ -155,8 +150,7 @@ def summarize_sweep(sweep_root: Path) -> list[dict[str, Any]]:
     beside it), sorted by run name; a result without a name is named by its folder under the root."""
     found = []
     for path in Path(sweep_root).rglob("result.json"):
-        result = _read_result(path)
-        s = summarize(result, path.parent / "metrics.jsonl")
+        s = summarize(_read(path), path.parent / "metrics.jsonl")
         s.setdefault("name", path.parent.relative_to(sweep_root).as_posix())
         found.append((s["name"], str(path), s))
     return [s for _, _, s in sorted(found, key=lambda t: t[:2])]
@@ -171,13 +165,7 @@ def import_runs(sweep_root: Path, root: Path, *, verbose: bool = False) -> list[
     if twice:
         raise SummaryError(f"{sweep_root}: several result.json files name the run(s) {', '.join(twice)}; "
                            "import one sweep at a time")
-    paths = []
-    for s in summaries:
-        path, changed = _write(s, root)
-        if verbose:
-            print(f"{'wrote' if changed else 'unchanged'} {path}")
-        paths.append(path)
-    return paths
+    return [write_summary(s, root, verbose=verbose) for s in summaries]
 
 
 def load_summaries(root: Path) -> list[dict[str, Any]]:
@@ -186,12 +174,7 @@ def load_summaries(root: Path) -> list[dict[str, Any]]:
     root = Path(root)
     summaries = []
     for path in root.rglob("*.json"):
-        try:
-            s = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SummaryError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(s, dict):
-            raise SummaryError(f"{path}: not a run summary (a JSON {type(s).__name__}, not an object)")
+        s = _read(path, "run summary")
         if s.get("summary_format") != SUMMARY_FORMAT:
             raise SummaryError(f"{path}: summary_format is {s.get('summary_format')!r}, this code reads {SUMMARY_FORMAT}")
         missing = _missing(s)

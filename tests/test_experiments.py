@@ -331,7 +331,7 @@ def test_a_seed_preset_section_is_the_papers_table_over_seeds(tmp_path):
         run["name"] = f"prefix_sums/internal-post-paper-lr0.001-s{seed}"
         run["eval"] = {k: v for k, v in run["eval"].items() if k not in ("paper", "best")}
         runs.append(summary.summarize(run, None))
-    text = report.section(tmp_path / "seed_cpu", runs, None, tmp_path, tmp_path / "RESULTS.md")
+    text = report.section(tmp_path / "seed_cpu", runs, tmp_path, tmp_path / "RESULTS.md")
     assert "2 of the grid's 144 runs" in text
     # @500: mean (25 + 75) / 2 = 50, s.e. = sd / √2 = 35.36 / 1.414 = 25.0; best: (50 + 75) / 2 = 62.5 ± 12.5
     row = next(line for line in text.splitlines() if line.startswith("| internal"))
