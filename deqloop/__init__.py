@@ -17,7 +17,7 @@ _EXPORTS = {
     "register_solver": "deqloop.solvers",
     "available_solvers": "deqloop.solvers",
     "SolverError": "deqloop.solvers",
-    "fixed_point": "deqloop.equilibrium",
+    "fixed_point": "deqloop.adjoint",
     "BackwardError": "deqloop.adjoint",
     "Backward": "deqloop.adjoint",
     "Implicit": "deqloop.adjoint",
@@ -51,7 +51,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from deqloop.adjoint import (Backward, BackwardError, BackwardWarning, Implicit, Neumann, NoGrad, Phantom,
                                   Truncated, Unrolled)
-    from deqloop.equilibrium import fixed_point
+    from deqloop.adjoint import fixed_point
     from deqloop.run import Run
     from deqloop.model import LoopedDEQ, LoopOutput
     from deqloop.solvers import (

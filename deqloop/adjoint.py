@@ -14,7 +14,8 @@ fixed point into a tensor carrying gradients (in the manner of optimistix's adjo
 take an object; the names (``"implicit"``, ``"phantom"``, ``"unrolled"``, ``"truncated"``,
 ``"none"``) plus an options dict are shorthands, resolved in one place by :func:`as_backward`.
 A user's own mode is a subclass that overrides :meth:`Backward.attach` (and, if it needs the
-forward solve run differently, :meth:`Backward.solve`).
+forward loop run differently, :meth:`Backward.forward`, which receives the caller's
+:class:`~deqloop.solvers.LoopOptions`). :func:`fixed_point` is the entry point.
 
 * :class:`Implicit` — the forward solve runs without autograd; ``f`` is re-evaluated once at z*
   with autograd and a hook replaces the incoming gradient v by the solution g of
@@ -28,7 +29,7 @@ forward solve run differently, :meth:`Backward.solve`).
   :class:`BackwardError`: their adjoint is not differentiable. ``Unrolled``, ``Phantom`` and
   ``Truncated`` are plain autograd and support them.
 * :class:`Unrolled` — backpropagation through every iteration of naive (Picard) iteration; each
-  sample stops at its own convergence. It *is* a forward method too: it always iterates plainly.
+  sample stops at its own convergence: the caller's loop, made differentiable.
 """
 
 from __future__ import annotations
@@ -42,12 +43,12 @@ import torch
 from deqloop.adjoint_warnings import BackwardWarning, backward_warnings
 from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
 from deqloop import inputs
-from deqloop.solvers import BackwardStats, Picard, Solution, solve, solve_unchecked
-from deqloop.solvers.loop import run_solver
+from deqloop.solvers import BackwardStats, LoopOptions, Solution
+from deqloop.solvers.packing import Packing, packed_map
 from deqloop.validate import choice, integer, known_keys, number
 
 __all__ = ["BACKWARD_MODES", "Backward", "BackwardError", "BackwardWarning", "Implicit", "Neumann", "NoGrad",
-           "Phantom", "Truncated", "Unrolled", "as_backward"]
+           "Phantom", "Truncated", "Unrolled", "as_backward", "fixed_point"]
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -69,32 +70,65 @@ def first_order_only(mode: Backward) -> None:
             "f itself at the fixed point (as deqloop.tools.jacobian_penalty does)")
 
 
+def _init_fields(cls: Any) -> list[dataclasses.Field]:
+    """A mode's options: its dataclass fields set at construction (not what it derives from them)."""
+    return [f for f in dataclasses.fields(cls) if f.init]
+
+
+def vjp_hook(mode: Backward, f: Map, z_star: torch.Tensor,
+             correct: Callable[[Callable[[torch.Tensor], torch.Tensor], torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``f(z*)`` evaluated once more with autograd, with a hook that replaces the gradient ``v``
+    arriving at it by ``correct(vjp, v)``, where ``vjp(g) = Jᵀg`` (J = ∂f/∂z at z*): the shared
+    machinery of the adjoint-based modes (:class:`Implicit`, :class:`Neumann`). The hook lets the
+    adjoint's own vector-Jacobian products through unchanged and refuses second-order use."""
+    z_in = z_star.clone().requires_grad_()
+    fz = f(z_in)
+    if not fz.requires_grad:  # f depends on nothing that needs gradients
+        return fz
+    busy = [False]  # the adjoint's own VJPs flow back through fz: let them pass unchanged
+
+    def vjp(g: torch.Tensor) -> torch.Tensor:
+        return torch.autograd.grad(fz, z_in, g, retain_graph=True)[0]
+
+    def hook(v: torch.Tensor) -> torch.Tensor | None:
+        if busy[0] or v is None:
+            return None
+        first_order_only(mode)
+        busy[0] = True
+        try:
+            return correct(vjp, v)
+        finally:
+            busy[0] = False
+
+    fz.register_hook(hook)
+    return fz
+
+
 @dataclass(frozen=True)
 class Backward:
     """Base of the backward modes. Subclasses are frozen dataclasses of their options."""
 
     name: ClassVar[str] = ""
+    default_method: ClassVar[str] = "anderson"  # the forward solver when the caller names none
 
-    def solve(self, f: Map, z0: torch.Tensor, *, method: str | None, options: dict[str, Any],
-              check: bool = True, **solve_kw: Any) -> tuple[torch.Tensor, Solution]:
-        """Run the forward solve with ``method`` and its ``options`` (``solve_kw``: the other arguments
-        of :func:`deqloop.solve`) and attach the gradient. Under ``torch.no_grad()`` the detached
-        fixed point is returned without building a graph. ``check=False`` skips the entry check that
-        ``z0`` is finite (for a caller that validated it already, saving a host synchronisation).
-        """
-        run = solve if check else solve_unchecked
-        sol = run(f, z0, method or "anderson", **solve_kw, **self._forward_kw(), **options)
-        z_star = sol.z.detach()
+    def solve(self, f: Map, z0: torch.Tensor, loop: LoopOptions) -> tuple[torch.Tensor, Solution]:
+        """Run the forward ``loop`` as this mode needs it (:meth:`forward`) and attach the gradient.
+        Under ``torch.no_grad()`` the detached fixed point is returned without building a graph."""
+        sol = self.forward(loop)(f, z0)
+        z = sol.z
+        sol.z = z.detach()
         if not torch.is_grad_enabled():
-            return z_star, sol
-        return self.attach(f, z_star, sol), sol
+            return sol.z, sol
+        return self.attach(f, z, sol), sol
+
+    def forward(self, loop: LoopOptions) -> LoopOptions:
+        """The forward loop this mode runs, given the caller's (by default the caller's itself)."""
+        return loop
 
     def attach(self, f: Map, z_star: torch.Tensor, sol: Solution) -> torch.Tensor:
-        """The fixed point ``z_star`` (detached) made to carry gradients to what ``f`` closes over."""
+        """The fixed point ``z_star`` (detached, unless :meth:`forward` made the loop differentiable)
+        made to carry gradients to what ``f`` closes over."""
         raise NotImplementedError
-
-    def _forward_kw(self) -> dict[str, Any]:
-        return {}
 
     def to_spec(self) -> tuple[str, dict[str, Any]]:
         """``(name, options)``: the shorthand that rebuilds this mode (as stored in checkpoints)."""
@@ -105,7 +139,7 @@ class Backward:
     def options(self) -> dict[str, Any]:
         """The options that differ from the defaults, as plain values."""
         out = {}
-        for f in dataclasses.fields(self):
+        for f in _init_fields(self):
             value = getattr(self, f.name)
             default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
             if f.name == "solver_options":
@@ -117,7 +151,7 @@ class Backward:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Backward:
         """Build from a shorthand's options dict; unknown keys are an error listing the allowed ones."""
-        known_keys(options, [f.name for f in dataclasses.fields(cls)], f"backward={cls.name!r}")
+        known_keys(options, [f.name for f in _init_fields(cls)], f"backward={cls.name!r}")
         return cls(**options)
 
 
@@ -163,8 +197,8 @@ class Truncated(Backward):
     def __post_init__(self) -> None:
         integer("truncated grad_steps", self.grad_steps)
 
-    def _forward_kw(self) -> dict[str, Any]:
-        return {"keep": "last", "return_image": True}
+    def forward(self, loop: LoopOptions) -> LoopOptions:
+        return loop.with_(keep="last", return_image=True)
 
     def attach(self, f: Map, z_star: torch.Tensor, sol: Solution) -> torch.Tensor:
         z = z_star
@@ -180,27 +214,16 @@ class Unrolled(Backward):
     ``method`` may only be ``None`` or ``"picard"``."""
 
     name: ClassVar[str] = "unrolled"
+    default_method: ClassVar[str] = "picard"
 
-    def solve(self, f: Map, z0: torch.Tensor, *, method: str | None, options: dict[str, Any],
-              check: bool = True, **solve_kw: Any) -> tuple[torch.Tensor, Solution]:
-        if method not in (None, "picard"):
+    def forward(self, loop: LoopOptions) -> LoopOptions:
+        if loop.method != "picard":
             raise ConfigError(f"backward='unrolled' backpropagates through naive iteration; it cannot run "
-                              f"method={method!r} (leave the method unset or use 'picard')")
-        throw = solve_kw.pop("throw", False)
-        inputs.callable_map("f", f)
-        if check:
-            inputs.finite("z0", inputs.state("z0", z0))
-        solver = Picard.from_options("picard", options)
-        sol = run_solver(f, z0, solver, method="picard", differentiable=torch.is_grad_enabled(), keep="last",
-                         return_image=True, **solve_kw)
-        z = sol.z
-        sol.z = z.detach()
-        if throw:
-            sol.raise_on_failure()
-        return z, sol
+                              f"method={loop.method!r} (leave the method unset or use 'picard')")
+        return loop.with_(differentiable=True, keep="last", return_image=True)
 
-    def attach(self, f: Map, z_star: torch.Tensor, sol: Solution) -> torch.Tensor:  # pragma: no cover - solve() does it
-        raise NotImplementedError("Unrolled attaches its gradient during the solve")
+    def attach(self, f: Map, z_star: torch.Tensor, sol: Solution) -> torch.Tensor:
+        return z_star  # the loop recorded the iterations: z_star carries their gradient
 
 
 _IMPLICIT_METHODS = ("picard", "anderson", "broyden")
@@ -227,6 +250,7 @@ class Implicit(Backward):
     fallback: str = "none"
     solver_options: dict[str, Any] = field(default_factory=dict)
     callback: Callable[[BackwardStats], None] | None = field(default=None, compare=False)
+    loop: LoopOptions = field(init=False, repr=False, compare=False)  # the backward solve, built once
     name: ClassVar[str] = "implicit"
 
     def __post_init__(self) -> None:
@@ -237,19 +261,19 @@ class Implicit(Backward):
         integer("implicit max_iter", self.max_iter)
         if not isinstance(self.solver_options, dict):
             raise ConfigError(f"implicit solver_options must be a dict, got {type(self.solver_options).__name__}")
-        from deqloop.solvers import get_solver  # the options are checked now, not at the first backward
-
-        try:
-            get_solver(self.method, **self.solver_options)
+        try:  # the backward solve's options are checked now, not at the first backward
+            loop = LoopOptions(method=self.method, options=self.solver_options, rtol=self.rtol, atol=self.atol,
+                               max_iter=self.max_iter, check_every=self.check_every, check_input=False)
+            object.__setattr__(self, "loop", loop)
         except ConfigKeyError as e:
-            own = [f.name for f in dataclasses.fields(self) if f.name not in ("solver_options", "callback")]
+            own = [f.name for f in _init_fields(self) if f.name not in ("solver_options", "callback")]
             raise ConfigKeyError(f"backward='implicit': {e}; the backward's own options are {', '.join(own)}") from None
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> Backward:
         """Known fields by name; any other key is an option of the backward solver (e.g. ``m``),
         checked against that solver's options at once."""
-        own = {f.name for f in dataclasses.fields(cls)} - {"solver_options", "callback"}
+        own = {f.name for f in _init_fields(cls)} - {"solver_options", "callback"}
         kw = {k: v for k, v in options.items() if k in own}
         return cls(**kw, solver_options={k: v for k, v in options.items() if k not in own})
 
@@ -259,35 +283,12 @@ class Implicit(Backward):
         return out
 
     def attach(self, f: Map, z_star: torch.Tensor, sol: Solution) -> torch.Tensor:
-        z_in = z_star.clone().requires_grad_()
-        fz = f(z_in)
-        if not fz.requires_grad:  # f depends on nothing that needs gradients
-            return fz
-        stats = BackwardStats()
-        sol.backward = stats
-        busy = [False]  # the adjoint's own VJPs flow back through fz: let them pass unchanged
+        stats = sol.backward = BackwardStats()
+        return vjp_hook(self, f, z_star, lambda vjp, v: self._adjoint(vjp, v, stats, sol.converged))
 
-        def hook(v: torch.Tensor) -> torch.Tensor | None:
-            if busy[0] or v is None:
-                return None
-            first_order_only(self)
-            busy[0] = True
-            try:
-                return self._adjoint(fz, z_in, v, stats, sol.converged)
-            finally:
-                busy[0] = False
-
-        fz.register_hook(hook)
-        return fz
-
-    def _adjoint(self, fz: torch.Tensor, z_in: torch.Tensor, v: torch.Tensor, stats: BackwardStats,
+    def _adjoint(self, vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor, stats: BackwardStats,
                  forward_converged: torch.Tensor | None = None) -> torch.Tensor:
-        def adjoint(g: torch.Tensor) -> torch.Tensor:  # g ↦ Jᵀg + v
-            (jtg,) = torch.autograd.grad(fz, z_in, g, retain_graph=True)
-            return jtg + v
-
-        bsol = solve_unchecked(adjoint, v.detach(), self.method, rtol=self.rtol, atol=self.atol,
-                               max_iter=self.max_iter, check_every=self.check_every, **self.solver_options)
+        bsol = self.loop(lambda g: vjp(g) + v, v.detach())  # g ↦ Jᵀg + v
         stats.record(bsol)
         g = bsol.z
         if self.fallback == "jfb":  # the Jacobian-free gradient where the IFT does not apply
@@ -305,7 +306,7 @@ class Implicit(Backward):
             if failed and self.throw:
                 raise BackwardError(f"{what} did not converge for {failed} of {bsol.batch_size} samples; largest "
                                     f"relative residual {worst:.3g}")
-            backward_warnings.warn(what, failed, bsol.batch_size, worst, stacklevel=3)
+            backward_warnings.warn(what, failed, bsol.batch_size, worst, stacklevel=4)
         return g
 
 
@@ -324,32 +325,18 @@ class Neumann(Backward):
         number("neumann clip", self.clip, low=0)
 
     def attach(self, f: Map, z_star: torch.Tensor, sol: Solution) -> torch.Tensor:
-        z_in = z_star.clone().requires_grad_()
-        fz = f(z_in)
-        if not fz.requires_grad:
-            return fz
-        busy = [False]
+        return vjp_hook(self, f, z_star, self._series)
 
-        def hook(v: torch.Tensor) -> torch.Tensor | None:
-            if busy[0] or v is None:
-                return None
-            first_order_only(self)
-            busy[0] = True
-            try:
-                limit = self.clip * v.flatten(1).norm(dim=1) if self.clip > 0 else None
-                g = total = v
-                for _ in range(self.k):
-                    (g,) = torch.autograd.grad(fz, z_in, g, retain_graph=True)
-                    if limit is not None:
-                        norm = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)
-                        g = g * (limit / norm).clamp(max=1.0).reshape(-1, *([1] * (g.dim() - 1)))
-                    total = total + g
-                return total
-            finally:
-                busy[0] = False
-
-        fz.register_hook(hook)
-        return fz
+    def _series(self, vjp: Callable[[torch.Tensor], torch.Tensor], v: torch.Tensor) -> torch.Tensor:
+        limit = self.clip * v.flatten(1).norm(dim=1) if self.clip > 0 else None
+        g = total = v
+        for _ in range(self.k):
+            g = vjp(g)
+            if limit is not None:
+                norm = g.flatten(1).norm(dim=1).clamp_min(torch.finfo(g.dtype).tiny)
+                g = g * (limit / norm).clamp(max=1.0).reshape(-1, *([1] * (g.dim() - 1)))
+            total = total + g
+        return total
 
 
 IMPLICIT_FALLBACKS = ("none", "jfb")
@@ -371,3 +358,47 @@ def as_backward(backward: str | Backward, options: dict[str, Any] | None = None)
         raise ConfigError(f"backward={backward.__name__} is a class; pass an instance, e.g. {backward.__name__}()")
     choice("backward", backward, BACKWARD_MODES)
     return _MODES[backward].from_options(dict(options or {}))
+
+
+def fixed_point(
+    f: Callable[[Any], Any],
+    z0: Any,
+    method: str | None = None,
+    backward: str | Backward = "implicit",
+    *,
+    rtol: float = 1e-4,
+    atol: float = 0.0,
+    max_iter: int = 50,
+    backward_options: dict[str, Any] | None = None,
+    throw: bool = False,
+    check_every: int | None = None,
+    trace: bool = False,
+    **options: Any,
+) -> tuple[Any, Solution]:
+    """Solve f(z) = z from ``z0`` and return ``(z_star, solution)`` with ``z_star`` differentiable.
+
+        z_star, sol = fixed_point(f, z0, method="anderson", backward=Implicit(rtol=1e-6), max_iter=50)
+        z_star, sol = fixed_point(f, z0, backward="phantom", backward_options={"steps": 5, "tau": 0.8})
+
+    ``f`` may close over parameters and inputs; ``z_star`` carries gradients to all of them.
+    ``z0`` is a batch-first tensor or a tuple, list or dict of them (a multi-branch state, solved
+    as one ``(B, N)`` tensor per sample, see :mod:`deqloop.solvers.packing`); ``z_star`` and
+    ``solution.z`` then have its structure, and every backward mode differentiates through the
+    whole state. Forward arguments are those of :func:`deqloop.solve` (``method`` defaults to the
+    backward mode's: ``"anderson"``, or ``"picard"`` for the unrolled mode, which iterates plainly).
+    ``backward`` is a :class:`Backward` or a name with ``backward_options``. Under
+    ``torch.no_grad()`` every mode returns the detached fixed point without building a graph.
+
+    Bad input raises :class:`~deqloop.errors.InputError` naming the argument, as for
+    :func:`deqloop.solve`.
+    """
+    adjoint = as_backward(backward, backward_options)
+    loop = LoopOptions(method=method or adjoint.default_method, options=options, rtol=rtol, atol=atol,
+                       max_iter=max_iter, throw=throw, check_every=check_every, trace=trace)
+    if isinstance(z0, torch.Tensor):
+        return adjoint.solve(f, z0, loop)
+    inputs.callable_map("f", f)
+    packing = Packing.of("z0", z0)
+    z, sol = adjoint.solve(packed_map(f, packing), packing.pack(z0, "z0"), loop)
+    sol.z = packing.unpack(sol.z)
+    return packing.unpack(z), sol

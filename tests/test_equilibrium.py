@@ -10,7 +10,7 @@ from torch import nn
 
 from deqloop import fixed_point
 from deqloop.adjoint import BACKWARD_MODES, Implicit, NoGrad, Phantom, Truncated, Unrolled, as_backward
-from deqloop.equilibrium import BackwardError, BackwardWarning
+from deqloop.adjoint import BackwardError, BackwardWarning
 from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
 
 

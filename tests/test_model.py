@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from deqloop import LoopedDEQ, LoopOutput
-from deqloop.equilibrium import BackwardWarning
+from deqloop.adjoint import BackwardWarning
 from deqloop.errors import ConfigError, ConfigKeyError, InputError
 from deqloop.model import BACKWARDS, NORMS, RECALLS, SOLVE_SETTINGS, LoopedDEQConfig
 from deqloop.solvers import BatchedMap, solve

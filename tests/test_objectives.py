@@ -196,13 +196,15 @@ def test_adaptive_accuracy_solves_with_the_models_own_solver_options(monkeypatch
     x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
     res = adaptive_accuracy(model, x, y, lambda o, t, s: (o.argmax(-1) == t).all(-1), max_iter=7, rtol=1e-5,
                             device="cpu")
-    assert seen[-1]["solver"] == "anderson" and seen[-1]["solver_options"] == {"m": 2}
+    used = model.solve_settings(**seen[-1])  # what the call resolved to
+    assert used.solver == "anderson" and used.solver_options == {"m": 2}
     assert seen[-1]["max_iter"] == 7 and seen[-1]["rtol"] == 1e-5 and seen[-1]["backward"] == "none"
     with torch.no_grad():
         ref = forward(x, max_iter=7, rtol=1e-5, backward="none")
     assert res.iterations.tolist() == ref.solution.iterations.tolist()
     adaptive_accuracy(model, x, y, lambda o, t, s: (o.argmax(-1) == t).all(-1), solver="picard", device="cpu")
-    assert seen[-1]["solver"] == "picard" and seen[-1]["solver_options"] == {}  # another solver: its defaults
+    used = model.solve_settings(**seen[-1])
+    assert used.solver == "picard" and used.solver_options == {}  # another solver: its defaults
 
 
 # -- training fixes ----------------------------------------------------------------------------

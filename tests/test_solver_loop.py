@@ -11,6 +11,7 @@ from helpers import contractive_tanh
 from deqloop import SolverStatus, solve
 from deqloop.solvers import Anderson, BatchedMap, Broyden, KeptRows, Picard
 from deqloop.solvers import base
+from deqloop.solvers import LoopOptions
 from deqloop.solvers.loop import run_solver
 
 OURS = {"picard": Picard, "anderson": Anderson, "broyden": Broyden}
@@ -109,8 +110,8 @@ class BroydenFromPoints(Broyden):
 def test_broyden_taking_the_step_from_the_points_follows_the_method_written_out(m):
     f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=5)
     steps = 9
-    sol = run_solver(f, torch.zeros(3, 10, dtype=torch.float64), BroydenFromPoints(m), method="broyden",
-                     rtol=1e-300, max_iter=steps, trace=True)
+    sol = run_solver(f, torch.zeros(3, 10, dtype=torch.float64), BroydenFromPoints(m),
+                     LoopOptions(method="broyden", rtol=1e-300, max_iter=steps, trace=True))
     for i in range(3):
         ref = reference_broyden(one_sample(f, 3, i), torch.zeros(10, dtype=torch.float64), steps, m)
         torch.testing.assert_close(sol.trace[:, i].double(), torch.tensor(ref, dtype=torch.float64), rtol=1e-5, atol=0)
@@ -168,8 +169,8 @@ def mixed_problem(batch=12, dim=8, seed=11):
 def test_dropping_converged_samples_changes_no_answer(method, compact_at, check_every):
     closure, batched, z0 = mixed_problem()
     kw = {"method": method, "rtol": 1e-10, "max_iter": 400}
-    ref = run_solver(closure, z0, OURS[method](), check_every=1, **kw)
-    sol = run_solver(batched, z0, OURS[method](), check_every=check_every, compact_at=compact_at, **kw)
+    ref = run_solver(closure, z0, OURS[method](), LoopOptions(check_every=1, **kw))
+    sol = run_solver(batched, z0, OURS[method](), LoopOptions(check_every=check_every, compact_at=compact_at, **kw))
     assert ref.converged.all() and len(set(ref.iterations.tolist())) > 4  # a real spread of iteration counts
     assert torch.equal(sol.iterations, ref.iterations)
     assert torch.equal(sol.status, ref.status)
@@ -199,8 +200,8 @@ def test_dropping_cadence_keeps_each_samples_outcome(method):
     z0 = torch.zeros(6, 5, dtype=torch.float64)
     outcomes = []
     for compact_at, check_every in [(0.0, 1), (0.5, 2), (1.0, 1), (0.2, 5)]:
-        sol = run_solver(BatchedMap(step, scale, poison), z0, OURS[method](), method=method, rtol=1e-12,
-                         max_iter=25, check_every=check_every, compact_at=compact_at)
+        sol = run_solver(BatchedMap(step, scale, poison), z0, OURS[method](), LoopOptions(
+            method=method, rtol=1e-12, max_iter=25, check_every=check_every, compact_at=compact_at))
         outcomes.append(sol)
     first = outcomes[0]
     assert first.status[2] == SolverStatus.NONFINITE and first.status[0] == SolverStatus.CONVERGED
@@ -229,9 +230,8 @@ def test_moving_rows_in_place_keeps_the_same_rows_as_copying_them(seed):
 
 
 def test_compact_at_is_validated():
-    closure, _, z0 = mixed_problem()
     with pytest.raises(ValueError, match=r"compact_at must be a finite number in \[0, 1\], got 1.5"):
-        run_solver(closure, z0, Anderson(), method="anderson", compact_at=1.5)
+        LoopOptions(method="anderson", compact_at=1.5)
 
 
 @pytest.mark.parametrize("cls", [Anderson, Broyden])
@@ -311,9 +311,9 @@ def test_the_branch_free_path_of_accelerators_gives_the_same_answers(monkeypatch
     kw = {"rtol": 1e-10, "max_iter": 40, "keep": keep, "return_image": return_image, "trace": True}
     for closure, batched, z0 in problems:
         for f in (closure, batched):
-            on_cpu = run_solver(f, z0, OURS[method](), method=method, check_every=1, **kw)
+            on_cpu = run_solver(f, z0, OURS[method](), LoopOptions(method=method, check_every=1, **kw))
             with monkeypatch.context() as m:
                 m.setattr(base, "host_reads_are_free", lambda device: False)
-                branch_free = run_solver(f, z0, OURS[method](), method=method, check_every=1, **kw)
+                branch_free = run_solver(f, z0, OURS[method](), LoopOptions(method=method, check_every=1, **kw))
             for name in ("z", "residual", "iterations", "status", "trace"):
                 assert torch.equal(getattr(on_cpu, name), getattr(branch_free, name)), name

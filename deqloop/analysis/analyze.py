@@ -212,13 +212,11 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
                          f"{f' and {len(bad) - 3} more' if len(bad) > 3 else ''}: there is no map to analyze")
     inputs.tensor("x", x)
     opts = _options(options, overrides)
-    cfg = model.config.solve
-    solver = opts.solver or cfg.solver
-    solver_options = cfg.solver_options if opts.solver_options is None and opts.solver is None else (opts.solver_options or {})
-    max_iter = opts.max_iter or cfg.max_iter
-    rtol = cfg.rtol if opts.rtol is None else opts.rtol
-    atol = cfg.atol if opts.atol is None else opts.atol
-    scale = cfg.init_scale if opts.noise_scale is None else opts.noise_scale
+    given = {"solver": opts.solver, "solver_options": opts.solver_options, "max_iter": opts.max_iter,
+             "rtol": opts.rtol, "atol": opts.atol, "init_scale": opts.noise_scale}
+    cfg = model.config.solve.with_(**{k: v for k, v in given.items() if v is not None})
+    solver, solver_options, max_iter, rtol, atol = cfg.solver, cfg.solver_options, cfg.max_iter, cfg.rtol, cfg.atol
+    scale = cfg.init_scale
     gen = torch.Generator().manual_seed(opts.seed)
     device = next(model.parameters()).device
     measures = set(opts.measures)
@@ -334,12 +332,12 @@ def _backward_stats(
     trainable parameters; the statistics recorded by :func:`deqloop.fixed_point` are returned as
     ``(converged, iterations, residual)`` ``(B,)`` tensors.
     """
-    from deqloop.equilibrium import BackwardWarning, fixed_point
+    from deqloop.adjoint import BackwardWarning, fixed_point
     from deqloop.solvers import BatchedMap
 
     from deqloop.adjoint import Implicit
 
-    adjoint = model.config.solve.adjoint()
+    adjoint = model.config.solve.adjoint
     bopts = adjoint.options() if isinstance(adjoint, Implicit) else {}
     bopts.update(options or {})
     B = e.shape[0]

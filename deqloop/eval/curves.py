@@ -269,12 +269,14 @@ def adaptive_accuracy(
 ) -> AdaptiveResult:
     """Solve each example with ``solver`` to ``rtol`` (at most ``max_iter`` evaluations), score it.
 
-    ``solver_options`` default to the model's own when ``solver`` is its configured solver.
+    ``solver_options`` default to the model's own when ``solver`` is its configured solver (the
+    rule of :meth:`~deqloop.model.SolveSettings.with_`).
     """
     if len(x) == 0:
         raise ConfigError("no examples to evaluate")
-    if solver_options is None:
-        solver_options = dict(model.config.solve.solver_options) if solver == model.config.solve.solver else {}
+    settings = dict(solver=solver, max_iter=max_iter, rtol=rtol, atol=atol, backward="none", throw=False)
+    if solver_options is not None:
+        settings["solver_options"] = solver_options
     device = torch.device(device) if device is not None else _device_of(model)
     batch_size = batch_size or auto_batch_size(x)
     parts: dict[str, list[torch.Tensor]] = {"iterations": [], "converged": [], "residual": [], "correct": []}
@@ -282,8 +284,7 @@ def adaptive_accuracy(
     model.eval()
     try:
         for xb, yb in _batches(x, y, batch_size, device):
-            out = model(xb, solver=solver, solver_options=solver_options, max_iter=max_iter, rtol=rtol, atol=atol,
-                        backward="none", throw=False)
+            out = model(xb, **settings)
             sol = out.solution
             parts["iterations"].append(sol.iterations.cpu())
             parts["converged"].append(sol.converged.cpu())

@@ -12,6 +12,7 @@ the model may override (``model(x, max_iter=500)``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import numbers
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from deqloop.model.attention import ATTENTION_BACKENDS
 from deqloop.model.rope import check_head_dim
 from deqloop.names import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                            RESIDUALS)
-from deqloop.solvers import available_solvers
+from deqloop.solvers import LoopOptions, available_solvers
 from deqloop.validate import choice, integer, known_keys, number
 
 __all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "BF16_RTOL", "EARLIER_FORMS", "INITS", "LoopedDEQConfig",
@@ -138,7 +139,7 @@ class Architecture:
                                   "has no such branch: use residual='add' or no gate")
 
 
-@dataclass
+@dataclass(frozen=True)
 class SolveSettings:
     """How a call of the model solves for its equilibrium, unless the call says otherwise.
 
@@ -171,32 +172,95 @@ class SolveSettings:
     backward_options: dict[str, Any] = field(default_factory=dict)
     throw: bool = False
     precision: str = "float32"
+    # Resolved once from the fields above, at construction (and by with_ for what it changes):
+    adjoint: Backward = field(init=False, repr=False, compare=False)
+    loop: LoopOptions = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        choice("init", self.init, INITS)
-        choice("precision", self.precision, PRECISIONS)
-        integer("max_iter", self.max_iter)
-        if not isinstance(self.throw, bool):
-            raise ConfigError(f"throw must be True or False, got {self.throw!r}")
-        for name in ("init_scale", "rtol", "atol"):
-            number(name, getattr(self, name), low=0)
-        for name in ("solver_options", "backward_options"):
-            if not isinstance(getattr(self, name), dict):
-                    raise ConfigKeyError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
-        clash = sorted(set(self.solver_options) & _FIXED_POINT_ARGS)
-        if clash:
-            raise ConfigError(f"solver_options {clash} are settings of their own: pass them directly")
-        choice("solver", self.solver, available_solvers())
-        self.adjoint()  # validates backward and its options
+        self._resolve(SOLVE_SETTINGS)
 
-    def adjoint(self) -> Backward:
-        """The :class:`~deqloop.adjoint.Backward` these settings describe."""
-        return as_backward(self.backward, self.backward_options)
+    def _resolve(self, names: Any) -> None:
+        """Check the fields ``names`` and rebuild what depends on them: the backward object
+        (:attr:`adjoint`) and the forward loop (:attr:`loop`, a :class:`LoopOptions` whose own
+        construction checks the solver, its options and the tolerances)."""
+        names = set(names)
+        for name in names & _OWN_CHECKS.keys():
+            _OWN_CHECKS[name](getattr(self, name))
+        if names & {"backward", "backward_options"}:
+            object.__setattr__(self, "adjoint", as_backward(self.backward, self.backward_options))
+        if names & _LOOP_FIELDS:
+            options = {k: v for k, v in self.solver_options.items() if k not in _LOOP_OPTIONS}
+            loop = {"method": self.method, "options": options, "rtol": self.rtol, "atol": self.atol,
+                    "max_iter": self.max_iter, "throw": self.throw,
+                    **{k: self.solver_options.get(k, default) for k, default in _LOOP_OPTIONS.items()}}
+            built = self.__dict__.get("loop")
+            # the model checks its inputs itself, so its loop skips the entry check (a host sync)
+            object.__setattr__(self, "loop", LoopOptions(**loop, check_input=False) if built is None
+                               else built.with_(**loop))
+
+    def with_(self, **overrides: Any) -> SolveSettings:
+        """These settings with ``overrides`` (fields of :class:`SolveSettings`): the one rule for
+        per-call settings, used by the model's calls, evaluation, analysis and the training monitor.
+
+        Switching ``solver`` or ``backward`` drops the configured options of that method unless new
+        ones are given (they belong to the configured method). Only the fields that change are
+        checked again; no overrides (or none that change a value) return ``self``.
+        """
+        if not overrides:
+            return self
+        known_keys(overrides, SOLVE_SETTINGS, "solve settings")
+        overrides = dict(overrides)
+        for key in ("solver", "backward"):
+            if key in overrides and overrides[key] != getattr(self, key):
+                overrides.setdefault(f"{key}_options", {})
+        changed = {k: v for k, v in overrides.items() if v is not getattr(self, k) and v != getattr(self, k)}
+        if not changed:
+            return self
+        new = object.__new__(SolveSettings)
+        new.__dict__.update(self.__dict__)
+        new.__dict__.update(changed)
+        new._resolve(changed)
+        return new
 
     @property
     def method(self) -> str:
         """The forward solver actually run (``"picard"`` under the unrolled backward)."""
-        return "picard" if isinstance(self.adjoint(), Unrolled) else self.solver
+        return self.adjoint.default_method if isinstance(self.adjoint, Unrolled) else self.solver
+
+
+def _flag(name: str) -> Any:
+    def check(value: Any) -> None:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be True or False, got {value!r}")
+    return check
+
+
+def _options_dict(name: str) -> Any:
+    def check(value: Any) -> None:
+        if not isinstance(value, dict):
+            raise ConfigKeyError(f"{name} must be a dict, got {type(value).__name__}")
+        clash = sorted(set(value) & _FIXED_POINT_ARGS) if name == "solver_options" else []
+        if clash:
+            raise ConfigError(f"solver_options {clash} are settings of their own: pass them directly")
+    return check
+
+
+# What SolveSettings checks itself; the solver, its options and the tolerances are checked by the
+# LoopOptions they build, the backward by as_backward.
+_OWN_CHECKS: dict[str, Any] = {
+    "init": lambda v: choice("init", v, INITS),
+    "precision": lambda v: choice("precision", v, PRECISIONS),
+    "init_scale": lambda v: number("init_scale", v, low=0),
+    "throw": _flag("throw"),
+    "solver": lambda v: choice("solver", v, available_solvers()),
+    "solver_options": _options_dict("solver_options"),
+    "backward_options": _options_dict("backward_options"),
+}
+# solver_options that set the loop rather than the method (see deqloop.solve)
+_LOOP_OPTIONS = {f.name: f.default for f in dataclasses.fields(LoopOptions)
+                 if f.name in ("trace", "check_every", "divergence")}
+_LOOP_FIELDS = frozenset({"solver", "solver_options", "rtol", "atol", "max_iter", "throw", "backward",
+                          "backward_options"})
 
 
 # The architecture fields added with the paper's forms, and the values that give the forms every
@@ -205,7 +269,7 @@ EARLIER_FORMS: dict[str, Any] = {"recall_maps": "per_sublayer", "norm_weights": 
                                  "qk_norm_order": "before_rope"}
 
 ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(Architecture))
-SOLVE_SETTINGS = tuple(f.name for f in dataclasses.fields(SolveSettings))
+SOLVE_SETTINGS = tuple(f.name for f in dataclasses.fields(SolveSettings) if f.init)
 
 
 @dataclass
@@ -234,7 +298,8 @@ class LoopedDEQConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values: ``{"arch": {...}, "solve": {...}}`` (a backward object is stored by name)."""
-        solve = dataclasses.asdict(self.solve)
+        solve = {name: getattr(self.solve, name) for name in SOLVE_SETTINGS}
+        solve = {k: copy.deepcopy(v) if isinstance(v, dict) else v for k, v in solve.items()}
         if isinstance(self.solve.backward, Backward):
             solve["backward"], solve["backward_options"] = self.solve.backward.to_spec()
         return {"arch": dataclasses.asdict(self.arch), "solve": solve}
@@ -245,4 +310,4 @@ class LoopedDEQConfig:
         arch = {k: v for k, v in changes.items() if k in ARCH_FIELDS}
         solve = {k: v for k, v in changes.items() if k in SOLVE_SETTINGS}
         return LoopedDEQConfig(dataclasses.replace(self.arch, **arch) if arch else self.arch,
-                               dataclasses.replace(self.solve, **solve) if solve else self.solve)
+                               self.solve.with_(**solve))

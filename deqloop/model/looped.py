@@ -12,7 +12,6 @@ Shapes: ``B`` batch, ``grid`` the token grid (``(L,)`` or ``(H, W)``), ``N = pro
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +27,6 @@ from deqloop.model.compiled import CompiledBlock
 from deqloop.model.config import (
     BF16_RTOL,
     INITS,
-    SOLVE_SETTINGS,
     Architecture,
     LoopedDEQConfig,
     SolveSettings,
@@ -38,7 +36,7 @@ from deqloop.model.local_attention import LocalWindow, local_pattern
 from deqloop.model.rope import rope_table
 from deqloop.solvers import BatchedMap, Solution
 from deqloop.solvers.base import without_autocast
-from deqloop.validate import choice, known_keys, number
+from deqloop.validate import choice, number
 
 __all__ = ["LoopOutput", "LoopedDEQ"]
 
@@ -138,14 +136,19 @@ class LoopedDEQ(nn.Module):
         standard deviation ``scale``) or ``"mixed"`` (standard Gaussian entries, each kept with
         probability 1/2, else 0: torchdeq's mixed initialisation)."""
         init = self.config.solve.init if init is None else choice("init", init, INITS)
+        scale = self.config.solve.init_scale if scale is None else number("scale", scale, low=0)
         inputs.float_tensor("e", e)
+        return self._initial_state(e, init, scale)
+
+    @staticmethod
+    def _initial_state(e: torch.Tensor, init: str, scale: float) -> torch.Tensor:
+        """:meth:`initial_state` for settings already checked (a forward's resolved settings)."""
         if init == "embed":
             return e
         if init == "zeros":
             return torch.zeros_like(e)
         if init == "mixed":
             return torch.randn_like(e) * torch.bernoulli(torch.full_like(e, 0.5))
-        scale = self.config.solve.init_scale if scale is None else number("scale", scale, low=0)
         return scale * torch.randn_like(e)
 
     def step(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -223,34 +226,26 @@ class LoopedDEQ(nn.Module):
         allowed: ``solver, backward, max_iter, rtol, atol, init, init_scale, solver_options,
         backward_options, throw, precision``.
         """
-        s = self.solve_settings(**overrides)
+        s = self.config.solve.with_(**overrides)
         e = self.embed(x)  # (B, *grid, D)
         if z0 is None:
-            z0 = self.initial_state(e, s.init, scale=s.init_scale)  # (B, *grid, D)
+            z0 = self._initial_state(e, s.init, s.init_scale)  # (B, *grid, D)
         else:
             self._check_z0(z0, e)
-        step, rtol = self.step, s.rtol
+        step, loop = self.step, s.loop
         if s.precision == "float32":
             step = self._solver_step
-        elif torch.is_autocast_enabled(e.device.type) and rtol < BF16_RTOL:
+        elif torch.is_autocast_enabled(e.device.type) and loop.rtol < BF16_RTOL:
             if torch.get_autocast_dtype(e.device.type) in (torch.bfloat16, torch.float16):
                 warnings.warn(f"precision='autocast': the map runs in {torch.get_autocast_dtype(e.device.type)}, "
-                              f"whose rounding floors the residual; rtol {rtol:g} raised to {BF16_RTOL:g}", stacklevel=2)
-                rtol = BF16_RTOL
+                              f"whose rounding floors the residual; rtol {loop.rtol:g} raised to {BF16_RTOL:g}",
+                              stacklevel=2)
+                loop = loop.with_(rtol=BF16_RTOL)
         f = BatchedMap(step, e)  # lets the solver stop evaluating converged examples
         if s.precision == "float32":
             f.compute_dtype = torch.promote_types(e.dtype, torch.float32)  # what the solver's evaluations use
-        z, solution = s.adjoint().solve(
-            f,
-            z0,
-            method=s.method,
-            options=s.solver_options,
-            rtol=rtol,
-            atol=s.atol,
-            max_iter=s.max_iter,
-            throw=s.throw,
-            check=False,  # x and z0 were checked above; the model's own initial states are finite
-        )
+        # x and z0 were checked above (the model's own initial states are finite): s.loop skips that
+        z, solution = s.adjoint.solve(f, z0, loop)
         return LoopOutput(logits=self.readout(z), z=z, solution=solution)
 
     def _solver_step(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
@@ -295,19 +290,10 @@ class LoopedDEQ(nn.Module):
             yield t, logits
 
     def solve_settings(self, **overrides: Any) -> SolveSettings:
-        """The configured :class:`SolveSettings` with ``overrides`` for one call.
-
-        Switching ``solver`` or ``backward`` drops the configured options of that method unless
-        new ones are given (they belong to the configured method).
-        """
-        known_keys(overrides, SOLVE_SETTINGS, f"{type(self).__name__}.forward")
-        if not overrides:
-            return self.config.solve
-        overrides = dict(overrides)
-        for key in ("solver", "backward"):
-            if key in overrides and overrides[key] != getattr(self.config.solve, key):
-                overrides.setdefault(f"{key}_options", {})
-        return dataclasses.replace(self.config.solve, **overrides)
+        """The configured :class:`SolveSettings` with ``overrides`` for one call
+        (:meth:`SolveSettings.with_`: switching ``solver`` or ``backward`` drops the configured
+        options of that method unless new ones are given)."""
+        return self.config.solve.with_(**overrides)
 
     # -- utilities ---------------------------------------------------------------------------
 

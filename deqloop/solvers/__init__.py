@@ -18,9 +18,9 @@ from deqloop.errors import ConfigError
 from deqloop.solvers.anderson import Anderson
 from deqloop.solvers.base import BatchedMap, KeptRows, Solver, SubsettableMap
 from deqloop.solvers.broyden import Broyden
-from deqloop.solvers.loop import run_solver
-from deqloop.solvers.packing import Packing, packed_map
+from deqloop.solvers.loop_options import LoopOptions
 from deqloop.solvers.picard import Picard
+from deqloop.solvers.registry import SolveFn, available_solvers, get_solver, register_solver
 from deqloop.solvers.solution import (
     BackwardStats,
     Solution,
@@ -37,6 +37,7 @@ __all__ = [
     "BatchedMap",
     "Broyden",
     "KeptRows",
+    "LoopOptions",
     "Picard",
     "Solution",
     "Solver",
@@ -49,40 +50,6 @@ __all__ = [
     "residual_norms",
     "solve",
 ]
-
-SolveFn = Callable[..., Solution]
-_REGISTRY: dict[str, type[Solver] | SolveFn] = {}
-
-
-def register_solver(name: str, solver: type[Solver] | SolveFn, *, overwrite: bool = False) -> None:
-    """Register a solver under ``name``.
-
-    ``solver`` is either a :class:`Solver` subclass (the shared loop drives it, so it gets
-    per-sample convergence, freezing and result codes for free), or a function
-    ``fn(f, z0, *, rtol, atol, max_iter, **options) -> Solution``.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"solver name must be a non-empty string, got {name!r}")
-    if name in _REGISTRY and not overwrite:
-        raise ValueError(f"solver {name!r} is already registered (pass overwrite=True to replace it)")
-    if not (isinstance(solver, type) and issubclass(solver, Solver)) and not callable(solver):
-        raise TypeError(f"solver must be a Solver subclass or a callable, got {solver!r}")
-    _REGISTRY[name] = solver
-
-
-def available_solvers() -> list[str]:
-    """Names accepted by ``solve(method=...)``."""
-    return sorted(_REGISTRY)
-
-
-def get_solver(method: str, **options: Any) -> Solver | SolveFn:
-    if not isinstance(method, str) or method not in _REGISTRY:
-        raise ConfigError(f"unknown solver method {method!r}; known: {', '.join(available_solvers())}")
-    entry = _REGISTRY[method]
-    if isinstance(entry, type):
-        return entry.from_options(method, options)
-    return entry
-
 
 def solve(
     f: Callable[[Any], Any],
@@ -147,32 +114,9 @@ def solve(
     A map that produces NaN/Inf during the solve is not an error: those samples end with status
     ``NONFINITE``.
     """
-    inputs.callable_map("f", f)
-    if not isinstance(z0, torch.Tensor):  # a tree of tensors: solved as one (B, N) tensor
-        packing = Packing.of("z0", z0)
-        sol = solve(packed_map(f, packing), packing.pack(z0, "z0"), method, rtol=rtol, atol=atol,
-                    max_iter=max_iter, check_every=check_every, divergence=divergence, trace=trace, keep=keep,
-                    return_image=return_image, check_input=check_input, **options)
-        sol.z = packing.unpack(sol.z)
-        if throw:
-            sol.raise_on_failure()
-        return sol
-    if check_input:
-        inputs.finite("z0", inputs.state("z0", z0))
-    solver = get_solver(method, **options)
-    if isinstance(solver, Solver):
-        sol = run_solver(f, z0, solver, method=method, rtol=rtol, atol=atol, max_iter=max_iter,
-                         check_every=check_every, divergence=divergence, trace=trace,
-                         keep=keep, return_image=return_image)
-    else:
-        if keep != "best" or return_image:
-            raise ValueError(f"keep= and return_image= need a Solver-class method; {method!r} is a function")
-        sol = solver(f, z0, rtol=rtol, atol=atol, max_iter=max_iter, trace=trace, **options)
-        if not isinstance(sol, Solution):
-            raise TypeError(f"solver {method!r} returned {type(sol).__name__}, expected Solution")
-    if throw:
-        sol.raise_on_failure()
-    return sol
+    return LoopOptions(method=method, options=options, rtol=rtol, atol=atol, max_iter=max_iter, throw=throw,
+                       check_every=check_every, divergence=divergence, trace=trace, keep=keep,
+                       return_image=return_image, check_input=check_input)(f, z0)
 
 
 solve_unchecked = functools.partial(solve, check_input=False)

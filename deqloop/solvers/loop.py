@@ -30,7 +30,7 @@ solve to the next instead of faulting in fresh pages.
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 
@@ -39,7 +39,9 @@ from deqloop.errors import InputError, InputTypeError, allocating
 from deqloop.solvers import base, workspace
 from deqloop.solvers.base import KeptRows, Solver
 from deqloop.solvers.solution import EPS, Solution, SolverStatus, residual
-from deqloop.validate import integer, number
+
+if TYPE_CHECKING:
+    from deqloop.solvers.loop_options import LoopOptions
 
 Map = Callable[[torch.Tensor], torch.Tensor]
 
@@ -84,16 +86,6 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def default_check_every(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 8
-
-
-def validate_common(z0: torch.Tensor, rtol: float, atol: float, max_iter: int) -> tuple[float, float, int]:
-    """Check ``z0``'s metadata (a float tensor, batch-first, B ≥ 1) and the tolerances; no sync.
-    Whether ``z0`` is finite is checked once by the public entry points, not here."""
-    inputs.state("z0", z0)
-    rtol = number("rtol", rtol, low=0)
-    atol = number("atol", atol, low=0)
-    max_iter = integer("max_iter", max_iter)
-    return rtol, atol, max_iter
 
 
 def check_image(z: torch.Tensor, out: object, dtype: torch.dtype) -> torch.Tensor:
@@ -145,28 +137,13 @@ class _Evaluator:
         return out.reshape(x.shape[0], -1)
 
 
-def run_solver(
-    f: Map,
-    z0: torch.Tensor,
-    solver: Solver,
-    *,
-    method: str,
-    rtol: float = 1e-4,
-    atol: float = 0.0,
-    max_iter: int = 50,
-    check_every: int | None = None,
-    divergence: float = 1e4,
-    trace: bool = False,
-    differentiable: bool = False,
-    keep: str = "best",
-    return_image: bool = False,
-    compact_at: float = COMPACT_AT,
-) -> Solution:
-    """Run ``solver`` on ``f`` from ``z0`` with per-sample convergence (see the module docstring).
+def run_solver(f: Map, z0: torch.Tensor, solver: Solver, loop: LoopOptions) -> Solution:
+    """Run ``solver`` on ``f`` from ``z0`` with per-sample convergence (see the module docstring),
+    as ``loop`` (a validated :class:`~deqloop.solvers.loop_options.LoopOptions`) says.
 
-    With ``differentiable=True`` the loop records autograd history (backpropagation through every
-    iteration, for :func:`deqloop.fixed_point` with ``backward="unrolled"``); ``Solution.z`` then
-    carries gradients. Otherwise it runs under ``torch.no_grad()``.
+    With ``loop.differentiable`` the loop records autograd history (backpropagation through every
+    iteration, for the unrolled backward mode) when grad mode is on; ``Solution.z`` then carries
+    gradients. Otherwise it runs under ``torch.no_grad()``.
 
     ``keep="best"`` returns each sample's iterate of smallest residual; ``keep="last"`` its last
     finite one (what backpropagation through the iterations wants). ``return_image=True`` returns
@@ -174,14 +151,12 @@ def run_solver(
     z_{n-1}); the reported residuals stay those of z. ``compact_at`` is the fraction of frozen
     rows at which a subsettable ``f`` stops evaluating them (see the module docstring).
     """
-    if keep not in ("best", "last"):
-        raise ValueError(f"keep must be 'best' or 'last', got {keep!r}")
-    rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
+    inputs.state("z0", z0)
+    rtol, atol, max_iter, keep, return_image = loop.rtol, loop.atol, loop.max_iter, loop.keep, loop.return_image
+    differentiable, divergence, trace, compact_at = loop.differentiable, loop.divergence, loop.trace, loop.compact_at
+    method = loop.method
     warn_unreachable(rtol, atol, z0.dtype, z0.device, getattr(f, "compute_dtype", None))
-    check_every = integer("check_every", check_every or default_check_every(z0.device))
-    if not divergence > 1.0:
-        raise ValueError(f"divergence must be a factor > 1, got {divergence!r}")
-    compact_at = number("compact_at", compact_at, low=0, high=1)
+    check_every = loop.check_every or default_check_every(z0.device)
 
     B = z0.shape[0]
     dtype, device = z0.dtype, z0.device

@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 import torch
 
-from deqloop.validate import known_keys
-
-from deqloop.solvers.loop import check_image, validate_common
+from deqloop import inputs
+from deqloop.solvers.loop import check_image
 from deqloop.solvers.solution import Solution, SolverStatus
+from deqloop.validate import known_keys
 
 TORCHDEQ_METHODS = ("anderson", "broyden", "fixed_point_iter")
 
@@ -36,7 +36,7 @@ def make_torchdeq_solver(name: str) -> Callable[..., Solution]:
 
         get_solver = require("torchdeq.solver", f"method 'torchdeq:{name}'").get_solver
 
-        rtol, atol, max_iter = validate_common(z0, rtol, atol, max_iter)
+        inputs.state("z0", z0)  # the tolerances were checked by the LoopOptions that called this
         known_keys(options, sorted(_OPTIONS[name]), f"method 'torchdeq:{name}'")
         if atol > 0 and rtol > 0:
             raise ValueError("torchdeq solvers take one tolerance: give rtol or atol, not both")

@@ -67,7 +67,7 @@ def fixed_point_states(
     ``sample_evals`` summed over all segments. ``solve_kw`` are the other arguments of
     :func:`deqloop.fixed_point` (``rtol``, ``atol``, ``throw``, ``check_every``, solver options).
     """
-    from deqloop.equilibrium import fixed_point
+    from deqloop.adjoint import fixed_point
 
     out, z = [], z0
     iterations = nfe = sample_evals = 0

@@ -147,10 +147,11 @@ class StabilityMonitor:
         from deqloop.analysis.reachability import solve_from
         from deqloop.analysis.weights import weight_diagnostics
 
-        model, s = self.model, self.model.config.solve
+        model = self.model
+        given = {"rtol": self.rtol, "max_iter": self.max_iter}
+        s = model.config.solve.with_(**{k: v for k, v in given.items() if v is not None})
         gen = seeds.generator(self.seed, seeds.MONITOR, step)
-        solve_kw = {"rtol": s.rtol if self.rtol is None else self.rtol, "atol": s.atol, "scale": s.init_scale,
-                    "max_iter": s.max_iter if self.max_iter is None else self.max_iter, "generator": gen}
+        solve_kw = {"rtol": s.rtol, "atol": s.atol, "scale": s.init_scale, "max_iter": s.max_iter, "generator": gen}
         device = next(model.parameters()).device
         with torch.no_grad():
             e = model.embed(self.probe_x.to(device))
@@ -158,7 +159,7 @@ class StabilityMonitor:
 
         def run(init: str, solver: str):
             if (init, solver) not in runs:
-                options = s.solver_options if solver == s.solver else {}
+                options = s.with_(solver=solver).solver_options
                 runs[init, solver] = solve_from(model, e, init, solver=solver, solver_options=options, **solve_kw)
             return runs[init, solver]
 

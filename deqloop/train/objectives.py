@@ -119,18 +119,27 @@ class Equilibrium(Objective):
         self.seed, self.fp_states, self.fp_gamma = seed, fp_states, fp_gamma
         self.jac_reg, self.jac_reg_every, self.train_init = jac_reg, jac_reg_every, train_init
         self.warn_unconverged = warn_unconverged
+        self._weights = correction_weights(fp_states, fp_gamma)  # resolved once, not per step
+        self._segments: dict[int, list[int]] = {}
 
     def segment_weights(self) -> list[float]:
         """The weights of the ``fp_states`` graded states, last (the fixed point) largest; sum 1
         (:func:`deqloop.tools.correction_weights`)."""
-        return correction_weights(self.fp_states, self.fp_gamma)
+        return list(self._weights)
+
+    def segment_budgets(self, depth: int) -> list[int]:
+        """The solver budget of each graded segment of a ``depth``-iteration solve
+        (:func:`deqloop.tools.correction.segments`), computed once per depth."""
+        if depth not in self._segments:
+            self._segments[depth] = segments(depth, self.fp_states)
+        return self._segments[depth]
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, depth: int, step: int):
         init = {"init": self.train_init} if self.train_init is not None else {}
         loss = x.new_zeros((), dtype=torch.float32)
         mask = self.mask(x, y)
         z0 = None
-        for weight, budget in zip(self.segment_weights(), segments(depth, self.fp_states)):
+        for weight, budget in zip(self._weights, self.segment_budgets(depth)):
             out = self.model(x, z0=z0, max_iter=budget, **init)
             loss = loss + weight * cross_entropy(out.logits, y, mask)
             z0 = out.solution.z.detach()
