@@ -34,7 +34,7 @@ def run(recipe: str, argv: list[str], *, iters: str, n: int, out: str, extra: li
         p.print_help()
         print(f"\nEvery other flag goes to `deqloop train --recipe {recipe}` (see `deqloop train --recipe {recipe} "
               "--help`); the recipe's values are:\n  "
-              + ", ".join(f"{k} {v}" for k, v in get_recipe(recipe).values().items()))
+              + get_recipe(recipe).listing())
         return {}
     command = ["train", "--recipe", recipe, *train, *train_args, "--out", args.out, "--overwrite"]
     device = getattr(build_parser(command).parse_args(command), "device", "auto")

@@ -157,6 +157,14 @@ def test_list_recipes_names_each_with_what_it_is_for(capsys):
     assert lines[0].split(None, 1)[1] == RECIPES["demo"].about
 
 
+def test_the_help_lists_the_recipes_values(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--recipe", "examples/sudoku", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--blanks" in out and "recipe examples/sudoku (its values replace the defaults above" in out
+    assert "max_iter 16" in out and "blanks (4, 24)" in out
+
+
 def test_recipe_through_the_command_line(tmp_path):
     """The recipe's task offers its own flags; explicit flags win; the config written is the recipe's."""
     argv = ["train", "--recipe", "examples/sudoku", "--train-band", "easy", "--width", "8"]

@@ -98,7 +98,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                     epilog="Run 'deqloop COMMAND --help' for a command's options.")
     parser.add_argument("--version", action="version", version=f"deqloop {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    train.add(sub, task)
+    train.add(sub, task, pre.recipe)
     evaluate.add(sub)
     demo.add(sub)
     analyze.add(sub)

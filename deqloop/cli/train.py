@@ -50,17 +50,23 @@ class ListRecipes(argparse.Action):
         parser.exit(0)
 
 
-def add(sub: Any, task: str | None) -> None:
+def add(sub: Any, task: str | None, recipe: str | None = None) -> None:
+    """The ``train`` subcommand, with the flags of ``task``; ``recipe`` (when the command line names
+    one) lists its values below the flags, since they replace the defaults shown."""
     from deqloop.errors import ConfigError
     from deqloop.tasks import task_class, task_names
     from deqloop.train import TrainConfig
-    from deqloop.train.recipes import recipe_names
+    from deqloop.train.recipes import get_recipe, recipe_names
 
+    epilog = None
+    if recipe is not None:
+        epilog = (f"recipe {recipe} (its values replace the defaults above; the flags given win): "
+                  + get_recipe(recipe).listing())
     p = sub.add_parser(
         "train", help="train a looped model on a task",
         description="Train a looped transformer. Writes OUT/config.json, OUT/metrics.jsonl (JSON lines) and "
         "OUT/last.pt (atomic checkpoint). Under torchrun the same command trains with DistributedDataParallel. "
-        "The task's own settings are flags too (see them with --task NAME --help).")
+        "The task's own settings are flags too (see them with --task NAME --help).", epilog=epilog)
     p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
                    help="import MODULE first (it may register tasks with deqloop.tasks.register_task)")
     p.add_argument("--recipe", metavar="NAME", default=argparse.SUPPRESS,

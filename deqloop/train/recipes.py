@@ -71,6 +71,10 @@ class Recipe:
         """Settings and regime, flat (a deep copy)."""
         return copy.deepcopy({**self.settings, **self.regime})
 
+    def listing(self) -> str:
+        """The values as ``name value, ...`` (for help texts)."""
+        return ", ".join(f"{k} {v}" for k, v in self.values().items())
+
 
 _PREFIX_SPLIT = dict(length=32, min_length=8, start_length=8, start_min_length=4, ramp_steps=900)
 _CPU = dict(threads=1, progress=False)
