@@ -99,6 +99,8 @@ class Gap:
     def why(self) -> str:
         """Why the gap decides nothing (empty when it does): too few seeds, or within 2 s.e. with the
         seeds a cell at which it would be 2 s.e. (the s.e. shrinking as 1/√n)."""
+        if self.seeds == 0:
+            return "not measured on at least one side"
         if self.seeds < 2:
             return NEEDS_SEEDS.format(self.seeds)
         if self.sign or not math.isfinite(self.gap):
@@ -112,7 +114,7 @@ class Gap:
         decides nothing."""
         interval = (f", 2-s.e. interval [{fmt(self.gap - 2 * self.se)}, {fmt(self.gap + 2 * self.se)}]{unit}"
                     if math.isfinite(self.se) else "")
-        why = self.why() if why and self.seeds >= 2 else ""
+        why = self.why() if why and self.seeds != 1 else ""
         return f"{fmt(self.hi)} vs {fmt(self.lo)}{unit}, gap {fmt(self.gap)}{unit}{interval}" + (f" ({why})" if why else "")
 
 
@@ -178,7 +180,7 @@ def claim1(frame: pd.DataFrame) -> Verdict:
 
 
 C2_AXES = {"plain_reach": "reachable by plain iteration (hard split, 500 iterations)",
-           "bwd": "implicit backward solve converged (probe)",
+           "bwd": "implicit backward solve converged (probe, runs with fixed points on it)",
            "stability": "−log₁₀ gradient-norm spread (max/median over training)"}
 C2_BESIDE = {"anderson_reach": "Anderson converged", "resolvent": "‖(I − J)⁻¹‖", "rho": "ρ(J)"}
 
@@ -187,7 +189,8 @@ def c2_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Per task, learning rate and recall family of the paper's runs, each C2 axis and the measures beside
     them: outer {post, sandwich} against inner (every other norm, the GRU row with its peri norm), :class:`Gap`s."""
     runs = paper_runs(frame)
-    rec = runs[runs.family.isin(ORDER[:2])].assign(stability=lambda f: -np.log10(f.grad_spread))
+    rec = runs[runs.family.isin(ORDER[:2])].assign(  # the backward solve speaks of conditioning only at fixed points
+        stability=lambda f: -np.log10(f.grad_spread), bwd=lambda f: f.bwd.where(f.anderson_reach > 0))
     rows = []
     for (task, lr, recall), g in rec.groupby(["task", "lr", "recall"]):
         outer, inner = g[g.family == ORDER[0]], g[g.family == ORDER[1]]
@@ -204,12 +207,14 @@ def claim2(frame: pd.DataFrame) -> Verdict:
             "outer-norm cells {post, sandwich} against the inner ones (pre, peri, and the GRU row, whose norm is the "
             "paper's peri: nothing normalises the stream after the merge) on (a) the fraction of hard examples whose "
             "plain iteration settles (the paper's reachability), (b) the implicit backward solve's converged "
-            "fraction on the probe (smoothness as conditioning: it converges where I − J is well conditioned), (c) "
+            "fraction on the probe, in runs whose probe reached fixed points (smoothness as conditioning: it converges "
+            "where I − J is well conditioned; not measured where Anderson found no fixed point on the hard probe), (c) "
             "−log₁₀ of the gradient-norm spread over training (backprop stability); supported when every axis favours "
             "the outer cells by more than 2 seed s.e. in every family; contradicted when one axis favours the inner "
             "cells by more than 2 s.e. in a family; Anderson's converged fraction, ‖(I − J)⁻¹‖ and ρ(J) beside it")
     rows = c2_rows(frame)
-    change = ("3 seeds a cell, so that each gap has a seed s.e.; for (c), a spread measured on per-step gradient "
+    change = ("3 seeds a cell, so that each gap has a seed s.e.; for (b), fixed points on the hard probe (more "
+              "solver iterations, or a budget at which the models converge on 512 bits); for (c), a spread measured on per-step gradient "
               "norms (a summary keeps the median and the largest only, and a run's largest gradient can be the "
               "step its loss leaves the plateau, which a run that never learns does not have)")
     if rows.empty:
@@ -219,9 +224,9 @@ def claim2(frame: pd.DataFrame) -> Verdict:
     for (task, lr, recall), g in rows.groupby(["task", "lr", "recall"], sort=False):
         r0 = g.iloc[0]
         axes = "; ".join(f"{C2_AXES.get(r.axis) or C2_BESIDE[r.axis]} {r.gap.text(num)}" for r in g.itertuples())
-        seeds = min(r.gap.seeds for r in g.itertuples() if r.axis in C2_AXES)
+        seeds = min((r.gap.seeds for r in g.itertuples() if r.axis in C2_AXES and r.gap.seeds), default=0)
         parts.append(f"{task}, lr {lr:g}, {recall} recall ({r0.outer} against {r0.inner}; {spent}): " + axes
-                     + (f" — {NEEDS_SEEDS.format(seeds)}" if seeds < 2 else ""))
+                     + (f" — {NEEDS_SEEDS.format(seeds)}" if seeds == 1 else ""))
     decided = rows[rows.axis.isin(list(C2_AXES))]
     signs = decided.gap.map(lambda x: x.sign)
     evidence = "; ".join(parts)

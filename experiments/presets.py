@@ -60,8 +60,9 @@ gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fi
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA) on deqloop's cpu grid.
 
 The cpu, recipes and gpu presets run the stability monitor (``stability_every``: every 25 steps
-on CPU, about 5 % of a prefix-sums run's training time by ``benchmarks/monitor.py``); its traces
-go into each run's summary and the report's "stability over training" figure and table.
+on CPU, about 5 % of a prefix-sums run's training time by ``benchmarks/monitor.py``), seed-cpu
+every 50 steps and seed-gpu every 100–250; its traces go into each run's summary, and RESULTS.md
+draws ρ over training for the seed presets.
 """
 
 from __future__ import annotations

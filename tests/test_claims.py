@@ -159,6 +159,7 @@ def c2_runs(outer, inner, spread_outer=2.0, spread_inner=2.0, seeds=3):
             for s in range(seeds):
                 v = (outer if out else inner) + 0.01 * s
                 rs.append(run(recall=recall, norm=norm, seed=s, plain_reach=v, backward_converged_fraction=v,
+                              converged_fraction=1.0,
                               grad_norm_median=1.0, grad_norm_max=(spread_outer if out else spread_inner) * (1 + 0.01 * s)))
     return rs
 
@@ -178,6 +179,13 @@ def test_c2_supported_contradicted_inconclusive():
     v = claims.claim2(frame(c2_runs(0.8, 0.2, spread_inner=20.0, seeds=1)))
     assert v.verdict == claims.INCONCLUSIVE and "1 seed a cell: no seed s.e." in v.evidence
     assert claims.claim2(frame(c2_runs(0.5, 0.5, spread_inner=20.0))).verdict == claims.INCONCLUSIVE  # no gap
+    # no fixed point on the probe: the backward solve says nothing of conditioning, so (b) is not measured
+    rs = c2_runs(0.8, 0.2, spread_inner=20.0)
+    for r in rs:
+        r["analysis"]["hard"]["converged_fraction"] = 0.0
+    v = claims.claim2(frame(rs))
+    assert v.verdict == claims.INCONCLUSIVE
+    assert "implicit backward solve converged (probe, runs with fixed points on it) — vs —, gap — (not measured" in v.evidence
     only_outer = [r for r in c2_runs(0.8, 0.2) if r["spec"]["norm"] == "post"]
     assert claims.claim2(frame(only_outer)).evidence.startswith("no recall family has both")
 
