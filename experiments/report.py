@@ -116,6 +116,7 @@ def run_table(runs: pd.DataFrame) -> str:
     return md(pd.DataFrame({
         "regime": f.regime, "seed": f.seed.map(lambda v: str(int(v))), "val best": f.val_best.map(pct),
         "hard best (count)": f.hard_best.map(pct) + " (" + f.hard_best_at.map(num) + ")", f"hard @{AT}": f.hard_at.map(pct),
+        "hard at the last count": f.hard_last.map(pct) + " (" + f["last"].map(num) + ")",
         "adaptive / iterations": f.adaptive.map(pct) + " / " + f.adaptive_iters.map(num),
         "solver / iterations": f.solver.map(pct) + " / " + f.solver_iters.map(num), "train s": f.train_s.map(num)}))
 

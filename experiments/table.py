@@ -35,6 +35,7 @@ COLUMNS = {
     "alpha": "train_config.alpha", "blocks": "train_config.blocks", "recall_maps": "train_config.recall_maps",
     "hard_at": "eval.paper.accuracy.hard", "val_at": "eval.paper.accuracy.val",  # @500 (@1 untied), the paper's number
     "hard_best_at": "eval.best.hard.0", "hard_best": "eval.best.hard.1", "val_best": "eval.best.val.1",
+    "last": "eval.curves.iters.-1", "hard_last": "eval.curves.accuracy.hard.-1",  # at the largest count tested
     "adaptive": "eval.settling.hard.accuracy", "adaptive_iters": "eval.settling.hard.iterations_mean",
     "plain_reach": "eval.settling.hard.converged",  # plain iteration's state stopped changing (the paper's reach)
     "solver": "eval.solver.hard.accuracy", "solver_iters": "eval.solver.hard.iterations_mean",
@@ -52,9 +53,10 @@ TEXT = ("name", "task", "recall", "norm", "regime", "preset", "commit", "command
 
 
 def get(d: Any, path: str) -> Any:
-    """The value at a dotted ``path`` of nested dicts (a number indexes a list); None where any step is missing."""
+    """The value at a dotted ``path`` of nested dicts (a number, −1 the last, indexes a list); None where any step
+    is missing."""
     for key in path.split("."):
-        if isinstance(d, list) and key.isdigit() and int(key) < len(d):
+        if isinstance(d, list) and key.lstrip("-").isdigit() and -len(d) <= int(key) < len(d):
             d = d[int(key)]
         elif isinstance(d, dict) and key in d:
             d = d[key]

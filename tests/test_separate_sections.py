@@ -62,8 +62,8 @@ def test_the_chess_section_prints_both_metrics_the_verdict_and_a_figure(tmp_path
     text = squeeze(report.section(Path("results/chess_long"), [_chess(0, [0, .1, .2, .1])], tmp_path / "plots",
                                   tmp_path / "RESULTS.md"))
     assert "hard: random 5.0 / 6.0, greedy 30.0 / 32.0" in text and "20.0 % = 4.0× the random-legal" in text
-    # seed 0: val best 50 % (first at 12), hard best 20 % at 12, no count 500: no paper number
-    assert "| progressive | 0 | 50.0 | 20.0 (12) | — |" in text
+    # seed 0: val best 50 % (first at 12), hard best 20 % at 12, no count 500: no paper number; 10 % at 48
+    assert "| progressive | 0 | 50.0 | 20.0 (12) | — | 10.0 (48) |" in text
     assert "3000 steps" in text and "lichess" not in text  # where the data lay on one machine is not shown
     assert (tmp_path / "plots" / "chess_long.png").stat().st_size > 10_000
 
@@ -72,7 +72,7 @@ def test_a_recipes_sweep_at_other_steps_gets_its_own_table(tmp_path):
     runs = [_recipe(s, g, h) for s, h in enumerate((1.0, 0.5)) for g in ("progressive", "phantom")]
     text = squeeze(report.section(Path("results/recipes_1500"), runs, tmp_path, tmp_path / "R.md"))
     assert text.startswith("## prefix_sums: the fixed-point training recipes at another number of steps")
-    assert "| progressive | 0 | 100.0 | 100.0 (500) | 100.0 | 100.0 / 40 | 100.0 / 30 | 10 |" in text
+    assert "| progressive | 0 | 100.0 | 100.0 (500) | 100.0 | 100.0 (500) | 100.0 / 40 | 100.0 / 30 | 10 |" in text
     assert "| phantom | 1 | 100.0 | 50.0 (500) |" in text and "--steps 1500" in text
     assert text.index("| progressive | 1 |") < text.index("| phantom | 0 |")  # the presets' order of regimes
 
