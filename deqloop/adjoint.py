@@ -43,7 +43,7 @@ import torch
 from deqloop.adjoint_warnings import BackwardWarning, backward_warnings
 from deqloop.errors import ConfigError, ConfigKeyError, DeqloopError
 from deqloop import inputs
-from deqloop.solvers import BackwardStats, LoopOptions, Solution
+from deqloop.solvers import DEFAULT_SOLVER, BackwardStats, LoopOptions, Solution
 from deqloop.solvers.packing import Packing, packed_map
 from deqloop.validate import choice, integer, known_keys, number
 
@@ -109,7 +109,7 @@ class Backward:
     """Base of the backward modes. Subclasses are frozen dataclasses of their options."""
 
     name: ClassVar[str] = ""
-    default_method: ClassVar[str] = "anderson"  # the forward solver when the caller names none
+    default_method: ClassVar[str] = DEFAULT_SOLVER  # the forward solver when the caller names none
 
     def solve(self, f: Map, z0: torch.Tensor, loop: LoopOptions) -> tuple[torch.Tensor, Solution]:
         """Run the forward ``loop`` as this mode needs it (:meth:`forward`) and attach the gradient.
@@ -241,7 +241,7 @@ class Implicit(Backward):
     is not a fixed point; its rows are marked in ``stats.fallback``, and no warning is raised for
     them. ``"none"`` (default): every sample takes the solve's g, converged or not."""
 
-    method: str = "anderson"
+    method: str = DEFAULT_SOLVER
     rtol: float = 1e-6
     atol: float = 0.0
     max_iter: int = 50

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from deqloop.analysis.jacobian import LoopJacobian
 from deqloop.analysis.gmres import gmres
-from deqloop.solvers import BatchedMap, solve
+from deqloop.solvers import DEFAULT_SOLVER, BatchedMap, solve
 
 __all__ = ["STARTS", "Sensitivity", "Smoothness", "input_sensitivity", "local_smoothness", "unit_directions"]
 
@@ -114,7 +114,7 @@ def local_smoothness(
     direction: Tensor | None = None,
     seed: int = 0,
     start: str = "fixed_point",
-    solver: str = "anderson",
+    solver: str = DEFAULT_SOLVER,
     rtol: float = 1e-6,
     atol: float = 0.0,
     max_iter: int = 200,

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from deqloop.errors import ConfigError
-from deqloop.solvers import residual_norms
+from deqloop.solvers import DEFAULT_SOLVER, residual_norms
 
 __all__ = [
     "AdaptiveResult",
@@ -259,7 +259,7 @@ def adaptive_accuracy(
     y: torch.Tensor,
     correct: Correct,
     *,
-    solver: str = "anderson",
+    solver: str = DEFAULT_SOLVER,
     max_iter: int = 100,
     rtol: float = 1e-4,
     atol: float = 0.0,

@@ -24,7 +24,7 @@ from deqloop.model.attention import ATTENTION_BACKENDS
 from deqloop.model.rope import check_head_dim
 from deqloop.names import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                            RESIDUALS)
-from deqloop.solvers import LoopOptions, available_solvers
+from deqloop.solvers import DEFAULT_SOLVER, LoopOptions, available_solvers
 from deqloop.validate import choice, integer, known_keys, number
 
 __all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "BF16_RTOL", "EARLIER_FORMS", "INITS", "LoopedDEQConfig",
@@ -163,7 +163,7 @@ class SolveSettings:
 
     init: str = "embed"
     init_scale: float = 0.1
-    solver: str = "anderson"
+    solver: str = DEFAULT_SOLVER
     backward: str | Backward = "implicit"
     max_iter: int = 30
     rtol: float = 1e-4

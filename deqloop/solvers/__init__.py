@@ -20,7 +20,7 @@ from deqloop.solvers.base import BatchedMap, KeptRows, Solver, SubsettableMap
 from deqloop.solvers.broyden import Broyden
 from deqloop.solvers.loop_options import LoopOptions
 from deqloop.solvers.picard import Picard
-from deqloop.solvers.registry import SolveFn, available_solvers, get_solver, register_solver
+from deqloop.solvers.registry import DEFAULT_SOLVER, SolveFn, available_solvers, get_solver, register_solver
 from deqloop.solvers.solution import (
     BackwardStats,
     Solution,
@@ -32,6 +32,7 @@ from deqloop.solvers.solution import (
 from deqloop.solvers.torchdeq_adapter import TORCHDEQ_METHODS, make_torchdeq_solver
 
 __all__ = [
+    "DEFAULT_SOLVER",
     "Anderson",
     "BackwardStats",
     "BatchedMap",
@@ -54,7 +55,7 @@ __all__ = [
 def solve(
     f: Callable[[Any], Any],
     z0: Any,
-    method: str = "anderson",
+    method: str = DEFAULT_SOLVER,
     *,
     rtol: float = 1e-4,
     atol: float = 0.0,

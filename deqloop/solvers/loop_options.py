@@ -24,7 +24,7 @@ from deqloop.errors import ConfigError
 from deqloop.solvers.base import Solver
 from deqloop.solvers.loop import COMPACT_AT, run_solver
 from deqloop.solvers.packing import Packing, packed_map
-from deqloop.solvers.registry import SolveFn, get_solver
+from deqloop.solvers.registry import DEFAULT_SOLVER, SolveFn, get_solver
 from deqloop.solvers.solution import Solution
 from deqloop.validate import choice, integer, number
 
@@ -94,7 +94,7 @@ class LoopOptions:
         the loop; the unrolled backward mode sets it).
     """
 
-    method: str = "anderson"
+    method: str = DEFAULT_SOLVER
     options: Mapping[str, Any] = field(default_factory=dict)
     rtol: float = 1e-4
     atol: float = 0.0

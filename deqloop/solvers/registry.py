@@ -12,7 +12,11 @@ from deqloop.errors import ConfigError
 from deqloop.solvers.base import Solver
 from deqloop.solvers.solution import Solution
 
-__all__ = ["SolveFn", "available_solvers", "get_solver", "register_solver"]
+__all__ = ["DEFAULT_SOLVER", "SolveFn", "available_solvers", "get_solver", "register_solver"]
+
+DEFAULT_SOLVER = "anderson"
+"""The forward solver wherever none is named: the model's settings, :func:`deqloop.solve`,
+:func:`deqloop.fixed_point`, evaluation and analysis (one default, declared here)."""
 
 SolveFn = Callable[..., Solution]
 _REGISTRY: dict[str, type[Solver] | SolveFn] = {}
