@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import spearmanr
 
-from experiments.table import AT, FLOOR, OUTER
+from experiments.table import AT, FLOOR, OUTER, num, pct
 
 SUPPORTED, CONTRADICTED, INCONCLUSIVE = "supported", "contradicted", "inconclusive at this budget"
 PAPER_REGIME = "paper"  # α = 1 progressive loss with z0's gradient, the paper's schedule (experiments/presets.py)
@@ -45,21 +45,6 @@ class Verdict:
     rule: str
     evidence: str
     change: str  # what would change the verdict
-
-
-def pct(v: float) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
-
-
-def num(v: float, digits: int = 3) -> str:
-    return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
-
-
-def mean_se(x: pd.Series) -> tuple[float, float, int]:
-    """The mean, its standard error (sample s.d. / √n; NaN for fewer than two values) and n, of the finite values."""
-    x = x.dropna()
-    n = len(x)
-    return (float(x.mean()) if n else math.nan, float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, n)
 
 
 def budget(runs: pd.DataFrame) -> str:

@@ -29,10 +29,10 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.claims import num, pct
 from experiments.figures import facets
 from experiments.runlog import records
-from experiments.summary import SummaryError
+from experiments.summary import SummaryError, best_accuracy, read_json
+from experiments.table import curves_frame, num, pct
 
 DEFAULT_ROOT = "results/examples"
 RECORD_FORMAT = 1
@@ -60,11 +60,8 @@ def load(root: Path) -> dict[str, list[dict[str, Any]]]:
     """The records under ``root`` (``<task>/<name>.json``) by task, each with its ``name``."""
     by_task: dict[str, list[dict[str, Any]]] = {}
     for path in sorted(Path(root).glob("*/*.json")):
-        try:
-            r = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise SummaryError(f"{path}: not valid JSON ({err})") from None
-        if not isinstance(r, dict) or r.get("record_format") != RECORD_FORMAT:
+        r = read_json(path, "example record")
+        if r.get("record_format") != RECORD_FORMAT:
             raise SummaryError(f"{path}: not an example record of format {RECORD_FORMAT}")
         if r["eval"].get("task") != path.parent.name:
             raise SummaryError(f"{path}: a {r['eval'].get('task')!r} run filed under {path.parent.name!r}")
@@ -83,22 +80,12 @@ def recipe(cfg: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def curves(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """Every record's accuracy curves in long form: a row per run, evaluated set and test-time count."""
-    return pd.DataFrame([{"run": r["name"], "set": name, "iters": t, "accuracy": a}
-                         for r in runs for name, acc in r["eval"]["curves"]["accuracy"].items()
-                         for t, a in zip(r["eval"]["curves"]["iters"], acc)])
-
-
 def overview(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """A row per run: its recipe, seed, steps and time, the training set's best (count) and value at the
     largest count, the hard split's best (count), and for a run trained at its fixed point its own solve."""
     def best(r: dict[str, Any], split: str) -> str:
-        acc = r["eval"]["curves"]["accuracy"].get(split)
-        if acc is None:
-            return "—"
-        i = max(range(len(acc)), key=lambda j: (acc[j], -j))
-        return f"{pct(acc[i])} ({r['eval']['curves']['iters'][i]})"
+        found = best_accuracy(r["eval"]["curves"], split)
+        return "—" if found is None else f"{pct(found[1])} ({found[0]})"
 
     def solve(r: dict[str, Any]) -> str:
         s = (r["eval"].get("solver") or {}).get("hard")
@@ -114,7 +101,7 @@ def overview(runs: list[dict[str, Any]]) -> pd.DataFrame:
 def section(task: str, runs: list[dict[str, Any]], plots: Path, out: Path) -> str:
     """RESULTS.md's section on the example runs of ``task``: every run in a line, the accuracy of every
     run on every evaluated set at every count, and a figure with a panel per run."""
-    c = curves(runs)
+    c = curves_frame(runs).rename(columns={"name": "run", "split": "set"})
     table = c.pivot_table(index=["run", "set"], columns="iters", values="accuracy", sort=False).map(pct)
     table.insert(0, "n", pd.Series({(r["name"], k): str(v) for r in runs for k, v in r["eval"]["n"].items()}))
 

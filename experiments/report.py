@@ -23,11 +23,11 @@ from typing import Any
 import pandas as pd
 
 from experiments import claims, examples_report
-from experiments.claims import mean_se, num, pct
 from experiments.figures import facets
 from experiments.presets import REGIMES, TASK_ORDER, get_preset
 from experiments.summary import SummaryError, load_summaries
-from experiments.table import AT, ROW_ORDER, curves_frame, load_results, paper_layout, runs_frame, traces_frame
+from experiments.table import (AT, ROW_ORDER, curves_frame, load_results, mean_se, num, paper_layout, pct, runs_frame,
+                               traces_frame)
 from experiments.table import ordered as _ordered
 
 TEMPLATE = Path(__file__).with_name("results_template.md")

@@ -134,7 +134,7 @@ def write_summary(summary: dict[str, Any], root: Path, *, verbose: bool = False)
     return path
 
 
-def _read(path: Path, what: str = "JSON object") -> dict[str, Any]:
+def read_json(path: Path, what: str = "JSON object") -> dict[str, Any]:
     """The JSON object in ``path``; :class:`SummaryError` naming the file where it is none."""
     try:
         value = json.loads(path.read_text())
@@ -150,7 +150,7 @@ def summarize_sweep(sweep_root: Path) -> list[dict[str, Any]]:
     beside it), sorted by run name; a result without a name is named by its folder under the root."""
     found = []
     for path in Path(sweep_root).rglob("result.json"):
-        s = summarize(_read(path), path.parent / "metrics.jsonl")
+        s = summarize(read_json(path), path.parent / "metrics.jsonl")
         s.setdefault("name", path.parent.relative_to(sweep_root).as_posix())
         found.append((s["name"], str(path), s))
     return [s for _, _, s in sorted(found, key=lambda t: t[:2])]
@@ -174,7 +174,7 @@ def load_summaries(root: Path) -> list[dict[str, Any]]:
     root = Path(root)
     summaries = []
     for path in root.rglob("*.json"):
-        s = _read(path, "run summary")
+        s = read_json(path, "run summary")
         if s.get("summary_format") != SUMMARY_FORMAT:
             raise SummaryError(f"{path}: summary_format is {s.get('summary_format')!r}, this code reads {SUMMARY_FORMAT}")
         missing = _missing(s)

@@ -12,6 +12,7 @@ give the long forms of the accuracy curves and of the stability monitor's traces
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,21 @@ COLUMNS = {
     "train_s": "seconds.train",
 }
 TEXT = ("name", "task", "recall", "norm", "regime", "preset", "commit", "command", "recall_maps")
+
+
+def pct(v: float) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
+
+
+def num(v: float, digits: int = 3) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
+
+
+def mean_se(x: pd.Series) -> tuple[float, float, int]:
+    """The mean, its standard error (sample s.d. / √n; NaN for fewer than two values) and n, of the finite values."""
+    x = x.dropna()
+    n = len(x)
+    return (float(x.mean()) if n else math.nan, float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan, n)
 
 
 def get(d: Any, path: str) -> Any:
@@ -152,10 +168,8 @@ def paper_layout(frame: pd.DataFrame) -> pd.DataFrame:
     the hard accuracy @:data:`AT` and, beside it, the best over counts: ``mean ± s.e.`` in % over seeds
     (``± —`` for one seed; ``(n of m)`` where only n of the cell's m runs have the number)."""
     def cell(x: pd.Series) -> str:
-        n, m = x.notna().sum(), len(x)
-        se = x.std(ddof=1) / n ** 0.5 if n > 1 else float("nan")
-        return "—" if n == 0 else f"{100 * x.mean():.1f} ± {'—' if se != se else f'{100 * se:.1f}'}" + (
-            f" ({n} of {m})" if n < m else "")
+        mean, se, n = mean_se(x)
+        return "—" if n == 0 else f"{pct(mean)} ± {pct(se)}" + (f" ({n} of {len(x)})" if n < len(x) else "")
 
     table = frame.pivot_table(index=["recall", "norm"], columns="lr", values=["hard_at", "hard_best"], aggfunc=cell)
     table.columns = [f"lr {lr:g} {'@' + str(AT) if v == 'hard_at' else 'best'}" for v, lr in table.columns]

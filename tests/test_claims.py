@@ -10,7 +10,7 @@ import pytest
 from scipy.stats import spearmanr
 
 from experiments import claims
-from experiments.table import runs_frame
+from experiments.table import mean_se, runs_frame
 
 ANALYSIS = ("converged_fraction", "distinct_fixed_points", "resolvent_norm_median", "input_sensitivity_median",
             "input_fd_median", "backward_converged_fraction", "spectral_radius_median")
@@ -59,7 +59,7 @@ def test_the_table_reads_accuracy_at_500_and_never_invents_it():
 
 
 def test_mean_se_and_the_cells_seed_error_by_hand():
-    m, se, n = claims.mean_se(pd.Series([0.2, 0.4, 0.6, float("nan")]))
+    m, se, n = mean_se(pd.Series([0.2, 0.4, 0.6, float("nan")]))
     assert (m, n) == (pytest.approx(0.4), 3) and se == pytest.approx(0.2 / math.sqrt(3))
     # two cells: post 0.2/0.4/0.6 (mean 0.4, var 0.04), sandwich 0.1/0.1/0.4 (mean 0.2, var 0.03)
     hi = frame([run(norm="post", seed=s, hard=h) for s, h in enumerate((0.2, 0.4, 0.6))]
