@@ -10,7 +10,8 @@
     print(report.summary()); report.to_json()
 
 The building blocks are public too: :class:`LoopJacobian` (batched JVPs/VJPs of the loop map),
-:func:`leading_eigenvalues`, :func:`sigma_max`, :func:`resolvent_norm`,
+:func:`leading_eigenvalues` (Krylov–Schur, warm-startable: the training monitor's ρ estimator too),
+:func:`backward_stats` (the implicit backward solve at the fixed points), :func:`sigma_max`, :func:`resolvent_norm`,
 :func:`input_sensitivity`, :func:`local_smoothness`, :func:`weight_diagnostics` (the paper's
 ρ(W_x), ‖W_x‖₂, ... of the block's weights), and :func:`plot_report` for figures.
 :func:`anisotropy_table` and :func:`plot_anisotropy` are the paper's scalar toy of the stable
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from deqloop.analysis.analyze import MEASURES, AnalysisOptions, analyze
 from deqloop.analysis.anisotropy import anisotropy_table, plot_anisotropy
+from deqloop.analysis.backward import backward_stats
 from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues
 from deqloop.analysis.norms import resolvent_norm, sigma_max
 from deqloop.analysis.report import REGIMES, StabilityReport
@@ -37,6 +39,7 @@ __all__ = [
     "WEIGHT_KEYS",
     "analyze",
     "anisotropy_table",
+    "backward_stats",
     "input_sensitivity",
     "leading_eigenvalues",
     "local_smoothness",

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from deqloop.analysis.backward import backward_stats
 from deqloop.analysis.jacobian import EIG_METHODS, LoopJacobian, leading_eigenvalues
 from deqloop.analysis.norms import RESOLVENT_METHODS, resolvent_norm, sigma_max
 from deqloop.analysis.reachability import agreement, count_distinct, relative_spread, solve_from
 from deqloop.analysis.report import StabilityReport, regimes
-from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness, unit_directions
+from deqloop.analysis.sensitivity import input_sensitivity, local_smoothness
 from deqloop.analysis.weights import weight_diagnostics
 from deqloop import inputs
 from deqloop.errors import ConfigError, InputError, InputTypeError
@@ -298,7 +298,7 @@ def analyze(model, x: Tensor, options: AnalysisOptions | None = None, **override
 
         # 7. backpropagation
         if "backward" in measures:
-            conv, iters, res = stages.run("backward", _backward_stats, model, e, z_star, solver=solver,
+            conv, iters, res = stages.run("backward", backward_stats, model, e, z_star, solver=solver,
                                           solver_options=solver_options, options=opts.backward_options, seed=opts.seed)
             report.backward_converged, report.backward_iterations, report.backward_residual = conv, iters, res
         report.timings = stages.timings
@@ -313,46 +313,3 @@ def _plain_config(config) -> dict[str, Any]:
     flat = {**d["arch"], **d["solve"]}
     flat["grid"] = list(flat["grid"])
     return flat
-
-
-def _backward_stats(
-    model,
-    e: Tensor,
-    z_star: Tensor,
-    *,
-    solver: str,
-    solver_options: dict[str, Any],
-    options: dict[str, Any] | None,
-    seed: int,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the implicit backward pass once, as training would, for a random unit cotangent.
-
-    The forward "solve" starts at ``z_star`` and takes one step (``max_iter=1``), so the
-    backward solve sees exactly the reference fixed point. Gradients flow to ``e`` and to the
-    trainable parameters; the statistics recorded by :func:`deqloop.fixed_point` are returned as
-    ``(converged, iterations, residual)`` ``(B,)`` tensors.
-    """
-    from deqloop.adjoint import BackwardWarning, fixed_point
-    from deqloop.solvers import BatchedMap
-
-    from deqloop.adjoint import Implicit
-
-    adjoint = model.config.solve.adjoint
-    bopts = adjoint.options() if isinstance(adjoint, Implicit) else {}
-    bopts.update(options or {})
-    B = e.shape[0]
-    gen = torch.Generator().manual_seed(seed + 2)
-    v = unit_directions(B, 1, e[0].numel(), gen)[:, 0].to(dtype=z_star.dtype, device=z_star.device).reshape(z_star.shape)
-    with torch.enable_grad():
-        e_in = e.detach().requires_grad_(True)
-        z, sol = fixed_point(BatchedMap(model.step, e_in), z_star.detach(), method=solver, backward="implicit",
-                             max_iter=1, backward_options=bopts, **solver_options)
-        inputs = [e_in] + [p for p in model.parameters() if p.requires_grad]
-        if z.requires_grad:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", BackwardWarning)
-                torch.autograd.grad(z, inputs, v, allow_unused=True)
-    st = sol.backward
-    if st.converged is None:  # nothing upstream needs a gradient: no backward solve to run
-        return (torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.long), torch.zeros(B, dtype=torch.float64))
-    return st.converged.cpu(), st.iterations.cpu(), st.residual.double().cpu()

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from deqloop import seeds
+from deqloop.analysis.backward import backward_stats
 from deqloop.analysis.jacobian import LoopJacobian, leading_eigenvalues
 from deqloop.analysis.krylov import EigenEstimate
 from deqloop.validate import integer, number
@@ -143,7 +144,6 @@ class StabilityMonitor:
             return self._measure(step, grad_norms)
 
     def _measure(self, step: int, grad_norms: dict[str, float] | None) -> dict[str, Any]:
-        from deqloop.analysis.analyze import _backward_stats
         from deqloop.analysis.reachability import solve_from
         from deqloop.analysis.weights import weight_diagnostics
 
@@ -172,7 +172,7 @@ class StabilityMonitor:
         z_star = sol.z.detach()
         est = self.spectral_radius(z_star, e, int(torch.randint(0, 2**31 - 3, (1,), generator=gen)))
         radius, residual = est.radius, est.residual
-        b_conv, b_iters, _ = _backward_stats(model, e, z_star, solver=s.solver, solver_options=s.solver_options,
+        b_conv, b_iters, _ = backward_stats(model, e, z_star, solver=s.solver, solver_options=s.solver_options,
                                              options=None, seed=int(torch.randint(0, 2**31 - 3, (1,), generator=gen)))
         record: dict[str, Any] = {
             "step": int(step), "kind": "stability", "probe": len(e),
