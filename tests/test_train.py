@@ -280,8 +280,10 @@ def test_each_regime_trains_and_logs_its_metrics(tmp_path, overrides):
 
 
 def test_training_lowers_the_loss(tmp_path):
-    c = tiny_config(tmp_path, steps=80, min_length=None, length=3, batch_size=32, lr=1e-2, warmup_steps=5,
-                    checkpoint_every=80)
+    # lr 5e-3 over 120 steps falls by a third or more on seeds 0-3 (lr 1e-2 over 80 steps diverged
+    # to chance for a while on some data streams)
+    c = tiny_config(tmp_path, steps=120, min_length=None, length=3, batch_size=32, lr=5e-3, warmup_steps=5,
+                    checkpoint_every=120)
     train(c)
     losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     assert sum(losses[:10]) / 10 > 0.55  # near chance (ln 2 = 0.69) at the start

@@ -112,13 +112,32 @@ class Task:
         """``(n,)`` float: the fraction of cells predicted right."""
         return (as_predictions(out, y) == y).flatten(1).float().mean(dim=1)
 
-    def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
-        """The training batch of ``step`` of a run seeded ``seed`` (a pure function of both).
+    def train_examples(self, seed: int, step: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Examples ``start, ..., stop - 1`` of the training batch of ``step`` of a run seeded ``seed``.
 
-        Default: ``make("train", n)`` from a seed derived from ``(seed, step)``. A task with a
-        curriculum (lengths, blanks, ... that depend on the step) overrides this.
+        Example ``i`` must be a pure function of ``(seed, step, i)``, whatever the range it is asked
+        in: the trainer asks one process for ``[0, B)`` and each of ``W`` DDP ranks for its own
+        ``[r·B/W, (r+1)·B/W)``, and both must see the same global batch. Default: example ``i`` is
+        ``make("train", 1)`` seeded by ``seeds.example_seeds`` of ``(seed, BATCH, step)`` at ``i``.
+        A task with a curriculum (lengths, blanks, ... that depend on the step), or one that makes
+        examples faster together, overrides this.
         """
-        return self.make("train", n, seed=seeds.derive_seed(seed, seeds.BATCH, step) % 2**31)
+        parts = [self.make("train", 1, seed=s) for s in seeds.example_seeds(start, stop, seed, seeds.BATCH, step)]
+        if not parts:
+            empty = torch.zeros((0, *self.grid), dtype=torch.long)
+            return empty, empty.clone()
+        return torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+
+    def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
+        """The whole training batch of ``step``: ``train_examples(seed, step, 0, n)`` (override
+        :meth:`train_examples`, not this)."""
+        return self.train_examples(seed, step, 0, check_count(n))
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "train_batch" in cls.__dict__:
+            raise TypeError(f"{cls.__qualname__} overrides train_batch; override train_examples(seed, step, start, "
+                            "stop) instead (example i a function of (seed, step, i), so DDP ranks build their shards)")
 
     def curriculum(self, step: int) -> dict[str, Any]:
         """What the training curriculum draws from at ``step``, for the metrics log (e.g.
@@ -126,7 +145,9 @@ class Task:
         return {}
 
     def augment_batch(self, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """A training batch with the task's random symmetries applied (default: unchanged)."""
+        """A training batch with the task's random symmetries applied (default: unchanged). The
+        trainer augments one example at a time, each with a generator of ``(seed, AUGMENT, step,
+        i)``, so an example is augmented alike whichever rank makes it."""
         return x, y
 
     def loss_mask(self, x: Tensor, y: Tensor) -> Tensor | None:

@@ -268,10 +268,14 @@ class Chess(Task):
         check_band(band)
         check_count(n)
         check_seed(seed)
+        return self._make(band, n, seed)
+
+    def _make(self, band: str, n: int, seed: int, *, start: int = 0) -> tuple[Tensor, Tensor]:
+        """``make(band, n, seed)[start:]``, gathering only those puzzles from files."""
         if self.data is None:
             pieces = self.hard_pieces if band == "hard" else self.train_pieces
             x, y = _generate_cached(n, pieces, seed, _STREAMS[band], self.encoding)
-            return x.clone(), y.clone()  # the cached tensors stay untouched
+            return x[start:].clone(), y[start:].clone()  # the cached tensors stay untouched
         x, y = self._pool(easy=band != "hard")
         order = torch.arange(len(x))
         if band != "hard":
@@ -280,8 +284,17 @@ class Chess(Task):
             order = order[:n_val] if band == "val" else order[n_val:]
         if n > len(order):
             raise ConfigError(f"the chess {band!r} split of {', '.join(self.data)} has {len(order)} puzzles, {n} requested")
-        pick = order[torch.randperm(len(order), generator=seeds.generator(seed, 4, _STREAMS[band]))[:n]]
+        pick = order[torch.randperm(len(order), generator=seeds.generator(seed, 4, _STREAMS[band]))[start:n]]
         return x[pick], y[pick]
+
+    def train_examples(self, seed: int, step: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Generated: one mate-in-1 position per example, seeded by ``seeds.example_seeds`` (the
+        default). From files: examples ``start..stop-1`` of the draw ``make("train", stop)`` would
+        make from a seed of ``(seed, step)``; the step's permutation is shared, only the examples
+        asked for are gathered."""
+        if self.data is None:
+            return super().train_examples(seed, step, start, stop)
+        return self._make("train", stop, seeds.derive_seed(seed, seeds.BATCH, step) % 2**31, start=start)
 
     def extra_split(self, spec: str, n: int, seed: int) -> tuple[str, tuple[Tensor, Tensor]]:
         """``spec`` is a Lichess puzzle file: its first ``n`` puzzles."""

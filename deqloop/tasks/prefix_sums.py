@@ -149,9 +149,14 @@ class PrefixSums(Task):
         g = seeds.generator(seed, seeds.LENGTH, step)
         return int(torch.randint(lo, hi + 1, (1,), generator=g))
 
-    def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
-        return self.make("train", n, seed=seeds.derive_seed(seed, seeds.BATCH, step) % 2**31,
-                         length=self.train_length(seed, step))
+    def train_examples(self, seed: int, step: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Examples ``start..stop-1`` of ``step``'s batch: all at the step's :meth:`train_length`,
+        example ``i``'s bits drawn by a generator seeded by ``seeds.example_seeds`` at ``i``."""
+        length = self.train_length(seed, step)
+        x = torch.empty((stop - start, length), dtype=torch.long)
+        for row, s in zip(x, seeds.example_seeds(start, stop, seed, seeds.BATCH, step)):
+            row.random_(0, 2, generator=torch.Generator().manual_seed(s))
+        return x, torch.cumsum(x, dim=1) % 2
 
     def propagation_depth(self, x: Tensor | None = None) -> int:
         return self.length if x is None else int(x.shape[-1])

@@ -249,10 +249,18 @@ class Sudoku(Task):
         check_seed(seed)
         return self._draw(split, n, seed, use_cache=True)
 
-    def train_batch(self, n: int, seed: int, step: int) -> tuple[Tensor, Tensor]:
-        """``make("train", n)`` from a seed of ``(seed, step)``, as :meth:`Task.train_batch`, but never
-        cached on disk: each step's puzzles are drawn once, so a cache would write a file a step."""
-        return self._draw("train", check_count(n), seeds.derive_seed(seed, seeds.BATCH, step) % 2**31, use_cache=False)
+    def train_examples(self, seed: int, step: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
+        """Examples ``start..stop-1`` of the draw ``make("train", stop)`` would make from a seed of
+        ``(seed, step)``, but never cached on disk (each step's puzzles are drawn once, so a cache
+        would write a file a step). From a file, only the examples asked for are gathered (the
+        step's permutation of the pool is shared); generated puzzles come in seeded chunks, so the
+        draw makes the prefix up to ``stop``."""
+        step_seed = seeds.derive_seed(seed, seeds.BATCH, step) % 2**31
+        if self.data is None:
+            x, y = self._draw("train", check_count(stop), step_seed, use_cache=False)
+            return x[start:], y[start:]
+        x, y, pool = self._pool("train")
+        return self._pick(x, y, pool, "train", step_seed, start, stop)
 
     def _draw(self, split: str, n: int, seed: int, *, use_cache: bool) -> tuple[Tensor, Tensor]:
         if self.data is None:
@@ -266,10 +274,15 @@ class Sudoku(Task):
                             use_cache=use_cache)
             return x, y
         x, y, pool = self._pool(split)
-        if n > len(pool):
+        return self._pick(x, y, pool, split, seed, 0, n)
+
+    def _pick(self, x: Tensor, y: Tensor, pool: Tensor, split: str, seed: int, start: int,
+              stop: int) -> tuple[Tensor, Tensor]:
+        """Puzzles ``start..stop-1`` of the permutation of ``pool`` (indices into ``x``, ``y``) seeded by ``seed``."""
+        if stop > len(pool):
             files = self.data if split != "hard" or self.test_data is None else self.test_data
-            raise ConfigError(f"{files}: the {split!r} split has {len(pool)} puzzles, {n} requested")
-        pick = pool[torch.randperm(len(pool), generator=seeds.generator(seed, 2, _STREAMS[split]))[:n]]
+            raise ConfigError(f"{files}: the {split!r} split has {len(pool)} puzzles, {stop} requested")
+        pick = pool[torch.randperm(len(pool), generator=seeds.generator(seed, 2, _STREAMS[split]))[start:stop]]
         return x[pick], y[pick]
 
     def _pool(self, split: str) -> tuple[Tensor, Tensor, Tensor]:

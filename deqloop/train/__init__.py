@@ -2,7 +2,7 @@
 
     deqloop/train/config.py      TrainConfig: task + its settings, model, objective, optimisation, run
     deqloop/train/recipes.py     named configs as data: recipe("demo", steps=100) -> TrainConfig
-    deqloop/train/data.py        Batches: the batch of each step, a pure function of (seed, step)
+    deqloop/train/data.py        Batches: this rank's shard of each step's batch, a pure function of (seed, step)
     deqloop/train/objectives.py  Equilibrium (fixed-point gradients) and Progressive (deep-thinking loss)
     deqloop/train/trainer.py     Trainer: the loop (step, log, evaluate, checkpoint, resume)
     deqloop/train/runtime.py     processes, RNG states, AMP, optimizer groups and schedule

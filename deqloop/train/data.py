@@ -14,17 +14,22 @@ __all__ = ["Batches", "Prefetcher"]
 
 
 class Batches:
-    """The global batch of every step, sliced for this rank.
+    """This rank's shard of the global batch of every step.
 
-    Without a pool (``train_size=0``) each step asks the task for ``task.train_batch(B, seed, step)``
-    (a task's curriculum lives there); with a pool of ``train_size`` examples, drawn once, the
-    steps walk through shuffled epochs (the last partial batch of an epoch is dropped). Either way
-    the task's augmentation is applied with a generator of ``(seed, step)``. Each rank gets its
-    slice of the global batch, so one process and many see the same global batches.
+    The global batch of ``B`` examples is split into ``world`` equal shards; rank ``r`` makes only
+    examples ``[r·B/W, (r+1)·B/W)``, and example ``i`` is the same whichever rank makes it, so one
+    process and many see the same global batches. Without a pool (``train_size=0``) the task makes
+    them: ``task.train_examples(seed, step, start, stop)`` (a task's curriculum lives there); with a
+    pool of ``train_size`` examples, drawn once, the steps walk through shuffled epochs (the last
+    partial batch of an epoch is dropped) and the shard gathers its part. Each example then gets
+    the task's augmentation with a generator of its own seed (``seeds.example_seeds`` of ``(seed,
+    AUGMENT, step)`` at its index).
     """
 
     def __init__(self, task: Task, batch_size: int, seed: int, *, train_size: int = 0, rank: int = 0,
                  world: int = 1):
+        if world < 1 or not 0 <= rank < world or batch_size % world:
+            raise ValueError(f"rank {rank} of {world} processes cannot take an equal shard of batch {batch_size}")
         self.task, self.batch_size, self.seed = task, batch_size, seed
         self.train_size = train_size
         self.rank, self.world = rank, world
@@ -32,19 +37,31 @@ class Batches:
         if train_size:
             self.pool = task.make("train", train_size, seed=seeds.derive_seed(seed, seeds.POOL) % 2**31)
         self.per_epoch = train_size // batch_size if train_size else 0
+        self.augments = type(task).augment_batch is not Task.augment_batch
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        """``(start, stop)``: the indices of the global batch this rank makes."""
+        share = self.batch_size // self.world
+        return self.rank * share, (self.rank + 1) * share
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        B = self.batch_size
+        start, stop = self.shard
         if self.pool is None:
-            x, y = self.task.train_batch(B, self.seed, step)
+            x, y = self.task.train_examples(self.seed, step, start, stop)
         else:
             epoch, offset = divmod(step, self.per_epoch)
             order = torch.randperm(self.train_size, generator=seeds.generator(self.seed, seeds.EPOCH, epoch))
-            pick = order[offset * B : (offset + 1) * B]
+            pick = order[offset * self.batch_size + start : offset * self.batch_size + stop]
             x, y = self.pool[0][pick], self.pool[1][pick]
-        x, y = self.task.augment_batch(x, y, seeds.generator(self.seed, seeds.AUGMENT, step))
-        share = B // self.world
-        return x[self.rank * share : (self.rank + 1) * share], y[self.rank * share : (self.rank + 1) * share]
+        if len(x) != stop - start:
+            raise RuntimeError(f"task {self.task.name!r} made {len(x)} training examples for indices "
+                               f"[{start}, {stop}) of step {step}")
+        if self.augments:
+            pairs = [self.task.augment_batch(x[i : i + 1], y[i : i + 1], torch.Generator().manual_seed(s))
+                     for i, s in enumerate(seeds.example_seeds(start, stop, self.seed, seeds.AUGMENT, step))]
+            x, y = torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
+        return x, y
 
 
 class Prefetcher:
