@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deqloop import seeds
 from deqloop.tasks import get_task
 from deqloop.train import Batches, Trainer, read_metrics
 from deqloop.train.data import Prefetcher
@@ -62,10 +61,5 @@ def test_sudoku_training_batches_write_no_cache_file(tmp_path):
     for step in range(1, 4):
         task.train_batch(4, seed=0, step=step)
     assert not list(tmp_path.rglob("*.npz"))
-    # the same puzzles as the task's cached draw with that step's seed
-    cached = task.make("train", 4, seed=seeds.derive_seed(0, seeds.BATCH, 0) % 2**31)
-    assert torch.equal(x, cached[0]) and torch.equal(y, cached[1])
-    for f in tmp_path.rglob("*.npz"):
-        f.unlink()
     task.make("val", 4, seed=1)  # a fixed split is cached, once
     assert len(list(tmp_path.rglob("*.npz"))) == 1

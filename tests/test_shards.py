@@ -7,12 +7,17 @@ import csv
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pytest
 import torch
 
 from deqloop import seeds
+from deqloop.seeds import LaneStreams
 from deqloop.tasks import Task, get_task
-from deqloop.tasks.sudoku_blanks import generate_blanks
+from deqloop.tasks.sudoku_blanks import draw_blanks_lanes, generate_blanks
+from deqloop.tasks.sudoku_data import draw_lanes
+from deqloop.tasks.sudoku_examples import draw_examples
+from deqloop.tasks.sudoku_solver import _search, is_valid_solution
 from deqloop.train import Batches
 
 B = 8
@@ -133,3 +138,50 @@ def test_a_task_overriding_the_old_whole_batch_method_is_told_what_replaced_it()
 def test_a_batch_that_does_not_split_evenly_is_refused():
     with pytest.raises(ValueError, match="rank 0 of 3 processes cannot take an equal shard of batch 8"):
         Batches(get_task("prefix_sums"), 8, seed=0, world=3)
+
+
+@pytest.mark.parametrize("settings", [dict(blanks=(4, 8)), dict(train_band=(1, 3))], ids=["blanks", "rating band"])
+def test_generated_sudoku_examples_are_unique_puzzles_of_the_band_each_from_its_own_seed(settings):
+    task = get_task("sudoku", **settings)
+    x, y = task.train_examples(seed=4, step=2, start=0, stop=6)
+    grids = x.flatten(1).numpy().astype(np.int8)
+    assert bool(is_valid_solution(y).all()) and bool(((x == 0) | (x == y)).all())
+    assert (_search(grids, 2, hidden=True).count == 1).all()  # unique
+    if "blanks" in settings:
+        assert ((x == 0).flatten(1).sum(1) >= 4).all() and ((x == 0).flatten(1).sum(1) <= 8).all()
+    else:
+        guesses = _search(grids, 2, hidden=False).guesses
+        assert ((guesses >= 1) & (guesses <= 3)).all(), guesses
+    # example 3 alone, or beside others in another order, is the same puzzle
+    example_seeds = seeds.example_seeds(0, 6, 4, seeds.BATCH, 2)
+    draw = (lambda rng, lanes: draw_blanks_lanes(4, 8, rng, lanes)) if "blanks" in settings else (
+        lambda rng, lanes: (lambda p, s, r, a: (p, s, a))(*draw_lanes(1, 3, rng, lanes)))
+    alone = draw_examples([example_seeds[3]], draw)[0]
+    shuffled = draw_examples([example_seeds[i] for i in (5, 3, 0)], draw)[0]
+    assert torch.equal(alone[0], x[3]) and torch.equal(shuffled[1], x[3]) and torch.equal(shuffled[0], x[5])
+
+
+def test_lane_streams_draw_a_lanes_numbers_whatever_lanes_draw_beside_it():
+    both = LaneStreams([21, 22])
+    first, rows = both.random((2, 3)), both.random_rows(np.array([1]), 4)
+    alone = LaneStreams([22])
+    assert np.array_equal(alone.random((1, 3))[0], first[1]) and np.array_equal(alone.random((1, 4)), rows)
+    # the numbers are splitmix64's outputs from the lane's seed, top 53 bits as a fraction
+    state, expected = 21, []
+    for _ in range(3):
+        state, out = splitmix64(state)
+        expected.append((out >> 11) / 2**53)
+    assert first[0].tolist() == expected
+    draws = LaneStreams(range(4000)).integers(3, 6, 4000)
+    assert set(draws.tolist()) == {3, 4, 5} and abs(draws.mean() - 4) < 0.05
+
+
+def test_generated_sudoku_ranks_draw_only_their_examples(monkeypatch):
+    import deqloop.tasks.sudoku as sudoku
+
+    drawn = []
+    real = sudoku.draw_examples
+    monkeypatch.setattr(sudoku, "draw_examples", lambda example_seeds, *a: drawn.append(example_seeds) or
+                        real(example_seeds, *a))
+    Batches(get_task("sudoku", blanks=(4, 8)), 8, seed=1, rank=1, world=2)(3)
+    assert drawn == [seeds.example_seeds(4, 8, 1, seeds.BATCH, 3)]

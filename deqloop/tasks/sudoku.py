@@ -31,9 +31,10 @@ from torch import Tensor
 from deqloop import seeds
 from deqloop.errors import ConfigError
 from deqloop.tasks.base import Task, as_predictions, check_band, check_count, check_seed
-from deqloop.tasks.sudoku_blanks import blanks_band, generate_blanks
-from deqloop.tasks.sudoku_data import (SudokuMeta, _band_range, cache_root, generate, load, paper_split,
+from deqloop.tasks.sudoku_blanks import blanks_band, draw_blanks_lanes, generate_blanks
+from deqloop.tasks.sudoku_data import (SudokuMeta, _band_range, cache_root, draw_lanes, generate, load, paper_split,
                                        split_by_rating)
+from deqloop.tasks.sudoku_examples import draw_examples
 from deqloop.tasks.sudoku_solver import (
     GENERATOR_BANDS,
     GRID,
@@ -143,6 +144,10 @@ def _load_cached(path: str, mtime_ns: int) -> tuple[Tensor, Tensor, Tensor]:
 _STREAMS = {"train": 0, "val": 1, "hard": 2, "extra": 3}
 
 
+def _without_ratings(puzzles, solutions, ratings, accept):
+    return puzzles, solutions, accept
+
+
 def _band(value: str | tuple[int, int | None] | list | None) -> str | tuple[int, int | None] | None:
     return tuple(value) if isinstance(value, list) else value  # type: ignore[return-value]
 
@@ -247,31 +252,36 @@ class Sudoku(Task):
         check_band(split)
         check_count(n)
         check_seed(seed)
-        return self._draw(split, n, seed, use_cache=True)
+        return self._draw(split, n, seed)
 
     def train_examples(self, seed: int, step: int, start: int, stop: int) -> tuple[Tensor, Tensor]:
-        """Examples ``start..stop-1`` of the draw ``make("train", stop)`` would make from a seed of
-        ``(seed, step)``, but never cached on disk (each step's puzzles are drawn once, so a cache
-        would write a file a step). From a file, only the examples asked for are gathered (the
-        step's permutation of the pool is shared); generated puzzles come in seeded chunks, so the
-        draw makes the prefix up to ``stop``."""
-        step_seed = seeds.derive_seed(seed, seeds.BATCH, step) % 2**31
+        """Examples ``start..stop-1`` of ``step``'s batch, never cached on disk (each step's puzzles
+        are drawn once, so a cache would write a file a step). Generated: one puzzle per example
+        seed (``seeds.example_seeds``), drawn together (:func:`draw_examples`), from the training
+        band or blanks. From a file: examples ``start..stop-1`` of the draw ``make("train", stop)``
+        would make from a seed of ``(seed, step)``; the step's permutation of the pool is shared,
+        only the examples asked for are gathered."""
         if self.data is None:
-            x, y = self._draw("train", check_count(stop), step_seed, use_cache=False)
-            return x[start:], y[start:]
+            example_seeds = seeds.example_seeds(start, stop, seed, seeds.BATCH, step)
+            if self.blanks is not None:
+                lo, hi = self.blanks
+                return draw_examples(example_seeds, lambda rng, lanes: draw_blanks_lanes(lo, hi, rng, lanes),
+                                     f"sudoku blanks {lo}-{hi}: too few grids reached their blanks uniquely")
+            band = self.train_band if self.train_band is not None else "easy"
+            low, high = _band_range(band)
+            return draw_examples(example_seeds, lambda rng, lanes: _without_ratings(*draw_lanes(low, high, rng, lanes)),
+                                 f"sudoku band {band!r}")
         x, y, pool = self._pool("train")
-        return self._pick(x, y, pool, "train", step_seed, start, stop)
+        return self._pick(x, y, pool, "train", seeds.derive_seed(seed, seeds.BATCH, step) % 2**31, start, stop)
 
-    def _draw(self, split: str, n: int, seed: int, *, use_cache: bool) -> tuple[Tensor, Tensor]:
+    def _draw(self, split: str, n: int, seed: int) -> tuple[Tensor, Tensor]:
         if self.data is None:
             blanks = self.hard_blanks if split == "hard" else self.blanks
             if blanks is not None:
-                return generate_blanks(n, blanks, seed, stream=_STREAMS[split], cache_dir=self.cache_dir,
-                                       use_cache=use_cache)
+                return generate_blanks(n, blanks, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)
             band = self.hard_band if split == "hard" else self.train_band
             source = band if band is not None else ("hard" if split == "hard" else "easy")
-            x, y = generate(n, source, seed, stream=_STREAMS[split], cache_dir=self.cache_dir,  # type: ignore[misc]
-                            use_cache=use_cache)
+            x, y = generate(n, source, seed, stream=_STREAMS[split], cache_dir=self.cache_dir)  # type: ignore[misc]
             return x, y
         x, y, pool = self._pool(split)
         return self._pick(x, y, pool, split, seed, 0, n)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from deqloop.errors import ConfigError
+from deqloop.seeds import LaneStreams
 from deqloop.tasks.base import check_count
 from deqloop.tasks.sudoku_data import cache_root, draw_cached
 from deqloop.tasks.sudoku_solver import _search
@@ -55,11 +56,19 @@ def blanks_band(value: object, what: str = "blanks") -> tuple[int, int]:
 
 def _draw_chunk(lo: int, hi: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Puzzles and solutions of one chunk's grids that reached their drawn number of blanks."""
-    solutions = _search(np.zeros((_CHUNK, 81), np.int8), 1, hidden=False, rng=rng).first
-    target = rng.integers(lo, hi + 1, size=_CHUNK)
-    order = np.argsort(rng.random((_CHUNK, 81)), axis=1)
+    puzzles, solutions, reached = draw_blanks_lanes(lo, hi, rng, _CHUNK)
+    return puzzles[reached], solutions[reached]
+
+
+def draw_blanks_lanes(lo: int, hi: int, rng: np.random.Generator | LaneStreams,
+                      lanes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Puzzles and solutions of ``lanes`` grids and whether each reached its drawn number of
+    blanks; with :class:`~deqloop.seeds.LaneStreams` each lane draws alone."""
+    solutions = _search(np.zeros((lanes, 81), np.int8), 1, hidden=False, rng=rng).first
+    target = rng.integers(lo, hi + 1, size=lanes)
+    order = np.argsort(rng.random((lanes, 81)), axis=1)
     puzzles = solutions.copy()
-    blanks = np.zeros(_CHUNK, np.int64)
+    blanks = np.zeros(lanes, np.int64)
     for step in range(81):
         lanes = np.flatnonzero(blanks < target)
         if not lanes.size:
@@ -69,8 +78,7 @@ def _draw_chunk(lo: int, hi: int, rng: np.random.Generator) -> tuple[np.ndarray,
         keep = _search(trial, 2, hidden=True).count == 1  # hidden singles only speed the proof up
         puzzles[lanes[keep]] = trial[keep]
         blanks[lanes[keep]] += 1
-    reached = blanks == target
-    return puzzles[reached], solutions[reached]
+    return puzzles, solutions, blanks == target
 
 
 def generate_blanks(

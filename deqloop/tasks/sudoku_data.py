@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from deqloop.errors import ConfigError
+from deqloop.seeds import LaneStreams
 from deqloop.tasks.base import check_count
 from deqloop.tasks.io import LoadSummary, Rows, check_file, iter_lines
 from deqloop.tasks.sudoku_solver import (
@@ -64,10 +65,18 @@ def _band_range(band: str | tuple[int, int | None]) -> tuple[int, int | None]:
 
 def _draw_chunk(low: int, high: int | None, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Puzzles, solutions and ratings of one chunk's accepted puzzles."""
-    solutions = _search(np.zeros((_CHUNK, 81), np.int8), 1, hidden=False, rng=rng).first
+    puzzles, solutions, ratings, accept = draw_lanes(low, high, rng, _CHUNK)
+    return puzzles[accept], solutions[accept], ratings[accept]
+
+
+def draw_lanes(low: int, high: int | None, rng: np.random.Generator | LaneStreams,
+               lanes: int) -> tuple[np.ndarray, ...]:
+    """Puzzles, solutions, ratings of ``lanes`` candidates and whether each is accepted (its
+    rating in ``[low, high]``); with :class:`~deqloop.seeds.LaneStreams` each lane draws alone."""
+    solutions = _search(np.zeros((lanes, 81), np.int8), 1, hidden=False, rng=rng).first
     puzzles = solutions.copy()
-    order = np.argsort(rng.random((_CHUNK, 81)), axis=1)
-    lanes = np.arange(_CHUNK)
+    order = np.argsort(rng.random((lanes, 81)), axis=1)
+    lanes = np.arange(lanes)
     for step in range(81):
         trial = puzzles.copy()
         trial[lanes, order[:, step]] = 0
@@ -77,9 +86,9 @@ def _draw_chunk(low: int, high: int | None, rng: np.random.Generator) -> tuple[n
         else:  # stay unique; hidden singles only speed the proof up
             keep = _search(trial, 2, hidden=True).count == 1
         puzzles[keep] = trial[keep]
-    ratings = np.zeros(_CHUNK, np.int64) if high == 0 else _search(puzzles, 2, hidden=False).guesses
+    ratings = np.zeros(len(lanes), np.int64) if high == 0 else _search(puzzles, 2, hidden=False).guesses
     accept = (ratings >= low) & (True if high is None else ratings <= high)
-    return puzzles[accept], solutions[accept], ratings[accept]
+    return puzzles, solutions, ratings, accept
 
 
 @dataclass

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from deqloop.errors import ConfigError
+from deqloop.seeds import LaneStreams
 
 __all__ = ["GENERATOR_BANDS", "GRID", "NUM_CLASSES", "SolveResult", "VOCAB_SIZE", "is_valid_solution", "naked_singles_depth",
            "rate", "solve"]
@@ -80,18 +81,20 @@ def _search(
     *,
     hidden: bool,
     branch: bool = True,
-    rng: np.random.Generator | None = None,
+    rng: np.random.Generator | LaneStreams | None = None,
 ) -> _Search:
     """Depth-first search over a batch of grids ``(L, 81)``, all lanes stepping together.
 
     Each step a lane either fills every cell with one candidate (forced; no guess), or with
     ``hidden`` also fills digits that fit one cell of a unit, or branches on the first cell
     with the fewest candidates. Lanes stop at ``max_solutions`` solutions or an exhausted tree.
-    ``rng`` picks branch digits at random (to draw random solution grids) instead of lowest first.
+    ``rng`` picks branch digits at random (to draw random solution grids) instead of lowest first;
+    with :class:`~deqloop.seeds.LaneStreams` each lane's digits come from its own stream.
     """
     if len(grids) > _STACK_LANES:
         parts = [
-            _search(grids[i : i + _STACK_LANES], max_solutions, hidden=hidden, branch=branch, rng=rng)
+            _search(grids[i : i + _STACK_LANES], max_solutions, hidden=hidden, branch=branch,
+                    rng=rng[i : i + _STACK_LANES] if isinstance(rng, LaneStreams) else rng)
             for i in range(0, len(grids), _STACK_LANES)
         ]
         return _Search(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("count", "first", "guesses", "stuck")))
@@ -146,7 +149,8 @@ def _search(
                     digit = _LOW[options]
                 else:
                     has = ((options[:, None] >> _DIGIT_BITS) & 1).astype(bool)
-                    digit = (np.where(has, rng.random(has.shape), -1.0).argmax(axis=1) + 1).astype(np.int8)
+                    u = rng.random_rows(act[b], 9) if isinstance(rng, LaneStreams) else rng.random(has.shape)
+                    digit = (np.where(has, u, -1.0).argmax(axis=1) + 1).astype(np.int8)
                 lane, level = act[b], depth[act[b]]
                 stack_grid[lane, level] = g[b]
                 stack_cell[lane, level] = cell
