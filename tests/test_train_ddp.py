@@ -45,8 +45,11 @@ def config(out: Path, **overrides) -> TrainConfig:
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", ["progressive", "equilibrium"])
 def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
+    # max_iter 30: the forward solves converge, so the implicit backward is taken at fixed points
+    # and its solves converge too (at 5 some did not, and a diverging solve amplifies the rounding
+    # that differs between a half batch and the whole one)
     extra = {} if loss == "progressive" else dict(alpha=0.0, depth_offset=None, backward="implicit", pretrain_steps=0,
-                                                  max_iter=5)
+                                                  max_iter=30)
     extra["stability_every"] = 2  # the monitor: rank 0 measures, every rank stays in step
     torchrun(WORKER, tmp_path, "worker", config(tmp_path / "ddp", loss=loss, **extra))
     for r in (0, 1):
@@ -85,8 +88,10 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
     single_stab = [r for r in read_metrics(tmp_path / "single" / "metrics.jsonl") if r.get("kind") == "stability"]
     assert [r["step"] for r in stab] == [r["step"] for r in single_stab] == [2, 4]
     for a, b in zip(stab, single_stab):
-        for key in ("rho", "forward_converged", "plain_converged", "init_distance"):
+        for key in ("rho", "forward_converged", "plain_converged"):
             assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-5), key
+        # the gap between two fixed points, each solved to rtol 1e-4, is resolved to about that
+        assert a["init_distance"] == pytest.approx(b["init_distance"], abs=1e-4)
 
 
 @pytest.mark.slow
