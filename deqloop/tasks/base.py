@@ -118,11 +118,12 @@ class Task:
         Example ``i`` must be a pure function of ``(seed, step, i)``, whatever the range it is asked
         in: the trainer asks one process for ``[0, B)`` and each of ``W`` DDP ranks for its own
         ``[r·B/W, (r+1)·B/W)``, and both must see the same global batch. Default: example ``i`` is
-        ``make("train", 1)`` seeded by ``seeds.example_seeds`` of ``(seed, BATCH, step)`` at ``i``.
+        ``make("train", 1)`` seeded by ``seeds.example_seeds`` of ``(seed, BATCH, step)`` at ``i``
+        (modulo ``2**31``, as the trainer seeds ``make`` elsewhere).
         A task with a curriculum (lengths, blanks, ... that depend on the step), or one that makes
         examples faster together, overrides this.
         """
-        parts = [self.make("train", 1, seed=s) for s in seeds.example_seeds(start, stop, seed, seeds.BATCH, step)]
+        parts = [self.make("train", 1, seed=s % 2**31) for s in seeds.example_seeds(start, stop, seed, seeds.BATCH, step)]
         if not parts:
             empty = torch.zeros((0, *self.grid), dtype=torch.long)
             return empty, empty.clone()

@@ -61,14 +61,14 @@ def _draw_chunk(lo: int, hi: int, rng: np.random.Generator) -> tuple[np.ndarray,
 
 
 def draw_blanks_lanes(lo: int, hi: int, rng: np.random.Generator | LaneStreams,
-                      lanes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Puzzles and solutions of ``lanes`` grids and whether each reached its drawn number of
-    blanks; with :class:`~deqloop.seeds.LaneStreams` each lane draws alone."""
-    solutions = _search(np.zeros((lanes, 81), np.int8), 1, hidden=False, rng=rng).first
-    target = rng.integers(lo, hi + 1, size=lanes)
-    order = np.argsort(rng.random((lanes, 81)), axis=1)
+                      n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Puzzles and solutions of ``n`` grids, one a lane, and whether each reached its drawn number
+    of blanks; with :class:`~deqloop.seeds.LaneStreams` each lane draws alone."""
+    solutions = _search(np.zeros((n, 81), np.int8), 1, hidden=False, rng=rng).first
+    target = rng.integers(lo, hi + 1, size=n)
+    order = np.argsort(rng.random((n, 81)), axis=1)
     puzzles = solutions.copy()
-    blanks = np.zeros(lanes, np.int64)
+    blanks = np.zeros(n, np.int64)
     for step in range(81):
         lanes = np.flatnonzero(blanks < target)
         if not lanes.size:

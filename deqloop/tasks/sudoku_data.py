@@ -70,13 +70,13 @@ def _draw_chunk(low: int, high: int | None, rng: np.random.Generator) -> tuple[n
 
 
 def draw_lanes(low: int, high: int | None, rng: np.random.Generator | LaneStreams,
-               lanes: int) -> tuple[np.ndarray, ...]:
-    """Puzzles, solutions, ratings of ``lanes`` candidates and whether each is accepted (its
-    rating in ``[low, high]``); with :class:`~deqloop.seeds.LaneStreams` each lane draws alone."""
-    solutions = _search(np.zeros((lanes, 81), np.int8), 1, hidden=False, rng=rng).first
+               n: int) -> tuple[np.ndarray, ...]:
+    """Puzzles, solutions, ratings of ``n`` candidates, one a lane, and whether each is accepted
+    (its rating in ``[low, high]``); with :class:`~deqloop.seeds.LaneStreams` each lane draws alone."""
+    solutions = _search(np.zeros((n, 81), np.int8), 1, hidden=False, rng=rng).first
     puzzles = solutions.copy()
-    order = np.argsort(rng.random((lanes, 81)), axis=1)
-    lanes = np.arange(lanes)
+    order = np.argsort(rng.random((n, 81)), axis=1)
+    lanes = np.arange(n)
     for step in range(81):
         trial = puzzles.copy()
         trial[lanes, order[:, step]] = 0
@@ -86,7 +86,7 @@ def draw_lanes(low: int, high: int | None, rng: np.random.Generator | LaneStream
         else:  # stay unique; hidden singles only speed the proof up
             keep = _search(trial, 2, hidden=True).count == 1
         puzzles[keep] = trial[keep]
-    ratings = np.zeros(len(lanes), np.int64) if high == 0 else _search(puzzles, 2, hidden=False).guesses
+    ratings = np.zeros(n, np.int64) if high == 0 else _search(puzzles, 2, hidden=False).guesses
     accept = (ratings >= low) & (True if high is None else ratings <= high)
     return puzzles, solutions, ratings, accept
 
