@@ -319,7 +319,8 @@ def claim4(frame: pd.DataFrame) -> Verdict:
                 text += f"; {hi} − {lo}: {gap.text(unit=' %')}"
         text += f" — {NEEDS_SEEDS.format(seeds)}" if seeds < 2 else ""
         signs += mine
-        complete.append(all(f in fam for f in ORDER) and mine == [1, 1])
+        if all(f in fam for f in ORDER):
+            complete.append(mine == [1, 1])
         parts.append(f"{task}, lr {lr:g} ({budget(g)}): {text}")
     evidence = "; ".join(parts) + f". Within recall families: {_correlations(runs)}"
     if -1 in signs:

@@ -250,6 +250,11 @@ def test_c4_supported_contradicted_inconclusive():
     # the order holds but outer and inner are within noise: inconclusive, not contradicted
     assert claims.claim4(frame(c4_runs([0.5, 0.9, 0.7], [0.4, 0.8, 0.6], [0.0, 0.01, 0.0]))).verdict == \
         claims.INCONCLUSIVE
+    # a learning rate without all three families neither helps nor hinders
+    extra = [run(recall="internal", norm="post", seed=s, hard=0.3, lr=3e-4) for s in range(3)]
+    assert claims.claim4(frame(c4_runs([0.9, 0.8, 0.85], [0.5, 0.4, 0.45], [0.0, 0.01, 0.0]) + extra)).verdict == \
+        claims.SUPPORTED
+    assert claims.claim4(frame(extra)).verdict == claims.INCONCLUSIVE
     v = claims.claim4(frame(c4_runs([0.1], [0.9], [0.0])))  # one seed: a large reversal decides nothing
     assert v.verdict == claims.INCONCLUSIVE and "1 seed a cell: no seed s.e." in v.evidence
     # regimes the paper never used do not count
