@@ -83,13 +83,13 @@ def sync_count(device: torch.device, fn) -> int | None:
 
 def train_steps(fields: dict[str, Any], regime: str, device: torch.device, steps: int, out: Path) -> dict[str, Any]:
     """Time ``steps`` training steps after two warm-up steps; the batch-making time; memory; syncs."""
-    config = TrainConfig(**fields, **REGIMES[regime], steps=steps + 3, warmup_steps=1, lr=5e-4, log_every=1,
+    config = TrainConfig.from_flat(**fields, **REGIMES[regime], steps=steps + 3, warmup_steps=1, lr=5e-4, log_every=1,
                          eval_size=0, checkpoint_every=10**6, progress=False, device=str(device), out=str(out))
     trainer = Trainer(config)
     start = time.perf_counter()
     x, _ = trainer.batches(0)
     batch_seconds = time.perf_counter() - start
-    trainer._prefetch = Prefetcher(trainer.batches, config.prefetch, pin=cuda(device))
+    trainer._prefetch = Prefetcher(trainer.batches, config.run.prefetch, pin=cuda(device))
     try:
         for step in range(2):
             trainer.step(step)
@@ -108,7 +108,7 @@ def train_steps(fields: dict[str, Any], regime: str, device: torch.device, steps
         trainer._prefetch.close()
         trainer._prefetch = None
     return {
-        "task": fields["task"], "regime": regime, "tokens": int(x[0].numel()), "batch": config.batch_size,
+        "task": fields["task"], "regime": regime, "tokens": int(x[0].numel()), "batch": config.optim.batch_size,
         "step_s": statistics.median(seconds), "batch_s": batch_seconds,
         "peak_mib": torch.cuda.max_memory_allocated(device) / 2**20 if cuda(device) else None,
         "syncs_per_step": syncs, "loss": metrics.get("loss"), "converged": metrics.get("converged"),

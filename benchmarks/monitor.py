@@ -28,7 +28,7 @@ from experiments.presets import PRESETS, RunSpec
 def timed_run(fields: dict, every: int) -> tuple[float, float]:
     """``(wall seconds, monitor seconds)`` of one run."""
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(**{**fields, "stability_every": every, "out": out})
+        config = TrainConfig.from_flat(**{**fields, "stability_every": every, "out": out})
         trainer = Trainer(config)
         start = time.perf_counter()
         trainer.run()

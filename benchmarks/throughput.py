@@ -96,11 +96,11 @@ def progressive_counts(alpha: float, depth: int, n: int, k: int, detach_z0: bool
 def step_flops(config: TrainConfig, grid: tuple[int, ...], step: int, classes: int) -> float:
     """FLOPs of training step ``step`` of ``config`` (progressive loss) on a batch of ``grid``."""
     depth = config.depth()
-    n, k = progressive_draw(config.seed, step, depth) if config.alpha > 0 else (0, 0)
-    no_grad, grad, readouts = progressive_counts(config.alpha, depth, n, k, config.detach_z0)
-    it = iteration_flops(grid, config.width, round(config.mlp_ratio * config.width), config.recall,
-                         config.attention, config.window)
-    return config.batch_size * (it * (no_grad + 3 * grad) + 3 * readouts * readout_flops(grid, config.width, classes))
+    n, k = progressive_draw(config.run.seed, step, depth) if config.objective.alpha > 0 else (0, 0)
+    no_grad, grad, readouts = progressive_counts(config.objective.alpha, depth, n, k, config.objective.detach_z0)
+    it = iteration_flops(grid, config.model.width, round(config.model.mlp_ratio * config.model.width), config.model.recall,
+                         config.model.attention, config.model.window)
+    return config.optim.batch_size * (it * (no_grad + 3 * grad) + 3 * readouts * readout_flops(grid, config.model.width, classes))
 
 
 @dataclass
@@ -135,7 +135,7 @@ def cell_config(name: str, mode: str, quick: bool, out: str) -> TrainConfig:
     fields = {**_COMMON, **CELLS[name], **MODES[mode], "out": out}
     if quick:
         fields.update(QUICK)
-    return TrainConfig(**fields)
+    return TrainConfig.from_flat(**fields)
 
 
 def train_timing(config: TrainConfig, warmup: int, repeats: int) -> tuple[Timing, float]:
@@ -159,7 +159,7 @@ def eval_timing(config: TrainConfig, iters: int, examples: int, repeats: int) ->
     trainer = Trainer(config)
     model = trainer.model.eval()
     x, _ = trainer.task.make("val", examples, seed=1)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if config.amp == "bf16" else torch.autocast("cpu", enabled=False)
+    amp = torch.autocast("cpu", dtype=torch.bfloat16) if config.run.amp == "bf16" else torch.autocast("cpu", enabled=False)
 
     def run() -> None:
         with torch.no_grad(), amp:

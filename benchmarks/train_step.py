@@ -34,7 +34,7 @@ REGIMES = {
 
 def time_regime(fields: dict, depth: int, batch: int, warmup: int, repeats: int) -> float:
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(task="prefix_sums", task_options=dict(length=12), width=32, heads=4,
+        config = TrainConfig.from_flat(task="prefix_sums", task_options=dict(length=12), width=32, heads=4,
                              attention="local", window=3, recall="internal", norm="post", max_iter=depth,
                              steps=warmup + repeats, batch_size=batch, warmup_steps=0, lr=2e-3, eval_size=0,
                              log_every=10**6, checkpoint_every=10**6, progress=False, out=out, **fields)

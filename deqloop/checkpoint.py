@@ -30,7 +30,9 @@ REQUIRED_KEYS = ("model_config", "model")
 # 2: nested model config (arch/solve), task settings in train_config.task_options
 # 3: the paper's block forms (recall_maps, norm_weights, bias, qk_norm_order, residual, blocks); an
 #    earlier checkpoint lacks those fields and is read with deqloop's earlier forms (EARLIER_FORMS)
-FORMAT = 3
+# 4: the training config nested by groups (TrainConfig.to_dict); an earlier one is flat, read through
+#    deqloop.train.config.upgrade_stored
+FORMAT = 4
 
 
 class CheckpointError(DeqloopError, RuntimeError):

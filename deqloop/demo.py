@@ -83,7 +83,7 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", seed: int = 
 
     config = demo_config(quick=quick, out=out, seed=seed, steps=steps, threads=threads, progress=progress,
                          overwrite=overwrite)
-    out = writable_folder(config.out, "out")
+    out = writable_folder(config.run.out, "out")
     held = sorted(p.name for p in out.iterdir() if p.name in OUTPUTS or p.name.startswith("step_"))
     if held and not overwrite:
         raise ConfigError(f"{out} already holds {', '.join(held)}; choose another --out, or pass --overwrite "
@@ -92,8 +92,9 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", seed: int = 
     echo(f"deqloop demo: prefix sums (running parity of a bit string), trained on {MIN_LENGTH}-{TRAIN_LENGTH} bits "
          f"with length + 2 iterations (at most {depth}), tested at {TRAIN_LENGTH}, "
          + ", ".join(f"{f * TRAIN_LENGTH}" for f in TEST_FACTORS) + " bits")
-    echo(f"model: width {config.width}, {config.heads} heads, local attention (window {config.window}), "
-         f"{config.recall} recall, {config.norm} norm; {config.steps} steps of batch {config.batch_size} "
+    m = config.model
+    echo(f"model: width {m.width}, {m.heads} heads, local attention (window {m.window}), {m.recall} recall, "
+         f"{m.norm} norm; {config.optim.steps} steps of batch {config.optim.batch_size} "
          f"on {torch.get_num_threads() if not threads else threads} CPU thread(s)")
 
     start = time.perf_counter()
@@ -133,7 +134,7 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", seed: int = 
                 "accuracy_at_training_depth": at_depth, "target": TARGET, "reached": best_acc >= TARGET}
     plot = curves.plot(out / "iterations.png",
                        title=f"Prefix sums: trained on ≤{TRAIN_LENGTH} bits, tested longer")
-    demo = DemoResult(curves, adaptive, train_seconds, eval_seconds, config.steps, out, headline)
+    demo = DemoResult(curves, adaptive, train_seconds, eval_seconds, config.optim.steps, out, headline)
     atomic_write(out / "demo.json", json.dumps(demo.to_dict(), indent=2) + "\n")
     echo(f"{key}: best {100 * best_acc:.1f}% exact match, at {best_t} test-time iteration(s) "
          f"({100 * at_depth:.1f}% at the training depth {depth}); target ≥ {100 * TARGET:.0f}%: "

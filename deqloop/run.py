@@ -65,10 +65,11 @@ class Run:
                 raise CheckpointError(f"{path}: a format-1 checkpoint (before tasks owned their settings): its "
                                       "training config cannot be read again; its weights can, with "
                                       "deqloop.checkpoint.load_model")
-            values = {**state["train_config"], "resume": False, "overwrite": False}
-            _check_task_module(path, values.get("task"), state.get("task_class"))
+            _check_task_module(path, state["train_config"].get("task"), state.get("task_class"))  # before any import
+            values = upgrade_stored(state["train_config"])  # fields it predates: as it ran them
+            values["run"] = {**values.get("run", {}), "resume": False, "overwrite": False}
             try:
-                config = TrainConfig.from_dict(upgrade_stored(values))  # fields it predates: as it ran
+                config = TrainConfig.from_dict(values)
             except DeqloopError as e:
                 raise CheckpointError(f"{path}: its training config no longer builds: {e}") from e
         if task is None and config is not None:

@@ -29,6 +29,7 @@ from typing import Any
 
 import pandas as pd
 
+from deqloop.train.config import stored_flat
 from experiments.figures import facets
 from experiments.runlog import records
 from experiments.summary import SummaryError, best_accuracy, read_json
@@ -51,7 +52,7 @@ def record(run_dir: Path, command: str) -> dict[str, Any]:
         raise SummaryError(f"{files['metrics.jsonl']}: no training lines (with 'loss' and 'time')")
     ev = json.loads(files["eval.json"].read_text())
     ev.pop("checkpoint", None)  # a path on the machine that ran it
-    return {"record_format": RECORD_FORMAT, "command": command, "config": json.loads(files["config.json"].read_text()),
+    return {"record_format": RECORD_FORMAT, "command": command, "config": stored_flat(json.loads(files["config.json"].read_text())),
             "train_seconds": train[-1]["time"], "steps": train[-1]["step"], "final_loss": train[-1]["loss"],
             "eval": ev}
 

@@ -76,7 +76,7 @@ from deqloop.names import NORMS, RECALLS
 from deqloop.train.recipes import EARLIER_PROGRESSIVE, PAPER_PROGRESSIVE, get_recipe, nested
 
 # the regimes name their recipes explicitly: no warm start unless a regime asks for one (the
-# equilibrium loss's default recipe would otherwise add it; deqloop.train.config.DEFAULT_BACKWARD)
+# equilibrium loss's default recipe would otherwise add it; deqloop.train.config.DEFAULT_RECIPE)
 _EQ = {"loss": "equilibrium", "solver": "anderson", "pretrain_steps": 0}
 _PHANTOM = {"backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8}}
 # the progressive regimes below keep the form their committed results were measured with: z0

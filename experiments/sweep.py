@@ -151,7 +151,7 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
     fields = preset.train_fields(spec)
     fields["task_options"].update(data.get(spec.task, {}))
     resume = (out / "last.pt").exists()
-    config = TrainConfig(**fields, out=str(out), resume=resume, overwrite=not resume, device=device)
+    config = TrainConfig.from_flat(**fields, out=str(out), resume=resume, overwrite=not resume, device=device)
     t0 = time.perf_counter()
     trained = Trainer(config).run()
     train_seconds = time.perf_counter() - t0
@@ -179,7 +179,7 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
                  **({"lr": spec.lr} if spec.lr is not None else {})},
         "name": spec.name,
         "preset": preset.name,
-        "train_config": config.to_dict(),
+        "train_config": config.to_flat(),  # flat names, as the summaries and the report read them
         "train_depth": config.depth(),
         "train": {**training_numbers(out / "metrics.jsonl"), "steps": trained.step, "seconds": train_seconds},
         "eval": report.to_dict(),

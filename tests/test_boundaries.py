@@ -188,7 +188,7 @@ def test_load_lichess_checks_its_numbers(tmp_path):
 ])
 def test_train_config_names_the_bad_setting(field, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
-        TrainConfig(**{field: value})
+        TrainConfig.from_flat(**{field: value})
 
 
 def test_model_config_checks_grid_and_flags():

@@ -182,7 +182,7 @@ TRAIN_FIELDS = ["width", "heads", "max_iter", "batch_size", "lr", "rtol", "seed"
 @given(field=st.sampled_from(TRAIN_FIELDS), value=ANY)
 def test_train_config_on_generated_values(field, value):
     with library_error_naming(field, field.replace("_", " "), "task", "steps", "heads", "width", "hidden width"):
-        TrainConfig(**{field: value})
+        TrainConfig.from_flat(**{field: value})
 
 
 @pytest.fixture(scope="module")

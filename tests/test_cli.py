@@ -13,6 +13,7 @@ import torch
 from helpers import plain_iteration_scores
 
 from deqloop.cli import CLIError, build_parser, main
+from deqloop.flat_names import leaves
 from deqloop.errors import DeqloopError
 from deqloop.run import Run
 from deqloop.tasks.prefix_sums import PrefixSums
@@ -52,13 +53,13 @@ def test_train_help_explains_every_config_field(capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for f in dataclasses.fields(TrainConfig):
-        if f.name == "task_options":  # the task's settings are flags of their own (below)
+    for name, leaf in leaves(TrainConfig).items():  # every setting of the nested tree, by flat name
+        if name == "task_options":  # the task's settings are flags of their own (below)
             assert "--task-options" not in out
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + name.replace("_", "-")
         assert flag in out, flag
-        assert f.metadata["help"].split()[0] in out
+        assert leaf.field.metadata["help"].split()[0] in out
     assert "[default: 128]" in out  # --width
     for f in dataclasses.fields(PrefixSums):  # the default task's settings: --length, --min-length, ...
         assert "--" + f.name.replace("_", "-") in out, f.name
@@ -152,7 +153,8 @@ def test_train_then_eval(tmp_path, capsys):
     assert code == 0, err
     assert "trained 4 steps" in stdout and "val accuracy by iterations" in stdout
     config = json.loads((out / "config.json").read_text())
-    assert config["width"] == 16 and config["solver_options"] == {"m": 3} and config["steps"] == 4
+    assert config["model"]["width"] == 16 and config["solve"]["solver_options"] == {"m": 3}
+    assert config["optim"]["steps"] == 4
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l)["step"] for l in lines if "loss" in json.loads(l)] == [1, 2, 3, 4]
 

@@ -36,12 +36,14 @@ def test_demo_quick_from_the_command_line(tmp_path, capsys):
 def test_demo_config_is_the_documented_recipe():
     c = demo_config()
     task = c.build_task()
-    assert (c.task, task.length, task.min_length, c.depth_offset) == ("prefix_sums", 12, 4, 2)
+    assert (c.task, task.length, task.min_length, c.objective.depth_offset) == ("prefix_sums", 12, 4, 2)
     assert c.task_options["length"] == TRAIN_LENGTH and c.depth() == TRAIN_LENGTH + 2
-    assert (c.width, c.heads, c.attention, c.window, c.recall, c.norm) == (32, 4, "local", 3, "internal", "post")
-    assert (c.loss, c.alpha, c.lr, c.batch_size, c.steps, c.schedule) == ("progressive", 0.0, 2e-3, 64, 800, "cosine")
+    m, o = c.model, c.optim
+    assert (m.width, m.heads, m.attention, m.window, m.recall, m.norm) == (32, 4, "local", 3, "internal", "post")
+    assert (c.objective.loss, c.objective.alpha) == ("progressive", 0.0)
+    assert (o.lr, o.batch_size, o.steps, o.schedule) == (2e-3, 64, 800, "cosine")
     quick = demo_config(quick=True)
-    assert quick.steps < c.steps and quick.task == c.task and quick.width == c.width
+    assert quick.optim.steps < c.optim.steps and quick.task == c.task and quick.model.width == c.model.width
     assert quick.task_options == c.task_options
 
 

@@ -39,7 +39,7 @@ def test_prefix_sums_example(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert config["task_options"] == {"length": 6, "min_length": 3, "hard_length": 12, "start_length": None,
                                       "start_min_length": None, "ramp_steps": 0}  # flags override defaults
-    assert config["steps"] == 3 and config["width"] == 16 and config["depth_offset"] == 2
+    assert config["optim"]["steps"] == 3 and config["model"]["width"] == 16 and config["objective"]["depth_offset"] == 2
     assert "adaptive" in capsys.readouterr().out
 
 
@@ -68,7 +68,7 @@ def test_examples_folder_on_sys_path_does_not_shadow_python_chess():
     """``python examples/X.py`` puts examples/ first on sys.path, where chess.py would shadow the
     python-chess package: configs of the other tasks must not import it."""
     code = (f"import sys; sys.path.insert(0, {str(EXAMPLES)!r}); from deqloop.train import TrainConfig; "
-            "TrainConfig(task='sudoku'); TrainConfig(task='prefix_sums', depth_offset=2, loss='progressive'); "
+            "TrainConfig.from_flat(task='sudoku'); TrainConfig.from_flat(task='prefix_sums', depth_offset=2, loss='progressive'); "
             "assert 'deqloop.tasks.chess' not in sys.modules and 'chess' not in sys.modules")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -130,5 +130,5 @@ def test_sudoku_example_fixed_point_training(tmp_path, monkeypatch):
         ["--loss", "equilibrium", "--backward", "phantom", "--steps", "1", "--batch-size", "4", "--width", "8",
          "--heads", "1", "--max-iter", "3", "--n", "2", "--iters", "1,3", "--out", str(out), "--no-progress"])
     config = json.loads((out / "config.json").read_text())
-    assert config["loss"] == "equilibrium" and config["alpha"] != 0.5  # the example's alpha dropped
+    assert config["objective"]["loss"] == "equilibrium" and config["objective"]["alpha"] != 0.5  # the example's alpha dropped
     assert report["curves"]["iters"] == [1, 3]

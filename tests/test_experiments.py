@@ -25,7 +25,7 @@ def test_every_preset_run_is_a_valid_training_config(tmp_path):
             fields = preset.train_fields(spec)
             if fields["task_options"].get("split") == "paper":
                 fields["task_options"].update(data["sudoku"])
-            TrainConfig(**fields, out=str(tmp_path))
+            TrainConfig.from_flat(**fields, out=str(tmp_path))
 
 
 def test_the_seed_presets_are_the_papers_grid_with_its_rows_as_model_settings(tmp_path):
@@ -53,7 +53,7 @@ def test_the_seed_presets_are_the_papers_grid_with_its_rows_as_model_settings(tm
     assert (fixed["recall"], fixed["blocks"], fixed["max_iter"], fixed["norm"]) == ("none", 15, 1, "pre")
     assert cpu.eval_iters_for(fixed_spec) == (1,) and not cpu.solves(fixed_spec)
     assert cpu.eval_iters_for(internal)[-1] == 500 and cpu.solves(internal)
-    config = TrainConfig(**fixed, out=str(tmp_path))
+    config = TrainConfig.from_flat(**fixed, out=str(tmp_path))
     assert config.depth() == 1 and config.model_config().arch.blocks == 15
     # a preset without learning rates keeps its run names
     assert get_preset("cpu").runs(task=("prefix_sums",))[0].name == "prefix_sums/none-pre-progressive-s0"
@@ -118,7 +118,7 @@ def test_the_recipes_preset_runs_each_recipe_alone_with_both_gradients():
     assert fields["neumann+budget"]["backward"] == "neumann"
     both = fields["implicit+fallback+warm+budget"]
     assert both["backward_options"] == {"fallback": "jfb"} and both["pretrain_steps"] == 400 and both["max_iter"] == 40
-    TrainConfig(**both, out="unused")
+    TrainConfig.from_flat(**both, out="unused")
 
 
 @pytest.mark.slow
@@ -283,8 +283,8 @@ def test_paper_preset_trains_the_papers_split_apart_from_the_cpu_grid():
                                           ramp_steps=900, hard_length=512)
     task = PrefixSums(**fields["task_options"])
     assert task.length_range(0) == (4, 8) and task.length_range(450) == (6, 20) and task.length_range(900) == (8, 32)
-    c = TrainConfig(**fields, out="unused")  # valid as a whole
-    assert (c.alpha, c.detach_z0, c.depth(), c.warmup_steps) == (1.0, False, 30, 150)
+    c = TrainConfig.from_flat(**fields, out="unused")  # valid as a whole
+    assert (c.objective.alpha, c.objective.detach_z0, c.depth(), c.optim.warmup_steps) == (1.0, False, 30, 150)
     # the same run names as the cpu grid, so the summaries go elsewhere
     assert paper.results == "results/paper_split" and get_preset("cpu").results == "results/runs"
     assert max(paper.eval_iters) >= 512 and 500 in paper.eval_iters
@@ -298,7 +298,7 @@ def test_the_chess_preset_is_the_cpu_cell_trained_longer():
     changed = {k for k in fields if fields[k] != base.get(k)}
     assert changed == {"attention", "max_iter", "steps", "stability_every"}
     assert fields["steps"] == 3000 and fields["max_iter"] == 12 and fields["attention"] == "full"
-    TrainConfig(**fields, out="unused")
+    TrainConfig.from_flat(**fields, out="unused")
     assert chess.results == "results/chess_long" and chess.eval_n == 1024
 
 

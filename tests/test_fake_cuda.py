@@ -87,7 +87,7 @@ OBJECTIVES = {
 def run_config(out, task: str, objective: str, **overrides) -> TrainConfig:
     values = dict(task=task, width=16, heads=2, mlp_ratio=2.0, steps=3, warmup_steps=1, batch_size=4, log_every=1,
                   checkpoint_every=2, eval_size=4, eval_iters=(2, 4), threads=1, progress=False, out=str(out))
-    return TrainConfig(**{**values, **TASKS[task], **OBJECTIVES[objective], **overrides})
+    return TrainConfig.from_flat(**{**values, **TASKS[task], **OBJECTIVES[objective], **overrides})
 
 
 @pytest.mark.parametrize(("task", "objective"), [("prefix_sums", "progressive"), ("prefix_sums", "implicit"),

@@ -186,11 +186,11 @@ def test_impossible_and_unknown_forms_are_errors():
 def test_a_checkpoint_of_the_earlier_format_loads_with_the_earlier_forms(tmp_path):
     """Format 2 stored no recall_maps, norm_weights, bias or qk_norm_order: those mean deqloop's
     earlier forms (per-sublayer maps and norms, no biases, QK-norm before RoPE)."""
-    c = TrainConfig(task_options={"length": 4}, width=D, heads=2, mlp_ratio=2.0, loss="progressive", max_iter=3,
+    c = TrainConfig.from_flat(task_options={"length": 4}, width=D, heads=2, mlp_ratio=2.0, loss="progressive", max_iter=3,
                     steps=2, warmup_steps=0, out=str(tmp_path), **EARLIER_FORMS)
     model = LoopedDEQ(c.model_config())
     randomize(model)
-    model_config, train_config = c.model_config().to_dict(), c.to_dict()
+    model_config, train_config = c.model_config().to_dict(), c.to_flat()  # format 2 stored the flat form
     for key in EARLIER_FORMS:
         del model_config["arch"][key], train_config[key]
     assert model_config["arch"]["residual"] == "add" and model_config["arch"]["blocks"] == 1
@@ -209,7 +209,7 @@ def test_a_checkpoint_of_the_earlier_format_loads_with_the_earlier_forms(tmp_pat
         torch.testing.assert_close(loaded.step(e, e), model.eval().step(e, e))
     run = Run.load(path)
     assert run.model.config == c.model_config() == run.config.model_config()
-    assert {k: getattr(run.config, k) for k in EARLIER_FORMS} == EARLIER_FORMS
+    assert {k: getattr(run.config.model, k) for k in EARLIER_FORMS} == EARLIER_FORMS
     stored = load_checkpoint(path)["train_config"]  # what a resume compares with: every new field filled in
     assert {k: stored[k] for k in (*EARLIER_FORMS, "residual", "blocks")} == {**EARLIER_FORMS, "residual": "add",
                                                                                "blocks": 1}

@@ -3,7 +3,6 @@ its record against direct solves, resumption, independence of training, and ``de
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
@@ -217,14 +216,14 @@ def test_a_resumed_run_writes_the_same_stability_records(runs, tmp_path):
     config = tiny_config(tmp_path / "cut", **MONITORED)
     with pytest.raises(Interrupted):
         Stops(config).run()
-    Trainer(dataclasses.replace(config, resume=True)).run()
+    Trainer(config.replace(resume=True)).run()
     cut = [r for r in read_metrics(tmp_path / "cut" / "metrics.jsonl") if r.get("kind") == "stability"]
     assert cut == whole
     # the saved warm start matters: without it the records after the resume differ
     config2 = tiny_config(tmp_path / "cold", **MONITORED)
     with pytest.raises(Interrupted):
         Stops(config2).run()
-    trainer = Trainer(dataclasses.replace(config2, resume=True))
+    trainer = Trainer(config2.replace(resume=True))
     trainer.monitor.load_state_dict(None)
     trainer.run()
     cold = [r for r in read_metrics(tmp_path / "cold" / "metrics.jsonl") if r.get("kind") == "stability"]

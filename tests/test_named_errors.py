@@ -30,9 +30,9 @@ def test_a_map_that_writes_into_its_input_is_refused(method):
 def test_a_misspelt_backward_option_fails_at_construction_naming_the_allowed_keys():
     with pytest.raises(ConfigKeyError, match=r"unknown key\(s\) \['rtoll'\]; allowed: m, ridge, beta; the "
                        r"backward's own options are method, rtol, atol, max_iter"):
-        TrainConfig(loss="equilibrium", backward="implicit", backward_options={"rtoll": 1e-6})
-    config = TrainConfig(loss="equilibrium", backward="implicit", backward_options={"rtol": 1e-5, "m": 3})
-    assert config.adjoint().rtol == 1e-5 and config.adjoint().solver_options == {"m": 3}
+        TrainConfig.from_flat(loss="equilibrium", backward="implicit", backward_options={"rtoll": 1e-6})
+    config = TrainConfig.from_flat(loss="equilibrium", backward="implicit", backward_options={"rtol": 1e-5, "m": 3})
+    assert config.solve.adjoint.rtol == 1e-5 and config.solve.adjoint.solver_options == {"m": 3}
 
 
 def test_a_tolerance_below_bf16_precision_warns_once(monkeypatch):
@@ -80,8 +80,8 @@ def test_allocating_passes_other_errors_through():
 
 def test_a_seed_torch_cannot_take_is_a_config_error():
     with pytest.raises(ConfigError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
-        TrainConfig(seed=2**64)
-    assert TrainConfig(seed=2**64 - 1).seed == 2**64 - 1
+        TrainConfig.from_flat(seed=2**64)
+    assert TrainConfig.from_flat(seed=2**64 - 1).run.seed == 2**64 - 1
 
 
 def test_analyze_names_a_nan_weight():

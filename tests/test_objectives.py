@@ -215,7 +215,7 @@ def tiny_run(tmp_path, **kw) -> TrainConfig:
                   steps=6, batch_size=8, warmup_steps=0, log_every=1, eval_size=0, threads=1, progress=False,
                   out=str(tmp_path))
     values.update(kw)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(**values)
 
 
 def test_keep_every_does_not_depend_on_checkpoint_every(tmp_path):

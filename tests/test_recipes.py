@@ -112,7 +112,7 @@ def tiny_run(tmp_path, **kw) -> TrainConfig:
                   loss="equilibrium", backward="phantom", max_iter=6, steps=4, batch_size=8, warmup_steps=0,
                   log_every=1, eval_size=0, threads=1, progress=False, out=str(tmp_path))
     values.update(kw)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(**values)
 
 
 def test_the_warm_start_switches_objectives_at_its_step(tmp_path):
@@ -127,14 +127,14 @@ def test_the_equilibrium_loss_defaults_to_the_best_recipe(tmp_path):
     """Unset, the equilibrium loss gets the phantom gradient through 5 damped steps, τ = 0.8, and no
     warm start; anything given explicitly is kept."""
     c = tiny_run(tmp_path, backward=None, steps=10)
-    assert (c.pretrain_steps, c.backward, c.backward_options) == (0, "phantom", {"steps": 5, "tau": 0.8})
-    assert c.adjoint() == as_backward("phantom", {"steps": 5, "tau": 0.8})
+    assert (c.objective.pretrain_steps, c.solve.backward, c.solve.backward_options) == (0, "phantom", {"steps": 5, "tau": 0.8})
+    assert c.solve.adjoint == as_backward("phantom", {"steps": 5, "tau": 0.8})
     c = tiny_run(tmp_path, backward=None, steps=10, pretrain_steps=6, backward_options={"steps": 2})
-    assert (c.pretrain_steps, c.backward, c.backward_options) == (6, "phantom", {"steps": 2, "tau": 0.8})
+    assert (c.objective.pretrain_steps, c.solve.backward, c.solve.backward_options) == (6, "phantom", {"steps": 2, "tau": 0.8})
     c = tiny_run(tmp_path, backward="implicit", steps=3)
-    assert (c.pretrain_steps, c.backward, c.backward_options) == (0, "implicit", {})
+    assert (c.objective.pretrain_steps, c.solve.backward, c.solve.backward_options) == (0, "implicit", {})
     c = tiny_run(tmp_path, loss="progressive", backward=None)
-    assert (c.pretrain_steps, c.backward) == (0, None)
+    assert (c.objective.pretrain_steps, c.solve.backward) == (0, "implicit")  # the model's default, unused
     assert TrainConfig.from_dict(c.to_dict()) == c  # the resolved values round-trip
 
 

@@ -5,7 +5,6 @@ and a changed data file or a malformed ``metrics.jsonl`` stops a resume with a n
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -159,11 +158,11 @@ def test_a_fresh_start_keeps_snapshots_and_resume_continues_from_the_newest(tmp_
     with pytest.raises(TrainingError, match=r"already holds a run \(2 step_N.pt snapshot\(s\), metrics.jsonl\)"):
         Trainer(config)
     assert snapshot(cut) == before
-    resumed = Trainer(dataclasses.replace(config, resume=True))
+    resumed = Trainer(config.replace(resume=True))
     assert resumed.step_count == 4
     assert max(r["step"] for r in read_metrics(cut / "metrics.jsonl")) == 4
     resumed.run()
-    train(dataclasses.replace(config, out=str(tmp_path / "whole")))
+    train(config.replace(out=str(tmp_path / "whole")))
     same_parameters(cut / "last.pt", tmp_path / "whole" / "last.pt")
     same_metrics(tmp_path / "whole", cut)
 
@@ -172,9 +171,9 @@ def test_resume_takes_the_newest_readable_checkpoint(tmp_path, caplog):
     config = tiny_config(tmp_path, steps=8, keep_every=3, checkpoint_every=4, eval_size=0)
     with pytest.raises(SystemExit):
         CrashesAt(config, at=8).run()  # last.pt at step 4, snapshots at 3 and 6
-    assert Trainer(dataclasses.replace(config, resume=True)).step_count == 6
+    assert Trainer(config.replace(resume=True)).step_count == 6
     (tmp_path / "step_7.pt").write_bytes(b"damaged")
-    assert Trainer(dataclasses.replace(config, resume=True)).step_count == 6
+    assert Trainer(config.replace(resume=True)).step_count == 6
     assert "not resuming from" in caplog.text and "step_7.pt" in caplog.text
 
 
@@ -189,7 +188,7 @@ def test_overwrite_is_the_explicit_opt_in_that_deletes_them(tmp_path):
     config = tiny_config(tmp_path, steps=4, keep_every=2, eval_size=0)
     train(config)
     assert (tmp_path / "step_2.pt").exists()
-    Trainer(dataclasses.replace(config, overwrite=True)).close()
+    Trainer(config.replace(overwrite=True)).close()
     assert not (tmp_path / "step_2.pt").exists() and (tmp_path / "metrics.jsonl").read_text() == ""
 
 
@@ -233,7 +232,7 @@ def test_resume_refuses_a_changed_data_file(tmp_path):
     train(config)
     data.write_text("\n".join(lines[:-1] + [lines[0]]) + "\n")  # same size, other content
     with pytest.raises(TrainingError, match=r"the data file .*puzzles.txt changed since the run started"):
-        Trainer(dataclasses.replace(config, resume=True))
+        Trainer(config.replace(resume=True))
 
 
 # -- the demo ----------------------------------------------------------------------------------

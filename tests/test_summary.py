@@ -136,7 +136,7 @@ def test_a_real_size_summary_is_a_few_kilobytes(tmp_path):
 
     gpu = get_preset("gpu")
     spec = gpu.runs(task=("sudoku",), recall=("internal",), norm=("post",), regime=("implicit",))[0]
-    config = TrainConfig(**gpu.train_fields(spec), out=f"runs/gpu/{spec.name}")
+    config = TrainConfig.from_flat(**gpu.train_fields(spec), out=f"runs/gpu/{spec.name}")
     iters = list(gpu.eval_iters)
     noisy = [1 / 3 + k / 7 / len(iters) for k in range(len(iters))]  # 16-17 digits each, as measured values have
     r = _result("internal", "implicit", noisy, 1 / 3)
@@ -155,7 +155,7 @@ def test_a_real_size_summary_is_a_few_kilobytes(tmp_path):
                       + "\n" for i in range(40))
     (run / "metrics.jsonl").write_text(_metrics(**PROGRESSIVE_METRICS) * 100 + monitor)
     path = summary.write_summary(summary.summarize(r, run / "metrics.jsonl"), tmp_path / "results" / "runs")
-    assert len(config.to_dict()) > 30
+    assert len(config.to_flat()) > 30
     traces = json.loads(path.read_text())["traces"]
     assert len(traces["loss"]) == runlog.TRACE_POINTS and len(traces["stability"]["rows"]) == 40
     assert 8_000 < path.stat().st_size < 20_000  # 40 monitor records of 14 fields: about 7 kB of it

@@ -128,7 +128,7 @@ def test_the_metrics_log_shows_the_schedule_and_each_batch_length(tmp_path):
     from deqloop.train import TrainConfig, read_metrics, train
 
     options = dict(length=10, min_length=4, start_length=5, start_min_length=3, ramp_steps=4, hard_length=12)
-    train(TrainConfig(task="prefix_sums", task_options=options, width=8, heads=2, attention="local", window=3,
+    train(TrainConfig.from_flat(task="prefix_sums", task_options=options, width=8, heads=2, attention="local", window=3,
                       loss="progressive", depth_offset=1, steps=6, batch_size=4, log_every=1, eval_size=0,
                       threads=1, progress=False, out=str(tmp_path)))
     task = PrefixSums(**options)

@@ -171,7 +171,7 @@ def test_the_task_chooses_blanks_and_the_objective_uses_its_mask(tmp_path):
     x, y = grid(EASY), grid(ANSWER)
     assert Sudoku().loss_mask(x, y) is None
     assert torch.equal(Sudoku(loss_cells="blanks").loss_mask(x, y), x == 0)
-    config = TrainConfig(task="sudoku", task_options={"loss_cells": "blanks"}, width=16, heads=2, steps=1,
+    config = TrainConfig.from_flat(task="sudoku", task_options={"loss_cells": "blanks"}, width=16, heads=2, steps=1,
                          batch_size=2, loss="progressive", alpha=0.0, max_iter=2, eval_size=0, threads=1, progress=False,
                          out=str(tmp_path))
     trainer = Trainer(config)

@@ -60,15 +60,15 @@ def test_step_flops_equal_torchs_count_of_a_real_step(cell):
     first state matmul needs no input gradient (one N·D·D product per example: under 1 %)."""
     with tempfile.TemporaryDirectory() as out:
         config = tp.cell_config(cell, "eager", True, out)
-        config.alpha = 0.5  # no no-grad segment (the counter cannot track modules under no_grad)
+        config.objective.alpha = 0.5  # no no-grad segment (the counter cannot track modules under no_grad)
         trainer = Trainer(config)
         trainer.model.block.attn.backend = "math"
         for step in range(2):
             grid = tuple(trainer.batches(step)[0].shape[1:])
             with FlopCounterMode(display=False) as counter:
                 trainer.step(step)
-            n, _ = progressive_draw(config.seed, step, config.depth())  # the draw the formula reads
-            detached = 2 * config.batch_size * math.prod(grid) * config.width**2 if n > 0 or config.detach_z0 else 0
+            n, _ = progressive_draw(config.run.seed, step, config.depth())  # the draw the formula reads
+            detached = 2 * config.optim.batch_size * math.prod(grid) * config.model.width**2 if n > 0 or config.objective.detach_z0 else 0
             assert counter.get_total_flops() + detached == tp.step_flops(config, grid, step, trainer.task.num_classes)
 
 

@@ -221,7 +221,7 @@ def test_training_with_the_tensorboard_logger_writes_what_metrics_jsonl_holds(tm
     pytest.importorskip("tensorboard")
     from deqloop.train import TrainConfig, read_metrics, train
 
-    config = TrainConfig(task="prefix_sums", task_options={"length": 5}, width=16, heads=2, attention="local",
+    config = TrainConfig.from_flat(task="prefix_sums", task_options={"length": 5}, width=16, heads=2, attention="local",
                          window=3, loss="progressive", max_iter=2, steps=4, batch_size=8, warmup_steps=0, log_every=2,
                          eval_size=4, logger="tensorboard", threads=1, progress=False, out=str(tmp_path))
     train(config)

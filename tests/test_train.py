@@ -43,7 +43,7 @@ def tiny_config(out: Path, **overrides) -> TrainConfig:
         out=str(out),
     )
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(**values)
 
 
 def params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -68,7 +68,7 @@ def test_config_rejects_unknown_keys_and_lists_allowed():
 
 def test_from_flat_takes_flag_names_as_a_dict_and_keywords():
     c = TrainConfig.from_flat({"width": 32, "heads": 2}, max_iter=7)
-    assert (c.width, c.heads, c.max_iter) == (32, 2, 7)
+    assert (c.model.width, c.model.heads, c.solve.max_iter) == (32, 2, 7)
     with pytest.raises(ConfigKeyError, match=r"unknown key\(s\) \['widht'\]"):
         TrainConfig.from_flat(widht=3)
 
@@ -107,19 +107,19 @@ def test_from_flat_takes_flag_names_as_a_dict_and_keywords():
 )
 def test_config_rejects_impossible_combinations(values, message):
     with pytest.raises(ConfigError, match=message):  # a ValueError (unknown keys also a TypeError)
-        TrainConfig(**values)
+        TrainConfig.from_flat(**values)
 
 
 def test_the_progressive_loss_defaults_to_the_papers_form_and_old_configs_keep_theirs():
-    c = TrainConfig(loss="progressive")
-    assert (c.alpha, c.detach_z0) == (1.0, False)  # the paper's: alpha 1, z0's gradient kept at n = 0
-    assert TrainConfig().alpha == 0.0  # the equilibrium loss; its warm start keeps plain backpropagation
-    assert TrainConfig(loss="equilibrium", pretrain_steps=5, steps=10).alpha == 0.0
-    assert TrainConfig(loss="equilibrium", pretrain_steps=5, steps=10, alpha=1.0, detach_z0=True).detach_z0
-    stored = TrainConfig(loss="progressive", alpha=0.5).to_dict()
+    c = TrainConfig.from_flat(loss="progressive")
+    assert (c.objective.alpha, c.objective.detach_z0) == (1.0, False)  # the paper's: alpha 1, z0's gradient kept at n = 0
+    assert TrainConfig.from_flat().objective.alpha == 0.0  # the equilibrium loss; its warm start keeps plain backpropagation
+    assert TrainConfig.from_flat(loss="equilibrium", pretrain_steps=5, steps=10).objective.alpha == 0.0
+    assert TrainConfig.from_flat(loss="equilibrium", pretrain_steps=5, steps=10, alpha=1.0, detach_z0=True).objective.detach_z0
+    stored = TrainConfig.from_flat(loss="progressive", alpha=0.5).to_flat()  # the stored form before nesting
     del stored["detach_z0"]  # a config stored before the field existed ran with z0 detached
-    assert upgrade_stored(stored)["detach_z0"] is True and "detach_z0" not in stored
-    assert upgrade_stored({**stored, "detach_z0": False})["detach_z0"] is False
+    assert upgrade_stored(stored)["objective"]["detach_z0"] is True and "detach_z0" not in stored
+    assert upgrade_stored({**stored, "detach_z0": False})["objective"]["detach_z0"] is False
 
 
 def test_the_papers_schedule_against_its_formula_at_chosen_steps():
@@ -133,11 +133,11 @@ def test_the_papers_schedule_against_its_formula_at_chosen_steps():
              720: 1.0, 4799: 1.0, 4800: 0.1, 7999: 0.1}
     assert {t: g(t) for t in epoch} == pytest.approx(epoch, rel=1e-12)
     assert runtime.lr_schedule("paper", warmup=0, total=10, floor=0.0)(0) == 1.0  # no warm-up
-    c = TrainConfig(schedule="paper", steps=250)
-    assert c.warmup_steps == 25 and c.schedule_tick() == 1  # a tenth of the steps, not at most 100
-    assert TrainConfig(schedule="paper", steps=250, train_size=640, batch_size=64).schedule_tick() == 10
+    c = TrainConfig.from_flat(schedule="paper", steps=250)
+    assert c.optim.warmup_steps == 25 and c.optim.schedule_tick() == 1  # a tenth of the steps, not at most 100
+    assert TrainConfig.from_flat(schedule="paper", steps=250, train_size=640, batch_size=64).optim.schedule_tick() == 10
     with pytest.raises(ConfigError, match=r"min_lr \(0.0001\) has no place in schedule='paper'"):
-        TrainConfig(schedule="paper", min_lr=1e-4)
+        TrainConfig.from_flat(schedule="paper", min_lr=1e-4)
 
 
 def test_a_run_with_the_papers_schedule_logs_its_learning_rates(tmp_path):
@@ -151,33 +151,33 @@ def test_a_run_with_the_papers_schedule_logs_its_learning_rates(tmp_path):
 
 def test_unrolled_training_iterates_plainly_whatever_the_solver():
     # backward="unrolled" used to require solver="picard"; the solve settings now run picard under it.
-    c = TrainConfig(backward="unrolled")
-    assert c.solver == "anderson" and c.model_config().solve.method == "picard"
-    assert not c.implicit and TrainConfig(backward="implicit").implicit
-    assert not TrainConfig().implicit  # the default recipe's phantom gradient
+    c = TrainConfig.from_flat(backward="unrolled")
+    assert c.solve.solver == "anderson" and c.model_config().solve.method == "picard"
+    assert not c.implicit and TrainConfig.from_flat(backward="implicit").implicit
+    assert not TrainConfig.from_flat().implicit  # the default recipe's phantom gradient
 
 
 def test_config_round_trips_and_derives_steps_from_epochs(tmp_path):
-    c = TrainConfig(task="sudoku", train_size=100, epochs=3, batch_size=32, out=str(tmp_path))
-    assert c.steps == math.ceil(3 * 100 / 32)
+    c = TrainConfig.from_flat(task="sudoku", train_size=100, epochs=3, batch_size=32, out=str(tmp_path))
+    assert c.optim.steps == math.ceil(3 * 100 / 32)
     again = TrainConfig.from_dict(c.to_dict())
     assert again == c
     assert json.loads(json.dumps(c.to_dict())) == c.to_dict()
-    assert TrainConfig().out == os.path.join("runs", "prefix_sums")
+    assert TrainConfig.from_flat().run.out == os.path.join("runs", "prefix_sums")
 
 
 def test_model_config_follows_the_train_config():
-    c = TrainConfig(task_options={"length": 10}, depth_offset=3, loss="progressive", width=16, heads=2,
+    c = TrainConfig.from_flat(task_options={"length": 10}, depth_offset=3, loss="progressive", width=16, heads=2,
                     attention="local", window=3)
     m = c.model_config()
     assert (m.arch.vocab_size, m.arch.num_classes, m.arch.grid, m.arch.width, m.solve.max_iter) == (2, 2, (10,), 16, 13)
     assert c.depth() == 13
     assert c.depth(torch.zeros(8, 4, dtype=torch.long)) == 7  # a batch of 4 bits
     assert c.build_task() == PrefixSums(length=10) and c.build_task() is c.build_task()
-    e = TrainConfig(task="chess", backward="phantom", backward_options={"steps": 2}, max_iter=9)
+    e = TrainConfig.from_flat(task="chess", backward="phantom", backward_options={"steps": 2}, max_iter=9)
     me = e.model_config()
     assert (me.arch.grid, me.solve.backward, me.solve.max_iter) == ((8, 8), "phantom", 9)
-    assert e.adjoint().steps == 2 and e.depth() == 9
+    assert e.solve.adjoint.steps == 2 and e.depth() == 9
 
 
 # -- data and randomness as functions of (seed, step) -------------------------------------------
@@ -186,23 +186,23 @@ def test_model_config_follows_the_train_config():
 def test_batches_depend_only_on_seed_and_step(tmp_path):
     c = tiny_config(tmp_path)
     task = c.build_task()
-    a, b = Batches(task, c.batch_size, c.seed), Batches(task, c.batch_size, c.seed)
+    a, b = Batches(task, c.optim.batch_size, c.run.seed), Batches(task, c.optim.batch_size, c.run.seed)
     for step in (0, 7, 3):
         xa, ya = a(step)
         xb, yb = b(step)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
-        length = task.train_length(c.seed, step)
+        length = task.train_length(c.run.seed, step)
         assert xa.shape == (8, length) and 3 <= length <= 6
         assert c.depth(xa) == length + 1
-    lengths = {task.train_length(c.seed, s) for s in range(40)}
+    lengths = {task.train_length(c.run.seed, s) for s in range(40)}
     assert lengths == {3, 4, 5, 6}  # the curriculum draws every length
-    other = Batches(task, c.batch_size, seed=1)
+    other = Batches(task, c.optim.batch_size, seed=1)
     assert any(not torch.equal(a(s)[0][:, :3], other(s)[0][:, :3]) for s in range(5))
 
 
 def test_pool_batches_walk_shuffled_epochs(tmp_path):
     c = tiny_config(tmp_path, min_length=None, train_size=24, batch_size=8)
-    batches = Batches(c.build_task(), c.batch_size, c.seed, train_size=c.train_size)
+    batches = Batches(c.build_task(), c.optim.batch_size, c.run.seed, train_size=c.optim.train_size)
     epoch0 = torch.cat([batches(s)[0] for s in range(3)])
     epoch1 = torch.cat([batches(s)[0] for s in range(3, 6)])
     pool = batches.pool[0]
@@ -214,8 +214,8 @@ def test_pool_batches_walk_shuffled_epochs(tmp_path):
 def test_ranks_split_the_global_batch(tmp_path):
     c = tiny_config(tmp_path)
     task = c.build_task()
-    full = Batches(task, c.batch_size, c.seed)(5)[0]
-    halves = [Batches(task, c.batch_size, c.seed, rank=r, world=2)(5)[0] for r in (0, 1)]
+    full = Batches(task, c.optim.batch_size, c.run.seed)(5)[0]
+    halves = [Batches(task, c.optim.batch_size, c.run.seed, rank=r, world=2)(5)[0] for r in (0, 1)]
     assert torch.equal(torch.cat(halves), full)
 
 
@@ -253,12 +253,12 @@ def test_each_regime_trains_and_logs_its_metrics(tmp_path, overrides):
         for key in ("loss", "accuracy", "iterations", "residual", "grad_norm", "lr", "examples_per_s"):
             assert math.isfinite(r[key]), key
         # the batch's length, from the task's curriculum for (seed, step); not logged as "length"
-        length = task.train_length(c.seed, r["step"] - 1)
+        length = task.train_length(c.run.seed, r["step"] - 1)
         assert r["propagation_depth"] == length and "length" not in r
         if overrides["loss"] == "progressive":  # depth = length + depth_offset 1 iterations
             assert r["iterations"] == length + 1
             if overrides["alpha"] > 0:
-                assert (r["n"], r["k"]) == progressive_draw(c.seed, r["step"] - 1, length + 1)
+                assert (r["n"], r["k"]) == progressive_draw(c.run.seed, r["step"] - 1, length + 1)
     if overrides.get("backward") == "implicit":
         assert all(0 <= r["backward_residual"] < 1 for r in steps)
         assert all(r["backward_iterations"] >= 1 for r in steps)
@@ -293,7 +293,7 @@ def test_training_lowers_the_loss(tmp_path):
 def test_no_weight_decay_on_norms_and_biases(tmp_path):
     trainer = Trainer(tiny_config(tmp_path))
     decay, no_decay = trainer.optimizer.param_groups
-    assert decay["weight_decay"] == TrainConfig().weight_decay == 0.01 and no_decay["weight_decay"] == 0
+    assert decay["weight_decay"] == TrainConfig.from_flat().optim.weight_decay == 0.01 and no_decay["weight_decay"] == 0
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(trainer.model.parameters()))
 
@@ -311,12 +311,13 @@ def test_a_run_stored_before_detach_z0_existed_resumes_with_z0_detached(tmp_path
     train(tiny_config(tmp_path, steps=2, warmup_steps=0, alpha=0.5, detach_z0=True))
     path = tmp_path / "last.pt"
     state = torch.load(path, weights_only=True)
-    del state["train_config"]["detach_z0"]
-    torch.save(state, path)
+    flat = TrainConfig.from_dict(state["train_config"]).to_flat()  # stored flat, as before the settings nested
+    del flat["detach_z0"]
+    torch.save({**state, "train_config": flat, "format": 3}, path)
     with pytest.raises(TrainingError, match=r"the config differs \(detach_z0: True → False\)"):
         Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, alpha=0.5, resume=True))
     assert Trainer(tiny_config(tmp_path, steps=2, warmup_steps=0, alpha=0.5, detach_z0=True, resume=True)).step_count == 2
-    assert Run.load(path).config.detach_z0 is True
+    assert Run.load(path).config.objective.detach_z0 is True
 
 
 def test_resume_without_a_checkpoint_is_an_error(tmp_path):

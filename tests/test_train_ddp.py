@@ -39,7 +39,7 @@ def config(out: Path, **overrides) -> TrainConfig:
                   warmup_steps=1, batch_size=8, log_every=1, checkpoint_every=2, eval_size=8, threads=1,
                   progress=False, out=str(out))
     values.update(overrides)
-    return TrainConfig(**values)
+    return TrainConfig.from_flat(**values)
 
 
 @pytest.mark.slow
@@ -76,7 +76,7 @@ def test_two_gloo_ranks_end_with_identical_parameters(tmp_path, loss):
         # up to 2·lr a step (measured: 2 of 512 entries of one weight, 2.2e-3 after 4 steps; every
         # other entry within 7.4e-5). All but 1 % of the entries agree to 1e-4, none by more than
         # 2·lr·steps.
-        lr, steps = config(tmp_path).lr, single.step
+        lr, steps = config(tmp_path).optim.lr, single.step
         for k in one:
             d = (one[k] - ranks[0][k]).abs()
             assert (d > 1e-4).float().mean() <= 0.01 and d.max() <= 2 * lr * steps, (k, d.max().item())

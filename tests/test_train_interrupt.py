@@ -5,7 +5,6 @@ run with the last good checkpoint kept."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shlex
@@ -84,7 +83,7 @@ def test_sigint_stops_after_the_step_with_a_checkpoint_and_resume_is_exact(tmp_p
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 7  # step 7 finished and saved
     assert max(r["step"] for r in read_metrics(tmp_path / "cut" / "metrics.jsonl")) == 7  # its line is written
 
-    result = Trainer(dataclasses.replace(cut, resume=True)).run()
+    result = Trainer(cut.replace(resume=True)).run()
     assert result.step == 16
     same_parameters(whole.checkpoint, result.checkpoint)
     same_metrics(tmp_path / "whole", tmp_path / "cut")
@@ -191,7 +190,8 @@ def test_sigterm_to_deqloop_train_checkpoints_prints_the_resume_command_and_exit
     assert resumed.stdout.startswith("trained 30 steps")
     whole = train(tiny_config(tmp_path / "whole", steps=30, checkpoint_every=10))  # the same settings
     whole_config = json.loads((tmp_path / "whole" / "config.json").read_text())
-    assert json.loads((out / "config.json").read_text()) == {**whole_config, "out": str(out), "resume": True}
+    assert json.loads((out / "config.json").read_text()) == {**whole_config, "run": {**whole_config["run"], "out": str(out),
+                                                                                   "resume": True}}
     same_parameters(whole.checkpoint, out / "last.pt")
     same_metrics(tmp_path / "whole", out)
 
@@ -222,7 +222,7 @@ def test_a_streak_of_skipped_steps_stops_the_run_and_keeps_the_last_good_checkpo
 def test_the_skip_cap_is_a_validated_runtime_setting_with_a_flag(tmp_path):
     with pytest.raises(ConfigError, match="max_consecutive_skips must be an integer ≥ 0, got -1"):
         tiny_config(tmp_path, max_consecutive_skips=-1)
-    assert tiny_config(tmp_path).max_consecutive_skips == 50
+    assert tiny_config(tmp_path).run.max_consecutive_skips == 50
     args = build_parser(["train"]).parse_args(["train", "--max-consecutive-skips", "0"])
     assert args.max_consecutive_skips == 0
     # no cap: any streak goes on (and a run may resume with another cap)
@@ -327,7 +327,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, point, loss
     torn = list(cut.glob(".last.pt.*.tmp"))
     assert len(torn) == (point == "checkpoint write")
 
-    resumed = Trainer(dataclasses.replace(interrupted, resume=True))
+    resumed = Trainer(interrupted.replace(resume=True))
     assert resumed.step_count == 5
     assert not list(cut.glob(".*.tmp"))  # the torn temporary file is gone
     result = resumed.run()

@@ -65,12 +65,12 @@ def test_the_task_is_registered_and_its_settings_are_validated():
 def test_trains_evaluates_and_analyses_through_the_api(tmp_path):
     from deqloop.analysis import analyze
 
-    config = TrainConfig(task="copy_shifted", task_options={"length": 5, "hard_length": 9}, out=str(tmp_path), **TINY)
+    config = TrainConfig.from_flat(task="copy_shifted", task_options={"length": 5, "hard_length": 9}, out=str(tmp_path), **TINY)
     result = train(config)
     assert result.step == 4
     run = Run.load(result.checkpoint)
     # the trainer's final eval: its own eval sets (seeded from the run's seed), at depth 3 = max_iter
-    eval_seed = seeds.derive_seed(config.seed, seeds.EVAL) % 2**31
+    eval_seed = seeds.derive_seed(config.run.seed, seeds.EVAL) % 2**31
     for band in ("val", "hard"):
         x, y = run.task.make(band, 8, seed=eval_seed)
         exact, _, _ = plain_iteration_scores(run.model, x, y, [3], rtol=1e-3)
@@ -121,7 +121,7 @@ def test_a_checkpoint_of_a_registered_task_loads_in_a_fresh_registry(tmp_path, m
     names it (a checkpoint never makes deqloop import code)."""
     from deqloop.tasks import base
 
-    config = TrainConfig(task="copy_shifted", out=str(tmp_path), **TINY)
+    config = TrainConfig.from_flat(task="copy_shifted", out=str(tmp_path), **TINY)
     train(config)
     monkeypatch.setattr(base, "_REGISTRY", dict(base._BUILTIN))  # as in a new process that never imported us
     assert "copy_shifted" not in task_names()

@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     solver = args.solver
     if solver == "auto":  # the run's own solver when it trained at its fixed point
         config = run_.config
-        solver = config.solver if config is not None and config.loss == "equilibrium" else "none"
+        solver = config.solve.solver if config is not None and config.objective.loss == "equilibrium" else "none"
     solver = None if solver == "none" else solver
     splits = dict(run_.task.extra_split(spec, args.n, args.seed) for spec in args.extra)
     report = evaluate_run(run_, iters=args.iters, n=args.n, splits=splits, settle_rtol=args.rtol, solver=solver,

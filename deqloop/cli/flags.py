@@ -1,5 +1,6 @@
-"""Command-line flags from dataclass fields: one flag per field, typed by its annotation, with
-its ``setting(help=...)`` text and its default in the help."""
+"""Command-line flags from dataclass fields, nested groups included: one flag per setting, named by
+its flat name (:mod:`deqloop.flat_names`), typed by its annotation, with its ``setting(help=...)``
+text and its default in the help."""
 
 from __future__ import annotations
 
@@ -87,27 +88,29 @@ def _optional_of(hint: Any) -> Any:
 
 def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, choices: dict[str, tuple] | None = None,
                         skip: tuple[str, ...] = (), special: dict[str, dict[str, Any]] | None = None) -> list[str]:
-    """Add ``--field-name`` for each field of ``cls`` (except ``skip``); returns the field names.
+    """Add ``--flat-name`` for each setting of the (possibly nested) dataclass ``cls`` except
+    ``skip``; returns the flat names (:func:`deqloop.flat_names.leaves`, which raises
+    :class:`~deqloop.errors.ConfigError` when two nested settings would make the same flag).
 
-    Defaults are suppressed (absent flags stay absent), so the dataclass's defaults apply.
-    ``choices`` restrict string fields; ``special`` gives argparse keywords for some fields.
+    Defaults are suppressed (absent flags stay absent), so the dataclasses' defaults apply.
+    ``choices`` restrict string settings; ``special`` gives argparse keywords for some (by flat name).
     """
-    hints = typing.get_type_hints(cls)
+    from deqloop.flat_names import leaves
+
     names = []
-    for f in dataclasses.fields(cls):
-        if f.name in skip or not f.init:
-            continue
-        names.append(f.name)
+    for name, leaf in leaves(cls, skip=skip).items():
+        f = leaf.field
+        names.append(name)
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
         help_text = f.metadata.get("help", "")
         if default not in (None, (), {}, ""):
             help_text += f" [default: {' '.join(map(str, default)) if isinstance(default, tuple) else default}]"
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
-        hint = _optional_of(hints[f.name])
+        kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+        hint = _optional_of(leaf.hint)
         origin = typing.get_origin(hint)
-        if f.name in (special or {}):
-            kw.update(special[f.name])
+        if name in (special or {}):
+            kw.update(special[name])
         elif hint is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif origin is dict:
@@ -121,11 +124,11 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls: type, *, choices: 
             kw.update(nargs=n, type=item, metavar={int: "N", float: "X"}.get(item, "S"))
         elif hint in (int, float, str):
             kw["type"] = hint
-            if choices and f.name in choices:
-                kw["choices"] = choices[f.name]
+            if choices and name in choices:
+                kw["choices"] = choices[name]
             else:
                 kw["metavar"] = {int: "N", float: "X", str: "S"}[hint]
         else:  # a union of several kinds (e.g. a name or a [low, high] pair): JSON, else text
             kw.update(type=json_or_text, metavar="V")
-        parser.add_argument(flag_name(f.name), help=help_text, **kw)
+        parser.add_argument(flag_name(name), **kw)
     return names

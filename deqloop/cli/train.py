@@ -1,10 +1,12 @@
-"""``deqloop train``: a flag per TrainConfig field and per setting of the chosen task, on top of a
-named recipe (``--recipe NAME``, :mod:`deqloop.train.recipes`) when one is given."""
+"""``deqloop train``: a flag per setting of the TrainConfig tree (by flat name) and per setting of the
+chosen task, on top of a named recipe (``--recipe NAME``, :mod:`deqloop.train.recipes`) when one is
+given."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import signal
 import sys
@@ -27,11 +29,12 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from deqloop.model import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                                RESIDUALS)
     from deqloop.model.config import PRECISIONS
-    from deqloop.train.config import AMP_MODES, EQUILIBRIUM_BACKWARDS, LOGGERS, LOSSES, SCHEDULES
+    from deqloop.model.attention import ATTENTION_BACKENDS
+    from deqloop.train.config import AMP_MODES, LOGGERS, LOSSES, SCHEDULES
 
     return {"recall": RECALLS, "recall_maps": RECALL_MAPS, "norm": NORMS, "norm_weights": NORM_WEIGHTS,
             "residual": RESIDUALS, "qk_norm_order": QK_NORM_ORDERS, "attention": ATTENTIONS, "init": INITS,
-            "train_init": INITS, "loss": LOSSES, "backward": EQUILIBRIUM_BACKWARDS, "schedule": SCHEDULES,
+            "train_init": INITS, "loss": LOSSES, "schedule": SCHEDULES, "attention_backend": ATTENTION_BACKENDS,
             "amp": AMP_MODES, "logger": LOGGERS, "solve_precision": PRECISIONS}
 
 
@@ -73,15 +76,23 @@ def add(sub: Any, task: str | None, recipe: str | None = None) -> None:
                    help="start from a named recipe; the flags given set what differs (they win). One of: "
                    + ", ".join(recipe_names()) + " (--list-recipes says what each is for)")
     p.add_argument("--list-recipes", action=ListRecipes, help="list the named recipes and exit")
-    add_dataclass_flags(p, TrainConfig, choices=_choices(), skip=("task_options",),
-                        special={"eval_iters": dict(type=iters_type, metavar="N,N,..."),
-                                 "compile": dict(nargs="?", const=True, type=compile_mode, metavar="auto|true|false"),
-                                 "out": dict(type=nonempty, metavar="DIR"),
-                                 "task": dict(type=str, metavar="{" + ",".join(task_names()) + "}|module:Class")})
+    from deqloop.train.config import DEFAULT_RECIPE, EQUILIBRIUM_BACKWARDS
+
+    default = f"{DEFAULT_RECIPE['backward']} with {json.dumps(DEFAULT_RECIPE['backward_options'])}"
+    flags = add_dataclass_flags(
+        p, TrainConfig, choices=_choices(), skip=("task_options",),
+        special={"eval_iters": dict(type=iters_type, metavar="N,N,..."),
+                 "compile": dict(nargs="?", const=True, type=compile_mode, metavar="auto|true|false"),
+                 "out": dict(type=nonempty, metavar="DIR"),
+                 "task": dict(type=str, metavar="{" + ",".join(task_names()) + "}|module:Class"),
+                 "backward": dict(type=str, choices=EQUILIBRIUM_BACKWARDS, help=(
+                     "equilibrium loss: the gradient through the fixed point (default: DEFAULT_RECIPE, "
+                     f"{default}; given explicitly, a mode's options default to its own, phantom's to one "
+                     "undamped step); not used by the progressive loss"))})
     cls = task_class(task or TrainConfig.task)
     if dataclasses.is_dataclass(cls):
         group = p.add_argument_group(f"settings of task {task or TrainConfig.task!r}")
-        clash = sorted({f.name for f in dataclasses.fields(cls)} & {f.name for f in dataclasses.fields(TrainConfig)})
+        clash = sorted({f.name for f in dataclasses.fields(cls)} & set(flags))
         if clash:
             raise ConfigError(f"task {task!r} has settings named like training flags ({', '.join(clash)}); "
                               "rename them to use the task from the command line")
@@ -108,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted as e:
         if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
             command = resume_command(argv) if argv is not None else "the same command with --resume"
-            print(f"deqloop train: interrupted by {signal.Signals(e.signal).name} at step {e.step} of {config.steps}; "
+            print(f"deqloop train: interrupted by {signal.Signals(e.signal).name} at step {e.step} of {config.optim.steps}; "
                   f"checkpoint {e.checkpoint}; resume with: {command}", file=sys.stderr)
         return e.exit_status
     if result.rank != 0:  # under torchrun, rank 0 reports

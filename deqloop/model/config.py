@@ -25,10 +25,10 @@ from deqloop.model.rope import check_head_dim
 from deqloop.names import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                            RESIDUALS)
 from deqloop.solvers import DEFAULT_SOLVER, LoopOptions, available_solvers
-from deqloop.validate import choice, integer, known_keys, number
+from deqloop.validate import choice, integer, known_keys, number, setting
 
 __all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "BF16_RTOL", "EARLIER_FORMS", "INITS", "LoopedDEQConfig",
-           "NORMS", "NORM_WEIGHTS", "PRECISIONS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS",
+           "ModelSettings", "NORMS", "NORM_WEIGHTS", "PRECISIONS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS",
            "SOLVE_SETTINGS", "SolveSettings"]
 
 BACKWARDS = BACKWARD_MODES
@@ -40,14 +40,17 @@ _FIXED_POINT_ARGS = {"method", "backward", "rtol", "atol", "max_iter", "backward
 
 
 @dataclass
-class Architecture:
-    """The parameters' shapes and the block's wiring.
+class ModelSettings:
+    """The block's own settings: every architecture setting a user chooses (the task fixes the rest).
 
-    vocab_size: number of input token ids. num_classes: outputs per token of the readout head.
-    grid: training grid, ``(L,)`` for sequences or ``(H, W)`` for boards. Inputs must have as
-        many grid axes; their sizes may differ (RoPE and local attention are relative).
+    :class:`Architecture` is these plus what the data fixes (``vocab_size``, ``num_classes``,
+    ``grid``) and whether the block is compiled. A training config nests this class rather than
+    :class:`Architecture` so that it cannot hold a vocabulary or a grid other than its task's (the
+    trainer fills those in from the task), while the model keeps reading one flat object.
+
     width: model width ``D``; heads: attention heads (``width % heads == 0``; the head dim must
-        be even on 1-D grids and divisible by 4 on 2-D grids, for RoPE).
+        be even on 1-D grids and divisible by 4 on 2-D grids, for RoPE; checked by
+        :class:`Architecture`, which knows the grid).
     mlp_ratio: the MLP's hidden width is ``round(mlp_ratio · width)``.
     recall: input injection, one of ``RECALLS``: ``"none"`` e enters only through z₀;
         ``"external"`` h = W_z z + b_z + W_e e + b_e enters the block; ``"internal"`` every
@@ -73,48 +76,43 @@ class Architecture:
     qk_norm: RMSNorm on queries and keys per head; qk_norm_order: ``"after_rope"`` (the paper's,
         ``attention.py:130-133``) or ``"before_rope"``. rope_base: RoPE frequency base.
     attention_backend: ``"sdpa"`` (fused) or ``"math"`` (supports forward-mode AD).
-    compile: compile the block with ``torch.compile``.
     gate: a contractive parameterisation: each sublayer's branch is scaled per channel by a
         learnable γ, initialised to ``gate`` and clamped to [−gate_cap, gate_cap] (LayerScale with a
         cap); ``None``: no gate.
     """
 
-    vocab_size: int
-    num_classes: int
-    grid: tuple[int, ...]
-    width: int = 256
-    heads: int = 8
-    mlp_ratio: float = 4
-    recall: str = "internal"
-    recall_maps: str = "shared"
-    norm: str = "post"
-    norm_weights: str = "shared"
-    residual: str = "add"
-    bias: bool = True
-    blocks: int = 1
-    attention: str = "full"
-    window: int = 5
-    qk_norm: bool = True
-    qk_norm_order: str = "after_rope"
-    rope_base: float = 10000.0
-    attention_backend: str = "sdpa"
-    compile: bool = False
-    gate: float | None = None
-    gate_cap: float = 0.75
+    width: int = setting("model width", default=128)
+    heads: int = setting("attention heads", default=4)
+    mlp_ratio: float = setting("MLP hidden width / model width", default=4.0)
+    recall: str = setting("input injection: none, external or internal", default="internal")
+    recall_maps: str = setting("internal recall's maps: shared (one pair W_z, W_e for both sublayers: the paper's) "
+                               "or per_sublayer (a pair per sublayer)", default="shared")
+    norm: str = setting("norm placement: pre, peri, post or sandwich", default="post")
+    norm_weights: str = setting("RMSNorm weights: shared by the block's two sublayers (the paper's) or "
+                                "per_sublayer", default="shared")
+    residual: str = setting("residual merge: add (h + y) or gru (GRUCell(input=y, hidden=h); the paper's gru row "
+                            "is --residual gru --norm peri)", default="add")
+    bias: bool = setting("biases on the recall maps and the attention projections (the paper's)", default=True)
+    blocks: int = setting("different (untied) blocks per iteration; the paper's fixed baseline: 15, recall none, "
+                          "trained and tested at 1 iteration", default=1)
+    attention: str = setting("attention: full or local", default="full")
+    window: int = setting("local attention kernel size (odd)", default=5)
+    qk_norm: bool = setting("RMSNorm queries and keys", default=True)
+    qk_norm_order: str = setting("where the QK RMSNorm sits: after_rope (the paper's) or before_rope",
+                                 default="after_rope")
+    rope_base: float = setting("RoPE frequency base", default=10000.0)
+    attention_backend: str = setting("attention kernel: sdpa (fused) or math (supports forward-mode AD)",
+                                     default="sdpa")
+    gate: float | None = setting("contractive parameterisation: scale each sublayer's branch by a learnable "
+                                 "per-channel gate initialised to this, clamped to [-gate_cap, gate_cap] (default: "
+                                 "no gate)", default=None)
+    gate_cap: float = setting("the gate's clamp", default=0.75)
 
     def __post_init__(self) -> None:
-        grid = (self.grid,) if isinstance(self.grid, int) else self.grid
-        ok = isinstance(grid, (tuple, list)) and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in grid)
-        if not ok:
-            raise ConfigError(f"grid must be (L,) or (H, W) of positive integer sizes, got {grid!r}")
-        self.grid = tuple(int(n) for n in grid)
-        if len(self.grid) not in (1, 2) or any(n < 1 for n in self.grid):
-            raise ConfigError(f"grid must be (L,) or (H, W) of positive sizes, got {grid!r}")
-        for name in ("vocab_size", "num_classes", "width", "heads", "blocks"):
+        for name in ("width", "heads", "blocks"):
             integer(name, getattr(self, name))
         if self.width % self.heads != 0:
             raise ConfigError(f"width ({self.width}) must be divisible by heads ({self.heads})")
-        check_head_dim(self.width // self.heads, len(self.grid))
         number("mlp_ratio", self.mlp_ratio, low=0, low_open=True)
         integer("hidden width round(mlp_ratio · width)", round(self.mlp_ratio * self.width))
         choice("recall", self.recall, RECALLS)
@@ -127,7 +125,7 @@ class Architecture:
         choice("attention_backend", self.attention_backend, ATTENTION_BACKENDS)
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1 or self.window % 2 == 0:
             raise ConfigError(f"window must be an odd positive kernel size, got {self.window!r}")
-        for name in ("qk_norm", "bias", "compile"):
+        for name in ("qk_norm", "bias"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         number("rope_base", self.rope_base, low=1, low_open=True)
@@ -137,6 +135,38 @@ class Architecture:
             if self.residual != "add":
                 raise ConfigError(f"gate scales the branch of the additive residual; residual={self.residual!r} "
                                   "has no such branch: use residual='add' or no gate")
+
+
+@dataclass
+class Architecture(ModelSettings):
+    """The parameters' shapes and the block's wiring: the :class:`ModelSettings` (see there) plus
+    what the data and the run fix, given by keyword.
+
+    vocab_size: number of input token ids. num_classes: outputs per token of the readout head.
+    grid: training grid, ``(L,)`` for sequences or ``(H, W)`` for boards. Inputs must have as
+        many grid axes; their sizes may differ (RoPE and local attention are relative).
+    compile: compile the block with ``torch.compile``.
+    """
+
+    vocab_size: int = field(kw_only=True)
+    num_classes: int = field(kw_only=True)
+    grid: tuple[int, ...] = field(kw_only=True)
+    compile: bool = field(default=False, kw_only=True)
+
+    def __post_init__(self) -> None:
+        grid = (self.grid,) if isinstance(self.grid, int) else self.grid
+        ok = isinstance(grid, (tuple, list)) and all(isinstance(n, numbers.Integral) and not isinstance(n, bool) for n in grid)
+        if not ok:
+            raise ConfigError(f"grid must be (L,) or (H, W) of positive integer sizes, got {grid!r}")
+        self.grid = tuple(int(n) for n in grid)
+        if len(self.grid) not in (1, 2) or any(n < 1 for n in self.grid):
+            raise ConfigError(f"grid must be (L,) or (H, W) of positive sizes, got {grid!r}")
+        for name in ("vocab_size", "num_classes"):
+            integer(name, getattr(self, name))
+        super().__post_init__()
+        check_head_dim(self.width // self.heads, len(self.grid))
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be True or False, got {self.compile!r}")
 
 
 @dataclass(frozen=True)
@@ -161,17 +191,23 @@ class SolveSettings:
         ``BF16_RTOL`` with a warning). Without autocast both are the same.
     """
 
-    init: str = "embed"
-    init_scale: float = 0.1
-    solver: str = DEFAULT_SOLVER
-    backward: str | Backward = "implicit"
-    max_iter: int = 30
-    rtol: float = 1e-4
-    atol: float = 0.0
-    solver_options: dict[str, Any] = field(default_factory=dict)
-    backward_options: dict[str, Any] = field(default_factory=dict)
-    throw: bool = False
-    precision: str = "float32"
+    init: str = setting("initial state z0: embed, zeros, noise or mixed", default="embed")
+    init_scale: float = setting("standard deviation of the noise init", default=0.1)
+    solver: str = setting("forward solver (equilibrium loss, adaptive evaluation): anderson, picard, broyden, "
+                          "torchdeq:<name>", default=DEFAULT_SOLVER)
+    backward: str | Backward = setting("gradient through the equilibrium: implicit, phantom, unrolled, truncated, "
+                                       "none or neumann (options in backward_options)", default="implicit")
+    max_iter: int = setting("iterations per forward: the solver's budget (under the progressive loss of training: "
+                            "its exact count of plain iterations)", default=30)
+    rtol: float = setting("solver relative tolerance", default=1e-4)
+    atol: float = setting("solver absolute tolerance", default=0.0)
+    solver_options: dict[str, Any] = setting("solver options as JSON, e.g. '{\"m\": 5}'", default_factory=dict)
+    backward_options: dict[str, Any] = setting("options of the backward mode as JSON, e.g. '{\"steps\": 3}' for "
+                                               "phantom", default_factory=dict)
+    throw: bool = setting("raise when some example does not converge", default=False)
+    precision: str = setting("under amp: the precision of the solver's own evaluations of the map (no gradient): "
+                             "float32 (autocast off there: solves still converge) or autocast (bf16 too; rtol raised "
+                             "to what bf16 reaches, with a warning)", default="float32")
     # Resolved once from the fields above, at construction (and by with_ for what it changes):
     adjoint: Backward = field(init=False, repr=False, compare=False)
     loop: LoopOptions = field(init=False, repr=False, compare=False)
@@ -268,7 +304,8 @@ _LOOP_FIELDS = frozenset({"solver", "solver_options", "rtol", "atol", "max_iter"
 EARLIER_FORMS: dict[str, Any] = {"recall_maps": "per_sublayer", "norm_weights": "per_sublayer", "bias": False,
                                  "qk_norm_order": "before_rope"}
 
-ARCH_FIELDS = tuple(f.name for f in dataclasses.fields(Architecture))
+_TASK_FIXED = ("vocab_size", "num_classes", "grid")  # listed first: what every model must be given
+ARCH_FIELDS = _TASK_FIXED + tuple(f.name for f in dataclasses.fields(Architecture) if f.name not in _TASK_FIXED)
 SOLVE_SETTINGS = tuple(f.name for f in dataclasses.fields(SolveSettings) if f.init)
 
 

@@ -71,15 +71,15 @@ class AutoCompile:
     def for_run(cls, config, world: int = 1, device_type: str = "cpu") -> AutoCompile:
         """The watcher of a :class:`~deqloop.train.TrainConfig`'s run over ``world`` processes on
         ``device_type``; already decided (silently) unless ``compile="auto"``."""
-        if config.compile != "auto":
-            return cls(eligible=False, decided=True, decision={"compile": config.compile, "reason": "set explicitly"})
+        if config.run.compile != "auto":
+            return cls(eligible=False, decided=True, decision={"compile": config.run.compile, "reason": "set explicitly"})
         missing = compiler_missing(device_type)
         if missing:
             return cls(eligible=False, reason=missing)
         if world > 1:
             return cls(eligible=False, reason="several processes would each decide on their own timings")
-        if config.loss != "progressive":
-            return cls(eligible=False, reason=f"the {config.loss} loss calls the block on a varying number of rows")
+        if config.objective.loss != "progressive":
+            return cls(eligible=False, reason=f"the {config.objective.loss} loss calls the block on a varying number of rows")
         return cls(eligible=True)
 
     def observe(self, step: int, total_steps: int, seconds: float, shape: tuple[int, ...]) -> bool:

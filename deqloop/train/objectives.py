@@ -2,7 +2,7 @@
 
 * :class:`Equilibrium` — solve for the fixed point with the model's solver and take the gradient
   the backward mode gives (``Implicit``, ``Phantom``, ``Unrolled``, ``Neumann``, ...), with the
-  fixed-point training recipes, each a :class:`~deqloop.train.TrainConfig` field:
+  fixed-point training recipes, each a setting of :class:`~deqloop.train.TrainConfig` (its ``objective``):
 
   - ``fp_states`` (fixed-point correction): the solver budget is split into ``fp_states``
     segments, each continuing from the last; every segment's end state is read out and graded,
@@ -20,7 +20,7 @@
 
   Unset, the equilibrium loss uses the gradient that trained best in the ablation
   (``python -m experiments.sweep --preset recipes``): ``backward="phantom"`` (5 damped steps,
-  τ = 0.8), no warm start; see :data:`deqloop.train.config.DEFAULT_BACKWARD`.
+  τ = 0.8), no warm start; see :data:`deqloop.train.config.DEFAULT_RECIPE`.
 * :class:`Progressive` — the deep-thinking loss. Plain iterations ``z ← f(z; e)`` from z₀; with
   weight ``1 − alpha`` the loss after all ``depth`` iterations (backpropagated through all of
   them) and with weight ``alpha`` the loss after ``n ~ U{0..depth−1}`` iterations without gradient
@@ -262,14 +262,13 @@ class WarmStart(Objective):
 
 def build_objective(model: LoopedDEQ, config: Any, loss_mask: MaskFn | None = None) -> Objective:
     """The objective a :class:`~deqloop.train.TrainConfig` asks for; ``loss_mask`` as :class:`Objective`'s."""
-    if config.loss == "progressive":
-        return Progressive(model, alpha=config.alpha, seed=config.seed, detach_z0=config.detach_z0,
-                           loss_mask=loss_mask)
-    equilibrium = Equilibrium(model, seed=config.seed, fp_states=config.fp_states, fp_gamma=config.fp_gamma,
-                              jac_reg=config.jac_reg, jac_reg_every=config.jac_reg_every,
-                              train_init=config.train_init, warn_unconverged=config.implicit, loss_mask=loss_mask)
-    if config.pretrain_steps:
-        warm = Progressive(model, alpha=config.alpha, seed=config.seed, detach_z0=config.detach_z0,
-                           loss_mask=loss_mask)
-        return WarmStart(warm, equilibrium, config.pretrain_steps, config.plain_depth)
+    o, seed = config.objective, config.run.seed
+    if o.loss == "progressive":
+        return Progressive(model, alpha=o.alpha, seed=seed, detach_z0=o.detach_z0, loss_mask=loss_mask)
+    equilibrium = Equilibrium(model, seed=seed, fp_states=o.fp_states, fp_gamma=o.fp_gamma, jac_reg=o.jac_reg,
+                              jac_reg_every=o.jac_reg_every, train_init=o.train_init,
+                              warn_unconverged=config.implicit, loss_mask=loss_mask)
+    if o.pretrain_steps:
+        warm = Progressive(model, alpha=o.alpha, seed=seed, detach_z0=o.detach_z0, loss_mask=loss_mask)
+        return WarmStart(warm, equilibrium, o.pretrain_steps, config.plain_depth)
     return equilibrium

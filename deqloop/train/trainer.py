@@ -31,21 +31,22 @@ import torch
 from torch import nn
 
 from deqloop import seeds
-from deqloop.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from deqloop.checkpoint import load_checkpoint, save_checkpoint
 from deqloop.device import resolve_device
 from deqloop.errors import ConfigError, TrainingError, TrainingInterrupted, allocating
 from deqloop.eval.curves import accuracy_by_iterations
 from deqloop.files import atomic_write, fingerprint
 from deqloop.model import LoopedDEQ
-from deqloop.tasks import Task, task_spec
+from deqloop.tasks import Task
 from deqloop.train import runtime
 from deqloop.train.autocompile import AutoCompile
-from deqloop.train.config import RUNTIME_FIELDS, TrainConfig, upgrade_stored
+from deqloop.train.config import TrainConfig
 from deqloop.train.data import Batches, Prefetcher
 from deqloop.train.interrupt import StopSignals
 from deqloop.train.metrics import MetricsLog
 from deqloop.train.monitor import StabilityMonitor, grad_norms, probe_batch
-from deqloop.train.run_folder import RunFolder, check_data_files
+from deqloop.train.resume import checkpoint_state, restore
+from deqloop.train.run_folder import RunFolder
 from deqloop.train.objectives import build_objective
 
 __all__ = ["TrainResult", "Trainer", "train"]
@@ -70,7 +71,7 @@ class TrainResult:
 class Trainer:
     """Builds the task, model, objective, optimizer and data of a :class:`TrainConfig`; runs the loop.
 
-    ``Trainer(config).run()`` trains to ``config.steps``; ``step(i)`` runs one step (useful in
+    ``Trainer(config).run()`` trains to ``config.optim.steps``; ``step(i)`` runs one step (useful in
     tests). ``task`` replaces the config's task (same settings object kind). Attributes: ``model``
     (the unwrapped :class:`LoopedDEQ`), ``optimizer``, ``scheduler``, ``task``, ``step_count``
     (completed steps), ``skipped`` (non-finite steps), ``skipped_in_a_row`` (the current streak of
@@ -79,7 +80,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, *, task: Task | None = None):
         self.config = config
-        self.out = Path(config.out)
+        self.out = Path(config.run.out)
         self.rank, self.world, local_rank = runtime.distributed_env()
         # One writer per run folder for the trainer's life (rank 0 holds it for all ranks), checked
         # writable before any work.
@@ -96,30 +97,30 @@ class Trainer:
 
     def _setup(self, task: Task | None, local_rank: int) -> None:
         c = self.config
-        self._resume_from: tuple[Path, dict[str, Any]] | None = self.folder.resume_source() if c.resume else None
+        self._resume_from: tuple[Path, dict[str, Any]] | None = self.folder.resume_source() if c.run.resume else None
         held = self.folder.held()
-        if not c.resume and held and not c.overwrite:
+        if not c.run.resume and held and not c.run.overwrite:
             raise TrainingError(f"{self.out} already holds a run ({', '.join(held)}); pass resume to continue it "
                                 "or overwrite to start afresh (which deletes them)")
-        self.device = resolve_device(c.device, local_rank=local_rank if self.world > 1 else None)
-        if c.batch_size % self.world:
-            raise ConfigError(f"batch_size ({c.batch_size}) must be divisible by the {self.world} processes")
-        if c.threads:
-            torch.set_num_threads(c.threads)
+        self.device = resolve_device(c.run.device, local_rank=local_rank if self.world > 1 else None)
+        if c.optim.batch_size % self.world:
+            raise ConfigError(f"batch_size ({c.optim.batch_size}) must be divisible by the {self.world} processes")
+        if c.run.threads:
+            torch.set_num_threads(c.run.threads)
         runtime.init_distributed(self.device, self.world)
-        runtime.seed_everything(c.seed)
+        runtime.seed_everything(c.run.seed)
         self.task = task if task is not None else c.build_task()
         self.model = LoopedDEQ(c.model_config()).to(self.device)
         self.objective: nn.Module = build_objective(self.model, c, loss_mask=self.task.loss_mask)
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.objective = nn.parallel.DistributedDataParallel(self.objective, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(runtime.param_groups(self.model, c.weight_decay), lr=c.lr,
+        self.optimizer = torch.optim.AdamW(runtime.param_groups(self.model, c.optim.weight_decay), lr=c.optim.lr,
                                            fused=self.device.type == "cuda")
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, runtime.lr_schedule(c.schedule, c.warmup_steps, c.steps, c.min_lr / c.lr,
-                                                tick=c.schedule_tick()))
-        self.batches = Batches(self.task, c.batch_size, c.seed, train_size=c.train_size, rank=self.rank,
+            self.optimizer, runtime.lr_schedule(c.optim.schedule, c.optim.warmup_steps, c.optim.steps,
+                                                c.optim.min_lr / c.optim.lr, tick=c.optim.schedule_tick()))
+        self.batches = Batches(self.task, c.optim.batch_size, c.run.seed, train_size=c.optim.train_size, rank=self.rank,
                                world=self.world)
         self._prefetch: Prefetcher | None = None  # while run() runs: the coming steps' batches, made ahead
         self.step_count = 0
@@ -128,7 +129,7 @@ class Trainer:
         self.checkpoint_step: int | None = None
         self._signals = StopSignals(enabled=False)  # replaced by live handlers while run() runs
         self._agreed_signal = 0  # the stop signal all ranks agreed on at the last step (torchrun)
-        self.amp = runtime.amp_dtype(c.amp, self.device)  # the autocast dtype (None: float32)
+        self.amp = runtime.amp_dtype(c.run.amp, self.device)  # the autocast dtype (None: float32)
         self.auto_compile = AutoCompile.for_run(c, self.world, self.device.type)
         self._eval_sets: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self.last_eval: dict[str, Any] | None = None
@@ -137,8 +138,9 @@ class Trainer:
         self.monitor: StabilityMonitor | None = None  # rank 0 measures stability, when asked
         self.monitor_seconds = 0.0  # time spent in the monitor by this process
         self._grad_groups: dict[str, float] | None = None
-        if c.stability_every and self.is_main:
-            self.monitor = StabilityMonitor(self.model, probe_batch(self.task, c.stability_size, c.seed), seed=c.seed)
+        if c.eval.stability_every and self.is_main:
+            probe = probe_batch(self.task, c.eval.stability_size, c.run.seed)
+            self.monitor = StabilityMonitor(self.model, probe, seed=c.run.seed)
         self._prepare_out()
 
     @property
@@ -154,72 +156,35 @@ class Trainer:
         if self._resume_from is not None:
             self.load(*self._resume_from)
             self._resume_from = None
-        self._data_files()  # fingerprints of the data as the run starts
+        self.data_files()  # fingerprints of the data as the run starts
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            self.metrics.start(resume_step=self.step_count if c.resume else None)
-            self.folder.clean(snapshots=not c.resume)  # fresh: only with overwrite, a run is refused above
+            self.metrics.start(resume_step=self.step_count if c.run.resume else None)
+            self.folder.clean(snapshots=not c.run.resume)  # fresh: only with overwrite, a run is refused above
             atomic_write(self.out / "config.json", json.dumps(c.to_dict(), indent=2) + "\n")
-            if c.logger != "jsonl":
+            if c.eval.logger != "jsonl":
                 from deqloop.train.tracking import make_tracker
 
-                self.metrics.tracker = make_tracker(c.logger, self.out, config=c.to_dict(), run_name=self.out.name,
-                                                    resume=c.resume)
+                self.metrics.tracker = make_tracker(c.eval.logger, self.out, config=c.to_dict(), run_name=self.out.name,
+                                                    resume=c.run.resume)
         self._barrier()
 
     # -- state -----------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "format": FORMAT,
-            "model_config": self.model.config.to_dict(),
-            "model": self.model.state_dict(),
-            "train_config": self.config.to_dict(),
-            "task_class": task_spec(type(self.task)),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "step": self.step_count,
-            "skipped": self.skipped,
-            "skipped_in_a_row": self.skipped_in_a_row,
-            "rng": runtime.rng_state(),
-            "world_size": self.world,
-            "eval": self.last_eval,
-            "monitor": None if self.monitor is None else self.monitor.state_dict(),
-            "data_files": self._data_files(),
-        }
+        """What a checkpoint of this run holds (:func:`~deqloop.train.resume.checkpoint_state`)."""
+        return checkpoint_state(self)
 
-    def _data_files(self) -> list[dict[str, Any]]:
+    def data_files(self) -> list[dict[str, Any]]:
         """Size and SHA-256 of each file the task reads (computed once per trainer)."""
         if self._data_fingerprints is None:
             self._data_fingerprints = [fingerprint(p) for p in self.task.data_files() if Path(p).is_file()]
         return self._data_fingerprints
 
     def load(self, path: str | Path, state: dict[str, Any] | None = None) -> None:
-        """Restore a checkpoint of this same run (config must match up to runtime fields, and the
-        task's data files must be the ones it trained on); ``state`` is the checkpoint if already read."""
-        if state is None:
-            state = load_checkpoint(path, map_location="cpu")  # RNG states must stay on the CPU
-        saved = state.get("train_config")
-        if saved is None or "optimizer" not in state:
-            raise TrainingError(f"{path} holds model weights only, not a resumable run")
-        saved = upgrade_stored(saved)  # fields the run predates: as it ran them
-        ours = self.config.to_dict()
-        differ = sorted(k for k in set(saved) | set(ours) if k not in RUNTIME_FIELDS and saved.get(k) != ours.get(k))
-        if differ:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} → {ours.get(k)!r}" for k in differ)
-            raise TrainingError(f"cannot resume {path}: the config differs ({detail})")
-        check_data_files(path, state, self._data_files())
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.step_count = int(state["step"])
-        self.skipped = int(state["skipped"])
-        self.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
-        self.checkpoint_step = self.step_count
-        self.last_eval = state.get("eval")
-        runtime.set_rng_state(state["rng"])
-        if self.monitor is not None:
-            self.monitor.load_state_dict(state.get("monitor"))
+        """Restore a checkpoint of this same run (:func:`~deqloop.train.resume.restore`); ``state``
+        is the checkpoint if already read."""
+        restore(self, path, load_checkpoint(path, map_location="cpu") if state is None else state)
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write a checkpoint atomically (main process only); refuses non-finite parameters."""
@@ -240,7 +205,7 @@ class Trainer:
         c = self.config
         started = time.perf_counter()
         self.model.train()
-        with allocating(f"a training step (batch_size {c.batch_size}, width {c.width})"):
+        with allocating(f"a training step (batch_size {c.optim.batch_size}, width {c.model.width})"):
             x, y = (self._prefetch or self.batches)(step)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             depth = c.depth(x)
@@ -255,7 +220,7 @@ class Trainer:
         if finite:
             loss.backward()
         self._grad_groups = grad_norms(self.model) if finite and self._stability_due(step + 1) else None
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip or math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.optim.grad_clip or math.inf)
         reason = None if finite else "non-finite loss"
         if reason is None and not bool(torch.isfinite(grad_norm)):
             reason = "non-finite gradient"
@@ -270,13 +235,13 @@ class Trainer:
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step\\(\\)` before")
             self.scheduler.step()
         self.step_count = step + 1
-        if self.auto_compile.observe(step, c.steps, time.perf_counter() - started, tuple(x.shape)):
+        if self.auto_compile.observe(step, c.optim.steps, time.perf_counter() - started, tuple(x.shape)):
             self.model.config = self.model.config.replace(compile=True)  # the block compiles on its next call
         metrics: dict[str, Any] = {"step": step + 1, "lr": lr}
         if reason is not None:
             metrics.update(skipped=True, reason=reason, skipped_total=self.skipped)
             log.warning("step %d skipped: %s (%d skipped so far)", step + 1, reason, self.skipped)
-        elif (step + 1) % c.log_every == 0 or step + 1 == c.steps:
+        elif (step + 1) % c.eval.log_every == 0 or step + 1 == c.optim.steps:
             acc = self.task.correct(logits.detach().float(), y, x).float().mean()
             metrics.update(loss=self._mean(loss.detach().float()), accuracy=self._mean(acc),
                            grad_norm=float(grad_norm), skipped_total=self.skipped)
@@ -288,7 +253,7 @@ class Trainer:
         return metrics
 
     def run(self) -> TrainResult:
-        """Train from the current step to ``config.steps``; returns a :class:`TrainResult`.
+        """Train from the current step to ``config.optim.steps``; returns a :class:`TrainResult`.
 
         Raises :class:`TrainingInterrupted` after a SIGINT or SIGTERM (handled while this runs, in
         the main thread; the previous handlers are restored after) and :class:`TrainingError` when
@@ -297,17 +262,17 @@ class Trainer:
 
         c = self.config
         start = window_start = time.perf_counter()
-        bar = tqdm(total=c.steps, initial=self.step_count, disable=not (c.progress and self.is_main),
+        bar = tqdm(total=c.optim.steps, initial=self.step_count, disable=not (c.run.progress and self.is_main),
                    desc=f"train {c.task}", dynamic_ncols=True, leave=False)
         last: dict[str, Any] = {}
         window_examples = 0
         self._signals = StopSignals()
-        self._prefetch = Prefetcher(self.batches, c.prefetch, pin=self.device.type == "cuda")
+        self._prefetch = Prefetcher(self.batches, c.run.prefetch, pin=self.device.type == "cuda")
         try:
             with self._signals:
-                for step in range(self.step_count, c.steps):
+                for step in range(self.step_count, c.optim.steps):
                     metrics = self.step(step)
-                    window_examples += c.batch_size
+                    window_examples += c.optim.batch_size
                     done = step + 1
                     skipped = bool(metrics.get("skipped"))
                     if "loss" in metrics or skipped:
@@ -325,11 +290,12 @@ class Trainer:
                         self._check_skips(metrics["reason"])
                     if self._stability_due(done) and not skipped:
                         self._write(self.stability())
-                    if c.eval_size > 0 and (done == c.steps or (c.eval_every and done % c.eval_every == 0)):
+                    every = c.eval.eval_every
+                    if c.eval.eval_size > 0 and (done == c.optim.steps or (every and done % every == 0)):
                         self._write(self.evaluate())
                     # A skipped step writes no checkpoint (but the last step): last.pt keeps a good step.
-                    saving = (done % c.checkpoint_every == 0 and not skipped) or done == c.steps
-                    keeping = bool(c.keep_every) and done % c.keep_every == 0 and not skipped
+                    saving = (done % c.run.checkpoint_every == 0 and not skipped) or done == c.optim.steps
+                    keeping = bool(c.run.keep_every) and done % c.run.keep_every == 0 and not skipped
                     if saving:
                         self.save()
                     if keeping:
@@ -338,7 +304,7 @@ class Trainer:
                         self._barrier()
                     bar.update(1)
                     signum = self._signals.signal if self.world == 1 else self._agreed_signal
-                    if signum and done < c.steps:
+                    if signum and done < c.optim.steps:
                         self._interrupted(signum, saved=saving)
         finally:
             self._prefetch.close()
@@ -358,9 +324,9 @@ class Trainer:
         if not self.is_main:  # rank 0 evaluates; the others wait at the next barrier
             return {}
         if self._eval_sets is None:
-            seed = seeds.derive_seed(c.seed, seeds.EVAL) % 2**31
-            self._eval_sets = {band: self.task.make(band, c.eval_size, seed=seed) for band in ("val", "hard")}
-        iters = list(c.eval_iters or (c.depth(),))
+            seed = seeds.derive_seed(c.run.seed, seeds.EVAL) % 2**31
+            self._eval_sets = {band: self.task.make(band, c.eval.eval_size, seed=seed) for band in ("val", "hard")}
+        iters = list(c.eval.eval_iters or (c.depth(),))
         record: dict[str, Any] = {"step": self.step_count, "kind": "eval", "iters": iters}
         for band, (x, y) in self._eval_sets.items():
             acc = accuracy_by_iterations(self.model, x, y, self.task.correct, iters, device=self.device)
@@ -383,7 +349,7 @@ class Trainer:
 
     def _check_skips(self, reason: str) -> None:
         """Stop with a :class:`TrainingError` when ``max_consecutive_skips`` steps in a row were skipped."""
-        cap, streak, done = self.config.max_consecutive_skips, self.skipped_in_a_row, self.step_count
+        cap, streak, done = self.config.run.max_consecutive_skips, self.skipped_in_a_row, self.step_count
         if not cap or streak < cap:
             return
         kept = (f"{self.last_path} keeps the last good checkpoint (step {self.checkpoint_step})"
@@ -398,12 +364,12 @@ class Trainer:
             self._barrier()
         name = signal.Signals(signum).name
         log.warning("%s: stopped after step %d; %s holds it", name, self.step_count, self.last_path)
-        raise TrainingInterrupted(f"interrupted by {name} at step {self.step_count} of {self.config.steps}; "
+        raise TrainingInterrupted(f"interrupted by {name} at step {self.step_count} of {self.config.optim.steps}; "
                                   f"{self.last_path} holds it: resume with resume=True", signal=signum,
                                   step=self.step_count, checkpoint=self.last_path)
 
     def _stability_due(self, done: int) -> bool:
-        return self.monitor is not None and done % self.config.stability_every == 0
+        return self.monitor is not None and done % self.config.eval.stability_every == 0
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.is_main:
