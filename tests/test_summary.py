@@ -140,7 +140,7 @@ def test_a_real_size_summary_is_a_few_kilobytes(tmp_path):
     iters = list(gpu.eval_iters)
     noisy = [1 / 3 + k / 7 / len(iters) for k in range(len(iters))]  # 16-17 digits each, as measured values have
     r = _result("internal", "implicit", noisy, 1 / 3)
-    r.update(name=spec.name, spec={**r["spec"], "task": "sudoku"}, preset="gpu", train_config=config.to_dict(),
+    r.update(name=spec.name, spec={**r["spec"], "task": "sudoku"}, preset="gpu", train_config=config.to_flat(),
              train_depth=config.depth(), analysis_options={"solver": "anderson", "max_iter": 100, "rtol": 1e-4,
                                                            **gpu.analysis, "n": gpu.analyze_n})
     for block in ("curves", "cells"):

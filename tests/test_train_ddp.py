@@ -155,7 +155,7 @@ def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_is_ex
     for r in (0, 1):
         assert (tmp_path / f"rank{r}.txt").read_text() == "interrupted at step 3, status 143"
     assert load_checkpoint(tmp_path / "cut" / "last.pt")["step"] == 3
-    torchrun(WORKER, tmp_path, "resumed", TrainConfig.from_dict({**cut.to_dict(), "resume": True}))
+    torchrun(WORKER, tmp_path, "resumed", cut.replace(resume=True))
     whole, resumed = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     assert resumed["step"] == 6
     for k in whole["model"]:

@@ -33,13 +33,15 @@ def same_config(config, frozen: dict) -> None:
 def test_the_frozen_configs_are_complete_configs():
     """Every field is written out (a default changed later still shows as a difference)."""
     for config in (*FROZEN["demo"].values(), *(e["config"] for e in FROZEN["examples"])):
-        assert plain(config_from_flat(config).to_dict()) == config
+        flat = plain(config_from_flat(config).to_flat())  # the flat form the frozen configs were stored in
+        assert {k: flat[k] for k in config} == config
+        assert set(flat) - set(config) == {"rope_base", "attention_backend", "gate_cap", "init_scale", "throw"}
 
 
 @pytest.mark.parametrize("quick", [False, True])
 def test_the_demo_builds_its_earlier_config(quick):
     same_config(demo_config(quick=quick), FROZEN["demo"]["quick" if quick else "default"])
-    assert demo_config(quick=quick).to_dict()["width"] == 32  # and the values are the README's recipe
+    assert demo_config(quick=quick).model.width == 32  # and the values are the README's recipe
 
 
 def load_example(name: str):
@@ -108,9 +110,9 @@ def test_every_recipe_builds(name):
 
 def test_explicit_settings_win_and_the_rest_is_the_recipes():
     base, changed = recipe("demo"), recipe("demo", width=16, length=10, lr=5e-4)
-    assert (changed.width, changed.task_options["length"], changed.lr) == (16, 10, 5e-4)
-    same = {k: v for k, v in base.to_dict().items() if k not in ("width", "lr", "task_options")}
-    assert {k: changed.to_dict()[k] for k in same} == same
+    assert (changed.model.width, changed.task_options["length"], changed.optim.lr) == (16, 10, 5e-4)
+    same = {k: v for k, v in base.to_flat().items() if k not in ("width", "lr", "task_options")}
+    assert {k: changed.to_flat()[k] for k in same} == same
     assert changed.task_options["min_length"] == 4 and changed.task_options["hard_length"] == 48
 
 
@@ -132,7 +134,7 @@ def test_another_loss_drops_the_progressive_losss_settings():
     assert recipe_values("demo", loss="equilibrium", pretrain_steps=100)["depth_offset"] == 2
     assert recipe_values("demo", loss="equilibrium", pretrain_steps=0).get("alpha") is None
     assert recipe_values("demo", loss="equilibrium", alpha=0.3)["alpha"] == 0.3
-    assert recipe("cpu/prefix_sums", loss="equilibrium", backward="implicit").depth_offset is None
+    assert recipe("cpu/prefix_sums", loss="equilibrium", backward="implicit").objective.depth_offset is None
 
 
 def test_an_unknown_recipe_is_an_error_listing_the_names(capsys):
@@ -176,7 +178,7 @@ def test_recipe_through_the_command_line(tmp_path):
     config = json.loads((out / "config.json").read_text())
     expected = recipe("tiny/prefix_sums", steps=2, hard_length=10, out=str(out), eval_size=0)
     assert config == plain(expected.to_dict())
-    assert (config["width"], config["steps"], config["task_options"]["hard_length"]) == (16, 2, 10)
+    assert (config["model"]["width"], config["optim"]["steps"], config["task_options"]["hard_length"]) == (16, 2, 10)
 
 
 @pytest.mark.parametrize("kwargs,message", [

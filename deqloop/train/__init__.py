@@ -9,9 +9,10 @@
     deqloop/train/interrupt.py   SIGINT/SIGTERM: stop after the current step, checkpoint, say how to resume
     deqloop/train/metrics.py     metrics.jsonl; tracking.py: TensorBoard / W&B sinks
 
-    config = TrainConfig(task=NAME, task_options={...the task's settings...},
-                         depth_offset=2, width=32, heads=4, attention="local", window=3,
-                         loss="progressive", steps=2000, out="runs/ps")
+    config = TrainConfig.from_flat(task=NAME, task_options={...the task's settings...},
+                                   depth_offset=2, width=32, heads=4, attention="local", window=3,
+                                   loss="progressive", steps=2000, out="runs/ps")
+    config.model.width, config.solve.max_iter, config.optim.steps   # the settings, nested (train/config.py)
     result = train(config)                 # writes runs/ps/{config.json,metrics.jsonl,last.pt}
 """
 
