@@ -45,8 +45,10 @@ class ModelSettings:
 
     :class:`Architecture` is these plus what the data fixes (``vocab_size``, ``num_classes``,
     ``grid``) and whether the block is compiled. A training config nests this class rather than
-    :class:`Architecture` so that it cannot hold a vocabulary or a grid other than its task's (the
-    trainer fills those in from the task), while the model keeps reading one flat object.
+    :class:`Architecture` (or an Architecture whose task fields may be unset): it cannot hold a
+    vocabulary or a grid other than its task's, nor a compile flag beside the run's own ``compile``
+    (which may be ``"auto"``); the trainer fills those in, and the model keeps reading one flat,
+    complete object.
 
     width: model width ``D``; heads: attention heads (``width % heads == 0``; the head dim must
         be even on 1-D grids and divisible by 4 on 2-D grids, for RoPE; checked by

@@ -133,7 +133,7 @@ class Solver:
     def from_options(cls, method: str, options: dict[str, Any]) -> "Solver":
         """Build from keyword options; an unknown option is an error that lists the allowed ones."""
         allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-        known_keys(options, allowed, f"method {method!r}")
+        known_keys(options, allowed, f"solver options of method {method!r}")
         return cls(**options)
 
 

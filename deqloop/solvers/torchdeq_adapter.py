@@ -37,7 +37,7 @@ def make_torchdeq_solver(name: str) -> Callable[..., Solution]:
         get_solver = require("torchdeq.solver", f"method 'torchdeq:{name}'").get_solver
 
         inputs.state("z0", z0)  # the tolerances were checked by the LoopOptions that called this
-        known_keys(options, sorted(_OPTIONS[name]), f"method 'torchdeq:{name}'")
+        known_keys(options, sorted(_OPTIONS[name]), f"solver options of method 'torchdeq:{name}'")
         if atol > 0 and rtol > 0:
             raise ValueError("torchdeq solvers take one tolerance: give rtol or atol, not both")
         stop_mode, tol = ("abs", atol) if atol > 0 else ("rel", rtol)
