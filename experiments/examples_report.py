@@ -52,7 +52,8 @@ def record(run_dir: Path, command: str) -> dict[str, Any]:
         raise SummaryError(f"{files['metrics.jsonl']}: no training lines (with 'loss' and 'time')")
     ev = json.loads(files["eval.json"].read_text())
     ev.pop("checkpoint", None)  # a path on the machine that ran it
-    return {"record_format": RECORD_FORMAT, "command": command, "config": stored_flat(json.loads(files["config.json"].read_text())),
+    config = stored_flat(json.loads(files["config.json"].read_text()))  # flat names, as the records before nesting
+    return {"record_format": RECORD_FORMAT, "command": command, "config": config,
             "train_seconds": train[-1]["time"], "steps": train[-1]["step"], "final_loss": train[-1]["loss"],
             "eval": ev}
 
