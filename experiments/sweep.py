@@ -129,6 +129,19 @@ def stale_fields(result: dict[str, Any], preset: Preset, spec: RunSpec) -> list[
     return diffs
 
 
+def evaluate_spec(preset: Preset, spec: RunSpec, run: Any, *, device: Any, **options: Any) -> Any:
+    """A trained run evaluated as the preset evaluates it (its bands and extra sets, its counts,
+    ``eval_n`` examples, the Anderson solve where the preset solves): an
+    :class:`~deqloop.eval.EvalReport`. ``options`` go to :func:`deqloop.eval.evaluate_run`."""
+    from deqloop.eval import evaluate_run
+
+    extra = dict(run.require_task().extra_split(spec_, preset.eval_n, EVAL_SEED)
+                 for spec_ in preset.extra_sets.get(spec.task, ()))
+    return evaluate_run(run, iters=preset.eval_iters_for(spec), n=preset.eval_n, splits=extra,
+                        solver="anderson" if preset.solves(spec) else None, solver_rtol=1e-4, seed=EVAL_SEED,
+                        device=device, **options)
+
+
 def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[str, Any]], device: str = "auto",
             command: str = "", results: Path | None = None) -> dict[str, Any]:
     """Train, evaluate and analyse one run; writes and returns its result, and writes its summary
@@ -136,7 +149,6 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
     ``data`` maps a task to task settings that say where its data lies (e.g. chess's files)."""
     from deqloop.analysis import analyze
     from deqloop.device import resolve_device
-    from deqloop.eval import evaluate_run
     from deqloop.run import Run
     from deqloop.train import TrainConfig, Trainer
 
@@ -158,11 +170,7 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
 
     t1 = time.perf_counter()
     run = Run.load(trained.checkpoint, device=resolve_device(device))
-    extra = dict(run.require_task().extra_split(spec_, preset.eval_n, EVAL_SEED)
-                 for spec_ in preset.extra_sets.get(spec.task, ()))
-    report = evaluate_run(run, iters=preset.eval_iters_for(spec), n=preset.eval_n, splits=extra,
-                          solver="anderson" if preset.solves(spec) else None,
-                          solver_rtol=1e-4, seed=EVAL_SEED, device=resolve_device(device))
+    report = evaluate_spec(preset, spec, run, device=resolve_device(device))
     eval_seconds = time.perf_counter() - t1
 
     model, task = run.model.eval(), run.require_task()  # analysed on the run's device

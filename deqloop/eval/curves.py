@@ -97,6 +97,10 @@ class Sweep:
         cell_accuracy: mean fraction of cells right after each count (with ``cells``).
         norm_ratio: ‖z_T‖ / ‖z_1‖ at each count T (mean norms over the examples).
         cosine: mean over the examples of cos(z_{T−1}, z_T) at each count T.
+        drop_rtol: the tolerance at which examples stopped being iterated (None: none stopped).
+        evaluations: ``(n,)`` applications of the loop map each example received: ``max(iters)``,
+            or the iteration at which it was dropped (see :func:`iteration_sweep`).
+        correct: ``(n, len(iters))`` bool, each example right after each count.
     """
 
     iters: list[int]
@@ -108,6 +112,9 @@ class Sweep:
     cell_accuracy: list[float] | None = None
     norm_ratio: list[float] | None = None
     cosine: list[float] | None = None
+    drop_rtol: float | None = None
+    evaluations: torch.Tensor | None = None
+    correct: torch.Tensor | None = None
 
     def settle_summary(self) -> dict[str, float]:
         """Adaptive accuracy and iteration statistics (needs ``rtol``)."""
@@ -123,6 +130,9 @@ class Sweep:
         }
 
 
+COMPACT_EVERY = 16  # on an accelerator, dropped examples leave the batch every this many iterations
+
+
 @torch.no_grad()
 def iteration_sweep(
     model: torch.nn.Module,
@@ -132,6 +142,7 @@ def iteration_sweep(
     iters: Sequence[int],
     *,
     rtol: float | None = None,
+    drop_rtol: float | None = None,
     cells: Correct | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
@@ -141,71 +152,122 @@ def iteration_sweep(
     With ``rtol``, also record when each example settles (see the module docstring). With
     ``cells`` (e.g. ``task.cell_accuracy``, ``(n,)`` fractions), also average it at each count.
     ``batch_size`` defaults to :func:`auto_batch_size`.
+
+    With ``drop_rtol`` (≤ ``rtol`` when both are given), an example stops being iterated at the
+    first iteration ``t`` with ``‖z_t − z_{t−1}‖ ≤ drop_rtol·‖z_t‖`` (the settling rule, norms of
+    the flattened state per example): the loop map is not applied to it again, and its answer,
+    cell score, norm and cosine at ``t`` count for every later count, as if ``z`` stayed at
+    ``z_t``. The curves then equal those of the full pass wherever the answers no longer change
+    after that point, which the tolerance decides; ``Sweep.evaluations`` counts what each
+    example cost. On an accelerator dropped examples leave the batch every
+    :data:`COMPACT_EVERY` iterations (a host sync), on the CPU at once.
     """
     iters = check_iters(iters)
     if len(x) == 0:
         raise ConfigError("no examples to evaluate")
-    if rtol is not None and not rtol > 0:
-        raise ConfigError(f"rtol must be > 0, got {rtol}")
+    for name, tol in (("rtol", rtol), ("drop_rtol", drop_rtol)):
+        if tol is not None and not tol > 0:
+            raise ConfigError(f"{name} must be > 0, got {tol}")
+    if rtol is not None and drop_rtol is not None and drop_rtol > rtol:
+        raise ConfigError(f"drop_rtol ({drop_rtol:g}) must be ≤ rtol ({rtol:g}): an example dropped before it "
+                          "settles would have no settling point")
     device = torch.device(device) if device is not None else _device_of(model)
     batch_size = batch_size or auto_batch_size(x)
-    wanted, last = set(iters), iters[-1]
-    lazy = device.type == "cpu"
-    hits = {t: torch.zeros((), dtype=torch.long, device=device) for t in iters}
-    cell_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in iters}
-    norm_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in {1, *iters}}
-    cos_sums = {t: torch.zeros((), dtype=torch.float64, device=device) for t in iters}
-    settled_at, settled, settled_ok = [], [], []
     was_training = model.training
     model.eval()
     try:
-        for xb, yb in _batches(x, y, batch_size, device):
-            e = model.embed(xb)  # (B, *grid, D)
-            z = model.initial_state(e)
-            done = torch.zeros(len(xb), dtype=torch.bool, device=device)
-            at = torch.full((len(xb),), last, dtype=torch.long, device=device)
-            ok = torch.zeros(len(xb), dtype=torch.bool, device=device)
-            for t, z_next in enumerate(model.iterates(z, e, last), start=1):
-                if rtol is not None:
-                    change, size = residual_norms(z_next, z)
-                    newly = ~done & (change <= rtol * size)
-                # the answer is read at the counts asked for and where an example settles (on the
-                # CPU only then: an accelerator reads it every iteration rather than sync to ask)
-                read = t in wanted or (rtol is not None and (t == last or not lazy or bool(newly.any())))
-                if read:
-                    logits = model.readout(z_next).float()
-                    right = correct(logits, yb, xb)  # (B,)
-                if t in norm_sums:
-                    now = z_next.reshape(len(xb), -1).double()  # (B, n)
-                    norm_sums[t] += now.norm(dim=1).sum()
-                    if t in wanted:
-                        cos_sums[t] += torch.cosine_similarity(z.reshape(len(xb), -1).double(), now, dim=1).sum()
-                if t in wanted:
-                    hits[t] += right.sum()
-                    if cells is not None:
-                        cell_sums[t] += cells(logits, yb, xb).double().sum()
-                if rtol is not None:
-                    at = torch.where(newly, t, at)
-                    if read:  # (where the answer was not read, no example settled)
-                        ok = torch.where(newly, right, ok)
-                    done = done | newly
-                    if t == last:
-                        ok = torch.where(done, ok, right)
-                z = z_next
-            settled_at.append(at.cpu())
-            settled.append(done.cpu())
-            settled_ok.append(ok.cpu())
+        parts = [_sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells)
+                 for xb, yb in _batches(x, y, batch_size, device)]
     finally:
         model.train(was_training)
-    accuracy = [int(hits[t]) / len(x) for t in iters]
-    cell = [float(cell_sums[t]) / len(x) for t in iters] if cells is not None else None
-    first = float(norm_sums[1])
-    ratio = [float(norm_sums[t]) / first if first > 0 else math.nan for t in iters]
-    cosine = [float(cos_sums[t]) / len(x) for t in iters]
+    got = {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0] if parts[0][k] is not None}
+    right = got["correct"]  # (n, K)
+    accuracy = right.double().mean(0).tolist()
+    cell = got["cells"].mean(0).tolist() if cells is not None else None
+    first = float(got["norm_1"].sum())
+    ratio = [float(s) / first if first > 0 else math.nan for s in got["norm"].sum(0).tolist()]
+    cosine = got["cosine"].mean(0).tolist()
+    common = dict(cell_accuracy=cell, norm_ratio=ratio, cosine=cosine, drop_rtol=drop_rtol,
+                  evaluations=got["evaluations"], correct=right)
     if rtol is None:
-        return Sweep(iters, accuracy, cell_accuracy=cell, norm_ratio=ratio, cosine=cosine)
-    return Sweep(iters, accuracy, rtol, torch.cat(settled_at), torch.cat(settled), torch.cat(settled_ok), cell,
-                 ratio, cosine)
+        return Sweep(iters, accuracy, **common)
+    return Sweep(iters, accuracy, rtol, got["settled_at"], got["settled"], got["settled_correct"], **common)
+
+
+def _sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells) -> dict[str, torch.Tensor | None]:
+    """One batch of :func:`iteration_sweep`: per example ``(B, K)`` answers, cell scores, norms and
+    cosines at the ``K`` counts, ``‖z_1‖``, the settling point and the map evaluations."""
+    B, K, device, last = len(xb), len(iters), xb.device, iters[-1]
+    column = {t: j for j, t in enumerate(iters)}
+    lazy = device.type == "cpu"  # the CPU reads the answer only where needed (no sync to avoid)
+    right_at = torch.zeros(B, K, dtype=torch.bool, device=device)
+    cell_at = torch.zeros(B, K, dtype=torch.float64, device=device) if cells is not None else None
+    norm_at = torch.zeros(B, K, dtype=torch.float64, device=device)
+    cos_at = torch.zeros(B, K, dtype=torch.float64, device=device)
+    norm_1 = torch.zeros(B, dtype=torch.float64, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # settled (rtol)
+    dropped = torch.zeros(B, dtype=torch.bool, device=device)  # no longer iterated (drop_rtol)
+    at = torch.full((B,), last, dtype=torch.long, device=device)
+    ok = torch.zeros(B, dtype=torch.bool, device=device)
+    evaluations = torch.full((B,), last, dtype=torch.long, device=device)
+    idx = torch.arange(B, device=device)  # the examples still in the batch
+    e = model.embed(xb)  # (B, *grid, D)
+    z, ea, xa, ya = model.initial_state(e), e, xb, yb
+    states, t = model.iterates(z, ea, last), 0
+    while t < last:
+        z_next, t = next(states), t + 1
+        change, size = residual_norms(z_next, z)  # (A,) float32
+        live = ~dropped[idx]
+        newly = live & ~done[idx] & (change <= rtol * size) if rtol is not None else None
+        drop = live & (change <= drop_rtol * size) if drop_rtol is not None else None
+        tracked = [m for m in (newly, drop) if m is not None]
+        # the answer is read at the counts asked for and where an example settles or is dropped (on
+        # the CPU only then: an accelerator reads it every iteration rather than sync to ask)
+        read = t in column or (bool(tracked) and (t == last or not lazy or any(bool(m.any()) for m in tracked)))
+        if read:
+            logits = model.readout(z_next).float()
+            right = correct(logits, ya, xa)  # (A,)
+            score = cells(logits, ya, xa).double() if cells is not None else None
+            now = z_next.reshape(len(idx), -1).double()  # (A, n)
+            norm = now.norm(dim=1)
+            cos = torch.cosine_similarity(z.reshape(len(idx), -1).double(), now, dim=1)
+        if t == 1:
+            norm_1[idx] = norm if read else z_next.reshape(len(idx), -1).double().norm(dim=1)
+        if t in column:  # live examples only: a dropped one's columns were filled when it was dropped
+            j = column[t]
+            right_at[idx, j] = torch.where(live, right, right_at[idx, j])
+            norm_at[idx, j] = torch.where(live, norm, norm_at[idx, j])
+            cos_at[idx, j] = torch.where(live, cos, cos_at[idx, j])
+            if cell_at is not None:
+                cell_at[idx, j] = torch.where(live, score, cell_at[idx, j])
+        if newly is not None:
+            at[idx] = torch.where(newly, t, at[idx])
+            if read:  # (where the answer was not read, no example settled)
+                ok[idx] = torch.where(newly, right, ok[idx])
+            done[idx] = done[idx] | newly
+            if t == last:
+                ok[idx] = torch.where(done[idx], ok[idx], right)
+        if drop is not None and read and t < last:
+            later = [j for tt, j in column.items() if tt > t]  # carried forward unchanged
+            if later:
+                cols = torch.tensor(later, device=device)
+                for table, value in ((right_at, right), (norm_at, norm), (cos_at, cos), (cell_at, score)):
+                    if table is not None:
+                        rows = table[idx][:, cols]
+                        table[idx[:, None], cols] = torch.where(drop[:, None], value[:, None].to(rows.dtype), rows)
+            evaluations[idx] = torch.where(drop, t, evaluations[idx])
+            dropped[idx] = dropped[idx] | drop
+            if lazy or t % COMPACT_EVERY == 0 or t in column:
+                keep = ~dropped[idx]
+                if not bool(keep.all()):
+                    idx, z_next, ea, xa, ya = idx[keep], z_next[keep], ea[keep], xa[keep], ya[keep]
+                    if len(idx) == 0:
+                        break
+                    states = model.iterates(z_next, ea, last - t)
+        z = z_next
+    return {"correct": right_at, "cells": cell_at, "norm": norm_at, "cosine": cos_at, "norm_1": norm_1,
+            "settled_at": at if rtol is not None else None, "settled": done if rtol is not None else None,
+            "settled_correct": ok if rtol is not None else None, "evaluations": evaluations}
 
 
 def accuracy_by_iterations(

@@ -161,6 +161,10 @@ class EvalReport:
             (:meth:`deqloop.tasks.base.Task.baselines`; empty for a task that has none).
         dynamics: per split, the paper's state diagnostics at each count of ``curves.iters``:
             ``"norm_ratio"`` ‖z_T‖ / ‖z_1‖ and ``"cosine"`` cos(z_{T−1}, z_T) (see :class:`Sweep`).
+        drop_rtol: the tolerance at which the sweep stopped iterating an example (None: never).
+        evaluations: per split, the mean number of loop-map applications an example received in
+            the sweep (``max(curves.iters)`` when none was dropped).
+        seconds: per split, the wall time of its ``"sweep"`` and, with a solver, its ``"solve"``.
 
     ``to_dict()`` also holds ``"paper"``: the paper's number, accuracy at ``paper_iterations``
     (:func:`paper_iterations`: 500, or 1 for the untied baseline) per split (None where that count
@@ -180,6 +184,9 @@ class EvalReport:
     baselines: dict[str, dict[str, float]] = field(default_factory=dict)
     dynamics: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     paper_iterations: int = PAPER_ITERATIONS
+    drop_rtol: float | None = None
+    evaluations: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.curves
@@ -190,7 +197,8 @@ class EvalReport:
                 "cells": self.cells.to_dict() if self.cells is not None else None,
                 "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
                 "solver_rtol": self.solver_rtol, "solver": self.solver, "baselines": self.baselines,
-                "dynamics": self.dynamics}
+                "dynamics": self.dynamics, "drop_rtol": self.drop_rtol, "evaluations": self.evaluations,
+                "seconds": self.seconds}
 
     def text(self) -> str:
         """The tables, as printed by ``deqloop eval``."""
@@ -204,6 +212,11 @@ class EvalReport:
         if self.dynamics:
             parts += [dynamics_table(self.dynamics, self.curves.iters), ""]
         parts.append(settle_table(self.settling, self.settle_rtol))
+        if self.drop_rtol is not None and self.evaluations:
+            parts.append(f"(each input stopped being iterated once its state changed by at most {self.drop_rtol:g}, "
+                         f"its answer there carried to later counts; loop evaluations an input, of "
+                         f"{self.curves.iters[-1]}: " + ", ".join(f"{k} {v:.1f}" for k, v in self.evaluations.items())
+                         + ")")
         if self.solver:
             rows = {k: {**v} for k, v in self.solver.items()}
             table = settle_table(rows, self.solver_rtol or 0.0, what="fixed-point residual")
@@ -267,12 +280,18 @@ def evaluate_model(
     baselines: bool = True,
     device: str | torch.device | None = None,
     compile: bool | str = "auto",
+    drop_rtol: float | str | None = "settle",
 ) -> EvalReport:
     """Iteration curves and settling statistics of ``model`` on named ``(x, y)`` splits.
 
     ``compile``: run each split's plain iterations through the compiled block — ``"auto"`` where it
     pays (:func:`compile_pays_for`), ``True`` always, ``False`` never (the solves stay eager: their
     batches shrink as examples converge).
+
+    ``drop_rtol``: the sweep stops iterating an example once its state changes by no more than this,
+    relative (:func:`~deqloop.eval.curves.iteration_sweep`), and carries its answer there to every
+    later count — ``"settle"`` (the default) at ``settle_rtol``, where it settles; a number ≤
+    ``settle_rtol``; None never (every example iterated to ``max(iters)``).
 
     ``task`` supplies ``correct``, ``name`` and, if ``cells``, ``cell_accuracy`` (the fraction of
     cells right, reported beside exact match). With ``solver`` each split is also solved to
@@ -282,31 +301,41 @@ def evaluate_model(
     """
     if not splits:
         raise ConfigError("nothing to evaluate: no splits")
+    if isinstance(drop_rtol, str):
+        if drop_rtol != "settle":
+            raise ConfigError(f"drop_rtol must be 'settle', a tolerance or None, got {drop_rtol!r}")
+        drop_rtol = settle_rtol
     curves = IterationCurves(list(iters), train_depth=train_depth)
     report = EvalReport(checkpoint="", task=task.name, n={k: len(v[0]) for k, v in splits.items()},
                         curves=curves, settle_rtol=settle_rtol, paper_iterations=paper_iterations(model))
     cell_accuracy = task.cell_accuracy if cells else None
     if cell_accuracy is not None:
         report.cells = IterationCurves(list(iters), train_depth=train_depth)
-    for name, (x, y) in splits.items():
+    if solver is not None:
+        report.solver_name, report.solver_rtol = solver, solver_rtol
+    report.drop_rtol = drop_rtol
+    for name, (x, y) in splits.items():  # one split at a time: its sweep, then its solve
+        start = time.perf_counter()
         compiled = compile is True or (compile == "auto" and compile_pays_for(model, x, curves.iters[-1]))
         with _compiled(model, compiled):
-            sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, cells=cell_accuracy,
-                                    device=device)
+            sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, drop_rtol=drop_rtol,
+                                    cells=cell_accuracy, device=device)
+        report.seconds[name] = {"sweep": time.perf_counter() - start}
         curves.add(name, sweep.accuracy)
         if report.cells is not None and sweep.cell_accuracy is not None:
             report.cells.add(name, sweep.cell_accuracy)
         report.settling[name] = sweep.settle_summary()
         report.dynamics[name] = {"norm_ratio": sweep.norm_ratio, "cosine": sweep.cosine}
+        report.evaluations[name] = float(sweep.evaluations.double().mean())
         measure = getattr(task, "baselines", None) if baselines else None
         if measure is not None:
             report.baselines[name] = {k: float(v) for k, v in measure(x, y).items()}
-    if solver is not None:
-        report.solver_name, report.solver_rtol = solver, solver_rtol
-        for name, (x, y) in splits.items():
+        if solver is not None:
+            start = time.perf_counter()
             res = adaptive_accuracy(model, x, y, task.correct, solver=solver, max_iter=curves.iters[-1],
                                     rtol=solver_rtol, device=device)
             report.solver[name] = res.summary()
+            report.seconds[name]["solve"] = time.perf_counter() - start
     return report
 
 
@@ -324,12 +353,13 @@ def evaluate_run(
     seed: int = 12345,
     device: str | torch.device = "cpu",
     compile: bool | str = "auto",
+    drop_rtol: float | str | None = "settle",
 ) -> EvalReport:
     """Evaluate a :class:`deqloop.run.Run` on its task's ``bands`` and on extra ``splits``.
 
     Each split gets an iteration curve and settling statistics from one pass; with ``solver``
     (e.g. ``"anderson"``) each split is also solved to ``solver_rtol`` with at most
-    ``max(iters)`` evaluations. ``compile`` as :func:`evaluate_model`'s.
+    ``max(iters)`` evaluations. ``compile`` and ``drop_rtol`` as :func:`evaluate_model`'s.
     """
     task = run.require_task()
     sets = {band: task.make(band, n, seed=seed) for band in bands}
@@ -338,6 +368,6 @@ def evaluate_run(
         raise ConfigError("nothing to evaluate: no bands and no splits")
     report = evaluate_model(run.model.to(device), sets, task, iters=iters, train_depth=run.train_depth,
                             settle_rtol=settle_rtol, solver=solver, solver_rtol=solver_rtol, cells=cells, device=device,
-                            compile=compile)
+                            compile=compile, drop_rtol=drop_rtol)
     report.checkpoint = str(run.path)
     return report
