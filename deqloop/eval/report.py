@@ -284,9 +284,10 @@ def evaluate_model(
 ) -> EvalReport:
     """Iteration curves and settling statistics of ``model`` on named ``(x, y)`` splits.
 
-    ``compile``: run each split's plain iterations through the compiled block — ``"auto"`` where it
-    pays (:func:`compile_pays_for`), ``True`` always, ``False`` never (the solves stay eager: their
-    batches shrink as examples converge).
+    ``compile``: run each split's plain iterations and its solve through the compiled block —
+    ``"auto"`` where it pays (:func:`compile_pays_for`, counting ``max(iters)`` calls for each), ``True``
+    always, ``False`` never. The block's batch dimension is compiled dynamic, so the batches that
+    shrink as examples are dropped or converge need no new graph.
 
     ``drop_rtol``: the sweep stops iterating an example once its state changes by no more than this,
     relative (:func:`~deqloop.eval.curves.iteration_sweep`), and carries its answer there to every
@@ -314,13 +315,20 @@ def evaluate_model(
     if solver is not None:
         report.solver_name, report.solver_rtol = solver, solver_rtol
     report.drop_rtol = drop_rtol
-    for name, (x, y) in splits.items():  # one split at a time: its sweep, then its solve
+    calls = curves.iters[-1] * (2 if solver is not None else 1)  # the sweep's iterations and the solve's at most
+    for name, (x, y) in splits.items():  # one split at a time: its sweep, then its solve, compiled or not
         start = time.perf_counter()
-        compiled = compile is True or (compile == "auto" and compile_pays_for(model, x, curves.iters[-1]))
+        compiled = compile is True or (compile == "auto" and compile_pays_for(model, x, calls))
         with _compiled(model, compiled):
             sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, drop_rtol=drop_rtol,
                                     cells=cell_accuracy, device=device)
-        report.seconds[name] = {"sweep": time.perf_counter() - start}
+            report.seconds[name] = {"sweep": time.perf_counter() - start}
+            if solver is not None:
+                start = time.perf_counter()
+                res = adaptive_accuracy(model, x, y, task.correct, solver=solver, max_iter=curves.iters[-1],
+                                        rtol=solver_rtol, device=device)
+                report.solver[name] = res.summary()
+                report.seconds[name]["solve"] = time.perf_counter() - start
         curves.add(name, sweep.accuracy)
         if report.cells is not None and sweep.cell_accuracy is not None:
             report.cells.add(name, sweep.cell_accuracy)
@@ -330,12 +338,6 @@ def evaluate_model(
         measure = getattr(task, "baselines", None) if baselines else None
         if measure is not None:
             report.baselines[name] = {k: float(v) for k, v in measure(x, y).items()}
-        if solver is not None:
-            start = time.perf_counter()
-            res = adaptive_accuracy(model, x, y, task.correct, solver=solver, max_iter=curves.iters[-1],
-                                    rtol=solver_rtol, device=device)
-            report.solver[name] = res.summary()
-            report.seconds[name]["solve"] = time.perf_counter() - start
     return report
 
 
