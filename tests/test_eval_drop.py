@@ -187,3 +187,31 @@ def test_evaluate_model_drops_where_examples_settle_and_solves_them_as_before():
         evaluate_model(model, {"val": (x, y)}, ExactTask(), drop_rtol="never", **kw)
     with pytest.raises(ConfigError, match="drop_rtol"):
         evaluate_model(model, {"val": (x, y)}, ExactTask(), drop_rtol=1e-3, **kw)  # > settle_rtol
+
+
+def test_on_an_accelerator_dropped_examples_leave_the_batch_without_a_sync_every_iteration():
+    from fake_cuda import CUDA, fake_cuda
+
+    from deqloop.eval import curves
+
+    x = distinct_inputs(6)
+    T, iters = 48, [1, 5, 48]
+
+    def sweep(device, drop_rtol):
+        model = contractive_model().float().to(device)
+        y = torch.zeros(6, 4, dtype=torch.long, device=device)
+        return iteration_sweep(model, x.to(device), y, exact, iters, rtol=1e-3, drop_rtol=drop_rtol, device=device)
+
+    host = sweep(torch.device("cpu"), 1e-3)
+    with fake_cuda() as gpu:
+        device = sweep(CUDA, 1e-3)
+        with_drop = gpu.reads
+        gpu.reads = 0
+        sweep(CUDA, None)
+        without = gpu.reads
+    assert device.accuracy == host.accuracy and torch.equal(device.settled_at, host.settled_at)
+    assert torch.equal(device.evaluations, host.evaluations) and int(host.evaluations.max()) < T
+    # the examples leave the batch at multiples of COMPACT_EVERY and at the counts asked for: a few
+    # reads more than the full pass, far fewer than one an iteration
+    checks = len({t for t in range(1, T) if t % curves.COMPACT_EVERY == 0} | set(iters[:-1]))
+    assert without < with_drop <= without + checks < T
