@@ -177,7 +177,7 @@ def test_warm_start_reaches_the_same_estimate_in_fewer_products():
     # measured: cold 25 / 17 / 22 products, warm 20 / 15 / 16
     assert (warm.matvecs < cold.matvecs).all()
     assert warm.matvecs.sum() <= 0.85 * cold.matvecs.sum()
-    # at the monitor's looser tolerance the saving is larger (measured: 40 products cold, 27 warm)
+    # at the monitor's looser tolerance the saving is larger (measured: 41 products cold, 28 warm)
     loose = [krylov_schur(MatrixOp(A2), s, nev=2, ncv=20, tol=1e-3, generator=gen()) for s in (v0, before.vectors)]
     assert loose[1].matvecs.sum() <= 0.75 * loose[0].matvecs.sum()
     assert loose[1].radius.numpy() == pytest.approx(ref, rel=1e-2)

@@ -123,13 +123,15 @@ def _check_tol(name: str, value: float) -> float:
 
 
 def _ritz(Hb: np.ndarray, rb: np.ndarray, which: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Ritz values of ``Hb``, wanted ones first (by decreasing modulus for ``"LM"``, increasing
-    for ``"SM"``), the residual norms ``|rbᵀ y|`` of their pairs and the unit vectors ``y``."""
-    w, Y = _linalg().eig(Hb)
-    order = np.argsort(-np.abs(w) if which == "LM" else np.abs(w), kind="stable")
-    w, Y = w[order], Y[:, order]
-    Y = Y / np.linalg.norm(Y, axis=0, keepdims=True)
-    return w, np.abs(rb @ Y), Y
+    """Ritz values of a stack ``Hb`` ``(g, s, s)``, wanted ones first (by decreasing modulus for
+    ``"LM"``, increasing for ``"SM"``), the residual norms ``|rbᵀ y|`` ``(g, s)`` of their pairs
+    (``rb`` ``(g, s)``) and the unit vectors ``y`` ``(g, s, s)``."""
+    w, Y = np.linalg.eig(Hb)
+    w, Y = w.astype(np.complex128), Y.astype(np.complex128)
+    order = np.argsort(-np.abs(w) if which == "LM" else np.abs(w), axis=1, kind="stable")
+    w, Y = np.take_along_axis(w, order, 1), np.take_along_axis(Y, order[:, None, :], 2)
+    Y = Y / np.linalg.norm(Y, axis=1, keepdims=True)
+    return w, np.abs(np.einsum("gs,gsk->gk", rb, Y)), Y
 
 
 def _keep_count(mods: np.ndarray, target: int) -> int:
@@ -202,8 +204,10 @@ def krylov_schur(
     step from ``nev + 1`` columns on, the eigenvalues of ``S`` (Ritz values) are taken, and an
     example has converged when its leading Ritz pair has ``‖A y − θ y‖ ≤ tol·|θ|`` and, before the
     basis is full, θ has moved by at most ``tol·|θ|`` since the previous step (a non-normal
-    operator's θ can be far off at a small residual); it then leaves the batch. A full decomposition restarts by keeping the Schur vectors of the wanted Ritz values
-    (complex pairs are never split). After an exact invariant subspace (breakdown) the iteration
+    operator's θ can be far off at a small residual); it then leaves the batch. A full
+    decomposition restarts by keeping the Schur vectors of the wanted Ritz values (complex pairs
+    are never split). The Ritz values of all examples with a basis of the same size are one
+    batched eigenproblem. After an exact invariant subspace (breakdown) the iteration
     goes on from a random direction, and convergence is judged only when the basis is full.
 
     Args:
@@ -233,6 +237,7 @@ def krylov_schur(
         raise ValueError(f"ncv ({ncv}) must exceed nev ({nev})")
     if which not in ("LM", "SM"):
         raise ValueError(f"which must be 'LM' or 'SM', got {which!r}")
+    _linalg()  # the restarts' Schur forms: a missing extra is named before any work
     if start.dim() == 3:
         start = warm_start(start, generator)
     elif start.dim() != 2:
@@ -292,14 +297,18 @@ def krylov_schur(
         finished = np.zeros(b, dtype=bool)
         restarted = []
         P = np.zeros((b, m + 1, m + 1))  # restart map of the restarted rows: new basis = Pᵀ · old basis
-        for i in range(b):
+        full = size == m
+        spent = np.zeros(b, dtype=bool) if max_matvecs is None else matvecs[rows] >= max_matvecs
+        check = np.flatnonzero(full | spent | ((size >= check_from) & ~broke))
+        ritz = {}
+        for mb in np.unique(size[check]):  # one batched eigenproblem per basis size
+            group = check[size[check] == mb]
+            w, rr, Y = _ritz(H[group, :mb, :mb], H[group, mb, :mb], which)
+            ritz.update({int(i): (w[j], rr[j], Y[j]) for j, i in enumerate(group)})
+        for i in check:
             mb, g = int(size[i]), rows[i]
-            full = mb == m
-            spent = max_matvecs is not None and matvecs[g] >= max_matvecs
-            if not (full or spent or (mb >= check_from and not broke[i])):
-                continue
             Hb, rb = H[i, :mb, :mb].copy(), H[i, mb, :mb].copy()
-            w, rr, Y = _ritz(Hb, rb, which)
+            w, rr, Y = ritz[int(i)]
             k = min(nev, mb)
             vals[g] = np.nan + 1j * np.nan
             vals[g, :k] = w[:k]
@@ -307,14 +316,14 @@ def krylov_schur(
             res[g] = rr[0] / lead
             # before the basis is full, the leading Ritz value must also have settled since the last
             # step: a small residual alone can stop early at an inaccurate θ of a non-normal operator
-            settled = full or abs(w[0] - last[g]) <= tol * lead
+            settled = full[i] or abs(w[0] - last[g]) <= tol * lead
             conv[g] = rr[0] <= tol * lead and settled
             last[g] = w[0]
-            if not (conv[g] or spent or full):
+            if not (conv[g] or spent[i] or full[i]):
                 continue
             s = _keep_count(np.abs(w), max(1, min(target, mb - 1)))
             sdim = 0
-            if not (conv[g] or spent or cycle[i] == maxiter - 1 or s >= mb):
+            if not (conv[g] or spent[i] or cycle[i] == maxiter - 1 or s >= mb):
                 thr = 0.5 * (abs(w[s - 1]) + abs(w[s]))
                 keep = (lambda re, im: np.hypot(re, im) > thr) if which == "LM" else (lambda re, im: np.hypot(re, im) < thr)
                 T, Z, sdim = _linalg().schur(Hb, output="real", sort=keep)
