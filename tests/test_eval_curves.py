@@ -102,6 +102,22 @@ def test_iteration_sweep_scores_each_requested_count_like_the_plain_loop():
     assert accuracy_by_iterations(model, x, y, exact, [5, 2, 1], batch_size=2) == pytest.approx(want, abs=1e-12)
 
 
+def test_iteration_sweep_keeps_the_first_examples_readouts_at_one_count():
+    model = tiny_model()
+    x = torch.randint(0, 3, (7, 4), generator=torch.Generator().manual_seed(4))
+    y = torch.zeros(7, 4, dtype=torch.long)
+    outs, _ = by_hand(model, x, 5)
+    assert not torch.allclose(outs[1][:5], outs[4][:5])  # the counts give different readouts
+    sweep = iteration_sweep(model, x, y, exact, [1, 2, 5], keep=(2, 5), batch_size=2)  # over three batches
+    assert torch.allclose(sweep.kept, outs[1][:5], atol=1e-12) and sweep.kept.shape == (5, 4, 2)
+    assert torch.allclose(iteration_sweep(model, x, y, exact, [2, 5], keep=(5, 9), rtol=1e-3).kept, outs[4])
+    assert iteration_sweep(model, x, y, exact, [2]).kept is None
+    assert iteration_sweep(model, x, y, exact, [2], keep=(2, 0)).kept is None
+    for bad in ((3, 2), (2, -1)):
+        with pytest.raises(ConfigError, match="keep"):
+            iteration_sweep(model, x, y, exact, [1, 2], keep=bad)
+
+
 def test_iteration_sweep_settles_at_the_first_small_relative_change():
     model = tiny_model()
     x = torch.randint(0, 3, (6, 4), generator=torch.Generator().manual_seed(5))

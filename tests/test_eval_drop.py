@@ -215,3 +215,30 @@ def test_on_an_accelerator_dropped_examples_leave_the_batch_without_a_sync_every
     # reads more than the full pass, far fewer than one an iteration
     checks = len({t for t in range(1, T) if t % curves.COMPACT_EVERY == 0} | set(iters[:-1]))
     assert without < with_drop <= without + checks < T
+
+
+def test_the_kept_readouts_are_the_ones_the_sweep_scored_a_dropped_examples_from_its_drop_point():
+    from fake_cuda import CUDA, fake_cuda
+
+    model = Scripted([0, 1, 2, 10])
+    x = y = torch.zeros(4, 1, dtype=torch.long)
+    right = lambda logits, y, x: logits[:, 0] > 0  # noqa: E731
+    # iterated to 6: the drift (1e-3 an iteration once an example stands still) is 6e-3, 5e-3, 4e-3, 0
+    full = iteration_sweep(model, x, y, right, [1, 6], rtol=1e-4, keep=(6, 4), device="cpu")
+    assert full.kept[:, 0].tolist() == pytest.approx([-3.5e-3, -2.5e-3, -1.5e-3, 2.5e-3], abs=1e-9)  # (read out in float32)
+    # dropped at k + 1 with a drift of 1e-3: that readout is their answer at 6
+    fast = iteration_sweep(model, x, y, right, [1, 6], rtol=1e-4, drop_rtol=1e-4, keep=(6, 3), device="cpu")
+    assert fast.kept[:, 0].tolist() == pytest.approx([1.5e-3] * 3, abs=1e-9)
+
+    contractive, xs = contractive_model(), distinct_inputs(6)
+    host = iteration_sweep(contractive, xs, torch.zeros(6, 4, dtype=torch.long), exact, [1, 5, 48], rtol=1e-3,
+                           drop_rtol=1e-3, keep=(48, 5))
+    with fake_cuda() as gpu:  # on an accelerator: the same readouts, and one host read more (their copy)
+        model, yd = contractive_model().float().to(CUDA), torch.zeros(6, 4, dtype=torch.long, device=CUDA)
+        plain = iteration_sweep(model, xs.to(CUDA), yd, exact, [1, 5, 48], rtol=1e-3, drop_rtol=1e-3, device=CUDA)
+        reads, gpu.reads = gpu.reads, 0
+        kept = iteration_sweep(model, xs.to(CUDA), yd, exact, [1, 5, 48], rtol=1e-3, drop_rtol=1e-3, device=CUDA,
+                               keep=(48, 5))
+        assert gpu.reads == reads + 1 and plain.kept is None
+    assert torch.allclose(kept.kept.float(), host.kept.float(), atol=1e-5) and kept.kept.shape == (5, 4, 2)
+    assert int(host.evaluations[:5].min()) < 48  # some of the five were dropped before 48

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from deqloop.errors import ConfigError
+from deqloop.tasks import Task
 from deqloop.eval.report import PAPER_ITERATIONS, EvalReport, IterationCurves, dynamics_table, settle_table
 
 
@@ -84,6 +85,7 @@ def test_eval_report_to_dict():
         "checkpoint": "runs/x/last.pt", "task": "prefix_sums", "n": {"val": 8}, "curves": curves_dict,
         "cells": None, "settle_rtol": 1e-3, "settling": settling, "solver_name": None, "solver_rtol": None,
         "solver": {}, "baselines": {}, "dynamics": {}, "drop_rtol": None, "evaluations": {}, "seconds": {},
+        "examples": {},
         "paper": {"iterations": 500, "accuracy": {"val": None}}, "best": {"val": [4, 0.5]},
     }
     cells = IterationCurves([1, 4], train_depth=4)
@@ -224,3 +226,59 @@ def test_the_untied_baselines_paper_number_is_at_one_iteration():
     d = report.to_dict()
     assert d["paper"] == {"iterations": 1, "accuracy": {"val": report.curves.curves["val"][0]}}
     assert "accuracy at 1 iteration)" in report.text() and "@1 " in report.text()
+
+
+class ShownTask(ExactTask):
+    """A task with the protocol's default ``show`` (tokens and verdicts)."""
+
+    name = "shown"
+    show = Task.show
+
+
+def test_the_report_shows_a_few_hard_examples_with_the_answers_the_sweep_read():
+    import torch
+
+    from deqloop.eval.report import evaluate_model
+    from deqloop.model import LoopedDEQ
+
+    torch.manual_seed(0)
+    model = LoopedDEQ(vocab_size=3, num_classes=2, grid=(4,), width=8, heads=2, mlp_ratio=2.0).double()
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randint(0, 3, (6, 4), generator=gen), torch.randint(0, 2, (6, 4), generator=gen)
+
+    def answers(t):  # the readout after t plain iterations, computed here by hand
+        with torch.no_grad():
+            e = model.embed(x)
+            z = model.initial_state(e)
+            for _ in range(t):
+                z = model.step(z, e)
+            return model.readout(z)
+
+    task = ShownTask()
+    splits = {"hard": (x[:5], y[:5]), "val": (x, y)}
+    report = evaluate_model(model, splits, task, iters=[1, 3], examples=2)
+    # the hard split (not the last), at the last count (500 was not scored), its first two examples
+    assert report.examples == {"split": "hard", "iterations": 3, "rows": task.show(x[:2], y[:2], answers(3)[:2])}
+    assert report.to_dict()["examples"] == report.examples
+    lines = report.text().split("\n")
+    at = lines.index("examples of hard after 3 iterations (the model's answer as the task shows it):")
+    rows = report.examples["rows"]
+    assert lines[at + 1:at + 3] == [f"  {i + 1}. input {r['input']}; target {r['target']}; predicted {r['predicted']}; "
+                                    f"correct {r['correct']}" for i, r in enumerate(rows)]
+    at500 = evaluate_model(model, {"val": (x, y)}, task, iters=[1, 500, 600], examples=3)  # no hard: the last split
+    assert at500.examples == {"split": "val", "iterations": 500, "rows": task.show(x[:3], y[:3], answers(500)[:3])}
+    assert evaluate_model(model, splits, task, iters=[1], examples=0).examples == {}
+    assert evaluate_model(model, splits, ExactTask(), iters=[1]).examples == {}  # a task without show
+    assert "examples of" not in evaluate_model(model, splits, ExactTask(), iters=[1]).text()
+    with pytest.raises(ConfigError, match="examples"):
+        evaluate_model(model, splits, task, iters=[1], examples=-1)
+
+
+def test_examples_text_cuts_long_values():
+    from deqloop.eval.report import examples_text
+
+    shown = {"split": "hard", "iterations": 1, "rows": [{"input": "0" * 12, "correct": "no"}]}
+    assert examples_text(shown, width=8).split("\n") == [
+        "examples of hard after 1 iteration (the model's answer as the task shows it):",
+        "  1. input 0000000…; correct no",
+    ]

@@ -8,7 +8,7 @@ import zstandard
 
 from deqloop.errors import ConfigError, ConfigKeyError
 from deqloop.tasks import BANDS, DataError, Task, get_task
-from deqloop.tasks.base import as_predictions
+from deqloop.tasks.base import as_predictions, token_view
 from deqloop.tasks.io import Rows, check_on_error, iter_lines
 
 
@@ -108,6 +108,26 @@ def test_as_predictions_takes_logits_or_ids():
     assert torch.equal(as_predictions(y.int(), y), y)
     with pytest.raises(ValueError, match="logits"):
         as_predictions(torch.zeros(1, 4, 3), y)
+
+
+def test_token_view_writes_digits_compactly_and_rows_with_slashes():
+    assert token_view(torch.tensor([1, 0, 1, 1])) == "1011"
+    assert token_view(torch.tensor([[5, 3, 0], [0, 0, 7]])) == "530/007"
+    assert token_view(torch.tensor([3, 12, 0])) == "3 12 0"  # an id of two digits: spaces
+    assert token_view(torch.tensor([[10, 1], [2, 3]])) == "10 1/2 3"
+
+
+def test_show_by_default_lists_the_tokens_and_the_verdict():
+    task = get_task("prefix_sums")
+    x = torch.tensor([[1, 0, 1], [1, 1, 0]])
+    y = torch.tensor([[1, 1, 0], [1, 0, 0]])  # running parities
+    predicted = torch.tensor([[1, 1, 0], [1, 1, 0]])  # the first right, the second wrong in its middle cell
+    logits = torch.nn.functional.one_hot(predicted, 2).float() * 3 - 1
+    assert task.show(x, y, logits) == [
+        {"input": "101", "target": "110", "predicted": "110", "correct": "yes"},
+        {"input": "110", "target": "100", "predicted": "110", "correct": "no"},
+    ]
+    assert task.show(x[1:], y[1:], predicted[1:]) == task.show(x, y, logits)[1:]  # class ids alike
 
 
 def test_shared_data_dir_honours_the_environment(monkeypatch, tmp_path):

@@ -342,8 +342,8 @@ def test_task_from_shared_files_uses_the_papers_rating_split(shared_data):
     keys = lambda xy: [row.tobytes() for row in torch.cat([xy[0].flatten(1), xy[1].flatten(1)], 1).numpy()]  # noqa: E731
     ratings: dict = {}
     for path in files:  # as load_lichess reads them (the task's cached copy: no second parse)
-        x, y, rating = tc._load_cached(str(path.resolve()), path.stat().st_mtime_ns, "paper")
-        for key, r in zip(keys((x, y)), rating.tolist()):
+        x, y, meta = tc._load_cached(str(path.resolve()), path.stat().st_mtime_ns, "paper")
+        for key, r in zip(keys((x, y)), meta.ratings.tolist()):
             ratings.setdefault(key, set()).add(r)
     assert all(any(r <= 1600 for r in ratings[k]) for k in keys(train) + keys(val))
     assert all(any(1601 <= r <= 2000 for r in ratings[k]) for k in keys(hard))

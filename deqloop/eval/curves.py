@@ -101,6 +101,9 @@ class Sweep:
         evaluations: ``(n,)`` applications of the loop map each example received: ``max(iters)``,
             or the iteration at which it was dropped (see :func:`iteration_sweep`).
         correct: ``(n, len(iters))`` bool, each example right after each count.
+        kept: ``(k, *grid, C)`` readout logits of the first ``k`` examples after ``t`` iterations,
+            with ``keep=(t, k)`` (the answers scored there; where an example was dropped before
+            ``t``, its readout there, which its later counts score).
     """
 
     iters: list[int]
@@ -115,6 +118,7 @@ class Sweep:
     drop_rtol: float | None = None
     evaluations: torch.Tensor | None = None
     correct: torch.Tensor | None = None
+    kept: torch.Tensor | None = None
 
     def settle_summary(self) -> dict[str, float]:
         """Adaptive accuracy and iteration statistics (needs ``rtol``)."""
@@ -146,12 +150,15 @@ def iteration_sweep(
     cells: Correct | None = None,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
+    keep: tuple[int, int] | None = None,
 ) -> Sweep:
     """Score ``model`` after each count of plain iterations in ``iters`` (one pass per batch).
 
     With ``rtol``, also record when each example settles (see the module docstring). With
     ``cells`` (e.g. ``task.cell_accuracy``, ``(n,)`` fractions), also average it at each count.
-    ``batch_size`` defaults to :func:`auto_batch_size`.
+    ``batch_size`` defaults to :func:`auto_batch_size`. With ``keep=(t, k)`` (``t`` in ``iters``),
+    the readout logits the sweep scored for the first ``k`` examples at ``t`` come back as
+    ``Sweep.kept``.
 
     With ``drop_rtol`` (≤ ``rtol`` when both are given), an example stops being iterated at the
     first iteration ``t`` with ``‖z_t − z_{t−1}‖ ≤ drop_rtol·‖z_t‖`` (the settling rule, norms of
@@ -163,6 +170,8 @@ def iteration_sweep(
     :data:`COMPACT_EVERY` iterations (a host sync), on the CPU at once.
     """
     iters = check_iters(iters)
+    if keep is not None and (keep[0] not in iters or keep[1] < 0):
+        raise ConfigError(f"keep=(t, k) needs t among the counts {iters} and k >= 0, got {keep}")
     if len(x) == 0:
         raise ConfigError("no examples to evaluate")
     for name, tol in (("rtol", rtol), ("drop_rtol", drop_rtol)):
@@ -176,10 +185,13 @@ def iteration_sweep(
     was_training = model.training
     model.eval()
     try:
-        parts = [_sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells)
-                 for xb, yb in _batches(x, y, batch_size, device)]
+        parts = [_sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells,
+                              _batch_keep(keep, i * batch_size, len(xb)))
+                 for i, (xb, yb) in enumerate(_batches(x, y, batch_size, device))]
     finally:
         model.train(was_training)
+    held = [p.pop("kept") for p in parts]
+    kept = torch.cat([h.cpu() for h in held if h is not None]) if keep is not None and keep[1] > 0 else None
     got = {k: torch.cat([p[k].cpu() for p in parts]) for k in parts[0] if parts[0][k] is not None}
     right = got["correct"]  # (n, K)
     accuracy = right.double().mean(0).tolist()
@@ -188,15 +200,24 @@ def iteration_sweep(
     ratio = [float(s) / first if first > 0 else math.nan for s in got["norm"].sum(0).tolist()]
     cosine = got["cosine"].mean(0).tolist()
     common = dict(cell_accuracy=cell, norm_ratio=ratio, cosine=cosine, drop_rtol=drop_rtol,
-                  evaluations=got["evaluations"], correct=right)
+                  evaluations=got["evaluations"], correct=right, kept=kept)
     if rtol is None:
         return Sweep(iters, accuracy, **common)
     return Sweep(iters, accuracy, rtol, got["settled_at"], got["settled"], got["settled_correct"], **common)
 
 
-def _sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells) -> dict[str, torch.Tensor | None]:
+def _batch_keep(keep: tuple[int, int] | None, offset: int, size: int) -> tuple[int, int] | None:
+    """``keep=(t, k)`` of the sweep for its batch of ``size`` examples from ``offset``: ``(t, k_b)``,
+    the batch's first ``k_b`` examples among the sweep's first ``k`` (None: none of them)."""
+    if keep is None or keep[1] <= offset:
+        return None
+    return keep[0], min(size, keep[1] - offset)
+
+
+def _sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells, first) -> dict[str, torch.Tensor | None]:
     """One batch of :func:`iteration_sweep`: per example ``(B, K)`` answers, cell scores, norms and
-    cosines at the ``K`` counts, ``‖z_1‖``, the settling point and the map evaluations."""
+    cosines at the ``K`` counts, ``‖z_1‖``, the settling point, the map evaluations and, with
+    ``first=(t, k)``, the readouts of its first ``k`` examples at ``t``."""
     B, K, device, last = len(xb), len(iters), xb.device, iters[-1]
     column = {t: j for j, t in enumerate(iters)}
     lazy = device.type == "cpu"  # the CPU reads the answer only where needed (no sync to avoid)
@@ -210,7 +231,8 @@ def _sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells) -> dict[
     at = torch.full((B,), last, dtype=torch.long, device=device)
     ok = torch.zeros(B, dtype=torch.bool, device=device)
     evaluations = torch.full((B,), last, dtype=torch.long, device=device)
-    idx = torch.arange(B, device=device)  # the examples still in the batch
+    idx = torch.arange(B, device=device)  # the examples still in the batch (ascending)
+    kept = None  # (k + 1, *grid, C): the kept readouts, row k a spare for the examples not kept
     e = model.embed(xb)  # (B, *grid, D)
     z, ea, xa, ya = model.initial_state(e), e, xb, yb
     states, t = model.iterates(z, ea, last), 0
@@ -247,6 +269,15 @@ def _sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells) -> dict[
             done[idx] = done[idx] | newly
             if t == last:
                 ok[idx] = torch.where(done[idx], ok[idx], right)
+        if first is not None and read and (t == first[0] or (drop is not None and t < first[0])):
+            # at t the live examples' readouts, before t those of the examples dropped now (their
+            # answer for t); the first k examples can only sit in idx[:k], as idx ascends
+            k = first[1]
+            hold = (live if t == first[0] else drop)[:k] & (idx[:k] < k)
+            if kept is None:
+                kept = logits.new_zeros((k + 1, *logits.shape[1:]))
+            rows = torch.where(hold, idx[:k], k)
+            kept[rows] = torch.where(hold.view(-1, *[1] * (logits.dim() - 1)), logits[:k], kept[rows])
         if drop is not None and read and t < last:
             later = [j for tt, j in column.items() if tt > t]  # carried forward unchanged
             if later:
@@ -267,7 +298,8 @@ def _sweep_batch(model, xb, yb, correct, iters, rtol, drop_rtol, cells) -> dict[
         z = z_next
     return {"correct": right_at, "cells": cell_at, "norm": norm_at, "cosine": cos_at, "norm_1": norm_1,
             "settled_at": at if rtol is not None else None, "settled": done if rtol is not None else None,
-            "settled_correct": ok if rtol is not None else None, "evaluations": evaluations}
+            "settled_correct": ok if rtol is not None else None, "evaluations": evaluations,
+            "kept": kept[:-1] if kept is not None else None}
 
 
 def accuracy_by_iterations(

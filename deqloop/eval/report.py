@@ -20,9 +20,10 @@ import torch
 
 from deqloop.errors import ConfigError
 from deqloop.eval.curves import adaptive_accuracy, check_iters, iteration_sweep
+from deqloop.validate import integer
 
 __all__ = ["PAPER_ITERATIONS", "EvalReport", "IterationCurves", "dynamics_table", "evaluate_model", "evaluate_run",
-           "paper_iterations", "settle_table"]
+           "examples_text", "paper_iterations", "settle_table"]
 
 # The paper's reported number is exact-match accuracy at this many test-time iterations (the last of
 # its 1…500), with the model as training left it (authors' train_model.py: test_acc[tb_last]).
@@ -137,6 +138,18 @@ def dynamics_table(dynamics: Mapping[str, Mapping[str, Sequence[float]]], iters:
     return "\n".join(lines)
 
 
+def examples_text(examples: Mapping[str, Any], width: int = 100) -> str:
+    """The examples a report shows (:attr:`EvalReport.examples`), one line each: ``field value`` pairs
+    joined by ``; ``, a value longer than ``width`` characters cut with ``…`` (``eval.json`` has it whole)."""
+    cut = lambda v: v if len(v) <= width else v[: width - 1] + "…"  # noqa: E731
+    t = examples["iterations"]
+    lines = [f"examples of {examples['split']} after {t} iteration{'s' if t != 1 else ''} (the model's answer as the "
+             "task shows it):"]
+    lines += [f"  {i}. " + "; ".join(f"{k} {cut(str(v))}" for k, v in row.items())
+              for i, row in enumerate(examples["rows"], start=1)]
+    return "\n".join(lines)
+
+
 def settle_table(settling: Mapping[str, Mapping[str, float]], rtol: float, what: str = "state") -> str:
     """Rows of adaptive results: accuracy, mean/median/max iterations, fraction converged."""
     head = f"{'split':<18}{'accuracy':>10}{'iters mean':>12}{'median':>8}{'max':>6}{'settled':>9}"
@@ -165,6 +178,9 @@ class EvalReport:
         evaluations: per split, the mean number of loop-map applications an example received in
             the sweep (``max(curves.iters)`` when none was dropped).
         seconds: per split, the wall time of its ``"sweep"`` and, with a solver, its ``"solve"``.
+        examples: a few examples with the model's answer, for people: ``{"split", "iterations",
+            "rows"}``, the rows from the task's ``show`` (:meth:`deqloop.tasks.base.Task.show`);
+            empty for a task without one or with ``examples=0``.
 
     ``to_dict()`` also holds ``"paper"``: the paper's number, accuracy at ``paper_iterations``
     (:func:`paper_iterations`: 500, or 1 for the untied baseline) per split (None where that count
@@ -187,6 +203,7 @@ class EvalReport:
     drop_rtol: float | None = None
     evaluations: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    examples: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         c = self.curves
@@ -198,7 +215,7 @@ class EvalReport:
                 "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
                 "solver_rtol": self.solver_rtol, "solver": self.solver, "baselines": self.baselines,
                 "dynamics": self.dynamics, "drop_rtol": self.drop_rtol, "evaluations": self.evaluations,
-                "seconds": self.seconds}
+                "seconds": self.seconds, "examples": self.examples}
 
     def text(self) -> str:
         """The tables, as printed by ``deqloop eval``."""
@@ -225,6 +242,8 @@ class EvalReport:
             parts += ["", "baselines on the same examples (no model):"]
             parts += [f"  {name}: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in scores.items())
                       for name, scores in self.baselines.items() if scores]
+        if self.examples.get("rows"):
+            parts += ["", examples_text(self.examples)]
         return "\n".join(parts)
 
 
@@ -281,6 +300,7 @@ def evaluate_model(
     device: str | torch.device | None = None,
     compile: bool | str = "auto",
     drop_rtol: float | str | None = "settle",
+    examples: int = 4,
 ) -> EvalReport:
     """Iteration curves and settling statistics of ``model`` on named ``(x, y)`` splits.
 
@@ -299,9 +319,14 @@ def evaluate_model(
     ``solver_rtol`` with at most ``max(iters)`` evaluations. With ``baselines``, a task that has a
     ``baselines(x, y)`` method (:meth:`deqloop.tasks.base.Task.baselines`) has them measured on
     each split's examples.
+
+    ``examples``: how many examples of the ``hard`` split (else of the last split) the report shows
+    with the model's answer after the paper's count (:func:`paper_iterations`, else the last count),
+    through the task's ``show``: the readouts the sweep scored there, no further pass.
     """
     if not splits:
         raise ConfigError("nothing to evaluate: no splits")
+    integer("examples", examples, minimum=0)
     if isinstance(drop_rtol, str):
         if drop_rtol != "settle":
             raise ConfigError(f"drop_rtol must be 'settle', a tolerance or None, got {drop_rtol!r}")
@@ -309,6 +334,8 @@ def evaluate_model(
     curves = IterationCurves(list(iters), train_depth=train_depth)
     report = EvalReport(checkpoint="", task=task.name, n={k: len(v[0]) for k, v in splits.items()},
                         curves=curves, settle_rtol=settle_rtol, paper_iterations=paper_iterations(model))
+    shown = ("hard" if "hard" in splits else list(splits)[-1]) if examples > 0 and hasattr(task, "show") else None
+    at = report.paper_iterations if report.paper_iterations in curves.iters else curves.iters[-1]
     cell_accuracy = task.cell_accuracy if cells else None
     if cell_accuracy is not None:
         report.cells = IterationCurves(list(iters), train_depth=train_depth)
@@ -321,7 +348,7 @@ def evaluate_model(
         compiled = compile is True or (compile == "auto" and compile_pays_for(model, x, calls))
         with _compiled(model, compiled):
             sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, drop_rtol=drop_rtol,
-                                    cells=cell_accuracy, device=device)
+                                    cells=cell_accuracy, device=device, keep=(at, examples) if name == shown else None)
             report.seconds[name] = {"sweep": time.perf_counter() - start}
             if solver is not None:
                 start = time.perf_counter()
@@ -329,6 +356,9 @@ def evaluate_model(
                                         rtol=solver_rtol, device=device)
                 report.solver[name] = res.summary()
                 report.seconds[name]["solve"] = time.perf_counter() - start
+        if sweep.kept is not None:
+            k = len(sweep.kept)
+            report.examples = {"split": name, "iterations": at, "rows": task.show(x[:k], y[:k], sweep.kept)}
         curves.add(name, sweep.accuracy)
         if report.cells is not None and sweep.cell_accuracy is not None:
             report.cells.add(name, sweep.cell_accuracy)

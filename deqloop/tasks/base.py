@@ -6,6 +6,7 @@ the evaluator, the analyzer, the command line and the sweep only ever talk to th
     task = get_task("sudoku", augment=True)    # settings are the dataclass's fields
     x, y = task.make("train", 1000, seed=0)    # splits: "train", "val" (easy), "hard"
     ok = task.correct(logits, y, x)            # (n,) bool, the paper's metric
+    rows = task.show(x[:4], y[:4], logits[:4]) # a few examples, readable: [{"input": ..., ...}]
 
 ``correct`` and ``cell_accuracy`` accept logits ``(n, *grid, C)`` (scored by argmax over the
 last axis) or predicted class ids ``(n, *grid)``.
@@ -40,7 +41,7 @@ from deqloop.errors import ConfigError
 from deqloop.validate import choice, integer, known_keys
 
 __all__ = ["BANDS", "DEFAULT_TASK", "Band", "Task", "as_predictions", "check_band", "check_count", "check_seed", "get_task", "register_task",
-           "task_class", "task_names", "task_spec"]
+           "task_class", "task_names", "task_spec", "token_view"]
 
 Band = Literal["train", "val", "hard"]
 BANDS: tuple[str, ...] = ("train", "val", "hard")
@@ -78,6 +79,14 @@ def as_predictions(out: Tensor, y: Tensor) -> Tensor:
         f"predictions have shape {tuple(out.shape)}; expected logits {(*y.shape, 'C')} "
         f"or class ids {tuple(y.shape)} to match the targets"
     )
+
+
+def token_view(cells: Tensor) -> str:
+    """One example's cells as compact text: a character a cell where every id is a digit 0–9, else
+    ids separated by spaces; the rows of a 2-D grid joined by ``/`` (``[[1, 0], [0, 2]]`` → ``"10/02"``)."""
+    ids = cells.long().reshape(-1, cells.shape[-1]).tolist() if cells.dim() > 0 else [[int(cells)]]
+    joint = "" if all(0 <= v <= 9 for row in ids for v in row) else " "
+    return "/".join(joint.join(str(v) for v in row) for row in ids)
 
 
 class Task:
@@ -167,6 +176,20 @@ class Task:
         task's metrics, as ``{"<baseline>/<metric>": accuracy}``; the evaluation reports them beside
         the model's. Default: none (``{}``)."""
         return {}
+
+    def show(self, x: Tensor, y: Tensor, out: Tensor) -> list[dict[str, str]]:
+        """A few examples with the model's answer, for people: one row per example, field → text.
+
+        ``x``, ``y`` are ``(k, *grid)`` and ``out`` the model's logits ``(k, *grid, C)`` (or class
+        ids ``(k, *grid)``) on them; the evaluation report shows the rows of a few hard examples.
+        Default: the tokens of the input, the target and the prediction (one character a cell where
+        every id is a single digit, else separated by spaces; the rows of a 2-D grid joined by
+        ``/``) and whether :meth:`correct` counts it right (``"yes"``/``"no"``). A task overrides it
+        to show its examples in its own terms (chess: the position and the moves).
+        """
+        predicted, right = as_predictions(out, y), self.correct(out, y, x)
+        return [{"input": token_view(x[i]), "target": token_view(y[i]), "predicted": token_view(predicted[i]),
+                 "correct": "yes" if bool(right[i]) else "no"} for i in range(len(x))]
 
     def extra_split(self, spec: str, n: int, seed: int) -> tuple[str, tuple[Tensor, Tensor]]:
         """``(name, (x, y))``: a further test set described by ``spec`` (``deqloop eval --extra``:

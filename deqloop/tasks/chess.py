@@ -20,6 +20,7 @@ example is the position after it, and the target is ``Moves[1]``.
 from __future__ import annotations
 
 import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -38,7 +39,7 @@ from deqloop.errors import ConfigError
 from deqloop.tasks.base import Task, check_band, check_count, check_seed
 from deqloop.tasks.chess_data import ChessMeta, LICHESS_COLUMNS, generate_mate_in_one, load_lichess
 from deqloop.tasks.chess_encoding import (ENCODINGS, GRID, NUM_CLASSES, VOCAB_SIZE, decode, decode_move, encode,
-                                          frame_mask)
+                                          frame_mask, move_between)
 from deqloop.validate import choice, setting
 
 __all__ = [
@@ -184,15 +185,40 @@ def predicted_moves(out: Tensor, fens: Sequence[str], encoding: str = "paper", s
 
 
 @lru_cache(maxsize=8)
-def _load_cached(path: str, mtime_ns: int, encoding: str) -> tuple[Tensor, Tensor, Tensor]:
-    x, y, meta = load_lichess(path, return_meta=True, encoding=encoding)  # type: ignore[misc]
-    return x, y, meta.ratings
+def _load_cached(path: str, mtime_ns: int, encoding: str) -> tuple[Tensor, Tensor, ChessMeta]:
+    return load_lichess(path, return_meta=True, encoding=encoding)  # type: ignore[return-value]
 
 
-@lru_cache(maxsize=8)
+_GENERATED: OrderedDict[tuple, tuple[Tensor, Tensor, ChessMeta]] = OrderedDict()  # the last 8 sets generated
+
+
 def _generate_cached(n: int, pieces: tuple[int, int], seed: int, stream: int, encoding: str) -> tuple[Tensor, Tensor]:
-    x, y = generate_mate_in_one(n, pieces, seed, stream=stream, encoding=encoding)  # type: ignore[misc]
+    key = (n, pieces, seed, stream, encoding)
+    if key not in _GENERATED:
+        _GENERATED[key] = generate_mate_in_one(n, pieces, seed, stream=stream, return_meta=True,  # type: ignore[assignment]
+                                               encoding=encoding)
+        while len(_GENERATED) > 8:
+            _GENERATED.popitem(last=False)
+    _GENERATED.move_to_end(key)
+    x, y, _ = _GENERATED[key]
     return x, y
+
+
+def _sources(files: Sequence[str], encoding: str) -> list[tuple[Tensor, Tensor, ChessMeta]]:
+    """The examples whose real positions the task knows: its puzzle files' (as loaded for ``make``,
+    no second parse) and the sets it generated last in this process, in ``encoding``."""
+    found = [_load_cached(str(Path(p).resolve()), Path(p).stat().st_mtime_ns, encoding) for p in files]
+    return found + [entry for key, entry in reversed(_GENERATED.items()) if key[-1] == encoding]
+
+
+def _find(sources: Sequence[tuple[Tensor, Tensor, ChessMeta]], x: Tensor, y: Tensor) -> tuple[ChessMeta, int] | None:
+    """The first known example with this board ``x`` and target ``y``: its details and index."""
+    for px, py, meta in sources:
+        same = (px.flatten(1) == x.flatten()).all(dim=1) & (py.flatten(1) == y.flatten()).all(dim=1)
+        hit = torch.nonzero(same).flatten()
+        if len(hit):
+            return meta, int(hit[0])
+    return None
 
 
 _STREAMS = {"train": 0, "val": 1, "hard": 2}
@@ -255,7 +281,7 @@ class Chess(Task):
     def _pool(self, easy: bool) -> tuple[Tensor, Tensor]:
         parts = [_load_cached(str(Path(p).resolve()), Path(p).stat().st_mtime_ns, self.encoding)
                  for p in self.data or ()]
-        x, y, rating = (torch.cat(column) for column in zip(*parts))
+        x, y, rating = (torch.cat(column) for column in zip(*((px, py, meta.ratings) for px, py, meta in parts)))
         if easy:
             keep = rating <= self.train_max_rating
         else:
@@ -308,6 +334,44 @@ class Chess(Task):
 
     def cell_accuracy(self, out: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor:
         return cell_accuracy(out, y, x)
+
+    def show(self, x: Tensor, y: Tensor, out: Tensor) -> list[dict[str, str]]:
+        """Per example: the position, the puzzle's move and the model's, in UCI on the real board.
+
+        ``fen`` (and ``puzzle``, its id) where the task knows the real position: an example of its
+        puzzle files or of a set it generated lately in this process, found by its encoded board and
+        target (a position encoded alike from the other side, should a file hold both, shows the
+        first). Elsewhere ``canonical_fen``: the board as encoded (:func:`decode`: the side to move
+        as white, no castling or en-passant rights), the moves on that board. ``move`` is the
+        puzzle's (from ``y``), ``predicted`` the move the two highest-scoring squares (the metric's,
+        by ``scores``) make on the board (:func:`decode_move`), ``"illegal"`` where they make none;
+        ``predicted_squares`` those two squares on the board, best first; ``correct`` the metric's
+        verdict, ``"yes"``/``"no"``. A promotion is shown as a queen's (the squares do not say which)."""
+        x, y, out = x.cpu(), y.cpu(), out.cpu()
+        right = self.correct(out, y, x)
+        pairs = top_two(out, self.scores).tolist()
+        sources = _sources(self.data or (), self.encoding)
+        rows = []
+        for i in range(len(x)):
+            known = _find(sources, x[i], y[i])
+            if known is not None:
+                meta, j = known
+                board = chess.Board(meta.fen(j))
+                row, mask = {"fen": board.fen(), "puzzle": meta.ids[j]}, frame_mask(board, self.encoding)
+            else:  # the board as encoded is its own frame: the side to move plays white up the board
+                board = decode(x[i])
+                row, mask = {"canonical_fen": board.fen()}, 0
+            target = [s ^ mask for s in torch.nonzero(y[i].flatten()).flatten().tolist()]
+            solution = move_between(board, target)
+            if solution is None:  # a castling or en-passant solution on a board without those rights
+                target.sort(key=lambda s: board.color_at(s) != board.turn)
+                solution = chess.Move(*target)
+            guess = move_between(board, [s ^ mask for s in pairs[i]])
+            row.update(move=solution.uci(), predicted=guess.uci() if guess is not None else "illegal",
+                       predicted_squares=" ".join(chess.square_name(s ^ mask) for s in pairs[i]),
+                       correct="yes" if bool(right[i]) else "no")
+            rows.append(row)
+        return rows
 
     def baselines(self, x: Tensor, y: Tensor) -> dict[str, float]:
         """A uniformly random legal move and a one-ply greedy move (mate, else the most valuable

@@ -64,13 +64,14 @@ class ChessMeta:
     @cached_property
     def fens(self) -> list[str]:
         """The positions the examples show (after the setup move), unmirrored; computed on first use."""
-        fens = []
-        for fen, setup in zip(self.puzzle_fens, self.setup_moves):
-            board = chess.Board(fen)
-            if setup:
-                board.push_uci(setup)
-            fens.append(board.fen())
-        return fens
+        return [self.fen(i) for i in range(len(self.puzzle_fens))]
+
+    def fen(self, i: int) -> str:
+        """The position example ``i`` shows (after the setup move), unmirrored."""
+        board = chess.Board(self.puzzle_fens[i])
+        if self.setup_moves[i]:
+            board.push_uci(self.setup_moves[i])
+        return board.fen()
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from torch import Tensor  # noqa: E402
 from deqloop.errors import ConfigError
 from deqloop.validate import choice
 
-__all__ = ["ENCODINGS", "GRID", "NUM_CLASSES", "VOCAB_SIZE", "decode", "decode_move", "encode", "frame_mask"]
+__all__ = ["ENCODINGS", "GRID", "NUM_CLASSES", "VOCAB_SIZE", "decode", "decode_move", "encode", "frame_mask", "move_between"]
 
 VOCAB_SIZE = 13
 NUM_CLASSES = 2
@@ -138,7 +138,13 @@ def decode_move(board: chess.Board, squares: Sequence[int], encoding: str = "pap
     if len(squares) != 2:
         raise ConfigError(f"decode_move takes two squares, got {list(squares)}")
     mask = frame_mask(board, encoding)
-    real = [int(s) ^ mask for s in squares]
+    return move_between(board, [int(s) ^ mask for s in squares])
+
+
+def move_between(board: chess.Board, real: Sequence[int]) -> chess.Move | None:
+    """The legal move of ``board`` between two of its own squares, in either order (the one holding
+    a piece of the side to move is the from-square); ``None`` when there is none. A pawn reaching
+    the last rank promotes to a queen."""
     start = [s for s in real if board.color_at(s) == board.turn]
     if len(start) != 1:
         return None
