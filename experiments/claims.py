@@ -14,7 +14,10 @@ The rules read the runs of the paper's regime of one seed preset (:func:`paper_r
 and stability numbers are compared between groups of cells (a cell: one recall × residual at one
 task and learning rate, its seeds), each group the mean of its cells' means, its standard error
 from the seeds alone (:func:`compare`): a gap decides only beyond 2 s.e., and a cell with one seed
-has none, so that one seed a cell is "inconclusive", with the seeds it needs.
+has none, so that one seed a cell is "inconclusive", with the seeds it needs. The paper's ``gru`` row
+(a GRU-cell merge with its peri norm, ``deepthinking/models/attention.py:360-366`` and
+``experiments/run_all.bash:17-19`` of the authors' code) counts with the inner norms: no norm acts on
+the stream after the merge, though the cell's gate keeps each coordinate within max(|h|, 1).
 """
 
 from __future__ import annotations
