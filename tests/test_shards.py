@@ -185,3 +185,12 @@ def test_generated_sudoku_ranks_draw_only_their_examples(monkeypatch):
                         real(example_seeds, *a))
     Batches(get_task("sudoku", blanks=(4, 8)), 8, seed=1, rank=1, world=2)(3)
     assert drawn == [seeds.example_seeds(4, 8, 1, seeds.BATCH, 3)]
+
+
+def test_chess_from_files_ranks_gather_their_shard_of_the_draw_make_makes(shared_data):
+    task = get_task("chess", data=str(shared_data / "chess" / "lichess_puzzles_rating_1601_2000.csv"),
+                    train_max_rating=2000)
+    x, y = Batches(task, B, seed=2)(5)
+    assert torch.equal(x, task.make("train", B, seed=seeds.derive_seed(2, seeds.BATCH, 5) % 2**31)[0])
+    shards = [Batches(task, B, seed=2, rank=r, world=4)(5) for r in range(4)]
+    assert torch.equal(torch.cat([s for s, _ in shards]), x) and torch.equal(torch.cat([t for _, t in shards]), y)
