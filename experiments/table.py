@@ -54,10 +54,12 @@ TEXT = ("name", "task", "recall", "norm", "regime", "preset", "commit", "command
 
 
 def pct(v: float) -> str:
+    """A fraction in % with one decimal; — for a missing or non-finite value."""
     return "—" if v is None or not math.isfinite(v) else f"{100 * v:.1f}"
 
 
 def num(v: float, digits: int = 3) -> str:
+    """A number to ``digits`` significant digits; — for a missing or non-finite value."""
     return "—" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
 
 
