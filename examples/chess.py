@@ -5,7 +5,8 @@ model marks the move's from- and to-square, and a puzzle counts as solved when t
 highest-scoring squares are exactly those (the paper's metric). Trains on the shared Lichess
 files when found (``$DEQLOOP_SHARED/data/chess`` or ``../shared/data/chess``): easy = rated
 ≤ 1600, hard = 1601–2000; otherwise on generated mate-in-one positions (``--data FILE...`` names
-other Lichess files; ``--synthetic`` uses the generator).
+other Lichess files; ``--synthetic`` uses the generator). The evaluation ends with a few hard puzzles:
+the position, the puzzle's move and the model's, on the real board.
 
 CPU defaults (the recipe ``examples/chess``; a few minutes on 2 cores):
 

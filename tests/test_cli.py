@@ -182,6 +182,16 @@ def test_train_then_eval(tmp_path, capsys):
         assert report["settling"][name]["iterations_mean"] == pytest.approx(settled), name
     assert report["solver"] == {}
     assert (out / "iterations.png").stat().st_size > 1000
+    # the first 4 hard examples after the last count (500 not scored), as the task shows them
+    x, y = sets["hard"]
+    with torch.no_grad():
+        e = run_.model.embed(x[:4])
+        z = run_.model.initial_state(e)
+        for _ in range(8):
+            z = run_.model.step(z, e)
+        answers = run_.model.readout(z)
+    assert report["examples"] == {"split": "hard", "iterations": 8, "rows": run_.task.show(x[:4], y[:4], answers)}
+    assert "examples of hard after 8 iterations" in stdout
 
     # a second train into the same folder is refused; --resume of a finished run is a no-op
     code, _, err = run(["train", *TINY, "--out", str(out)], capsys)
@@ -199,6 +209,8 @@ def test_eval_rejects_options_that_do_not_fit_the_task(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
     code, _, err = run(["eval", str(out / "last.pt"), "--n", "0"], capsys)
     assert code == 2 and "--n must be an integer ≥ 1, got 0" in err
+    code, _, err = run(["eval", str(out / "last.pt"), "--examples", "-1"], capsys)
+    assert code == 2 and "--examples must be an integer ≥ 0, got -1" in err
     code, _, err = run(["eval", str(out / "last.pt"), "--task-option", "data", "x.csv"], capsys)
     assert code == 2 and "task 'prefix_sums' got unknown key(s) ['data']" in err
     code, _, err = run(["eval", str(out / "last.pt"), "--device", "gpu"], capsys)

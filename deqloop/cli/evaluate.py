@@ -46,6 +46,10 @@ def add(sub: Any) -> None:
                    "auto: the run's own solver if it was trained at its fixed point (--loss equilibrium), where "
                    "the solve, not plain iteration, gives the model's answer; none: no solve [default: auto]")
     p.add_argument("--solver-rtol", type=float, default=1e-4, help="tolerance of --solver [default: 1e-4]")
+    p.add_argument("--examples", type=int, default=4, metavar="K",
+                   help="show the first K hard examples with the model's answer at the paper's count (else the last), "
+                   "as the task shows them (chess: the position and the puzzle's and the model's moves); 0: none "
+                   "[default: 4]")
     p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation sets [default: 12345]")
     p.add_argument("--out", default=None, type=nonempty, help="folder for eval.json and iterations.png [default: the checkpoint's]")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N [default: auto]")
@@ -74,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     integer("--n", args.n)
+    integer("--examples", args.examples, minimum=0)
     number("--rtol", args.rtol, low=0, low_open=True)
     number("--solver-rtol", args.solver_rtol, low=0, low_open=True)
     drop_rtol = {"settle": "settle", "none": None}.get(args.drop_rtol)
@@ -102,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     splits = dict(run_.task.extra_split(spec, args.n, args.seed) for spec in args.extra)
     report = evaluate_run(run_, iters=args.iters, n=args.n, splits=splits, settle_rtol=args.rtol, solver=solver,
                           solver_rtol=args.solver_rtol, cells=args.cells, seed=args.seed, device=device,
-                          drop_rtol=drop_rtol)
+                          drop_rtol=drop_rtol, examples=args.examples)
     print(report.text())
     atomic_write(out / "eval.json", json.dumps(report.to_dict(), indent=2) + "\n")
     plot = report.curves.plot(out / "iterations.png", title=f"{report.task}: accuracy vs test-time iterations")

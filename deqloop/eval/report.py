@@ -386,12 +386,13 @@ def evaluate_run(
     device: str | torch.device = "cpu",
     compile: bool | str = "auto",
     drop_rtol: float | str | None = "settle",
+    examples: int = 4,
 ) -> EvalReport:
     """Evaluate a :class:`deqloop.run.Run` on its task's ``bands`` and on extra ``splits``.
 
     Each split gets an iteration curve and settling statistics from one pass; with ``solver``
     (e.g. ``"anderson"``) each split is also solved to ``solver_rtol`` with at most
-    ``max(iters)`` evaluations. ``compile`` and ``drop_rtol`` as :func:`evaluate_model`'s.
+    ``max(iters)`` evaluations. ``compile``, ``drop_rtol`` and ``examples`` as :func:`evaluate_model`'s.
     """
     task = run.require_task()
     sets = {band: task.make(band, n, seed=seed) for band in bands}
@@ -400,6 +401,6 @@ def evaluate_run(
         raise ConfigError("nothing to evaluate: no bands and no splits")
     report = evaluate_model(run.model.to(device), sets, task, iters=iters, train_depth=run.train_depth,
                             settle_rtol=settle_rtol, solver=solver, solver_rtol=solver_rtol, cells=cells, device=device,
-                            compile=compile, drop_rtol=drop_rtol)
+                            compile=compile, drop_rtol=drop_rtol, examples=examples)
     report.checkpoint = str(run.path)
     return report

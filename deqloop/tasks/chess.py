@@ -204,11 +204,15 @@ def _generate_cached(n: int, pieces: tuple[int, int], seed: int, stream: int, en
     return x, y
 
 
+def _loaded(files: Sequence[str], encoding: str) -> list[tuple[Tensor, Tensor, ChessMeta]]:
+    """Each puzzle file's examples and details, read once per file version and encoding."""
+    return [_load_cached(str(Path(p).resolve()), Path(p).stat().st_mtime_ns, encoding) for p in files]
+
+
 def _sources(files: Sequence[str], encoding: str) -> list[tuple[Tensor, Tensor, ChessMeta]]:
     """The examples whose real positions the task knows: its puzzle files' (as loaded for ``make``,
     no second parse) and the sets it generated last in this process, in ``encoding``."""
-    found = [_load_cached(str(Path(p).resolve()), Path(p).stat().st_mtime_ns, encoding) for p in files]
-    return found + [entry for key, entry in reversed(_GENERATED.items()) if key[-1] == encoding]
+    return _loaded(files, encoding) + [entry for key, entry in reversed(_GENERATED.items()) if key[-1] == encoding]
 
 
 def _find(sources: Sequence[tuple[Tensor, Tensor, ChessMeta]], x: Tensor, y: Tensor) -> tuple[ChessMeta, int] | None:
@@ -279,8 +283,7 @@ class Chess(Task):
                 raise ConfigError(f"Chess.{name} must be (low, high) with 3 <= low <= high <= 32, got {(low, high)}")
 
     def _pool(self, easy: bool) -> tuple[Tensor, Tensor]:
-        parts = [_load_cached(str(Path(p).resolve()), Path(p).stat().st_mtime_ns, self.encoding)
-                 for p in self.data or ()]
+        parts = _loaded(self.data or (), self.encoding)
         x, y, rating = (torch.cat(column) for column in zip(*((px, py, meta.ratings) for px, py, meta in parts)))
         if easy:
             keep = rating <= self.train_max_rating
