@@ -13,8 +13,9 @@ and ``--lr``. Each evaluation mode runs
 
 * ``full``: every example iterated to the largest count (the evaluation before examples were
   dropped), then the solve;
-* ``drop``: the sweep stops iterating an example where it settles (``drop_rtol="settle"``) and
-  carries its answer forward, then the solve (the default).
+* ``drop``: the sweep stops iterating an example once its state changes by a tenth of the
+  settling tolerance (``drop_rtol="auto"``, the default) and carries its answer forward, then the
+  solve.
 
 Times are wall and CPU time of this process (``time.process_time``; with one thread CPU time is
 what the work costs without other jobs on the machine) with the load average beside them. The
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/, ru
 from experiments.presets import get_preset  # noqa: E402
 from experiments.sweep import evaluate_spec  # noqa: E402
 
-MODES = {"full": None, "drop": "settle"}
+MODES = {"full": None, "drop": "auto"}
 
 
 def load() -> str:

@@ -37,10 +37,10 @@ def add(sub: Any) -> None:
     p.add_argument("--rtol", type=float, default=1e-3,
                    help="an input has settled when its state changes by less than this, relative; reported as "
                    "adaptive accuracy and iterations [default: 1e-3]")
-    p.add_argument("--drop-rtol", default="settle", metavar="TOL",
+    p.add_argument("--drop-rtol", default="auto", metavar="TOL",
                    help="stop iterating an input once its state changes by at most TOL, relative, and count its "
-                   "answer there at every later count: settle (at --rtol, where it settles), a number <= --rtol, or "
-                   "none (iterate every input to the largest count) [default: settle]")
+                   "answer there at every later count: auto (a tenth of --rtol), a number <= --rtol, or none "
+                   "(iterate every input to the largest count) [default: auto]")
     p.add_argument("--solver", default="auto", metavar="S",
                    help="also solve each split with this fixed-point solver (e.g. anderson) to --solver-rtol; "
                    "auto: the run's own solver if it was trained at its fixed point (--loss equilibrium), where "
@@ -81,12 +81,12 @@ def run(args: argparse.Namespace) -> int:
     integer("--examples", args.examples, minimum=0)
     number("--rtol", args.rtol, low=0, low_open=True)
     number("--solver-rtol", args.solver_rtol, low=0, low_open=True)
-    drop_rtol = {"settle": "settle", "none": None}.get(args.drop_rtol)
+    drop_rtol = {"auto": "auto", "none": None}.get(args.drop_rtol)
     if drop_rtol is None and args.drop_rtol != "none":
         try:
             drop_rtol = float(args.drop_rtol)
         except ValueError:
-            raise ConfigError(f"--drop-rtol must be settle, none or a number, got {args.drop_rtol!r}") from None
+            raise ConfigError(f"--drop-rtol must be auto, none or a number, got {args.drop_rtol!r}") from None
         number("--drop-rtol", drop_rtol, low=0, high=args.rtol, low_open=True)
     if args.solver not in ("auto", "none"):
         choice("solver", args.solver, available_solvers())
