@@ -11,8 +11,7 @@ import pytest
 from deqloop.cli.flags import add_dataclass_flags
 from deqloop.errors import ConfigError, ConfigKeyError
 from deqloop.flat_names import leaves, nest
-from deqloop.model import Architecture, LoopedDEQ, SolveSettings
-from deqloop.model.config import ModelSettings
+from deqloop.model import Architecture, LoopedDEQ, ModelSettings, SolveSettings
 from deqloop.train.config import DEFAULT_RECIPE, TrainConfig, stored_flat, upgrade_stored
 
 

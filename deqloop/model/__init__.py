@@ -1,6 +1,6 @@
 """The looped transformer: config (architecture + solve settings), layers, and the model.
 
-    deqloop/model/config.py     Architecture, SolveSettings, LoopedDEQConfig
+    deqloop/model/config.py     ModelSettings, Architecture, SolveSettings, LoopedDEQConfig
     deqloop/model/residual.py   around each sublayer: injection (recall), norms, residual merge
     deqloop/model/layers.py     MLP, the block, a stack of untied blocks, readout
     deqloop/model/looped.py     LoopedDEQ: embed, step, iterate, solve, read out
@@ -21,10 +21,11 @@ from deqloop.model.config import (
     SOLVE_SETTINGS,
     Architecture,
     LoopedDEQConfig,
+    ModelSettings,
     SolveSettings,
 )
 from deqloop.model.looped import LoopedDEQ, LoopOutput
 
 __all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "EARLIER_FORMS", "INITS", "LoopOutput", "LoopedDEQ", "LoopedDEQConfig",
-           "NORMS", "NORM_WEIGHTS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS", "SOLVE_SETTINGS",
+           "ModelSettings", "NORMS", "NORM_WEIGHTS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS", "SOLVE_SETTINGS",
            "SolveSettings"]

@@ -25,8 +25,8 @@ from typing import Any
 from deqloop.adjoint import Backward, Implicit
 from deqloop.errors import ConfigError
 from deqloop.flat_names import leaves, nest
-from deqloop.model import Architecture, LoopedDEQConfig, SolveSettings
-from deqloop.model.config import SOLVE_SETTINGS, ModelSettings
+from deqloop.model import Architecture, LoopedDEQConfig, ModelSettings, SolveSettings
+from deqloop.model.config import SOLVE_SETTINGS
 from deqloop.tasks import DEFAULT_TASK, Task, get_task, task_class
 from deqloop.train.settings import (AMP_MODES, LOSSES, SCHEDULES, EvalSettings, ObjectiveSettings, OptimSettings,
                                     RunSettings)
