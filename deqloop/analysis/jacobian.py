@@ -230,7 +230,6 @@ def _arpack(jac: LoopJacobian, start: Tensor, *, k: int, ncv: int, tol: float, m
     require("scipy", "eig_method='arpack'")
     from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigs
 
-
     B, n = jac.batch, jac.dim
     if n < 3:
         raise ValueError(f"ARPACK needs a state dimension of at least 3, got {n}; use method='krylov'")
