@@ -1,68 +1,44 @@
 """Sweep presets: which configurations to train, at what scale, and how to measure them.
 
-A run is one point of the grid recall × norm × regime × task × seed. ``regime`` is how the loop
-is trained: ``"progressive"`` (backpropagation through plain iterations, the truncated progressive
-term weighted by ``alpha = 0.5``, z₀ detached at n = 0: the form the committed results were
-measured with; the paper's is ``alpha = 1`` with z₀'s gradient, the ``paper`` preset's), ``"implicit"`` (fixed-point training with
-exact implicit differentiation) or ``"phantom"`` (fixed-point training with the phantom
-gradient: backpropagation through 5 damped steps, τ = 0.8, from the detached fixed point).
+A run is one point of the grid recall × norm × regime × task × seed (× learning rate where a preset
+sweeps it). Each task's training settings are a named recipe (``deqloop/train/recipes.py``,
+``<preset>/<task>``: what each is for and what it costs); a cell adds its recall, norm, regime
+(:data:`REGIME_TRAIN`), learning rate and seed. ``regime`` is how the loop is trained: ``"paper"``
+(the paper's progressive loss: ``alpha = 1``, z₀'s gradient kept at n = 0, its schedule),
+``"progressive"`` (``alpha = 0.5``, z₀ detached: the form the committed cpu results were measured
+with), ``"implicit"`` / ``"phantom"`` (fixed-point training with exact implicit differentiation, or
+backpropagation through 5 damped steps, τ = 0.8, from the detached fixed point) and those with one
+fixed-point training recipe added (``implicit+warm``, ``phantom+budget``, ...).
 
 * ``tiny``: seconds per run on CPU; for tests and for checking a machine.
-* ``cpu``: small widths and short training, seed 0, on the 2-core machine with two runs at a
-  time (measured there, training plus evaluation and analysis):
-
-  - prefix sums, the whole grid of recall × norm × regime (36 runs), the regimes being the
-    progressive loss and fixed-point training with the recipe that did best for each gradient in
-    the ``recipes`` ablation judged by the Anderson solve (``phantom+budget``,
-    ``implicit+fallback+warm+budget``): about 2.5 min a run, about 45 min in all with two at a
-    time;
-  - sudoku by blanks (train 4–24, hard 25–35, also tested on 36–45 and 46–55 blanks): all recalls
-    × post and sandwich norm × progressive (6 runs), 500 steps, about 10 min of training a run;
-  - chess, the same grid: 15–30 min a run.
-
-  Everything else (other norms and regimes, more seeds) is one flag away, at the same scale:
-  ``--norms``, ``--regimes`` and ``--seeds`` replace the default grid's axis for every task.
-* ``recipes``: the fixed-point training recipes on the cpu prefix-sums cell (internal recall,
-  post norm, width 32, local window 3, train 4–12 bits, test 48): each recipe alone (warm start,
-  Jacobian penalty, fixed-point correction, mixed initial states, a contractive gate, a
-  40-iteration budget) with the
-  exact implicit and with the phantom gradient, the Neumann adjoint, and the plain regimes beside
-  them, 3 seeds each (``regime`` names like ``implicit+warm``; see ``REGIME_TRAIN``).
-* ``paper``: the paper's prefix-sums split on CPU in the paper's regime (train on lengths 8–32
-  bits, reached by a difficulty schedule from 4–8 bits over the first 900 of 1,500 steps; test at
-  512 bits with up to 600 iterations): internal recall, post norm, width 32, local attention over
-  5 cells (the paper's kernel), trained with the paper's progressive loss (``alpha = 1``, z₀'s
-  gradient kept at n = 0) through 30 iterations and its schedule (exponential warm-up over 150
-  steps, ×0.1 from step 900), 3 seeds. Summaries go to ``results/paper_split`` (their run names
-  are the cpu grid's).
-* ``chess``: chess at a larger CPU budget, one run of about 45 min in the background: the cpu
-  chess cell (internal recall, post norm, width 64) trained for 3,000 steps on the whole ≤ 1600
-  Lichess file (batch 64, about 10 passes), tested on 1,024 puzzles rated 1601–2000 beside the
-  random-legal and greedy baselines. Summaries go to ``results/chess_long``.
-* ``seed-gpu``: the paper's own grid, as its authors ran it (``experiments/run_all.bash``): recall
-  internal / external / none / fixed (the untied baseline: 15 different blocks, no recall, one
-  iteration) × residual peri / pre / gru (GRU-cell merge, peri norm) / post × prefix sums (32 → 512
-  bits, local attention of kernel 5), sudoku (Sudoku-Extreme split at its 80th rating percentile:
-  ``--sudoku-extreme DIR`` with its ``train.csv`` and ``test.csv``) and chess (Lichess ≤ 1600 →
-  1601–2000) × lr 1e-4, 3e-4, 1e-3 (sudoku also 3e-3) × seeds 0, 1, 2, in the ``paper`` regime
-  (progressive loss, alpha 1, z₀'s gradient kept at n = 0, training depth 30, the paper's
-  schedule), width 256, 8 heads, batch 500, bf16, tested at 1…500 iterations; summaries go to
-  ``results/seed_gpu``. ``benchmarks/gpu.sh`` runs it on a GPU.
-* ``seed-cpu``: the same grid and regime scaled to 2 CPU cores: width 32 (64 on boards), 4 heads,
-  batch 64, 600 steps on prefix sums (1,500 on boards), sudoku by blanks (4–24 → 25–35, since
-  Sudoku-Extreme is not bundled), 128 test examples; every other setting the paper's. Summaries go
-  to ``results/seed_cpu``. Measured (prefix sums, internal recall, post norm, lr 1e-3, one
-  thread): about 7 min of CPU time a run (2.7 min training, 3.8 min evaluation at 512 bits up to
-  500 iterations, 0.4 min analysis); 30 min of wall time on the 2-core machine shared with a
-  dozen other processes. The 144 prefix-sums runs take about 8.5 h with two at a time on a
-  quiet machine; that first run reached 87.5 % on 32 bits and 10.2 % on 512 bits at 500
-  iterations.
+* ``cpu``: deqloop's own grid on the 2-core machine, seed 0, two runs at a time: prefix sums over
+  recall × norm × {progressive, ``phantom+budget``, ``implicit+fallback+warm+budget``} (the recipes
+  that did best per gradient in the ``recipes`` ablation), about 2.5 min a run, 45 min in all;
+  sudoku by blanks (train 4–24, hard 25–35, also tested on 36–45 and 46–55) and chess, post and
+  sandwich norm, progressive, about 10 and 15–30 min of training a run. ``--norms``,
+  ``--regimes`` and ``--seeds`` replace the default grid's axis for every task.
+* ``recipes``: each fixed-point training recipe alone, with both gradients, the Neumann adjoint and
+  the plain regimes beside them, on the cpu prefix-sums cell (internal recall, post norm), 3 seeds.
+* ``paper``: the paper's prefix-sums split on CPU in the paper's regime (train 8–32 bits by a
+  difficulty schedule, test 512 up to 600 iterations), 3 seeds; summaries in ``results/paper_split``.
+* ``chess``: the cpu chess cell for 3,000 steps on the whole ≤ 1600 Lichess file (about 45 min),
+  tested on 1,024 puzzles rated 1601–2000 beside the random-legal and greedy baselines;
+  summaries in ``results/chess_long``.
+* ``seed-gpu``: the paper's own grid as its authors ran it (``experiments/run_all.bash``): recall
+  internal / external / none / fixed (the untied baseline: 15 blocks, one iteration) × residual
+  peri / pre / gru (GRU-cell merge, peri norm) / post × prefix sums (32 → 512 bits), sudoku
+  (Sudoku-Extreme at its 80th rating percentile: ``--sudoku-extreme DIR``) and chess (Lichess
+  ≤ 1600 → 1601–2000) × lr 1e-4, 3e-4, 1e-3 (sudoku also 3e-3) × seeds 0, 1, 2 in the ``paper``
+  regime, width 256, batch 500, bf16, tested at 1…500 iterations; ``benchmarks/gpu.sh`` runs it.
+* ``seed-cpu``: the same grid and regime on 2 CPU cores (width 32, 64 on boards; batch 64; 600
+  steps on prefix sums, 1,500 on boards; sudoku by blanks; 128 test examples). Measured (prefix
+  sums, internal recall, post norm, lr 1e-3, one thread): about 7 min of CPU time a run (2.7 min
+  training, 3.8 min evaluation at 512 bits up to 500 iterations, 0.4 min analysis); the 144
+  prefix-sums runs take about 8.5 h with two at a time on a quiet machine.
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA) on deqloop's cpu grid.
 
-The cpu, recipes and gpu presets run the stability monitor (``stability_every``: every 25 steps
-on CPU, about 5 % of a prefix-sums run's training time by ``benchmarks/monitor.py``), seed-cpu
-every 50 steps and seed-gpu every 100–250; its traces go into each run's summary, and RESULTS.md
-draws ρ over training for the seed presets.
+Every preset but ``tiny`` runs the stability monitor (``stability_every`` in its recipes; about 5 %
+of a prefix-sums run's training time by ``benchmarks/monitor.py``); RESULTS.md draws its ρ traces.
 """
 
 from __future__ import annotations
@@ -75,38 +51,37 @@ from typing import Any
 from deqloop.names import NORMS, RECALLS
 from deqloop.train.recipes import EARLIER_PROGRESSIVE, PAPER_PROGRESSIVE, get_recipe, nested
 
-# the regimes name their recipes explicitly: no warm start unless a regime asks for one (the
-# equilibrium loss's default recipe would otherwise add it; deqloop.train.config.DEFAULT_RECIPE)
+# The regimes name their recipes explicitly: no warm start unless a regime asks for one (the
+# equilibrium loss's default recipe would otherwise add it; deqloop.train.config.DEFAULT_RECIPE).
 _EQ = {"loss": "equilibrium", "solver": "anderson", "pretrain_steps": 0}
-_PHANTOM = {"backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8}}
-# the progressive regimes below keep the form their committed results were measured with: z0
-# detached at n = 0 (the paper's form, z0's gradient kept, is TrainConfig's default)
-_WARM = {"pretrain_fraction": 2 / 3, "alpha": 0.5, "detach_z0": True}  # the first two thirds of the steps progressive
-# Each fixed-point training recipe alone (deqloop/train/objectives.py), with the exact implicit
-# gradient and with the phantom gradient; the budget recipe runs the solver to 40 iterations.
-_RECIPES = {"budget": {"max_iter": 40}, "warm": _WARM, "jac": {"jac_reg": 0.1}, "fp": {"fp_states": 3},
-            "mixed": {"train_init": "mixed"}, "gate": {"gate": 0.5}}
+_GRADIENTS = {"implicit": {**_EQ, "backward": "implicit"},
+              "phantom": {**_EQ, "backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8}},
+              "neumann": {**_EQ, "backward": "neumann", "backward_options": {"k": 5}}}
+# Each fixed-point training recipe (deqloop/train/objectives.py); "budget" runs the solver to 40
+# iterations; "warm" trains the first two thirds of the steps by the progressive loss (alpha 0.5, z0
+# detached: the form its committed results were measured with).
+_RECIPES = {"budget": {"max_iter": 40}, "warm": {"pretrain_fraction": 2 / 3, "alpha": 0.5, "detach_z0": True},
+            "jac": {"jac_reg": 0.1}, "fp": {"fp_states": 3}, "mixed": {"train_init": "mixed"}, "gate": {"gate": 0.5}}
+# the exact implicit gradient where the solves converged, the Jacobian-free one elsewhere
+_PARTS = {**_RECIPES, "fallback": {"backward_options": {"fallback": "jfb"}}}
+
+
+def _regime(name: str) -> dict[str, Any]:
+    """The fields of regime ``"gradient+part+..."``: the gradient's, then each part's in turn."""
+    gradient, *parts = name.split("+")
+    return {k: v for d in (_GRADIENTS[gradient], *(_PARTS[p] for p in parts)) for k, v in d.items()}
+
+
 REGIME_TRAIN: dict[str, dict[str, Any]] = {
-    # the paper's regime: the progressive loss with alpha 1 and z0's gradient kept at n = 0, the
-    # paper's learning-rate schedule (deepthinking/utils/training.py, train_model.py)
-    "paper": dict(PAPER_PROGRESSIVE),
+    "paper": dict(PAPER_PROGRESSIVE),  # the paper's regime (deqloop.train.recipes.PAPER_PROGRESSIVE)
     "progressive": dict(EARLIER_PROGRESSIVE),
-    "implicit": {**_EQ, "backward": "implicit"},
-    "phantom": {**_EQ, **_PHANTOM},
-    **{f"implicit+{name}": {**_EQ, "backward": "implicit", **r} for name, r in _RECIPES.items()},
-    **{f"phantom+{name}": {**_EQ, **_PHANTOM, **r} for name, r in _RECIPES.items()},
-    "neumann+budget": {**_EQ, "backward": "neumann", "backward_options": {"k": 5}, "max_iter": 40},
-    # combinations: the warm start with an approximate adjoint and the 40-iteration budget did best
-    # in single-seed trials (48 bits: phantom 84 %, Neumann 89 %; exact implicit 1 %)
-    "phantom+warm+budget": {**_EQ, **_PHANTOM, **_WARM, "max_iter": 40},
-    "neumann+warm+budget": {**_EQ, "backward": "neumann", "backward_options": {"k": 5}, **_WARM, "max_iter": 40},
-    "implicit+warm+budget": {**_EQ, "backward": "implicit", **_WARM, "max_iter": 40},
-    # the exact implicit gradient where the solves converged, the Jacobian-free one elsewhere
-    "implicit+fallback+budget": {**_EQ, "backward": "implicit", "backward_options": {"fallback": "jfb"},
-                                 "max_iter": 40},
-    # ... after a warm start
-    "implicit+fallback+warm+budget": {**_EQ, "backward": "implicit", "backward_options": {"fallback": "jfb"},
-                                      **_WARM, "max_iter": 40},
+    # each recipe alone with both gradients; then the combinations: the warm start with an approximate
+    # adjoint and the 40-iteration budget did best in single-seed trials (48 bits: phantom 84 %,
+    # Neumann 89 %; exact implicit 1 %)
+    **{name: _regime(name) for name in (
+        "implicit", "phantom", *(f"{g}+{r}" for g in ("implicit", "phantom") for r in _RECIPES), "neumann+budget",
+        "phantom+warm+budget", "neumann+warm+budget", "implicit+warm+budget", "implicit+fallback+budget",
+        "implicit+fallback+warm+budget")},
 }
 REGIMES = tuple(REGIME_TRAIN)
 
@@ -114,10 +89,9 @@ REGIMES = tuple(REGIME_TRAIN)
 # 57-77 of the authors' code): the recall "fixed" (the untied baseline: 15 different blocks, no
 # recall, trained and tested at one iteration) and the residual row "gru" (a GRU-cell merge with
 # peri norm). A run spec names them as its recall and its norm; ``Preset.train_fields`` turns them
-# into the model's settings (PAPER_ROWS).
-FIXED_BLOCKS = 15
+# into the model's settings.
 PAPER_ROWS: dict[str, dict[str, Any]] = {
-    "fixed": {"recall": "none", "blocks": FIXED_BLOCKS, "max_iter": 1},
+    "fixed": {"recall": "none", "blocks": 15, "max_iter": 1},
     "gru": {"residual": "gru", "norm": "peri"},
 }
 SPEC_RECALLS = (*RECALLS, "fixed")
@@ -126,21 +100,19 @@ _AXES: dict[str, tuple[str, ...] | None] = {"recall": SPEC_RECALLS, "norm": SPEC
                                             "lr": None, "seed": None}
 
 
-def _outside(axis: str, values: tuple) -> list:
-    """The values not allowed on ``axis`` (seeds: anything but a non-negative integer; learning
-    rates: anything but a positive number)."""
-    allowed = _AXES[axis]
+def _check(axis: str, values: tuple, what: str, empty: bool = False) -> None:
+    """Raise ValueError ``"{what} [bad values]; allowed: ..."`` where ``values`` holds a value not allowed
+    on ``axis`` (seeds: non-negative integers; learning rates: positive numbers), or is empty unless ``empty``."""
     if axis == "lr":
-        return [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0]
-    if allowed is None:
-        return [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 0]
-    return [v for v in values if v not in allowed]
-
-
-def _allowed(axis: str) -> str:
-    if axis == "lr":
-        return "positive numbers"
-    return ", ".join(_AXES[axis]) if _AXES[axis] is not None else "non-negative integers"
+        bad, allowed = [v for v in values if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0], \
+            "positive numbers"
+    elif _AXES[axis] is None:
+        bad, allowed = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 0], \
+            "non-negative integers"
+    else:
+        bad, allowed = [v for v in values if v not in _AXES[axis]], ", ".join(_AXES[axis])
+    if bad or not (values or empty):
+        raise ValueError(f"{what} {bad}; allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -199,26 +171,22 @@ class Preset:
     with another's, e.g. the same cell at another split, keeps them apart)."""
 
     def __post_init__(self) -> None:
+        where = f"preset {self.name!r}"
         if not self.tasks:
-            raise ValueError(f"preset {self.name!r} names no tasks")
-        for name, axis, values in (("recalls", "recall", self.recalls), ("norms", "norm", self.norms),
-                                   ("regimes", "regime", self.regimes), ("lrs", "lr", self.lrs or (1.0,))):
-            if _outside(axis, values) or not values:
-                raise ValueError(f"preset {self.name!r}: {name} {list(values)} — allowed: {_allowed(axis)}")
+            raise ValueError(f"{where} names no tasks")
+        for axis, values in (("recall", self.recalls), ("norm", self.norms), ("regime", self.regimes),
+                             ("lr", self.lrs or (1.0,))):
+            _check(axis, values, f"{where}: {axis}s")
         missing = [t for t in self.tasks if t not in self.train]
         if missing:
-            raise ValueError(f"preset {self.name!r} has no training settings for task(s) {missing}")
+            raise ValueError(f"{where} has no training settings for task(s) {missing}")
         for task, axes in self.task_grid.items():
             if task not in self.tasks:
-                raise ValueError(f"preset {self.name!r}: task_grid names task {task!r}, not one of its tasks "
-                                 f"{', '.join(self.tasks)}")
+                raise ValueError(f"{where}: task_grid names task {task!r}, not one of its tasks {', '.join(self.tasks)}")
             for key, values in axes.items():
                 if key not in _AXES:
-                    raise ValueError(f"preset {self.name!r}: task_grid[{task!r}] has unknown axis {key!r}; "
-                                     f"allowed: {', '.join(_AXES)}")
-                if _outside(key, values) or not values:
-                    raise ValueError(f"preset {self.name!r}: task_grid[{task!r}][{key!r}] = {list(values)} — "
-                                     f"allowed: {_allowed(key)}")
+                    raise ValueError(f"{where}: task_grid[{task!r}] has unknown axis {key!r}; allowed: {', '.join(_AXES)}")
+                _check(key, values, f"{where}: task_grid[{task!r}][{key!r}] =")
 
     def grid(self, task: str) -> dict[str, tuple]:
         """The default grid of ``task``: the preset's axes, narrowed by ``task_grid`` where it names them."""
@@ -242,9 +210,8 @@ class Preset:
         if bad:
             raise ValueError(f"task {bad} not in preset {self.name!r}: {', '.join(self.tasks)}")
         for key, values in only.items():
-            bad = _outside(key, values or ()) if key != "task" else []
-            if bad:
-                raise ValueError(f"{key} {bad}; allowed: {_allowed(key)}")
+            if key != "task":
+                _check(key, values or (), key, empty=True)
         specs = []
         for task in tasks:
             grid = {**self.grid(task), **{k: v for k, v in only.items() if v and k != "task"}}
@@ -256,9 +223,8 @@ class Preset:
         """The TrainConfig fields of ``spec`` (without ``out``)."""
         train = self.train[spec.task]
         fields = {"task": spec.task, **train, "task_options": dict(train.get("task_options", {})),
-                  **self.regime_train[spec.regime], "recall": spec.recall, "norm": spec.norm, "seed": spec.seed}
-        for row in (spec.recall, spec.norm):  # the paper's rows "fixed" and "gru" as model settings
-            fields.update(PAPER_ROWS.get(row, {}))
+                  **self.regime_train[spec.regime], "recall": spec.recall, "norm": spec.norm, "seed": spec.seed,
+                  **PAPER_ROWS.get(spec.recall, {}), **PAPER_ROWS.get(spec.norm, {})}  # the paper's rows as settings
         if spec.recall == "fixed":
             fields.pop("depth_offset", None)  # one iteration, whatever the input's length
         if spec.lr is not None:
@@ -292,106 +258,45 @@ def _cell(name: str) -> dict[str, Any]:
 # A sudoku or chess run takes 15–30 min on one core, so their default CPU grid is post and
 # sandwich norm under the progressive regime; other cells are one flag away (--norms, --regimes).
 _SMALL_GRID: dict[str, tuple] = {"norm": ("post", "sandwich"), "regime": ("progressive",)}
-
-# The paper's grid (experiments/run_all.bash of the authors' code): recall internal / external /
-# none / fixed × residual peri / pre / gru / post × prefix sums, sudoku, chess × lr 1e-4, 3e-4, 1e-3
-# × seeds 0, 1, 2, trained by the progressive loss (alpha 1, z0's gradient at n = 0) at 30
-# iterations with the paper's schedule, AdamW (weight decay 0.01, clip 1), width 256, 8 heads,
-# local attention of kernel 5 on prefix sums and full attention on boards, batch 500, bf16, and
-# tested at 1…500 iterations (recipes seed-gpu/*). The sudoku grid also runs lr 3e-3 (the paper's
-# sudoku tables). seed-cpu/* are the same grid and regime on 2 CPU cores: width 32 (4 heads), batch
-# 64 and fewer steps; sudoku by blanks since Sudoku-Extreme is not bundled (see the ``seed-cpu``
-# entry of the module docstring for what it costs).
+# The paper's grid (experiments/run_all.bash of the authors' code; the module docstring's seed-gpu);
+# the sudoku grid also runs lr 3e-3 (the paper's sudoku tables).
 _SEED_GRID = dict(recalls=("internal", "external", "none", "fixed"), norms=("peri", "pre", "gru", "post"),
-                  regimes=("paper",), lrs=(1e-4, 3e-4, 1e-3), seeds=(0, 1, 2))
-_SEED_LRS = {"sudoku": {"lr": (1e-4, 3e-4, 1e-3, 3e-3)}}
-_SEED_EVAL = (1, 2, 5, 10, 20, 30, 50, 100, 200, 300, 400, 500)
+                  regimes=("paper",), lrs=(1e-4, 3e-4, 1e-3), seeds=(0, 1, 2),
+                  task_grid={"sudoku": {"lr": (1e-4, 3e-4, 1e-3, 3e-3)}},
+                  eval_iters=(1, 2, 5, 10, 20, 30, 50, 100, 200, 300, 400, 500))
 _TASKS = ("prefix_sums", "sudoku", "chess")
+_ANALYSIS = dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False)  # a CPU's budget
+_ONE_CELL = dict(recalls=("internal",), norms=("post",))
 
 
-PRESETS: dict[str, Preset] = {
-    "tiny": Preset(
-        name="tiny",
-        tasks=("prefix_sums",),
-        seeds=(0,),
-        recalls=("none", "internal"),
-        norms=("post",),
-        train={"prefix_sums": _cell("tiny/prefix_sums")},
-        eval_iters=(1, 4, 8, 16),
-        eval_n=32,
-        analyze_n=4,
-        analysis=dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3, linear_maxiter=3,
-                      refine_max_iter=50, directions=2, progress=False),
-    ),
-    "cpu": Preset(
-        name="cpu",
-        tasks=("prefix_sums", "sudoku", "chess"),
-        seeds=(0,),
-        train={"prefix_sums": _cell("cpu/prefix_sums"), "sudoku": _cell("cpu/sudoku"), "chess": _cell("cpu/chess")},
-        task_grid={"prefix_sums": {"regime": ("progressive", "phantom+budget", "implicit+fallback+warm+budget")},
-                   "sudoku": _SMALL_GRID, "chess": _SMALL_GRID},
-        extra_sets={"sudoku": ("blanks:36-45", "blanks:46-55")},
-        eval_n=256,
-        analyze_n=16,
-        analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
-    ),
-    "recipes": Preset(
-        name="recipes",
-        tasks=("prefix_sums",),
-        seeds=(0, 1, 2),
-        recalls=("internal",),
-        norms=("post",),
-        regimes=REGIMES,
-        train={"prefix_sums": _cell("cpu/prefix_sums")},
-        eval_n=256,
-        analyze_n=16,
-        analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
-    ),
-    "paper": Preset(
-        name="paper",
-        tasks=("prefix_sums",),
-        seeds=(0, 1, 2),
-        recalls=("internal",),
-        norms=("post",),
-        regimes=("progressive",),
-        train={"prefix_sums": _cell("paper/prefix_sums")},
-        regime_train={**REGIME_TRAIN, "progressive": {"loss": "progressive"}},  # the paper's form, its defaults
-        eval_iters=(1, 10, 30, 100, 300, 500, 600),
-        eval_n=128,
-        analyze_n=8,
-        analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
-        results="results/paper_split",
-    ),
-    "chess": Preset(
-        name="chess",
-        tasks=("chess",),
-        seeds=(0,),
-        recalls=("internal",),
-        norms=("post",),
-        regimes=("progressive",),
-        train={"chess": _cell("chess/chess")},
-        eval_iters=(1, 2, 4, 8, 12, 16, 24, 48),
-        eval_n=1024,
-        analyze_n=16,
-        analysis=dict(eig_ncv=12, eig_maxiter=10, resolvent_ncv=6, resolvent_maxiter=4, progress=False),
-        results="results/chess_long",
-    ),
-    **{name: Preset(name=name, tasks=_TASKS, train={t: _cell(f"{name}/{t}") for t in _TASKS}, task_grid=_SEED_LRS,
-                    eval_iters=_SEED_EVAL, eval_n=eval_n, analyze_n=analyze_n, analysis=dict(analysis, progress=False),
-                    results=f"results/{name.replace('-', '_')}", **_SEED_GRID)
-       for name, eval_n, analyze_n, analysis in (
-           ("seed-gpu", 1000, 64, {}),
-           ("seed-cpu", 128, 8, dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3)))},
-    "gpu": Preset(
-        name="gpu",
-        tasks=_TASKS,
-        seeds=(0, 1, 2),
-        train={t: _cell(f"gpu/{t}") for t in _TASKS},
-        eval_n=2048,
-        analyze_n=64,
-        analysis=dict(progress=False),
-    ),
-}
+def _preset(name: str, tasks: tuple[str, ...] = ("prefix_sums",), recipe: str | None = None, **kw: Any) -> Preset:
+    """Preset ``name`` with each task's training settings from recipe ``<recipe or name>/<task>``."""
+    return Preset(name=name, tasks=tasks, train={t: _cell(f"{recipe or name}/{t}") for t in tasks}, **kw)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    _preset("tiny", seeds=(0,), recalls=("none", "internal"), norms=("post",), eval_iters=(1, 4, 8, 16), eval_n=32,
+            analyze_n=4, analysis=dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3, linear_maxiter=3,
+                                       refine_max_iter=50, directions=2, progress=False)),
+    _preset("cpu", _TASKS, seeds=(0,), task_grid={
+        "prefix_sums": {"regime": ("progressive", "phantom+budget", "implicit+fallback+warm+budget")},
+        "sudoku": _SMALL_GRID, "chess": _SMALL_GRID}, extra_sets={"sudoku": ("blanks:36-45", "blanks:46-55")},
+        eval_n=256, analyze_n=16, analysis=_ANALYSIS),
+    _preset("recipes", recipe="cpu", seeds=(0, 1, 2), **_ONE_CELL, regimes=REGIMES, eval_n=256, analyze_n=16,
+            analysis=_ANALYSIS),
+    _preset("paper", seeds=(0, 1, 2), **_ONE_CELL, regimes=("progressive",),
+            regime_train={**REGIME_TRAIN, "progressive": {"loss": "progressive"}},  # the paper's form, its defaults
+            eval_iters=(1, 10, 30, 100, 300, 500, 600), eval_n=128, analyze_n=8, analysis=_ANALYSIS,
+            results="results/paper_split"),
+    _preset("chess", ("chess",), seeds=(0,), **_ONE_CELL, regimes=("progressive",),
+            eval_iters=(1, 2, 4, 8, 12, 16, 24, 48), eval_n=1024, analyze_n=16, analysis=_ANALYSIS,
+            results="results/chess_long"),
+    _preset("seed-gpu", _TASKS, eval_n=1000, analyze_n=64, analysis=dict(progress=False), results="results/seed_gpu",
+            **_SEED_GRID),
+    _preset("seed-cpu", _TASKS, eval_n=128, analyze_n=8, results="results/seed_cpu", **_SEED_GRID,
+            analysis=dict(eig_ncv=8, eig_maxiter=5, resolvent_ncv=4, resolvent_maxiter=3, progress=False)),
+    _preset("gpu", _TASKS, seeds=(0, 1, 2), eval_n=2048, analyze_n=64, analysis=dict(progress=False)),
+)}
 
 
 def get_preset(name: str) -> Preset:
