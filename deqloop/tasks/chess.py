@@ -216,12 +216,18 @@ def _sources(files: Sequence[str], encoding: str) -> list[tuple[Tensor, Tensor, 
 
 
 def _find(sources: Sequence[tuple[Tensor, Tensor, ChessMeta]], x: Tensor, y: Tensor) -> tuple[ChessMeta, int] | None:
-    """The first known example with this board ``x`` and target ``y``: its details and index."""
+    """The first known example with this board ``x`` and target ``y``: its details and index. Eight
+    squares at a time, among the examples that agree so far (the first eight read every example
+    once; a pool of millions takes a fraction of a second)."""
     for px, py, meta in sources:
-        same = (px.flatten(1) == x.flatten()).all(dim=1) & (py.flatten(1) == y.flatten()).all(dim=1)
-        hit = torch.nonzero(same).flatten()
-        if len(hit):
-            return meta, int(hit[0])
+        rows: Tensor | None = None  # the examples that agree so far (None: all)
+        for pool, want in ((px.flatten(1), x.flatten()), (py.flatten(1), y.flatten())):
+            for c in range(0, pool.shape[1], 8):
+                block = pool[:, c:c + 8] if rows is None else pool[rows, c:c + 8]
+                agree = (block == want[c:c + 8]).all(dim=1)
+                rows = torch.nonzero(agree).flatten() if rows is None else rows[agree]
+        if rows is not None and len(rows):
+            return meta, int(rows[0])
     return None
 
 
