@@ -28,8 +28,8 @@ def test_gpu_check_runs_tiny_on_the_cpu(tmp_path):
     assert report["cell"]["analysed"] == ["hard", "val"]
     assert report["cell"]["cell"] == "prefix_sums/internal-peri-paper-lr0.0001-s0"  # seed-gpu's first cell
     stored = json.loads((tmp_path / "cell" / "prefix_sums" / "internal-peri-paper-lr0.0001-s0" / "config.json").read_text())
-    assert (stored["width"], stored["max_iter"], stored["schedule"], stored["alpha"], stored["lr"]) == (
-        16, 30, "paper", 1.0, 1e-4)
+    assert (stored["model"]["width"], stored["solve"]["max_iter"], stored["optim"]["schedule"],
+            stored["objective"]["alpha"], stored["optim"]["lr"]) == (16, 30, "paper", 1.0, 1e-4)
 
 
 @pytest.mark.slow  # a minute or more
