@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from deqloop.adjoint import Backward, Implicit
 from deqloop.errors import ConfigError
-from deqloop.flat_names import leaves, nest
+from deqloop.flat_names import group_class, leaves, nest
 from deqloop.model import Architecture, LoopedDEQConfig, ModelSettings, SolveSettings
 from deqloop.model.config import SOLVE_SETTINGS
 from deqloop.tasks import DEFAULT_TASK, Task, get_task, task_class
@@ -194,8 +195,9 @@ class TrainConfig:
         return cls.from_dict(nest_flat({**(values or {}), **more}))
 
 
-_GROUPS: dict[str, type] = {"model": ModelSettings, "objective": ObjectiveSettings, "solve": SolveSettings,
-                            "optim": OptimSettings, "eval": EvalSettings, "run": RunSettings}
+_HINTS = typing.get_type_hints(TrainConfig)
+_GROUPS: dict[str, type] = {f.name: kind for f in dataclasses.fields(TrainConfig)  # model: ModelSettings, ...
+                            if (kind := group_class(_HINTS[f.name])) is not None}
 _PROGRESSIVE_BACKWARD = ("backward and backward_options apply to loss='equilibrium'; the progressive loss "
                          "backpropagates through plain iterations")
 
