@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,17 +39,11 @@ class SlurmOptions:
     extra: dict[str, Any] = field(default_factory=dict)  # any other sbatch option, e.g. {"account": "x"}
 
     def parameters(self) -> dict[str, Any]:
-        p: dict[str, Any] = {"timeout_min": self.time_min, "cpus_per_task": self.cpus, "tasks_per_node": 1,
-                             "nodes": 1, "slurm_array_parallelism": self.parallel}
-        if self.gpus:
-            p["gpus_per_node"] = self.gpus
-        if self.partition:
-            p["slurm_partition"] = self.partition
-        if self.mem_gb:
-            p["mem_gb"] = self.mem_gb
-        if self.extra:
-            p["slurm_additional_parameters"] = dict(self.extra)
-        return p
+        """submitit's parameters (those unset left out)."""
+        optional = {"gpus_per_node": self.gpus, "slurm_partition": self.partition, "mem_gb": self.mem_gb,
+                    "slurm_additional_parameters": dict(self.extra)}
+        return {"timeout_min": self.time_min, "cpus_per_task": self.cpus, "tasks_per_node": 1, "nodes": 1,
+                "slurm_array_parallelism": self.parallel, **{k: v for k, v in optional.items() if v}}
 
 
 class RunJob:
@@ -116,16 +109,11 @@ def _submitit(jobs: list[tuple[str, RunJob]], launcher: str, folder: Path | None
         executor.update_parameters(timeout_min=slurm.time_min)
     else:
         executor = submitit.DebugExecutor(folder=str(folder))
-    submitted = []
+    submitted = {}
     for name, job in jobs:
         if launcher == "slurm":
             executor.update_parameters(name=name)
-        submitted.append((name, executor.submit(job)))
-    pending = list(submitted)
-    while pending:
-        finished = [(n, j) for n, j in pending if j.done()]
-        for name, job in finished:
-            pending.remove((name, job))
-            yield name, job.result()
-        if pending and not finished:
-            time.sleep(poll_seconds)
+        submitted[name] = executor.submit(job)
+    names = {id(j): n for n, j in submitted.items()}
+    for job in submitit.helpers.as_completed(list(submitted.values()), poll_frequency=poll_seconds):
+        yield names[id(job)], job.result()

@@ -1,20 +1,18 @@
-"""What a run's metrics log says about its training: the numbers a sweep stores and a report reads.
-
-Standard library only, so that reading results does not need torch.
-"""
+"""What a run's metrics log says about its training: the numbers a sweep stores and a report reads."""
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
 
+from deqloop.train.metrics import read_metrics
+
 
 def median(values: list[float]) -> float | None:
     """The median of the finite values (None when there are none)."""
-    values = [v for v in values if v is not None and math.isfinite(v)]
+    values = [float(v) for v in values if v is not None and math.isfinite(v)]
     return statistics.median(values) if values else None
 
 
@@ -25,15 +23,8 @@ def mean(values: list[Any]) -> float | None:
 
 
 def records(metrics_path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of a run's metrics log, lines torn by a kill skipped; [] without a log."""
-    found = []
-    if metrics_path.exists():
-        for line in metrics_path.read_text().splitlines():
-            try:
-                found.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return found
+    """The records of a run's metrics log (:func:`deqloop.train.metrics.read_metrics`); [] without a log."""
+    return list(read_metrics(metrics_path)) if Path(metrics_path).exists() else []
 
 
 def training_numbers(metrics_path: Path) -> dict[str, Any]:

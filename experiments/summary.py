@@ -79,6 +79,14 @@ def paper_numbers(evaluation: dict[str, Any], iterations: int = PAPER_ITERATIONS
             "best": {k: best_accuracy(curves, k) for k in splits}}
 
 
+def with_paper_numbers(run: dict[str, Any]) -> dict[str, Any]:
+    """``run`` with its evaluation's paper number and best over counts (:func:`paper_numbers`) where its
+    summary predates them: the run's own fields win."""
+    ev, iterations = run.get("eval") or {}, paper_iterations(run.get("train_config"))
+    own = {k: ev[k] for k in ("paper", "best") if k in ev and (k == "best" or ev[k].get("iterations") == iterations)}
+    return run if len(own) == 2 else {**run, "eval": {**ev, **paper_numbers(ev, iterations), **own}}
+
+
 def summarize(result: dict[str, Any], metrics_path: Path | None) -> dict[str, Any]:
     """The summary of one finished run: its ``result.json`` (the fields of ``KEYS`` first, in that
     order, then any others) with the training numbers re-read from its metrics log where that
@@ -91,9 +99,8 @@ def summarize(result: dict[str, Any], metrics_path: Path | None) -> dict[str, An
     out: dict[str, Any] = {"summary_format": SUMMARY_FORMAT}
     out.update((k, result[k]) for k in KEYS if k in result)
     out.update((k, v) for k, v in result.items() if k not in out)
-    iterations = paper_iterations(out.get("train_config"))
-    if isinstance(out.get("eval"), dict) and (out["eval"].get("paper") or {}).get("iterations") != iterations:
-        out["eval"] = {**out["eval"], **paper_numbers(out["eval"], iterations)}
+    if isinstance(out.get("eval"), dict):
+        out = with_paper_numbers(out)
     if metrics_path is not None and Path(metrics_path).exists():
         out["train"] = {**result.get("train", {}), **training_numbers(Path(metrics_path))}
         out["traces"] = traces(Path(metrics_path))

@@ -29,8 +29,8 @@ Each run measures:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from deqloop.files import atomic_write
 from deqloop.tasks.io import shared_data_dir
 from deqloop.train.config import RUNTIME_FIELDS
 from experiments.executor import LAUNCHERS, RunJob, SlurmOptions, run_all
@@ -48,8 +49,6 @@ from experiments.runlog import mean, median, training_numbers
 from experiments.summary import PAPER_ITERATIONS, accuracy_at, best_accuracy, summarize, summary_path, write_summary
 
 ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
-
-
 EVAL_SEED = 12345  # the test sets' seed (evaluate_run's default)
 
 
@@ -65,29 +64,22 @@ def git_commit() -> str:
 
 
 def stability_numbers(report) -> dict[str, Any]:
-    """The scalars of a StabilityReport that the tables compare."""
-    d = report.to_dict()
-    regimes = report.regime or []
-    out = {
-        "converged_fraction": report.converged_fraction,
-        "distinct_fixed_points": report.distinct_fixed_points,
-        "fixed_point_spread": report.fixed_point_spread,
-        "agreement": report.agreement,
-        "iterations_median": median([float(i) for i in d["reachability"][report.reference_init]["iterations"]]),
-        "contraction_median": median(d["reachability"][report.reference_init]["contraction"]),
+    """The scalars of a StabilityReport that the tables compare (``input_fd``, from z₀ = e as the paper's
+    models start, is claim C1's; ``weights`` the paper's weight diagnostics, deqloop.analysis.weights)."""
+    d, regimes = report.to_dict(), report.regime or []
+    reach = d["reachability"][report.reference_init]
+    return {
+        "converged_fraction": report.converged_fraction, "distinct_fixed_points": report.distinct_fixed_points,
+        "fixed_point_spread": report.fixed_point_spread, "agreement": report.agreement,
+        "iterations_median": median(reach["iterations"]), "contraction_median": median(reach["contraction"]),
         "spectral_radius_median": median(d.get("spectral_radius") or []),
         "contractive_fraction": regimes.count("contractive") / len(regimes) if regimes else None,
-        "sigma_max_median": median(d.get("sigma_max") or []),
-        "resolvent_norm_median": median(d.get("resolvent_norm") or []),
-        "input_sensitivity_median": median(d.get("input_sensitivity") or []),
-        "local_smoothness_median": median(d.get("local_smoothness") or []),
-        "input_fd_median": median(d.get("input_fd") or []),  # C1: from z₀ = e, as the paper's models start
+        **{f"{k}_median": median(d.get(k) or []) for k in ("sigma_max", "resolvent_norm", "input_sensitivity",
+                                                            "local_smoothness", "input_fd")},
         "backward_converged_fraction": mean(d.get("backward_converged") or []),
-        "backward_iterations_median": median([float(v) for v in d.get("backward_iterations") or []]),
-        "seconds": sum(report.timings.values()),
-        "weights": dict(report.weights),  # the paper's weight diagnostics (deqloop.analysis.weights)
+        "backward_iterations_median": median(d.get("backward_iterations") or []),
+        "seconds": sum(report.timings.values()), "weights": dict(report.weights),
     }
-    return out
 
 
 def run_line(result: dict[str, Any], split: str = "hard") -> str:
@@ -100,12 +92,6 @@ def run_line(result: dict[str, Any], split: str = "hard") -> str:
     at_text = "not scored" if at is None else f"{100 * at:.1f}%"
     return (f"{split} @{PAPER_ITERATIONS} {at_text}, best {100 * best[1]:.1f}% at {best[0]}; "
             f"by iterations {curves['accuracy'][split]}")
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(value, indent=1, default=float))
-    os.replace(tmp, path)
 
 
 # where and how a run ran (the stability monitor included: it measures, never trains), not what it trained
@@ -200,7 +186,7 @@ def run_one(preset: Preset, spec: RunSpec, root: Path, *, data: dict[str, dict[s
                     "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
                     "threads": torch.get_num_threads()},
     }
-    _write_json(result_path, result)
+    atomic_write(result_path, json.dumps(result, indent=1, default=float))
     if results is not None:
         write_summary(summarize(result, out / "metrics.jsonl"), results)
     return result
@@ -234,24 +220,6 @@ def missing_data(preset: Preset, tasks: set[str], data: dict[str, dict[str, Any]
         except ConfigError as err:
             bad.append(f"{task}: {err}")
     return bad
-
-
-def _csv(text: str | None, allowed: tuple[str, ...], what: str) -> tuple[str, ...] | None:
-    if not text:
-        return None
-    values = tuple(v.strip() for v in text.split(",") if v.strip())
-    bad = [v for v in values if v not in allowed]
-    if bad:
-        raise SystemExit(f"error: unknown {what} {bad}; allowed: {', '.join(allowed)}")
-    return values
-
-
-def _until(jobs: list[tuple[str, RunJob]], start: float, limit: float):
-    """The jobs, lazily, until ``limit`` seconds have passed since ``start``."""
-    for job in jobs:
-        if time.perf_counter() - start > limit:
-            return
-        yield job
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -303,20 +271,19 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--slurm-extra takes a JSON object, got {a.slurm_extra!r}")
 
     preset = get_preset(a.preset)
-    def numbers(flag: str, text: str | None, kind: type, what: str) -> tuple | None:
-        try:
-            return tuple(kind(v) for v in text.split(",")) if text else None
-        except ValueError:
-            p.error(f"{flag} takes comma-separated {what}, got {text!r}")
-
-    seeds = numbers("--seeds", a.seeds, int, "integers")
-    lrs = numbers("--lrs", a.lrs, float, "numbers")
     if a.steps:
         preset = preset.with_(train={t: {**v, "steps": a.steps} for t, v in preset.train.items()})
+
+    def values(flag: str, kind: type = str) -> tuple | None:  # a comma-separated flag's values
+        text = getattr(a, flag)
+        try:
+            return tuple(kind(v.strip()) for v in text.split(",") if v.strip()) if text else None
+        except ValueError:
+            p.error(f"--{flag} takes comma-separated {kind.__name__} values, got {text!r}")
+
     try:
-        specs = preset.runs(task=_csv(a.tasks, preset.tasks, "task"), recall=_csv(a.recalls, SPEC_RECALLS, "recall"),
-                            norm=_csv(a.norms, SPEC_NORMS, "norm"), regime=_csv(a.regimes, REGIMES, "regime"),
-                            seed=seeds, lr=lrs)
+        specs = preset.runs(task=values("tasks"), recall=values("recalls"), norm=values("norms"),
+                            regime=values("regimes"), seed=values("seeds", int), lr=values("lrs", float))
     except ValueError as err:
         p.error(str(err))
     root = Path(a.out)
@@ -352,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(spec.name, RunJob(run_one, preset, spec, root, data=data, device=a.device, command=command,
                                results=results)) for spec in specs]
     if a.time_limit:  # one at a time, in this process: stop starting new runs after the limit
-        jobs = _until(jobs, start, a.time_limit)
+        jobs = itertools.takewhile(lambda _: time.perf_counter() - start <= a.time_limit, jobs)
     slurm = SlurmOptions(partition=a.slurm_partition, gpus=a.slurm_gpus, cpus=a.slurm_cpus, mem_gb=a.slurm_mem_gb,
                          time_min=a.slurm_time, parallel=a.slurm_parallel, extra=a.slurm_extra)
     bar = tqdm(total=len(specs), desc=f"sweep {preset.name}", unit="run")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from experiments.summary import load_summaries, paper_iterations, paper_numbers, summarize_sweep
+from experiments.summary import load_summaries, summarize_sweep, with_paper_numbers
 
 AT = 500
 """The paper's number: accuracy after this many test-time iterations, at the last training step."""
@@ -93,14 +93,6 @@ def load_results(root: Path) -> list[dict[str, Any]]:
     return load_summaries(root)
 
 
-def _with_paper_numbers(run: dict[str, Any]) -> dict[str, Any]:
-    """``run`` with its evaluation's paper number and best over counts (:func:`experiments.summary.paper_numbers`)
-    where the summary predates them: the summary's own fields win."""
-    ev, iterations = run.get("eval") or {}, paper_iterations(run.get("train_config"))
-    own = {k: ev[k] for k in ("paper", "best") if k in ev and (k == "best" or ev[k].get("iterations") == iterations)}
-    return run if len(own) == 2 else {**run, "eval": {**ev, **paper_numbers(ev, iterations), **own}}
-
-
 def family(recall: str, norm: str, blocks: Any) -> str:
     """The group the framework predicts an order for: recall + outer norm, recall + inner norm, no
     recall; a model of several untied blocks is the baseline."""
@@ -117,7 +109,7 @@ def runs_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
     the paper's ``"shared"`` pair or, also for a run whose configuration predates the option, ``"per_sublayer"``;
     ``"—"`` for the other recalls), ``family`` (:func:`family`) and ``grad_spread`` (max / median
     gradient norm over training)."""
-    frame = pd.DataFrame([{"name": r.get("name"), **{c: get(_with_paper_numbers(r), p) for c, p in COLUMNS.items()}}
+    frame = pd.DataFrame([{"name": r.get("name"), **{c: get(with_paper_numbers(r), p) for c, p in COLUMNS.items()}}
                           for r in runs], columns=["name", *COLUMNS])
     numeric = [c for c in frame.columns if c not in TEXT]
     frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce").astype(float)
