@@ -10,8 +10,6 @@ reads it back::
     python -m experiments.report results/runs                              # RESULTS.md from them
 
 The sweep writes each finished run's summary itself (``--results``, default ``results/runs``).
-
-Standard library only, so that reading results does not need torch.
 """
 
 from __future__ import annotations

@@ -15,15 +15,11 @@ naming the run and the fields: its results would be reported under the wrong con
 job per run through submitit (:mod:`experiments.executor`); each run's line is printed, and its
 summary written, as it finishes.
 
-Each run measures:
-
-* accuracy on the easy validation split and the hard split after each test-time iteration count
-  (the paper's number, accuracy at 500 iterations, beside the best over counts), and adaptively (each example iterated until it stops changing, and solved by Anderson to a
-  tolerance), with the iterations spent;
-* the stability numbers of :func:`deqloop.analysis.analyze` on hard and validation examples,
-  from z₀ = e, as the paper's models start for every recall mode (so a recall-free block sees its
-  input through z₀ alone), with the finite difference of z* in e from there (claim C1);
-* gradient norms and skipped steps over training (from the run's metrics log).
+Each run measures accuracy on the validation and hard splits at each test-time iteration count
+(the paper's number, @500, beside the best over counts), adaptively (each example iterated until it
+stops changing) and by Anderson's solve; the stability numbers of :func:`deqloop.analysis.analyze`
+from z₀ = e, as the paper's models start for every recall mode, with the finite difference of z* in
+e (claim C1); and gradient norms and skipped steps over training (from the run's metrics log).
 """
 
 from __future__ import annotations
