@@ -118,11 +118,6 @@ def _missing(summary: dict[str, Any]) -> list[str]:
     return [k for k in ("summary_format", *REQUIRED) if k not in summary]
 
 
-def dumps(summary: dict[str, Any]) -> str:
-    """A summary as its file holds it: one-space indentation, the summary's key order, a final newline."""
-    return json.dumps(summary, indent=1, default=float) + "\n"
-
-
 def write_summary(summary: dict[str, Any], root: Path, *, verbose: bool = False) -> Path:
     """Write ``summary`` to ``summary_path(root, summary["name"])`` atomically and return the path;
     a file that already holds the same bytes is left alone (``verbose`` prints which: wrote or unchanged)."""
@@ -130,7 +125,7 @@ def write_summary(summary: dict[str, Any], root: Path, *, verbose: bool = False)
     if missing:
         raise ValueError(f"summary of {summary.get('name', '?')!r} lacks {', '.join(missing)}")
     path = summary_path(root, summary["name"])
-    text = dumps(summary)
+    text = json.dumps(summary, indent=1, default=float) + "\n"  # one-space indentation, the summary's key order
     changed = not (path.exists() and path.read_text() == text)
     if changed:
         atomic_write(path, text)
