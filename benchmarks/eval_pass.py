@@ -122,10 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         a, b = (reports[m] for m in modes)
         same = a.curves.curves == b.curves.curves and a.settling == b.settling and a.solver == b.solver
         print(f"  curves, adaptive and solve results identical across modes: {same}")
-        if not same:
-            for name in a.curves.curves:
-                print(f"    {name}: {modes[0]} {a.curves.curves[name]}\n    {' ' * len(name)}  {modes[1]} "
-                      f"{b.curves.curves[name]}")
+        for name in a.curves.curves:
+            gap = lambda c, d: max(abs(u - v) for u, v in zip(c.curves[name], d.curves[name]))  # noqa: E731
+            cells = f", cells {gap(a.cells, b.cells):.2g}" if a.cells is not None and b.cells is not None else ""
+            print(f"    {name}: largest difference over the counts: exact match {gap(a.curves, b.curves):.2g}{cells}")
     return 0
 
 
