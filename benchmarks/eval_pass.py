@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         before = load()
         report, wall, cpu_s = timed(lambda: evaluate_spec(preset, spec, run, device="cpu", drop_rtol=MODES[mode]))
         reports[mode] = report
-        parts = "  ".join(f"{k}: " + " + ".join(f"{part} {s:.0f}" for part, s in v.items())
-                          for k, v in report.seconds.items())
+        parts = "  ".join(f"{k}{' (compiled)' if report.compiled.get(k) else ''}: "
+                          + " + ".join(f"{part} {s:.0f}" for part, s in v.items()) for k, v in report.seconds.items())
         print(f"  evaluation {mode:<6} wall {wall:7.0f} s  cpu {cpu_s:6.0f} s   ({before} → {load()})   "
               f"wall per part: {parts}; loop evaluations an example: "
               + ", ".join(f"{k} {v:.0f}" for k, v in report.evaluations.items()), flush=True)

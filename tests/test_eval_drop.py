@@ -180,6 +180,7 @@ def test_evaluate_model_drops_where_examples_settle_and_solves_them_as_before():
     solved = adaptive_accuracy(model, x, y, exact, solver="picard", max_iter=40, rtol=1e-3).summary()
     assert fast.solver == full.solver == {"val": solved}
     assert set(fast.seconds["val"]) == {"sweep", "solve"} and all(v > 0 for v in fast.seconds["val"].values())
+    assert fast.compiled == {"val": False}
     assert "stopped being iterated once its state changed by at most 0.0002" in fast.text()
     d = fast.to_dict()
     assert (d["drop_rtol"], d["evaluations"], d["seconds"]) == (fast.drop_rtol, fast.evaluations, fast.seconds)

@@ -84,7 +84,7 @@ def test_eval_report_to_dict():
     assert report.to_dict() == {
         "checkpoint": "runs/x/last.pt", "task": "prefix_sums", "n": {"val": 8}, "curves": curves_dict,
         "cells": None, "settle_rtol": 1e-3, "settling": settling, "solver_name": None, "solver_rtol": None,
-        "solver": {}, "baselines": {}, "dynamics": {}, "drop_rtol": None, "evaluations": {}, "seconds": {},
+        "solver": {}, "baselines": {}, "dynamics": {}, "drop_rtol": None, "evaluations": {}, "seconds": {}, "compiled": {},
         "examples": {},
         "paper": {"iterations": 500, "accuracy": {"val": None}}, "best": {"val": [4, 0.5]},
     }

@@ -178,6 +178,7 @@ class EvalReport:
         evaluations: per split, the mean number of loop-map applications an example received in
             the sweep (``max(curves.iters)`` when none was dropped).
         seconds: per split, the wall time of its ``"sweep"`` and, with a solver, its ``"solve"``.
+        compiled: per split, whether its sweep and solve ran through the compiled block.
         examples: a few examples with the model's answer, for people: ``{"split", "iterations",
             "rows"}``, the rows from the task's ``show`` (:meth:`deqloop.tasks.base.Task.show`);
             empty for a task without one or with ``examples=0``.
@@ -203,6 +204,7 @@ class EvalReport:
     drop_rtol: float | None = None
     evaluations: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)
+    compiled: dict[str, bool] = field(default_factory=dict)
     examples: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,7 +217,7 @@ class EvalReport:
                 "settle_rtol": self.settle_rtol, "settling": self.settling, "solver_name": self.solver_name,
                 "solver_rtol": self.solver_rtol, "solver": self.solver, "baselines": self.baselines,
                 "dynamics": self.dynamics, "drop_rtol": self.drop_rtol, "evaluations": self.evaluations,
-                "seconds": self.seconds, "examples": self.examples}
+                "seconds": self.seconds, "compiled": self.compiled, "examples": self.examples}
 
     def text(self) -> str:
         """The tables, as printed by ``deqloop eval``."""
@@ -315,10 +317,11 @@ def evaluate_model(
     later count — ``"auto"`` (the default) at :data:`DROP_FRACTION` × ``settle_rtol``, a number ≤
     ``settle_rtol``, or None: never (every example iterated to ``max(iters)``). Measured with
     :func:`~deqloop.eval.curves.iteration_sweep` on a seed-cpu prefix-sums model (internal recall,
-    post norm, lr 1e-3, seed 0; its 128 hard strings of 512 bits, 500 iterations): dropping at 1e-4 left every exact-match value and the settling statistics
-    as they were and moved the fraction of cells right by at most 1e-4, with 360 evaluations an
-    example instead of 500; dropping at the settling tolerance 1e-3 itself took 340 and moved the
-    cell fraction by up to 2e-3 (answers on single cells still changed after settling).
+    post norm, lr 1e-3, seed 0; its 128 hard strings of 512 bits, 500 iterations): dropping at 1e-4
+    left every exact-match value and the settling statistics as they were and moved the fraction of
+    cells right by at most 1e-4, with 360 evaluations an example instead of 500; dropping at the
+    settling tolerance 1e-3 itself took 340 and moved the cell fraction by up to 2e-3 (answers on
+    single cells still changed after settling).
 
     ``task`` supplies ``correct``, ``name`` and, if ``cells``, ``cell_accuracy`` (the fraction of
     cells right, reported beside exact match). With ``solver`` each split is also solved to
@@ -352,6 +355,7 @@ def evaluate_model(
     for name, (x, y) in splits.items():  # one split at a time: its sweep, then its solve, compiled or not
         start = time.perf_counter()
         compiled = compile is True or (compile == "auto" and compile_pays_for(model, x, calls))
+        report.compiled[name] = compiled
         with _compiled(model, compiled):
             sweep = iteration_sweep(model, x, y, task.correct, curves.iters, rtol=settle_rtol, drop_rtol=drop_rtol,
                                     cells=cell_accuracy, device=device, keep=(at, examples) if name == shown else None)
