@@ -118,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  evaluation {mode:<6} wall {wall:7.0f} s  cpu {cpu_s:6.0f} s   ({before} → {load()})   "
               f"wall per part: {parts}; loop evaluations an example: "
               + ", ".join(f"{k} {v:.0f}" for k, v in report.evaluations.items()), flush=True)
+        for name, res in report.solver.items():
+            print(f"    {name} solve: {100 * res['converged']:.1f} % reached the tolerance, "
+                  f"{res['iterations_mean']:.0f} evaluations an example on average", flush=True)
     if len(reports) == 2:
         a, b = (reports[m] for m in modes)
         same = a.curves.curves == b.curves.curves and a.settling == b.settling and a.solver == b.solver
