@@ -47,7 +47,7 @@ from deqloop.solvers import DEFAULT_SOLVER, BackwardStats, LoopOptions, Solution
 from deqloop.solvers.packing import Packing, packed_map
 from deqloop.validate import choice, integer, known_keys, number
 
-__all__ = ["BACKWARD_MODES", "Backward", "BackwardError", "BackwardWarning", "Implicit", "Neumann", "NoGrad",
+__all__ = ["BACKWARD_MODES", "EQUILIBRIUM_BACKWARDS", "Backward", "BackwardError", "BackwardWarning", "Implicit", "Neumann", "NoGrad",
            "Phantom", "Truncated", "Unrolled", "as_backward", "fixed_point"]
 
 Map = Callable[[torch.Tensor], torch.Tensor]
@@ -110,6 +110,7 @@ class Backward:
 
     name: ClassVar[str] = ""
     default_method: ClassVar[str] = DEFAULT_SOLVER  # the forward solver when the caller names none
+    trains_equilibrium: ClassVar[bool] = True  # a gradient the equilibrium training loss may take
 
     def solve(self, f: Map, z0: torch.Tensor, loop: LoopOptions) -> tuple[torch.Tensor, Solution]:
         """Run the forward ``loop`` as this mode needs it (:meth:`forward`) and attach the gradient.
@@ -160,6 +161,7 @@ class NoGrad(Backward):
     """No gradient through the solve: the fixed point is returned detached."""
 
     name: ClassVar[str] = "none"
+    trains_equilibrium: ClassVar[bool] = False
 
     def attach(self, f: Map, z_star: torch.Tensor, sol: Solution) -> torch.Tensor:
         return z_star
@@ -193,6 +195,7 @@ class Truncated(Backward):
 
     grad_steps: int = 1
     name: ClassVar[str] = "truncated"
+    trains_equilibrium: ClassVar[bool] = False  # the progressive loss's gradient, not the fixed point's
 
     def __post_init__(self) -> None:
         integer("truncated grad_steps", self.grad_steps)
@@ -344,6 +347,8 @@ IMPLICIT_FALLBACKS = ("none", "jfb")
 _MODES: dict[str, type[Backward]] = {cls.name: cls for cls in (Implicit, Phantom, Unrolled, Truncated, NoGrad,
                                                                 Neumann)}
 BACKWARD_MODES = tuple(_MODES)
+EQUILIBRIUM_BACKWARDS = tuple(name for name, mode in _MODES.items() if mode.trains_equilibrium)
+"""The modes the equilibrium training loss accepts (``deqloop train --backward``)."""
 
 
 def as_backward(backward: str | Backward, options: dict[str, Any] | None = None) -> Backward:

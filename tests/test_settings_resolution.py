@@ -146,3 +146,12 @@ def test_the_unrolled_mode_receives_the_loop_and_makes_it_differentiable():
     assert not sol.z.requires_grad
     with pytest.raises(ConfigError, match=r"backward='unrolled' backpropagates through naive iteration"):
         Unrolled().solve(f, torch.zeros(1, 2, dtype=torch.float64), loop.with_(method="anderson"))
+
+
+def test_one_list_of_backward_modes_and_the_training_subset_read_from_it():
+    from deqloop.adjoint import BACKWARD_MODES, EQUILIBRIUM_BACKWARDS
+    from deqloop.train.config import EQUILIBRIUM_BACKWARDS as trained
+
+    assert BACKWARD_MODES == ("implicit", "phantom", "unrolled", "truncated", "none", "neumann")
+    # the equilibrium loss takes every mode that gives the fixed point a gradient of its own
+    assert EQUILIBRIUM_BACKWARDS == ("implicit", "phantom", "unrolled", "neumann") and trained is EQUILIBRIUM_BACKWARDS

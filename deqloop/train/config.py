@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deqloop.adjoint import Backward, Implicit
+from deqloop.adjoint import EQUILIBRIUM_BACKWARDS, Backward, Implicit
 from deqloop.errors import ConfigError
 from deqloop.flat_names import group_class, leaves, nest
 from deqloop.model import Architecture, LoopedDEQConfig, ModelSettings, SolveSettings
@@ -37,7 +37,6 @@ from deqloop.validate import choice, known_keys, setting
 __all__ = ["AMP_MODES", "DEFAULT_RECIPE", "EQUILIBRIUM_BACKWARDS", "LOGGERS", "LOSSES", "RUNTIME_FIELDS", "SCHEDULES",
            "STORED_DEFAULTS", "TrainConfig", "upgrade_stored"]
 
-EQUILIBRIUM_BACKWARDS = ("implicit", "phantom", "unrolled", "neumann")
 
 DEFAULT_RECIPE: dict[str, Any] = {"backward": "phantom", "backward_options": {"steps": 5, "tau": 0.8}}
 """The equilibrium loss's gradient when none is named: the one that trained best and most
