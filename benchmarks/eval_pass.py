@@ -17,6 +17,8 @@ and ``--lr``. Each evaluation mode runs
   settling tolerance (``drop_rtol="auto"``, the default) and carries its answer forward, then the
   solve.
 
+Each mode loads the run afresh, so each compiles its own block where compiling pays (torch's
+on-disk compile cache may make the second compile cheaper: alternate ``--modes`` to check).
 Times are wall and CPU time of this process (``time.process_time``; with one thread CPU time is
 what the work costs without other jobs on the machine) with the load average beside them. The
 training time is measured here with ``--train``; with ``--run`` it is the wall time the sweep
@@ -102,7 +104,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from deqloop.run import Run
 
-    run = Run.load(folder / "last.pt", device="cpu")
     print(f"{preset.name} {spec.name}: {preset.eval_n} examples a split, counts up to "
           f"{max(preset.eval_iters_for(spec))}, threads {torch.get_num_threads()}")
     cpu = "?" if trained["cpu"] is None else f"{trained['cpu']:.0f}"
@@ -110,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
           f"({trained['load_before']} → {trained['load_after']})")
     reports = {}
     for mode in modes:
+        run = Run.load(folder / "last.pt", device="cpu")  # afresh: each mode compiles its own block
         before = load()
         report, wall, cpu_s = timed(lambda: evaluate_spec(preset, spec, run, device="cpu", drop_rtol=MODES[mode]))
         reports[mode] = report
