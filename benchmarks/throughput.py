@@ -5,6 +5,7 @@ the machine's measured matmul peak, with ratios side by side in one run (never a
     python benchmarks/throughput.py --cells sudoku --modes eager,compile
     python benchmarks/throughput.py --local         # banded vs dense local attention (crossover)
     python benchmarks/throughput.py --quick         # tiny sizes: a smoke run in seconds
+    python benchmarks/throughput.py --cells sudoku --modes compile --profile   # where a step's time goes
 
 Timings are CPU time of this process (``time.process_time``) as well as wall time: with one
 thread, CPU time is what a step costs without other jobs on the machine (the wall time of a
@@ -138,8 +139,10 @@ def cell_config(name: str, mode: str, quick: bool, out: str) -> TrainConfig:
     return TrainConfig.from_flat(**fields)
 
 
-def train_timing(config: TrainConfig, warmup: int, repeats: int) -> tuple[Timing, float]:
-    """Step timing and mean FLOPs of the timed steps."""
+def train_timing(config: TrainConfig, warmup: int, repeats: int,
+                 profile: bool = False) -> tuple[Timing, float, dict[str, float] | None]:
+    """Step timing, mean FLOPs of the timed steps and, with ``profile``, :func:`step_profile` of two
+    more steps."""
     trainer = Trainer(config)
     state = {"step": 0}
 
@@ -151,7 +154,31 @@ def train_timing(config: TrainConfig, warmup: int, repeats: int) -> tuple[Timing
     grid = tuple(trainer.batches(0)[0].shape[1:])
     flops = statistics.mean(step_flops(config, grid, s, trainer.task.num_classes)
                             for s in range(warmup, warmup + repeats))
-    return t, flops
+    return t, flops, step_profile(trainer, state["step"]) if profile else None
+
+
+PROFILE_GROUPS = {  # op-name prefixes of a training step's self CPU time, by what the time goes to
+    "matmul": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "attention": ("aten::_scaled_dot_product", "aten::scaled_dot_product"),
+    "compiled kernels": ("## Call CompiledFxGraph",),
+    "copies": ("aten::copy_", "aten::clone", "aten::contiguous"),
+}
+
+
+def step_profile(trainer: Trainer, first_step: int, steps: int = 2) -> dict[str, float]:
+    """Shares of the self CPU time of ``steps`` training steps (torch.profiler) per
+    :data:`PROFILE_GROUPS` group, the rest as ``"other"``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for s in range(first_step, first_step + steps):
+            trainer.step(s)
+    shares = dict.fromkeys([*PROFILE_GROUPS, "other"], 0.0)
+    for event in prof.key_averages():
+        group = next((g for g, names in PROFILE_GROUPS.items() if event.key.startswith(names)), "other")
+        shares[group] += event.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {g: v / total for g, v in shares.items()}
 
 
 def eval_timing(config: TrainConfig, iters: int, examples: int, repeats: int) -> float:
@@ -223,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads [1]")
     p.add_argument("--local", action="store_true", help="only the banded vs dense local-attention crossover")
     p.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile two training steps per mode: where the step's CPU time goes")
     a = p.parse_args(argv)
     cells, modes = a.cells.split(","), a.modes.split(",")
     for name, allowed in (("cell", cells), ("mode", modes)):
@@ -253,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             torch._dynamo.reset()  # compiled code of an earlier mode's model must not count against this one's
             with tempfile.TemporaryDirectory() as out:
                 config = cell_config(cell, mode, a.quick, out)
-                t, flops = train_timing(config, a.warmup, a.repeats)
+                t, flops, shares = train_timing(config, a.warmup, a.repeats, a.profile)
                 ev = eval_timing(config, a.eval_iters, a.eval_examples, a.repeats)
             r = results[cell, mode] = dict(step=t.cpu, wall=t.wall, warmup=t.warmup_cpu, flops=flops, eval=ev,
                                            gflops=flops / t.cpu / 1e9)
@@ -261,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             kind = "bf16" if "bf16" in mode else "fp32"
             print(f"{mode:<14}{t.cpu:>8.4g}{f'({t.wall:.2f})':>9}{base['step'] / t.cpu:>9.2f}{t.warmup_cpu:>11.1f}"
                   f"{r['gflops']:>9.1f}{100 * r['gflops'] / peak[kind]:>8.1f}{ev:>9.3f}{base['eval'] / ev:>9.2f}")
+            if shares is not None:
+                print(f"{'':<14}profile, share of the step's self CPU time: "
+                      + ", ".join(f"{g} {100 * v:.0f} %" for g, v in shares.items()))
         print(f"FLOPs per step: {results[cell, modes[0]]['flops'] / 1e9:.4g} G")
     print_targets(results, peak)
     return 0
