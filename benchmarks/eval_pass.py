@@ -58,7 +58,7 @@ def train(preset, spec, out: Path) -> dict[str, float]:
     """Train the preset's run into ``out`` (from scratch), timed."""
     from deqloop.train import TrainConfig, Trainer
 
-    config = TrainConfig(**preset.train_fields(spec), out=str(out), overwrite=True, device="cpu")
+    config = TrainConfig.from_flat(preset.train_fields(spec), out=str(out), overwrite=True, device="cpu")
     before = load()
     _, wall, cpu = timed(lambda: Trainer(config).run())
     times = {"wall": wall, "cpu": cpu, "load_before": before, "load_after": load()}
