@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
 import torch
 
 from deqloop.adjoint import BackwardWarning
 from deqloop.train import TrainConfig, Trainer
-from experiments.presets import PRESETS, RunSpec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # experiments/, run as a script
+from experiments.presets import PRESETS, RunSpec  # noqa: E402
 
 
 def timed_run(fields: dict, every: int) -> tuple[float, float]:
