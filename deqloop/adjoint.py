@@ -17,19 +17,14 @@ A user's own mode is a subclass that overrides :meth:`Backward.attach` (and, if 
 forward loop run differently, :meth:`Backward.forward`, which receives the caller's
 :class:`~deqloop.solvers.LoopOptions`). :func:`fixed_point` is the entry point.
 
-* :class:`Implicit` — the forward solve runs without autograd; ``f`` is re-evaluated once at z*
-  with autograd and a hook replaces the incoming gradient v by the solution g of
-  gᵀ = gᵀJ + vᵀ (J = ∂f/∂z at z*), found by a solver of its own (picard is the Neumann series).
-  Each backward solve's convergence is recorded in a :class:`~deqloop.solvers.BackwardStats`
-  (``sol.backward``, created with the solution) and passed to ``callback``; a failed solve warns
-  with :class:`BackwardWarning`, aggregated: the first failure in full, then one line with counts
-  every 100 backward passes (:mod:`deqloop.adjoint_warnings`); ``throw=True`` raises
-  :class:`BackwardError` instead.
+* :class:`Implicit` — ``f`` is re-evaluated once at z* with autograd and a hook replaces the
+  incoming gradient v by the solution g of gᵀ = gᵀJ + vᵀ (J = ∂f/∂z at z*), found by a solver of
+  its own; its convergence goes to ``sol.backward`` (a :class:`~deqloop.solvers.BackwardStats`),
+  and failures warn with :class:`BackwardWarning`, aggregated (:mod:`deqloop.adjoint_warnings`),
+  or raise :class:`BackwardError` with ``throw=True``.
 * Second-order gradients (``create_graph=True``) through ``Implicit`` or ``Neumann`` raise
   :class:`BackwardError`: their adjoint is not differentiable. ``Unrolled``, ``Phantom`` and
   ``Truncated`` are plain autograd and support them.
-* :class:`Unrolled` — backpropagation through every iteration of naive (Picard) iteration; each
-  sample stops at its own convergence: the caller's loop, made differentiable.
 """
 
 from __future__ import annotations
