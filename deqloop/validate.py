@@ -17,7 +17,7 @@ from typing import Any
 
 from deqloop.errors import ConfigError, ConfigKeyError
 
-__all__ = ["choice", "integer", "known_keys", "number", "quoted", "setting"]
+__all__ = ["changed_copy", "choice", "integer", "known_keys", "number", "quoted", "setting"]
 
 
 def quoted(values: Iterable[Any]) -> str:
@@ -68,3 +68,17 @@ def known_keys(given: Mapping[str, Any] | Iterable[str], allowed: Iterable[str],
 def setting(help: str, **kw: Any) -> Any:
     """A dataclass field documented with ``help`` (the command line's flag help)."""
     return dataclasses.field(metadata={"help": help}, **kw)
+
+
+def changed_copy(obj: Any, changes: Mapping[str, Any]) -> tuple[Any, list[str]]:
+    """A shallow copy of the settings object ``obj`` (a frozen dataclass) with those of
+    ``changes`` that differ from its own values, and their names; ``(obj, [])`` when none differ.
+    Nothing is checked here: the caller checks the names returned, so settings validated once
+    are checked again only where they change."""
+    changed = [k for k, v in changes.items() if v is not getattr(obj, k) and v != getattr(obj, k)]
+    if not changed:
+        return obj, []
+    new = object.__new__(type(obj))
+    new.__dict__.update(obj.__dict__)
+    new.__dict__.update({k: changes[k] for k in changed})
+    return new, changed

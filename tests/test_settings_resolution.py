@@ -155,3 +155,14 @@ def test_one_list_of_backward_modes_and_the_training_subset_read_from_it():
     assert BACKWARD_MODES == ("implicit", "phantom", "unrolled", "truncated", "none", "neumann")
     # the equilibrium loss takes every mode that gives the fixed point a gradient of its own
     assert EQUILIBRIUM_BACKWARDS == ("implicit", "phantom", "unrolled", "neumann") and trained is EQUILIBRIUM_BACKWARDS
+
+
+def test_changed_copy_keeps_the_original_and_names_only_real_changes():
+    from deqloop.validate import changed_copy
+
+    loop = LoopOptions(max_iter=20, rtol=1e-5)
+    same, none = changed_copy(loop, {"max_iter": 20, "rtol": 1e-5})
+    assert same is loop and none == []
+    new, changed = changed_copy(loop, {"max_iter": 40, "rtol": 1e-5})
+    assert changed == ["max_iter"] and (new.max_iter, new.rtol, loop.max_iter) == (40, 1e-5, 20)
+    assert new.solver is loop.solver  # a shallow copy: what was resolved is shared

@@ -25,7 +25,7 @@ from deqloop.model.rope import check_head_dim
 from deqloop.names import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                            RESIDUALS)
 from deqloop.solvers import DEFAULT_SOLVER, LoopOptions, available_solvers
-from deqloop.validate import choice, integer, known_keys, number, setting
+from deqloop.validate import changed_copy, choice, integer, known_keys, number, setting
 
 __all__ = ["ATTENTIONS", "Architecture", "BACKWARDS", "BF16_RTOL", "EARLIER_FORMS", "INITS", "LoopedDEQConfig",
            "ModelSettings", "NORMS", "NORM_WEIGHTS", "PRECISIONS", "QK_NORM_ORDERS", "RECALLS", "RECALL_MAPS", "RESIDUALS",
@@ -251,13 +251,9 @@ class SolveSettings:
         for key in ("solver", "backward"):
             if key in overrides and overrides[key] != getattr(self, key):
                 overrides.setdefault(f"{key}_options", {})
-        changed = {k: v for k, v in overrides.items() if v is not getattr(self, k) and v != getattr(self, k)}
-        if not changed:
-            return self
-        new = object.__new__(SolveSettings)
-        new.__dict__.update(self.__dict__)
-        new.__dict__.update(changed)
-        new._resolve(changed)
+        new, changed = changed_copy(self, overrides)
+        if changed:
+            new._resolve(changed)
         return new
 
     @property

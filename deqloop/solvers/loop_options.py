@@ -26,7 +26,7 @@ from deqloop.solvers.loop import COMPACT_AT, run_solver
 from deqloop.solvers.packing import Packing, packed_map
 from deqloop.solvers.registry import DEFAULT_SOLVER, SolveFn, get_solver
 from deqloop.solvers.solution import Solution
-from deqloop.validate import choice, integer, number
+from deqloop.validate import changed_copy, choice, integer, number
 
 __all__ = ["KEEP", "LoopOptions"]
 
@@ -128,14 +128,9 @@ class LoopOptions:
         unknown = sorted(set(changes) - set(_CHECKS))
         if unknown:
             raise ConfigError(f"LoopOptions has no field(s) {unknown}; fields: {', '.join(_CHECKS)}")
-        changed = [k for k, v in changes.items() if v is not getattr(self, k) and v != getattr(self, k)]
-        if not changed:
-            return self
-        new = object.__new__(LoopOptions)
-        new.__dict__.update(self.__dict__)
-        for k in changed:
-            object.__setattr__(new, k, changes[k])
-        new._check(changed)
+        new, changed = changed_copy(self, changes)
+        if changed:
+            new._check(changed)
         return new
 
     def __call__(self, f: Callable[[Any], Any], z0: Any) -> Solution:
