@@ -144,7 +144,7 @@ def test_the_command_line_flag(capsys):
 
 
 def test_evaluation_compiles_its_plain_iterations_and_solves_where_it_pays(monkeypatch):
-    from deqloop.eval.report import evaluate_model
+    from deqloop.eval.evaluate import evaluate_model
     from deqloop.model import LoopedDEQ
     from deqloop.tasks import get_task
 

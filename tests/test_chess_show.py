@@ -135,7 +135,7 @@ class Scripted(torch.nn.Module):
 
 
 def test_the_evaluation_report_shows_the_hard_puzzles_moves(tmp_path):
-    from deqloop.eval.report import evaluate_model
+    from deqloop.eval.evaluate import evaluate_model
 
     task, x, y = examples(tmp_path)
     # the model: right on the white positions, a wrong legal move on the black ones

@@ -96,7 +96,7 @@ def test_an_out_that_is_a_file_is_refused_before_any_work(sandbox, monkeypatch, 
     def no_work(*args, **kwargs):
         raise RuntimeError("the work started before --out was checked")
 
-    monkeypatch.setattr("deqloop.eval.report.evaluate_run", no_work)
+    monkeypatch.setattr("deqloop.eval.evaluate.evaluate_run", no_work)
     monkeypatch.setattr("deqloop.cli.analyze.analyze", no_work)
     before = files(sandbox)
     extra = EVAL if command == "eval" else ["--n", "2"]

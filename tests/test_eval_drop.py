@@ -162,7 +162,7 @@ class ExactTask:
 
 def test_evaluate_model_drops_where_examples_settle_and_solves_them_as_before():
     from deqloop.eval.curves import adaptive_accuracy
-    from deqloop.eval.report import evaluate_model
+    from deqloop.eval.evaluate import evaluate_model
 
     model = contractive_model()
     x = distinct_inputs(8)

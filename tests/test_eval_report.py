@@ -114,7 +114,7 @@ def test_evaluate_model_collects_the_sweep_and_the_solver_numbers():
     import torch
 
     from deqloop.eval.curves import adaptive_accuracy, iteration_sweep
-    from deqloop.eval.report import evaluate_model
+    from deqloop.eval.evaluate import evaluate_model
     from deqloop.model import EARLIER_FORMS, LoopedDEQ
 
     torch.manual_seed(0)  # the earlier block: the instance whose solver counts the test below relies on
@@ -157,7 +157,7 @@ class TaskWithBaselines(ExactTask):
 def test_evaluate_model_stores_the_tasks_baselines_per_split():
     import torch
 
-    from deqloop.eval.report import evaluate_model
+    from deqloop.eval.evaluate import evaluate_model
     from deqloop.model import LoopedDEQ
 
     torch.manual_seed(0)
@@ -213,7 +213,8 @@ def test_dynamics_table_numbers():
 def test_the_untied_baselines_paper_number_is_at_one_iteration():
     import torch
 
-    from deqloop.eval.report import evaluate_model, paper_iterations
+    from deqloop.eval.evaluate import evaluate_model
+    from deqloop.eval.report import paper_iterations
     from deqloop.model import LoopedDEQ
 
     torch.manual_seed(0)
@@ -238,7 +239,7 @@ class ShownTask(ExactTask):
 def test_the_report_shows_a_few_hard_examples_with_the_answers_the_sweep_read():
     import torch
 
-    from deqloop.eval.report import evaluate_model
+    from deqloop.eval.evaluate import evaluate_model
     from deqloop.model import LoopedDEQ
 
     torch.manual_seed(0)

@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from deqloop.errors import ConfigError
     from deqloop.cli.flags import json_or_text
     from deqloop.device import resolve_device
-    from deqloop.eval.report import evaluate_run
+    from deqloop.eval.evaluate import evaluate_run
     from deqloop.files import atomic_write, writable_folder
     from deqloop.run import Run
     from deqloop.solvers import available_solvers
