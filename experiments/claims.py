@@ -1,14 +1,8 @@
-"""The paper's claims C1–C4, each a rule over the results table (:func:`experiments.table.runs_frame`)
-that returns a :class:`Verdict`: the verdict, the rule, the evidence it rests on and what would
-change it. A rule never fills in a number a summary lacks: it says which and stays inconclusive.
-
-The paper (Labovich 2026, "Stability and Generalization in Looped Transformers") claims:
-
-* C1 — without recall, the loop has countable fixed points and no strong input dependence;
-* C2 — recall with an outer norm (post, sandwich) gives fixed points that are reachable by plain
-  iteration, locally smooth (well conditioned) and stable to backpropagate through;
-* C3 — with an outer norm, internal recall is at least as good as external, much better on sudoku;
-* C4 — performance follows the framework: recall + outer > recall + inner > no recall.
+"""The paper's claims C1–C4 (Labovich 2026, "Stability and Generalization in Looped Transformers"), each a
+rule over the results table (:func:`experiments.table.runs_frame`) that returns a :class:`Verdict`: the
+verdict, the evidence it rests on and what in particular would change it. Each rule's statement is written
+beside its verdict in RESULTS.md's template (``experiments/results_template.md``) with the thresholds of
+this module. A rule never fills in a number a summary lacks: it says which and stays inconclusive.
 
 The rules read the runs of the paper's regime of one seed preset (:func:`paper_runs`). Accuracies
 and stability numbers are compared between groups of cells (a cell: one recall × residual at one
@@ -43,11 +37,13 @@ RECALL_FAMILIES = ("internal", "external")
 
 @dataclass(frozen=True)
 class Verdict:
+    """A claim's verdict on the runs; its rule and what would change it in general are RESULTS.md's prose
+    (``experiments/results_template.md``), beside the thresholds of this module."""
+
     claim: str
     verdict: str  # SUPPORTED | CONTRADICTED | INCONCLUSIVE
-    rule: str
     evidence: str
-    change: str  # what would change the verdict
+    change: str = ""  # what would change this verdict in particular, after the template's text
 
 
 def budget(runs: pd.DataFrame) -> str:
@@ -125,13 +121,6 @@ def compare(hi: pd.DataFrame, lo: pd.DataFrame, col: str) -> Gap:
 
 
 def claim1(frame: pd.DataFrame) -> Verdict:
-    rule = ("recall-free loops at fixed points from z₀ = e (the paper's start): the probe converges by Anderson and "
-            f"plain iteration settles on the hard split (each ≥ {REACHED:.0%}; an Anderson \"solution\" that plain "
-            "iteration never reaches is a drift where ρ(J) ≈ 1, not a fixed point); supported when ≥ "
-            f"{MIN_RUNS} such runs are all locally constant in e — ‖z*(e + εu) − z*(e)‖/‖εu‖ with each solve from "
-            f"its own z₀ = e ≤ {FD_CONSTANT} — and no recall-free loop reaches {FLOOR:.0%} @{AT} on the hard split; "
-            f"contradicted by one whose z* follows e (≥ {FD_MOVES}) or that passes the hard split; the clusters of "
-            "z* over the probe and the recall runs' IFT sensitivity ‖∂z*/∂e·v‖ are reported as the contrast")
     runs = paper_runs(frame)
     none, rec = runs[runs.family == "no recall"], runs[runs.family.isin(ORDER[:2])]
     usable = none[(none.anderson_reach >= REACHED) & (none.plain_reach >= REACHED)]
@@ -149,22 +138,18 @@ def claim1(frame: pd.DataFrame) -> Verdict:
                 + f"; hard @{AT}: recall-free at most {pct(none.hard_at.max())} %, recall runs up to "
                 f"{pct(rec.hard_at.max())} %; IFT sensitivity, recall runs: median {num(rec.ift.median())} "
                 "(0 by construction without recall: the block never sees e)")
-    change = (f"{MIN_RUNS} or more recall-free runs at fixed points (the grid's other seeds); one whose z* follows e "
-              f"or that reaches {FLOOR:.0%} @{AT} on the hard split would contradict the claim")
     passes = none[none.hard_at >= FLOOR]
     moves = measured[measured.fd_input >= FD_MOVES]
     if not passes.empty or not moves.empty:
-        return Verdict("C1", CONTRADICTED, rule, evidence + f"; against it: {', '.join([*passes.name, *moves.name])}",
-                       change)
+        return Verdict("C1", CONTRADICTED, evidence + f"; against it: {', '.join([*passes.name, *moves.name])}")
     missing = [f"{none.hard_at.isna().sum()} summaries lack accuracy @{AT}"] * bool(none.hard_at.isna().any())
     missing += [f"{len(usable) - len(measured)} lack the finite difference from z₀ = e"] * (len(measured) < len(usable))
     missing += [f"{len(usable)} recall-free runs at fixed points, the rule needs {MIN_RUNS}"] * (len(usable) < MIN_RUNS)
     if missing:
-        return Verdict("C1", INCONCLUSIVE, rule, evidence + "; " + "; ".join(missing), change)
+        return Verdict("C1", INCONCLUSIVE, evidence + "; " + "; ".join(missing))
     if (measured.fd_input <= FD_CONSTANT).all():
-        return Verdict("C1", SUPPORTED, rule, evidence, change)
-    return Verdict("C1", INCONCLUSIVE, rule, evidence + f"; finite differences between {FD_CONSTANT} and {FD_MOVES}",
-                   change)
+        return Verdict("C1", SUPPORTED, evidence)
+    return Verdict("C1", INCONCLUSIVE, evidence + f"; finite differences between {FD_CONSTANT} and {FD_MOVES}")
 
 
 C2_AXES = {"plain_reach": "reachable by plain iteration (hard split, 500 iterations)",
@@ -191,23 +176,10 @@ def c2_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def claim2(frame: pd.DataFrame) -> Verdict:
-    rule = ("in the paper's regime, within each recall family (internal, external), task and learning rate: the "
-            "outer-norm cells {post, sandwich} against the inner ones (pre, peri, and the GRU row, whose norm is the "
-            "paper's peri: nothing normalises the stream after the merge) on (a) the fraction of hard examples whose "
-            "plain iteration settles (the paper's reachability), (b) the implicit backward solve's converged "
-            "fraction on the probe, in runs whose probe reached fixed points (smoothness as conditioning: it converges "
-            "where I − J is well conditioned; not measured where Anderson found no fixed point on the hard probe), (c) "
-            "−log₁₀ of the gradient-norm spread over training (backprop stability); supported when every axis favours "
-            "the outer cells by more than 2 seed s.e. in every family; contradicted when one axis favours the inner "
-            "cells by more than 2 s.e. in a family; Anderson's converged fraction, ‖(I − J)⁻¹‖ and ρ(J) beside it")
     rows = c2_rows(frame)
-    change = ("3 seeds a cell, so that each gap has a seed s.e.; for (b), fixed points on the hard probe (more "
-              "solver iterations, or a budget at which the models converge on 512 bits); for (c), a spread measured on per-step gradient "
-              "norms (a summary keeps the median and the largest only, and a run's largest gradient can be the "
-              "step its loss leaves the plateau, which a run that never learns does not have)")
     if rows.empty:
-        return Verdict("C2", INCONCLUSIVE, rule, "no recall family has both outer- and inner-norm runs in the "
-                       "paper's regime", change)
+        return Verdict("C2", INCONCLUSIVE, "no recall family has both outer- and inner-norm runs in the "
+                       "paper's regime")
     parts, spent = [], budget(paper_runs(frame))
     for (task, lr, recall), g in rows.groupby(["task", "lr", "recall"], sort=False):
         r0 = g.iloc[0]
@@ -220,9 +192,9 @@ def claim2(frame: pd.DataFrame) -> Verdict:
     evidence = "; ".join(parts)
     if (signs < 0).any():
         against = decided[signs < 0]
-        return Verdict("C2", CONTRADICTED, rule, evidence, change + "; it rests on " + ", ".join(
+        return Verdict("C2", CONTRADICTED, evidence, "; it rests on " + ", ".join(
             f"{C2_AXES[a]} ({r})" for a, r in zip(against.axis, against.recall)))
-    return Verdict("C2", SUPPORTED if (signs > 0).all() else INCONCLUSIVE, rule, evidence, change)
+    return Verdict("C2", SUPPORTED if (signs > 0).all() else INCONCLUSIVE, evidence)
 
 
 def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -250,26 +222,19 @@ def c3_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def claim3(frame: pd.DataFrame) -> Verdict:
-    rule = (f"in the paper's regime with an outer norm, per task and learning rate: internal (the paper's shared "
-            f"injection pair) against external recall by hard accuracy @{AT} at the last step (best over counts "
-            f"beside it), decided only where one side reaches {FLOOR:.0%} and the gap exceeds 2 seed s.e.; "
-            "supported when sudoku is decided for internal and no task for external; contradicted when a task is "
-            "decided for external; otherwise inconclusive at this budget")
     rows = c3_rows(frame)
-    change = (f"3 seeds a side of the paper's internal and external recall with post norm at a budget where one side "
-              f"reaches {FLOOR:.0%} on the hard split; sudoku (by blanks at ≥ 1,500 steps), which the claim is about")
     if rows.empty:
-        return Verdict("C3", INCONCLUSIVE, rule, "no task has internal and external runs with an outer norm in the "
-                       "paper's regime", change)
+        return Verdict("C3", INCONCLUSIVE, "no task has internal and external runs with an outer norm in the "
+                       "paper's regime")
     evidence = "; ".join(f"{r.task}, {r.norm}, lr {r.lr} ({r.budget}): internal vs external @{AT} "
                          f"{r.gap.text(unit=' %', why=False)} "
                          f"(best over counts {pct(r.best.hi)} vs {pct(r.best.lo)}) — {r.status}"
                          for r in rows.itertuples())
     if (rows.status == "external ahead").any():
-        return Verdict("C3", CONTRADICTED, rule, evidence, change)
+        return Verdict("C3", CONTRADICTED, evidence)
     if ((rows.task == "sudoku") & (rows.status == "internal ahead")).any():
-        return Verdict("C3", SUPPORTED, rule, evidence, change)
-    return Verdict("C3", INCONCLUSIVE, rule, evidence, change)
+        return Verdict("C3", SUPPORTED, evidence)
+    return Verdict("C3", INCONCLUSIVE, evidence)
 
 
 def c4_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -298,17 +263,9 @@ def _correlations(runs: pd.DataFrame) -> str:
 
 
 def claim4(frame: pd.DataFrame) -> Verdict:
-    rule = (f"in the paper's regime, per task and learning rate, hard accuracy @{AT} by family (each the mean of its "
-            "cells' means, recall × residual, the GRU row with the inner norms; s.e. from the seeds): the framework "
-            "predicts recall + outer > recall + inner > no recall (the untied baseline placed by its accuracy); "
-            "contradicted only when a predicted pair is reversed by more than 2 s.e.; supported when both pairs are "
-            "in the predicted order by more than 2 s.e. wherever all three families ran; the Spearman correlation of "
-            "ρ(J) and of ρ(W_x) with accuracy within each recall family beside it")
     runs = paper_runs(frame)
-    change = ("3 seeds a cell of the paper's grid at a budget where the recall models learn; a significant reversal "
-              "of a predicted pair would contradict the claim")
     if runs.empty or runs.hard_at.isna().all():
-        return Verdict("C4", INCONCLUSIVE, rule, f"no runs in the paper's regime with accuracy @{AT}", change)
+        return Verdict("C4", INCONCLUSIVE, f"no runs in the paper's regime with accuracy @{AT}")
     parts, signs, complete = [], [], []
     for (task, lr), g in runs.groupby(["task", "lr"]):
         fam = {f: g[g.family == f] for f in (*ORDER, "untied") if (g.family == f).any()}
@@ -327,8 +284,8 @@ def claim4(frame: pd.DataFrame) -> Verdict:
         parts.append(f"{task}, lr {lr:g} ({budget(g)}): {text}")
     evidence = "; ".join(parts) + f". Within recall families: {_correlations(runs)}"
     if -1 in signs:
-        return Verdict("C4", CONTRADICTED, rule, evidence, change)
-    return Verdict("C4", SUPPORTED if complete and all(complete) else INCONCLUSIVE, rule, evidence, change)
+        return Verdict("C4", CONTRADICTED, evidence)
+    return Verdict("C4", SUPPORTED if complete and all(complete) else INCONCLUSIVE, evidence)
 
 
 def verdicts(frame: pd.DataFrame) -> list[Verdict]:

@@ -26,7 +26,7 @@ from experiments import claims, examples_report
 from experiments.figures import facets
 from experiments.presets import REGIMES, TASK_ORDER, get_preset
 from experiments.summary import SummaryError, load_summaries
-from experiments.table import (AT, ROW_ORDER, curves_frame, load_results, mean_se, num, paper_layout, pct, runs_frame,
+from experiments.table import (AT, FLOOR, ROW_ORDER, curves_frame, load_results, mean_se, num, paper_layout, pct, runs_frame,
                                traces_frame)
 from experiments.table import ordered as _ordered
 
@@ -39,10 +39,6 @@ SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test 
 """The presets whose sweeps are kept apart from the main grid, each drawn as a section of its own."""
 DEFAULT_SECTIONS = ("results/seed_gpu", "results/seed_cpu", "results/paper_split", "results/recipes_1500",
                     "results/chess_long")
-NAMES = {"C1": "without recall, countable fixed points and no strong input dependence",
-         "C2": "recall + outer norm gives reachable, locally smooth, backprop-stable fixed points",
-         "C3": "internal recall ≥ external once the norm is outer; much better on sudoku",
-         "C4": "performance follows the framework: recall + outer > recall + inner > no recall"}
 ITERS = dict(x="iters", y="accuracy", xlog=True, xlabel="test-time iterations", ylabel="exact match (%)")
 
 
@@ -228,15 +224,16 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
     :func:`experiments.claims.paper_runs`."""
     frame = runs_frame(results)
     every = runs_frame([*results, *(s for ss in (sections or {}).values() for s in ss)])
-    verdicts = "\n".join(f"- **{v.claim} — {NAMES[v.claim]}: {v.verdict}.** {v.evidence}.\n  - rule: {v.rule}.\n"
-                         f"  - what would change it: {v.change}." for v in claims.verdicts(every))
+    verdicts = {f"{v.claim.lower()}{k}": x for v in claims.verdicts(every)
+                for k, x in (("", v.verdict), ("_evidence", v.evidence), ("_change", v.change))}
     tasks = sorted(frame.task.unique(), key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t))
     machines = sorted({", ".join(f"{k} {v}" for k, v in r["machine"].items() if v is not None) for r in results})
     return Template(TEMPLATE.read_text()).substitute(
         command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(results),
         commands="; ".join(f"`{c}`" for c in sorted(frame.command.dropna().unique())),
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
-        machines="; ".join(machines), verdicts=verdicts, runs_note=runs_note(every), claim_tables=claim_tables(every),
+        machines="; ".join(machines), **verdicts, min_runs=claims.MIN_RUNS, reached=f"{claims.REACHED:.0%}",
+        floor=f"{FLOOR:.0%}", fd_constant=claims.FD_CONSTANT, fd_moves=claims.FD_MOVES, runs_note=runs_note(every), claim_tables=claim_tables(every),
         tasks="\n".join(grid_section(t, frame[frame.task == t]) for t in tasks),
         sections="".join("\n" + section(f, s, plots, out) for f, s in (sections or {}).items() if s),
         examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items())))
