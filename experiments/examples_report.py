@@ -33,7 +33,7 @@ from deqloop.train.config import stored_flat
 from experiments.figures import facets
 from experiments.runlog import records
 from experiments.summary import SummaryError, best_accuracy, read_json
-from experiments.table import curves_frame, num, pct
+from experiments.table import curves_frame, fill, md, num, pct
 
 DEFAULT_ROOT = "results/examples"
 RECORD_FORMAT = 1
@@ -117,17 +117,9 @@ def section(task: str, runs: list[dict[str, Any]], plots: Path, out: Path) -> st
     fig = facets(c, plots / f"{task}_examples.png", x="iters", y="accuracy", facet="run", hue="set", xlog=True,
                  cols=3, title=f"{task}: the example runs, accuracy against test-time iterations",
                  xlabel="test-time iterations", ylabel="exact match (%)")
-    commands = "; ".join(f"**{r['name']}** `{r['command']}`" for r in runs)
-    return "\n".join([
-        f"## {task}: the example runs", "",
-        f"`examples/{task}.py` with its defaults or the flags shown (records in `{DEFAULT_ROOT}/{task}`, added by "
-        "`python -m experiments.examples_report add`): exact match in % per evaluated set (*val* is the training "
-        "set's distribution, *hard* the harder split) and test-time iteration count, and adaptive compute (each "
-        "example iterated until its state changes by less than the relative tolerance: accuracy / mean "
-        "iterations); for a run trained at its fixed point, its own solver's answer.", "",
-        overview(runs).to_markdown(index=False, disable_numparse=True), "",
-        table.reset_index().fillna("—").to_markdown(index=False, disable_numparse=True), "",
-        f"Commands: {commands}.", "", f"![{task} examples]({os.path.relpath(fig, out.parent)})"]) + "\n"
+    return fill("examples", task=task, root=DEFAULT_ROOT, overview=md(overview(runs)), table=md(table.reset_index().fillna("—")),
+                commands="; ".join(f"**{r['name']}** `{r['command']}`" for r in runs),
+                figure=os.path.relpath(fig, out.parent)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

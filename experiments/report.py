@@ -17,20 +17,17 @@ import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from string import Template
 from typing import Any
 
 import pandas as pd
 
 from experiments import claims, examples_report
 from experiments.figures import facets
-from experiments.presets import REGIMES, TASK_ORDER, get_preset
+from experiments.presets import TASK_ORDER, get_preset
 from experiments.summary import SummaryError, load_summaries
-from experiments.table import (AT, FLOOR, ROW_ORDER, curves_frame, load_results, mean_se, num, paper_layout, pct, runs_frame,
-                               traces_frame)
-from experiments.table import ordered as _ordered
+from experiments.table import (AT, FLOOR, curves_frame, fill, load_results, md, mean_pm, num, ordered, paper_layout,
+                               pct, runs_frame, traces_frame)
 
-TEMPLATE = Path(__file__).with_name("results_template.md")
 SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test on 512",
             "recipes": "the fixed-point training recipes at another number of steps",
             "chess": "the long chess run beside its baselines",
@@ -40,21 +37,6 @@ SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test 
 DEFAULT_SECTIONS = ("results/seed_gpu", "results/seed_cpu", "results/paper_split", "results/recipes_1500",
                     "results/chess_long")
 ITERS = dict(x="iters", y="accuracy", xlog=True, xlabel="test-time iterations", ylabel="exact match (%)")
-
-
-def md(frame: pd.DataFrame) -> str:
-    return frame.to_markdown(index=False, missingval="—", disable_numparse=True)
-
-
-def ms(x: pd.Series) -> str:
-    """Mean ± standard error of accuracies, in %."""
-    m, s, _ = mean_se(x)
-    return "—" if m != m else f"{pct(m)} ± {pct(s)}"
-
-
-def ordered(frame: pd.DataFrame, by: tuple[str, ...] = ("recall", "norm", "regime", "seed")) -> pd.DataFrame:
-    """Rows in the paper's order of recall and norm, the presets' order of regimes, then ``by``'s other columns."""
-    return _ordered(frame, by, {**ROW_ORDER, "regime": REGIMES})
 
 
 def figure(data: pd.DataFrame, name: str, plots: Path, out: Path, alt: str, **kw: Any) -> str:
@@ -69,16 +51,17 @@ STABILITY = {"plain_reach": "plain reach", "anderson_reach": "Anderson", "rho": 
 def grid_section(task: str, runs: pd.DataFrame) -> str:
     """A task of deqloop's own cpu grid (``results/runs``): every recall × norm × training regime, no verdict."""
     g = ordered(runs).groupby(["recall", "norm", "regime", "lr"], sort=False)
-    acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", ms), best=("hard_best", ms), solver=("solver", ms))
+    acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", mean_pm), best=("hard_best", mean_pm), solver=("solver", mean_pm))
     table = acc.join(g[list(STABILITY)].mean().map(lambda v: num(v, 2))).reset_index()
-    alphas = "/".join(f"{a:g}" for a in sorted(runs[runs.regime == "progressive"].alpha.dropna().unique())) or "—"
-    return "\n".join([
-        f"## {task}: deqloop's cpu grid", "", f"{len(runs)} runs, {claims.budget(runs)}, width "
-        f"{num(runs.width.median())}: accuracy (mean ± s.e. over seeds) and the stability numbers (means over seeds) "
-        f"of every recall × norm × training regime. None of it is the paper's regime (its progressive loss here has "
-        f"α = {alphas}, z₀ detached, and the internal recall is the {'/'.join(sorted(set(runs.recall_form) - {'—'}))} "
-        "form; the other regimes are fixed-point training, `experiments/presets.py` `REGIME_TRAIN`), so no verdict "
-        "reads it.", "", md(table.rename(columns={"hard_at": f"hard @{AT}", "best": "hard best", **STABILITY}))]) + "\n"
+    return fill("grid", task=task, n=len(runs), budget=claims.budget(runs), width=num(runs.width.median()),
+                alphas=joined(runs[runs.regime == "progressive"].alpha, "{:g}".format) or "—",
+                forms=joined(runs.recall_form[runs.recall_form != "—"]),
+                table=md(table.rename(columns={"hard_at": f"hard @{AT}", "best": "hard best", **STABILITY}))) + "\n"
+
+
+def joined(values: pd.Series, fmt=str) -> str:
+    """The distinct values, sorted, each written by ``fmt``, joined by ``/``."""
+    return "/".join(fmt(v) for v in sorted(set(values.dropna())))
 
 
 def baselines(runs: list[dict[str, Any]], target: float = 3.0) -> list[str]:
@@ -92,17 +75,14 @@ def baselines(runs: list[dict[str, Any]], target: float = 3.0) -> list[str]:
     metrics = sorted({k.split("/", 1)[1] for s in found[0].values() for k in s})
     per_split = "; ".join(f"{split}: " + ", ".join(f"{b} " + " / ".join(f"{100 * s[f'{b}/{m}']:.1f}" for m in metrics)
                                                    for b in names) for split, s in found[0].items())
-    lines = [f"Baselines on the same examples, no model (accuracy %, {' / '.join(f'`{m}`' for m in metrics)}; exact "
-             "expectations over their random choices; chess: *random* a uniformly random legal move, *greedy* a mate in "
-             f"one, else the most valuable capture, else random; the table's accuracies are `correct`): {per_split}."]
+    lines = [fill("baselines", metrics=" / ".join(f"`{m}`" for m in metrics), per_split=per_split)]
     hard = [s.get("hard") or {} for s in found]
     if all("random/correct" in h and "greedy/correct" in h for h in hard):
         model = sum(max(r["eval"]["curves"]["accuracy"]["hard"]) for r in runs) / len(runs)
         random, greedy = (sum(h[k] for h in hard) / len(hard) for k in ("random/correct", "greedy/correct"))
-        lines.append(f"Hard (mean best over seeds): {100 * model:.1f} % = {model / random:.1f}× the random-legal "
-                     f"baseline ({100 * random:.1f} %; target ≥ {target:g}×: {'met' if model / random >= target else 'not met'}); "
-                     f"the greedy baseline scores {100 * greedy:.1f} %: the model "
-                     f"{'beats' if model > greedy else 'does not beat'} it.")
+        lines.append(fill("baselines_hard", model=f"{100 * model:.1f}", ratio=f"{model / random:.1f}", target=f"{target:g}",
+                          random=f"{100 * random:.1f}", met="met" if model / random >= target else "not met",
+                          greedy=f"{100 * greedy:.1f}", beats="beats" if model > greedy else "does not beat"))
     return lines
 
 
@@ -129,12 +109,15 @@ def section(folder: Path, summaries: list[dict[str, Any]], plots: Path, out: Pat
     cfg = summaries[0]["train_config"]
     fig = figure(ordered(curves_frame(summaries)), folder.name, plots, out, folder.name, facet="regime", hue="split",
                  title=f"{SECTIONS[presets[0]]} (band: seeds' range)", cols=3, **ITERS)
-    return "\n".join([
-        f"## {runs.task.iloc[0]}: {SECTIONS[presets[0]]}", "",
-        f"`{folder}` (runs: {len(runs)}, by {'; '.join(f'`{x}`' for x in sorted(runs.command.dropna().unique()))}); "
-        f"{cfg['recall']} recall, {cfg['norm']} norm, width {cfg['width']}, {cfg['steps']} steps, task settings "
-        f"{ {k: v for k, v in (cfg.get('task_options') or {}).items() if k != 'data'} }.", "",
-        run_table(runs), *(x for line in baselines(summaries) for x in ("", line)), "", fig]) + "\n"
+    return fill("section", task=runs.task.iloc[0], title=SECTIONS[presets[0]], folder=folder, n=len(runs),
+                commands=commands(runs), recall=cfg["recall"], norm=cfg["norm"], width=cfg["width"], steps=cfg["steps"],
+                options={k: v for k, v in (cfg.get("task_options") or {}).items() if k != "data"}, table=run_table(runs),
+                baselines="".join("\n\n" + line for line in baselines(summaries)), figure=fig) + "\n"
+
+
+def commands(runs: pd.DataFrame) -> str:
+    """The commands that made ``runs``, each in backquotes."""
+    return "; ".join(f"`{x}`" for x in sorted(runs.command.dropna().unique()))
 
 
 def seed_section(folder: Path, summaries: list[dict[str, Any]], runs: pd.DataFrame, plots: Path, out: Path,
@@ -152,15 +135,12 @@ def seed_section(folder: Path, summaries: list[dict[str, Any]], runs: pd.DataFra
         c = ordered(c[c.split == "hard"].assign(panel=lambda f: f.recall + " · " + f.norm, lr=c.name.map(lrs)))
         t = traces_frame([s for s in summaries if s["spec"]["task"] == task and (s["train_config"].get("blocks") or 1) == 1])
         options = {k: v for k, v in (cfg.get("task_options") or {}).items() if k not in ("data", "test_data")}
-        parts += [f"### {task}", "",
-                  f"`{folder}`: {len(mine)} of the grid's {len(get_preset(preset).runs(task=(task,)))} runs (by "
-                  f"{'; '.join(f'`{x}`' for x in sorted(mine.command.dropna().unique()))}); width {cfg['width']}, "
-                  f"{cfg['steps']} steps of batch {cfg['batch_size']}, training depth {cfg['max_iter']}, task settings "
-                  f"{options}. Rows are recall × residual as the paper names them (`fixed`: 15 untied blocks at one "
-                  "iteration, scored there; `gru`: the GRU residual with peri norm).", "",
-                  md(paper_layout(mine[mine.regime == claims.PAPER_REGIME])), "",
-                  figure(c, f"{folder.name}_{task}", plots, out, f"{folder.name} {task}", facet="panel", hue="lr",
-                         title=f"{task}, {preset}: hard split (band: seeds' range)", cols=4, **ITERS), ""]
+        parts += [fill("seed_task", task=task, folder=folder, n=len(mine), grid=len(get_preset(preset).runs(task=(task,))),
+                       commands=commands(mine), width=cfg["width"], steps=cfg["steps"], batch=cfg["batch_size"],
+                       depth=cfg["max_iter"], options=options, table=md(paper_layout(mine[mine.regime == claims.PAPER_REGIME])),
+                       figure=figure(c, f"{folder.name}_{task}", plots, out, f"{folder.name} {task}", facet="panel",
+                                     hue="lr", title=f"{task}, {preset}: hard split (band: seeds' range)", cols=4, **ITERS)),
+                  ""]
         if len(t) and t.rho.notna().any():
             parts += [figure(ordered(t, ("recall", "norm", "seed")), f"{folder.name}_{task}_rho", plots, out,
                              f"{folder.name} {task} ρ over training", x="fraction", y="rho", facet="recall", hue="norm",
@@ -177,14 +157,10 @@ def runs_note(frame: pd.DataFrame) -> str:
     if runs.empty:
         return "No runs in the paper's regime yet: every verdict is inconclusive."
     seeds = runs.groupby(["task", "lr", "recall", "norm"]).seed.nunique()
-    alphas = "/".join(f"{a:g}" for a in sorted(runs.alpha.dropna().unique()))
-    return (f"The verdicts read the {len(runs)} runs of the `{runs.preset.iloc[0]}` preset in the paper's regime "
-            f"(`{claims.PAPER_REGIME}`: the progressive loss with α = {alphas} and z₀'s gradient, depth 30, the paper's "
-            "schedule; internal recall in the "
-            f"{'/'.join(sorted(set(runs[runs.recall == 'internal'].recall_form))) or '—'} form), {len(seeds)} cells "
-            f"(task × learning rate × recall × residual) with {seeds.min()}"
-            + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
-            + f" seed{'s' * int(seeds.max() > 1)} each; no other run decides a verdict.")
+    return fill("runs_note", n=len(runs), preset=runs.preset.iloc[0], regime=claims.PAPER_REGIME,
+                alphas=joined(runs.alpha, "{:g}".format), forms=joined(runs.recall_form[runs.recall == "internal"]) or "—",
+                cells=len(seeds), seeds=f"{seeds.min()}" + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
+                + f" seed{'s' * int(seeds.max() > 1)}")
 
 
 def claim_tables(frame: pd.DataFrame) -> str:
@@ -228,15 +204,16 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
                 for k, x in (("", v.verdict), ("_evidence", v.evidence), ("_change", v.change))}
     tasks = sorted(frame.task.unique(), key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t))
     machines = sorted({", ".join(f"{k} {v}" for k, v in r["machine"].items() if v is not None) for r in results})
-    return Template(TEMPLATE.read_text()).substitute(
-        command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(results),
-        commands="; ".join(f"`{c}`" for c in sorted(frame.command.dropna().unique())),
+    return fill(
+        "document", command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(results),
+        commands=commands(frame),
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
         machines="; ".join(machines), **verdicts, min_runs=claims.MIN_RUNS, reached=f"{claims.REACHED:.0%}",
         floor=f"{FLOOR:.0%}", fd_constant=claims.FD_CONSTANT, fd_moves=claims.FD_MOVES, runs_note=runs_note(every), claim_tables=claim_tables(every),
         tasks="\n".join(grid_section(t, frame[frame.task == t]) for t in tasks),
         sections="".join("\n" + section(f, s, plots, out) for f, s in (sections or {}).items() if s),
-        examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items())))
+        examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items()))
+    ) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

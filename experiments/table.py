@@ -13,11 +13,14 @@ give the long forms of the accuracy curves and of the stability monitor's traces
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
+from string import Template
 from typing import Any
 
 import pandas as pd
 
+from experiments.presets import REGIMES
 from experiments.summary import load_summaries, summarize_sweep, with_paper_numbers
 
 AT = 500
@@ -25,8 +28,11 @@ AT = 500
 FLOOR = 0.20
 """A claim about accuracy is decided only where one of the compared sides reaches this on the hard split."""
 OUTER = ("post", "sandwich")  # the norm on the stream after the add (the paper's outer norm); the rest are inner
-ROW_ORDER = {"recall": ("none", "external", "internal", "fixed"), "norm": ("pre", "peri", "gru", "post", "sandwich")}
-"""The paper's order of rows (``experiments/run_all.bash`` of its code); other values follow."""
+ROW_ORDER = {"recall": ("none", "external", "internal", "fixed"), "norm": ("pre", "peri", "gru", "post", "sandwich"),
+             "regime": REGIMES}
+"""The paper's order of rows (``experiments/run_all.bash`` of its code), then the presets' regimes; other values follow."""
+TEMPLATE = Path(__file__).with_name("results_template.md")
+"""RESULTS.md's prose: the document, then the blocks it repeats (:func:`fill`)."""
 SPEC = ("task", "recall", "norm", "regime", "seed")
 
 # column -> path of the value in a run summary
@@ -144,7 +150,7 @@ def traces_frame(runs: list[dict[str, Any]]) -> pd.DataFrame:
     return _long(runs, rows)
 
 
-def ordered(frame: pd.DataFrame, by: tuple[str, ...] = ("recall", "norm", "seed"),
+def ordered(frame: pd.DataFrame, by: tuple[str, ...] = ("recall", "norm", "regime", "seed"),
             order: dict[str, tuple[str, ...]] = ROW_ORDER) -> pd.DataFrame:
     """Rows sorted by the columns ``by``: those named in ``order`` in its order (values it lacks after them,
     by name; default the paper's rows, :data:`ROW_ORDER`), the others by value."""
@@ -157,15 +163,28 @@ def ordered(frame: pd.DataFrame, by: tuple[str, ...] = ("recall", "norm", "seed"
     return frame.sort_values(list(by), key=key, kind="stable")
 
 
+def mean_pm(x: pd.Series) -> str:
+    """Accuracies as ``mean ± s.e.`` in % (``± —`` for one value; ``(n of m)`` where only n of the m are numbers)."""
+    mean, se, n = mean_se(x)
+    return "—" if n == 0 else f"{pct(mean)} ± {pct(se)}" + (f" ({n} of {len(x)})" if n < len(x) else "")
+
+
+def md(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table, values as they are (— for a missing one)."""
+    return frame.to_markdown(index=False, missingval="—", disable_numparse=True)
+
+
+def fill(block: str, **values: Any) -> str:
+    """Block ``block`` of RESULTS.md's template (:data:`TEMPLATE`) filled with ``values``: ``"document"``, the
+    text before the first line ``<!-- block NAME -->``, or the text after such a line, trailing newlines cut."""
+    parts = re.split(r"^<!-- block (\w+) -->\n", TEMPLATE.read_text(), flags=re.M)
+    return Template(dict(zip(["document", *parts[1::2]], parts[::2]))[block].rstrip("\n")).substitute(values)
+
+
 def paper_layout(frame: pd.DataFrame) -> pd.DataFrame:
     """The paper's table of ``frame``'s runs: a row per recall × norm in the paper's order, per learning rate
-    the hard accuracy @:data:`AT` and, beside it, the best over counts: ``mean ± s.e.`` in % over seeds
-    (``± —`` for one seed; ``(n of m)`` where only n of the cell's m runs have the number)."""
-    def cell(x: pd.Series) -> str:
-        mean, se, n = mean_se(x)
-        return "—" if n == 0 else f"{pct(mean)} ± {pct(se)}" + (f" ({n} of {len(x)})" if n < len(x) else "")
-
-    table = frame.pivot_table(index=["recall", "norm"], columns="lr", values=["hard_at", "hard_best"], aggfunc=cell)
+    the hard accuracy @:data:`AT` and, beside it, the best over counts, each :func:`mean_pm` over seeds."""
+    table = frame.pivot_table(index=["recall", "norm"], columns="lr", values=["hard_at", "hard_best"], aggfunc=mean_pm)
     table.columns = [f"lr {lr:g} {'@' + str(AT) if v == 'hard_at' else 'best'}" for v, lr in table.columns]
     table = table.reset_index()
     return ordered(table, ("recall", "norm"))[["recall", "norm", *sorted(table.columns[2:], key=lambda c: (
@@ -187,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     frame = frame[(frame.task == a.task) & (frame.regime == a.regime)]
     if frame.empty:
         p.error(f"no runs of task {a.task!r} in regime {a.regime!r} under {a.summaries}")
-    print(paper_layout(frame).to_markdown(index=False, disable_numparse=True))
+    print(md(paper_layout(frame)))
     return 0
 
 
