@@ -28,13 +28,17 @@ def records(metrics_path: Path) -> list[dict[str, Any]]:
 
 
 def training_numbers(metrics_path: Path) -> dict[str, Any]:
-    """Gradient norms, skipped steps, the last loss/accuracy and, over the last quarter of the
+    """Gradient norms (over every applied step where the log has them, ``grad_norm_every_step``;
+    else over the logged steps), skipped steps, the last loss/accuracy and, over the last quarter of the
     logged training steps, the mean loss and the solver's converged fractions (forward, and the
     implicit backward where it ran) from a run's metrics log."""
-    grad, steps, skipped = [], [], 0
+    grad, steps, skipped, every_step = [], [], 0, True
     for m in records(metrics_path):
-        if "grad_norm" in m and m["grad_norm"] is not None and math.isfinite(m["grad_norm"]):
-            grad.append(float(m["grad_norm"]))
+        if "grad_norms" in m:  # every applied step's norm since the previous record
+            grad.extend(float(v) for v in m["grad_norms"] if v is not None and math.isfinite(v))
+        elif "grad_norm" in m and m["grad_norm"] is not None and math.isfinite(m["grad_norm"]):
+            grad.append(float(m["grad_norm"]))  # an earlier log: the logged steps' norms only
+            every_step = False
         if "loss" in m:
             steps.append(m)
         skipped = max(skipped, int(m.get("skipped_total", 0) or 0))
@@ -47,6 +51,7 @@ def training_numbers(metrics_path: Path) -> dict[str, Any]:
         "grad_norm_median": median(grad),
         "grad_norm_max": max(grad) if grad else None,
         "grad_norm_last": grad[-1] if grad else None,
+        "grad_norm_every_step": every_step and bool(grad),
         "final_loss": steps[-1]["loss"] if steps else None,
         "final_train_accuracy": steps[-1].get("accuracy") if steps else None,
         "late_loss": tail_mean("loss"),

@@ -235,6 +235,21 @@ def test_training_numbers_average_the_last_quarter_and_the_report_rereads_them(t
     assert (row.late_loss, row.grad_median, row.grad_spread) == (pytest.approx(0.35), 1.0, 1.0)
 
 
+def test_training_numbers_read_every_steps_gradient_norm_where_the_log_has_them(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    # two records of three steps each: the logged step's norm is the window's last
+    lines = [{"step": 3, "loss": 1.0, "grad_norm": 2.0, "grad_norms": [1.0, 9.0, 2.0]},
+             {"step": 6, "loss": 0.5, "grad_norm": 4.0, "grad_norms": [3.0, float("nan"), 4.0]}]
+    path.write_text("\n".join(json.dumps(m) for m in lines) + "\n")
+    numbers = runlog.training_numbers(path)
+    # over the five finite per-step norms 1, 9, 2, 3, 4 (the logged steps alone: 2, 4)
+    assert (numbers["grad_norm_median"], numbers["grad_norm_max"], numbers["grad_norm_last"]) == (3.0, 9.0, 4.0)
+    assert numbers["grad_norm_every_step"] is True
+    path.write_text("\n".join(json.dumps({k: v for k, v in m.items() if k != "grad_norms"}) for m in lines) + "\n")
+    numbers = runlog.training_numbers(path)  # an earlier log: the logged steps only
+    assert (numbers["grad_norm_median"], numbers["grad_norm_max"], numbers["grad_norm_every_step"]) == (3.0, 4.0, False)
+
+
 def test_sweep_refuses_finished_runs_trained_with_other_settings(tmp_path, capsys):
     tiny = get_preset("tiny")
     spec = tiny.runs(recall=("internal",), regime=("progressive",))[0]

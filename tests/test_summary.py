@@ -97,7 +97,7 @@ def test_summary_round_trip_and_identical_bytes_on_rewrite(tmp_path):
                            "loss": [[10 * (i + 1), v] for i, v in enumerate(PROGRESSIVE_METRICS["losses"])]}
     # the training numbers are re-read from metrics.jsonl (last quarter: the last 2 of 8 logged steps)
     assert s["train"] == {"grad_norm_median": 1.0, "late_loss": 0.375, "steps": 8, "seconds": 1.5, "grad_norm_max": 4.0,
-                          "grad_norm_last": 0.25, "final_loss": 0.25, "final_train_accuracy": 0.75,
+                          "grad_norm_last": 0.25, "grad_norm_every_step": False, "final_loss": 0.25, "final_train_accuracy": 0.75,
                           "late_train_accuracy": 0.625, "late_forward_converged": None, "late_backward_converged": None,
                           "skipped_steps": 1}
     # a result from before eval recorded the paper's number gets it from its curves (no count 500 here)

@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from deqloop.checkpoint import FORMAT
 from deqloop.errors import DeqloopError, TrainingError
 from deqloop.tasks import task_spec
@@ -30,7 +32,7 @@ __all__ = ["check_same_run", "checkpoint_state", "restore"]
 def checkpoint_state(t: Trainer) -> dict[str, Any]:
     """Everything a checkpoint of trainer ``t`` holds: the model with its config, the training
     config (nested, :meth:`TrainConfig.to_dict`), the task's class, optimizer, scheduler, step
-    counters, RNG states, the last evaluation, the monitor's state and the data's fingerprints."""
+    counters, the gradient norms not yet logged, RNG states, the last evaluation, the monitor's state and the data's fingerprints."""
     return {
         "format": FORMAT,
         "model_config": t.model.config.to_dict(),
@@ -42,6 +44,7 @@ def checkpoint_state(t: Trainer) -> dict[str, Any]:
         "step": t.step_count,
         "skipped": t.skipped,
         "skipped_in_a_row": t.skipped_in_a_row,
+        "step_norms": [float(v) for v in t.pending_grad_norms],  # the next metrics record's, so a resumed log matches
         "rng": runtime.rng_state(),
         "world_size": t.world,
         "eval": t.last_eval,
@@ -78,6 +81,7 @@ def restore(t: Trainer, path: str | Path, state: dict[str, Any]) -> None:
     t.step_count = int(state["step"])
     t.skipped = int(state["skipped"])
     t.skipped_in_a_row = int(state.get("skipped_in_a_row", 0))
+    t.pending_grad_norms = [torch.tensor(v, device=t.device) for v in state.get("step_norms", [])]
     t.checkpoint_step = t.step_count
     t.last_eval = state.get("eval")
     runtime.set_rng_state(state["rng"])

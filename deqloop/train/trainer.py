@@ -138,6 +138,7 @@ class Trainer:
         self.monitor: StabilityMonitor | None = None  # rank 0 measures stability, when asked
         self.monitor_seconds = 0.0  # time spent in the monitor by this process
         self._grad_groups: dict[str, float] | None = None
+        self.pending_grad_norms: list[torch.Tensor] = []  # each applied step's gradient norm since the last log
         if c.eval.stability_every and self.is_main:
             probe = probe_batch(self.task, c.eval.stability_size, c.run.seed)
             self.monitor = StabilityMonitor(self.model, probe, seed=c.run.seed)
@@ -227,6 +228,7 @@ class Trainer:
         if reason is None:
             self.optimizer.step()
             self.skipped_in_a_row = 0
+            self.pending_grad_norms.append(grad_norm.detach())
         else:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
@@ -243,8 +245,11 @@ class Trainer:
             log.warning("step %d skipped: %s (%d skipped so far)", step + 1, reason, self.skipped)
         elif (step + 1) % c.eval.log_every == 0 or step + 1 == c.optim.steps:
             acc = self.task.correct(logits.detach().float(), y, x).float().mean()
+            # every applied step's gradient norm since the last record (one host sync per record)
+            norms, self.pending_grad_norms = torch.stack(self.pending_grad_norms).float().tolist(), []
             metrics.update(loss=self._mean(loss.detach().float()), accuracy=self._mean(acc),
-                           grad_norm=float(grad_norm), skipped_total=self.skipped)
+                           grad_norm=float(grad_norm), grad_norms=[float(f"{v:.4g}") for v in norms],
+                           skipped_total=self.skipped)
             if self.task.propagation_depth() is not None:
                 metrics["propagation_depth"] = self.task.propagation_depth(x)
             metrics.update(self.task.curriculum(step))
