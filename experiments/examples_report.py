@@ -10,11 +10,8 @@ time and the evaluation (``eval.json``), a few kB, no checkpoint::
         --command "python examples/sudoku.py --out runs/sudoku/b"
     python -m experiments.report                      # RESULTS.md gains the section
 
-The section gives every run in a line (its recipe, the training set's best accuracy and its
-accuracy at the largest count: does more thinking keep the answer?, the hard split's best), then
-exact-match accuracy on every evaluated set at every test-time iteration count with the adaptive
-accuracy (each example iterated until its state stops changing) and, for a run trained at its
-fixed point, its own solve; a figure per task has a panel per run.
+The section (:func:`section`, the template's ``examples`` block) gives every run in a line, then its
+accuracy on every evaluated set at every test-time count, and a figure with a panel per run.
 """
 
 from __future__ import annotations
@@ -22,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,7 +26,7 @@ from typing import Any
 import pandas as pd
 
 from deqloop.train.config import stored_flat
-from experiments.figures import facets
+from experiments.figures import ITERS, figure
 from experiments.runlog import records
 from experiments.summary import SummaryError, best_accuracy, read_json
 from experiments.table import curves_frame, fill, md, num, pct
@@ -114,12 +110,10 @@ def section(task: str, runs: list[dict[str, Any]], plots: Path, out: Path) -> st
     table["adaptive"] = column("settling")
     if any(r["eval"].get("solver") for r in runs):
         table["own solve"] = column("solver")
-    fig = facets(c, plots / f"{task}_examples.png", x="iters", y="accuracy", facet="run", hue="set", xlog=True,
-                 cols=3, title=f"{task}: the example runs, accuracy against test-time iterations",
-                 xlabel="test-time iterations", ylabel="exact match (%)")
     return fill("examples", task=task, root=DEFAULT_ROOT, overview=md(overview(runs)), table=md(table.reset_index().fillna("—")),
                 commands="; ".join(f"**{r['name']}** `{r['command']}`" for r in runs),
-                figure=os.path.relpath(fig, out.parent)) + "\n"
+                figure=figure(c, f"{task}_examples", plots, out, f"{task} examples", facet="run", hue="set", cols=3,
+                              title=f"{task}: the example runs, accuracy against test-time iterations", **ITERS)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,10 +4,20 @@ seeds of a line as a band (their minimum to maximum) around its mean, the legend
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+
+ITERS = dict(x="iters", y="accuracy", xlog=True, xlabel="test-time iterations", ylabel="exact match (%)")
+"""The keywords of :func:`facets` for accuracy against test-time iterations."""
+
+
+def figure(data: pd.DataFrame, name: str, plots: Path, out: Path, alt: str, **kw: Any) -> str:
+    """:func:`facets` of ``data`` to ``plots/name.png``, as a Markdown image line for the document ``out``."""
+    return f"![{alt}]({os.path.relpath(facets(data, plots / f'{name}.png', **kw), out.parent)})"
 
 
 def pyplot() -> Any:

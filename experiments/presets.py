@@ -132,12 +132,6 @@ class RunSpec:
         lr = f"-lr{self.lr:g}" if self.lr is not None else ""
         return f"{self.task}/{self.recall}-{self.norm}-{self.regime}{lr}-s{self.seed}"
 
-    @property
-    def config_key(self) -> tuple:
-        """The configuration without the seed (seeds are averaged)."""
-        key = (self.task, self.recall, self.norm, self.regime)
-        return key if self.lr is None else (*key, self.lr)
-
 
 @dataclass(frozen=True)
 class Preset:

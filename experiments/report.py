@@ -13,7 +13,6 @@ regenerates it byte for byte but for the date.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from experiments import claims, examples_report
-from experiments.figures import facets
+from experiments.figures import ITERS, figure
 from experiments.presets import TASK_ORDER, get_preset
 from experiments.summary import SummaryError, load_summaries
 from experiments.table import (AT, FLOOR, curves_frame, fill, load_results, md, mean_pm, num, ordered, paper_layout,
@@ -36,14 +35,6 @@ SECTIONS = {"paper": "the paper's prefix-sums split: train on ≤ 32 bits, test 
 """The presets whose sweeps are kept apart from the main grid, each drawn as a section of its own."""
 DEFAULT_SECTIONS = ("results/seed_gpu", "results/seed_cpu", "results/paper_split", "results/recipes_1500",
                     "results/chess_long")
-ITERS = dict(x="iters", y="accuracy", xlog=True, xlabel="test-time iterations", ylabel="exact match (%)")
-
-
-def figure(data: pd.DataFrame, name: str, plots: Path, out: Path, alt: str, **kw: Any) -> str:
-    """:func:`experiments.figures.facets` of ``data`` to ``plots/name.png``, as a Markdown image line."""
-    return f"![{alt}]({os.path.relpath(facets(data, plots / f'{name}.png', **kw), out.parent)})"
-
-
 STABILITY = {"plain_reach": "plain reach", "anderson_reach": "Anderson", "rho": "ρ", "resolvent": "‖(I−J)⁻¹‖",
              "ift": "IFT", "fd": "FD", "fd_input": "FD from e", "bwd": "bwd", "grad_spread": "grad spread"}
 
