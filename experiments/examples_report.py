@@ -28,7 +28,7 @@ import pandas as pd
 from deqloop.train.config import stored_flat
 from experiments.figures import ITERS, figure
 from experiments.runlog import records
-from experiments.summary import SummaryError, best_accuracy, read_json
+from experiments.summary import SummaryError, curves_of, read_json
 from experiments.table import curves_frame, fill, md, num, pct
 
 DEFAULT_ROOT = "results/examples"
@@ -82,8 +82,8 @@ def overview(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """A row per run: its recipe, seed, steps and time, the training set's best (count) and value at the
     largest count, the hard split's best (count), and for a run trained at its fixed point its own solve."""
     def best(r: dict[str, Any], split: str) -> str:
-        found = best_accuracy(r["eval"]["curves"], split)
-        return "—" if found is None else f"{pct(found[1])} ({found[0]})"
+        c = curves_of(r["eval"])
+        return f"{pct(c.best(split)[1])} ({c.best(split)[0]})" if c is not None and split in c.curves else "—"
 
     def solve(r: dict[str, Any]) -> str:
         s = (r["eval"].get("solver") or {}).get("hard")

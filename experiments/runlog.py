@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from deqloop.analysis.weights import WEIGHT_KEYS
 from deqloop.train.metrics import read_metrics
 
 
@@ -63,11 +64,9 @@ def training_numbers(metrics_path: Path) -> dict[str, Any]:
 
 
 # the stability monitor's fields a run summary keeps, per probe (see deqloop.train.monitor), the
-# paper's weight diagnostics last (deqloop.analysis.weights.WEIGHT_KEYS, written out: no torch here)
+# paper's weight diagnostics last
 STABILITY_FIELDS = ("step", "rho", "rho_max", "forward_converged", "plain_converged", "backward_converged",
-                    "init_distance", "injection_spectral_radius", "injection_norm", "injection_norm_ratio",
-                    "injection_condition", "injection_condition_11", "qk_norm_product", "attn_out_norm",
-                    "mlp_norm_product")
+                    "init_distance", *WEIGHT_KEYS)
 TRACE_POINTS = 100  # at most this many points per trace in a summary (evenly thinned, the last one kept)
 
 

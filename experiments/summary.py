@@ -20,14 +20,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from deqloop.eval.report import PAPER_ITERATIONS, IterationCurves
 from deqloop.files import atomic_write
 from experiments.runlog import traces, training_numbers
 
 SUMMARY_FORMAT = 1
-
-# the paper's number: exact-match accuracy after this many test-time iterations, at the end of
-# training (deqloop.eval.report.PAPER_ITERATIONS, written out: no torch here)
-PAPER_ITERATIONS = 500
 
 # the fields of a run's result.json, in the order a summary stores them
 KEYS = ("spec", "name", "preset", "train_config", "train_depth", "train", "eval", "analysis", "analysis_options",
@@ -40,22 +37,12 @@ class SummaryError(ValueError):
     """A summary or result file that cannot be read; the message names the file."""
 
 
-def accuracy_at(curves: dict[str, Any], split: str, iterations: int = PAPER_ITERATIONS) -> float | None:
-    """The accuracy on ``split`` after exactly ``iterations`` in an evaluation's ``curves``
-    (``{"iters": [...], "accuracy": {split: [...]}}``); None when that count or split was not scored."""
-    values = curves.get("accuracy", {}).get(split)
-    iters = list(curves.get("iters") or [])
-    return values[iters.index(iterations)] if values is not None and iterations in iters else None
-
-
-def best_accuracy(curves: dict[str, Any], split: str) -> list[Any] | None:
-    """``[iterations, accuracy]`` of the best count on ``split`` (the fewest iterations on ties);
-    None for a split that was not scored."""
-    values = curves.get("accuracy", {}).get(split)
-    if not values:
-        return None
-    top = max(values)
-    return [curves["iters"][values.index(top)], top]
+def curves_of(evaluation: dict[str, Any]) -> IterationCurves | None:
+    """An evaluation's accuracy curves (``deqloop.eval.EvalReport.to_dict()["curves"]``) as deqloop's
+    :class:`~deqloop.eval.report.IterationCurves` (its ``at``: the paper's number, ``best``: the best over
+    counts, the fewest iterations on ties); None for an evaluation without curves."""
+    c = evaluation.get("curves") or {}
+    return IterationCurves(c["iters"], c.get("train_depth"), dict(c["accuracy"])) if c.get("iters") else None
 
 
 def paper_iterations(train_config: dict[str, Any] | None) -> int:
@@ -69,12 +56,12 @@ def paper_iterations(train_config: dict[str, Any] | None) -> int:
 def paper_numbers(evaluation: dict[str, Any], iterations: int = PAPER_ITERATIONS) -> dict[str, Any]:
     """``{"paper": {"iterations": 500, "accuracy": {split: acc@500 or None}}, "best": {split:
     [iterations, accuracy]}}`` of an evaluation (``deqloop.eval.EvalReport.to_dict()``), from its
-    curves: what ``deqloop eval`` records itself since it reports the paper's number. ``iterations``:
-    the count of the paper's number (:func:`paper_iterations`)."""
-    curves = evaluation.get("curves") or {}
-    splits = list(curves.get("accuracy") or {})
-    return {"paper": {"iterations": iterations, "accuracy": {k: accuracy_at(curves, k, iterations) for k in splits}},
-            "best": {k: best_accuracy(curves, k) for k in splits}}
+    curves (:func:`curves_of`): what ``deqloop eval`` records itself since it reports the paper's number.
+    ``iterations``: the count of the paper's number (:func:`paper_iterations`)."""
+    c = curves_of(evaluation)
+    splits = c.curves if c is not None else {}
+    return {"paper": {"iterations": iterations, "accuracy": {k: c.at(k, iterations) for k in splits}},
+            "best": {k: list(c.best(k)) for k in splits}}
 
 
 def with_paper_numbers(run: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from deqloop.train.config import RUNTIME_FIELDS
 from experiments.executor import LAUNCHERS, RunJob, SlurmOptions, run_all
 from experiments.presets import PRESETS, REGIMES, SPEC_NORMS, SPEC_RECALLS, Preset, RunSpec, get_preset
 from experiments.runlog import mean, median, training_numbers
-from experiments.summary import PAPER_ITERATIONS, accuracy_at, best_accuracy, summarize, summary_path, write_summary
+from experiments.summary import PAPER_ITERATIONS, curves_of, summarize, summary_path, write_summary
 
 ANALYSIS_SOLVE = dict(solver="anderson", max_iter=100, rtol=1e-4)
 EVAL_SEED = 12345  # the test sets' seed (evaluate_run's default)
@@ -81,13 +81,12 @@ def stability_numbers(report) -> dict[str, Any]:
 def run_line(result: dict[str, Any], split: str = "hard") -> str:
     """A finished run in a line: the paper's number (accuracy at 500 iterations), the best over the
     counts, and the accuracy at each count, on ``split``."""
-    curves = result["eval"]["curves"]
-    at, best = accuracy_at(curves, split), best_accuracy(curves, split)
-    if best is None:
+    c = curves_of(result["eval"])
+    if c is None or split not in c.curves:
         return f"no {split} split evaluated"
-    at_text = "not scored" if at is None else f"{100 * at:.1f}%"
-    return (f"{split} @{PAPER_ITERATIONS} {at_text}, best {100 * best[1]:.1f}% at {best[0]}; "
-            f"by iterations {curves['accuracy'][split]}")
+    at, (count, best) = c.at(split), c.best(split)
+    return (f"{split} @{PAPER_ITERATIONS} {'not scored' if at is None else f'{100 * at:.1f}%'}, best {100 * best:.1f}% "
+            f"at {count}; by iterations {c.curves[split]}")
 
 
 # where and how a run ran (the stability monitor included: it measures, never trains), not what it trained

@@ -21,9 +21,9 @@ from typing import Any
 import pandas as pd
 
 from experiments.presets import REGIMES
-from experiments.summary import load_summaries, summarize_sweep, with_paper_numbers
+from experiments.summary import PAPER_ITERATIONS, load_summaries, summarize_sweep, with_paper_numbers
 
-AT = 500
+AT = PAPER_ITERATIONS
 """The paper's number: accuracy after this many test-time iterations, at the last training step."""
 FLOOR = 0.20
 """A claim about accuracy is decided only where one of the compared sides reaches this on the hard split."""
