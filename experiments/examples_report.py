@@ -110,7 +110,8 @@ def section(task: str, runs: list[dict[str, Any]], plots: Path, out: Path) -> st
     table["adaptive"] = column("settling")
     if any(r["eval"].get("solver") for r in runs):
         table["own solve"] = column("solver")
-    return fill("examples", task=task, root=DEFAULT_ROOT, overview=md(overview(runs)), table=md(table.reset_index().fillna("—")),
+    return fill("examples", task=task, root=DEFAULT_ROOT, overview=md(overview(runs)),
+                table=md(table.reset_index().fillna("—")),
                 commands="; ".join(f"**{r['name']}** `{r['command']}`" for r in runs),
                 figure=figure(c, f"{task}_examples", plots, out, f"{task} examples", facet="run", hue="set", cols=3,
                               title=f"{task}: the example runs, accuracy against test-time iterations", **ITERS)) + "\n"

@@ -42,7 +42,8 @@ STABILITY = {"plain_reach": "plain reach", "anderson_reach": "Anderson", "rho": 
 def grid_section(task: str, runs: pd.DataFrame) -> str:
     """A task of deqloop's own cpu grid (``results/runs``): every recall × norm × training regime, no verdict."""
     g = ordered(runs).groupby(["recall", "norm", "regime", "lr"], sort=False)
-    acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", mean_pm), best=("hard_best", mean_pm), solver=("solver", mean_pm))
+    acc = g.agg(seeds=("seed", "count"), hard_at=("hard_at", mean_pm), best=("hard_best", mean_pm),
+                solver=("solver", mean_pm))
     table = acc.join(g[list(STABILITY)].mean().map(lambda v: num(v, 2))).reset_index()
     return fill("grid", task=task, n=len(runs), budget=claims.budget(runs), width=num(runs.width.median()),
                 alphas=joined(runs[runs.regime == "progressive"].alpha, "{:g}".format) or "—",
@@ -71,9 +72,10 @@ def baselines(runs: list[dict[str, Any]], target: float = 3.0) -> list[str]:
     if all("random/correct" in h and "greedy/correct" in h for h in hard):
         model = sum(max(r["eval"]["curves"]["accuracy"]["hard"]) for r in runs) / len(runs)
         random, greedy = (sum(h[k] for h in hard) / len(hard) for k in ("random/correct", "greedy/correct"))
-        lines.append(fill("baselines_hard", model=f"{100 * model:.1f}", ratio=f"{model / random:.1f}", target=f"{target:g}",
-                          random=f"{100 * random:.1f}", met="met" if model / random >= target else "not met",
-                          greedy=f"{100 * greedy:.1f}", beats="beats" if model > greedy else "does not beat"))
+        lines.append(fill("baselines_hard", model=f"{100 * model:.1f}", ratio=f"{model / random:.1f}",
+                          target=f"{target:g}", random=f"{100 * random:.1f}",
+                          met="met" if model / random >= target else "not met", greedy=f"{100 * greedy:.1f}",
+                          beats="beats" if model > greedy else "does not beat"))
     return lines
 
 
@@ -102,8 +104,9 @@ def section(folder: Path, summaries: list[dict[str, Any]], plots: Path, out: Pat
                  title=f"{SECTIONS[presets[0]]} (band: seeds' range)", cols=3, **ITERS)
     return fill("section", task=runs.task.iloc[0], title=SECTIONS[presets[0]], folder=folder, n=len(runs),
                 commands=commands(runs), recall=cfg["recall"], norm=cfg["norm"], width=cfg["width"], steps=cfg["steps"],
-                options={k: v for k, v in (cfg.get("task_options") or {}).items() if k != "data"}, table=run_table(runs),
-                baselines="".join("\n\n" + line for line in baselines(summaries)), figure=fig) + "\n"
+                options={k: v for k, v in (cfg.get("task_options") or {}).items() if k != "data"},
+                table=run_table(runs), baselines="".join("\n\n" + line for line in baselines(summaries)),
+                figure=fig) + "\n"
 
 
 def commands(runs: pd.DataFrame) -> str:
@@ -126,12 +129,13 @@ def seed_section(folder: Path, summaries: list[dict[str, Any]], runs: pd.DataFra
         c = ordered(c[c.split == "hard"].assign(panel=lambda f: f.recall + " · " + f.norm, lr=c.name.map(lrs)))
         t = traces_frame([s for s in summaries if s["spec"]["task"] == task and (s["train_config"].get("blocks") or 1) == 1])
         options = {k: v for k, v in (cfg.get("task_options") or {}).items() if k not in ("data", "test_data")}
-        parts += [fill("seed_task", task=task, folder=folder, n=len(mine), grid=len(get_preset(preset).runs(task=(task,))),
-                       commands=commands(mine), width=cfg["width"], steps=cfg["steps"], batch=cfg["batch_size"],
-                       depth=cfg["max_iter"], options=options, table=md(paper_layout(mine[mine.regime == claims.PAPER_REGIME])),
+        parts += [fill("seed_task", task=task, folder=folder, n=len(mine),
+                       grid=len(get_preset(preset).runs(task=(task,))), commands=commands(mine), width=cfg["width"],
+                       steps=cfg["steps"], batch=cfg["batch_size"], depth=cfg["max_iter"], options=options,
+                       table=md(paper_layout(mine[mine.regime == claims.PAPER_REGIME])),
                        figure=figure(c, f"{folder.name}_{task}", plots, out, f"{folder.name} {task}", facet="panel",
-                                     hue="lr", title=f"{task}, {preset}: hard split (band: seeds' range)", cols=4, **ITERS)),
-                  ""]
+                                     hue="lr", title=f"{task}, {preset}: hard split (band: seeds' range)", cols=4,
+                                     **ITERS)), ""]
         if len(t) and t.rho.notna().any():
             parts += [figure(ordered(t, ("recall", "norm", "seed")), f"{folder.name}_{task}_rho", plots, out,
                              f"{folder.name} {task} ρ over training", x="fraction", y="rho", facet="recall", hue="norm",
@@ -149,7 +153,8 @@ def runs_note(frame: pd.DataFrame) -> str:
         return "No runs in the paper's regime yet: every verdict is inconclusive."
     seeds = runs.groupby(["task", "lr", "recall", "norm"]).seed.nunique()
     return fill("runs_note", n=len(runs), preset=runs.preset.iloc[0], regime=claims.PAPER_REGIME,
-                alphas=joined(runs.alpha, "{:g}".format), forms=joined(runs.recall_form[runs.recall == "internal"]) or "—",
+                alphas=joined(runs.alpha, "{:g}".format),
+                forms=joined(runs.recall_form[runs.recall == "internal"]) or "—",
                 cells=len(seeds), seeds=f"{seeds.min()}" + (f"–{seeds.max()}" if seeds.max() > seeds.min() else "")
                 + f" seed{'s' * int(seeds.max() > 1)}")
 
@@ -200,11 +205,12 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
         commands=commands(frame),
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
         machines="; ".join(machines), **verdicts, min_runs=claims.MIN_RUNS, reached=f"{claims.REACHED:.0%}",
-        floor=f"{FLOOR:.0%}", fd_constant=claims.FD_CONSTANT, fd_moves=claims.FD_MOVES, runs_note=runs_note(every), claim_tables=claim_tables(every),
+        floor=f"{FLOOR:.0%}", fd_constant=claims.FD_CONSTANT, fd_moves=claims.FD_MOVES, runs_note=runs_note(every),
+        claim_tables=claim_tables(every),
         tasks="\n".join(grid_section(t, frame[frame.task == t]) for t in tasks),
         sections="".join("\n" + section(f, s, plots, out) for f, s in (sections or {}).items() if s),
-        examples="".join("\n" + examples_report.section(t, rs, plots, out) for t, rs in sorted((examples or {}).items()))
-    ) + "\n"
+        examples="".join("\n" + examples_report.section(t, rs, plots, out)
+                         for t, rs in sorted((examples or {}).items()))) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

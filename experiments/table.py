@@ -30,7 +30,8 @@ FLOOR = 0.20
 OUTER = ("post", "sandwich")  # the norm on the stream after the add (the paper's outer norm); the rest are inner
 ROW_ORDER = {"recall": ("none", "external", "internal", "fixed"), "norm": ("pre", "peri", "gru", "post", "sandwich"),
              "regime": REGIMES}
-"""The paper's order of rows (``experiments/run_all.bash`` of its code), then the presets' regimes; other values follow."""
+"""The paper's order of rows (``experiments/run_all.bash`` of its code), then the presets' regimes; other values
+follow."""
 TEMPLATE = Path(__file__).with_name("results_template.md")
 """RESULTS.md's prose: the document, then the blocks it repeats (:func:`fill`)."""
 SPEC = ("task", "recall", "norm", "regime", "seed")
@@ -164,7 +165,8 @@ def ordered(frame: pd.DataFrame, by: tuple[str, ...] = ("recall", "norm", "regim
 
 
 def mean_pm(x: pd.Series) -> str:
-    """Accuracies as ``mean ± s.e.`` in % (``± —`` for one value; ``(n of m)`` where only n of the m are numbers)."""
+    """Accuracies as ``mean ± s.e.`` in % (``± —`` for one value; ``(n of m)`` where only n of the m are
+    numbers)."""
     mean, se, n = mean_se(x)
     return "—" if n == 0 else f"{pct(mean)} ± {pct(se)}" + (f" ({n} of {len(x)})" if n < len(x) else "")
 
