@@ -1,15 +1,8 @@
-"""Where a sweep's runs execute: in this process, in N local processes, or as Slurm jobs.
-
-    python -m experiments.sweep --preset cpu --jobs 2                       # two runs at a time, here
-    python -m experiments.sweep --preset gpu --launcher slurm \\
-        --slurm-partition gpu --slurm-gpus 1 --slurm-cpus 8 --slurm-time 240 --slurm-parallel 32
-
-Every launcher runs :func:`experiments.sweep.run_one` once per run: a finished run (its
-``result.json`` exists) returns at once, an interrupted one resumes from its ``last.pt``, and each
-run writes its own summary when it finishes. The sweep prints each run's line as it completes, in
-the order they complete. Slurm goes through submitit (``pip install 'deqloop[cluster]'``): one job
-per run, logs and pickles under ``OUT/.submitit``; a job that reaches its time limit or is
-preempted is requeued by submitit and resumes from the run's last checkpoint.
+"""Where a sweep's runs execute (``python -m experiments.sweep --jobs N``, ``--launcher``): in this process,
+in N local processes, or as Slurm jobs through submitit (``pip install 'deqloop[cluster]'``), one job per
+run, logs and pickles under ``OUT/.submitit``. A job that reaches its time limit or is preempted is
+requeued by submitit; :func:`experiments.sweep.run_one` returns at once for a finished run and resumes an
+interrupted one from its ``last.pt``. Runs are yielded in the order they complete.
 """
 
 from __future__ import annotations

@@ -20,23 +20,17 @@ def figure(data: pd.DataFrame, name: str, plots: Path, out: Path, alt: str, **kw
     return f"![{alt}]({os.path.relpath(facets(data, plots / f'{name}.png', **kw), out.parent)})"
 
 
-def pyplot() -> Any:
-    """``matplotlib.pyplot`` on the Agg backend (no display needed), unless one was chosen already."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def facets(data: pd.DataFrame, path: Path, *, x: str, y: str, facet: str, hue: str, title: str, xlabel: str,
            ylabel: str, cols: int = 4, xlog: bool = False, percent: bool = True, hline: float | None = None,
            vline: float | None = None) -> Path:
     """One panel per value of ``facet`` (rows of ``cols``), in each a line per value of ``hue``: the mean
     of ``y`` over the rows sharing (``facet``, ``hue``, ``x``) — the seeds — with their range as a band.
     ``percent`` draws ``y`` × 100 on 0–100; ``hline``/``vline`` a grey reference line. Writes ``path``."""
-    plt = pyplot()
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)  # no display needed, unless a backend was chosen already
+    import matplotlib.pyplot as plt
+
     panels = list(dict.fromkeys(data[facet]))
     hues = list(dict.fromkeys(data[hue]))
     cols = min(cols, len(panels))
