@@ -201,7 +201,7 @@ def render(results: list[dict[str, Any]], plots: Path, out: Path, command: str,
     tasks = sorted(frame.task.unique(), key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else 99, t))
     machines = sorted({", ".join(f"{k} {v}" for k, v in r["machine"].items() if v is not None) for r in results})
     return fill(
-        "document", command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(results),
+        "document", command=command, date=f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", n_runs=len(every),
         commands=commands(frame),
         presets=", ".join(sorted(frame.preset.unique())), commits=", ".join(sorted(frame.commit.unique())),
         machines="; ".join(machines), **verdicts, min_runs=claims.MIN_RUNS, reached=f"{claims.REACHED:.0%}",
@@ -243,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except (SummaryError, ValueError) as err:
         p.error(str(err))
     out.write_text(text)
-    print(f"wrote {out} ({len(results)} runs)")
+    print(f"wrote {out} ({len(results) + sum(len(s) for s in sections.values())} runs)")
     return 0
 
 
