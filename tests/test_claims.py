@@ -279,3 +279,42 @@ def test_c4_reports_the_correlations_within_recall_families():
     v = claims.claim4(f)
     assert f"internal ρ(J): ρ_s = {ref.statistic:+.2f} (p = {ref.pvalue:.2g}, 8 runs)" in v.evidence
     assert "internal ρ(W_x): ρ_s = -1.00" in v.evidence and "external ρ(J): not recorded" in v.evidence
+
+
+# -- the thresholds, at their boundaries as the rules state them ---------------------------------------------
+
+
+def test_a_gap_decides_only_beyond_two_standard_errors_and_from_two_seeds_a_cell():
+    at = claims.Gap(hi=0.75, lo=0.25, se=0.25, seeds=2)  # gap 0.5 = 2 s.e. exactly: not beyond
+    assert at.sign == 0 and at.why() == "within 2 s.e.: ≈ 2 seeds a cell would make it 2 s.e."
+    assert claims.Gap(hi=0.75, lo=0.25, se=0.24, seeds=2).sign == 1
+    assert claims.Gap(hi=0.25, lo=0.75, se=0.24, seeds=2).sign == -1
+    assert claims.Gap(hi=0.75, lo=0.25, se=0.24, seeds=2).why() == ""  # two seeds a cell decide
+    # a side's seeds are its fewest a cell: post has 3, sandwich 2
+    f = frame([run(norm="post", seed=s, hard=h) for s, h in enumerate((0.2, 0.4, 0.6))]
+              + [run(norm="sandwich", seed=s, hard=h) for s, h in enumerate((0.1, 0.3))])
+    assert claims.side(f, "hard_at")[2] == 2
+
+
+def test_c1_thresholds_are_inclusive():
+    def free(fd=1e-3, hard=0.0, anderson=1.0, reach=1.0):
+        return [run(recall="none", norm=nm, hard=hard, converged_fraction=anderson, plain_reach=reach,
+                    input_fd_median=fd, distinct_fixed_points=1, resolvent_norm_median=3.0,
+                    spectral_radius_median=0.5) for nm in ("pre", "peri", "gru")] + [run(recall="internal", hard=0.9)]
+
+    # "at fixed points": Anderson and plain iteration each ≥ REACHED; "locally constant": FD ≤ FD_CONSTANT
+    at = free(fd=claims.FD_CONSTANT, anderson=claims.REACHED, reach=claims.REACHED)
+    assert claims.claim1(frame(at)).verdict == claims.SUPPORTED
+    # following the input: FD ≥ FD_MOVES; passing the hard split: ≥ the floor (20 %)
+    assert claims.claim1(frame(free(fd=claims.FD_MOVES))).verdict == claims.CONTRADICTED
+    assert claims.claim1(frame(free(hard=0.2))).verdict == claims.CONTRADICTED
+
+
+def test_c3_needs_both_recalls_in_a_task():
+    only_internal = [run(recall="internal", seed=s, hard=0.9) for s in range(3)]
+    assert claims.c3_rows(frame(only_internal)).empty
+    assert claims.claim3(frame(only_internal)).verdict == claims.INCONCLUSIVE
+    # one side reaching the floor exactly (20 % @500) is enough to decide
+    at_floor = [run(recall="internal", seed=s, hard=0.2) for s in range(2)] + \
+        [run(recall="external", seed=s, hard=0.0) for s in range(2)]  # (0.2 + 0.2) / 2 is 0.2 exactly
+    assert claims.c3_rows(frame(at_floor)).status.tolist() == ["internal ahead"]
