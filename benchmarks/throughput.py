@@ -49,6 +49,9 @@ from deqloop.train import TrainConfig, Trainer
 from deqloop.train.objectives import progressive_draw
 
 MODES = {"eager": dict(compile=False, amp="none"), "compile": dict(compile=True, amp="none"),
+         # the progressive loss's graded iterations as compiled segments of 1, 2, 4, ..., N iterations
+         "segments": dict(compile=True, compile_segment=16, amp="none"),
+         "segments4": dict(compile=True, compile_segment=4, amp="none"),
          "bf16": dict(compile=False, amp="bf16"), "bf16+compile": dict(compile=True, amp="bf16")}
 
 _COMMON = dict(recall="internal", norm="post", loss="progressive", lr=1e-3, warmup_steps=0, eval_size=0,
@@ -57,6 +60,9 @@ CELLS: dict[str, dict[str, Any]] = {
     # the cpu prefix-sums cell (experiments/presets.py), 12 bits, the paper's progressive loss
     "prefix_sums": dict(task="prefix_sums", task_options=dict(length=12), width=32, heads=4, attention="local",
                         window=3, max_iter=14, batch_size=128, alpha=1.0),
+    # the seed-cpu prefix-sums cell (experiments/presets.py): the paper's loss at training depth 30, 32 bits
+    "seed_cpu": dict(task="prefix_sums", task_options=dict(length=32, min_length=32), width=32, heads=4,
+                     attention="local", window=5, max_iter=30, batch_size=64, alpha=1.0),
     # the sudoku example's cell (examples/sudoku.py): width 64, full attention, 16 iterations
     "sudoku": dict(task="sudoku", task_options=dict(blanks=(4, 24), augment=True), width=64, heads=4,
                    attention="full", max_iter=16, batch_size=64, alpha=0.5, detach_z0=True),
@@ -150,11 +156,33 @@ def train_timing(config: TrainConfig, warmup: int, repeats: int,
         trainer.step(state["step"])
         state["step"] += 1
 
+    c0 = time.process_time()
+    if config.run.compile is True:
+        warm_compiled(trainer)
+    compiling = time.process_time() - c0
     t = timed(one, warmup, repeats)
+    t.warmup_cpu += compiling
     grid = tuple(trainer.batches(0)[0].shape[1:])
     flops = statistics.mean(step_flops(config, grid, s, trainer.task.num_classes)
                             for s in range(warmup, warmup + repeats))
     return t, flops, step_profile(trainer, state["step"]) if profile else None
+
+
+def warm_compiled(trainer: Trainer) -> None:
+    """Compile every graph a compiled run's steps use, on the first batch: the block with and
+    without gradients and, with ``compile_segment``, every segment length (forward and backward),
+    so that the timed steps compile nothing whatever their draws."""
+    model, longest = trainer.model, trainer.config.run.compile_segment
+    x = trainer.batches(0)[0].to(trainer.device)
+    with torch.no_grad():
+        e = model.embed(x)
+        model.iterate(e, e, 2)
+    e = model.embed(x)
+    model.iterate(e.detach(), e, 2).float().square().mean().backward()
+    if longest:
+        e = model.embed(x)
+        model.unroll(e, e, 2 * longest - 1)[1].float().square().mean().backward()  # every length once
+    model.zero_grad(set_to_none=True)
 
 
 PROFILE_GROUPS = {  # op-name prefixes of a training step's self CPU time, by what the time goes to

@@ -8,16 +8,22 @@ buffers' strides, an embedding that requires grad in training and not in evaluat
 ``torch._dynamo.config.recompile_limit`` (8), runs the block eagerly with one log line. Here the
 batch and token dimensions are marked dynamic, no-grad calls get detached inputs, and every graph
 is counted: a warning says when the limit is reached.
+
+:class:`CompiledSegments` compiles runs of several iterations (``LoopedDEQ.unroll``): a count
+``k`` that changes every step (the progressive loss's ``k ~ U{1..depth − n}``) runs as its binary
+decomposition into segments of 1, 2, 4, … iterations (:func:`segment_lengths`), each segment
+length a function of its own, so a run compiles at most one graph per length and grad mode.
 """
 
 from __future__ import annotations
 
+import types
 import warnings
 from typing import Any, Callable
 
 import torch
 
-__all__ = ["CompiledBlock"]
+__all__ = ["CompiledBlock", "CompiledSegments", "segment_lengths"]
 
 
 class CompiledBlock:
@@ -26,20 +32,20 @@ class CompiledBlock:
 
     backend = "inductor"
 
-    def __init__(self, forward: Callable[..., torch.Tensor]):
-        self.graphs = 0
+    def __init__(self, forward: Callable[..., Any], name: str = "the compiled block"):
+        self.graphs, self.name = 0, name
         self._compiled = torch.compile(forward, backend=self._compile)
 
     def _compile(self, gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         self.graphs += 1
         limit = torch._dynamo.config.recompile_limit
         if self.graphs == limit:
-            warnings.warn(f"the compiled block has been compiled {self.graphs} times, torch._dynamo's recompile "
+            warnings.warn(f"{self.name} has been compiled {self.graphs} times, torch._dynamo's recompile "
                           f"limit: a further change of what it is called with runs it eagerly (slower); "
                           "TORCH_LOGS=recompiles says why it recompiled", stacklevel=2)
         return torch._dynamo.lookup_backend(self.backend)(gm, example_inputs)
 
-    def __call__(self, z: torch.Tensor, e: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Any) -> torch.Tensor:
+    def __call__(self, z: torch.Tensor, e: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Any) -> Any:
         if not torch.is_grad_enabled():  # requires_grad means nothing here: one no-grad graph
             z, e = z.detach(), e.detach()
         for t in (z, e):  # (B, N, D): batch and token counts vary
@@ -49,3 +55,56 @@ class CompiledBlock:
             if isinstance(t, torch.Tensor):
                 torch._dynamo.maybe_mark_dynamic(t, 0)
         return self._compiled(z, e, cos, sin, mask)
+
+
+def segment_lengths(steps: int, longest: int) -> list[int]:
+    """The segment lengths that make up ``steps`` iterations: ``longest`` (a power of two) as often
+    as it fits, then the binary digits of the rest, longest first; e.g. 13 → [8, 4, 1], 30 → [16,
+    8, 4, 2] and 40 → [16, 16, 8] with ``longest = 16``."""
+    if longest < 1 or longest & (longest - 1):
+        raise ValueError(f"the longest segment must be a power of two ≥ 1, got {longest}")
+    full, rest = divmod(steps, longest)
+    return [longest] * full + [1 << b for b in reversed(range(longest.bit_length())) if rest >> b & 1]
+
+
+def _segment(forward: Callable[..., torch.Tensor], length: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """``(z, e, cos, sin, mask) ↦ (z_{length−1}, z_length)``, ``length`` iterations of ``forward``,
+    as a function with a code object of its own: dynamo keeps its graphs (and counts its recompile
+    limit) per code object, so lengths sharing one would evict each other's graphs."""
+
+    def segment(z: torch.Tensor, e: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Any):
+        prev = z
+        for _ in range(length):
+            prev, z = z, forward(z, e, cos, sin, mask).to(z.dtype)  # the state keeps its dtype under autocast
+        return prev, z
+
+    code = segment.__code__.replace(co_name=f"segment_{length}")
+    return types.FunctionType(code, segment.__globals__, code.co_name, None, segment.__closure__)
+
+
+class CompiledSegments:
+    """``steps`` iterations of ``forward`` as compiled segments of 1, 2, 4, …, ``longest``
+    iterations (:func:`segment_lengths`): at most ``log2(longest) + 1`` functions, each compiled
+    as a :class:`CompiledBlock` (one graph per grad mode); ``graphs`` counts them all."""
+
+    def __init__(self, forward: Callable[..., torch.Tensor], longest: int):
+        segment_lengths(1, longest)  # checks longest
+        self.longest = longest
+        self.segments = {1 << b: CompiledBlock(_segment(forward, 1 << b), f"the compiled {1 << b}-iteration segment")
+                         for b in range(longest.bit_length())}
+
+    @property
+    def graphs(self) -> int:
+        return sum(s.graphs for s in self.segments.values())
+
+    def __call__(self, z: torch.Tensor, e: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: Any,
+                 steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_{steps−1}, z_steps)`` of ``steps ≥ 1`` iterations from ``z``, all ``(B, N, D)``."""
+        if z is e:
+            z = e.clone()  # the same tensor twice would compile another graph; clone passes the gradient on
+        if torch.is_grad_enabled() and e.requires_grad and not z.requires_grad:
+            z = z.detach().requires_grad_()  # one graph whether or not the start carries a gradient
+        prev = z
+        for length in segment_lengths(steps, self.longest):
+            prev, z = self.segments[length](z, e, cos, sin, mask)
+        return prev, z

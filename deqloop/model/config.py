@@ -148,12 +148,17 @@ class Architecture(ModelSettings):
     grid: training grid, ``(L,)`` for sequences or ``(H, W)`` for boards. Inputs must have as
         many grid axes; their sizes may differ (RoPE and local attention are relative).
     compile: compile the block with ``torch.compile``.
+    compile_segment: with ``compile``, :meth:`LoopedDEQ.unroll <deqloop.model.LoopedDEQ.unroll>`
+        (the progressive loss's graded iterations) runs as compiled segments of 1, 2, 4, …,
+        ``compile_segment`` iterations (a power of two; :class:`~deqloop.model.compiled.CompiledSegments`);
+        0 (the default): through the compiled block, one call an iteration.
     """
 
     vocab_size: int = field(kw_only=True)
     num_classes: int = field(kw_only=True)
     grid: tuple[int, ...] = field(kw_only=True)
     compile: bool = field(default=False, kw_only=True)
+    compile_segment: int = field(default=0, kw_only=True)
 
     def __post_init__(self) -> None:
         grid = (self.grid,) if isinstance(self.grid, int) else self.grid
@@ -169,6 +174,7 @@ class Architecture(ModelSettings):
         check_head_dim(self.width // self.heads, len(self.grid))
         if not isinstance(self.compile, bool):
             raise ConfigError(f"compile must be True or False, got {self.compile!r}")
+        check_compile_segment(self.compile_segment)
 
 
 @dataclass(frozen=True)
@@ -260,6 +266,14 @@ class SolveSettings:
     def method(self) -> str:
         """The forward solver actually run (``"picard"`` under the unrolled backward)."""
         return self.adjoint.default_method if isinstance(self.adjoint, Unrolled) else self.solver
+
+
+def check_compile_segment(value: Any) -> int:
+    """``compile_segment``: 0 or a power of two."""
+    value = integer("compile_segment", value, minimum=0)
+    if value & (value - 1):
+        raise ConfigError(f"compile_segment must be 0 or a power of two (1, 2, 4, 8, 16, ...), got {value}")
+    return value
 
 
 def _flag(name: str) -> Any:

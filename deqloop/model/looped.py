@@ -23,7 +23,7 @@ from torch import nn
 from deqloop import inputs
 from deqloop.errors import InputError, InputTypeError, allocating
 from deqloop.model.attention import Attention, check_backend
-from deqloop.model.compiled import CompiledBlock
+from deqloop.model.compiled import CompiledBlock, CompiledSegments
 from deqloop.model.config import (
     BF16_RTOL,
     INITS,
@@ -110,6 +110,7 @@ class LoopedDEQ(nn.Module):
             self.block = Block(arch) if arch.blocks == 1 else Blocks(arch)  # Blocks: untied, applied in order
             self.head = Readout(arch.width, arch.num_classes)
         self._compiled_block = None  # built on first use when arch.compile; never pickled
+        self._compiled_segments = None  # likewise, when arch.compile_segment
 
     @property
     def arch(self) -> Architecture:
@@ -164,12 +165,17 @@ class LoopedDEQ(nn.Module):
         B, *grid, D = z.shape
         cos, sin, mask = self._geometry(tuple(grid), z.device)
         block = self.block
-        if self.arch.compile and self._attentions()[0].backend != "math":  # math: twice differentiable, so eager
+        if self._compiling():
             if self._compiled_block is None:
                 self._compiled_block = CompiledBlock(self.block.forward)
             block = self._compiled_block
         out = block(z.reshape(B, -1, D), e.reshape(B, -1, D), cos, sin, mask)  # (B, N, D)
         return out.reshape(z.shape).to(z.dtype)
+
+    def _compiling(self) -> bool:
+        """Whether the block runs compiled: ``compile`` set and attention not on the ``"math"``
+        backend (twice differentiable, so eager)."""
+        return self.arch.compile and self._attentions()[0].backend != "math"
 
     def iterates(self, z: torch.Tensor, e: torch.Tensor, steps: int) -> Iterator[torch.Tensor]:
         """``z_1, ..., z_steps`` with ``z_t = f(z_{t−1}; e)``, under the caller's grad mode.
@@ -181,6 +187,34 @@ class LoopedDEQ(nn.Module):
         for _ in range(steps):
             z = self.step(z, e)
             yield z
+
+    def unroll(self, z: torch.Tensor, e: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(z_{steps−1}, z_steps)``: the last two of :meth:`iterates`' states (``steps ≥ 1``),
+        under the caller's grad mode.
+
+        With ``compile`` and ``compile_segment`` set, the iterations run as compiled segments of
+        1, 2, 4, …, ``compile_segment`` iterations (:class:`~deqloop.model.compiled.CompiledSegments`:
+        at most one graph per segment length and grad mode, whatever ``steps``); otherwise one
+        :meth:`step` at a time. Both give the same values and gradients within float tolerance.
+        """
+        steps = inputs.steps("steps", steps)
+        if not (self.arch.compile_segment and self._compiling()):
+            prev = z
+            for z_next in self.iterates(z, e, steps):
+                prev, z = z, z_next
+            return prev, z
+        self._check_state("z", z)
+        self._check_state("e", e)
+        if z.shape != e.shape:
+            raise InputError(f"z has shape {tuple(z.shape)}, the embedding e {tuple(e.shape)}; they must match")
+        B, *grid, D = z.shape
+        cos, sin, mask = self._geometry(tuple(grid), z.device)
+        if self._compiled_segments is None or self._compiled_segments.longest != self.arch.compile_segment:
+            self._compiled_segments = CompiledSegments(self.block.forward, self.arch.compile_segment)
+        e_flat = e.reshape(B, -1, D)
+        z_flat = e_flat if z is e else z.reshape(B, -1, D)  # the segments see whether z is e
+        prev, last = self._compiled_segments(z_flat, e_flat, cos, sin, mask, steps)  # (B, N, D) each
+        return prev.reshape(z.shape), last.reshape(z.shape)
 
     def iterate(self, z: torch.Tensor, e: torch.Tensor, steps: int) -> torch.Tensor:
         """``z_steps``: the state after ``steps`` plain iterations from ``z`` (``z`` itself for 0)."""
@@ -299,7 +333,8 @@ class LoopedDEQ(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_compiled_block"] = None  # compiled code is rebuilt on demand, not copied or saved
+        state["_compiled_block"] = state["_compiled_segments"] = None  # compiled code is rebuilt on demand,
+        # not copied or saved
         return state
 
     @contextlib.contextmanager

@@ -53,7 +53,7 @@ loss leaves unused."""
 RUNTIME_FIELDS = frozenset({"resume", "overwrite", "progress", "threads", "device", "out", "logger", "prefetch",
                             "stability_every", "stability_size",  # the monitor measures, never trains
                             "max_consecutive_skips",  # only decides when a failing run gives up
-                            "compile"})  # the same function, compiled or not
+                            "compile", "compile_segment"})  # the same function, compiled or not
 
 _SOLVE_HELP = ("the solve of the training forward (its max_iter: the training depth) and the model's default "
                "solve; None: the model's defaults, with the equilibrium loss's DEFAULT_RECIPE")
@@ -137,7 +137,7 @@ class TrainConfig:
         t = self._task
         block = {f.name: getattr(self.model, f.name) for f in dataclasses.fields(ModelSettings)}
         arch = Architecture(**block, vocab_size=t.vocab_size, num_classes=t.num_classes, grid=t.grid,
-                            compile=self.run.compile is True)
+                            compile=self.run.compile is True, compile_segment=self.run.compile_segment)
         return LoopedDEQConfig(arch, self.solve.with_(max_iter=self.depth()))
 
     @property

@@ -205,12 +205,10 @@ class Progressive(Objective):
         loss = x.new_zeros((), dtype=torch.float32)
         mask = self.mask(x, y)
         logits = z_n = residual = None
-        if alpha < 1.0:  # every iteration, backpropagated
-            z_prev = z = z0
-            for t, z_next in enumerate(m.iterates(z0, e, depth)):
-                if t == n:
-                    z_n = z.detach()
-                z_prev, z = z, z_next
+        if alpha < 1.0:  # every iteration, backpropagated; z_n read on the way (compiled segments where set)
+            z = z0 if n == 0 else m.unroll(z0, e, n)[1]
+            z_n = z.detach()
+            z_prev, z = m.unroll(z, e, depth - n)
             logits = m.readout(z)
             loss = loss + (1.0 - alpha) * cross_entropy(logits, y, mask)
             residual = relative_residual(z, z_prev)
@@ -220,9 +218,7 @@ class Progressive(Objective):
             elif z_n is None:
                 with torch.no_grad():
                     z_n = m.iterate(z0.detach(), e, n)
-            z_prev = z = z_n
-            for z_next in m.iterates(z_n, e, k):
-                z_prev, z = z, z_next
+            z_prev, z = m.unroll(z_n, e, k)  # as compiled segments where compile_segment is set
             part = m.readout(z)
             loss = loss + alpha * cross_entropy(part, y, mask)
             if logits is None:

@@ -22,6 +22,7 @@ from typing import Any
 
 from deqloop.device import check_device
 from deqloop.errors import ConfigError
+from deqloop.model.config import check_compile_segment
 from deqloop.names import INITS
 from deqloop.train.tracking import LOGGERS
 from deqloop.validate import choice, integer, number, setting
@@ -208,6 +209,9 @@ class RunSettings:
     compile: bool | str = setting("compile the block with torch.compile: true, false, or auto (after timing the "
                                   "first steps, when it pays for itself over the run: deqloop/train/autocompile.py)",
                                   default="auto")
+    compile_segment: int = setting("when compiled, run the progressive loss's graded iterations as compiled segments "
+                                   "of 1, 2, 4, ..., N iterations (N a power of two; 0: one compiled call an "
+                                   "iteration): deqloop/model/compiled.py", default=0)
     threads: int = setting("CPU threads for torch (0: torch's default)", default=0)
     prefetch: int = setting("training batches made ahead by as many background threads while a step trains "
                             "(0: each batch in its step); the batches are the same either way", default=2)
@@ -219,6 +223,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.compile not in (True, False, "auto"):
             raise ConfigError(f"compile must be True, False or 'auto', got {self.compile!r}")
+        check_compile_segment(self.compile_segment)
         _flags(self, "resume", "overwrite", "progress")
         if not isinstance(self.out, (str, os.PathLike)):
             raise ConfigError(f"out must be a folder path (a string), got {self.out!r}")
