@@ -10,8 +10,9 @@ the machine's measured matmul peak, with ratios side by side in one run (never a
 Timings are CPU time of this process (``time.process_time``) as well as wall time: with one
 thread, CPU time is what a step costs without other jobs on the machine (the wall time of a
 shared machine is mostly waiting). Each mode trains a fresh model on the same batches and draws:
-``--warmup`` untimed steps (for ``compile``: the compilation, in this process, reported as
-"warm-up"), then the median of ``--repeats`` steps.
+``--warmup`` untimed steps (for the compiled modes: first the compilation of every graph their
+steps use, in this process and with an empty inductor cache of their own, as in a run's first
+compile; reported as "warm-up"), then the median of ``--repeats`` steps.
 
 FLOPs are counted from the architecture (:func:`iteration_flops`, :func:`step_flops`; a
 multiply-add is 2 FLOPs, only matmuls and attention products are counted, norms and activations
@@ -44,14 +45,16 @@ import torch
 import torch.nn.functional as F
 
 from deqloop.adjoint import BackwardWarning
+from deqloop.model.compiled import CompiledSegments
 from deqloop.model.local_attention import LocalWindow, banded_attention, local_mask, local_pattern
 from deqloop.train import TrainConfig, Trainer
 from deqloop.train.objectives import progressive_draw
 
 MODES = {"eager": dict(compile=False, amp="none"), "compile": dict(compile=True, amp="none"),
-         # the progressive loss's graded iterations as compiled segments of 1, 2, 4, ..., N iterations
+         # the progressive loss's graded iterations as compiled segments of 1, 2, 4, 8, 16 iterations, the
+         # block a nested compile region in each (segments) or every iteration inlined (segments-inline)
          "segments": dict(compile=True, compile_segment=16, amp="none"),
-         "segments4": dict(compile=True, compile_segment=4, amp="none"),
+         "segments-inline": dict(compile=True, compile_segment=16, amp="none"),
          "bf16": dict(compile=False, amp="bf16"), "bf16+compile": dict(compile=True, amp="bf16")}
 
 _COMMON = dict(recall="internal", norm="post", loss="progressive", lr=1e-3, warmup_steps=0, eval_size=0,
@@ -308,7 +311,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{'% peak':>8}{'eval s':>9}{'× eager':>9}")
         for mode in modes:
             torch._dynamo.reset()  # compiled code of an earlier mode's model must not count against this one's
+            CompiledSegments.inline = mode.endswith("-inline")
             with tempfile.TemporaryDirectory() as out:
+                os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(out, "inductor")  # a first run's compile
                 config = cell_config(cell, mode, a.quick, out)
                 t, flops, shares = train_timing(config, a.warmup, a.repeats, a.profile)
                 ev = eval_timing(config, a.eval_iters, a.eval_examples, a.repeats)

@@ -32,9 +32,14 @@ fixed-point training recipe added (``implicit+warm``, ``phantom+budget``, ...).
   regime, width 256, batch 500, bf16, tested at 1…500 iterations; ``benchmarks/gpu.sh`` runs it.
 * ``seed-cpu``: the same grid and regime on 2 CPU cores (width 32, 64 on boards; batch 64; 600
   steps on prefix sums, 1,500 on boards; sudoku by blanks; 128 test examples). Measured (prefix
-  sums, internal recall, post norm, lr 1e-3, one thread): about 7 min of CPU time a run (2.7 min
-  training, 3.8 min evaluation at 512 bits up to 500 iterations, 0.4 min analysis); the 144
-  prefix-sums runs take about 8.5 h with two at a time on a quiet machine.
+  sums, internal recall, post norm, lr 1e-3, seed 0, one thread; each phase as ``sweep.run_one``
+  runs it, CPU time of the process and of torch.compile's worker processes, load average 4–6):
+  about 4.5 min of CPU time a run — 1.7 min training (85 s, and 15 s in the compile workers:
+  ``compile="auto"`` compiled the block), 2.2–2.7 min evaluation at 512 bits up to 500 iterations
+  (133–162 s in three runs, settled examples dropped; ``python benchmarks/eval_pass.py --run RUN
+  --preset seed-cpu --recall internal --norm post --lr 1e-3 --modes drop`` on a finished run: 143
+  s), 0.3–0.4 min analysis (18–22 s); the 144 prefix-sums runs, were all as long, would take about
+  5.5 h with two at a time on a quiet machine (144 × 4.5 min / 2).
 * ``gpu``: the paper's scale (width 256, 8 heads, bf16 on CUDA) on deqloop's cpu grid.
 
 Every preset but ``tiny`` runs the stability monitor (``stability_every`` in its recipes; about 5 %

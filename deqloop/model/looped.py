@@ -158,19 +158,25 @@ class LoopedDEQ(nn.Module):
         The result has the dtype of ``z`` (under autocast the block computes in lower precision
         while the state stays float32).
         """
+        block = self.block
+        if self._compiling():
+            if self._compiled_block is None:
+                self._compiled_block = CompiledBlock(self.block.forward)
+            block = self._compiled_block
+        out = block(*self._block_inputs(z, e))  # (B, N, D)
+        return out.reshape(z.shape).to(z.dtype)
+
+    def _block_inputs(self, z: torch.Tensor, e: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The block's arguments for states ``z``, ``e`` ``(B, *grid, D)`` (checked): both as
+        ``(B, N, D)`` (``e``'s own tensor twice when ``z`` is ``e``), the RoPE tables and the mask."""
         self._check_state("z", z)
         self._check_state("e", e)
         if z.shape != e.shape:
             raise InputError(f"z has shape {tuple(z.shape)}, the embedding e {tuple(e.shape)}; they must match")
         B, *grid, D = z.shape
         cos, sin, mask = self._geometry(tuple(grid), z.device)
-        block = self.block
-        if self._compiling():
-            if self._compiled_block is None:
-                self._compiled_block = CompiledBlock(self.block.forward)
-            block = self._compiled_block
-        out = block(z.reshape(B, -1, D), e.reshape(B, -1, D), cos, sin, mask)  # (B, N, D)
-        return out.reshape(z.shape).to(z.dtype)
+        e_flat = e.reshape(B, -1, D)
+        return e_flat if z is e else z.reshape(B, -1, D), e_flat, cos, sin, mask
 
     def _compiling(self) -> bool:
         """Whether the block runs compiled: ``compile`` set and attention not on the ``"math"``
@@ -203,17 +209,9 @@ class LoopedDEQ(nn.Module):
             for z_next in self.iterates(z, e, steps):
                 prev, z = z, z_next
             return prev, z
-        self._check_state("z", z)
-        self._check_state("e", e)
-        if z.shape != e.shape:
-            raise InputError(f"z has shape {tuple(z.shape)}, the embedding e {tuple(e.shape)}; they must match")
-        B, *grid, D = z.shape
-        cos, sin, mask = self._geometry(tuple(grid), z.device)
         if self._compiled_segments is None or self._compiled_segments.longest != self.arch.compile_segment:
             self._compiled_segments = CompiledSegments(self.block.forward, self.arch.compile_segment)
-        e_flat = e.reshape(B, -1, D)
-        z_flat = e_flat if z is e else z.reshape(B, -1, D)  # the segments see whether z is e
-        prev, last = self._compiled_segments(z_flat, e_flat, cos, sin, mask, steps)  # (B, N, D) each
+        prev, last = self._compiled_segments(*self._block_inputs(z, e), steps)  # (B, N, D) each
         return prev.reshape(z.shape), last.reshape(z.shape)
 
     def iterate(self, z: torch.Tensor, e: torch.Tensor, steps: int) -> torch.Tensor:
