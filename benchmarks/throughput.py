@@ -6,6 +6,7 @@ the machine's measured matmul peak, with ratios side by side in one run (never a
     python benchmarks/throughput.py --local         # banded vs dense local attention (crossover)
     python benchmarks/throughput.py --quick         # tiny sizes: a smoke run in seconds
     python benchmarks/throughput.py --cells sudoku --modes compile --profile   # where a step's time goes
+    python benchmarks/throughput.py --cells prefix_sums,seed_cpu,sudoku --modes eager,compile,segments,segments-inline
 
 Timings are CPU time of this process (``time.process_time``) as well as wall time: with one
 thread, CPU time is what a step costs without other jobs on the machine (the wall time of a
@@ -319,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
                 ev = eval_timing(config, a.eval_iters, a.eval_examples, a.repeats)
             r = results[cell, mode] = dict(step=t.cpu, wall=t.wall, warmup=t.warmup_cpu, flops=flops, eval=ev,
                                            gflops=flops / t.cpu / 1e9)
-            base = results.get((cell, "eager"), r)
+            base = results.get((cell, "eager"), r)  # the ratios read 1.00 until eager has run (list it first)
             kind = "bf16" if "bf16" in mode else "fp32"
             print(f"{mode:<14}{t.cpu:>8.4g}{f'({t.wall:.2f})':>9}{base['step'] / t.cpu:>9.2f}{t.warmup_cpu:>11.1f}"
                   f"{r['gflops']:>9.1f}{100 * r['gflops'] / peak[kind]:>8.1f}{ev:>9.3f}{base['eval'] / ev:>9.2f}")

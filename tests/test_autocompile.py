@@ -43,8 +43,29 @@ def test_the_decision_comes_once_after_the_probe_steps():
     assert "change shape" in varying.decision["reason"]
 
 
+def test_the_segments_are_decided_with_the_block_by_their_own_figures(monkeypatch):
+    monkeypatch.setattr(ac, "SEGMENT_SAVING", 0.05)
+    monkeypatch.setattr(ac, "SEGMENT_SECONDS", 20.0)
+    shape = (64, 9, 9)
+    for total, expected in ((200, 0), (404, 0), (405, 16), (2000, 16)):
+        # steps left: total − 4; at 1 s a step the block pays from 121 left (0.25 × 121 > 30), the
+        # segments from 401 (0.05 × 400 = 20 is not more than 20 s)
+        watch = AutoCompile(eligible=True, segments=True)
+        assert observe_all(watch, [1.0] * 4, [shape] * 4, total)[-1]
+        assert watch.decision["compile_segment"] == expected
+        assert watch.model_changes() == {"compile": True, "compile_segment": expected}
+    fixed = AutoCompile(eligible=True)  # compile_segment given: the block alone is decided
+    assert observe_all(fixed, [1.0] * 4, [shape] * 4, 2000)[-1]
+    assert "compile_segment" not in fixed.decision and fixed.model_changes() == {"compile": True}
+    slow_block = AutoCompile(eligible=True, segments=True)  # the block does not pay: nor do the segments
+    assert not any(observe_all(slow_block, [0.01] * 4, [shape] * 4, 2000))
+    assert "compile_segment" not in slow_block.decision
+
+
 def test_who_is_eligible(tmp_path, monkeypatch):
     assert AutoCompile.for_run(tiny_config(tmp_path)).eligible
+    assert AutoCompile.for_run(tiny_config(tmp_path)).segments  # compile_segment="auto", the default
+    assert not AutoCompile.for_run(tiny_config(tmp_path, compile_segment=8)).segments
     assert not AutoCompile.for_run(tiny_config(tmp_path), world=2).eligible
     eq = AutoCompile.for_run(tiny_config(tmp_path, loss="equilibrium", depth_offset=None, max_iter=6))
     assert not eq.eligible and "varying number of rows" in eq.reason
@@ -68,6 +89,7 @@ def test_a_run_that_pays_compiles_and_trains_as_the_eager_one(tmp_path, monkeypa
     compiled = []  # the block's forward as torch.compile receives it (returned as is: numerics are tested below)
     monkeypatch.setattr(torch, "compile", lambda fn, **k: compiled.append(fn) or fn)
     monkeypatch.setattr(ac, "COMPILE_SECONDS", 0.0)  # any saving pays
+    monkeypatch.setattr(ac, "SEGMENT_SECONDS", 0.0)  # the segments too
     fixed = dict(min_length=6, steps=6, eval_size=0)  # one shape, so the rule applies
     auto = Trainer(tiny_config(tmp_path / "auto", **fixed))
     eager = Trainer(tiny_config(tmp_path / "eager", compile=False, **fixed))
@@ -75,7 +97,9 @@ def test_a_run_that_pays_compiles_and_trains_as_the_eager_one(tmp_path, monkeypa
         a, b = auto.step(step), eager.step(step)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5, abs=1e-7)
         assert auto.model.config.arch.compile == (step >= ac.PROBE_STEPS)  # decided after 1 + 3 steps
-    assert len(compiled) == 1 and eager.model._compiled_block is None
+        assert auto.model.config.arch.compile_segment == (ac.SEGMENT_LENGTH if step >= ac.PROBE_STEPS else 0)
+    # the segments' functions (one per length) and the block's (the no-grad iterations), once each
+    assert len(compiled) == 6 and eager.model._compiled_block is None
     for p, q in zip(auto.model.parameters(), eager.model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
 

@@ -118,14 +118,14 @@ def check_same(results, rtol_loss, atol_loss, rtol, atol):
             torch.testing.assert_close(gc[name], ge[name], rtol=rtol, atol=atol, msg=name)
 
 
-@pytest.mark.slow  # about 15 s of tracing (50 s on a loaded machine)
+@pytest.mark.slow  # 18–50 s of tracing on a loaded machine
 def test_the_segment_step_gives_the_eager_loss_and_gradients(monkeypatch, counted_calls):
     results, runs, _ = segment_and_eager_steps("aot_eager", monkeypatch)  # AOTAutograd, no code generation
     check_same(results, 1e-5, 1e-7, 1e-4, 1e-6)
     assert runs == [[4, 2, 1], [1], [4, 1], [4, 4, 4, 1], [4, 4]]  # k's decomposition, nothing else
 
 
-@pytest.mark.slow  # inductor compiles three segment lengths, forward and backward
+@pytest.mark.slow  # inductor compiles three segment lengths, forward and backward: about 60 s
 def test_the_inductor_segment_step_gives_the_eager_loss_and_gradients(monkeypatch, counted_calls):
     results, _, _ = segment_and_eager_steps("inductor", monkeypatch)
     check_same(results, 1e-4, 1e-6, 1e-3, 1e-5)
@@ -157,7 +157,7 @@ def test_segments_of_a_small_map_compile_one_graph_per_length_and_match_the_loop
     assert {length: s.graphs for length, s in segments.segments.items()} == {1: 1, 2: 1, 4: 1}
 
 
-@pytest.mark.slow  # about 60 s of tracing (200 s on a loaded machine)
+@pytest.mark.slow  # 30 s of tracing on a loaded machine
 def test_the_graphs_stay_one_per_segment_length_for_every_count(monkeypatch):
     monkeypatch.setattr(CompiledBlock, "backend", "aot_eager")
     torch._dynamo.reset()

@@ -25,6 +25,16 @@ def compile_mode(text: str) -> bool | str:
     return value
 
 
+def segment_mode(text: str) -> int | str:
+    """``--compile-segment`` auto|N."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--compile-segment takes auto or an integer, got {text!r}") from None
+
+
 def _choices() -> dict[str, tuple[str, ...]]:
     from deqloop.model import (ATTENTIONS, INITS, NORM_WEIGHTS, NORMS, QK_NORM_ORDERS, RECALL_MAPS, RECALLS,
                                RESIDUALS)
@@ -83,6 +93,7 @@ def add(sub: Any, task: str | None, recipe: str | None = None) -> None:
         p, TrainConfig, choices=_choices(), skip=("task_options",),
         special={"eval_iters": dict(type=iters_type, metavar="N,N,..."),
                  "compile": dict(nargs="?", const=True, type=compile_mode, metavar="auto|true|false"),
+                 "compile_segment": dict(type=segment_mode, metavar="auto|N"),
                  "out": dict(type=nonempty, metavar="DIR"),
                  "task": dict(type=str, metavar="{" + ",".join(task_names()) + "}|module:Class"),
                  "backward": dict(type=str, choices=EQUILIBRIUM_BACKWARDS, help=(

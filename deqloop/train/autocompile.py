@@ -12,6 +12,13 @@ says why in the log) when the probed batches differ in shape (a length curriculu
 shape would compile again), when the loss is not the progressive one (a solver evaluates a
 varying number of rows per call), with the Jacobian penalty (double backward runs eagerly), or
 where torch.compile cannot build code (no C++ compiler for the CPU, no Triton for a GPU).
+
+With ``compile_segment="auto"`` (the default) the same decision also picks the progressive loss's
+compiled segments (``deqloop/model/compiled.py``: its graded iterations as segments of 1, 2, 4, 8,
+:data:`SEGMENT_LENGTH` iterations) by the same rule with their own figures, measured beside the
+compiled block (README, "Throughput"):
+
+    segments  ⇔  compile  ∧  steps_left · SEGMENT_SAVING · t_step  >  SEGMENT_SECONDS
 """
 
 from __future__ import annotations
@@ -22,14 +29,20 @@ import os
 import shutil
 import statistics
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["COMPILE_SAVING", "COMPILE_SECONDS", "PROBE_STEPS", "AutoCompile", "compile_pays"]
+__all__ = ["COMPILE_SAVING", "COMPILE_SECONDS", "PROBE_STEPS", "SEGMENT_LENGTH", "SEGMENT_SAVING", "SEGMENT_SECONDS",
+           "AutoCompile", "compile_pays"]
 
 log = logging.getLogger("deqloop.train")
 
 COMPILE_SECONDS = 30.0  # compiling the block: its training graph (10–18 s of CPU measured) and its no-grad one
 COMPILE_SAVING = 0.25  # the fraction of an eager step saved (sudoku cell, CPU: 0.27 measured)
 PROBE_STEPS = 3  # eager steps timed (after one warm-up step) before deciding
+SEGMENT_LENGTH = 16  # the longest compiled segment: k ≤ 31 in at most 5 calls
+SEGMENT_SECONDS = 30.0  # compiling the segments beyond the block's graphs (23–28 s of CPU measured)
+SEGMENT_SAVING = 0.03  # the fraction of an eager step saved beyond the compiled block's (two runs each: the
+# sudoku cell 0.035 and 0.053, the prefix-sums cell at depth 14 0.062 and 0.045; one run: 0.008 at depth 30)
 
 
 def compile_pays(step_seconds: float, steps_left: int, *, saving: float | None = None,
@@ -66,6 +79,7 @@ class AutoCompile:
     warmed: bool = False
     decided: bool = False
     decision: dict = field(default_factory=dict)
+    segments: bool = False  # also decide the compiled segments (compile_segment="auto")
 
     @classmethod
     def for_run(cls, config, world: int = 1, device_type: str = "cpu") -> AutoCompile:
@@ -80,7 +94,7 @@ class AutoCompile:
             return cls(eligible=False, reason="several processes would each decide on their own timings")
         if config.objective.loss != "progressive":
             return cls(eligible=False, reason=f"the {config.objective.loss} loss calls the block on a varying number of rows")
-        return cls(eligible=True)
+        return cls(eligible=True, segments=config.run.compile_segment == "auto")
 
     def observe(self, step: int, total_steps: int, seconds: float, shape: tuple[int, ...]) -> bool:
         if self.decided:
@@ -103,10 +117,23 @@ class AutoCompile:
         pays = compile_pays(t, left)
         why = (f"{left} steps × {COMPILE_SAVING:.2f} × {t:.3f} s = {left * COMPILE_SAVING * t:.0f} s "
                f"{'>' if pays else '≤'} {COMPILE_SECONDS:.0f} s of compilation")
-        return self._decide(pays, why, t, left)
+        decided = self._decide(pays, why, t, left)
+        if pays and self.segments:
+            segments = compile_pays(t, left, saving=SEGMENT_SAVING, compile_seconds=SEGMENT_SECONDS)
+            self.decision["compile_segment"] = SEGMENT_LENGTH if segments else 0
+            log.info("compile_segment=auto: %s (%d steps × %.2f × %.3f s = %.0f s %s %.0f s of compilation)",
+                     f"segments of up to {SEGMENT_LENGTH} iterations" if segments else "one compiled call an iteration",
+                     left, SEGMENT_SAVING, t, left * SEGMENT_SAVING * t, ">" if segments else "≤", SEGMENT_SECONDS)
+        return decided
 
     def _decide(self, compile: bool, why: str, step_seconds: float | None = None, left: int | None = None) -> bool:
         self.decided = True
         self.decision = {"compile": compile, "reason": why, "step_seconds": step_seconds, "steps_left": left}
         log.info("compile=auto: %s (%s)", "compiling the block" if compile else "not compiling", why)
         return compile
+
+    def model_changes(self) -> dict[str, Any]:
+        """What the model's config changes to when :meth:`observe` says to compile: ``compile``, and
+        ``compile_segment`` where the segments were decided too."""
+        return {"compile": True, **({"compile_segment": self.decision["compile_segment"]}
+                                    if "compile_segment" in self.decision else {})}

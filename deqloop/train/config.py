@@ -137,7 +137,8 @@ class TrainConfig:
         t = self._task
         block = {f.name: getattr(self.model, f.name) for f in dataclasses.fields(ModelSettings)}
         arch = Architecture(**block, vocab_size=t.vocab_size, num_classes=t.num_classes, grid=t.grid,
-                            compile=self.run.compile is True, compile_segment=self.run.compile_segment)
+                            compile=self.run.compile is True,
+                            compile_segment=0 if self.run.compile_segment == "auto" else self.run.compile_segment)
         return LoopedDEQConfig(arch, self.solve.with_(max_iter=self.depth()))
 
     @property

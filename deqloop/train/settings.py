@@ -209,9 +209,10 @@ class RunSettings:
     compile: bool | str = setting("compile the block with torch.compile: true, false, or auto (after timing the "
                                   "first steps, when it pays for itself over the run: deqloop/train/autocompile.py)",
                                   default="auto")
-    compile_segment: int = setting("when compiled, run the progressive loss's graded iterations as compiled segments "
-                                   "of 1, 2, 4, ..., N iterations (N a power of two; 0: one compiled call an "
-                                   "iteration): deqloop/model/compiled.py", default=0)
+    compile_segment: int | str = setting("when compiled, run the progressive loss's graded iterations as compiled "
+                                         "segments of 1, 2, 4, ..., N iterations (N a power of two; 0: one compiled "
+                                         "call an iteration; auto: 16 where compile=auto compiles and a rule says the "
+                                         "segments pay too, else 0: deqloop/train/autocompile.py)", default="auto")
     threads: int = setting("CPU threads for torch (0: torch's default)", default=0)
     prefetch: int = setting("training batches made ahead by as many background threads while a step trains "
                             "(0: each batch in its step); the batches are the same either way", default=2)
@@ -223,7 +224,12 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.compile not in (True, False, "auto"):
             raise ConfigError(f"compile must be True, False or 'auto', got {self.compile!r}")
-        check_compile_segment(self.compile_segment)
+        if self.compile_segment != "auto":
+            try:
+                check_compile_segment(self.compile_segment)
+            except ConfigError:
+                raise ConfigError(f"compile_segment must be 'auto', 0 or a power of two (1, 2, 4, 8, 16, ...), "
+                                  f"got {self.compile_segment!r}") from None
         _flags(self, "resume", "overwrite", "progress")
         if not isinstance(self.out, (str, os.PathLike)):
             raise ConfigError(f"out must be a folder path (a string), got {self.out!r}")

@@ -238,7 +238,7 @@ class Trainer:
             self.scheduler.step()
         self.step_count = step + 1
         if self.auto_compile.observe(step, c.optim.steps, time.perf_counter() - started, tuple(x.shape)):
-            self.model.config = self.model.config.replace(compile=True)  # the block compiles on its next call
+            self.model.config = self.model.config.replace(**self.auto_compile.model_changes())  # compiles on its next call
         metrics: dict[str, Any] = {"step": step + 1, "lr": lr}
         if reason is not None:
             metrics.update(skipped=True, reason=reason, skipped_total=self.skipped)
