@@ -98,7 +98,7 @@ class CompiledSegments:
     Measured on one CPU thread (README, "Throughput"): 4–7 % off the compiled block's training step
     on the sudoku and 12-bit prefix-sums cells, 1 % at depth 30, for 23–28 s more compilation.
     ``inline`` (class attribute, ``False``) inlines every iteration into its segment's graph
-    instead: 3–4 times the compilation, and no faster.
+    instead: 3–4 times the compilation, and slower than the nested form in every cell measured.
     """
 
     inline = False
