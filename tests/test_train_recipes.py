@@ -35,7 +35,8 @@ def test_the_frozen_configs_are_complete_configs():
     for config in (*FROZEN["demo"].values(), *(e["config"] for e in FROZEN["examples"])):
         flat = plain(config_from_flat(config).to_flat())  # the flat form the frozen configs were stored in
         assert {k: flat[k] for k in config} == config
-        assert set(flat) - set(config) == {"rope_base", "attention_backend", "gate_cap", "init_scale", "throw"}
+        assert set(flat) - set(config) == {"rope_base", "attention_backend", "gate_cap", "init_scale", "throw",
+                                         "compile_segment"}
 
 
 @pytest.mark.parametrize("quick", [False, True])
