@@ -318,4 +318,4 @@ def test_the_rules_beside_the_verdicts_state_the_claims_thresholds(tmp_path, mon
     assert "- **C1 — without recall, countable fixed points and no strong input dependence: inconclusive at this " \
            "budget.** 0 recall-free runs (none), 0 at fixed points" in text
     assert "(each ≥ 25%; an Anderson" in text and "its own z₀ = e ≤ 0.01 — and no recall-free loop reaches 20% @500" in text
-    assert "  - what would change it: 3 or more recall-free runs at fixed points" in text
+    assert "; with fewer than 3 recall-free runs at fixed points it is inconclusive" in text
