@@ -3,7 +3,7 @@ the machine's measured matmul peak, with ratios side by side in one run (never a
 
     python benchmarks/throughput.py                 # prefix sums, sudoku, sudoku at width 256
     python benchmarks/throughput.py --cells sudoku --modes eager,compile
-    python benchmarks/throughput.py --local         # banded vs dense local attention (crossover)
+    python benchmarks/throughput.py --local         # banded vs dense local attention; the solver loop's bookkeeping
     python benchmarks/throughput.py --quick         # tiny sizes: a smoke run in seconds
     python benchmarks/throughput.py --cells sudoku --modes compile --profile   # where a step's time goes
     python benchmarks/throughput.py --cells prefix_sums,seed_cpu,sudoku --modes eager,compile,segments,segments-inline
@@ -269,6 +269,23 @@ def paper_split_iteration(repeats: int, quick: bool) -> None:
     print(f"\npaper split, one iteration at {bits} bits, batch {batch}, no gradient: dense {1e3 * t['dense']:.0f} ms, "
           f"banded {1e3 * t['banded']:.0f} ms ({t['banded'] / t['dense']:.2f}×); a sweep to 600 and a 600-evaluation "
           f"solve: {1200 * t['dense']:.0f} s dense, {1200 * t['banded']:.0f} s banded")
+    # the solver loop's own work per iteration (residual norms, the best iterate, status and divergence
+    # updates) on the same state, under a map that costs next to nothing (z <- 0.999 z + c): the most
+    # that fusing it into compiled code could save
+    from deqloop.solvers.loop_options import LoopOptions
+
+    c, iters = torch.randn_like(z), 50
+    cheap = lambda s: 0.999 * s + c  # noqa: E731
+    loop = LoopOptions(method="picard", max_iter=iters, rtol=1e-12, atol=0.0)
+
+    def bare() -> None:
+        s = z
+        for _ in range(iters):
+            s = cheap(s)
+
+    book = (timed(lambda: loop(cheap, z), 1, repeats).cpu - timed(bare, 1, repeats).cpu) / iters
+    print(f"the solver loop's bookkeeping on that state: {1e3 * book:.1f} ms an iteration, "
+          f"{book / t['banded']:.1%} of the banded iteration")
 
 
 def main(argv: list[str] | None = None) -> int:
