@@ -61,6 +61,12 @@ class SignalledAt(Trainer):
         if step + 1 == self.at:
             for signum in self.signals:
                 os.kill(os.getpid(), signum)
+                # A signal delivered to another thread (the batch prefetcher's) is handled in the main
+                # thread a moment later, and CPython keeps one pending flag a signal: a second one sent
+                # before the first is handled would merge with it. Wait for the first to be seen.
+                deadline = time.monotonic() + 5
+                while self._signals.signal is None and time.monotonic() < deadline:
+                    time.sleep(0.001)
         return super().step(step)
 
 
