@@ -32,7 +32,8 @@ __all__ = ["check_same_run", "checkpoint_state", "restore"]
 def checkpoint_state(t: Trainer) -> dict[str, Any]:
     """Everything a checkpoint of trainer ``t`` holds: the model with its config, the training
     config (nested, :meth:`TrainConfig.to_dict`), the task's class, optimizer, scheduler, step
-    counters, the gradient norms not yet logged, RNG states, the last evaluation, the monitor's state and the data's fingerprints."""
+    counters, the gradient norms not yet logged, RNG states, the last evaluation, the monitor's
+    state and the data's fingerprints."""
     return {
         "format": FORMAT,
         "model_config": t.model.config.to_dict(),
