@@ -87,6 +87,9 @@ def test_the_two_measures_by_hand():
                                rtol=1e-12)
     np.testing.assert_allclose(balance(pts), [(0.5 + EPS) / (2 + EPS), 1.0, EPS / (1 + EPS)], rtol=1e-12)
     assert log_ratio(pts[:1], eps=0.0)[0] == pytest.approx(math.log(4)) and balance(pts[:1], eps=0.0)[0] == 0.25
+    # the default ε is 1e-8: a gain of exactly 0 against 1 reads log(1e8) ≈ 18.42, a balance of 1e-8
+    assert log_ratio(np.array([[1.0, 0.0]]))[0] == pytest.approx(18.420680744, rel=1e-8)
+    assert balance(np.array([[0.0, 1.0]]))[0] == pytest.approx(1e-8, rel=1e-6)
 
 
 def test_table_statistics_against_numpy():

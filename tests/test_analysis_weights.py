@@ -174,3 +174,26 @@ def test_a_zero_input_map_and_non_finite_weights():
     assert all(math.isnan(got[k]) for k in ("injection_spectral_radius", "injection_norm", "injection_norm_ratio",
                                             "injection_condition", "attn_out_norm"))
     assert math.isfinite(got["qk_norm_product"]) and math.isfinite(got["mlp_norm_product"])
+
+
+@pytest.mark.parametrize("width", [10, 11])
+def test_the_authors_condition_needs_eleven_singular_values(width):
+    from deqloop.analysis.weights import _injection  # RoPE keeps a model's width even: the pair alone
+
+    w_x = torch.randn(width, width, generator=torch.Generator().manual_seed(width), dtype=torch.float64)
+    w_h = torch.eye(width, dtype=torch.float64)
+    got = _injection(w_x, w_h)
+    check(got, expected_injection(w_x, w_h))
+    assert ("injection_condition_11" in got) == (width == 11)
+
+
+def test_a_module_without_a_looped_block_is_refused():
+    class NotLooped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.block = torch.nn.Linear(2, 2)  # a block, but not one with injection weights
+
+    with pytest.raises(TypeError, match="NotLooped has no looped block"):
+        weight_diagnostics(NotLooped())
+    with pytest.raises(TypeError, match="has no looped block"):
+        weight_diagnostics(torch.nn.Linear(2, 2))
