@@ -91,7 +91,7 @@ class Gap:
             return ""
         if self.gap == 0:
             return "no gap"
-        return f"within 2 s.e.: ≈ {math.ceil(round(self.seeds * (2 * self.se / abs(self.gap)) ** 2, 6))} seeds a cell would make it 2 s.e."
+        return f"within 2 s.e.: ≈ {math.ceil(round(self.seeds * (2 * self.se / abs(self.gap)) ** 2, 6)):,} seeds a cell would make it 2 s.e."
 
     def text(self, fmt=pct, unit: str = "", why: bool = True) -> str:
         """``hi vs lo, gap g, 2-s.e. interval [a, b]`` and, with ``why`` and two seeds a cell or more, why it

@@ -172,6 +172,8 @@ def claim_tables(frame: pd.DataFrame) -> str:
     if len(c3):
         c3 = written(c3.assign(best=c3.best.map(lambda g: f"{pct(g.hi)} / {pct(g.lo)}")), pct, f"internal @{AT}",
                      f"external @{AT}").rename(columns={"best": "best (internal / external)"})
+        c3 = c3[["task", "lr", "norm", "budget", f"internal @{AT}", f"external @{AT}", "gap ± s.e.", "seeds",
+                 "best (internal / external)", "status"]]  # the numbers first, the reading last
         parts += [f"C3, internal against external recall with an outer norm (hard @{AT}, %):", "", md(c3), ""]
     c2 = claims.c2_rows(frame)
     if len(c2):

@@ -287,6 +287,8 @@ def test_c4_reports_the_correlations_within_recall_families():
 def test_a_gap_decides_only_beyond_two_standard_errors_and_from_two_seeds_a_cell():
     at = claims.Gap(hi=0.75, lo=0.25, se=0.25, seeds=2)  # gap 0.5 = 2 s.e. exactly: not beyond
     assert at.sign == 0 and at.why() == "within 2 s.e.: ≈ 2 seeds a cell would make it 2 s.e."
+    # 3 × (2 × 0.4 / 0.005)² = 76,800 seeds, written with a thousands separator
+    assert claims.Gap(hi=0.505, lo=0.5, se=0.4, seeds=3).why() == "within 2 s.e.: ≈ 76,800 seeds a cell would make it 2 s.e."
     assert claims.Gap(hi=0.75, lo=0.25, se=0.24, seeds=2).sign == 1
     assert claims.Gap(hi=0.25, lo=0.75, se=0.24, seeds=2).sign == -1
     assert claims.Gap(hi=0.75, lo=0.25, se=0.24, seeds=2).why() == ""  # two seeds a cell decide
