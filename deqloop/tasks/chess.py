@@ -243,6 +243,12 @@ class Chess(Task):
     ``val_fraction`` of them), ``hard`` those rated ``hard_min_rating``-``hard_max_rating``, as
     in the paper; each ``make`` draws ``n`` without replacement. Without ``data``: mate-in-1
     positions with ``train_pieces`` and ``hard_pieces`` pieces (:func:`generate_mate_in_one`).
+
+    The draws are random where the authors' loader takes the first puzzles in file order
+    (``deepthinking/utils/chess_data.py:125-172, 181-212``, repository ashlab11/generalization;
+    val a random 20 % of them): their file is the full dump, in puzzle-id order and so unordered in
+    rating, while files cut by rating, as ``../shared/data/chess``'s, are sorted by rating, where the
+    first puzzles would be the easiest of the band. A random draw keeps the paper's distribution.
     """
 
     data: tuple[str, ...] | None = setting("Lichess puzzle CSV files (plain or .zst); without them mate-in-1 "
