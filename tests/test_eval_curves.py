@@ -116,6 +116,11 @@ def test_iteration_sweep_keeps_the_first_examples_readouts_at_one_count():
     for bad in ((3, 2), (2, -1)):
         with pytest.raises(ConfigError, match="keep"):
             iteration_sweep(model, x, y, exact, [1, 2], keep=bad)
+    # one example kept, and exactly the first batch's examples (k = the batch size: none of the next)
+    assert torch.equal(iteration_sweep(model, x, y, exact, [2], keep=(2, 1), batch_size=2).kept, outs[1][:1])
+    assert torch.equal(iteration_sweep(model, x, y, exact, [2], keep=(2, 2), batch_size=2).kept, outs[1][:2])
+    with pytest.raises(ConfigError, match="no examples to evaluate"):
+        iteration_sweep(model, x[:0], y[:0], exact, [1, 2])
 
 
 def test_iteration_sweep_settles_at_the_first_small_relative_change():
@@ -198,6 +203,31 @@ def test_state_dynamics_of_a_linear_map_by_hand():
 
     assert sweep.cosine == pytest.approx([(2 * c + 2 * cos_mixed(t)) / 4 for t in iters], rel=1e-12)
     assert sweep.norm_ratio[0] == 1.0
+
+
+class ScaledLinearLoop(LinearLoop):
+    """LinearLoop with its starts scaled by ``scale`` (set per test)."""
+
+    scale = 1e-3
+
+    def __init__(self):
+        super().__init__()
+        self.starts = self.starts * self.scale
+
+
+def test_the_norm_ratio_is_scale_free_and_undefined_for_a_zero_state(monkeypatch):
+    """Norms summing below 1 give the same ratios as LinearLoop's; a loop whose state is 0 has no ratio
+    (NaN), and its zero fixed point settles and is dropped at once: a change of 0 ≤ rtol × 0."""
+    x = torch.tensor([0, 1, 2, 2])
+    y = torch.zeros(4, 1, dtype=torch.long)
+    iters = [1, 2, 5, 9]
+    want = iteration_sweep(LinearLoop(), x, y, exact, iters).norm_ratio
+    assert iteration_sweep(ScaledLinearLoop(), x, y, exact, iters).norm_ratio == pytest.approx(want, rel=1e-9)
+    monkeypatch.setattr(ScaledLinearLoop, "scale", 0.0)
+    zero = iteration_sweep(ScaledLinearLoop(), x, y, exact, iters, rtol=1e-3, drop_rtol=1e-4)
+    assert all(math.isnan(r) for r in zero.norm_ratio)
+    assert zero.settled.tolist() == [True] * 4 and zero.settled_at.tolist() == [1] * 4
+    assert zero.evaluations.tolist() == [1] * 4
 
 
 # -- the summaries ---------------------------------------------------------------------------------
