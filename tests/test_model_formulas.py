@@ -282,6 +282,36 @@ def test_mlp_formula():
     torch.testing.assert_close(mlp(x), expected, **TOL)
 
 
+def test_the_blocks_mlp_is_mlp_ratio_times_the_width_wide():
+    for width, ratio, hidden in ((8, 2.0, 16), (8, 4.0, 32), (12, 1.5, 18)):
+        block = LoopedDEQ(vocab_size=5, num_classes=3, grid=(4,), width=width, heads=2, mlp_ratio=ratio).block
+        assert block.mlp.fc.weight.shape == (hidden, width) and block.mlp.proj.weight.shape == (width, hidden)
+
+
+@pytest.mark.parametrize("norm", ["pre", "post"])
+def test_the_gate_scales_the_branch_by_its_clamped_value(norm):
+    """h + clamp(γ, −cap, cap) ⊙ g(Pre(h)) (pre), Post(h + clamp(γ) ⊙ g(h)) (post), γ set on both
+    sides of the cap."""
+    from deqloop.model.residual import Residual
+
+    res = Residual(4, norm, gate=0.5, gate_cap=0.75).double()
+    randomize(res)
+    with torch.no_grad():
+        res.gate.copy_(torch.tensor([-2.0, -0.5, 0.3, 2.0], dtype=torch.float64))
+    gamma = torch.tensor([-0.75, -0.5, 0.3, 0.75], dtype=torch.float64)
+    h = torch.randn(2, 3, 4, dtype=torch.float64)
+    e = torch.randn(2, 3, 4, dtype=torch.float64)
+
+    def g(u):
+        return u * u - 1.0
+
+    if norm == "pre":
+        expected = h + gamma * g(ref_rmsnorm(h, res.norm_in.weight.detach(), EPS))
+    else:
+        expected = ref_rmsnorm(h + gamma * g(h), res.norm_out.weight.detach(), EPS)
+    torch.testing.assert_close(res(h, e, g), expected, **TOL)
+
+
 def test_readout_formula():
     head = Readout(8, 3).double()
     randomize(head)
