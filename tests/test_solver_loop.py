@@ -9,6 +9,7 @@ import torch
 from helpers import contractive_tanh
 
 from deqloop import SolverStatus, solve
+from deqloop.errors import ConfigError
 from deqloop.solvers import Anderson, BatchedMap, Broyden, KeptRows, Picard
 from deqloop.solvers import base
 from deqloop.solvers import LoopOptions
@@ -317,3 +318,41 @@ def test_the_branch_free_path_of_accelerators_gives_the_same_answers(monkeypatch
                 branch_free = run_solver(f, z0, OURS[method](), LoopOptions(method=method, check_every=1, **kw))
             for name in ("z", "residual", "iterations", "status", "trace"):
                 assert torch.equal(getattr(on_cpu, name), getattr(branch_free, name)), name
+
+
+@pytest.mark.parametrize("method", ["anderson", "broyden", "torchdeq:anderson"])
+def test_recording_autograd_history_is_refused_where_the_steps_cannot_be_recorded(method):
+    """Anderson and Broyden write their steps into their own buffers (``out=``); a function solver
+    runs its own loop: neither can backpropagate through the iterations, so asking is an error at
+    construction (it used to fail inside the first step, or be ignored)."""
+    with pytest.raises(ConfigError, match=f"method '{method}' cannot record.*use method='picard'"):
+        LoopOptions(method=method, differentiable=True)
+    with pytest.raises(ConfigError, match="cannot record"):
+        LoopOptions(method=method).with_(differentiable=True)
+    with pytest.raises(ConfigError, match="cannot record"):
+        LoopOptions(method="picard", differentiable=True).with_(method=method)
+    f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=6)
+    leaf = torch.full((3, 10), 0.1, dtype=torch.float64, requires_grad=True)
+    with torch.enable_grad():
+        sol = LoopOptions(method="picard", differentiable=True, rtol=1e-300, max_iter=5, keep="last",
+                          return_image=True)(f, leaf)  # z_5 = f(z_4)
+    z = leaf
+    for _ in range(5):
+        z = f(z)
+    torch.testing.assert_close(sol.z, z, rtol=1e-12, atol=0)
+    sol.z.sum().backward()
+    want = torch.autograd.grad(z.sum(), leaf)[0]
+    torch.testing.assert_close(leaf.grad, want, rtol=1e-12, atol=0)
+
+
+def test_anderson_mixing_must_lie_in_0_1():
+    assert Anderson(beta=1.0).beta == 1.0 and Anderson(beta=0.3).beta == 0.3
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="beta"):
+            Anderson(beta=bad)
+
+
+def test_broyden_takes_the_exact_step_only_when_it_evaluates_its_own_points():
+    assert Broyden.evaluates_its_own_points(torch.zeros(2, dtype=torch.float32), torch.float32)
+    assert Broyden.evaluates_its_own_points(torch.zeros(2, dtype=torch.float64), torch.float64)
+    assert not Broyden.evaluates_its_own_points(torch.zeros(2, dtype=torch.bfloat16), torch.float32)

@@ -26,6 +26,7 @@ class Anderson(Solver):
     """Anderson acceleration. ``m`` window, ``ridge`` relative regularisation, ``beta`` mixing."""
 
     name = "anderson"
+    records_history = False  # its steps write into the window's buffers
 
     def __init__(self, m: int = 6, ridge: float = 1e-6, beta: float = 1.0):
         self.m = integer("m", m)

@@ -109,9 +109,14 @@ class Solver:
     The loop holds on to ``x`` and ``fx`` without copying them, so a step must not write into
     them, and ``x_next`` may be a buffer of the solver's own only if the step that follows (which
     receives it as ``x``) writes elsewhere: two buffers taken by turns (see :class:`Anderson`).
+
+    ``records_history``: whether the steps can run under autograd, for backpropagation through the
+    iterations (``LoopOptions(differentiable=True)``); False for a solver whose steps write into
+    its own memory (``out=``, in-place updates), which autograd cannot record.
     """
 
     name = "solver"
+    records_history = True  # whether steps can run under autograd (LoopOptions.differentiable)
 
     def init(self, x: torch.Tensor, fx: torch.Tensor, acc_dtype: torch.dtype) -> State:
         return {}

@@ -53,6 +53,7 @@ class Broyden(Solver):
     through half as many slots)."""
 
     name = "broyden"
+    records_history = False  # its steps write into the low-rank memory's buffers
 
     def __init__(self, m: int = 6):
         self.m = integer("m", m)

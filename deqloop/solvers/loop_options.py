@@ -91,7 +91,8 @@ class LoopOptions:
     check_input: check that ``z0`` is finite on entry (one host synchronisation); ``False`` for
         states the caller computed itself.
     differentiable: record autograd history through every iteration (backpropagation through
-        the loop; the unrolled backward mode sets it).
+        the loop; the unrolled backward mode sets it). Only for a method whose steps autograd can
+        record (``Solver.records_history``: picard; not anderson or broyden, nor a solver function).
     """
 
     method: str = DEFAULT_SOLVER
@@ -121,6 +122,11 @@ class LoopOptions:
         if _SOLVER_FIELDS.intersection(names):
             if not isinstance(self.solver, Solver) and (self.keep != "best" or self.return_image):
                 raise ConfigError(f"keep= and return_image= need a Solver-class method; {self.method!r} is a function")
+        if self.differentiable and (_SOLVER_FIELDS | {"differentiable"}).intersection(names):
+            if not isinstance(self.solver, Solver) or not self.solver.records_history:
+                why = "is a function" if not isinstance(self.solver, Solver) else "writes its steps into its own memory"
+                raise ConfigError(f"differentiable=True backpropagates through the iterations, which method "
+                                  f"{self.method!r} cannot record: it {why}; use method='picard'")
 
     def with_(self, **changes: Any) -> LoopOptions:
         """A copy with ``changes``; only the changed fields are checked (the solver is rebuilt
