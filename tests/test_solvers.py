@@ -179,7 +179,9 @@ def test_diverging_sample_is_frozen_at_its_best_iterate():
     sol = solve(f, torch.zeros(3, 4, dtype=torch.float64), "picard", rtol=1e-10, max_iter=200)
     assert sol.status.tolist() == [0, int(SolverStatus.DIVERGED), 0]
     assert torch.allclose(sol.z[1], torch.zeros(4, dtype=torch.float64))  # the best iterate: the start
-    assert sol.iterations[1] < 200
+    # its residual at evaluation k is ‖3^(k−1)·1‖ = 2·3^(k−1) (from z_k = (3^k − 1)/2), the smallest
+    # 2 (k = 1): divergence (1e4 × the smallest) first at 3^(k−1) > 1e4, k = 10
+    assert sol.iterations[1] == 10
     torch.testing.assert_close(sol.z[[0, 2]], torch.full((2, 4), 2.0, dtype=torch.float64), rtol=1e-9, atol=0)
     with pytest.raises(SolverError, match="diverged"):
         sol.raise_on_failure()
@@ -278,3 +280,12 @@ def test_residuals_at_the_rounding_floor_are_not_divergence():
     # each sample either lands exactly on a float32 fixed point or stalls at the floor; none "diverges"
     assert set(sol.status.tolist()) <= {int(SolverStatus.CONVERGED), int(SolverStatus.MAX_ITER)}, sol.status
     assert float(sol.residual.max()) < 1e-5
+
+
+@pytest.mark.parametrize("method", OURS)
+def test_more_samples_than_values_per_sample(method):
+    """A batch of 12 samples of 3 values each (the loop's buffers are batch × values, not square)."""
+    f, exact = linear_map(12, 3, 0.5, seed=3)
+    sol = solve(f, torch.zeros(12, 3, dtype=torch.float64), method, rtol=1e-12, max_iter=200)
+    assert sol.converged.all()
+    torch.testing.assert_close(sol.z, exact, atol=1e-10, rtol=0)
