@@ -331,6 +331,9 @@ def test_recording_autograd_history_is_refused_where_the_steps_cannot_be_recorde
         LoopOptions(method=method).with_(differentiable=True)
     with pytest.raises(ConfigError, match="cannot record"):
         LoopOptions(method="picard", differentiable=True).with_(method=method)
+
+
+def test_picard_records_the_loop_written_out_and_its_gradient():
     f, _ = contractive_tanh(3, 10, torch.tensor([0.5, 0.9, 0.97], dtype=torch.float64), seed=6)
     leaf = torch.full((3, 10), 0.1, dtype=torch.float64, requires_grad=True)
     with torch.enable_grad():
