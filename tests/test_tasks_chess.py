@@ -54,6 +54,7 @@ def test_encoding_from_the_side_to_move():
     assert x[0].tolist() == [4, 2, 3, 5, 6, 3, 2, 4] and x[1].tolist() == [1] * 8
     assert x[7].tolist() == [10, 8, 9, 11, 12, 9, 8, 10] and x[6].tolist() == [7] * 8
     assert y.sum() == 2 and y[1, 4] == 1 and y[3, 4] == 1
+    assert set(y.unique().tolist()) == {0, 1} and Chess.num_classes == 2  # the paper's two classes: a move square or not
     black = chess.Board("rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - 0 1")
     xb, yb = tc.encode(black, chess.Move.from_uci("e7e5"))
     assert xb[0].tolist() == [4, 2, 3, 5, 6, 3, 2, 4] and xb[1].tolist() == [1] * 8  # black's pieces now "own", at the bottom
