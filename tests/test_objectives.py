@@ -57,7 +57,8 @@ def test_at_n_0_the_embedding_learns_through_z0_unless_detached(detach_z0):
     step = _step_with_n(seed, depth, 0)
     k = progressive_draw(seed, step, depth)[1]
     x, y = torch.randint(0, 3, (4, 5)), torch.randint(0, 2, (4, 5))
-    loss, _, stats = Progressive(model, alpha=1.0, seed=seed, detach_z0=detach_z0)(x, y, depth, step)
+    kw = {"detach_z0": True} if detach_z0 else {}  # the paper's form is the default
+    loss, _, stats = Progressive(model, alpha=1.0, seed=seed, **kw)(x, y, depth, step)
     assert (stats["n"], stats["k"]) == (0, k)
     loss.backward()
     got = model.embedding.weight.grad
@@ -101,9 +102,13 @@ def test_truncated_progressive_loss_grades_n_free_then_k_graded_iterations(step,
         torch.testing.assert_close(got[name], g, rtol=1e-6, atol=1e-9, msg=name)
 
 
-def test_mixed_progressive_loss_weighs_the_full_and_the_truncated_terms():
-    model, depth, seed, step = tiny_model(), 5, 1, 4
-    n, k = progressive_draw(seed, step, depth)
+@pytest.mark.parametrize("n", [0, 1, 3])
+def test_mixed_progressive_loss_weighs_the_full_and_the_truncated_terms(n):
+    """0 < alpha < 1: (1 − alpha) · the loss after all depth iterations + alpha · the loss after n + k,
+    at draws n = 0 (both terms start at z0), 1 and 3 (the full term passes z_n on the way)."""
+    model, depth, seed = tiny_model(), 5, 1
+    step = _step_with_n(seed, depth, n)
+    k = progressive_draw(seed, step, depth)[1]
     x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
     loss, _, _ = Progressive(model, alpha=0.25, seed=seed)(x, y, depth, step)
     with torch.no_grad():
@@ -333,3 +338,58 @@ def test_equilibrium_warns_once_below_half_converged_and_only_when_asked(caplog)
     # 1 of 8 converged: 12.5%, which %.0f rounds half to even
     assert caplog.records[0].getMessage().startswith(
         "step 7: only 12% of the forward solves converged within max_iter=9 (rtol 1e-05)")
+
+
+def test_masked_cross_entropy_is_the_mean_over_the_masked_cells():
+    """−log softmax(logits)[y] averaged over the cells the mask keeps, written out by hand; 0 when
+    the mask keeps none; no mask: the mean over every cell."""
+    torch.manual_seed(4)
+    logits, y = torch.randn(2, 3, 4, dtype=torch.float64), torch.tensor([[0, 3, 1], [2, 2, 0]])
+    mask = torch.tensor([[True, False, True], [False, False, True]])
+    nll = -torch.log_softmax(logits, dim=-1).gather(-1, y[..., None])[..., 0]
+    hand = (nll[0, 0] + nll[0, 2] + nll[1, 2]) / 3
+    torch.testing.assert_close(cross_entropy(logits, y, mask), hand.float(), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(cross_entropy(logits, y), nll.mean().float(), rtol=1e-6, atol=1e-7)
+    assert cross_entropy(logits, y, torch.zeros_like(mask)).item() == 0.0
+    one = torch.zeros_like(mask)
+    one[1, 0] = True
+    torch.testing.assert_close(cross_entropy(logits, y, one), nll[1, 0].float(), rtol=1e-6, atol=1e-7)
+
+
+def test_equilibrium_jacobian_penalty_is_added_with_its_weight_on_its_steps():
+    """loss = CE(z*) + jac_reg · ‖εᵀ ∂f/∂z‖² / numel(ε) at z*, ε drawn from (seed, JACOBIAN, step),
+    written out with one vector-Jacobian product; every step by default, every jac_reg_every-th
+    step otherwise."""
+    from deqloop import seeds
+
+    model = tiny_model(solver="picard", max_iter=6, rtol=1e-12)
+    x, y = torch.randint(0, 3, (3, 5)), torch.randint(0, 2, (3, 5))
+    step, seed, weight = 3, 5, 0.7
+    loss, logits, stats = Equilibrium(model, seed=seed, jac_reg=weight)(x, y, 6, step)
+    z = stats["solution"].z.detach().requires_grad_()
+    e = model.embed(x).detach()
+    fz = model.step(z, e)
+    eps = torch.randn(fz.shape, generator=seeds.generator(seed, seeds.JACOBIAN, step)).to(fz)
+    (vjp,) = torch.autograd.grad(fz, z, eps)
+    hand = vjp.pow(2).sum() / eps.numel()
+    torch.testing.assert_close(stats["jac_fro"].double(), hand, rtol=1e-6, atol=1e-12)
+    ce = cross_entropy(logits.detach(), y)
+    torch.testing.assert_close(loss.detach(), (ce + weight * hand).float(), rtol=1e-6, atol=1e-7)
+    assert hand > 0
+    every = Equilibrium(model, seed=seed, jac_reg=weight, jac_reg_every=2)
+    assert "jac_fro" not in every(x, y, 6, 3)[2] and "jac_fro" in every(x, y, 6, 4)[2]
+    assert "jac_fro" in Equilibrium(model, seed=seed, jac_reg=weight)(x, y, 6, 1)[2]
+    assert "jac_fro" not in Equilibrium(model, seed=seed)(x, y, 6, 0)[2]
+
+
+def test_warm_start_switches_to_the_equilibrium_loss_at_its_step():
+    from deqloop.train.objectives import WarmStart
+
+    model = tiny_model(solver="picard", max_iter=4, rtol=1e-12)
+    warm = WarmStart(Progressive(model, seed=0), Equilibrium(model), steps=2, plain_depth=lambda x: 3)
+    assert [warm.phase(s) is warm.warm for s in range(4)] == [True, True, False, False]
+    x, y = torch.randint(0, 3, (2, 5)), torch.randint(0, 2, (2, 5))
+    _, _, stats = warm(x, y, 4, 2)
+    assert warm.metrics(stats, float)["phase"] == "equilibrium" and "solution" in stats
+    _, _, stats = warm(x, y, 4, 1)
+    assert warm.metrics(stats, float)["phase"] == "warm" and stats["depth"] == 3
