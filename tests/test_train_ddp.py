@@ -147,6 +147,34 @@ def torchrun(script: str, tmp_path: Path, name: str, config: TrainConfig) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+HELPERS = textwrap.dedent(
+    """
+    import json, sys, torch
+    from deqloop.train import runtime
+    rank, world, local = runtime.distributed_env()
+    runtime.init_distributed(torch.device("cpu"), world)
+    mean = runtime.mean_over_ranks(torch.tensor(1.0 + 2 * rank), world)  # ranks hold 1 and 3
+    finite = runtime.agree(rank == 0, 0, world, torch.device("cpu"))  # rank 1 saw a non-finite loss
+    stop = runtime.agree(True, 15 * rank, world, torch.device("cpu"))  # rank 1 was signalled (SIGTERM)
+    alone = runtime.agree(False, 2, 1, torch.device("cpu")), runtime.mean_over_ranks(torch.tensor(5.0), 1)
+    backend = torch.distributed.get_backend()
+    with open(f"{sys.argv[2]}/rank{rank}.json", "w") as f:
+        json.dump([rank, world, local, mean, finite, stop, alone, backend], f)
+    torch.distributed.destroy_process_group()
+    """
+)
+
+
+def test_the_rank_helpers_reduce_over_two_gloo_processes(tmp_path):
+    """distributed_env, init_distributed (gloo on CPU), mean_over_ranks ((1 + 3) / 2 on each rank)
+    and agree (finite only where every rank is; the largest signal of any rank) over two
+    processes; one process keeps its own values."""
+    torchrun(HELPERS, tmp_path, "helpers", config(tmp_path / "unused"))
+    for r in (0, 1):
+        got = json.loads((tmp_path / f"rank{r}.json").read_text())
+        assert got == [r, 2, r, 2.0, [False, 0], [True, 15], [[False, 2], 5.0], "gloo"], got
+
+
 @pytest.mark.slow
 def test_a_signal_to_one_rank_stops_every_rank_at_the_same_step_and_resume_is_exact(tmp_path):
     torchrun(WORKER, tmp_path, "whole", config(tmp_path / "whole", steps=6))
