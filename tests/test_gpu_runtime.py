@@ -1,11 +1,13 @@
 """What a GPU run decides before its first step, checked with ``torch.cuda`` mocked: the device of
-each torchrun process, bf16 by compute capability, RNG states restored on fewer GPUs; and the
-Jacobian penalty with a compiled block."""
+each torchrun process, bf16 by compute capability, RNG states restored on fewer GPUs; autocast and
+the seeds of every generator; and the Jacobian penalty with a compiled block."""
 
 from __future__ import annotations
 
+import random
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -48,6 +50,11 @@ def test_bf16_autocast_by_compute_capability(gpus):
     assert runtime.amp_dtype("none", gpu) is None
     assert runtime.amp_dtype("auto", torch.device("cpu")) is None
     assert runtime.amp_dtype("bf16", torch.device("cpu")) is torch.bfloat16  # CPU autocast
+    gpus.capability = (8, 0)  # A100, the first with bf16 in hardware
+    assert runtime.amp_dtype("auto", gpu) is torch.bfloat16
+    gpus.capability = (7, 5)  # T4: none
+    with pytest.warns(UserWarning, match=r"capability 7\.5, below 8\.0.*float32"):
+        assert runtime.amp_dtype("auto", gpu) is None
     gpus.capability = (7, 0)  # V100: no bf16 in hardware
     with pytest.warns(UserWarning, match=r"capability 7\.0.*float32"):
         assert runtime.amp_dtype("auto", gpu) is None
@@ -58,7 +65,7 @@ def test_bf16_autocast_by_compute_capability(gpus):
 def test_resuming_with_fewer_gpus_restores_those_visible(gpus):
     state = runtime.rng_state()
     saved = [torch.full((16,), i, dtype=torch.uint8) for i in range(4)]  # saved on a 4-GPU machine
-    with pytest.warns(UserWarning, match="4 GPU.*2 are visible"):
+    with pytest.warns(UserWarning, match="4 GPU.*2 are visible: restoring the first 2;"):
         runtime.set_rng_state({**state, "cuda": saved})
     assert sorted(gpus.rng) == [0, 1] and all(torch.equal(gpus.rng[i], saved[i]) for i in (0, 1))
     gpus.rng.clear()
@@ -66,6 +73,23 @@ def test_resuming_with_fewer_gpus_restores_those_visible(gpus):
         warnings.simplefilter("error")
         runtime.set_rng_state({**state, "cuda": saved[:2]})
     assert sorted(gpus.rng) == [0, 1]
+    gpus.rng.clear()
+    runtime.set_rng_state({k: v for k, v in state.items() if k != "cuda"})  # saved on a CPU machine
+    assert not gpus.rng
+
+
+def test_autocast_and_the_seeds_of_every_generator():
+    a = torch.randn(4, 4)
+    with runtime.autocast(torch.bfloat16, torch.device("cpu")):
+        assert (a @ a).dtype is torch.bfloat16
+    with runtime.autocast(None, torch.device("cpu")):
+        assert (a @ a).dtype is torch.float32
+    runtime.seed_everything(2**32 + 5)  # numpy takes seeds below 2**32: the seed modulo 2**32
+    drawn = (np.random.rand(), random.random(), torch.rand(1).item())
+    np.random.seed(5)
+    random.seed(2**32 + 5)
+    torch.manual_seed(2**32 + 5)
+    assert drawn == (np.random.rand(), random.random(), torch.rand(1).item())
 
 
 def test_the_jacobian_penalty_trains_a_compiled_block(monkeypatch):
