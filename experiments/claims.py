@@ -262,6 +262,14 @@ def _correlations(runs: pd.DataFrame) -> str:
     return ", ".join(parts)
 
 
+def matched(hi: pd.DataFrame, lo: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+    """``hi`` and ``lo`` over the recalls with cells on both sides, and those recalls: recall + outer
+    against recall + inner compares like with like (a grid that has run only internal recall's outer
+    cell so far is compared over internal recall alone, not against the external inner cells as well)."""
+    common = sorted(set(hi.recall) & set(lo.recall))
+    return hi[hi.recall.isin(common)], lo[lo.recall.isin(common)], common
+
+
 def claim4(frame: pd.DataFrame) -> Verdict:
     runs = paper_runs(frame)
     if runs.empty or runs.hard_at.isna().all():
@@ -273,10 +281,19 @@ def claim4(frame: pd.DataFrame) -> Verdict:
         mine, seeds = [], 2
         for hi, lo in zip(ORDER, ORDER[1:]):
             if hi in fam and lo in fam:
-                gap = compare(fam[hi], fam[lo], "hard_at")
+                a, b, over = fam[hi], fam[lo], ""
+                if lo != "no recall":
+                    a, b, common = matched(a, b)
+                    if not common:
+                        text += f"; {hi} − {lo}: no recall with cells on both sides"
+                        continue
+                    if len(a) < len(fam[hi]) or len(b) < len(fam[lo]):
+                        only = "the only one" if len(common) == 1 else "those"
+                        over = f" (over {' and '.join(common)} recall alone, {only} with cells on both sides)"
+                gap = compare(a, b, "hard_at")
                 mine.append(gap.sign)
                 seeds = min(seeds, gap.seeds)
-                text += f"; {hi} − {lo}: {gap.text(unit=' %')}"
+                text += f"; {hi} − {lo}{over}: {gap.text(unit=' %')}"
         text += f" — {NEEDS_SEEDS.format(seeds)}" if seeds < 2 else ""
         signs += mine
         if all(f in fam for f in ORDER):

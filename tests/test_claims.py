@@ -235,7 +235,7 @@ def test_c3_compares_within_a_learning_rate_and_only_the_papers_recall():
 
 def c4_runs(outer, inner, none, regime="paper"):
     rs = [run(recall="internal", norm="post", seed=s, hard=a, regime=regime) for s, a in enumerate(outer)]
-    rs += [run(recall="external", norm="pre", seed=s, hard=a, regime=regime) for s, a in enumerate(inner)]
+    rs += [run(recall="internal", norm="pre", seed=s, hard=a, regime=regime) for s, a in enumerate(inner)]
     return rs + [run(recall="none", norm="post", seed=s, hard=a, regime=regime) for s, a in enumerate(none)]
 
 
@@ -260,6 +260,26 @@ def test_c4_supported_contradicted_inconclusive():
     # regimes the paper never used do not count
     assert claims.claim4(frame(c4_runs([0.5, 0.4, 0.45], [0.9, 0.8, 0.85], [0.0, 0.0, 0.0], regime="phantom"))
                          ).verdict == claims.INCONCLUSIVE
+
+
+def test_c4_compares_outer_with_inner_over_the_recalls_with_cells_on_both_sides():
+    # internal post 0 % (3 seeds) against internal pre 0 / 30 / 15 % and external gru 90 / 80 / 85 %: over both
+    # recalls the inner family would be (15 + 85) / 2 = 50 % and "contradict"; over internal alone the gap is
+    # −15 %, s.e. √(0.0225/3) = 0.0866, 2-s.e. interval [−32.3, 2.3] %: within noise
+    rs = c4_runs([0.0, 0.0, 0.0], [0.0, 0.3, 0.15], [0.0, 0.0, 0.0])
+    rs += [run(recall="external", norm="gru", seed=s, hard=a) for s, a in enumerate([0.9, 0.8, 0.85])]
+    v = claims.claim4(frame(rs))
+    assert v.verdict == claims.INCONCLUSIVE
+    assert ("recall + outer − recall + inner (over internal recall alone, the only one with cells on both sides): "
+            "0.0 vs 15.0 %, gap -15.0 %, 2-s.e. interval [-32.3, 2.3] %") in v.evidence
+    assert "recall + outer 0.0 %, recall + inner 50.0 %" in v.evidence  # the families themselves, every cell
+    # no recall on both sides: outer and inner are not compared, and nothing is supported
+    rs = [run(recall="external", norm="post", seed=s, hard=0.9) for s in range(3)]
+    rs += [run(recall="internal", norm="pre", seed=s, hard=a) for s, a in enumerate([0.1, 0.2, 0.15])]
+    rs += [run(recall="none", norm="post", seed=s, hard=0.0) for s in range(3)]
+    v = claims.claim4(frame(rs))
+    assert v.verdict == claims.INCONCLUSIVE and "recall + outer − recall + inner: no recall with cells on both sides" \
+        in v.evidence
 
 
 def test_c4_families_weigh_cells_not_runs():
