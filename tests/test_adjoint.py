@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deqloop import LoopedDEQ, fixed_point
-from deqloop.adjoint import Backward, Implicit, NoGrad, Phantom, Truncated, Unrolled, as_backward
+from deqloop.adjoint import Backward, Implicit, Neumann, NoGrad, Phantom, Truncated, Unrolled, as_backward
 from deqloop.errors import ConfigError, ConfigKeyError
 from deqloop.solvers import BackwardStats
 
@@ -32,6 +32,7 @@ def affine(contraction: float = 0.5, dim: int = 4, seed: int = 0):
     ("unrolled", {}, Unrolled()),
     ("truncated", {"grad_steps": 2}, Truncated(grad_steps=2)),
     ("none", {}, NoGrad()),
+    ("neumann", {"k": 3, "clip": 0.5}, Neumann(k=3, clip=0.5)),
 ])
 def test_shorthands_build_the_objects_and_round_trip(name, options, expected):
     mode = as_backward(name, options)
@@ -53,6 +54,26 @@ def test_bad_shorthands_and_options_name_what_is_allowed():
         as_backward(Phantom(), {"steps": 2})
     with pytest.raises(ConfigError, match="pass an instance"):
         as_backward(Phantom)
+    Neumann(k=0, clip=0.5)  # k = 0: the Jacobian-free gradient; clip 0: none; both allowed
+    with pytest.raises(ConfigError, match="neumann k"):
+        Neumann(k=-1)
+    with pytest.raises(ConfigError, match="neumann clip"):
+        Neumann(clip=-0.1)
+
+
+def test_which_modes_train_the_equilibrium_loss():
+    """The equilibrium loss takes a fixed point's gradient: truncated BPTT and no gradient are the
+    progressive loss's and evaluation's; a user's own mode trains it unless it says otherwise."""
+    from deqloop.adjoint import EQUILIBRIUM_BACKWARDS
+
+    assert EQUILIBRIUM_BACKWARDS == ("implicit", "phantom", "unrolled", "neumann")
+
+    @dataclass(frozen=True)
+    class Mine(Backward):
+        def attach(self, f, z_star, sol):
+            return z_star
+
+    assert Mine.trains_equilibrium
 
 
 def test_implicit_gradient_is_the_inverse_formula():
@@ -109,6 +130,30 @@ def test_phantom_with_several_steps_sums_the_geometric_series():
     eye = torch.eye(4, dtype=torch.float64)
     series = eye + A + A @ A
     torch.testing.assert_close(b.grad[0], series.T @ torch.ones(4, dtype=torch.float64))
+
+
+def test_neumann_sums_k_terms_of_the_series():
+    """No clipping: dz/db = I + A + ... + A^k (the Neumann series of (I − A)⁻¹ cut after k terms)."""
+    A, b, f = affine()
+    z, _ = fixed_point(f, torch.zeros(1, 4, dtype=torch.float64), backward=Neumann(k=4, clip=0.0), rtol=1e-12,
+                       max_iter=200)
+    z.sum().backward()
+    eye = torch.eye(4, dtype=torch.float64)
+    series = eye + A + A @ A + A @ A @ A + A @ A @ A @ A
+    torch.testing.assert_close(b.grad[0], series.T @ torch.ones(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("clip, expected", [(0.0, [15.0, 7.5]), (1.0, [4.0, 2.0]), (3.0, [9.0, 4.5])])
+def test_neumann_clips_each_term_to_clip_times_the_upstream_norm_per_sample(clip, expected):
+    """f(z) = 2z + b, upstream v = (1, 0) and (0, 0.5), k = 3: the terms 2ⁱv, each cut back to clip·‖v‖
+    of its own sample before the next product. Sample 0: clip 0 → 1 + 2 + 4 + 8 = 15; clip 1 → 1 + 1 +
+    1 + 1 = 4; clip 3 → 1 + 2 + 3 + 3 = 9; sample 1 the same at half the scale; b's gradient sums them."""
+    b = torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)
+    z, sol = fixed_point(lambda z: 2 * z + b, torch.ones(2, 2, dtype=torch.float64), "anderson",
+                         Neumann(k=3, clip=clip), rtol=1e-10, max_iter=50)
+    assert sol.converged.all()
+    z.backward(torch.tensor([[1.0, 0.0], [0.0, 0.5]], dtype=torch.float64))
+    torch.testing.assert_close(b.grad[0], torch.tensor(expected, dtype=torch.float64))
 
 
 def test_truncated_continues_from_the_last_state_with_grad_steps():
