@@ -470,3 +470,46 @@ def test_analyze_reports_the_finite_difference_from_the_input():
     assert report.input_fd.tolist() == pytest.approx(ref.ratio.tolist(), rel=1e-6, abs=1e-9)
     assert report.local_smoothness is None and report.to_dict()["input_fd"] == pytest.approx(ref.ratio.tolist(),
                                                                                             rel=1e-6, abs=1e-9)
+
+
+def test_contraction_factor_by_hand_and_where_it_is_undefined():
+    """(r_T / r_1)^(1/(T−1)) over each example's own T iterations; NaN below two iterations and where a
+    residual is zero or not finite."""
+    from deqloop.analysis.reachability import contraction_factor
+
+    trace = torch.tensor([[0.8, 1.0, 1.0, 0.0, 1.0, 1.0],
+                          [0.2, 0.5, 0.5, 0.5, 0.0, float("inf")],
+                          [0.0, 0.0, 0.25, 0.1, 0.0, 0.0],
+                          [0.0, 0.0, 0.125, 0.1, 0.0, 0.0]], dtype=torch.float64)
+    got = contraction_factor(trace, torch.tensor([1, 2, 4, 4, 2, 2]))
+    assert torch.isnan(got[0]) and got[1].item() == pytest.approx(0.5)
+    assert got[2].item() == pytest.approx(0.125 ** (1 / 3))
+    assert torch.isnan(got[3:]).all()  # r_1 = 0, r_T = 0, r_T = inf
+
+
+def test_noise_and_mixed_starts_draw_from_the_generator():
+    """"noise": scale · N(0, I); "mixed": N(0, I) entries kept where U(0, 1) < 1/2 — both drawn from the
+    generator in that order."""
+    from deqloop.analysis.reachability import initial_state
+
+    e = torch.zeros(2, 3, 4)
+    got = initial_state(None, e, "noise", scale=0.3, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    torch.testing.assert_close(got, (0.3 * torch.randn(e.shape, generator=g, dtype=torch.float64)).float())
+    got = initial_state(None, e, "mixed", scale=0.3, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    noise = torch.randn(e.shape, generator=g, dtype=torch.float64)
+    keep = torch.rand(e.shape, generator=g, dtype=torch.float64) < 0.5
+    torch.testing.assert_close(got, (noise * keep).float())
+    assert 0 < int(keep.sum()) < keep.numel()
+
+
+def test_count_distinct_clusters_by_relative_distance():
+    """‖a − b‖ / max(‖a‖, ‖b‖) ≤ rtol joins the leader's cluster: 10.5 joins 10 (0.5 / 10.5 = 0.048), 12
+    does not (2 / 12 = 0.17), the origin is 1 away from each (and 0 from itself)."""
+    from deqloop.analysis.reachability import count_distinct
+
+    z = torch.tensor([[10.0, 0.0], [10.5, 0.0], [12.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    assert count_distinct(z, 0.1) == 3
+    assert count_distinct(z, 0.2) == 2
+    assert count_distinct(z[:0], 0.1) == 0
