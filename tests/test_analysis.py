@@ -513,3 +513,18 @@ def test_count_distinct_clusters_by_relative_distance():
     assert count_distinct(z, 0.1) == 3
     assert count_distinct(z, 0.2) == 2
     assert count_distinct(z[:0], 0.1) == 0
+
+
+def test_agreement_counts_the_examples_converged_in_both_within_rtol():
+    """Relative distances 0.25 (2 against 1.5: at rtol, which counts), 0 and 0.75 over the three examples
+    converged in both solves: 2 of 3; none converged in both: NaN of 0; one: 1 of 1."""
+    from deqloop.analysis.reachability import agreement
+
+    za = torch.tensor([[2.0, 0.0], [1.0, 0.0], [4.0, 0.0], [1.0, 1.0]])
+    zb = torch.tensor([[1.5, 0.0], [1.0, 0.0], [1.0, 0.0], [5.0, 5.0]])
+    ok_a, ok_b = torch.tensor([True, True, True, False]), torch.ones(4, dtype=torch.bool)
+    fraction, n = agreement(za, zb, ok_a, ok_b, rtol=0.25)
+    assert (fraction, n) == (pytest.approx(2 / 3), 3)
+    fraction, n = agreement(za, zb, torch.zeros(4, dtype=torch.bool), ok_b, rtol=0.25)
+    assert np.isnan(fraction) and n == 0
+    assert agreement(za, zb, torch.tensor([False, True, False, False]), ok_b, rtol=0.25) == (1.0, 1)
