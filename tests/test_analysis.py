@@ -244,6 +244,28 @@ def test_ift_sensitivity_matches_dense_solve(recall):
         close(sens.rms, np.sqrt((ref**2).mean(axis=1)))
 
 
+def test_ift_sensitivity_draws_its_directions_from_the_seed_and_checks_them():
+    """directions=k draws k unit directions per example from ``seed`` (the same as passing
+    unit_directions of that seed); k = 1 is allowed; anything else names the shape or the value."""
+    from deqloop.analysis.sensitivity import unit_directions
+
+    model = tiny_model("external")
+    z, e = fixed_points(model, distinct_inputs(2, (3,)))
+    jac = LoopJacobian.from_model(model, z, e)
+    V = unit_directions(2, 1, jac.dim, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(V.norm(dim=2), torch.ones(2, 1, dtype=torch.float64))
+    by_count = input_sensitivity(jac, 1, rtol=1e-12, seed=5)
+    by_tensor = input_sensitivity(jac, V, rtol=1e-12)
+    torch.testing.assert_close(by_count.norms, by_tensor.norms)
+    assert by_count.norms.shape == (2, 1)
+    for bad in (0, True, 1.5):
+        with pytest.raises(ValueError, match="directions must be a positive integer or a"):
+            input_sensitivity(jac, bad)
+    for shape in ((2, 1), (3, 1, jac.dim), (2, 1, jac.dim + 1)):
+        with pytest.raises(ValueError, match=r"directions must have shape \(B, d, n\)"):
+            input_sensitivity(jac, torch.ones(shape, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("recall", ("external", "internal"))
 def test_local_smoothness_is_the_finite_difference_of_the_ift_derivative(recall):
     model = tiny_model(recall)
