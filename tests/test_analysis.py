@@ -258,9 +258,25 @@ def test_ift_sensitivity_draws_its_directions_from_the_seed_and_checks_them():
     by_tensor = input_sensitivity(jac, V, rtol=1e-12)
     torch.testing.assert_close(by_count.norms, by_tensor.norms)
     assert by_count.norms.shape == (2, 1)
+    # one example: its products are the GMRES solve's applications of I − J plus one J_e v a direction
+    one = LoopJacobian.from_model(model, z[:1], e[:1])
+    calls = {"jvp": 0, "jvp_e": 0}
+    for name in calls:
+        def counted(v, name=name, inner=getattr(one, name)):
+            calls[name] += 1
+            return inner(v)
+        setattr(one, name, counted)
+    sens = input_sensitivity(one, 3, rtol=1e-12)
+    assert calls["jvp_e"] == 3 and calls["jvp"] > 0
+    assert sens.matvecs.tolist() == [calls["jvp"] + calls["jvp_e"]]
     for bad in (0, True, 1.5):
         with pytest.raises(ValueError, match="directions must be a positive integer or a"):
             input_sensitivity(jac, bad)
+    from deqloop.analysis import local_smoothness
+
+    for eps in (0.0, -1e-2, float("nan")):
+        with pytest.raises(ValueError, match="eps must be > 0"):
+            local_smoothness(model, e, z, eps=eps)
     for shape in ((2, 1), (3, 1, jac.dim), (2, 1, jac.dim + 1)):
         with pytest.raises(ValueError, match=r"directions must have shape \(B, d, n\)"):
             input_sensitivity(jac, torch.ones(shape, dtype=torch.float64))
