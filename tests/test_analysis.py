@@ -294,6 +294,15 @@ def test_local_smoothness_is_the_finite_difference_of_the_ift_derivative(recall)
     eye = np.eye(Jz.shape[-1])
     ref = [np.linalg.norm(np.linalg.solve(eye - Jz[b], Je[b] @ u[b].numpy())) for b in range(3)]
     close(sm.ratio, ref, rel=1e-4)  # first order in eps
+    # a direction of any length is made a unit one; none given: the first of unit_directions(seed)
+    long = local_smoothness(model, e, z, eps=1e-6, direction=10 * u, solver="anderson", rtol=1e-14, max_iter=300)
+    torch.testing.assert_close(long.ratio, sm.ratio)
+    from deqloop.analysis.sensitivity import unit_directions
+
+    drawn = unit_directions(3, 1, z[0].numel(), torch.Generator().manual_seed(4))[:, 0]
+    by_seed = local_smoothness(model, e, z, eps=1e-6, seed=4, solver="anderson", rtol=1e-14, max_iter=300)
+    by_hand = local_smoothness(model, e, z, eps=1e-6, direction=drawn, solver="anderson", rtol=1e-14, max_iter=300)
+    torch.testing.assert_close(by_seed.ratio, by_hand.ratio)
 
 
 # ----------------------------------------------------------------------------------------------
