@@ -135,3 +135,27 @@ def test_the_metrics_log_shows_the_schedule_and_each_batch_length(tmp_path):
     lines = [r for r in read_metrics(tmp_path / "metrics.jsonl") if "loss" in r]
     assert [r["train_lengths"] for r in lines] == [[3, 5], [3, 6], [4, 8], [4, 9], [4, 10], [4, 10]]
     assert [r["propagation_depth"] for r in lines] == [task.train_length(0, s) for s in range(6)]
+
+
+def test_training_examples_are_bits_with_their_prefix_parity_and_shard_by_index():
+    """Example i of a step is a function of (seed, step, i): a shard [start, stop) is those rows of the
+    whole batch; bits of both values, y_t = (x_1 + ... + x_t) mod 2 written out as a running XOR."""
+    task = PrefixSums(length=12, min_length=4)
+    x, y = task.train_examples(3, 5, 0, 16)
+    assert set(x.unique().tolist()) == {0, 1}
+    parity = torch.zeros_like(x[:, 0])
+    for t in range(x.shape[1]):
+        parity = parity ^ x[:, t]
+        assert torch.equal(y[:, t], parity)
+    xs, ys = task.train_examples(3, 5, 6, 11)
+    assert torch.equal(xs, x[6:11]) and torch.equal(ys, y[6:11])
+
+
+def test_the_three_splits_draw_from_three_streams_and_the_ranges_admit_their_bounds():
+    task = PrefixSums(length=16, min_length=16, hard_length=16)  # min_length = length: the paper's split
+    train, val, hard = (task.make(s, 20, seed=0)[0] for s in ("train", "val", "hard"))
+    assert not torch.equal(train, val) and not torch.equal(val, hard) and not torch.equal(train, hard)
+    assert task.length_range(0) == (16, 16)
+    # a schedule may start at its shortest length and at the final length
+    assert PrefixSums(length=32, min_length=8, start_length=8, ramp_steps=10).length_range(0) == (8, 8)
+    assert PrefixSums(length=32, min_length=8, start_length=32, ramp_steps=10).length_range(0) == (8, 32)
