@@ -84,12 +84,16 @@ def test_autocast_and_the_seeds_of_every_generator():
         assert (a @ a).dtype is torch.bfloat16
     with runtime.autocast(None, torch.device("cpu")):
         assert (a @ a).dtype is torch.float32
-    runtime.seed_everything(2**32 + 5)  # numpy takes seeds below 2**32: the seed modulo 2**32
-    drawn = (np.random.rand(), random.random(), torch.rand(1).item())
-    np.random.seed(5)
-    random.seed(2**32 + 5)
-    torch.manual_seed(2**32 + 5)
-    assert drawn == (np.random.rand(), random.random(), torch.rand(1).item())
+    before = runtime.rng_state()  # the global generators are left as they were found
+    try:
+        runtime.seed_everything(2**32 + 5)  # numpy takes seeds below 2**32: the seed modulo 2**32
+        drawn = (np.random.rand(), random.random(), torch.rand(1).item())
+        np.random.seed(5)
+        random.seed(2**32 + 5)
+        torch.manual_seed(2**32 + 5)
+        assert drawn == (np.random.rand(), random.random(), torch.rand(1).item())
+    finally:
+        runtime.set_rng_state(before)
 
 
 def test_the_jacobian_penalty_trains_a_compiled_block(monkeypatch):
